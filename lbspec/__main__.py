@@ -1,0 +1,5 @@
+import sys
+
+from lbspec.cli import main
+
+sys.exit(main())

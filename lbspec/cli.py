@@ -1,0 +1,294 @@
+"""The `lbspec` command.
+
+``main(argv, stdout, stderr) -> int`` takes its streams, so tests call it
+without a subprocess.  Exit codes: 0 ok, 1 findings, 2 usage or input error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from lbspec import __version__
+from lbspec import diagnostics as d
+from lbspec.loader import Loaded, load_path, load_text, read_source
+from lbspec.render import render_json, render_text
+from lbspec.render.json import summary_counts
+
+__all__ = ["main", "EXIT_OK", "EXIT_FINDINGS", "EXIT_ERROR"]
+
+EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors by raising, and prints where it is told."""
+
+    stdout: TextIO = sys.stdout
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(f"{self.prog}: {message}\n{self.format_usage().rstrip()}")
+
+    def _print_message(self, message: str, file: TextIO | None = None) -> None:
+        if message:
+            self.stdout.write(message)
+
+
+class _Streams:
+    def __init__(self, stdout: TextIO, stderr: TextIO, color: str = "auto"):
+        self.out = stdout
+        self.err = stderr
+        self.color = color
+
+    def use_color(self, stream: TextIO) -> bool:
+        if self.color != "auto":
+            return self.color == "always"
+        return hasattr(stream, "isatty") and stream.isatty() and "NO_COLOR" not in os.environ
+
+
+def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    parser = _build_parser(stdout)
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except _UsageError as error:
+        stderr.write(f"{error}\n")
+        return EXIT_ERROR
+    except SystemExit as done:  # --help and --version
+        return int(done.code or 0)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return EXIT_ERROR
+    streams = _Streams(stdout, stderr, getattr(args, "color", "auto"))
+    try:
+        return args.run(args, streams)
+    except d.InternalError as error:
+        stderr.write(f"lbspec: internal error: {error}\nThis is a bug in lbspec; please report it.\n")
+        return EXIT_ERROR
+    except d.LbspecError as error:
+        stderr.write(f"lbspec: error: {error}\n")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        stderr.write("lbspec: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+# ------------------------------------------------------------------ parser --
+
+def _build_parser(stdout: TextIO) -> _Parser:
+    _Parser.stdout = stdout
+    parser = _Parser(prog="lbspec", description="Hold load balancers to a written specification.",
+                     epilog="Exit codes: 0 ok, 1 findings, 2 usage or input error.")
+    parser.add_argument("--version", action="version", version=f"lbspec {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    check = _command(commands, "check", _run_check, "check specs for errors and gaps",
+                     "Read each spec, report every problem in it, and (where the spec is valid) "
+                     "what it fails to guarantee.")
+    check.add_argument("files", nargs="+", metavar="FILE", help="spec files to check")
+    _output_options(check)
+
+    fmt = _command(commands, "fmt", _run_fmt, "rewrite specs in canonical layout",
+                   "Rewrite each file in canonical layout, keeping comments. `-` reads standard "
+                   "input and writes standard output.")
+    fmt.add_argument("files", nargs="+", metavar="FILE", help="spec files, or - for standard input")
+    fmt.add_argument("--check", action="store_true",
+                     help="change nothing; exit 1 if a file is not canonical (for CI)")
+    fmt.add_argument("--diff", action="store_true", help="change nothing; print the changes as a diff")
+
+    props = _command(commands, "properties", _run_properties, "list the property library",
+                     "List the implicit properties every spec is held to; with a spec, show "
+                     "which properties apply to each of its services.")
+    props.add_argument("spec", nargs="?", metavar="SPEC", help="show how this spec applies them")
+    props.add_argument("-v", "--verbose", action="store_true", help="show what each property promises")
+    _output_options(props)
+    return parser
+
+
+def _command(commands, name: str, run: Callable, summary: str, description: str) -> _Parser:
+    sub = commands.add_parser(name, help=summary, description=description,
+                              epilog="Exit codes: 0 ok, 1 findings, 2 usage or input error.")
+    sub.set_defaults(run=run)
+    return sub
+
+
+def _output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
+    parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                        help="colour the text output (default: auto, on a terminal only)")
+
+
+# ------------------------------------------------------------------- check --
+
+def _exit_code(diagnostics: list[d.Diagnostic], failed: bool) -> int:
+    if failed:
+        return EXIT_ERROR
+    return EXIT_FINDINGS if diagnostics else EXIT_OK
+
+
+def _run_check(args: argparse.Namespace, io: _Streams) -> int:
+    results = [(name, load_path(name)) for name in args.files]
+    failed = any(not r.ok for _, r in results)
+    everything = [x for _, r in results for x in r.diagnostics]
+    if args.format == "json":
+        render_json(everything, io.out, files=[_file_summary(n, r) for n, r in results])
+        return _exit_code(everything, failed)
+    sources = {k: v for _, r in results for k, v in r.sources.items()}
+    render_text(everything, sources, io.out, io.use_color(io.out))
+    for name, loaded in results:
+        io.out.write(_summary_line(name, loaded) + "\n")
+    return _exit_code(everything, failed)
+
+
+def _file_summary(name: str, loaded: Loaded) -> dict:
+    spec = loaded.spec
+    return {"file": name, "ok": loaded.ok,
+            "services": [s.name for s in spec.services] if spec else [],
+            "summary": summary_counts(loaded.diagnostics)}
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _summary_line(name: str, loaded: Loaded) -> str:
+    counts = summary_counts(loaded.diagnostics)
+    problems = ", ".join(_plural(counts[k + "s"], k) for k in ("error", "warning") if counts[k + "s"])
+    if not loaded.ok:
+        return f"{name}: not loaded ({problems})"
+    services = loaded.spec.services
+    checks = sum(len(s.checks) for s in services)
+    what = f"{_plural(len(services), 'service')}, {_plural(checks, 'property check')}"
+    return f"{name}: {what}: " + (problems or "no problems found")
+
+
+# --------------------------------------------------------------------- fmt --
+
+def _run_fmt(args: argparse.Namespace, io: _Streams) -> int:
+    from lbspec.syntax.format import format_tree
+    from lbspec.syntax.parser import parse_text
+
+    worst = EXIT_OK
+    for name in args.files:
+        text, reason = (sys.stdin.read(), None) if name == "-" else read_source(name)
+        if text is None:
+            io.err.write(f"lbspec fmt: cannot read {name}: {reason}\n")
+            worst = EXIT_ERROR
+            continue
+        tree, errors = parse_text(text, name)
+        if tree is None:
+            render_text(errors, {name: text}, io.err, io.use_color(io.err))
+            worst = EXIT_ERROR
+            continue
+        formatted = format_tree(tree, text)
+        _same_meaning(tree, formatted, name)
+        worst = max(worst, _fmt_output(name, text, formatted, args, io))
+    return worst
+
+
+def _same_meaning(tree, formatted: str, name: str) -> None:
+    """Refuse to write a layout that parses to anything but the same tree."""
+    from lbspec.syntax.parser import parse_text
+
+    again, errors = parse_text(formatted, name)
+    if again is None or again.items != tree.items or again.comments != tree.comments:
+        raise d.InternalError(f"formatting {name} would change its meaning; the file was left alone")
+
+
+def _fmt_output(name: str, text: str, formatted: str, args: argparse.Namespace, io: _Streams) -> int:
+    if name == "-" and not (args.check or args.diff):
+        io.out.write(formatted)
+        return EXIT_OK
+    if formatted == text:
+        return EXIT_OK
+    if args.diff:
+        io.out.writelines(difflib.unified_diff(text.splitlines(True), formatted.splitlines(True),
+                                               f"{name} (original)", f"{name} (formatted)"))
+    if args.check or args.diff:
+        if args.check:
+            io.err.write(f"{name}: not formatted\n")
+        return EXIT_FINDINGS
+    _write_atomically(Path(name), formatted)
+    io.err.write(f"formatted {name}\n")
+    return EXIT_OK
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` in one step, keeping its permissions: a crash leaves the old file."""
+    mode = path.stat().st_mode
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+        os.chmod(temporary, mode & 0o7777)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+# -------------------------------------------------------------- properties --
+
+def _run_properties(args: argparse.Namespace, io: _Streams) -> int:
+    if args.spec is not None:
+        return _run_applied_properties(args, io)
+    library = [p for p in load_text("", "<empty>").spec.properties if p.library]
+    if args.format == "json":
+        json.dump({"lbspec": 1, "properties": [
+            {"name": p.name, "title": p.title, "definition": p.definition, "doc": p.doc,
+             "file": p.span.file} for p in library]}, io.out, indent=2)
+        io.out.write("\n")
+        return EXIT_OK
+    width = max(len(p.name) for p in library)
+    for prop in library:
+        io.out.write(f"{prop.name.ljust(width)}  {prop.title}\n")
+        if args.verbose:
+            io.out.write(f"{' ' * width}    {prop.definition}\n")
+            for line in prop.doc.splitlines():
+                io.out.write(f"{' ' * width}    # {line}\n")
+    return EXIT_OK
+
+
+def _run_applied_properties(args: argparse.Namespace, io: _Streams) -> int:
+    loaded = load_path(args.spec)
+    if not loaded.ok:
+        render_text(loaded.diagnostics, loaded.sources, io.err, io.use_color(io.err))
+        return EXIT_ERROR
+    services = loaded.spec.services
+    if args.format == "json":
+        json.dump({"lbspec": 1, "services": [
+            {"service": s.name, "checks": [
+                {"name": c.name, "title": c.title, "origin": c.origin,
+                 "waivers": [{"reason": w.reason, "scoped": w.scope is not None} for w in c.waivers]}
+                for c in s.checks],
+             "waived": sorted({w.property for w in s.waivers if w.scope is None})}
+            for s in services]}, io.out, indent=2)
+        io.out.write("\n")
+        return EXIT_OK
+    for service in services:
+        io.out.write(f"service {service.name}:\n")
+        for check in service.checks:
+            scoped = " (partly waived)" if check.waivers else ""
+            io.out.write(f"  {check.name}  {check.title}  [{check.origin}]{scoped}\n")
+        for waiver in service.waivers:
+            if waiver.scope is None:
+                io.out.write(f"  {waiver.property}  waived: {waiver.reason}\n")
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Diagnostics: what lbspec has to say about a spec, a capture or a run.
+
+Each kind of diagnostic has a stable code (``LB020``), a short name, a default
+severity and a message template.  Checkers create diagnostics through their
+kind (``UNKNOWN_POOL.at(span, name="ap")``) and return them; renderers in
+:mod:`lbspec.render` print them.  Tests compare codes, never wording.
+
+Codes:
+
+* ``LB0xx`` -- the spec cannot be read: syntax and meaning (errors, exit 2).
+* ``LB1xx`` -- static findings about a valid spec (``lbspec check``).
+* ``LB2xx`` -- runtime verdicts about traffic (``lbspec monitor``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from lbspec.ir import Span
+
+__all__ = [
+    "Severity", "Note", "Diagnostic", "Kind", "KINDS", "suggest", "did_you_mean",
+    "LbspecError", "SpecError", "InputError", "InternalError",
+]
+
+
+class Severity(enum.Enum):
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        return {"error": 2, "warning": 1, "info": 0}[self.value]
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A secondary message, optionally pointing at another place in the source."""
+
+    message: str
+    span: Span | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    """One finding: a code, a severity, a message and where it applies."""
+
+    code: str
+    severity: Severity
+    message: str
+    span: Span | None = None
+    notes: tuple[Note, ...] = ()
+    help: str | None = None
+    label: str | None = None  # printed under the caret
+    witness: Any = None  # a concrete counterexample, for findings that have one
+    data: Any = None  # extra machine-readable facts (JSON-serialisable)
+
+    @property
+    def name(self) -> str:
+        return KINDS[self.code].name if self.code in KINDS else self.code
+
+    def with_severity(self, severity: Severity) -> Diagnostic:
+        return replace(self, severity=severity)
+
+    def sort_key(self) -> tuple:
+        s = self.span
+        return (s.file, s.line, s.column, self.code) if s else ("", 0, 0, self.code)
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """A kind of diagnostic: its code, name, default severity and template."""
+
+    code: str
+    name: str
+    severity: Severity
+    template: str
+    summary: str = field(default="", compare=False)
+
+    def at(self, span: Span | None, *, notes: Iterable[Note] = (), help: str | None = None,
+           label: str | None = None, witness: Any = None, data: Any = None,
+           **args: Any) -> Diagnostic:
+        return Diagnostic(self.code, self.severity, self.template.format(**args), span,
+                          tuple(notes), help, label, witness, data)
+
+
+KINDS: dict[str, Kind] = {}
+
+
+def kind(code: str, name: str, severity: Severity, template: str, summary: str) -> Kind:
+    assert code not in KINDS, code
+    KINDS[code] = k = Kind(code, name, severity, template, summary)
+    return k
+
+
+def suggest(word: str, candidates: Iterable[str]) -> str | None:
+    """The candidate closest to ``word``, if one is close enough to be a typo."""
+    matches = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
+    best = suggest(word, candidates)
+    return f"did you mean `{best}`?" if best else None
+
+
+E, W = Severity.ERROR, Severity.WARNING
+
+# --- LB00x: reading and syntax -----------------------------------------------
+UNREADABLE = kind("LB000", "unreadable-file", E, "cannot read {path}: {reason}",
+                  "A spec file could not be read (missing, not a file, no permission, not UTF-8).")
+UNEXPECTED_TOKEN = kind("LB001", "unexpected-token", E, "unexpected {found}",
+                        "The parser met a token that cannot come here.")
+UNEXPECTED_CHARACTER = kind("LB002", "unexpected-character", E, "unexpected character {char}",
+                            "A character that no token of the language starts with.")
+UNTERMINATED_STRING = kind("LB003", "unterminated-string", E, "unterminated string",
+                           "A string has no closing quote on its line.")
+UNEXPECTED_EOF = kind("LB004", "unexpected-end", E, "unexpected end of file",
+                      "The file ends in the middle of a statement or block.")
+
+# --- LB01x: includes ----------------------------------------------------------
+INCLUDE_MISSING = kind("LB010", "include-missing", E, "cannot include {path}: {reason}",
+                       "An included file does not exist or cannot be read.")
+INCLUDE_CYCLE = kind("LB011", "include-cycle", E, "include cycle: {chain}",
+                     "Files include each other in a loop.")
+
+# --- LB02x: names -------------------------------------------------------------
+UNKNOWN_POOL = kind("LB020", "unknown-pool", E, "unknown pool `{name}`",
+                    "A rule or failover names a pool the service does not declare.")
+UNKNOWN_BACKEND = kind("LB021", "unknown-backend", E, "unknown backend or pool `{name}`",
+                       "A failover or assertion names a backend the service does not declare.")
+UNKNOWN_PROPERTY = kind("LB022", "unknown-property", E, "unknown property `{name}`",
+                        "`require` or `waive` names a property that is neither in the library nor defined.")
+DUPLICATE_NAME = kind("LB023", "duplicate-name", E, "{what} `{name}` is defined twice",
+                      "Two services, pools, backends or properties share a name.")
+DUPLICATE_STATEMENT = kind("LB024", "duplicate-statement", E, "`{what}` is given twice",
+                           "A statement or option that may appear once appears again.")
+MISSING_STATEMENT = kind("LB025", "missing-statement", E, "service `{service}` has no `{what}`",
+                         "A service lacks a statement it cannot do without (vip, listen).")
+
+# --- LB03x: values ------------------------------------------------------------
+INVALID_ADDRESS = kind("LB030", "invalid-address", E, "invalid address `{text}`: {reason}",
+                       "An IPv4 or IPv6 address that does not parse.")
+INVALID_PREFIX = kind("LB031", "invalid-prefix", E, "invalid prefix `{text}`: {reason}",
+                      "A prefix whose length is out of range or whose host bits are set.")
+PORT_RANGE = kind("LB032", "port-out-of-range", E, "port {port} is out of range",
+                  "Ports run from 0 to 65535 (1 to 65535 where a real port is meant).")
+EMPTY_RANGE = kind("LB033", "empty-port-range", E, "port range {low}-{high} is empty",
+                   "A range whose first port is above its last.")
+NEGATIVE_WEIGHT = kind("LB034", "negative-weight", E, "weight {value} is negative",
+                       "Weights are 0 or more; 0 means the backend takes no new traffic.")
+UNKNOWN_UNIT = kind("LB035", "unknown-unit", E, "{problem} in `{text}`",
+                    "A quantity with a unit lbspec does not know, or with none.")
+WRONG_QUANTITY = kind("LB036", "wrong-quantity", E, "expected {expected}, found `{text}`",
+                      "A duration where a percentage belongs, or the other way round.")
+FAMILY_MISMATCH = kind("LB037", "family-mismatch", E, "{family} prefix `{text}` in a service with no {family} VIP",
+                       "A rule or assertion matches sources of an address family the service never receives.")
+OUT_OF_RANGE = kind("LB038", "value-out-of-range", E, "{what} {value} is out of range: {reason}",
+                    "A number that makes no sense where it stands (fall 0, timeout longer than interval...).")
+PORTS_NOT_APPLICABLE = kind("LB039", "ports-not-applicable", E, "{what}",
+                            "Ports given where they mean nothing (icmp, a GUE port on ipip, a port with no protocol).")
+
+# --- LB04x: properties --------------------------------------------------------
+WAIVER_WITHOUT_REASON = kind("LB040", "waiver-without-reason", E, "waiver of `{name}` gives no reason",
+                             "Every `waive` must say why, in a quoted string.")
+CONFLICTING_PROPERTY = kind("LB041", "conflicting-property", E, "property `{name}` is {problem}",
+                            "A property both required and waived, or waived twice.")
+PARAMETER_NOT_APPLICABLE = kind("LB042", "parameter-not-applicable", E, "{problem}",
+                                "A `require` parameter that the property's pattern does not take.")
+FILTER_TYPE = kind("LB043", "filter-type", E, "{problem}",
+                   "A filter compares a field with a value of the wrong kind, or uses an unknown word.")
+FAILOVER_TARGET = kind("LB044", "failover-target", E, "{problem}",
+                       "A failover target that is not a backup backend or a pool.")
+INVALID_ENCAP = kind("LB045", "invalid-encapsulation", E, "{problem}",
+                     "Tunnel settings that do not fit the encapsulation.")
+
+# --- LB09x: the tool itself ---------------------------------------------------
+INTERNAL = kind("LB099", "internal-error", E, "internal error: {problem}",
+                "A bug in lbspec, not in your input; please report it with the input.")
+
+
+class LbspecError(Exception):
+    """The root of every error lbspec raises on purpose."""
+
+
+class SpecError(LbspecError, ValueError):
+    """A spec that cannot be loaded; ``diagnostics`` says why and where."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic], sources: dict[str, str] | None = None):
+        self.diagnostics = tuple(diagnostics)
+        self.sources = sources or {}
+        first = next((d for d in self.diagnostics if d.severity is Severity.ERROR), None)
+        where = f"{first.span}: " if first and first.span else ""
+        text = f"{where}{first.code} {first.message}" if first else "invalid spec"
+        more = len(self.diagnostics) - 1
+        super().__init__(text + (f" (and {more} more)" if more > 0 else ""))
+
+
+class InputError(LbspecError, ValueError):
+    """Bad input other than a spec: a missing file, a corrupt capture, a bad option."""
+
+
+class InternalError(LbspecError, RuntimeError):
+    """lbspec contradicted itself (a witness the evaluator rejects, say): a bug."""

@@ -1,0 +1,70 @@
+"""Shared helpers: load specs from text and compare diagnostics by code."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from lbspec.cli import main
+from lbspec.loader import load_text
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+MINIMAL = """
+service s {
+    vip 192.0.2.1
+    listen tcp 80
+    pool p {
+        backend b1 10.0.0.1
+    }
+    forward tcp 80 to p
+}
+"""
+
+
+def codes(text: str, filename: str = "spec.lbspec", base: Path | None = None) -> list[str]:
+    return [x.code for x in load_text(text, filename, base).diagnostics]
+
+
+def assert_diagnostics(text: str, *expected: str, base: Path | None = None) -> None:
+    """The spec gives exactly these codes (in any order)."""
+    assert sorted(codes(text, base=base)) == sorted(expected)
+
+
+def locate(marked: str) -> tuple[str, int, int]:
+    """Remove the `@` marker from a spec; return the text and the marker's line and column."""
+    index = marked.index("@")
+    text = marked[:index] + marked[index + 1:]
+    line = marked.count("\n", 0, index) + 1
+    column = index - (marked.rfind("\n", 0, index) + 1) + 1
+    return text, line, column
+
+
+def service(body: str, name: str = "s") -> str:
+    """A minimal valid service with extra statements."""
+    return MINIMAL.replace("service s {", f"service {name} {{").replace("forward tcp 80 to p\n",
+                                                                        f"forward tcp 80 to p\n{body}\n")
+
+
+class Run:
+    def __init__(self, code: int, out: str, err: str):
+        self.code, self.out, self.err = code, out, err
+
+
+def run_cli(*argv: str) -> Run:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), out, err)
+    return Run(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli():
+    return run_cli

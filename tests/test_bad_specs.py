@@ -1,0 +1,175 @@
+"""Malformed and ill-formed specs: each gives the right code at the right place.
+
+`@` marks where the diagnostic must point; it is removed before loading.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lbspec.loader import load_path, load_text
+
+from conftest import MINIMAL, locate, service
+
+S = "service s {\n    vip 192.0.2.1\n    listen tcp 80\n    pool p {\n        backend b1 10.0.0.1\n    }\n"
+
+CASES = {
+    # --- syntax
+    "misspelt top-level keyword": ("LB001", "@servce web {}"),
+    "misspelt statement": ("LB001", "service s { @lisen tcp 80 }"),
+    "misspelt otherwise action": ("LB001", S + "    otherwise @dorp\n}"),
+    "unknown mode": ("LB001", S + "    mode @natt\n}"),
+    "misspelt backend option": ("LB001", "service s { pool p { backend b 10.0.0.1 @wieght 3 } }"),
+    "pool without a name": ("LB001", "service s { pool @{ } }"),
+    "forward without to": ("LB001", S + "    forward tcp 80 @p\n}"),
+    "property without a title": ("LB001", "property p @{ reply from vip }"),
+    "word where a quantity belongs": ("LB001", S + "    require no_drop within @fast\n}"),
+    "unknown health check": ("LB001", S + "    health @smtp\n}"),
+    "unknown balance algorithm": ("LB001", S + "    balance @wrr\n}"),
+    "a name where a port belongs": ("LB001", "service s { listen tcp @http }"),
+    "missing closing brace": ("LB004", "service s {\n    vip 192.0.2.1@"),
+    "unterminated string": ("LB003", S + "    waive balance @\"no closing quote\n}"),
+    "semicolon": ("LB002", "service s { vip 192.0.2.1@; }"),
+    "unknown operator": ("LB002", 'property p "t" { reply from vip for dport @=~ 80 }'),
+    # --- names
+    "unknown pool": ("LB020", S + "    forward tcp 80 to @pp\n}"),
+    "forward to a backend": ("LB020", S + "    forward tcp 80 to @b1\n}"),
+    "unknown failover target": ("LB021", S + "    forward tcp 80 to p\n    failover to @spare when healthy < 1\n}"),
+    "unknown backend in assertion": ("LB021", S + "    forward tcp 80 to p\n    assert only @b2\n}"),
+    "unknown property required": ("LB022", S + "    forward tcp 80 to p\n    require @no_dorp\n}"),
+    "unknown property waived": ("LB022", S + "    forward tcp 80 to p\n    waive @balanse \"why\"\n}"),
+    "duplicate pool": ("LB023", S + "    pool @p {\n        backend b2 10.0.0.2\n    }\n}"),
+    "duplicate backend across pools": ("LB023", S + "    pool q {\n        backend @b1 10.0.0.2\n    }\n}"),
+    "pool and backend share a name": ("LB023", S + "    pool @b1 {\n        backend b3 10.0.0.3\n    }\n}"),
+    "duplicate service": ("LB023", MINIMAL + "service @s { vip 192.0.2.2 listen tcp 80 }"),
+    "library property redefined": ("LB023", 'property @no_drop "mine" { reply from vip }'),
+    "two modes": ("LB024", S + "    mode nat\n    @mode dsr\n}"),
+    "weight twice": ("LB024", "service s { vip 192.0.2.1 listen tcp 80 pool p { backend b 10.0.0.1 weight 2 @weight 3 } }"),
+    "health setting twice": ("LB024", S + "    health tcp every 2s @every 3s\n}"),
+    "no vip": ("LB025", "service @s { listen tcp 80 }"),
+    "no listen": ("LB025", "service @s { vip 192.0.2.1 }"),
+    # --- values
+    "IPv4 octet above 255": ("LB030", "service s { vip @192.0.2.300 listen tcp 80 }"),
+    "IPv6 with three colons": ("LB030", "service s { vip @2001:db8:::1 listen tcp 80 }"),
+    "backend address invalid": ("LB030", "service s { vip 192.0.2.1 listen tcp 80 pool p { backend b @10.0.0.256 } }"),
+    "prefix with host bits": ("LB031", S + "    forward tcp 80 from @10.0.0.1/8 to p\n}"),
+    "prefix too long": ("LB031", S + "    forward tcp 80 from @10.0.0.0/33 to p\n}"),
+    "listen port above 65535": ("LB032", "service s { vip 192.0.2.1 listen tcp @70000 }"),
+    "backend port 0": ("LB032", "service s { vip 192.0.2.1 listen tcp 80 pool p { backend b @10.0.0.1:0 } }"),
+    "target port above 65535": ("LB032", S + "    @forward tcp 80 to p port 99999\n}"),
+    "empty port range": ("LB033", "service s { vip 192.0.2.1 listen tcp @90-80 }"),
+    "negative weight": ("LB034", "service s { vip 192.0.2.1 listen tcp 80 pool p { backend b 10.0.0.1 @weight -1 } }"),
+    "unknown unit": ("LB035", S + "    affinity flow timeout @5sec\n}"),
+    "missing unit": ("LB035", S + "    forward tcp 80 to p\n    require no_drop within @50\n}"),
+    "percentage for a duration": ("LB036", S + "    affinity flow timeout @10%\n}"),
+    "duration for a percentage": ("LB036", S + "    forward tcp 80 to p\n    require balance within @5s\n}"),
+    "IPv6 source in an IPv4 service": ("LB037", S + "    forward tcp 80 from @2001:db8::/32 to p\n}"),
+    "fall of zero": ("LB038", S + "    health tcp @fall 0\n}"),
+    "failover below one": ("LB038",
+                           "service s { vip 192.0.2.1 listen tcp 80 pool p { backend b 10.0.0.1 backend c 10.0.0.2 backup }"
+                           " @failover to c when healthy < 0 }"),
+    "max_conn of zero": ("LB038", "service s { vip 192.0.2.1 listen tcp 80 pool p { backend b 10.0.0.1 @max_conn 0 } }"),
+    "zero deadline": ("LB038", S + "    forward tcp 80 to p\n    require no_drop within @0ms\n}"),
+    "icmp with a port": ("LB039", "service s { vip 192.0.2.1 listen tcp 80, @icmp 8 }"),
+    "port with no protocol": ("LB039", "service s { vip 192.0.2.1 listen @80 }"),
+    "forward icmp with ports": ("LB039", S + "    forward @icmp 8 to p\n}"),
+    # --- properties
+    "waiver without reason": ("LB040", S + "    forward tcp 80 to p\n    @waive balance\n}"),
+    "waiver with an empty reason": ("LB040", S + "    forward tcp 80 to p\n    @waive balance \"  \"\n}"),
+    "waived twice": ("LB041", S + "    waive balance \"a\"\n    @waive balance \"b\"\n}"),
+    "required and waived": ("LB041", S + "    waive no_drop \"a\"\n    @require no_drop\n}"),
+    "within on a stickiness property": ("LB042", S + "    require flow_affinity within @5s\n}"),
+    "hash fields on round robin": ("LB042", S + "    @balance round_robin(src)\n}"),
+    "timeout on affinity none": ("LB042", S + "    affinity none timeout @5s\n}"),
+    "path on a tcp health check": ("LB042", S + "    @health tcp \"/x\"\n}"),
+    "unknown filter word": ("LB043", S + "    waive no_drop for @tpc \"why\"\n}"),
+    "port field with an address": ("LB043", S + "    waive no_drop for sport in @10.0.0.0/8 \"why\"\n}"),
+    "order on an address": ("LB043", S + "    waive no_drop for @src < 10.0.0.1 \"why\"\n}"),
+    "unknown flag": ("LB043", S + "    waive no_drop for flags has @sin \"why\"\n}"),
+    "failover to a primary": ("LB044", S + "    failover to @b1 when healthy < 1\n}"),
+    "ambiguous pool failover": ("LB044", S + "    pool q {\n        backend b2 10.0.0.2\n    }\n    pool r {\n"
+                                "        backend b3 10.0.0.3\n    }\n    @failover to r when healthy < 1\n}"),
+    "GUE port on IPIP": ("LB045", S + "    @mode tunnel ipip port 5555\n}"),
+    # --- includes
+    "missing include": ("LB010", '@include "nowhere.lbspec"\n' + MINIMAL),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_spec_gives_code_at_location(name):
+    code, marked = CASES[name]
+    text, line, column = locate(marked)
+    diagnostics = load_text(text, "bad.lbspec").diagnostics
+    errors = [x for x in diagnostics if x.code == code]
+    assert errors, f"expected {code}, got {[(x.code, x.message) for x in diagnostics]}"
+    assert (errors[0].span.line, errors[0].span.column) == (line, column), errors[0]
+    assert errors[0].span.file == "bad.lbspec"
+
+
+def test_there_are_at_least_forty_cases():
+    assert len(CASES) >= 40
+
+
+def test_every_syntax_and_semantic_code_has_a_case():
+    from lbspec.diagnostics import KINDS
+
+    covered = {code for code, _ in CASES.values()} | {"LB000", "LB011", "LB099"}
+    assert {c for c in KINDS if c.startswith("LB0")} <= covered
+
+
+def test_errors_carry_suggestions():
+    text, _, _ = locate(CASES["unknown pool"][1])
+    (error,) = [x for x in load_text(text).diagnostics if x.code == "LB020"]
+    assert "`p`" in error.help
+    text, _, _ = locate(CASES["misspelt statement"][1])
+    (error,) = load_text(text).diagnostics
+    assert "`listen`" in error.help and "`vip`" in error.label
+
+
+def test_include_cycle(tmp_path):
+    (tmp_path / "a.lbspec").write_text('include "b.lbspec"\n' + MINIMAL)
+    (tmp_path / "b.lbspec").write_text('include "a.lbspec"\n')
+    loaded = load_path(tmp_path / "a.lbspec")
+    assert [x.code for x in loaded.diagnostics] == ["LB011"]
+    (cycle,) = loaded.diagnostics
+    assert cycle.span.file.endswith("b.lbspec") and cycle.span.line == 1
+
+
+def test_include_of_itself_is_a_cycle(tmp_path):
+    (tmp_path / "a.lbspec").write_text('include "a.lbspec"\n' + MINIMAL)
+    assert [x.code for x in load_path(tmp_path / "a.lbspec").diagnostics] == ["LB011"]
+
+
+def test_diamond_includes_load_each_file_once(tmp_path):
+    (tmp_path / "a.lbspec").write_text('include "b.lbspec"\ninclude "c.lbspec"\n' + MINIMAL)
+    (tmp_path / "b.lbspec").write_text('include "d.lbspec"\n')
+    (tmp_path / "c.lbspec").write_text('include "d.lbspec"\n')
+    (tmp_path / "d.lbspec").write_text('property mine "t" { reply from vip }\n')
+    loaded = load_path(tmp_path / "a.lbspec")
+    assert loaded.ok, loaded.diagnostics
+
+
+def test_errors_in_included_files_point_into_them(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.lbspec").write_text('include "sub/b.lbspec"\n' + MINIMAL)
+    (tmp_path / "sub" / "b.lbspec").write_text('include "missing.lbspec"\n')
+    loaded = load_path(tmp_path / "a.lbspec")
+    (error,) = loaded.diagnostics
+    assert error.code == "LB010" and error.span.file.endswith("sub/b.lbspec")
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: p,  # missing
+    lambda p: (p.mkdir(), p)[1],  # a directory
+    lambda p: (p.write_bytes(b"service \xff\xfe {}"), p)[1],  # not UTF-8
+])
+def test_unreadable_files_give_lb000(tmp_path, make):
+    path = make(tmp_path / "spec.lbspec")
+    loaded = load_path(path)
+    assert not loaded.ok and [x.code for x in loaded.diagnostics] == ["LB000"]
+
+
+def test_one_run_reports_every_semantic_error():
+    text = service("forward tcp 80 to nowhere\nwaive balance\naffinity flow timeout 5parsecs")
+    found = sorted(x.code for x in load_text(text).diagnostics)
+    assert found == ["LB020", "LB035", "LB040"]
