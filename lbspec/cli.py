@@ -116,7 +116,32 @@ def _build_parser(stdout: TextIO) -> _Parser:
     props.add_argument("spec", nargs="?", metavar="SPEC", help="show how this spec applies them")
     props.add_argument("-v", "--verbose", action="store_true", help="show what each property promises")
     _output_options(props)
+    for name, module in _SUBCOMMANDS:
+        _add_subcommand(commands, name, module)
     return parser
+
+
+# Commands that live with their subsystem.  Each module exposes SUMMARY,
+# DESCRIPTION, configure(parser) and run(args, stdout, stderr, color) -> int,
+# and imports its heavy libraries (scapy, crossplane...) only inside run().
+_SUBCOMMANDS = (("monitor", "lbspec.runtime.command"), ("import", "lbspec.importers.command"))
+
+
+def _add_subcommand(commands, name: str, module_name: str) -> None:
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is not None and module_name.startswith(error.name):
+            return  # the subsystem is not built yet
+        raise
+
+    def run(args: argparse.Namespace, io: _Streams) -> int:
+        return module.run(args, io.out, io.err, io.use_color(io.out))
+
+    sub = _command(commands, name, run, module.SUMMARY, module.DESCRIPTION)
+    module.configure(sub)
 
 
 def _command(commands, name: str, run: Callable, summary: str, description: str) -> _Parser:

@@ -179,6 +179,67 @@ FAILOVER_TARGET = kind("LB044", "failover-target", E, "{problem}",
 INVALID_ENCAP = kind("LB045", "invalid-encapsulation", E, "{problem}",
                      "Tunnel settings that do not fit the encapsulation.")
 
+# --- LB1xx: static findings (lbspec check) ------------------------------------
+NOT_GUARANTEED = kind("LB100", "property-not-guaranteed", E, "{property} is not guaranteed: {reason}",
+                      "The spec allows behaviour that breaks a library or user property; a witness shows how.")
+UNCOVERED_TRAFFIC = kind("LB101", "uncovered-traffic", W, "listened traffic that no rule and no `otherwise` covers",
+                         "Some packets the service listens for match no `forward` rule, and there is no `otherwise`.")
+OVERLAPPING_RULES = kind("LB102", "overlapping-rules", W, "rules overlap with different targets",
+                         "Two rules match some of the same packets and send them to different pools; order decides.")
+SHADOWED_RULE = kind("LB103", "shadowed-rule", W, "this rule never matches: {reason}",
+                     "Earlier rules (or the listeners) leave no packet for this rule.")
+PER_PACKET_BALANCING = kind("LB104", "per-packet-balancing", W, "{protocol} is balanced packet by packet",
+                            "A connection protocol without affinity: packets of one connection may reach different backends.")
+DETECTION_WINDOW = kind("LB105", "detection-window", W, "{what}",
+                        "How long new flows may reach a dead backend, from the health settings.")
+UNREACHABLE_BACKEND = kind("LB106", "unreachable-backend", W, "{what} can never be selected: {reason}",
+                           "A backend or pool no packet can reach (weight 0, backups with no failover, family mismatch...).")
+CONTRADICTION = kind("LB107", "contradiction", E, "{what}",
+                     "User assertions contradict the configuration; the conflicting lines are shown.")
+VACUOUS = kind("LB108", "vacuous", W, "{what}",
+               "An assertion or waiver whose condition can never hold, so it says nothing.")
+HASH_WITHOUT_TRACKING = kind("LB109", "hash-without-tracking", W, "{what}",
+                             "Hash balancing without connection tracking: flows move when the backend set changes.")
+CAPACITY = kind("LB110", "capacity", W, "{what}",
+                "The backends' declared limits cannot carry the declared load.")
+UNKNOWN_RESULT = kind("LB111", "unknown", W, "could not decide {property} within {seconds}",
+                      "The solver ran out of time or resources; the property is neither proven nor refuted.")
+
+# --- LB2xx: runtime verdicts (lbspec monitor) ---------------------------------
+DROP = kind("LB200", "drop", E, "{what}",
+            "A listened packet left no egress within the deadline while a healthy backend existed.")
+AFFINITY_BREAK = kind("LB201", "affinity-break", E, "{what}",
+                      "Packets of one flow (or client) reached different backends while the first stayed healthy.")
+DOWN_BACKEND = kind("LB202", "down-backend", E, "{what}",
+                    "Traffic went to a backend known to be down, after the detection window.")
+UNDECLARED_DESTINATION = kind("LB203", "undeclared-destination", E, "{what}",
+                              "The LB sent traffic to an address or port the spec does not declare.")
+MUTATION = kind("LB204", "mutation", E, "{what}",
+                "A payload or header field changed beyond the rewrite the mode allows.")
+DUPLICATE = kind("LB205", "duplicate", E, "{what}", "The LB sent the same packet more than once.")
+IMBALANCE = kind("LB206", "imbalance", E, "{what}",
+                 "Backend shares differ from the weights more than chance explains (with its p-value).")
+UNTRANSLATED_REPLY = kind("LB207", "untranslated-reply", E, "{what}",
+                          "A reply reached the client from a backend address instead of the VIP.")
+EGRESS_WITHOUT_INGRESS = kind("LB208", "egress-without-ingress", E, "{what}",
+                              "The LB sent a packet toward a backend that no client packet explains.")
+CAPTURE_GAP = kind("LB209", "capture-gap", W, "{what}",
+                   "The capture missed packets (a backend acknowledged bytes never seen): not an LB drop.")
+UNDECODABLE = kind("LB210", "undecodable", Severity.INFO, "{what}",
+                   "Frames that could not be decoded, counted rather than fatal.")
+EVICTIONS = kind("LB211", "flow-evictions", W, "{what}",
+                 "Flow state was evicted to bound memory; verdicts on those flows may be incomplete.")
+CLOCK_SKEW = kind("LB212", "clock-skew", Severity.INFO, "{what}",
+                  "The estimated clock offset between the client-side and backend-side captures.")
+BAD_CAPTURE = kind("LB290", "bad-capture", E, "{what}",
+                   "A capture that cannot be read: missing, truncated header, unknown link type, no permission.")
+
+# --- LB3xx: importers (lbspec import) -----------------------------------------
+BAD_CONFIG = kind("LB300", "bad-config", E, "{what}",
+                  "A load balancer configuration that cannot be read or parsed.")
+NOT_REPRESENTED = kind("LB301", "not-represented", W, "{what}",
+                       "A configuration setting the spec language cannot express; the output carries a comment.")
+
 # --- LB09x: the tool itself ---------------------------------------------------
 INTERNAL = kind("LB099", "internal-error", E, "internal error: {problem}",
                 "A bug in lbspec, not in your input; please report it with the input.")
