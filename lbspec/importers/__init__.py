@@ -1,0 +1,85 @@
+"""Importers: the configuration a load balancer runs, as a spec (`lbspec import`).
+
+::
+
+    from lbspec.importers import import_config
+    imported = import_config("haproxy", ["haproxy.cfg"])
+    print(imported.text)          # the spec, in canonical layout
+    imported.diagnostics          # LB301 for each setting the spec cannot express
+
+A configuration that cannot be read or parsed raises
+:class:`~lbspec.importers.draft.ConfigError` (LB300).  docs/importers.md says
+how each load balancer's settings map to the spec language.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from lbspec import diagnostics as d
+from lbspec.importers.draft import ConfigError, ImportContext, Options, ServiceDraft, finish, render
+
+__all__ = ["KINDS", "Imported", "import_config", "ConfigError", "Options"]
+
+KINDS = ("haproxy", "nginx", "nftables", "k8s")
+
+_WHAT = {"haproxy": "HAProxy configuration", "nginx": "nginx configuration",
+         "nftables": "nftables ruleset (`nft -j list ruleset`)", "k8s": "Kubernetes Services and EndpointSlices"}
+
+
+@dataclass
+class Imported:
+    """An imported spec: its text, the services in it, and what could not be represented."""
+
+    text: str
+    services: list[str]
+    diagnostics: list[d.Diagnostic] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def _reader(kind: str):
+    if kind == "haproxy":
+        from lbspec.importers.haproxy import import_haproxy
+        return import_haproxy
+    if kind == "nginx":
+        from lbspec.importers.nginx import import_nginx
+        return import_nginx
+    if kind == "nftables":
+        from lbspec.importers.nftables import import_nftables
+        return import_nftables
+    if kind == "k8s":
+        from lbspec.importers.k8s import import_k8s
+        return import_k8s
+    raise d.InputError(f"unknown configuration kind {kind!r}: use one of {', '.join(KINDS)}")
+
+
+def import_config(kind: str, paths: list[str], options: Options | None = None,
+                  filename: str = "imported.lbspec") -> Imported:
+    """Read configuration files of one ``kind`` and return the spec they amount to.
+
+    Raises :class:`ConfigError` (LB300) for a file that cannot be read or parsed,
+    and :class:`~lbspec.diagnostics.InputError` for options that do not fit.
+    """
+    ctx = ImportContext(options)
+    services, notes = _reader(kind)(list(paths), ctx)
+    _rename(services, ctx.options.service_name)
+    header = [f"Imported from {', '.join(paths)} ({_WHAT[kind]}) by `lbspec import {kind}`.",
+              "Comments starting `not represented:` name settings the spec language cannot express.",
+              *(n.text for n in notes)]
+    text = finish(render(services, header), filename)
+    return Imported(text, [s.name for s in services], list(ctx.diagnostics), dict(ctx.sources))
+
+
+def _rename(services: list[ServiceDraft], name: str | None) -> None:
+    if name is None:
+        return
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", name):
+        raise d.InputError(f"--service-name {name!r} is not a name: use letters, digits, `_` and `-`, "
+                           "starting with a letter or `_`")
+    if len(services) != 1:
+        found = ", ".join(s.name for s in services) or "none"
+        raise d.InputError(f"--service-name names one service, but the configuration gives "
+                           f"{len(services)} ({found})")
+    services[0].name = name
+

@@ -1,0 +1,64 @@
+"""Addresses and ports as load balancer configurations write them."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from lbspec.importers.draft import Address
+
+__all__ = ["HostPort", "split_host_port", "ip", "port_number", "port_range"]
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """``host`` as written (brackets removed), ``port`` as written ('' when absent)."""
+
+    host: str
+    port: str
+
+
+def split_host_port(text: str) -> HostPort:
+    """`10.0.0.1:80`, `[2001:db8::1]:80`, `:80`, `*:80`, `2001:db8::1:80` (last colon: the port).
+
+    A single bare address without a colon (`10.0.0.1`) has no port; an
+    unbracketed IPv6 address always has its port after the last colon, as
+    HAProxy reads it.
+    """
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            return HostPort(text, "")
+        rest = text[close + 1:]
+        return HostPort(text[1:close], rest[1:] if rest.startswith(":") else rest)
+    if ":" not in text:
+        return HostPort(text, "")
+    host, port = text.rsplit(":", 1)
+    return HostPort(host, port)
+
+
+def ip(text: str) -> Address | None:
+    """The address, or None if ``text`` is not one (a host name, a variable)."""
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def port_number(text: str) -> int | None:
+    """A port from 1 to 65535, or None."""
+    if not re.fullmatch(r"[0-9]{1,5}", text):
+        return None
+    value = int(text)
+    return value if 1 <= value <= 65535 else None
+
+
+def port_range(text: str) -> tuple[int, int] | None:
+    """`80` or `8000-8100`, or None when it is neither."""
+    low, _, high = text.partition("-")
+    first = port_number(low)
+    last = port_number(high) if high else first
+    if first is None or last is None or last < first:
+        return None
+    return first, last
