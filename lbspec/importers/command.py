@@ -69,6 +69,10 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, color: bool) -
     except d.InputError as error:
         stderr.write(f"lbspec import: error: {error}\n")
         return EXIT_ERROR
+    except (d.LbspecError, KeyboardInterrupt, BrokenPipeError):
+        raise
+    except Exception as error:  # a bug in an importer: one line, not a traceback
+        raise d.InternalError(f"importing {', '.join(args.files)}: {type(error).__name__}: {error}") from error
     if args.output:
         _write(Path(args.output), imported.text)
     else:

@@ -248,7 +248,7 @@ def _grouped(options: list[ServerOption]) -> list[ServerOption]:
             value = options[index + 1]
             span = Span(option.span.file, option.span.line, option.span.column,
                         value.span.end_line, value.span.end_column)
-            option = ServerOption(option.name, value.name, span)  # type: ignore[arg-type]
+            option = ServerOption(option.name, value.name, span, f"{option.name} {value.name}")  # type: ignore[arg-type]
             index += 1
         out.append(option)
         index += 1
@@ -418,7 +418,7 @@ class _ServiceBuilder:
         service.pools.append(pool)
         return name
 
-    def _backend_section(self, word, statement: Statement) -> _Proxy:
+    def _backend_section(self, word) -> _Proxy:
         found = self.backends.get(word.text)
         if found is None:
             self.ctx.fail(word.span, f"no backend named `{word.text}`",
@@ -426,19 +426,21 @@ class _ServiceBuilder:
         return found
 
     def _rules(self, service: ServiceDraft) -> None:
-        if self.front.kind == "listen":
-            self._pool(service, self.front)
-        for statement in self.front.lines("use_backend"):
-            self._use_backend(service, statement)
+        """`use_backend` rules in order, then the default; the default backend's pool comes first."""
         default = self.front.setting("default_backend")
         target = None
         if default is not None:
             self.handled.add(id(default))
-            target = self._pool(service, self._backend_section(default.args[0], default))
+            target = self._pool(service, self._backend_section(default.args[0]))
         elif self.front.kind == "listen":
-            target = self.pool_names[self.front.name]
+            target = self._pool(service, self.front)
+        for statement in self.front.lines("use_backend"):
+            self._use_backend(service, statement)
         if target is not None:
             service.forwards.append(Line(forward_text("tcp", [], target)))
+        elif not service.forwards:
+            why = "no `default_backend` and no `use_backend`: HAProxy closes every connection"
+            service.otherwise = Line("otherwise reject", [self.ctx.explain(self.front.span, why)])
         else:
             why = "with no `default_backend`, HAProxy closes connections no `use_backend` takes"
             service.otherwise = Line("otherwise reject", [self.ctx.explain(self.front.span, why)])
@@ -448,7 +450,7 @@ class _ServiceBuilder:
         if "%[" in statement.args[0].text:
             service.tail.append(self.ctx.lost(statement.span, statement.text, "the backend is chosen at run time"))
             return
-        pool = self._pool(service, self._backend_section(statement.args[0], statement))
+        pool = self._pool(service, self._backend_section(statement.args[0]))
         if not statement.condition:
             service.forwards.append(Line(forward_text("tcp", [], pool)))
             return
@@ -506,11 +508,9 @@ class _ServiceBuilder:
                                                                        "(in maintenance): weight 0"))
         for option in server.options.values():
             if option.name in _SERVER_LOST:
-                text = option.name if option.value is None else f"{option.name} {option.value}"
-                draft.notes.append(self.ctx.lost(option.span, text, _SERVER_LOST[option.name]))
+                draft.notes.append(self.ctx.lost(option.span, option.text, _SERVER_LOST[option.name]))
             elif option.name not in _SERVER_IGNORED:
-                text = option.name if option.value is None else f"{option.name} {option.value}"
-                draft.notes.append(self.ctx.lost(option.span, text, "lbspec does not know this server option"))
+                draft.notes.append(self.ctx.lost(option.span, option.text, "lbspec does not know this server option"))
         return draft
 
     # --- balance, affinity, health, failover
@@ -546,8 +546,8 @@ class _ServiceBuilder:
         if checked and unchecked:
             span = next(s.statement.span for _, s in servers if s.checked)
             service.health = Line("health none", [self.ctx.lost(
-                span, "check", f"servers {', '.join(checked)} are checked but {', '.join(unchecked)} are not; "
-                               "a service has one health setting, and `none` is the one that holds for all")])
+                span, "check", f"checked: {', '.join(checked)}; not checked: {', '.join(unchecked)}; a service "
+                               "has one health setting, and `none` is the one that holds for all")])
 
     def _failovers(self, service: ServiceDraft) -> None:
         for pool in service.pools:

@@ -42,6 +42,11 @@ class ServerOption:
     name: str
     value: int | float | None
     span: Span
+    text: str = ""  # as written: `inter 2s`
+
+    def __post_init__(self) -> None:
+        if not self.text:
+            object.__setattr__(self, "text", self.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +312,7 @@ class _ToSections(Transformer):
         return self._statement("default_backend", meta, children)
 
     def timeout(self, meta, children):
-        seconds = next(c for c in children if isinstance(c, float))
+        seconds = next(c[0] for c in children if isinstance(c, tuple))
         return self._statement("timeout", meta, children, value=seconds)
 
     def maxconn(self, meta, children):
@@ -326,7 +331,7 @@ class _ToSections(Transformer):
         return self._word(children[0])
 
     def time(self, meta, children):
-        return _time(str(children[0]))
+        return _time(str(children[0])), str(children[0])
 
     # --- servers
     def server(self, meta, children):

@@ -1,0 +1,472 @@
+"""`lbspec import k8s`: Services and their EndpointSlices as kube-proxy serves them.
+
+A Service becomes the service of its cluster IPs (destination NAT, as
+kube-proxy does it); its external IPs and load balancer addresses become a
+second service (`NAME-external`), translated like kube-proxy translates
+traffic from outside the cluster; its node ports a third (`NAME-nodeport`)
+when `--vip` gives the nodes' addresses.  Ready endpoints are the backends,
+serving-but-terminating ones the backups kube-proxy falls back to.
+docs/importers.md gives the whole mapping.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from lbspec.importers.draft import (
+    BackendDraft, ImportContext, Line, Names, Note, PoolDraft, ServiceDraft, affinity_text, balance_text,
+    failover_text, forward_text, line_span,
+)
+from lbspec.ir import Span
+
+__all__ = ["import_k8s"]
+
+_SLICE_LABEL = "kubernetes.io/service-name"
+_ANY = {4: "0.0.0.0/0", 6: "::/0"}
+
+
+# ------------------------------------------------------------------ reading --
+
+class _Map(dict):
+    """A YAML mapping that remembers the line of each key."""
+
+    line: int = 0
+    lines: dict
+
+    def at(self, key: str) -> int:
+        return self.lines.get(key, self.line)
+
+
+def _loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: Loader, node):
+        found = _Map()
+        found.line = node.start_mark.line + 1
+        found.lines = {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k.value, str)}
+        yield found
+        found.update(loader.construct_mapping(node))
+
+    Loader.add_constructor("tag:yaml.org,2002:map", mapping)
+    return Loader
+
+
+@dataclass
+class _Object:
+    kind: str
+    body: _Map
+    file: str
+
+    @property
+    def name(self) -> str:
+        return str(self.body.get("metadata", {}).get("name", ""))
+
+    @property
+    def namespace(self) -> str:
+        return str(self.body.get("metadata", {}).get("namespace") or "default")
+
+
+def _objects(path: str, ctx: ImportContext) -> list[_Object]:
+    import yaml
+
+    text = ctx.read(path)
+    try:
+        documents = list(yaml.load_all(text, Loader=_loader()))  # noqa: S506 -- a SafeLoader subclass
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        problem = getattr(error, "problem", None) or str(error)
+        ctx.fail(line_span(ctx.sources, path, line), f"not YAML: {problem}")
+    out = []
+    for document in documents:
+        items = document.get("items", []) if isinstance(document, dict) and document.get("kind", "").endswith(
+            "List") else [document]
+        for item in items:
+            if item is None:
+                continue
+            if not isinstance(item, dict) or "kind" not in item:
+                line = getattr(item, "line", None)
+                ctx.fail(line_span(ctx.sources, path, line), "not a Kubernetes object: it has no `kind`",
+                         help="give Service and EndpointSlice objects (`kubectl get svc,endpointslices -o yaml`)")
+            out.append(_Object(str(item["kind"]), item, path))
+    return out
+
+
+# ----------------------------------------------------------------- endpoints --
+
+@dataclass
+class _Endpoint:
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    name: str  # the pod, or the address
+    ports: dict[str, int]  # port name -> number
+    role: str  # ready | terminating | unused
+    line: int
+    file: str
+
+
+def _slice_endpoints(obj: _Object, ctx: ImportContext) -> list[_Endpoint]:
+    body = obj.body
+    ports = {}
+    for port in _list(body, "ports", obj, ctx):
+        if isinstance(port, dict) and port.get("port") is not None:
+            ports[str(port.get("name") or "")] = _int(port.get("port"), port, obj, ctx, "port")
+    out = []
+    for endpoint in _list(body, "endpoints", obj, ctx):
+        addresses = endpoint.get("addresses") or []
+        if not addresses:
+            continue
+        address = _ip(addresses[0], endpoint, obj, ctx)
+        if address is None:
+            continue
+        conditions = endpoint.get("conditions") or {}
+        ready = conditions.get("ready") is not False
+        serving = conditions.get("serving", ready) is not False
+        terminating = conditions.get("terminating") is True
+        role = "ready" if ready and not terminating else ("terminating" if serving else "unused")
+        name = (endpoint.get("targetRef") or {}).get("name") or str(address)
+        out.append(_Endpoint(address, name, ports, role, endpoint.line, obj.file))
+    return out
+
+
+def _legacy_endpoints(obj: _Object, ctx: ImportContext) -> list[_Endpoint]:
+    out = []
+    for subset in _list(obj.body, "subsets", obj, ctx):
+        ports = {str(p.get("name") or ""): _int(p.get("port"), p, obj, ctx, "port")
+                 for p in subset.get("ports") or [] if isinstance(p, dict)}
+        for key, role in (("addresses", "ready"), ("notReadyAddresses", "unused")):
+            for entry in subset.get(key) or []:
+                address = _ip(entry.get("ip"), entry, obj, ctx)
+                if address is not None:
+                    name = (entry.get("targetRef") or {}).get("name") or str(address)
+                    out.append(_Endpoint(address, name, ports, role, entry.line, obj.file))
+    return out
+
+
+def _list(body: dict, key: str, obj: _Object, ctx: ImportContext) -> list:
+    value = body.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        line = body.at(key) if isinstance(body, _Map) else None
+        ctx.fail(line_span(ctx.sources, obj.file, line), f"`{key}` of {obj.kind} {obj.name} is not a list of objects")
+    return value
+
+
+def _int(value, where: dict, obj: _Object, ctx: ImportContext, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        ctx.fail(line_span(ctx.sources, obj.file, getattr(where, "line", None)),
+                 f"`{what}: {value}` of {obj.kind} {obj.name} is not a number")
+    return value
+
+
+def _ip(text, where: dict, obj: _Object, ctx: ImportContext):
+    try:
+        return ipaddress.ip_address(str(text))
+    except ValueError:
+        ctx.fail(line_span(ctx.sources, obj.file, getattr(where, "line", None)),
+                 f"`{text}` in {obj.kind} {obj.name} is not an IP address")
+
+
+# ----------------------------------------------------------------- importer --
+
+def import_k8s(paths: list[str], ctx: ImportContext) -> tuple[list[ServiceDraft], list[Note]]:
+    """Services for the Service objects of Kubernetes YAML files (with their EndpointSlices)."""
+    objects = [o for path in paths for o in _objects(path, ctx)]
+    slices: dict[tuple[str, str], list[_Endpoint]] = {}
+    legacy: dict[tuple[str, str], list[_Endpoint]] = {}
+    for obj in objects:
+        if obj.kind == "EndpointSlice":
+            owner = (obj.body.get("metadata", {}).get("labels") or {}).get(_SLICE_LABEL)
+            if owner and obj.body.get("addressType") in ("IPv4", "IPv6", None):
+                slices.setdefault((obj.namespace, owner), []).extend(_slice_endpoints(obj, ctx))
+        elif obj.kind == "Endpoints":
+            legacy.setdefault((obj.namespace, obj.name), []).extend(_legacy_endpoints(obj, ctx))
+    services, header = [], []
+    names = Names()
+    clashes = _clashing_names([o for o in objects if o.kind == "Service"])
+    for obj in (o for o in objects if o.kind == "Service"):
+        key = (obj.namespace, obj.name)
+        endpoints = slices.get(key) if key in slices else legacy.get(key)
+        base = f"{obj.namespace}-{obj.name}" if obj.name in clashes else obj.name
+        services += _Service(obj, endpoints, ctx, header).build(names, base)
+    return services, header
+
+
+def _clashing_names(services: list[_Object]) -> set[str]:
+    seen: dict[str, set[str]] = {}
+    for obj in services:
+        seen.setdefault(obj.name, set()).add(obj.namespace)
+    return {name for name, spaces in seen.items() if len(spaces) > 1}
+
+
+@dataclass
+class _Port:
+    name: str
+    protocol: str
+    port: int
+    target: int | str
+    node_port: int | None
+    mapping: _Map
+
+    def line(self, key: str) -> int:
+        return self.mapping.at(key)
+
+
+class _Service:
+    """Builds the services of one Service object."""
+
+    def __init__(self, obj: _Object, endpoints: list[_Endpoint] | None, ctx: ImportContext, header: list[Note]):
+        self.obj = obj
+        self.spec = obj.body.get("spec") or _Map()
+        self.endpoints = endpoints
+        self.ctx = ctx
+        self.header = header
+        self.file = obj.file
+
+    def _span(self, key: str | None = None, mapping: dict | None = None) -> Span | None:
+        """The line of ``key`` in ``mapping`` (the spec by default); without a key, the object's name."""
+        if key is None and mapping is None:
+            metadata = self.obj.body.get("metadata")
+            line = metadata.at("name") if isinstance(metadata, _Map) else self.obj.body.line
+            return line_span(self.ctx.sources, self.file, line)
+        mapping = self.spec if mapping is None else mapping
+        line = mapping.at(key) if isinstance(mapping, _Map) and key else getattr(mapping, "line", None)
+        return line_span(self.ctx.sources, self.file, line or self.obj.body.line)
+
+    def build(self, names: Names, base: str) -> list[ServiceDraft]:
+        kind = self.spec.get("type", "ClusterIP")
+        if kind == "ExternalName":
+            self.header.append(self.ctx.lost(self._span("type"), f"Service {self.obj.name} type: ExternalName",
+                                             "a DNS alias; nothing balances: not imported"))
+            return []
+        if self.spec.get("clusterIP") == "None":
+            self.header.append(self.ctx.lost(self._span("clusterIP"), f"Service {self.obj.name} clusterIP: None",
+                                             "headless: clients get the endpoints' addresses from DNS; nothing "
+                                             "balances: not imported"))
+            return []
+        ports = self._ports()
+        out = [self._cluster(names.take(base), ports)]
+        external = self._external_vips()
+        if external:
+            out.append(self._outside(names.take(f"{base}-external"), ports, external, "port"))
+        node_ports = [p for p in ports if p.node_port]
+        if node_ports and kind in ("NodePort", "LoadBalancer"):
+            if self.ctx.options.vips:
+                out.append(self._outside(names.take(f"{base}-nodeport"), node_ports,
+                                         list(self.ctx.options.vips), "node_port"))
+            else:
+                text = ", ".join(f"nodePort: {p.node_port}" for p in node_ports)
+                span = line_span(self.ctx.sources, self.file, node_ports[0].line("nodePort"))
+                out[0].tail.append(self.ctx.lost(span, text, "served on every node's addresses: give "
+                                                                             "them with --vip to import it"))
+        return out
+
+    # --- ports and addresses
+    def _ports(self) -> list[_Port]:
+        ports = []
+        for port in _list(self.spec, "ports", self.obj, self.ctx):
+            number = _int(port.get("port"), port, self.obj, self.ctx, "port")
+            target = port.get("targetPort", number)
+            node_port = port.get("nodePort")
+            ports.append(_Port(str(port.get("name") or ""), str(port.get("protocol") or "TCP"), number,
+                               target, node_port if isinstance(node_port, int) else None, port))
+        return ports
+
+    def _cluster_vips(self, service: ServiceDraft) -> None:
+        texts = [str(t) for t in self.spec.get("clusterIPs") or [self.spec.get("clusterIP")] if t]
+        for text in texts:
+            service.add_vip(_ip(text, self.spec, self.obj, self.ctx))
+        if service.vips:
+            return
+        families = self.spec.get("ipFamilies") or ["IPv4"]
+        for family in families:
+            service.add_vip(ipaddress.ip_address("::" if family == "IPv6" else "0.0.0.0"))
+        service.vip_notes.append(self.ctx.lost(self._span(), f"Service {self.obj.name}", "the manifest has no "
+                                               "clusterIP (the API server assigns one); import `kubectl get svc -o "
+                                               "yaml` to get it"))
+
+    def _external_vips(self) -> list:
+        found = [_ip(t, self.spec, self.obj, self.ctx) for t in self.spec.get("externalIPs") or []]
+        status = (self.obj.body.get("status") or {}).get("loadBalancer") or {}
+        for ingress in status.get("ingress") or []:
+            if ingress.get("ip"):
+                found.append(_ip(ingress["ip"], ingress, self.obj, self.ctx))
+            elif ingress.get("hostname"):
+                self.header.append(self.ctx.lost(self._span(None, ingress), f"hostname: {ingress['hostname']}",
+                                                 "a load balancer known by name; the spec needs its address"))
+        if not status.get("ingress") and self.spec.get("loadBalancerIP"):
+            found.append(_ip(self.spec["loadBalancerIP"], self.spec, self.obj, self.ctx))
+        return list(dict.fromkeys(found))
+
+    # --- the services
+    def _cluster(self, name: str, ports: list[_Port]) -> ServiceDraft:
+        service = ServiceDraft(name)
+        self._cluster_vips(service)
+        service.mode = Line("mode nat", [self.ctx.lost(self._span(), f"Service {self.obj.name}", "kube-proxy also "
+                                                       "masquerades (source-NATs) clients from outside the pod "
+                                                       "network; the spec says `nat` for all of them")])
+        self._fill(service, ports, "port")
+        if self.spec.get("internalTrafficPolicy") == "Local":
+            service.tail.append(self.ctx.lost(self._span("internalTrafficPolicy"), "internalTrafficPolicy: Local",
+                                              "each node sends cluster traffic only to its own endpoints"))
+        return service
+
+    def _outside(self, name: str, ports: list[_Port], vips: list, which: str) -> ServiceDraft:
+        service = ServiceDraft(name)
+        for vip in vips:
+            service.add_vip(vip)
+        policy = self.spec.get("externalTrafficPolicy", "Cluster")
+        if policy == "Local":
+            service.mode = Line("mode nat", [self.ctx.lost(self._span("externalTrafficPolicy"),
+                                                           "externalTrafficPolicy: Local", "each node sends this "
+                                                           "traffic only to its own endpoints (and keeps the "
+                                                           "client's address)")])
+        else:
+            service.mode = Line("mode snat", [self.ctx.explain(self._span(), "externalTrafficPolicy: Cluster: "
+                                                               "kube-proxy masquerades traffic from outside the "
+                                                               "cluster")])
+        ranges = self.spec.get("loadBalancerSourceRanges") or []
+        allowed = self._source_ranges(service, ranges) if ranges and which == "port" else None
+        self._fill(service, ports, which, allowed)
+        return service
+
+    def _source_ranges(self, service: ServiceDraft, ranges: list) -> list:
+        """The allowed source prefixes; the service drops every other source."""
+        allowed = []
+        for text in (str(r).strip() for r in ranges):
+            try:
+                allowed.append(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                self.ctx.fail(self._span("loadBalancerSourceRanges"), f"`{text}` is not a prefix",
+                              help="write prefixes such as 203.0.113.0/24")
+        service.otherwise = Line("otherwise drop", [self.ctx.explain(
+            self._span("loadBalancerSourceRanges"), "loadBalancerSourceRanges: other sources are dropped")])
+        return allowed
+
+    def _fill(self, service: ServiceDraft, ports: list[_Port], which: str, allowed: list | None = None) -> None:
+        """Listeners, pools, rules, balance, affinity and health for the given ports."""
+        usable = []
+        for port in ports:
+            if port.protocol not in ("TCP", "UDP"):
+                service.listen_notes.append(self.ctx.lost(line_span(self.ctx.sources, self.file, port.line("protocol")),
+                                                          f"protocol: {port.protocol}", "the spec knows TCP, UDP "
+                                                                                        "and ICMP; not imported"))
+                continue
+            service.add_listen(port.protocol.lower(), getattr(port, which))
+            usable.append(port)
+        if self.endpoints is None and self.spec.get("selector") is not None:
+            service.otherwise = Line("otherwise reject", [self.ctx.explain(
+                self._span(), f"no EndpointSlice for Service {self.obj.name} in the input: kube-proxy rejects "
+                              "traffic to a Service without endpoints")])
+            return
+        pools = self._pools(service)
+        for port in usable:
+            self._forwards(service, port, pools, which, allowed)
+        if not service.forwards and service.otherwise is None:
+            service.otherwise = Line("otherwise reject", [self.ctx.explain(
+                self._span(), "no endpoint serves these ports: kube-proxy rejects their traffic")])
+            return
+        self._behaviour(service)
+
+    def _pools(self, service: ServiceDraft) -> dict[int, tuple[str, list[_Endpoint]]]:
+        """One pool per address family with a VIP: ready endpoints, and terminating ones as backups."""
+        families = {v.version for v in service.vips}
+        names = Names()
+        out: dict[int, tuple[str, list[_Endpoint]]] = {}
+        by_family: dict[int, list[_Endpoint]] = {}
+        for endpoint in self.endpoints or []:
+            by_family.setdefault(endpoint.address.version, []).append(endpoint)
+        for family, endpoints in sorted(by_family.items()):
+            if family not in families:
+                continue
+            suffix = f"-v{family}" if len(families) > 1 else ""
+            pool = PoolDraft(names.take(f"{self.obj.name}{suffix}", "endpoints"))
+            used = self._backends(pool, endpoints, names)
+            service.pools.append(pool)
+            out[family] = (pool.name, used)
+            backups = [b.name for b in pool.backends if b.backup]
+            if backups:
+                service.failovers.append(Line(failover_text(backups, 1, pool.name), [self.ctx.explain(
+                    None, "kube-proxy uses serving endpoints that are terminating only when no endpoint is ready")]))
+        return out
+
+    def _backends(self, pool: PoolDraft, endpoints: list[_Endpoint], names: Names) -> list[_Endpoint]:
+        used, seen = [], set()
+        for endpoint in endpoints:
+            span = line_span(self.ctx.sources, endpoint.file, endpoint.line)
+            if endpoint.address in seen:
+                continue
+            seen.add(endpoint.address)
+            if endpoint.role == "unused":
+                pool.notes.append(self.ctx.explain(span, f"endpoint {endpoint.address} is not ready and not "
+                                                         "serving: kube-proxy sends it nothing"))
+                continue
+            backend = BackendDraft(names.take(endpoint.name, "endpoint"), endpoint.address)
+            backend.backup = endpoint.role == "terminating"
+            if backend.backup:
+                backend.notes.append(self.ctx.explain(span, "serving but terminating"))
+            pool.backends.append(backend)
+            used.append(endpoint)
+        return used
+
+    def _forwards(self, service: ServiceDraft, port: _Port, pools: dict, which: str, allowed: list | None) -> None:
+        number = getattr(port, which)
+        for family in sorted(pools):
+            pool, endpoints = pools[family]
+            target = self._target_port(port, endpoints, service) if endpoints else None
+            if target is None:
+                continue
+            if allowed is not None:
+                sources = [str(p) for p in allowed if p.version == family]
+                if not sources:
+                    continue
+            else:
+                sources = [_ANY[family]] if len({v.version for v in service.vips}) > 1 else []
+            service.forwards.append(Line(forward_text(port.protocol.lower(), [(number, number)], pool, sources,
+                                                      target)))
+
+    def _target_port(self, port: _Port, endpoints: list[_Endpoint], service: ServiceDraft) -> int | None:
+        """The endpoints' port for a Service port: by the port's name, as the EndpointSlice lists it."""
+        numbers = [e.ports.get(port.name) for e in endpoints if port.name in e.ports]
+        if not numbers:
+            if isinstance(port.target, int):
+                return port.target
+            service.tail.append(self.ctx.lost(line_span(self.ctx.sources, self.file, port.line("targetPort")),
+                                              f"targetPort: {port.target}", "no endpoint names this port"))
+            return None
+        counts = {n: numbers.count(n) for n in numbers}
+        chosen = max(counts, key=lambda n: (counts[n], -n))
+        if len(counts) > 1:
+            service.tail.append(self.ctx.lost(line_span(self.ctx.sources, self.file, port.line("targetPort")),
+                                              f"targetPort: {port.target}", f"endpoints listen on different ports "
+                                              f"({', '.join(map(str, sorted(counts)))}); the spec says {chosen}"))
+        return chosen
+
+    def _behaviour(self, service: ServiceDraft) -> None:
+        service.balance = Line(balance_text("random"), [self.ctx.explain(
+            None, "kube-proxy (iptables and nftables modes) picks an endpoint at random; IPVS mode would be "
+                  "round robin")])
+        conntrack = self.ctx.explain(None, "conntrack keeps each connection on the endpoint its first packet got")
+        if self.spec.get("sessionAffinity") == "ClientIP":
+            config = ((self.spec.get("sessionAffinityConfig") or {}).get("clientIP") or {})
+            timeout = config.get("timeoutSeconds", 10800)
+            service.affinity = Line(affinity_text("client", float(timeout)), [self.ctx.explain(
+                self._span("sessionAffinity"), "sessionAffinity: ClientIP")])
+        else:
+            service.affinity = Line(affinity_text("flow"), [conntrack])
+        service.health = Line("health none", [self.ctx.explain(
+            None, "kube-proxy checks nothing itself: it drops endpoints that stop being ready (readiness probes, "
+                  "which the spec cannot express)")])
+        for key in ("trafficDistribution", "healthCheckNodePort"):
+            if self.spec.get(key) is not None:
+                service.tail.append(self.ctx.lost(self._span(key), f"{key}: {self.spec[key]}", _K8S_LOST[key]))
+
+
+_K8S_LOST = {
+    "trafficDistribution": "endpoints close to the client are preferred",
+    "healthCheckNodePort": "the cloud load balancer checks each node, not each endpoint",
+}
