@@ -131,7 +131,9 @@ def _fail(error: dict, ctx: ImportContext) -> None:
     missing = re.match(r"\[Errno [0-9]+\] (.*): '(.*)'$", message)
     if missing:
         message = f"cannot read {missing.group(2)}: {missing.group(1).lower()}"
-    ctx.fail(line_span(ctx.sources, file, line) if line else None, message)
+    hint = ("pass the main configuration file (nginx.conf), which includes this one"
+            if "not allowed here" in message else None)
+    ctx.fail(line_span(ctx.sources, file, line) if line else None, message, help=hint)
 
 
 def _tree(parsed: list[dict], file: str, configs: list[dict], ctx: ImportContext) -> list[_Directive]:

@@ -350,11 +350,11 @@ class _ToSections(Transformer):
 
     def int_option(self, meta, children):
         key, value = children
-        return ServerOption(key, int(value), _span(self.file, meta))
+        return ServerOption(key, int(value), _span(self.file, meta), f"{key} {value}")
 
     def time_option(self, meta, children):
-        key, value = children
-        return ServerOption(key, value, _span(self.file, meta))
+        key, (seconds, written) = children
+        return ServerOption(key, seconds, _span(self.file, meta), f"{key} {written}")
 
     def int_key(self, meta, children):
         return str(children[0])

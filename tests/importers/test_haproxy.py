@@ -1,0 +1,395 @@
+"""`lbspec import haproxy`: HAProxy configurations to specs, judged by the model they load to."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+
+import pytest
+
+from lbspec.importers import ConfigError, Options, import_config
+
+from importing import CONFIGS, Result, addresses, backends, cli, rules, run
+
+VALID = ["lab-tcp-checks.cfg", "lab-tcp-nocheck.cfg", "backups-weights.cfg", "routing.cfg", "http-checks.cfg",
+         "unrepresented.cfg", "mixed-checks.cfg"]
+
+
+def haproxy(tmp_path, text: str, **options) -> Result:
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(text)
+    return Result(import_config("haproxy", [str(path)], Options(**options)))
+
+
+TCP_DEFAULTS = """
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+"""
+
+
+def frontend_backend(backend_body: str, bind: str = "10.0.0.1:80") -> str:
+    return TCP_DEFAULTS + f"""
+frontend f
+    bind {bind}
+    default_backend b
+
+backend b
+{backend_body}
+"""
+
+
+# ------------------------------------------------------------- the lab configs --
+
+def test_lab_with_checks_is_a_proxy_with_tcp_health():
+    result = run("haproxy", "lab-tcp-checks.cfg")
+    lab = result.service("lab")
+    assert lab.mode.kind == "proxy"
+    assert [str(v) for v in lab.vips] == ["10.0.0.1"]
+    assert [(x.protocol, x.ports) for x in lab.listens] == [("tcp", ((8080, 8080),))]
+    assert addresses(lab, "app") == ["10.0.1.11", "10.0.1.12", "10.0.1.13"]
+    assert {b.port for b in lab.backends} == {8080}
+    assert lab.balance.algorithm == "round_robin"
+    assert lab.affinity.kind == "flow" and lab.affinity.timeout == 30
+    # inter 1s, fall 2, rise 1; no `timeout check`: a check may take `inter`
+    assert (lab.health.kind, lab.health.fall, lab.health.rise) == ("tcp", 2, 1)
+    assert lab.health.timeout == 1 and lab.health.every == 2
+    assert rules(lab) == [("tcp", (), (), "app", None)]
+
+
+def test_lab_configs_are_fully_represented():
+    for name in ("lab-tcp-checks.cfg", "lab-tcp-nocheck.cfg"):
+        result = run("haproxy", name)
+        assert result.codes == [] and result.lost() == []
+
+
+def test_lab_without_checks_has_no_health():
+    lab = run("haproxy", "lab-tcp-nocheck.cfg").service("lab")
+    assert lab.health.kind == "none"
+    assert math.isinf(lab.health.detection_time)
+
+
+def test_roundrobin_in_tcp_mode_keeps_connections_on_one_server():
+    result = run("haproxy", "lab-tcp-nocheck.cfg")
+    lab = result.service("lab")
+    assert lab.balance.algorithm == "round_robin" and lab.affinity.kind == "flow"
+    assert "never moves" in result.text
+
+
+# ------------------------------------------------------------------ servers --
+
+def test_weights_maxconn_disabled_and_backups():
+    result = run("haproxy", "backups-weights.cfg")
+    pg = result.service("pg")
+    found = backends(pg, "pg")
+    assert (found["pg1"].weight, found["pg2"].weight, found["pg3"].weight) == (10, 5, 0)
+    assert found["pg4"].weight == 0  # `disabled`: in maintenance
+    assert all(b.max_conn == 200 for b in found.values())  # from default-server
+    assert [b.name for b in pg.pool("pg").backups] == ["spare1", "spare2"]
+    (failover,) = pg.failovers
+    assert (failover.source, failover.targets, failover.below) == ("pg", ("spare1", "spare2"), 1)
+    assert pg.balance.algorithm == "least_conn"
+
+
+def test_several_backups_without_allbackups_are_flagged(tmp_path):
+    assert run("haproxy", "backups-weights.cfg").lost_mentions("allbackups")
+    text = frontend_backend("    option allbackups\n    server a 10.0.1.1:80 check\n"
+                            "    server b1 10.0.1.2:80 check backup\n    server b2 10.0.1.3:80 check backup\n")
+    result = haproxy(tmp_path, text)
+    assert result.service("f").failovers[0].targets == ("b1", "b2")
+    assert result.codes == []
+
+
+def test_tcp_check_timing_uses_connect_timeout_when_timeout_check_is_set():
+    pg = run("haproxy", "backups-weights.cfg").service("pg")
+    # inter 5s; `timeout check 2s` with a TCP connect check: min(timeout connect 3s, inter) = 3s
+    assert (pg.health.kind, pg.health.timeout, pg.health.every) == ("tcp", 3, 8)
+    assert (pg.health.fall, pg.health.rise) == (3, 2)
+
+
+def test_http_check_with_fastinter_spread_and_timeout_check():
+    result = run("haproxy", "http-checks.cfg")
+    api = result.service("api")
+    assert api.health.kind == "http" and api.health.path == "/healthz"
+    # min(connect 1s, inter 2s) + timeout check 3s = 4s; inter 2s + 10% spread + 4s = 6.2s
+    assert api.health.timeout == pytest.approx(4)
+    assert api.health.every == pytest.approx(6.2)
+    assert result.lost_mentions("http-check expect status 200")
+    assert result.lost_mentions("mode http")
+
+
+def test_mixed_checks_give_no_health(tmp_path):
+    result = run("haproxy", "mixed-checks.cfg")
+    assert result.service("mixed").health.kind == "none"
+    assert result.lost_mentions("check", "blind")
+    assert "LB301" in result.codes
+
+
+def test_server_without_port_and_ipv6_servers(tmp_path):
+    result = haproxy(tmp_path, frontend_backend("    server v4 10.0.1.1\n    server v6 [2001:db8::2]:8080\n"
+                                                "    server v6at ipv6@2001:db8::3:8081\n"))
+    found = backends(result.service("f"), "b")
+    assert (found["v4"].port, str(found["v6"].address), found["v6"].port) == (None, "2001:db8::2", 8080)
+    assert (str(found["v6at"].address), found["v6at"].port) == ("2001:db8::3", 8081)
+
+
+def test_names_are_made_valid_and_unique(tmp_path):
+    text = TCP_DEFAULTS + """
+frontend web.front
+    bind 10.0.0.1:80
+    default_backend web
+
+backend web
+    server web 10.0.1.1:80
+    server 1st.server 10.0.1.2:80
+"""
+    result = haproxy(tmp_path, text)
+    service = result.service("web_front")
+    assert [p.name for p in service.pools] == ["web"]
+    assert [b.name for b in service.backends] == ["web-web", "_1st_server"]
+
+
+# ------------------------------------------------------------------ balance --
+
+@pytest.mark.parametrize("lines, algorithm, fields, lost", [
+    ("balance roundrobin", "round_robin", (), False),
+    ("balance static-rr", "round_robin", (), False),
+    ("balance leastconn", "least_conn", (), False),
+    ("balance source", "hash", ("src",), False),
+    ("balance source\n    hash-type consistent", "maglev", ("src",), False),
+    ("balance random(1)", "random", (), False),
+    ("balance random", "random", (), True),
+    ("balance first", "round_robin", (), True),
+    ("balance uri", "random", (), True),
+    ("balance hdr(host)", "random", (), True),
+])
+def test_balance(tmp_path, lines, algorithm, fields, lost):
+    result = haproxy(tmp_path, frontend_backend(f"    {lines}\n    server a 10.0.1.1:80\n    server b 10.0.1.2:80\n"))
+    balance = result.service("f").balance
+    assert (balance.algorithm, balance.fields) == (algorithm, fields)
+    assert result.lost_mentions(lines.split("\n")[0].strip()) is lost
+
+
+def test_stick_on_src_is_client_affinity(tmp_path):
+    result = run("haproxy", "unrepresented.cfg")
+    www = result.service("www")
+    assert www.affinity.kind == "client" and www.affinity.timeout == 1800
+
+
+def test_timeout_tunnel_decides_the_flow_timeout(tmp_path):
+    text = frontend_backend("    timeout tunnel 1h\n    server a 10.0.1.1:80\n")
+    assert haproxy(tmp_path, text).service("f").affinity.timeout == 3600
+
+
+# ------------------------------------------------------------------- routing --
+
+def test_use_backend_with_src_and_dst_port_acls():
+    result = run("haproxy", "routing.cfg")
+    edge = result.service("edge")
+    assert [str(v) for v in edge.vips] == ["192.0.2.10"]
+    assert edge.listens[0].ports == ((80, 80), (443, 443), (9000, 9000))
+    office = ("10.0.0.0/8", "192.168.0.0/16")
+    assert rules(edge) == [("tcp", ((9000, 9000),), office, "admin", None),
+                           ("tcp", (), office, "office", None),
+                           ("tcp", (), (), "web", None)]
+    assert edge.balance.algorithm == "maglev"  # from the default backend
+    assert result.lost_mentions("use_backend canary", "req.ssl_sni")
+    assert "canary" in [p.name for p in edge.pools]
+    assert "unused" in result.text and "used by no frontend" in result.text
+
+
+def test_frontend_without_default_backend_rejects_the_rest(tmp_path):
+    text = TCP_DEFAULTS + """
+frontend f
+    bind 10.0.0.1:80
+    bind 10.0.0.1:81
+    use_backend b if { dst_port 81 }
+
+backend b
+    server a 10.0.1.1:80
+"""
+    service = haproxy(tmp_path, text).service("f")
+    assert service.otherwise == "reject"
+    assert rules(service) == [("tcp", ((81, 81),), (), "b", None)]
+
+
+def test_a_source_of_another_family_gives_no_rule(tmp_path):
+    text = TCP_DEFAULTS + """
+frontend f
+    bind 10.0.0.1:80
+    use_backend b if { src 2001:db8::/32 }
+    default_backend b
+
+backend b
+    server a 10.0.1.1:80
+"""
+    assert rules(haproxy(tmp_path, text).service("f")) == [("tcp", (), (), "b", None)]
+
+
+# ---------------------------------------------------------------- listeners --
+
+def test_wildcard_bind_without_and_with_vip(tmp_path):
+    text = frontend_backend("    server a 10.0.1.1:80\n", bind="*:80")
+    result = haproxy(tmp_path, text)
+    assert [str(v) for v in result.service("f").vips] == ["0.0.0.0"]
+    assert result.lost_mentions("bind *:80", "--vip")
+    given = haproxy(tmp_path, text, vips=(__import__("ipaddress").ip_address("192.0.2.99"),))
+    assert [str(v) for v in given.service("f").vips] == ["192.0.2.99"]
+    assert given.codes == []
+
+
+def test_port_ranges_and_ipv6_binds(tmp_path):
+    text = frontend_backend("    server a 10.0.1.1\n", bind="10.0.0.1:8000-8010")
+    text = text.replace("    bind 10.0.0.1:8000-8010\n", "    bind 10.0.0.1:8000-8010\n    bind [2001:db8::1]:80\n")
+    service = haproxy(tmp_path, text).service("f")
+    assert [str(v) for v in service.vips] == ["10.0.0.1", "2001:db8::1"]
+    assert service.listens[0].ports == ((80, 80), (8000, 8010))
+
+
+def test_listen_section_is_frontend_and_backend(tmp_path):
+    text = TCP_DEFAULTS + """
+listen both
+    bind 10.0.0.9:3306
+    server db1 10.0.9.1:3306 check
+"""
+    service = haproxy(tmp_path, text).service("both")
+    assert [p.name for p in service.pools] == ["both"] and service.health.kind == "tcp"
+
+
+def test_frontend_without_bind_is_not_imported(tmp_path):
+    text = TCP_DEFAULTS + "\nfrontend f\n    default_backend b\n\nbackend b\n    server a 10.0.1.1:80\n"
+    result = haproxy(tmp_path, text)
+    assert result.spec.services == () and "no usable `bind`" in result.text
+
+
+# ----------------------------------------------------------------- defaults --
+
+def test_settings_come_from_the_last_defaults_section(tmp_path):
+    text = """
+defaults
+    mode http
+    timeout client 5s
+
+defaults
+    mode tcp
+    timeout client 50s
+    timeout server 50s
+
+frontend f
+    bind 10.0.0.1:80
+    default_backend b
+
+backend b
+    server a 10.0.1.1:80
+"""
+    result = haproxy(tmp_path, text)
+    assert result.service("f").affinity.timeout == 50
+    assert not result.lost_mentions("mode http")
+
+
+def test_named_defaults_and_from(tmp_path):
+    text = """
+defaults slow
+    mode tcp
+    timeout client 90s
+    timeout server 90s
+
+defaults fast
+    mode tcp
+    timeout client 5s
+    timeout server 5s
+
+frontend f from slow
+    bind 10.0.0.1:80
+    default_backend b
+
+backend b from slow
+    server a 10.0.1.1:80
+"""
+    assert haproxy(tmp_path, text).service("f").affinity.timeout == 90
+
+
+def test_files_are_read_in_order():
+    result = run("haproxy", "split-global.cfg", "split-proxies.cfg")
+    split = result.service("split")
+    assert (split.health.fall, split.health.rise, split.health.every) == (2, 2, 6)  # default-server of file 1
+    assert split.affinity.timeout == 20
+    assert [str(b.address) for b in split.backends] == ["10.5.0.11", "2001:db8:5::12"]
+    assert split.balance.algorithm == "random" and result.codes == []
+
+
+# ----------------------------------------------------------- not represented --
+
+@pytest.mark.parametrize("setting", [
+    "maxconn 50000", "option redispatch", "retries 3", "maxconn 10000", "option forwardfor", "tcp-request",
+    "http-request deny", "ssl", "slowstart 30s", "send-proxy", "app3.internal", "agent-check", "balance uri",
+])
+def test_each_unrepresented_setting_has_a_comment(setting):
+    result = run("haproxy", "unrepresented.cfg")
+    assert result.lost_mentions(setting), setting
+
+
+def test_unrepresented_settings_name_their_line():
+    result = run("haproxy", "unrepresented.cfg")
+    assert result.lost_mentions("unrepresented.cfg:8", "option redispatch")
+    lines = {d.span.line for d in result.imported.diagnostics if d.span}
+    assert {4, 8, 9, 16, 17} <= lines
+    assert set(result.codes) == {"LB301"}
+
+
+def test_hostname_server_is_left_out():
+    www = run("haproxy", "unrepresented.cfg").service("www")
+    assert [b.name for b in www.backends] == ["app1", "app2", "app4"]
+
+
+# ------------------------------------------------------------------- errors --
+
+@pytest.mark.parametrize("text, line", [
+    ("backend b\n    server s1 10.0.0.1:80 weight abc\n", 2),
+    ("backend b\n    server s1\n", 2),
+    ("frontend f\n    bind \"10.0.0.1:80\n", 2),
+    ("bind :80\n", 1),
+    ("backend b\n    server s1 10.0.0.1:80 inter 2sec\n", 2),
+    ("frontend f\n    bind 10.0.0.1:80\n    default_backend missing\n", 3),
+    ("frontend f from nowhere\n    bind 10.0.0.1:80\n", 1),
+    ("frontend f\n    bind 10.0.0.1\n", 2),
+    ("frontend f\n    bind 10.0.0.300:80\n", 2),
+    ("listen l\n    bind :80\n    server s1 10.0.0.1:99999\n", 3),
+    ("global\n    maxconn 10\nfrontend\n", 3),
+])
+def test_malformed_configs_are_lb300_with_the_line(tmp_path, text, line):
+    path = tmp_path / "bad.cfg"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        import_config("haproxy", [str(path)])
+    (diagnostic,) = raised.value.diagnostics
+    assert diagnostic.code == "LB300" and diagnostic.span.line == line
+    run_ = cli("import", "haproxy", str(path))
+    assert run_.code == 2 and "error[LB300]" in run_.err and f"bad.cfg:{line}:" in run_.err
+    assert "Traceback" not in run_.err and run_.out == ""
+
+
+def test_unreadable_file_is_lb300(tmp_path):
+    run_ = cli("import", "haproxy", str(tmp_path / "missing.cfg"))
+    assert run_.code == 2 and "LB300" in run_.err and "no such file" in run_.err
+
+
+# ---------------------------------------------------------- the real haproxy --
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+@pytest.mark.parametrize("name", VALID)
+def test_haproxy_accepts_the_test_configs(name):
+    done = subprocess.run(["haproxy", "-c", "-f", str(CONFIGS / "haproxy" / name)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+def test_haproxy_accepts_the_split_config():
+    files = [str(CONFIGS / "haproxy" / n) for n in ("split-global.cfg", "split-proxies.cfg")]
+    done = subprocess.run(["haproxy", "-c", "-f", files[0], "-f", files[1]], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -1,0 +1,186 @@
+"""`lbspec import k8s`: Services with their EndpointSlices to specs, judged by their model."""
+
+from __future__ import annotations
+
+import ipaddress
+import textwrap
+
+import pytest
+
+from lbspec.importers import ConfigError, Options, import_config
+
+from importing import Result, addresses, cli, rules, run
+
+
+def k8s(tmp_path, *documents: str, **options) -> Result:
+    path = tmp_path / "objects.yaml"
+    path.write_text("\n---\n".join(textwrap.dedent(d) for d in documents))
+    return Result(import_config("k8s", [str(path)], Options(**options)))
+
+
+SERVICE = """
+    apiVersion: v1
+    kind: Service
+    metadata: {name: api, namespace: prod}
+    spec:
+      clusterIP: 10.96.1.1
+      selector: {app: api}
+      ports:
+        - {name: http, port: 80, targetPort: web}
+"""
+
+
+def endpoint_slice(*endpoints: str, port: int = 8080, family: str = "IPv4", name: str = "api-1") -> str:
+    body = "\n".join(f"      - {e}" for e in endpoints)
+    return f"""
+    apiVersion: discovery.k8s.io/v1
+    kind: EndpointSlice
+    metadata:
+      name: {name}
+      namespace: prod
+      labels: {{kubernetes.io/service-name: api}}
+    addressType: {family}
+    ports:
+      - {{name: http, port: {port}, protocol: TCP}}
+    endpoints:
+{body}
+"""
+
+
+# -------------------------------------------------------------- the lab shape --
+
+def test_cluster_ip_with_tcp_and_udp_ports():
+    result = run("k8s", "lab-clusterip.yaml")
+    echo = result.service("echo")
+    assert [str(v) for v in echo.vips] == ["10.96.0.50"]
+    assert echo.mode.kind == "nat"
+    assert addresses(echo, "echo") == ["10.244.1.11", "10.244.2.12", "10.244.3.13"]
+    assert [b.name for b in echo.backends] == ["echo-5f7c9-a1", "echo-5f7c9-b2", "echo-5f7c9-c3"]
+    assert rules(echo) == [("tcp", ((8080, 8080),), (), "echo", 8080), ("udp", ((9000, 9000),), (), "echo", 9000)]
+    assert echo.balance.algorithm == "random" and echo.affinity.kind == "flow"
+    assert echo.health.kind == "none"
+    assert result.lost_mentions("masquerades")
+
+
+# ---------------------------------------------------------------- endpoints --
+
+def test_named_target_port_is_resolved_from_the_slice(tmp_path):
+    result = k8s(tmp_path, SERVICE, endpoint_slice("{addresses: [10.244.0.1]}", port=8181))
+    assert rules(result.service("api")) == [("tcp", ((80, 80),), (), "api", 8181)]
+
+
+def test_endpoint_conditions(tmp_path):
+    result = k8s(tmp_path, SERVICE, endpoint_slice(
+        "{addresses: [10.244.0.1], conditions: {ready: true}}",
+        "{addresses: [10.244.0.2]}",
+        "{addresses: [10.244.0.3], conditions: {ready: false, serving: true, terminating: true}}",
+        "{addresses: [10.244.0.4], conditions: {ready: false, serving: false, terminating: true}}",
+        "{addresses: [10.244.0.5], conditions: {ready: false}}"))
+    api = result.service("api")
+    assert [(str(b.address), b.backup) for b in api.backends] == [
+        ("10.244.0.1", False), ("10.244.0.2", False), ("10.244.0.3", True)]
+    (failover,) = api.failovers
+    assert failover.targets == (api.backends[2].name,) and failover.below == 1
+    assert "10.244.0.5 is not ready" in result.text
+
+
+def test_dual_stack_load_balancer():
+    result = run("k8s", "dualstack-lb.yaml")
+    web = result.service("web")
+    assert [str(v) for v in web.vips] == ["10.96.0.20", "fd00:10:96::20"]
+    assert [p.name for p in web.pools] == ["web-v4", "web-v6"]
+    assert rules(web)[:2] == [("tcp", ((80, 80),), ("0.0.0.0/0",), "web-v4", 8080),
+                              ("tcp", ((80, 80),), ("::/0",), "web-v6", 8080)]
+    assert (web.affinity.kind, web.affinity.timeout) == ("client", 600)
+    assert [b.name for b in web.pool("web-v4").backups] == ["web-7d9f-old01"]
+    assert result.lost_mentions("protocol: SCTP")
+    assert result.lost_mentions("nodePort: 30080", "--vip")
+
+
+def test_load_balancer_addresses_and_source_ranges():
+    external = run("k8s", "dualstack-lb.yaml").service("web-external")
+    assert [str(v) for v in external.vips] == ["198.51.100.20"]
+    assert external.mode.kind == "snat"
+    assert rules(external) == [("tcp", ((80, 80),), ("203.0.113.0/24",), "web", 8080),
+                               ("tcp", ((9100, 9100),), ("203.0.113.0/24",), "web", 9100)]
+    assert external.otherwise == "drop"
+
+
+def test_node_ports_with_vip():
+    result = run("k8s", "dualstack-lb.yaml", vips=(ipaddress.ip_address("192.168.0.2"),))
+    nodeport = result.service("web-nodeport")
+    assert [str(v) for v in nodeport.vips] == ["192.168.0.2"]
+    assert rules(nodeport) == [("tcp", ((30080, 30080),), (), "web", 8080)]
+    assert not result.lost_mentions("nodePort")
+
+
+def test_external_traffic_policy_local(tmp_path):
+    service = SERVICE.replace("clusterIP: 10.96.1.1", "clusterIP: 10.96.1.1\n      externalIPs: [192.0.2.5]\n"
+                                                      "      externalTrafficPolicy: Local")
+    result = k8s(tmp_path, service, endpoint_slice("{addresses: [10.244.0.1]}"))
+    assert result.service("api-external").mode.kind == "nat"
+    assert result.lost_mentions("externalTrafficPolicy: Local")
+
+
+def test_legacy_endpoints_and_services_that_are_not_imported():
+    result = run("k8s", "kube-dns.yaml")
+    dns = result.service("kube-dns")
+    assert addresses(dns, "kube-dns") == ["10.244.0.2", "10.244.0.3"]  # 10.244.0.4 is not ready
+    assert {r.target_port for r in dns.rules} == {5353}
+    assert [s.name for s in result.spec.services] == ["kube-dns", "reports"]
+    assert result.lost_mentions("clusterIP: None") and result.lost_mentions("ExternalName")
+    reports = result.service("reports")
+    assert reports.pools == () and reports.otherwise == "reject"
+
+
+def test_ipv6_endpoints_of_a_single_stack_service_are_left_out(tmp_path):
+    result = k8s(tmp_path, SERVICE, endpoint_slice("{addresses: [10.244.0.1]}"),
+                 endpoint_slice("{addresses: ['fd00::1']}", family="IPv6", name="api-2"))
+    assert addresses(result.service("api"), "api") == ["10.244.0.1"]
+
+
+def test_session_affinity_default_timeout(tmp_path):
+    service = SERVICE.replace("selector:", "sessionAffinity: ClientIP\n      selector:")
+    api = k8s(tmp_path, service, endpoint_slice("{addresses: [10.244.0.1]}")).service("api")
+    assert (api.affinity.kind, api.affinity.timeout) == ("client", 10800)
+
+
+def test_manifest_without_cluster_ip(tmp_path):
+    result = k8s(tmp_path, SERVICE.replace("clusterIP: 10.96.1.1", "type: ClusterIP"),
+                 endpoint_slice("{addresses: [10.244.0.1]}"))
+    assert [str(v) for v in result.service("api").vips] == ["0.0.0.0"]
+    assert result.lost_mentions("kubectl get svc")
+
+
+def test_same_name_in_two_namespaces(tmp_path):
+    other = SERVICE.replace("namespace: prod", "namespace: staging").replace("10.96.1.1", "10.96.1.2")
+    result = k8s(tmp_path, SERVICE, other)
+    assert [s.name for s in result.spec.services] == ["prod-api", "staging-api"]
+
+
+def test_several_files(tmp_path):
+    (tmp_path / "svc.yaml").write_text(textwrap.dedent(SERVICE))
+    (tmp_path / "eps.yaml").write_text(textwrap.dedent(endpoint_slice("{addresses: [10.244.0.9]}")))
+    imported = import_config("k8s", [str(tmp_path / "svc.yaml"), str(tmp_path / "eps.yaml")])
+    assert "10.244.0.9" in imported.text
+
+
+# ------------------------------------------------------------------- errors --
+
+@pytest.mark.parametrize("text, words", [
+    ("kind: Service\nmetadata: {name: x\n", "not YAML"),
+    ("- just\n- a list\n", "not a Kubernetes object"),
+    ("kind: Service\nmetadata: {name: x}\nspec:\n  clusterIP: 10.0.0.300\n  ports: [{port: 80}]\n",
+     "not an IP address"),
+    ("kind: Service\nmetadata: {name: x}\nspec:\n  clusterIP: 10.0.0.3\n  ports: [{port: eighty}]\n",
+     "not a number"),
+    ("kind: Service\nmetadata: {name: x}\nspec:\n  clusterIP: 10.0.0.3\n  ports: 80\n", "not a list"),
+])
+def test_malformed_objects_are_lb300(tmp_path, text, words):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        import_config("k8s", [str(path)])
+    assert raised.value.diagnostics[0].code == "LB300" and words in raised.value.diagnostics[0].message
+    done = cli("import", "k8s", str(path))
+    assert done.code == 2 and "error[LB300]" in done.err and "Traceback" not in done.err

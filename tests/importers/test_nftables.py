@@ -1,0 +1,225 @@
+"""`lbspec import nftables`: `nft -j list ruleset` output to specs, judged by their model.
+
+The JSON files under configs/nftables are real `nft -j list ruleset` output of
+the .nft files beside them; the last test regenerates them with the real nft
+in a network namespace and checks that the import does not change.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from lbspec.importers import ConfigError, Options, import_config
+
+from importing import CONFIGS, Result, addresses, cli, rules, run
+
+
+def ruleset(tmp_path, items: list[dict], **options) -> Result:
+    path = tmp_path / "ruleset.json"
+    path.write_text(json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}, *items]}))
+    return Result(import_config("nftables", [str(path)], Options(**options)))
+
+
+def nat_chain(family: str = "ip", table: str = "t", name: str = "pre", hook: str = "prerouting") -> dict:
+    return {"chain": {"family": family, "table": table, "name": name, "handle": 1, "type": "nat", "hook": hook,
+                      "prio": -100 if hook == "prerouting" else 100, "policy": "accept"}}
+
+
+def rule(*exprs: dict, chain: str = "pre", handle: int = 2) -> dict:
+    return {"rule": {"family": "ip", "table": "t", "chain": chain, "handle": handle, "expr": list(exprs)}}
+
+
+def match(protocol: str, field: str, right) -> dict:
+    return {"match": {"op": "==", "left": {"payload": {"protocol": protocol, "field": field}}, "right": right}}
+
+
+def spread(mode: str, *addresses: str) -> dict:
+    return {"dnat": {"addr": {"map": {"key": {"numgen": {"mode": mode, "mod": len(addresses), "offset": 0}},
+                                      "data": {"set": [[i, a] for i, a in enumerate(addresses)]}}}}}
+
+
+# ------------------------------------------------------------- the lab ruleset --
+
+def test_lab_dnat_map():
+    result = run("nftables", "lab-dnat.json")
+    (service,) = result.spec.services
+    assert [str(v) for v in service.vips] == ["10.0.0.1"]
+    assert sorted((x.protocol, x.ports) for x in service.listens) == [("tcp", ((8080, 8080),)),
+                                                                     ("udp", ((9000, 9000),))]
+    assert service.mode.kind == "snat"  # an unconditional masquerade in postrouting
+    pools = {r.protocol: r.pool for r in service.rules}
+    assert addresses(service, pools["tcp"]) == ["10.0.1.11", "10.0.1.12", "10.0.1.13"]
+    assert addresses(service, pools["udp"]) == ["10.0.1.11", "10.0.1.12"]
+    assert all(b.port is None and b.weight == 1 for b in service.backends)
+    assert service.balance.algorithm == "random"
+    assert service.affinity.kind == "flow"  # conntrack
+    assert service.health.kind == "none"
+    assert result.codes == []
+
+
+# ------------------------------------------------------------- hand-written --
+
+def test_weights_from_numgen_ranges():
+    service = run("nftables", "weighted.json").service("vip-192-0-2-10")
+    assert [(str(b.address), b.weight) for b in service.backends] == [("10.1.0.1", 7), ("10.1.0.2", 3)]
+    assert service.mode.kind == "snat"  # masquerade for daddr 10.1.0.0/16 covers both backends
+
+
+def test_address_and_port_map_and_round_robin():
+    service = run("nftables", "weighted.json").service("vip-192-0-2-11")
+    assert service.balance.algorithm == "round_robin"
+    assert [(r.ports, r.target_port) for r in service.rules] == [(((443, 443),), 8443), (((8443, 8443),), 8443)]
+
+
+def test_jhash_is_modulo_hashing_on_its_fields():
+    service = run("nftables", "weighted.json").service("vip-192-0-2-12")
+    assert (service.balance.algorithm, service.balance.fields) == ("hash", ("src", "sport"))
+    assert service.mode.kind == "nat"  # the masquerade covers 10.1.0.0/16 only
+
+
+def test_named_map_port_range_source_set_and_single_targets():
+    result = run("nftables", "weighted.json")
+    ranged = result.service("vip-192-0-2-13")
+    assert ranged.listens[0].ports == ((8000, 8100),) and addresses(ranged, ranged.rules[0].pool) == [
+        "10.1.0.1", "10.1.0.2"]
+    office = result.service("vip-192-0-2-14")
+    assert rules(office) == [("tcp", ((22, 22),), ("10.0.0.0/8",), office.rules[0].pool, 2222)]
+    single = result.service("vip-192-0-2-15")
+    assert [str(b.address) for b in single.backends] == ["10.3.0.2"]
+
+
+def test_conditions_the_spec_cannot_say_are_comments():
+    result = run("nftables", "weighted.json")
+    assert result.lost_mentions("iifname", "eth1")
+    assert "vip-192-0-2-16" in [s.name for s in result.spec.services]
+
+
+def test_ipv6_table():
+    service = run("nftables", "weighted.json").service("vip-2001-db8--10")
+    assert [str(b.address) for b in service.backends] == ["2001:db8:1::1", "2001:db8:1::2"]
+
+
+def test_two_balance_methods_on_one_vip(tmp_path):
+    result = ruleset(tmp_path, [
+        nat_chain(),
+        rule(match("ip", "daddr", "192.0.2.1"), match("tcp", "dport", 80), spread("random", "10.0.0.1", "10.0.0.2")),
+        rule(match("ip", "daddr", "192.0.2.1"), match("tcp", "dport", 81), spread("inc", "10.0.0.1", "10.0.0.2"),
+             handle=3),
+    ])
+    (service,) = result.spec.services
+    assert service.balance.algorithm == "random"
+    assert result.lost_mentions("balance round_robin")
+
+
+def test_dnat_for_any_destination_needs_vip(tmp_path):
+    items = [nat_chain(), rule(match("tcp", "dport", 80), {"dnat": {"addr": "10.0.0.5"}})]
+    result = ruleset(tmp_path, items)
+    assert result.spec.services == () and result.lost_mentions("--vip")
+    given = ruleset(tmp_path, items, vips=(ipaddress.ip_address("192.0.2.7"),))
+    assert [str(v) for v in given.spec.services[0].vips] == ["192.0.2.7"]
+
+
+def test_redirect_is_not_represented(tmp_path):
+    result = ruleset(tmp_path, [nat_chain(), rule(match("ip", "daddr", "192.0.2.1"), match("tcp", "dport", 80),
+                                                  {"redirect": {"port": 3128}})])
+    assert result.spec.services == () and result.lost_mentions("redirect")
+
+
+# ---------------------------------------------------------------- kube-proxy --
+
+@pytest.fixture(scope="module")
+def kube() -> Result:
+    return run("nftables", "kube-proxy.json")
+
+
+def test_kube_proxy_cluster_ip(kube):
+    web = kube.service("web")
+    assert [str(v) for v in web.vips] == ["10.96.0.20"]
+    assert addresses(web, "http") == ["10.244.1.5", "10.244.2.7", "10.244.3.9"]
+    assert rules(web) == [("tcp", ((80, 80),), (), "http", 8080)]
+    assert web.balance.algorithm == "random" and web.affinity.kind == "flow"
+    assert web.mode.kind == "nat" and web.otherwise == "reject"
+    assert kube.lost_mentions("masquerade", "10.244.0.0/16")
+
+
+def test_kube_proxy_udp_and_tcp_share_the_endpoints(kube):
+    dns = kube.service("dns")
+    assert sorted(x.protocol for x in dns.listens) == ["tcp", "udp"]
+    assert len(dns.pools) == 1 and {r.target_port for r in dns.rules} == {53}
+
+
+def test_kube_proxy_session_affinity_load_balancer_and_node_port(kube):
+    front = kube.service("front")
+    assert (front.affinity.kind, front.affinity.timeout) == ("client", 10800)
+    external = kube.service("front-external")
+    assert [str(v) for v in external.vips] == ["198.51.100.30"]
+    assert external.mode.kind == "snat"  # external traffic is always masqueraded
+    assert rules(external) == [("tcp", ((443, 443),), ("203.0.113.0/24",), "https", 8443)]
+    assert external.otherwise == "drop"  # LoadBalancerSourceRanges
+    nodeport = kube.service("front-nodeport")
+    assert [str(v) for v in nodeport.vips] == ["192.168.0.2"]
+    assert nodeport.listens[0].ports == ((30443, 30443),) and nodeport.otherwise is None
+
+
+def test_kube_proxy_service_without_endpoints_is_rejected(kube):
+    empty = kube.service("empty")
+    assert empty.pools == () and empty.otherwise == "reject"
+    assert empty.listens[0].ports == ((80, 80),)
+
+
+# ------------------------------------------------------------------- errors --
+
+@pytest.mark.parametrize("text, words", [
+    ('{"nftables": [', "not JSON"),
+    ('{"tables": []}', "not an nftables ruleset"),
+    ('[1, 2]', "not an nftables ruleset"),
+    ('{"nftables": [{"rule": {"family": "ip", "table": "t", "chain": "c", "expr": [1]}}]}', "malformed rule"),
+])
+def test_malformed_rulesets_are_lb300(tmp_path, text, words):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        import_config("nftables", [str(path)])
+    assert raised.value.diagnostics[0].code == "LB300" and words in raised.value.diagnostics[0].message
+    done = cli("import", "nftables", str(path))
+    assert done.code == 2 and "error[LB300]" in done.err and "Traceback" not in done.err
+
+
+def test_not_utf8_is_lb300(tmp_path):
+    path = tmp_path / "binary.json"
+    path.write_bytes(b"\xff\xfe\x00")
+    done = cli("import", "nftables", str(path))
+    assert done.code == 2 and "not UTF-8" in done.err
+
+
+# --------------------------------------------------------------- the real nft --
+
+def _live_reason() -> str | None:
+    if shutil.which("nft") is None or shutil.which("unshare") is None:
+        return "nft or unshare is not installed"
+    done = subprocess.run(["unshare", "-Urn", "nft", "list", "ruleset"], capture_output=True, timeout=10)
+    return None if done.returncode == 0 else "cannot run nft in a user and network namespace here"
+
+
+@pytest.mark.parametrize("name", ["lab-dnat", "weighted", "kube-proxy"])
+def test_live_nft_output_imports_the_same(tmp_path, name):
+    reason = _live_reason()
+    if reason:
+        pytest.skip(reason)
+    script = f"nft -f {CONFIGS / 'nftables' / (name + '.nft')} && nft -j list ruleset"
+    done = subprocess.run(["unshare", "-Urn", "sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    live = ruleset_from(tmp_path, done.stdout)
+    stored = run("nftables", f"{name}.json")
+    assert live.spec.services == stored.spec.services
+
+
+def ruleset_from(tmp_path, text: str) -> Result:
+    path = tmp_path / "live.json"
+    path.write_text(text)
+    return Result(import_config("nftables", [str(path)]))

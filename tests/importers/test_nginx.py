@@ -1,0 +1,223 @@
+"""`lbspec import nginx`: nginx configurations (stream and http) to specs, judged by their model."""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import subprocess
+
+import pytest
+
+from lbspec.importers import ConfigError, Options, import_config
+
+from importing import CONFIGS, Result, addresses, backends, cli, rules, run
+
+VALID = ["lab-stream.conf", "hashing.conf", "backups.conf", "access.conf", "http.conf", "with-includes.conf"]
+
+
+def nginx(tmp_path, text: str, **options) -> Result:
+    path = tmp_path / "nginx.conf"
+    path.write_text(text)
+    return Result(import_config("nginx", [str(path)], Options(**options)))
+
+
+def stream(body: str) -> str:
+    return "events {}\nstream {\n" + body + "\n}\n"
+
+
+# ------------------------------------------------------------- the lab config --
+
+def test_lab_stream_tcp_and_udp():
+    result = run("nginx", "lab-stream.conf")
+    tcp, udp = result.service("tcp_app"), result.service("udp_echo")
+    assert tcp.mode.kind == udp.mode.kind == "proxy"
+    assert [(x.protocol, x.ports) for x in tcp.listens] == [("tcp", ((8080, 8080),))]
+    assert [(x.protocol, x.ports) for x in udp.listens] == [("udp", ((9000, 9000),))]
+    assert addresses(tcp, "tcp_app") == ["10.0.1.11", "10.0.1.12", "10.0.1.13"]
+    assert {b.port for b in udp.backends} == {9000}
+    assert rules(udp) == [("udp", (), (), "udp_echo", None)]
+    assert tcp.balance.algorithm == "round_robin"
+    assert (tcp.affinity.kind, tcp.affinity.timeout, udp.affinity.timeout) == ("flow", 30, 5)
+
+
+def test_passive_checks_are_no_health():
+    result = run("nginx", "lab-stream.conf")
+    assert result.service("tcp_app").health.kind == "none"
+    assert result.lost_mentions("max_fails=1 fail_timeout=10s")
+    assert set(result.codes) == {"LB301"}
+
+
+def test_max_fails_zero_is_no_health_without_a_warning():
+    result = run("nginx", "hashing.conf")
+    assert result.service("unzoned").health.kind == "none"
+    assert not result.lost_mentions("unzoned")
+    assert not any("hashing.conf:36" in line for line in result.lost())
+
+
+# ------------------------------------------------------------------ balance --
+
+def test_hash_methods():
+    result = run("nginx", "hashing.conf")
+    by_client, by_flow = result.service("by_client").balance, result.service("by_flow").balance
+    assert (by_client.algorithm, by_client.fields) == ("maglev", ("src",))
+    assert (by_flow.algorithm, by_flow.fields) == ("hash", ("src", "sport"))
+    assert result.service("by_cookie").balance.algorithm == "random"
+    assert result.lost_mentions("hash $ssl_preread_server_name")
+    assert result.lost_mentions("ssl_preread on")
+
+
+def test_random_two_and_least_conn():
+    result = run("nginx", "hashing.conf")
+    assert result.service("two_choices").balance.algorithm == "random"
+    assert result.lost_mentions("random two least_conn")
+    assert result.service("limited").balance.algorithm == "least_conn"
+
+
+def test_max_conns_and_zones():
+    result = run("nginx", "hashing.conf")
+    assert [b.max_conn for b in result.service("limited").backends] == [100, 50]
+    assert [b.max_conn for b in result.service("unzoned").backends] == [10, None]
+    assert result.lost_mentions("max_conns=10", "zone")
+    assert not result.lost_mentions("max_conns=100")
+
+
+# ------------------------------------------------------------------ servers --
+
+def test_weights_down_and_backups():
+    result = run("nginx", "backups.conf")
+    mail = result.service("mail")
+    weights = [(b.name, b.weight, b.backup) for b in mail.backends]
+    assert weights == [("mail-1", 5, False), ("mail-2", 2, False), ("mail-3", 0, False),
+                       ("mail-4", 1, True), ("mail-5", 1, True)]
+    (failover,) = mail.failovers
+    assert (failover.targets, failover.below) == (("mail-4", "mail-5"), 1)
+    assert [str(v) for v in mail.vips] == ["192.0.2.50", "2001:db8::50"]
+    assert result.lost_mentions("max_fails=3 fail_timeout=30s")
+
+
+def test_direct_proxy_pass_and_wildcard_listen():
+    result = run("nginx", "unrepresented.conf")
+    direct = result.service("stream-server")
+    assert [str(v) for v in direct.vips] == ["0.0.0.0"]
+    assert [(str(b.address), b.port) for b in direct.backends] == [("10.10.1.53", 53)]
+    assert direct.health.kind == "none"
+    assert result.lost_mentions("listen 8053 udp", "--vip")
+    given = run("nginx", "unrepresented.conf", vips=(ipaddress.ip_address("192.0.2.81"),))
+    assert [str(v) for v in given.service("stream-server").vips] == ["192.0.2.81"]
+
+
+def test_tcp_and_udp_on_one_server_block(tmp_path):
+    result = nginx(tmp_path, stream("upstream dns { server 10.0.2.1:53; }\n"
+                                    "server { listen 10.0.0.53:53; listen 10.0.0.53:53 udp; proxy_pass dns; }"))
+    service = result.service("dns")
+    assert sorted(x.protocol for x in service.listens) == ["tcp", "udp"]
+    assert rules(service) == [(None, (), (), "dns", None)]
+
+
+# ------------------------------------------------------------------- access --
+
+def test_allow_deny_all_becomes_rules_and_reject():
+    result = run("nginx", "access.conf")
+    admin = result.service("admin")
+    assert rules(admin) == [("tcp", (), ("10.0.0.0/8",), "admin", None)]  # the IPv6 prefix: no IPv6 VIP
+    assert admin.otherwise == "reject"
+    odd = result.service("odd")
+    assert rules(odd) == [("tcp", (), (), "odd", None)] and odd.otherwise is None
+    assert result.lost_mentions("deny 10.9.9.9")
+
+
+# --------------------------------------------------------------------- http --
+
+def test_http_server_with_locations():
+    result = run("nginx", "http.conf")
+    www = result.service("www_example_com")
+    assert www.mode.kind == "proxy" and [p.name for p in www.pools] == ["site"]
+    assert {b.port for b in www.backends} == {8080}
+    assert result.lost_mentions("location /api/", "path-based")
+    assert result.lost_mentions("proxy_set_header")
+    assert result.lost_mentions("proxy_pass http://site", "each HTTP request")
+
+
+def test_ip_hash_is_flagged(tmp_path):
+    result = nginx(tmp_path, "events {}\nhttp {\n upstream u { ip_hash; server 10.0.0.1:80; server 10.0.0.2; }\n"
+                             " server { listen 10.0.0.9:80; location / { proxy_pass http://u; } }\n}\n")
+    service = result.service("u")
+    assert (service.balance.algorithm, service.balance.fields) == ("hash", ("src",))
+    assert [b.port for b in service.backends] == [80, 80]  # http upstreams default to port 80
+    assert result.lost_mentions("ip_hash", "/24")
+
+
+# ----------------------------------------------------------- not represented --
+
+@pytest.mark.parametrize("setting", ["listen 192.0.2.80:443 ssl", "proxy_ssl on", "proxy_protocol on",
+                                     "proxy_next_upstream off", "limit_conn perclient 10", "slow_start",
+                                     "server app.internal:8443", "proxy_responses 1"])
+def test_each_unrepresented_setting_has_a_comment(setting):
+    assert run("nginx", "unrepresented.conf").lost_mentions(setting), setting
+
+
+def test_settings_of_the_stream_block_count_for_every_server(tmp_path):
+    result = nginx(tmp_path, stream("proxy_next_upstream off;\nupstream u { server 10.0.0.1:80 max_fails=0; }\n"
+                                    "server { listen 10.0.0.9:80; proxy_pass u; }"))
+    assert result.lost_mentions("proxy_next_upstream off")
+
+
+# ------------------------------------------------------------------ includes --
+
+def test_includes_are_followed():
+    result = run("nginx", "with-includes.conf")
+    included = result.service("included")
+    assert addresses(included, "included") == ["10.11.0.11", "10.11.0.12"]
+    assert "conf.d/servers.stream:1" in result.text
+
+
+# ------------------------------------------------------------------- errors --
+
+@pytest.mark.parametrize("text, line, words", [
+    ("events {}\nstream {\n server { listen 80; proxy_pass a\n}\n", 3, "not terminated"),
+    ("events {}\nstream {\n upstream a { server 10.0.0.1:80; }\n", 3, "unexpected end of file"),
+    ("upstream a { server 10.0.0.1:80; }\n", 1, "not allowed here"),
+    ("events {}\nstream {\n upstream a { server 10.0.0.1; }\n server { listen 80; proxy_pass a; }\n}\n", 3,
+     "has no port"),
+    ("events {}\nstream {\n upstream a { hash; server 10.0.0.1:80; }\n}\n", 3, "invalid number of arguments"),
+    ("events {}\nstream {\n include missing.conf;\n}\n", 3, "cannot read"),
+    ("events {}\nstream {\n server { listen 10.0.0.1:http; proxy_pass 10.0.0.2:80; }\n}\n", 3, "no valid port"),
+    ("events {}\nstream {\n upstream a { server 10.0.0.1:80 weight=x; }\n server { listen 80; proxy_pass a; }\n}\n",
+     3, "not a number"),
+])
+def test_malformed_configs_are_lb300(tmp_path, text, line, words):
+    path = tmp_path / "bad.conf"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        import_config("nginx", [str(path)])
+    (diagnostic,) = raised.value.diagnostics
+    assert diagnostic.code == "LB300" and words in diagnostic.message
+    assert diagnostic.span is not None and diagnostic.span.line == line
+    done = cli("import", "nginx", str(path))
+    assert done.code == 2 and "error[LB300]" in done.err and "Traceback" not in done.err
+
+
+# ------------------------------------------------------------- the real nginx --
+
+def _can_check_nginx() -> str | None:
+    if shutil.which("nginx") is None:
+        return "nginx is not installed"
+    if shutil.which("unshare") is None:
+        return "unshare is missing (nginx -t binds the listen addresses; it runs in a network namespace)"
+    done = subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=10)
+    return None if done.returncode == 0 else "cannot create a user and network namespace here"
+
+
+@pytest.mark.parametrize("name", VALID)
+def test_nginx_accepts_the_test_configs(tmp_path, name):
+    reason = _can_check_nginx()
+    if reason:
+        pytest.skip(reason)
+    shutil.copytree(CONFIGS / "nginx", tmp_path / "conf")
+    wrapper = tmp_path / "conf" / "wrapper.conf"
+    wrapper.write_text(f"include /etc/nginx/modules-enabled/*.conf;\ninclude {name};\n")
+    # nginx -t binds the listen addresses: let it, in a network namespace of its own
+    script = ("sysctl -qw net.ipv4.ip_nonlocal_bind=1 net.ipv6.ip_nonlocal_bind=1 && "
+              f"nginx -t -q -e stderr -c {wrapper} -g 'pid {tmp_path}/nginx.pid;'")
+    done = subprocess.run(["unshare", "-rn", "sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
