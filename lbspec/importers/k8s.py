@@ -249,6 +249,10 @@ class _Service:
                                              "balances: not imported"))
             return []
         ports = self._ports()
+        if not any(p.protocol in ("TCP", "UDP") for p in ports):
+            self.header.append(self.ctx.lost(self._span("ports") if "ports" in self.spec else self._span(),
+                                             f"Service {self.obj.name}", "no TCP or UDP port: not imported"))
+            return []
         out = [self._cluster(names.take(base), ports)]
         external = self._external_vips()
         if external:

@@ -78,6 +78,19 @@ _LOST_WHY = {
 }
 
 
+# Families of directives that tune buffers, caches, logs, compression or TLS certificates.
+_IGNORED_PREFIXES = ("gzip", "types_hash", "server_names_hash", "variables_hash", "map_hash", "proxy_headers_hash",
+                     "open_file_cache", "client_body_", "client_header_", "large_client_header", "lingering_",
+                     "proxy_temp", "proxy_cache", "proxy_buffer", "log_", "error_page", "sendfile", "tcp_", "aio",
+                     "directio", "output_buffers", "send_timeout", "reset_timedout", "keepalive_", "ssl_",
+                     "proxy_ssl_", "http2", "http3", "quic_", "server_tokens", "absolute_redirect", "port_in_redirect")
+_NOT_IGNORED = {"ssl_preread", "ssl_verify_client", "ssl_client_certificate"}
+
+
+def _ignored(name: str) -> bool:
+    return name in _IGNORED or (name.startswith(_IGNORED_PREFIXES) and name not in _NOT_IGNORED)
+
+
 # Directives of a `stream` or `http` block that only define things servers may use.
 _CONTEXT_ONLY = {"limit_conn_zone", "limit_req_zone", "map", "geo", "split_clients", "log_format", "upstream",
                  "server", "match", "js_import", "js_set", "perl_modules", "perl_require"}
@@ -184,6 +197,9 @@ class _Context:
             service = _ServerBlock(self, server).build()
             if service is not None:
                 out.append(service)
+            elif not _ServerBlock(self, server).proxies():
+                self.header.append(self.ctx.explain(server.span, f"a `{self.block.name}` server block that "
+                                                                 "proxies nothing: not imported"))
         return out
 
     def setting(self, server: _Directive, name: str) -> _Directive | None:
@@ -227,6 +243,9 @@ class _ServerBlock:
             service.affinity = self._affinity(protocols)
         self._leftovers(service)
         return service
+
+    def proxies(self) -> bool:
+        return bool(self._proxy_passes(self.server))
 
     # --- where the traffic goes
     def _target(self) -> tuple[_Directive, _Directive | None, list[Note]] | None:
@@ -398,7 +417,7 @@ class _ServerBlock:
         """Directives of the server block, its locations and the enclosing block that the spec leaves out."""
         for block in (self.context.block, self.server, *self._locations(self.server)):
             for directive in block.block or ():
-                if directive.name in _IGNORED or (block is self.context.block and directive.name in _CONTEXT_ONLY):
+                if _ignored(directive.name) or (block is self.context.block and directive.name in _CONTEXT_ONLY):
                     continue
                 why = _LOST_WHY.get(directive.name, "the spec language has no equivalent")
                 if directive.name in ("proxy_ssl", "proxy_protocol") and directive.args[:1] == ["off"]:
