@@ -46,7 +46,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="name the service (when the configuration gives exactly one)")
     parser.add_argument("--vip", action="append", type=_address, default=[], metavar="ADDRESS",
                         help="the address clients use, for listeners bound to every address "
-                             "(`bind *:80`, `listen 80`); repeat for several")
+                             "(`bind *:80`, `listen 80`, a DNAT rule without a destination, Kubernetes "
+                             "node ports); repeat for several")
     parser.add_argument("--format", choices=("text", "json"), default="text",
                         help="how to print warnings and errors on standard error (default: text)")
     parser.add_argument("-q", "--quiet", action="store_true",

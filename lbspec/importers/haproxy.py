@@ -776,12 +776,20 @@ class _Behaviour:
                    for s in self.backend.lines("server")]
         checked = [s for s in servers if s.checked]
         if not checked:
+            self._unused_check_settings()
             return Line("health none", [self.ctx.explain(self.backend.span, "no server has `check`: nothing "
                                                                             "notices that a server died")])
         kind, path, notes, app_level = self._check_kind()
         every, timeout, fall, rise, timing = self._timing(checked, app_level)
         notes.append(timing)
         return Line(health_text(kind, path, every, timeout, fall, rise), notes)
+
+    def _unused_check_settings(self) -> None:
+        """Check settings do nothing when no server is checked: they are not worth a comment."""
+        for key in ["option httpchk", "option tcp-check", "timeout check", *(f"option {o}" for o in _APP_CHECKS)]:
+            self._use(key)
+        for statement in [*self.backend.lines("http-check"), *self.backend.lines("tcp-check")]:
+            self.handled.add(id(statement))
 
     def _check_kind(self) -> tuple[str, str | None, list[Note], bool]:
         httpchk = self._use("option httpchk")

@@ -393,3 +393,11 @@ def test_haproxy_accepts_the_split_config():
     done = subprocess.run(["haproxy", "-c", "-f", files[0], "-f", files[1]], capture_output=True, text=True,
                           timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_check_settings_without_checked_servers_are_not_comments(tmp_path):
+    text = frontend_backend("    option httpchk GET /\n    http-check expect status 200\n    timeout check 1s\n"
+                            "    server a 10.0.1.1:80\n")
+    result = haproxy(tmp_path, text)
+    assert result.service("f").health.kind == "none"
+    assert result.codes == []
