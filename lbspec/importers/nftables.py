@@ -141,6 +141,8 @@ class _Ruleset:
         if isinstance(reference, dict) and "set" in reference:
             items = reference["set"]
             return items if isinstance(items, list) else [items]
+        if isinstance(reference, list):  # flags: `ct state established,related`
+            return reference
         if isinstance(reference, str) and reference.startswith("@"):
             found = self.sets.get((*table, reference[1:]))
             return list(found.get("elem", ())) if found else []
@@ -282,8 +284,10 @@ class _Walker:
             return self._payload(table, left["payload"], right, match, text)
         if "meta" in left and left["meta"].get("key") in ("l4proto", "nfproto", "protocol") and op in ("==", "in"):
             return self._protocols(table, left["meta"]["key"], right, match, text)
-        if "ct" in left and left["ct"].get("key") == "state":
-            return match, False  # NAT decides on the first packet, whose state is `new`
+        if "ct" in left and left["ct"].get("key") == "state":  # the first packet of a connection is `new`
+            states = {str(_unwrap(v)) for v in self.ruleset.elements(table, right)}
+            new = "new" in states if op in ("==", "in") else "new" not in states
+            return (match if new else None), False
         if "fib" in left and right == "local" and "daddr" in left["fib"].get("flags", ()):
             return (match if op == "!=" else replace(match, local=True)), op == "!="
         if "payload" in left and left["payload"].get("field") == "saddr":

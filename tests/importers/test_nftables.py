@@ -223,3 +223,15 @@ def ruleset_from(tmp_path, text: str) -> Result:
     path = tmp_path / "live.json"
     path.write_text(text)
     return Result(import_config("nftables", [str(path)]))
+
+
+@pytest.mark.parametrize("op, states", [("in", ["established", "related"]),
+                                        ("==", {"set": ["established", "related"]}), ("in", "established")])
+def test_rules_for_established_connections_do_not_stop_the_walk(tmp_path, op, states):
+    established = {"match": {"op": op, "left": {"ct": {"key": "state"}}, "right": states}}
+    result = ruleset(tmp_path, [
+        nat_chain(),
+        rule(established, {"accept": None}),
+        rule(match("ip", "daddr", "192.0.2.1"), match("tcp", "dport", 80), {"dnat": {"addr": "10.0.0.1"}}, handle=3),
+    ])
+    assert [str(b.address) for b in result.spec.services[0].backends] == ["10.0.0.1"]
