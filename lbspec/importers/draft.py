@@ -67,7 +67,7 @@ class ConfigError(d.InputError):
 def line_span(sources: dict[str, str], file: str, line: int | None) -> Span | None:
     """The span of a whole line (for configurations whose parser gives no columns)."""
     if line is None:
-        return Span(file, 0, 0, 0, 0) if file in sources else None
+        return None
     lines = sources.get(file, "").split("\n")
     text = lines[line - 1] if 0 < line <= len(lines) else ""
     start = len(text) - len(text.lstrip()) + 1
