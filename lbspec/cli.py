@@ -20,6 +20,7 @@ from lbspec import __version__
 from lbspec import diagnostics as d
 from lbspec.loader import Loaded, load_path, load_text, read_source
 from lbspec.render import render_json, render_text
+from lbspec.render.text import make_console
 from lbspec.render.json import summary_counts
 
 __all__ = ["main", "EXIT_OK", "EXIT_FINDINGS", "EXIT_ERROR"]
@@ -97,10 +98,33 @@ def _build_parser(stdout: TextIO) -> _Parser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     check = _command(commands, "check", _run_check, "check specs for errors and gaps",
-                     "Read each spec, report every problem in it, and (where the spec is valid) "
-                     "what it fails to guarantee.")
+                     "Read each spec, report every problem in it, and everything it fails to "
+                     "guarantee: each library property and assertion is checked with Z3, and every "
+                     "counterexample is replayed through the reference evaluator before it is shown.")
     check.add_argument("files", nargs="+", metavar="FILE", help="spec files to check")
-    _output_options(check)
+    check.add_argument("--format", choices=("text", "json", "sarif", "junit", "github"), default="text",
+                       help="output format (default: text)")
+    check.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                       help="colour the text output (default: auto, on a terminal only)")
+    check.add_argument("--select", action="append", default=[], metavar="CODES",
+                       help="report only these codes or prefixes, comma-separated (e.g. LB100,LB104 or LB1)")
+    check.add_argument("--ignore", action="append", default=[], metavar="CODES",
+                       help="do not report these codes or prefixes")
+    check.add_argument("--severity", action="append", default=[], metavar="CODE=LEVEL",
+                       help="change a code's severity (error, warning or info), e.g. LB105=error")
+    check.add_argument("--explain", action="store_true",
+                       help="for each property that holds, the spec lines it rests on; for each that "
+                            "fails, the clauses that would have to change")
+    check.add_argument("--witness-dir", metavar="DIR", help="write each witness as a pcap in DIR")
+    check.add_argument("--exit-zero", action="store_true", help="exit 0 even when there are findings")
+    check.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS",
+                       help="give up on one solver question after this long (default: 10); "
+                            "it is then reported as unknown (LB111)")
+    check.add_argument("--jobs", type=int, default=0, metavar="N",
+                       help="check services in N processes (default: one per CPU)")
+    check.add_argument("--seed", type=int, default=0, help="solver random seed (default: 0)")
+    check.add_argument("--front-end-only", action="store_true",
+                       help="only read and resolve the specs (syntax and meaning), without the solver")
 
     fmt = _command(commands, "fmt", _run_fmt, "rewrite specs in canonical layout",
                    "Rewrite each file in canonical layout, keeping comments. `-` reads standard "
@@ -159,39 +183,153 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
 
 # ------------------------------------------------------------------- check --
 
-def _exit_code(diagnostics: list[d.Diagnostic], failed: bool) -> int:
-    if failed:
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above zero: {text!r}")
+    return value
+
+
+def _codes(values: list[str]) -> tuple[str, ...]:
+    return tuple(c.strip().upper() for v in values for c in v.split(",") if c.strip())
+
+
+def _severities(values: list[str]) -> dict[str, d.Severity]:
+    out = {}
+    for value in values:
+        code, _, level = value.partition("=")
+        try:
+            out[code.strip().upper()] = d.Severity(level.strip().lower())
+        except ValueError:
+            raise d.InputError(f"--severity {value!r}: write CODE=error, CODE=warning or CODE=info") from None
+    return out
+
+
+def _filtered(found: list[d.Diagnostic], args: argparse.Namespace) -> list[d.Diagnostic]:
+    select, ignore, levels = _codes(args.select), _codes(args.ignore), _severities(args.severity)
+    out = []
+    for diagnostic in found:
+        if select and not diagnostic.code.startswith(select):
+            continue
+        if ignore and diagnostic.code.startswith(ignore):
+            continue
+        level = next((lvl for code, lvl in levels.items() if diagnostic.code.startswith(code)), None)
+        out.append(diagnostic.with_severity(level) if level else diagnostic)
+    return out
+
+
+def _exit_code(diagnostics: list[d.Diagnostic], failed: bool, exit_zero: bool = False) -> int:
+    if failed or any(x.code == d.INTERNAL.code for x in diagnostics):
         return EXIT_ERROR
-    return EXIT_FINDINGS if diagnostics else EXIT_OK
+    if exit_zero:
+        return EXIT_OK
+    serious = [x for x in diagnostics if x.severity is not d.Severity.INFO]
+    return EXIT_FINDINGS if serious else EXIT_OK
 
 
 def _run_check(args: argparse.Namespace, io: _Streams) -> int:
-    results = [(name, load_path(name)) for name in args.files]
-    failed = any(not r.ok for _, r in results)
-    everything = [x for _, r in results for x in r.diagnostics]
+    from lbspec.check import CheckOptions, check_spec
+
+    options = CheckOptions(timeout=args.timeout, seed=args.seed, explain=args.explain, jobs=args.jobs)
+    results = []
+    for name in args.files:
+        loaded = load_path(name)
+        found = list(loaded.diagnostics)
+        if loaded.ok and not args.front_end_only:
+            with _progress(io, name, len(loaded.spec.services)) as advance:
+                found += check_spec(loaded.spec, options, advance)
+        results.append((name, loaded, _filtered(found, args)))
+    failed = any(not loaded.ok for _, loaded, _ in results)
+    everything = [x for _, _, found in results for x in found]
+    _render_check(args, io, results, everything)
+    if args.witness_dir:
+        _write_witnesses(args.witness_dir, results, io)
+    return _exit_code(everything, failed, args.exit_zero)
+
+
+class _progress:
+    """A progress bar on stderr for long checks (terminals only)."""
+
+    def __init__(self, io: _Streams, name: str, total: int):
+        self.show = total >= 20 and io.use_color(io.err)
+        self.io, self.name, self.total = io, name, total
+
+    def __enter__(self):
+        if not self.show:
+            return None
+        from rich.progress import Progress
+
+        self.bar = Progress(console=make_console(self.io.err, True), transient=True)
+        self.bar.start()
+        self.task = self.bar.add_task(f"checking {self.name}", total=self.total)
+        return lambda done, total: self.bar.update(self.task, completed=done)
+
+    def __exit__(self, *exc):
+        if self.show:
+            self.bar.stop()
+        return False
+
+
+def _render_check(args: argparse.Namespace, io: _Streams, results: list, everything: list[d.Diagnostic]) -> None:
+    from lbspec.render import render_github, render_junit, render_sarif
+
     if args.format == "json":
-        render_json(everything, io.out, files=[_file_summary(n, r) for n, r in results])
-        return _exit_code(everything, failed)
-    sources = {k: v for _, r in results for k, v in r.sources.items()}
-    render_text(everything, sources, io.out, io.use_color(io.out))
-    for name, loaded in results:
-        io.out.write(_summary_line(name, loaded) + "\n")
-    return _exit_code(everything, failed)
+        render_json(everything, io.out, files=[_file_summary(n, r, f) for n, r, f in results])
+    elif args.format == "sarif":
+        render_sarif(everything, io.out)
+    elif args.format == "github":
+        render_github(everything, io.out)
+    elif args.format == "junit":
+        render_junit([case for n, r, f in results for case in _junit_cases(n, r, f)], io.out, "lbspec check")
+    else:
+        sources = {k: v for _, r, _ in results for k, v in r.sources.items()}
+        render_text(everything, sources, io.out, io.use_color(io.out))
+        for name, loaded, found in results:
+            io.out.write(_summary_line(name, loaded, found) + "\n")
 
 
-def _file_summary(name: str, loaded: Loaded) -> dict:
+def _junit_cases(name: str, loaded: Loaded, found: list[d.Diagnostic]):
+    if not loaded.ok:
+        yield (name, "load", found)
+        return
+    yield (name, "load", [x for x in found if x.code.startswith("LB0")])
+    for service in loaded.spec.services:
+        mine = [x for x in found if (x.data or {}).get("service") == service.name]
+        for check in service.checks:
+            yield (f"{name}:{service.name}", check.name, [x for x in mine if x.data.get("property") == check.name])
+        yield (f"{name}:{service.name}", "structure", [x for x in mine if "property" not in x.data])
+
+
+def _write_witnesses(directory: str, results: list, io: _Streams) -> None:
+    from lbspec.runtime.check_witness import write_witness
+
+    os.makedirs(directory, exist_ok=True)
+    written = 0
+    for name, loaded, found in results:
+        for number, diagnostic in enumerate(x for x in found if x.witness is not None):
+            service = loaded.spec.service(diagnostic.witness.service)
+            stem = f"{Path(name).stem}-{service.name}-{diagnostic.code}-{number}"
+            write_witness(os.path.join(directory, f"{stem}.pcap"), service, diagnostic.witness)
+            written += 1
+    io.err.write(f"wrote {written} witness capture{'s' if written != 1 else ''} to {directory}\n")
+
+
+def _file_summary(name: str, loaded: Loaded, found: list[d.Diagnostic]) -> dict:
     spec = loaded.spec
     return {"file": name, "ok": loaded.ok,
             "services": [s.name for s in spec.services] if spec else [],
-            "summary": summary_counts(loaded.diagnostics)}
+            "summary": summary_counts(found)}
 
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _summary_line(name: str, loaded: Loaded) -> str:
-    counts = summary_counts(loaded.diagnostics)
+def _summary_line(name: str, loaded: Loaded, found: list[d.Diagnostic]) -> str:
+    counts = summary_counts(found)
     problems = ", ".join(_plural(counts[k + "s"], k) for k in ("error", "warning") if counts[k + "s"])
     if not loaded.ok:
         return f"{name}: not loaded ({problems})"

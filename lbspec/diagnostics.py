@@ -204,6 +204,8 @@ CAPACITY = kind("LB110", "capacity", W, "{what}",
                 "The backends' declared limits cannot carry the declared load.")
 UNKNOWN_RESULT = kind("LB111", "unknown", W, "could not decide {property} within {seconds}",
                       "The solver ran out of time or resources; the property is neither proven nor refuted.")
+HOLDS = kind("LB112", "property-holds", Severity.INFO, "{property} holds",
+             "With --explain: a property the spec guarantees, and the spec lines it rests on.")
 
 # --- LB2xx: runtime verdicts (lbspec monitor) ---------------------------------
 DROP = kind("LB200", "drop", E, "{what}",
@@ -231,6 +233,8 @@ EVICTIONS = kind("LB211", "flow-evictions", W, "{what}",
                  "Flow state was evicted to bound memory; verdicts on those flows may be incomplete.")
 CLOCK_SKEW = kind("LB212", "clock-skew", Severity.INFO, "{what}",
                   "The estimated clock offset between the client-side and backend-side captures.")
+FORBIDDEN_BACKEND = kind("LB213", "forbidden-backend", E, "{what}",
+                         "Traffic reached a backend that a property (`assert ... only`, `never forward to`) rules out for it.")
 BAD_CAPTURE = kind("LB290", "bad-capture", E, "{what}",
                    "A capture that cannot be read: missing, truncated header, unknown link type, no permission.")
 

@@ -30,6 +30,10 @@ service s {
 """
 
 
+# MINIMAL with a health check: nothing for `lbspec check` to report above info level.
+CLEAN = MINIMAL.replace("forward tcp 80 to p\n", "forward tcp 80 to p\n    health tcp\n")
+
+
 def codes(text: str, filename: str = "spec.lbspec", base: Path | None = None) -> list[str]:
     return [x.code for x in load_text(text, filename, base).diagnostics]
 

@@ -8,7 +8,7 @@ import pytest
 
 import lbspec
 
-from conftest import EXAMPLES, MINIMAL, service
+from conftest import CLEAN, EXAMPLES, MINIMAL, service
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def test_usage_errors_exit_2(cli, argv):
 
 
 def test_check_clean_spec_exits_0(cli, spec):
-    run = cli("check", spec(MINIMAL))
+    run = cli("check", spec(CLEAN))
     assert run.code == 0 and "no problems found" in run.out
 
 
@@ -49,7 +49,7 @@ def test_check_invalid_spec_exits_2_with_location(cli, spec):
 
 
 def test_check_warnings_exit_1(cli, spec):
-    run = cli("check", spec(service("health tcp every 1s timeout 2s")))
+    run = cli("check", "--front-end-only", spec(service("health tcp every 1s timeout 2s")))
     assert run.code == 1 and "warning[LB038]" in run.out
 
 
@@ -59,7 +59,7 @@ def test_check_missing_file_exits_2(cli, tmp_path):
 
 
 def test_check_several_files_worst_exit_wins(cli, spec):
-    good = spec(MINIMAL, "good.lbspec")
+    good = spec(CLEAN, "good.lbspec")
     bad = spec("service {", "bad.lbspec")
     run = cli("check", good, bad)
     assert run.code == 2 and "good.lbspec" in run.out and "bad.lbspec" in run.out
@@ -78,8 +78,8 @@ def test_check_json(cli, spec):
 
 
 def test_check_json_of_a_clean_spec(cli, spec):
-    document = json.loads(cli("check", "--format", "json", spec(MINIMAL)).out)
-    assert document["diagnostics"] == [] and document["files"][0]["services"] == ["s"]
+    document = json.loads(cli("check", "--format", "json", spec(CLEAN)).out)
+    assert [x["code"] for x in document["diagnostics"]] == ["LB105"] and document["files"][0]["services"] == ["s"]
 
 
 def test_no_colour_unless_asked(cli, spec):

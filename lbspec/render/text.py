@@ -49,15 +49,17 @@ def format_diagnostic(diagnostic: Diagnostic, sources: dict[str, str]) -> Text:
     if diagnostic.help:
         out.append(f"{' ' * gutter}= ", style="bold blue")
         out.append(f"help: {diagnostic.help}\n")
+    if diagnostic.witness is not None and hasattr(diagnostic.witness, "describe"):
+        first, *rest = diagnostic.witness.describe()
+        out.append(f"{' ' * gutter}= ", style="bold blue")
+        out.append(f"witness: {first}\n")
+        for line in rest:
+            out.append(f"{' ' * gutter}  {' ' * 9}{line.strip()}\n")
     for note in diagnostic.notes:
         if note.span is not None:
             out.append("note", style="bold green")
             out.append(f": {note.message}\n")
             _snippet(out, note.span, sources, gutter, None, "bold green")
-    if diagnostic.witness is not None and hasattr(diagnostic.witness, "describe"):
-        for line in diagnostic.witness.describe():
-            out.append(f"{' ' * gutter}= ", style="bold blue")
-            out.append(f"witness: {line}\n")
     out.rstrip()
     return out
 

@@ -21,17 +21,21 @@ The rules, in order:
    `failover` from the pool whose condition holds (fewer than N primaries of
    weight > 0 seen up), its targets under the same conditions.  None: drop.
 4. Affinity: a flow (or, with `affinity client`, a client) the flow table
-   holds, within the timeout, whose backend is still seen up and eligible,
-   goes there.  Without affinity, `hash` and `maglev` send the same key to the
-   same backend while the eligible set is unchanged.  Otherwise any eligible
-   backend may be chosen: balancing is about shares, which a single decision
-   cannot break.
+   holds, within the timeout, goes to its backend while the LB sees that
+   backend up and it serves the rule (it need not be eligible for new flows:
+   a backup keeps the flows it took during a failover).  Otherwise `hash` and `maglev` send a key (the hashed fields)
+   where they sent it before, as long as the eligible set is unchanged.
+   Otherwise any eligible backend may be chosen: balancing is about shares,
+   which a single decision cannot break.
 
 The LB's view follows the actual health of each backend within the bounds of
 the health check: a backend that is up is seen up; one down for less than the
 shortest detection time, ``(fall - 1) x every + timeout``, is still seen up;
 one down for at least the longest, ``fall x every + timeout``, is seen down;
-in between, either.  With ``health none`` a dead backend is seen up forever.
+in between, either -- but once the LB has marked it down it stays marked
+until it recovers.  With ``health none`` a dead backend is seen up forever.
+A recovered backend is seen up at once (the `rise` delay only withholds new
+traffic, which no property requires).
 """
 
 from __future__ import annotations
@@ -102,13 +106,20 @@ def detection_bounds(health: Health) -> tuple[float, float]:
     return (health.fall - 1) * health.every + health.timeout, health.fall * health.every + health.timeout
 
 
-def view_bounds(service: Service, down: Mapping[str, float]) -> dict[str, frozenset[bool]]:
-    """For each backend, whether the LB may see it up (True), down (False), or either."""
+def view_bounds(service: Service, down: Mapping[str, float],
+                marked: frozenset[str] = frozenset()) -> dict[str, frozenset[bool]]:
+    """For each backend, whether the LB may see it up (True), down (False), or either.
+
+    ``marked``: down backends the LB has already marked down; they stay so
+    until they recover.
+    """
     shortest, longest = detection_bounds(service.health)
     bounds = {}
     for backend in service.backends:
         if backend.name not in down:
             bounds[backend.name] = frozenset({True})
+        elif backend.name in marked:
+            bounds[backend.name] = frozenset({False})
         elif down[backend.name] < shortest:
             bounds[backend.name] = frozenset({True})
         elif down[backend.name] >= longest:
@@ -118,9 +129,10 @@ def view_bounds(service: Service, down: Mapping[str, float]) -> dict[str, frozen
     return bounds
 
 
-def views(service: Service, down: Mapping[str, float]) -> Iterator[frozenset[str]]:
-    """Every set of backends the LB may see as up, given which are down and for how long."""
-    bounds = view_bounds(service, down)
+def views(service: Service, down: Mapping[str, float],
+          marked: frozenset[str] = frozenset()) -> Iterator[frozenset[str]]:
+    """Every set of backends the LB may see as up, given which are down, for how long, and already marked."""
+    bounds = view_bounds(service, down, marked)
     names = list(bounds)
     for choice in itertools.product(*(sorted(bounds[n]) for n in names)):
         yield frozenset(n for n, up in zip(names, choice) if up)
@@ -198,8 +210,8 @@ def decide(service: Service, packet: Packet, view: Iterable[str] | None = None,
 
     ``view``: the backends the LB sees up (default: all).  ``pinned``: the
     backend the flow table holds for this flow or client, if any and not
-    expired.  ``hashed``: without affinity, the backend `hash`/`maglev` gave
-    this key before with the same eligible set.
+    expired.  ``hashed``: the backend `hash`/`maglev` gave this key before
+    with the same eligible set.
     """
     if not service.listens_to(packet):
         return Outcome(frozenset(), listened=False)
@@ -209,12 +221,24 @@ def decide(service: Service, packet: Packet, view: Iterable[str] | None = None,
         return Outcome(frozenset({action}))
     view = frozenset(b.name for b in service.backends) if view is None else frozenset(view)
     names = eligible(service, rule, packet, view)
-    if not names:
+    if pinned is not None and _holds(service, rule, packet, view, pinned):
+        chosen: tuple[str, ...] = (pinned,)
+    elif not names:
         return Outcome(frozenset({Drop("no-backend")}), rule)
-    forced = pinned if pinned in names else hashed if hashed in names else None
-    chosen = (forced,) if forced else names
+    else:
+        chosen = (hashed,) if hashed in names else names
     allowed = frozenset(delivered(service, rule, service.backend(n), packet) for n in chosen)
     return Outcome(allowed, rule, names)
+
+
+def _holds(service: Service, rule: Rule, packet: Packet, view: frozenset[str], pinned: str) -> bool:
+    """A flow-table entry keeps its backend while the LB sees it up and it still serves the rule.
+
+    It need not be eligible for *new* flows: a backup that took a flow during a
+    failover keeps it when the primaries return, as connection tracking does.
+    """
+    backend = service.backend(pinned)
+    return pinned in view and pinned in candidates(service, rule) and family_fits(service, backend, packet)
 
 
 # ------------------------------------------------------------------ traces --
@@ -269,6 +293,7 @@ class Replay:
 
     service: Service
     down_since: dict[str, float] = field(default_factory=dict)
+    marked: set[str] = field(default_factory=set)
     table: dict[tuple, tuple[str, float]] = field(default_factory=dict)
     memory: dict[tuple, str] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)
@@ -287,9 +312,10 @@ class Replay:
             self.down_since.setdefault(name, step.time)
         for name in step.recover:
             self.down_since.pop(name, None)
+            self.marked.discard(name)
         if step.packet is None:
             return None
-        possible = list(views(self.service, self.down_at(step.time)))
+        possible = list(views(self.service, self.down_at(step.time), frozenset(self.marked)))
         if step.view is not None:
             if step.view not in possible:
                 raise ReplayError(f"at t={step.time:g}s the LB cannot see {sorted(step.view)} up")
@@ -298,6 +324,8 @@ class Replay:
         if step.choice is not None and step.choice not in outcome.allowed:
             raise ReplayError(f"at t={step.time:g}s {step.packet}: `{step.choice}` is not allowed; "
                               f"allowed: {', '.join(sorted(map(str, outcome.allowed))) or 'nothing'}")
+        if len(possible) == 1:
+            self.marked |= set(self.down_since) - possible[0]
         self.outcomes.append(outcome)
         self.choices.append(step.choice)
         if isinstance(step.choice, Forward):
@@ -318,7 +346,7 @@ class Replay:
             entry = self.table.get(_affinity_key(service, packet))
             if entry and step.time - entry[1] < service.affinity.timeout:
                 pinned = entry[0]
-        elif service.balance.algorithm in ("hash", "maglev"):
+        if service.balance.algorithm in ("hash", "maglev"):
             rule = first_rule(service, packet)
             if rule is not None:
                 names = eligible(service, rule, packet, view)
@@ -329,7 +357,7 @@ class Replay:
         service, packet = self.service, step.packet
         if service.affinity.kind != "none":
             self.table[_affinity_key(service, packet)] = (backend, step.time)
-        elif service.balance.algorithm in ("hash", "maglev") and len(possible) == 1:
+        if service.balance.algorithm in ("hash", "maglev") and len(possible) == 1:
             # the hash maps a key and an eligible set to a backend; remember it
             # only when the eligible set is known (one possible view)
             rule = first_rule(service, packet)

@@ -426,6 +426,7 @@ class Service:
     pools: tuple[Pool, ...]
     rules: tuple[Rule, ...]
     otherwise: str | None = None
+    otherwise_span: Span | None = field(default=None, compare=False)
     mode: Mode = Mode()
     balance: Balance = Balance()
     affinity: Affinity = Affinity()

@@ -154,7 +154,7 @@ class _ServiceResolver:
         rules = self._rules()
         service = m.Service(
             self.node.name.name, vips, listens, pools, rules,
-            otherwise=self._otherwise(), mode=self._mode(), balance=self._balance(),
+            otherwise=self._otherwise(), otherwise_span=self._otherwise_node_span(), mode=self._mode(), balance=self._balance(),
             affinity=self._affinity(), health=self._health(), failovers=self._failovers(pools),
             capacity=self._capacity(), span=self.node.span)
         waivers = self._waivers()
@@ -330,6 +330,10 @@ class _ServiceResolver:
     def _otherwise(self) -> str | None:
         node = self._single(ir.Otherwise)
         return node.action if node else None
+
+    def _otherwise_node_span(self) -> ir.Span | None:
+        found = self.node.statements(ir.Otherwise)
+        return found[0].span if found else None
 
     def _balance(self) -> m.Balance:
         node = self._single(ir.Balance)

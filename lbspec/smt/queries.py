@@ -1,0 +1,395 @@
+"""Questions asked of one service: can a property break, can a rule match, can a backend be chosen.
+
+Each question builds a scenario (one or two symbolic packets, backend
+failures, the LB's views and choices), asks Z3 for a model, and turns the
+answer into plain data: a status, the witness as evaluator steps, and the spec
+spans of an unsat core.  Nothing that leaves this module holds a Z3 object.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import z3
+
+from lbspec.ir import Span
+from lbspec.semantics import evaluate as ev
+from lbspec.semantics import model as m
+from lbspec.semantics.judge import grace, preserved_fields
+from lbspec.smt.encoding import (
+    NO_BACKEND, NO_RULE, OTHERWISE_DROP, REJECT, Encoding, SymDecision, SymHealth, Tagged,
+)
+from lbspec.smt.solver import SolverSettings, make_solver
+from lbspec.smt.symbolic import SymPacket, filter_formula
+
+__all__ = ["Answer", "ServiceQueries"]
+
+
+@dataclass
+class Answer:
+    """The solver's answer, in plain Python."""
+
+    status: str  # "sat" | "unsat" | "unknown"
+    seconds: float
+    steps: list[ev.Step] = field(default_factory=list)
+    core: list[Span] = field(default_factory=list)
+    reason: str = ""  # why the solver gave up, for "unknown"
+
+
+@dataclass
+class _Scenario:
+    """The symbolic pieces of one question."""
+
+    tagged: Tagged
+    constraints: list[z3.BoolRef]
+    health: SymHealth
+    packets: list[tuple[SymPacket, SymDecision, z3.ArithRef]]  # packet, its decision, its time
+
+
+class ServiceQueries:
+    """All questions about one service, sharing a solver (push/pop per question)."""
+
+    def __init__(self, service: m.Service, settings: SolverSettings = SolverSettings()):
+        self.service = service
+        self.ctx = z3.Context()
+        self.enc = Encoding(service, self.ctx)
+        self.solver = make_solver(self.ctx, settings)
+        self.zero = self.enc.real(0)
+
+    # ------------------------------------------------------------ plumbing --
+    def _ask(self, scenario: _Scenario, goal: list[z3.BoolRef], want_model: bool = True) -> Answer:
+        solver = self.solver
+        solver.push()
+        try:
+            solver.add(*self.enc.guarded(scenario.tagged))
+            solver.add(*scenario.constraints, *goal)
+            started = time.perf_counter()
+            result = solver.check(*self.enc.assumptions())
+            seconds = time.perf_counter() - started
+            if result == z3.sat:
+                steps = self._steps(scenario, self._nicest(scenario) or solver.model()) if want_model else []
+                return Answer("sat", seconds, steps)
+            if result == z3.unsat:
+                return Answer("unsat", seconds, core=self.enc.spans(solver.unsat_core()))
+            return Answer("unknown", seconds, reason=solver.reason_unknown())
+        finally:
+            solver.pop()
+
+    def _nicest(self, scenario: _Scenario) -> z3.ModelRef | None:
+        """A model with values a person would pick, if one exists (called with the question asserted)."""
+        for tier in self._preferences(scenario):
+            self.solver.push()
+            try:
+                self.solver.add(*tier)
+                if self.solver.check(*self.enc.assumptions()) == z3.sat:
+                    return self.solver.model()
+            finally:
+                self.solver.pop()
+        return None
+
+    def _preferences(self, scenario: _Scenario) -> list[list[z3.BoolRef]]:
+        """Tiers of wishes for a witness: documentation addresses, ephemeral ports, SYN then ACK, whole seconds."""
+        def bv(value: int, bits: int = 128) -> z3.BitVecRef:
+            return z3.BitVecVal(value, bits, self.ctx)
+
+        clients = [(0xCB007107, 0x20010DB8C0DE << 80 | 7),  # 203.0.113.7, 2001:db8:c0de::7
+                   (0xC6120007, 0x20010DB8BEEF << 80 | 7)]  # 198.18.0.7, 2001:db8:beef::7
+        first = scenario.packets[0][0]
+        shape, times = [], []
+        for k, (packet, _, at) in enumerate(scenario.packets):
+            port = packet.sport == bv(40000 + k, 16)
+            shape.append(z3.Implies(packet.has_ports(), port if k == 0 else z3.Or(port, packet.sport == first.sport)))
+            syn, ack = bv(2, 8), bv(16, 8)
+            shape.append(z3.Implies(packet.is_proto("tcp"), packet.flags == (syn if k == 0 else ack)))
+            if k:
+                times.append(z3.Or(at == self.zero, at >= self.enc.real(1)))
+        for name, fails in scenario.health.fails.items():
+            times.append(z3.Implies(fails, z3.IsInt(scenario.health.at[name])))
+        tiers = []
+        for v4, v6 in clients:
+            address = [z3.If(p.v6, p.src == bv(v6), p.src == bv(v4)) for p, _, _ in scenario.packets]
+            tiers.append(address + shape + times)
+        return [*tiers, shape + times, shape, []]
+
+    def _scenario(self, count: int = 1, scope: m.Filter = m.ANY, gaps: list[z3.ArithRef] | None = None) -> _Scenario:
+        """``count`` packets at times 0, gaps..., each listened and in scope (decisions come later)."""
+        enc = self.enc
+        health = enc.health()
+        tagged, constraints, packets = Tagged(), [], []
+        times = [self.zero, *(gaps or [])]
+        for k in range(count):
+            packet, wellformed = enc.packet(f"p{k}")
+            tagged.extend(wellformed)
+            constraints += [enc.listened(packet), filter_formula(scope, packet)]
+            packets.append((packet, None, times[k]))
+        constraints += enc.margins(health, times)
+        return _Scenario(tagged, constraints, health, packets)
+
+    def _view(self, scenario: _Scenario, k: int) -> dict[str, z3.BoolRef]:
+        _, _, at = scenario.packets[k]
+        seen, tagged = self.enc.view(scenario.health, at, f"p{k}")
+        scenario.tagged.extend(tagged)
+        return seen
+
+    def _decide(self, scenario: _Scenario, k: int, seen: dict[str, z3.BoolRef] | None = None,
+                pin=None, hashed=None) -> SymDecision:
+        packet, _, at = scenario.packets[k]
+        seen = self._view(scenario, k) if seen is None else seen
+        decision, tagged = self.enc.decision(packet, seen, f"p{k}", pin=pin, hashed=hashed)
+        scenario.tagged.extend(tagged)
+        scenario.packets[k] = (packet, decision, at)
+        return decision
+
+    def _single(self, scope: m.Filter) -> tuple[_Scenario, SymPacket, SymDecision]:
+        scenario = self._scenario(1, scope)
+        decision = self._decide(scenario, 0)
+        return scenario, scenario.packets[0][0], decision
+
+    # ----------------------------------------------------------- witnesses --
+    def _steps(self, scenario: _Scenario, model: z3.ModelRef) -> list[ev.Step]:
+        last = max(_number(model, at) for _, _, at in scenario.packets)
+        failures = []
+        for name, fails in scenario.health.fails.items():
+            if z3.is_true(model.eval(fails, model_completion=True)):
+                when = _number(model, scenario.health.at[name])
+                if when <= last:
+                    failures.append((when, name))
+        steps = [ev.Step(when, fail=(name,)) for when, name in sorted(failures)]
+        for packet, decision, at in scenario.packets:
+            concrete = packet.value(model)
+            view = frozenset(n for n, flag in decision.seen.items()
+                             if z3.is_true(model.eval(flag, model_completion=True)))
+            code = model.eval(decision.choice, model_completion=True).as_long()
+            steps.append(ev.Step(_number(model, at), concrete, self._decision(concrete, code), view=view))
+        return sorted(steps, key=lambda s: (s.time, s.packet is not None))
+
+    def _decision(self, packet: m.Packet, code: int) -> ev.Decision:
+        if code >= 0:
+            rule = ev.first_rule(self.service, packet)
+            return ev.delivered(self.service, rule, self.enc.backends[code], packet)
+        return {NO_RULE: ev.Drop("no-rule"), OTHERWISE_DROP: ev.Drop("otherwise"), REJECT: ev.Reject(),
+                NO_BACKEND: ev.Drop("no-backend")}[code]
+
+    # ---------------------------------------------------------- properties --
+    def violation(self, check: m.Check) -> Answer:
+        """Can the spec break ``check``?  sat: yes, with a witness; unsat: it holds (with a core)."""
+        pattern = check.pattern
+        if isinstance(pattern, m.Stickiness):
+            return self._stickiness(pattern, check.scope)
+        if isinstance(pattern, m.Distribution):
+            return self._distribution(check.scope)
+        scenario, packet, decision = self._single(check.scope)
+        return self._ask(scenario, [self._broken(pattern, scenario, packet, decision)])
+
+    def satisfiable(self, check: m.Check) -> Answer:
+        """Does some listened packet in scope keep a single-packet property?  unsat: a contradiction."""
+        pattern = check.pattern
+        if isinstance(pattern, (m.Stickiness, m.Distribution)):
+            return Answer("sat", 0.0)
+        scenario, packet, decision = self._single(check.scope)
+        kept = [z3.Not(self._broken(pattern, scenario, packet, decision))]
+        if not isinstance(pattern, m.Response):
+            kept.append(decision.choice >= 0)  # dropping every packet is no way to keep an absence
+        return self._ask(scenario, kept, want_model=False)
+
+    def _broken(self, pattern: m.Pattern, scenario: _Scenario, packet: SymPacket, decision: SymDecision) -> z3.BoolRef:
+        """The single-packet decision breaks ``pattern``."""
+        enc, choice = self.enc, decision.choice
+        if isinstance(pattern, m.Response):
+            dropped = z3.Or(choice == enc.int(NO_RULE), choice == enc.int(NO_BACKEND))
+            if not pattern.unless_no_backend:
+                return dropped
+            return z3.And(dropped, z3.Not(enc.candidates_down(decision, scenario.health, self.zero)))
+        if isinstance(pattern, m.Absence):
+            return self._absent(pattern, scenario, choice)
+        if isinstance(pattern, m.Integrity):
+            fields = preserved_fields(pattern.fields, self.service.mode)
+            terms = [self._rewrites(name, packet, decision) for name in sorted(fields)]
+            return z3.Or(*terms) if terms else enc.false()
+        # Reverse path: in every mode replies leave from the address the client
+        # sent to -- the LB translates them back (nat, snat, proxy) or the backend
+        # holds the VIP (dsr, tunnel).  Asked anyway, so the core names the mode.
+        reply = z3.BitVec("reply.src", 128, self.ctx)
+        keys = (enc.literal("mode", self.service.mode.span),) if self.service.mode.span else ()
+        scenario.tagged.add(reply == packet.dst, *keys)
+        return z3.And(choice >= 0, reply != packet.dst)
+
+    def _absent(self, pattern: m.Absence, scenario: _Scenario, choice: z3.ArithRef) -> z3.BoolRef:
+        enc = self.enc
+        if pattern.event == "down":
+            limit = enc.real(grace(self.service) if pattern.after_detection else 0.0)
+            terms = [z3.And(choice == enc.int(i), scenario.health.down(b.name, self.zero),
+                            self.zero - scenario.health.at[b.name] >= limit)
+                     for i, b in enumerate(enc.backends)]
+        elif pattern.event == "backends":
+            terms = [choice == enc.int(i) for i, b in enumerate(enc.backends)
+                     if (b.name in pattern.backends) != pattern.complement]
+        elif pattern.event == "undeclared":  # the LB only ever chooses a declared backend
+            terms = [choice >= enc.int(len(enc.backends))]
+        else:  # "twice": one decision forwards a packet at most once
+            terms = [z3.If(choice >= 0, enc.int(1), enc.int(0)) >= 2]
+        return z3.Or(*terms) if terms else enc.false()
+
+    def _rewrites(self, name: str, packet: SymPacket, decision: SymDecision) -> z3.BoolRef:
+        """The decision forwards ``packet`` with ``name`` changed (see ``evaluate.delivered``)."""
+        enc, mode, choice = self.enc, self.service.mode.kind, decision.choice
+        if mode in ("dsr", "tunnel") or name in ("payload", "proto"):
+            return enc.false()
+        if name == "dst":
+            return z3.Or(*(z3.And(choice == enc.int(i), z3.Not(packet.address_is("dst", b.address)))
+                           for i, b in enumerate(enc.backends)))
+        if name == "dport":
+            terms = []
+            for rule, selected in zip(self.service.rules, decision.selected):
+                for i, b in enumerate(enc.backends):
+                    port = rule.target_port or b.port
+                    if port is not None:
+                        changed = packet.dport != z3.BitVecVal(port, 16, self.ctx)
+                        terms.append(z3.And(selected, choice == enc.int(i), packet.has_ports(), changed))
+            return z3.Or(*terms) if terms else enc.false()
+        if name == "sport" and mode in ("snat", "proxy"):
+            return z3.And(choice >= 0, packet.has_ports())
+        if (name == "src" and mode in ("snat", "proxy")) or (name == "ttl" and mode == "proxy"):
+            return choice >= 0
+        return enc.false()
+
+    # ------------------------------------------------------- two packets --
+    def _pair(self, scope: m.Filter, same_instant: bool) -> tuple[_Scenario, z3.ArithRef]:
+        """Two packets, the second ``gap`` seconds after the first, with flow table and hash memory."""
+        gap = self.zero if same_instant else z3.Real("gap", self.ctx)
+        scenario = self._scenario(2, scope, [gap])
+        if not same_instant:
+            scenario.constraints.append(gap > 0)
+            if self.service.affinity.kind != "none":
+                scenario.constraints.append(gap < self.enc.real(self.service.affinity.timeout))
+        first = self._decide(scenario, 0)
+        p0, p1 = scenario.packets[0][0], scenario.packets[1][0]
+        seen = first.seen if same_instant else self._view(scenario, 1)
+        self._decide(scenario, 1, seen=seen, pin=self._pin(p0, first, p1, gap),
+                     hashed=self._hashed(p0, first, p1, seen))
+        return scenario, gap
+
+    def _pin(self, p0: SymPacket, first: SymDecision, p1: SymPacket, gap: z3.ArithRef) -> z3.ArithRef | None:
+        """The flow-table entry the first packet left for the second, or -1."""
+        affinity = self.service.affinity
+        if affinity.kind == "none":
+            return None
+        same = p0.same_flow(p1) if affinity.kind == "flow" else p0.same_field(p1, "src")
+        fresh = gap < self.enc.real(affinity.timeout)
+        return z3.If(z3.And(first.choice >= 0, same, fresh), first.choice, self.enc.int(-1))
+
+    def _hashed(self, p0: SymPacket, first: SymDecision, p1: SymPacket,
+                seen: dict[str, z3.BoolRef]) -> tuple[z3.BoolRef, z3.ArithRef] | None:
+        """Where the hash sent the first packet's key, if the second has that key and the same eligible set."""
+        balance = self.service.balance
+        if balance.algorithm not in ("hash", "maglev"):
+            return None
+        same_key = [p0.same_field(p1, f) for f in balance.fields]
+        now = self.enc.eligible_vector(p1, seen)
+        same_set = [a == b for a, b in zip(first.eligible, now)]
+        return z3.And(first.choice >= 0, *same_key, *same_set), first.choice
+
+    def _stickiness(self, pattern: m.Stickiness, scope: m.Filter) -> Answer:
+        scenario, gap = self._pair(scope, same_instant=False)
+        (p0, d0, _), (p1, d1, _) = scenario.packets
+        enc = self.enc
+        same = p0.same_flow(p1) if pattern.key == "flow" else p0.same_field(p1, "src")
+        goal = [same, d0.choice >= 0, d1.choice >= 0, d1.choice != d0.choice]
+        if pattern.while_healthy:
+            goal.append(z3.Or(*(z3.And(d0.choice == enc.int(i), scenario.health.up(b.name, gap))
+                                for i, b in enumerate(enc.backends))))
+        return self._ask(scenario, goal)
+
+    def _distribution(self, scope: m.Filter) -> Answer:
+        """Two different new flows the spec forces onto one backend, though several are eligible."""
+        scenario, _ = self._pair(scope, same_instant=True)
+        (p0, d0, _), (p1, d1, _) = scenario.packets
+        enc = self.enc
+        forced = []
+        pin = self._pin(p0, d0, p1, self.zero)
+        if pin is not None:
+            forced.append(pin >= 0)
+        hashed = self._hashed(p0, d0, p1, d0.seen)
+        if hashed is not None:
+            forced.append(hashed[0])
+        if not forced:
+            return Answer("unsat", 0.0)
+        many = z3.Sum(*(z3.If(e, enc.int(1), enc.int(0)) for e in d1.eligible)) >= 2
+        return self._ask(scenario, [z3.Not(p0.same_flow(p1)), d0.choice >= 0, many, z3.Or(*forced)])
+
+    # ------------------------------------------------------- as an oracle --
+    def decisions_for(self, packet: m.Packet, down: dict[str, float], pinned: str | None = None,
+                      hashed: str | None = None) -> tuple[bool, frozenset[ev.Decision]]:
+        """What the encoding allows for one concrete packet at time 0: (listened, decisions).
+
+        ``down`` maps backends to how long they have been down; ``pinned`` and
+        ``hashed`` are the flow-table entry and hash memory, as for
+        ``evaluate.decide``.  The differential tests hold this equal to the
+        evaluator.
+        """
+        enc = self.enc
+        symbolic, tagged = enc.packet("q")
+        health = enc.health("qh")
+        fixed = [symbolic.equals(packet)]
+        for b in enc.backends:
+            if b.name in down:
+                fixed += [health.fails[b.name], health.at[b.name] == enc.real(-down[b.name])]
+            else:
+                fixed.append(z3.Not(health.fails[b.name]))
+        seen, view_tagged = enc.view(health, self.zero, "q")
+        tagged.extend(view_tagged)
+        pin = enc.int(enc.index[pinned]) if pinned is not None else None
+        memory = (enc.true(), enc.int(enc.index[hashed])) if hashed is not None else None
+        decision, decision_tagged = enc.decision(symbolic, seen, "q", pin=pin, hashed=memory)
+        tagged.extend(decision_tagged)
+        scenario = _Scenario(tagged, fixed, health, [])
+        listened = self._ask(scenario, [enc.listened(symbolic)], want_model=False).status == "sat"
+        codes = [NO_RULE, OTHERWISE_DROP, REJECT, NO_BACKEND, *range(len(enc.backends))]
+        allowed = frozenset(self._decision(packet, code) for code in codes
+                            if self._ask(scenario, [decision.choice == enc.int(code)], want_model=False).status == "sat")
+        return listened, allowed
+
+    # ------------------------------------------------------------ structure --
+    def scope_possible(self, scope: m.Filter) -> Answer:
+        """Can any listened packet match ``scope``?"""
+        scenario = self._scenario(1, scope)
+        return self._ask(scenario, [], want_model=False)
+
+    def uncovered(self) -> Answer:
+        """A listened packet that no rule matches."""
+        scenario, _, decision = self._single(m.ANY)
+        return self._ask(scenario, [z3.Not(decision.covered)])
+
+    def rule_reachable(self, index: int, alone: bool = False) -> Answer:
+        """Can rule ``index`` be the first match of a listened packet (``alone``: match at all)?"""
+        scenario, _, decision = self._single(m.ANY)
+        term = decision.matches[index] if alone else decision.selected[index]
+        return self._ask(scenario, [term])
+
+    def overlap(self, first: int, second: int, inside: bool) -> Answer:
+        """Listened packets both rules match; with ``inside``, ones ``first`` matches and ``second`` does not."""
+        scenario, _, decision = self._single(m.ANY)
+        a, b = decision.matches[first], decision.matches[second]
+        return self._ask(scenario, [a, z3.Not(b)] if inside else [a, b])
+
+    def backend_reachable(self, name: str) -> Answer:
+        """Can any listened packet, in any health state, be sent to backend ``name``?"""
+        scenario, _, decision = self._single(m.ANY)
+        return self._ask(scenario, [decision.choice == self.enc.int(self.enc.index[name])], want_model=False)
+
+    def per_packet(self) -> Answer:
+        """Two packets of one TCP flow sent to different backends while nothing fails."""
+        scenario, _ = self._pair(m.Test("proto", ("tcp",)), same_instant=False)
+        (p0, d0, _), (p1, d1, _) = scenario.packets
+        nothing_fails = [z3.Not(f) for f in scenario.health.fails.values()]
+        return self._ask(scenario, [p0.same_flow(p1), d0.choice >= 0, d1.choice >= 0, d1.choice != d0.choice,
+                                    *nothing_fails])
+
+
+def _number(model: z3.ModelRef, term: z3.ArithRef) -> float:
+    value = model.eval(term, model_completion=True)
+    if z3.is_int_value(value):
+        return float(value.as_long())
+    return float(Fraction(value.numerator_as_long(), value.denominator_as_long()))
