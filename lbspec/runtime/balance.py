@@ -1,0 +1,167 @@
+"""Who got the load: new flows, bytes and packets per backend, against the weights.
+
+Each new flow is put in a *group*: its service, rule, address family and the
+backends seen up when it arrived.  Within a group the evaluator's eligible
+backends and their weights give the expected shares.  A flow's bytes and
+packets are added up while it lives and folded into its group when it expires
+(or at the end).  :meth:`Traffic.verdicts` runs the share test of
+:mod:`lbspec.runtime.stats` on every group of every balance check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lbspec import diagnostics as d
+from lbspec.runtime.classify import flow_key
+from lbspec.runtime.compiled import CheckPlan, Compiled
+from lbspec.runtime.state import FlowTable
+from lbspec.runtime.stats import share_test
+
+__all__ = ["Traffic", "Group"]
+
+UNITS = ("flows", "bytes", "packets")
+MIN_EXPECTED = 5.0  # the chi-square approximation needs about this many per backend
+
+
+@dataclass
+class Group:
+    """The flows one (check, service, rule, family, backends up) saw."""
+
+    service: int
+    rule: int
+    eligible: tuple[int, ...]
+    weights: tuple[float, ...]
+    totals: dict[str, dict[int, float]] = field(default_factory=lambda: {u: {} for u in UNITS})
+    squares: dict[str, float] = field(default_factory=lambda: {u: 0.0 for u in UNITS})
+    first: float = float("inf")
+    last: float = float("-inf")
+
+    def add(self, gid: int, amounts: tuple[float, float, float], time: float) -> None:
+        for unit, amount in zip(UNITS, amounts):
+            self.totals[unit][gid] = self.totals[unit].get(gid, 0.0) + amount
+            self.squares[unit] += amount * amount
+        self.first, self.last = min(self.first, time), max(self.last, time)
+
+    @property
+    def flows(self) -> int:
+        return int(sum(self.totals["flows"].values()))
+
+    def expected(self) -> tuple[float, ...]:
+        total = sum(self.weights)
+        return tuple(w / total for w in self.weights) if total else tuple(0.0 for _ in self.weights)
+
+
+class Traffic:
+    """Per-flow accounting for the summary (check -1) and for every balance check."""
+
+    def __init__(self, compiled: Compiled, cap: int, timeout: float):
+        self.compiled = compiled
+        self.checks = [c for c in compiled.checks if c.kind == "balance"]
+        self.flows = FlowTable(cap, timeout, on_drop=self._fold)
+        self.groups: dict[tuple, Group] = {}
+        self.backend_flows = np.zeros(len(compiled.backends), np.int64)
+        self.backend_bytes = np.zeros(len(compiled.backends), np.float64)
+
+    def account(self, engine, pairs, rows: np.ndarray) -> None:
+        """Pairs ``rows`` (forwarded, listened, to a known backend) of one service."""
+        if not len(rows):
+            return
+        keys = flow_key(pairs.view)[rows]
+        order = np.argsort(keys, kind="stable")
+        rows, keys = rows[order], keys[order]
+        starts = np.nonzero(np.r_[True, keys[1:] != keys[:-1]])[0]
+        payload = engine.window["plen"][pairs.ii[rows]]
+        byte_sums = np.add.reduceat(payload.astype(np.float64), starts)
+        counts = np.diff(np.r_[starts, len(rows)])
+        ts = engine.window["ts"][pairs.ee[rows]]
+        np.add.at(self.backend_bytes, pairs.gid[rows], payload)
+        fresh = [i for i, k in enumerate(keys[starts].tolist()) if self.flows.get(k) is None]
+        if fresh:
+            self._open(engine, pairs, rows[starts[fresh]], keys[starts[fresh]], ts[starts[fresh]])
+        for key, amount, count, time in zip(keys[starts].tolist(), byte_sums.tolist(), counts.tolist(),
+                                            ts[starts].tolist()):
+            entry = self.flows.get(key)
+            entry[1] = max(entry[1], time)
+            entry[3] += amount
+            entry[4] += count
+
+    def _open(self, engine, pairs, rows: np.ndarray, keys: np.ndarray, ts: np.ndarray) -> None:
+        service = pairs.plan.index
+        masks = engine.up_masks(service, ts)
+        bits = np.zeros(len(rows), np.int64)
+        for position, check in enumerate(self.checks):
+            if check.service == service:
+                inside = check.scope({k: v[rows] for k, v in pairs.view.items()})
+                bits |= inside.astype(np.int64) << position
+        gids = pairs.gid[rows]
+        np.add.at(self.backend_flows, gids, 1)
+        for key, gid, rule, family, mask, time, bit in zip(
+                keys.tolist(), gids.tolist(), pairs.rule[rows].tolist(), pairs.view["fam"][rows].tolist(),
+                masks.tolist(), ts.tolist(), bits.tolist()):
+            group = (service, rule, family, mask)
+            self.flows.put(key, [gid, time, group, 0.0, 0, bit, time])
+            for position in self._positions(bit):
+                self._group(position, group, engine).add(gid, (1.0, 0.0, 0.0), time)
+
+    def _positions(self, bits: int) -> list[int]:
+        return [p for p in range(len(self.checks)) if bits >> p & 1]
+
+    def _group(self, position: int, key: tuple, engine) -> Group:
+        full = (position, *key)
+        group = self.groups.get(full)
+        if group is None:
+            service, rule, family, mask = key
+            up = frozenset(b.name for i, b in enumerate(self.compiled.services[service].backends) if mask >> i & 1)
+            eligible = self.compiled.eligible(service, rule, family, up)
+            weights = tuple(float(self.compiled.backends[g].backend.weight) for g in eligible)
+            group = self.groups[full] = Group(service, rule, eligible, weights)
+        return group
+
+    def _fold(self, key: int, entry: list) -> None:
+        gid, _last, group, amount, count, bits, time = entry
+        for position in self._positions(bits):
+            self.groups[(position, *group)].add(gid, (0.0, amount, float(count)), time)
+
+    def finish(self) -> None:
+        self.flows.drain()
+
+    # ------------------------------------------------------------ verdicts --
+
+    def verdicts(self, engine, alpha: float) -> None:
+        for (position, *_rest), group in sorted(self.groups.items(), key=lambda kv: kv[1].first):
+            check = self.checks[position]
+            self._judge(engine, check, group, alpha)
+
+    def _judge(self, engine, check: CheckPlan, group: Group, alpha: float) -> None:
+        unit = check.pattern.unit
+        expected = group.expected()
+        if len(group.eligible) < 2 or group.flows * min(p for p in expected if p > 0) < MIN_EXPECTED:
+            return
+        tests = {u: self._test(group, u, expected) for u in UNITS}
+        test = tests[unit]
+        if test is None or test.deviation <= check.pattern.tolerance or test.p_value >= alpha:
+            return
+        names = [self.compiled.backends[g].name for g in group.eligible]
+        worst = max(range(len(names)), key=lambda i: abs(test.shares[i] - test.expected[i]))
+        what = (f"{names[worst]} got {test.shares[worst]:.1%} of {unit} where its weight gives "
+                f"{test.expected[worst]:.1%} (tolerance {check.pattern.tolerance:.0%}, p={test.p_value:.2g}, "
+                f"{group.flows} flows)")
+        facts = {"unit": unit, "flows": group.flows, "tolerance": check.pattern.tolerance,
+                 "backends": {n: {"share": s, "expected": e} for n, s, e in zip(names, test.shares, test.expected)},
+                 "p_value": test.p_value, "p_value_flows": _p(tests["flows"]), "p_value_bytes": _p(tests["bytes"]),
+                 "p_value_packets": _p(tests["packets"]), "until": group.last,
+                 "rule": group.rule}
+        engine.verdict(d.IMBALANCE, check, hash((group.service, group.rule, group.eligible)), group.first, [],
+                       lambda: (what, facts))
+
+    @staticmethod
+    def _test(group: Group, unit: str, expected: tuple[float, ...]):
+        totals = [group.totals[unit].get(g, 0.0) for g in group.eligible]
+        return share_test(totals, group.squares[unit], expected)
+
+
+def _p(test) -> float | None:
+    return None if test is None else test.p_value

@@ -1,0 +1,225 @@
+"""Roles and keys: what each packet is to the load balancer, and what identifies it across it.
+
+Roles, from the spec's addresses and the side a capture was taken on:
+
+* ``INGRESS``: a client's packet to a VIP (client side);
+* ``EGRESS``: what the LB sends toward a backend (backend side): to a backend
+  address (nat, snat, proxy), encapsulated to one (tunnel), or to the VIP with
+  a backend's MAC address (dsr);
+* ``BREPLY``: a backend's packet back to the LB (backend side);
+* ``CREPLY``: what reaches a client that is not to a VIP (client side): a
+  reply, translated back to the VIP or not.
+
+In one combined capture the side is inferred: from the capture's direction
+(Linux cooked headers, pcapng flags) when it has one, otherwise from the
+addresses, and -- where one packet crosses the capture twice unchanged (dsr,
+an untranslated reply) -- from which copy came first.
+
+Keys are 64-bit hashes of the fields a mode leaves unchanged: equal keys on
+both sides of the LB mean the same packet (:mod:`lbspec.runtime.pairing`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lbspec.runtime.compiled import Compiled, akey
+from lbspec.runtime.decode import ARP, OK, TCP, UDP, Packets, fill_digests
+
+__all__ = ["NONE", "INGRESS", "EGRESS", "BREPLY", "CREPLY", "ROLE_NAMES", "classify", "mix", "pair_key",
+           "weak_keys", "flow_key", "MacTable", "CLIENT", "BACKEND", "COMBINED"]
+
+NONE, INGRESS, EGRESS, BREPLY, CREPLY = 0, 1, 2, 3, 4
+ROLE_NAMES = {NONE: "other", INGRESS: "ingress", EGRESS: "egress", BREPLY: "backend-reply",
+              CREPLY: "client-reply"}
+CLIENT, BACKEND, COMBINED = 0, 1, -1
+_SEED = np.uint64(0x243F6A8885A308D3)
+_MUL = np.uint64(0xFF51AFD7ED558CCD)
+_S33 = np.uint64(33)
+_SYN, _ACK = 2, 16
+
+
+def mix(columns: list[np.ndarray]) -> np.ndarray:
+    """A 64-bit hash of the columns, row by row."""
+    h = np.full(len(columns[0]), _SEED, np.uint64)
+    for column in columns:
+        h ^= column.astype(np.uint64)
+        h *= _MUL
+        h ^= h >> _S33
+    return h
+
+
+class MacTable:
+    """Which backend each MAC address belongs to, learned from ARP and from backends' own packets."""
+
+    def __init__(self):
+        self.table: dict[int, int] = {}
+
+    def learn(self, p: Packets, compiled: Compiled) -> None:
+        """Only direct server return needs it: the backend is told by its MAC address."""
+        if not any(s.mode == "dsr" for s in compiled.services):
+            return
+        rows = np.nonzero(((p["status"] == ARP) | (p["status"] == OK)) & (p["mac_s"] != 0) & (p["tun"] == 0))[0]
+        if not len(rows):
+            return
+        gid = compiled.backend_of(akey(p["sa_hi"][rows], p["sa_lo"][rows]))
+        found = rows[gid >= 0]
+        macs, first = np.unique(p["mac_s"][found], return_index=True)
+        for mac, backend in zip(macs.tolist(), gid[gid >= 0][first].tolist()):
+            self.table[mac] = backend
+
+    def lookup(self, macs: np.ndarray) -> np.ndarray:
+        out = np.full(len(macs), -1, np.int32)
+        if not self.table or not len(macs):
+            return out
+        unique, inverse = np.unique(macs, return_inverse=True)
+        values = np.array([self.table.get(m, -1) for m in unique.tolist()], np.int32)
+        return values[inverse]
+
+
+def classify(p: Packets, compiled: Compiled, macs: MacTable) -> None:
+    """Add ``role``, ``svc``, ``gid``, ``ckey`` and one pairing key per mode (``k_<mode>``)."""
+    n = len(p)
+    ok = p["status"] == OK
+    skey, dkey = akey(p["sa_hi"], p["sa_lo"]), akey(p["da_hi"], p["da_lo"])
+    vip_d, vip_s = compiled.vip_of(dkey), compiled.vip_of(skey)
+    be_s, be_d = compiled.backend_of(skey), compiled.backend_of(dkey)
+    tunnel = p["tun"] != 0
+    side, dirn = p["side"], p["dirn"]
+    role = np.zeros(n, np.int8)
+    to_vip = ok & (vip_d >= 0) & ~tunnel
+    dsr = to_vip & np.isin(vip_d, [s.index for s in compiled.services if s.mode == "dsr"])
+    role[to_vip & (side == 0)] = INGRESS
+    role[to_vip & (side == 1)] = EGRESS
+    role[ok & (side == 0) & ~to_vip] = CREPLY
+    role[ok & (side == 1) & ~to_vip & (be_s >= 0) & ~tunnel] = BREPLY
+    role[ok & (side == 1) & ~to_vip & ((be_s < 0) | tunnel)] = EGRESS
+    combined = ok & (side == -1)
+    if combined.any():
+        _combined(p, role, combined, to_vip, dsr, vip_s, be_s, tunnel, dirn)
+    fill_digests(p, np.nonzero((role == INGRESS) | (role == EGRESS))[0])
+    svc = np.where(role == INGRESS, vip_d, -1).astype(np.int16)
+    gid = np.full(n, -1, np.int32)
+    egress = role == EGRESS
+    gid[egress] = _egress_backend(p, compiled, macs, egress, dkey, be_d, vip_d)
+    gid[role == BREPLY] = be_s[role == BREPLY]
+    p["role"], p["svc"], p["gid"] = role, svc, gid
+    p["ckey"] = client_key(p, role)
+    for mode in compiled.modes:
+        if mode != "proxy":
+            p["k_" + mode] = pair_key(p, mode)
+
+
+def _combined(p, role, combined, to_vip, dsr, vip_s, be_s, tunnel, dirn) -> None:
+    """Roles in a capture of both sides at once."""
+    known = dirn != 0
+    inbound, outbound = known & (dirn == 1), known & (dirn == 2)
+    role[combined & to_vip & ~dsr] = INGRESS
+    role[combined & to_vip & dsr & ~outbound] = INGRESS
+    role[combined & to_vip & dsr & outbound] = EGRESS
+    rest = combined & ~to_vip
+    role[rest & (vip_s >= 0) & ~tunnel] = CREPLY
+    role[rest & (be_s >= 0) & ~tunnel & ~outbound] = BREPLY
+    role[rest & (be_s >= 0) & ~tunnel & outbound] = CREPLY
+    role[rest & tunnel] = EGRESS
+    role[rest & (vip_s < 0) & (be_s < 0) & ~tunnel & ~inbound] = EGRESS
+    if not known.all():
+        dsr_copies = combined & ~known & to_vip & dsr
+        reply_copies = combined & ~known & (be_s >= 0) & ~tunnel & ~to_vip
+        fill_digests(p, np.nonzero(dsr_copies | reply_copies)[0])
+        _copies(p, role, dsr_copies, INGRESS, EGRESS)
+        _copies(p, role, reply_copies, BREPLY, CREPLY)
+
+
+def _copies(p: Packets, role: np.ndarray, rows_mask: np.ndarray, before: int, after: int) -> None:
+    """The same packet seen twice: the first copy is ``before`` the LB; a later copy with
+    another destination MAC or a lower TTL is ``after`` it."""
+    rows = np.nonzero(rows_mask)[0]
+    if len(rows) < 2:
+        return
+    key = mix([p["sa_lo"][rows], p["da_lo"][rows], p["sport"][rows], p["dport"][rows], p["proto"][rows],
+               p["seq"][rows], p["ack"][rows], p["ipid"][rows], p["plen"][rows], p["digest"][rows]])
+    order = np.lexsort((p["ts"][rows], key))
+    key, rows = key[order], rows[order]
+    first = np.r_[True, key[1:] != key[:-1]]
+    head = np.maximum.accumulate(np.where(first, np.arange(len(rows)), 0))
+    lead = rows[head]
+    changed = (p["mac_d"][rows] != p["mac_d"][lead]) | (p["ttl"][rows] < p["ttl"][lead])
+    role[rows[~first & changed]] = after
+
+
+def _egress_backend(p, compiled, macs, egress, dkey, be_d, vip_d) -> np.ndarray:
+    """The backend an egress packet goes to: by outer address, by MAC (dsr), or by address."""
+    rows = np.nonzero(egress)[0]
+    out = be_d[rows].copy()
+    tunnel = p["tun"][rows] != 0
+    if tunnel.any():
+        outer = rows[tunnel]
+        out[tunnel] = compiled.backend_of(akey(p["od_hi"][outer], p["od_lo"][outer]))
+    dsr = ~tunnel & (vip_d[rows] >= 0)
+    if dsr.any():
+        out[dsr] = macs.lookup(p["mac_d"][rows[dsr]])
+    return out
+
+
+def client_key(p: Packets, role: np.ndarray) -> np.ndarray:
+    """The client's end of the flow (protocol, address, port): shared by a flow's packets on both sides."""
+    toward_client = (role == BREPLY) | (role == CREPLY)
+    hi = np.where(toward_client, p["da_hi"], p["sa_hi"])
+    lo = np.where(toward_client, p["da_lo"], p["sa_lo"])
+    port = np.where(toward_client, p["dport"], p["sport"])
+    return mix([_proto_class(p["proto"]), hi, lo, port])
+
+
+def _proto_class(proto: np.ndarray) -> np.ndarray:
+    return np.where(proto == 58, 1, proto)
+
+
+def flow_key(p, rows=None) -> np.ndarray:
+    """The 5-tuple, as the packet has it."""
+    c = {k: (p[k] if rows is None else p[k][rows]) for k in ("proto", "sa_hi", "sa_lo", "da_hi", "da_lo",
+                                                             "sport", "dport")}
+    return mix([c["proto"], c["sa_hi"], c["sa_lo"], c["da_hi"], c["da_lo"], c["sport"], c["dport"]])
+
+
+def _payload(p, rows=None):
+    get = (lambda k: p[k]) if rows is None else (lambda k: p[k][rows])
+    cut = get("pcap") < get("plen")
+    return [get("plen"), np.where(cut, 0, get("digest"))]
+
+
+def pair_key(p, mode: str, rows=None) -> np.ndarray:
+    """The exact pairing key: every field ``mode`` leaves unchanged, and the payload."""
+    get = (lambda k: p[k]) if rows is None else (lambda k: p[k][rows])
+    common = [_proto_class(get("proto")), get("flags"), get("seq"), get("ack"), get("icmp"), *_payload(p, rows)]
+    if mode == "snat":
+        return mix(common + [get("echo") & 0xFFFF])
+    ends = [get("sa_hi"), get("sa_lo"), get("sport"), get("echo")]
+    if mode in ("dsr", "tunnel"):
+        ends += [get("da_hi"), get("da_lo"), get("dport"), get("ipid")]
+    return mix(common + ends)
+
+
+def weak_keys(p, mode: str, rows) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Keys for packets the LB changed: (what is assumed intact, key, rows it is usable for)."""
+    get = lambda k: p[k][rows]  # noqa: E731
+    proto = _proto_class(get("proto"))
+    tcp = get("proto") == TCP
+    header = [proto, get("flags"), get("seq"), get("ack")]
+    if mode in ("dsr", "tunnel"):
+        header += [get("sa_hi"), get("sa_lo"), get("sport"), get("da_hi"), get("da_lo"), get("dport")]
+    elif mode == "nat":
+        header += [get("sa_hi"), get("sa_lo"), get("sport"), get("echo")]
+    headers_usable = tcp | (mode != "snat")
+    cut = get("pcap") < get("plen")
+    payload_usable = (get("plen") > 0) & ~cut
+    payload = [proto, get("seq"), get("plen"), get("digest")]
+    return [("headers", mix(header), headers_usable), ("payload", mix(payload), payload_usable)]
+
+
+def syn_only(flags: np.ndarray) -> np.ndarray:
+    return ((flags & _SYN) != 0) & ((flags & _ACK) == 0)
+
+
+def ported(proto: np.ndarray) -> np.ndarray:
+    return (proto == TCP) | (proto == UDP)

@@ -1,0 +1,256 @@
+"""`lbspec monitor`: judge captured or live traffic around a load balancer against a spec.
+
+This module is imported by every ``lbspec`` invocation, so it imports neither
+numpy nor scapy at the top: the runtime is loaded inside :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import TextIO
+
+__all__ = ["SUMMARY", "DESCRIPTION", "configure", "run"]
+
+SUMMARY = "judge captured or live traffic against a spec"
+DESCRIPTION = (
+    "Read captures taken around a load balancer (pcap or pcapng, gzip'd or not) or sniff live interfaces, "
+    "pair every client packet with what the load balancer sent to a backend, and report every violation of "
+    "the spec's properties with the packets that show it. Give one capture of both sides as CAPTURE, or "
+    "separate --client-side and --backend-side captures (merged by time, their clock offset estimated).")
+
+EXIT_OK, EXIT_VIOLATIONS, EXIT_ERROR = 0, 1, 2
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", metavar="SPEC", help="the spec file")
+    parser.add_argument("captures", nargs="*", metavar="CAPTURE",
+                        help="captures holding both sides of the load balancer (roles from the spec's addresses)")
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument("--client-side", action="append", default=[], metavar="FILE",
+                        help="a capture of the client side only (repeatable)")
+    inputs.add_argument("--backend-side", action="append", default=[], metavar="FILE",
+                        help="a capture of the backend side only (repeatable)")
+    inputs.add_argument("--live", action="append", default=[], metavar="[client:|backend:]IFACE",
+                        help="sniff an interface (repeatable); prefix the side it faces, or leave it to the addresses")
+    inputs.add_argument("--duration", type=_positive, metavar="SECONDS",
+                        help="with --live: stop after this long (default: until Ctrl-C)")
+    inputs.add_argument("--events", metavar="FILE",
+                        help='backend health changes, JSON lines: {"time": T, "backend": "app1", "state": "down"}')
+    inputs.add_argument("--service", action="append", default=[], metavar="NAME",
+                        help="judge only this service (repeatable; default: all)")
+    judging = parser.add_argument_group("judging")
+    judging.add_argument("--skew", default="auto", metavar="auto|SECONDS",
+                         help="clock offset of the backend-side captures (default: estimated)")
+    judging.add_argument("--tolerance", type=_milliseconds, default=2.0, metavar="MS",
+                         help="clock disagreement allowed between the sides after correction (default: 2)")
+    judging.add_argument("--max-flows", type=_count, default=1_000_000, metavar="N",
+                         help="flows kept per table before the oldest are evicted (default: 1000000)")
+    judging.add_argument("--max-verdicts", type=_count, default=1000, metavar="N",
+                         help="verdicts listed per property and code; the rest are counted (default: 1000)")
+    judging.add_argument("--jobs", type=_count, default=1, metavar="N",
+                         help="processes, each judging a share of the flows (default: 1)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--format", choices=("text", "json", "jsonl", "junit"), default="text",
+                        help="text, one JSON document, JSON lines streamed as verdicts are found, or JUnit XML")
+    output.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                        help="colour the text output (default: auto, on a terminal only)")
+    output.add_argument("--witness-dir", metavar="DIR", help="write a small pcap per violation here")
+    output.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text!r}")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("the tolerance cannot be negative")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, not {value}")
+    return value
+
+
+def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, color: bool) -> int:
+    """Run the monitor; returns 0 (no violation), 1 (violations) or 2 (usage or input error)."""
+    from lbspec.diagnostics import InputError
+    from lbspec.runtime.capture import CaptureError
+
+    try:
+        return _run(args, stdout, stderr, color)
+    except CaptureError as error:
+        return _bad_capture(error, args, stdout, stderr, color)
+    except InputError as error:
+        stderr.write(f"lbspec monitor: error: {error}\n")
+        return EXIT_ERROR
+
+
+def _run(args, stdout: TextIO, stderr: TextIO, color: bool) -> int:
+    from lbspec.loader import load_path
+    from lbspec.render import render_text
+
+    loaded = load_path(args.spec)
+    if not loaded.ok:
+        render_text(loaded.diagnostics, loaded.sources, stderr, color)
+        stderr.write(f"lbspec monitor: {args.spec} is not a valid spec\n")
+        return EXIT_ERROR
+    _validate(args, loaded.spec)
+    from lbspec.runtime import session
+
+    outcome = session.run(args, loaded.spec, stdout, stderr)
+    _render(args, outcome, loaded.sources, stdout, color)
+    return EXIT_VIOLATIONS if outcome.report.violations else EXIT_OK
+
+
+def _validate(args, spec) -> None:
+    from lbspec.diagnostics import InputError, did_you_mean
+
+    if not (args.captures or args.client_side or args.backend_side or args.live):
+        raise InputError("nothing to read: give CAPTURE files, --client-side/--backend-side files, or --live IFACE")
+    if args.live and (args.captures or args.client_side or args.backend_side):
+        raise InputError("--live cannot be combined with capture files")
+    if args.duration is not None and not args.live:
+        raise InputError("--duration only applies to --live")
+    names = [s.name for s in spec.services]
+    for name in args.service:
+        if name not in names:
+            hint = did_you_mean(name, names)
+            raise InputError(f"no service named {name!r} in {args.spec}" + (f"; {hint}" if hint else ""))
+    if args.skew != "auto":
+        try:
+            float(args.skew)
+        except ValueError:
+            raise InputError(f"--skew takes `auto` or a number of seconds, not {args.skew!r}") from None
+    if args.witness_dir:
+        try:
+            os.makedirs(args.witness_dir, exist_ok=True)
+        except OSError as error:
+            raise InputError(f"cannot create --witness-dir {args.witness_dir}: {error.strerror}") from None
+
+
+# ------------------------------------------------------------------ output --
+
+def _render(args, outcome, sources: dict[str, str], stdout: TextIO, color: bool) -> None:
+    report = outcome.report
+    if args.format == "jsonl":
+        stdout.write(json.dumps({"summary": report.summary}, default=_plain) + "\n")
+        return
+    if args.format == "json":
+        from lbspec.render import render_json
+
+        render_json(report.diagnostics, stdout, monitor=json.loads(json.dumps(report.summary, default=_plain)))
+        return
+    if args.format == "junit":
+        _junit(outcome, stdout)
+        return
+    from lbspec.render import render_text
+
+    render_text(report.diagnostics, sources, stdout, color)
+    stdout.write(summary_text(report.summary))
+
+
+def _junit(outcome, stdout: TextIO) -> None:
+    from lbspec.render.junit import render_junit
+
+    cases = []
+    for service in outcome.spec.services:
+        if outcome.services and service.name not in outcome.services:
+            continue
+        for check in service.checks:
+            found = [x for x in outcome.report.diagnostics
+                     if x.data and x.data.get("service") == service.name and x.data.get("property") == check.name]
+            cases.append((f"lbspec.monitor.{service.name}", check.name, found))
+    rest = [x for x in outcome.report.diagnostics if not (x.data and "property" in x.data)]
+    cases.append(("lbspec.monitor", "captures", rest))
+    render_junit(cases, stdout, suite="lbspec monitor")
+
+
+def _plain(value):
+    """JSON for numpy scalars and other stragglers."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def summary_text(summary: dict) -> str:
+    """The summary as a few lines for people."""
+    lines = [_reading(summary)]
+    for source in summary["sources"]:
+        lines.append(f"  {source['file']} ({source['side']} side): {source['packets']:,} packets")
+    lines.append(_pairing(summary))
+    backends = [b for b in summary["backends"] if b["flows"] or b["expected"]]
+    if backends:
+        lines.append("backends (flows, share of flows / of weights / of bytes):")
+        width = max(len(f"{b['service']}/{b['pool']}/{b['backend']}") for b in backends)
+        for b in backends:
+            name = f"{b['service']}/{b['pool']}/{b['backend']}".ljust(width)
+            lines.append(f"  {name}  {b['flows']:>9,}  {_pct(b['share'])} / {_pct(b['expected'])} / "
+                         f"{_pct(b['bytes_share'])}")
+    for event in summary["health"][:20]:
+        lines.append(f"health: {event['backend']} {event['state']} at {event['time']:.6f} ({event['evidence']})")
+    lines.append(_verdicts(summary))
+    return "\n".join(lines) + "\n"
+
+
+def _reading(summary: dict) -> str:
+    extra = [f"{summary[k]:,} {k.replace('_', '-')}" for k in ("undecodable", "fragments") if summary[k]]
+    return (f"monitor: {summary['packets']:,} packets" + (f" ({', '.join(extra)})" if extra else "")
+            + f", {summary['flows']:,} flows, {summary['duration_s']:.3f}s of traffic")
+
+
+def _pairing(summary: dict) -> str:
+    rate = summary["pairing_rate"]
+    latency = summary["latency_ms"]
+    text = (f"pairing: {summary['paired']:,} of {summary['listened_ingress']:,} listened packets forwarded"
+            + (f" ({rate:.3%})" if rate is not None else ""))
+    if latency["p50"] is not None:
+        text += f"; LB latency p50 {latency['p50']:.3f}ms, p99 {latency['p99']:.3f}ms"
+    return text
+
+
+def _verdicts(summary: dict) -> str:
+    from lbspec.diagnostics import KINDS
+
+    counts = summary["verdicts"]
+    if not counts:
+        return "verdicts: no violations"
+    text = ", ".join(f"{code} {KINDS[code].name} {n:,}" for code, n in counts.items())
+    if summary["verdicts_unlisted"]:
+        text += f" ({summary['verdicts_unlisted']:,} not listed: see --max-verdicts)"
+    return "verdicts: " + text
+
+
+def _pct(value) -> str:
+    return "     -" if value is None else f"{value:6.1%}"
+
+
+def _bad_capture(error, args, stdout: TextIO, stderr: TextIO, color: bool) -> int:
+    from lbspec.diagnostics import BAD_CAPTURE
+    from lbspec.render import render_json, render_text
+
+    diagnostic = BAD_CAPTURE.at(None, what=str(error), data={"file": error.path, "reason": error.reason})
+    if getattr(args, "format", "text") in ("json", "jsonl"):
+        render_json([diagnostic], stdout)
+    else:
+        render_text([diagnostic], {}, stderr, color)
+    return EXIT_ERROR
+

@@ -1,0 +1,477 @@
+"""Decoding frames in bulk: link layer, IP, tunnels and transport headers, as columns.
+
+Every header field is one numpy gather over the batch (with big-endian
+strided views of the buffer, so a 4-byte field is one read), and each layer
+works on the rows that have it.  The result is a :class:`Packets` table: one
+row per frame, one array per field.
+
+Rows carry a ``status``: :data:`OK` (an IP packet with its transport header),
+:data:`NOT_IP` (ARP and other link-layer traffic), :data:`UNDECODABLE` (with
+the reason in ``why``) or :data:`FRAGMENT` (an IP fragment after the first,
+which has no transport header).  Nothing raises on bad bytes.
+
+Addresses are 128-bit: ``*_hi`` and ``*_lo`` halves; IPv4 addresses are stored
+IPv4-mapped (``::ffff:a.b.c.d``), so one comparison serves both families.
+A tunnelled packet (IP-in-IP, GRE, GUE) is described by its *inner* header;
+the outer one is kept in ``tun`` (the kind) and ``os_*``/``od_*``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from lbspec.runtime.capture import (
+    LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_LOOP,
+    LINKTYPE_NULL, LINKTYPE_RAW, LINKTYPE_RAW_OPENBSD, PAD, Frames,
+)
+
+__all__ = [
+    "Packets", "decode", "COLUMNS", "OK", "NOT_IP", "UNDECODABLE", "FRAGMENT", "ARP", "WHY",
+    "TUN_NONE", "TUN_IPIP", "TUN_GRE", "TUN_GUE", "V4_MAPPED", "TCP", "UDP", "ICMP", "ICMP6",
+]
+
+OK, NOT_IP, UNDECODABLE, FRAGMENT, ARP = 0, 1, 2, 3, 4
+TUN_NONE, TUN_IPIP, TUN_GRE, TUN_GUE = 0, 1, 2, 3
+TCP, UDP, ICMP, ICMP6 = 6, 17, 1, 58
+V4_MAPPED = 0xFFFF_0000_0000
+
+WHY = {0: "", 1: "frame shorter than its link-layer header", 2: "unsupported link type",
+       3: "IP header cut short", 4: "not IPv4 or IPv6", 5: "IPv4 header length below 20 bytes",
+       6: "IP total length shorter than its headers", 7: "transport header cut short",
+       8: "TCP header length below 20 bytes", 9: "tunnel header cut short", 10: "IPv6 extension header cut short"}
+(_LINK_SHORT, _LINKTYPE, _IP_SHORT, _VERSION, _IHL, _LENGTH, _L4_SHORT, _DOFF, _TUNNEL, _EXT_SHORT) = range(1, 11)
+
+COLUMNS: dict[str, str] = {
+    "ts": "f8", "source": "i2", "frame": "i8", "side": "i1", "dirn": "i1", "status": "u1", "why": "u1",
+    "fam": "u1", "proto": "u1", "sa_hi": "u8", "sa_lo": "u8", "da_hi": "u8", "da_lo": "u8",
+    "sport": "i4", "dport": "i4", "flags": "u1", "seq": "u4", "ack": "u4", "ttl": "u1", "ipid": "u4",
+    "icmp": "i4", "echo": "u4", "plen": "i4", "pcap": "i4", "poff": "i8",
+    "tun": "u1", "os_hi": "u8", "os_lo": "u8", "od_hi": "u8", "od_lo": "u8", "mac_s": "u8", "mac_d": "u8",
+    "roff": "i8", "rlen": "i4", "wlen": "i4", "lt": "u2", "buf": "i4", "digest": "u8",
+}
+_IPV6_EXT = np.array([0, 43, 44, 51, 60, 135, 139, 140])
+_VLAN = np.array([0x8100, 0x88A8, 0x9100])
+
+
+class Packets:
+    """A table of decoded packets: one numpy array per column of :data:`COLUMNS`.
+
+    ``buffers`` hold the raw frames; row ``i`` is
+    ``buffers[buf[i]][roff[i]:roff[i] + rlen[i]]`` and its transport payload
+    starts at ``poff[i]`` in the same buffer.
+    """
+
+    __slots__ = ("cols", "buffers")
+
+    def __init__(self, cols: dict[str, np.ndarray], buffers: list[bytes]):
+        self.cols = cols
+        self.buffers = buffers
+
+    def __len__(self) -> int:
+        return len(self.cols["ts"])
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.cols[name]
+
+    def __setitem__(self, name: str, value: np.ndarray) -> None:
+        self.cols[name] = value
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.cols
+
+    @classmethod
+    def empty(cls) -> Packets:
+        return cls({k: np.zeros(0, v) for k, v in COLUMNS.items()}, [])
+
+    def take(self, index: np.ndarray) -> Packets:
+        return Packets({k: v[index] for k, v in self.cols.items()}, self.buffers)
+
+    def frame_bytes(self, row: int) -> bytes:
+        start = int(self["roff"][row])
+        return bytes(self.buffers[int(self["buf"][row])][start:start + int(self["rlen"][row])])
+
+    def payload(self, row: int) -> bytes:
+        start = int(self["poff"][row])
+        return bytes(self.buffers[int(self["buf"][row])][start:start + max(int(self["pcap"][row]), 0)])
+
+    def compact(self) -> Packets:
+        """Drop buffers no row refers to any more (so memory follows the rows kept)."""
+        if not len(self):
+            return Packets(self.cols, [])
+        used, remap = np.unique(self["buf"], return_inverse=True)
+        if len(used) == len(self.buffers):
+            return self
+        cols = dict(self.cols)
+        cols["buf"] = remap.astype(np.int32)
+        return Packets(cols, [self.buffers[i] for i in used.tolist()])
+
+    @staticmethod
+    def concat(tables: Sequence[Packets]) -> Packets:
+        tables = [t for t in tables if len(t)]
+        if not tables:
+            return Packets.empty()
+        if len(tables) == 1:
+            return tables[0]
+        buffers: list[bytes] = []
+        shifted = []
+        for table in tables:
+            shifted.append(table["buf"] + len(buffers))
+            buffers.extend(table.buffers)
+        names = [k for k in tables[0].cols if all(k in t.cols for t in tables)]
+        cols = {k: np.concatenate([t[k] for t in tables]) for k in names if k != "buf"}
+        cols["buf"] = np.concatenate(shifted).astype(np.int32)
+        return Packets(cols, buffers)
+
+
+class _Views:
+    """Byte, 16-, 32- and 64-bit big-endian reads at any offsets of one buffer, clipped in bounds."""
+
+    def __init__(self, buf: bytes):
+        n = len(buf)
+        self.u8 = np.frombuffer(buf, np.uint8)
+        self.b16 = np.ndarray((n - 1,), ">u2", buf, 0, (1,))
+        self.b32 = np.ndarray((n - 3,), ">u4", buf, 0, (1,))
+        self.b64 = np.ndarray((n - 7,), ">u8", buf, 0, (1,))
+        self.last = n - 8
+
+    def byte(self, pos: np.ndarray) -> np.ndarray:
+        return self.u8[np.minimum(pos, self.last)]
+
+    def be16(self, pos: np.ndarray) -> np.ndarray:
+        return self.b16[np.minimum(pos, self.last)].astype(np.int64)
+
+    def be32(self, pos: np.ndarray) -> np.ndarray:
+        return self.b32[np.minimum(pos, self.last)].astype(np.uint64)
+
+    def be64(self, pos: np.ndarray) -> np.ndarray:
+        return self.b64[np.minimum(pos, self.last)].astype(np.uint64)
+
+    def mac(self, pos: np.ndarray) -> np.ndarray:
+        return (self.be32(pos) << np.uint64(16)) | self.be16(pos + 4).astype(np.uint64)
+
+
+def decode(frames: Frames, side: int = -1, gue_ports: Iterable[int] = (6080,), buf_index: int = 0) -> Packets:
+    """Decode a batch of frames.  ``side``: 0 client side, 1 backend side, -1 to infer.
+
+    Payload digests are left at 0: :func:`fill_digests` computes them for the
+    rows that need one (reading every payload is the costliest step).
+    """
+    n = len(frames)
+    cols = {k: np.zeros(n, v) for k, v in COLUMNS.items()}
+    cols.update(ts=frames.ts.astype(np.float64), source=np.full(n, frames.source, np.int16), frame=frames.frame,
+                side=np.full(n, side, np.int8), dirn=frames.direction.astype(np.int8), roff=frames.offset,
+                rlen=frames.caplen, wlen=frames.wirelen, lt=frames.linktype, buf=np.full(n, buf_index, np.int32))
+    cols["icmp"][:] = -1
+    if n == 0:
+        return Packets(cols, [frames.buf])
+    _Decoder(frames.buf, cols, frames.offset + frames.caplen, np.asarray(list(gue_ports), np.int64)).run()
+    return Packets(cols, [frames.buf])
+
+
+def fill_digests(p: Packets, rows: np.ndarray) -> None:
+    """Set ``digest`` to the CRC-32 of the captured payload of ``rows`` (C speed; Python only steps)."""
+    rows = rows[(p["pcap"][rows] > 0) & (p["status"][rows] == OK)]
+    if not len(rows):
+        return
+    crc = zlib.crc32
+    for index in np.unique(p["buf"][rows]).tolist():
+        mine = rows[p["buf"][rows] == index] if len(p.buffers) > 1 else rows
+        view = memoryview(p.buffers[index])
+        starts = p["poff"][mine].tolist()
+        ends = (p["poff"][mine] + p["pcap"][mine]).tolist()
+        p["digest"][mine] = [crc(view[a:b]) for a, b in zip(starts, ends)]
+
+
+class _Decoder:
+    def __init__(self, buf: bytes, cols: dict[str, np.ndarray], end: np.ndarray, gue_ports: np.ndarray):
+        self.v = _Views(buf)
+        self.c = cols
+        self.end = end
+        self.gue_ports = gue_ports
+
+    def fail(self, rows: np.ndarray, why: int) -> None:
+        self.c["status"][rows] = UNDECODABLE
+        self.c["why"][rows] = why
+
+    def run(self) -> None:
+        l3, etype = self.link()
+        arp = np.nonzero(etype == 0x0806)[0]
+        if len(arp):
+            self.arp(arp, l3[arp])
+        ip = np.nonzero((etype == 0x0800) | (etype == 0x86DD))[0]
+        other = (etype != 0x0800) & (etype != 0x86DD) & (etype != 0x0806) & (self.c["status"] == OK)
+        self.c["status"][other] = NOT_IP
+        if len(ip):
+            self.network(ip, l3[ip], etype[ip])
+            self.tunnels(ip)
+
+    # ------------------------------------------------------------ link --
+
+    def link(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where the IP header starts, and its ethertype (0 where there is none)."""
+        c, v = self.c, self.v
+        n = len(c["ts"])
+        l3 = np.zeros(n, np.int64)
+        etype = np.zeros(n, np.int64)
+        lt = c["lt"]
+        off = c["roff"]
+        for kinds, header in (((LINKTYPE_ETHERNET,), 14), ((LINKTYPE_LINUX_SLL,), 16), ((LINKTYPE_LINUX_SLL2,), 20),
+                              ((LINKTYPE_RAW, LINKTYPE_RAW_OPENBSD, LINKTYPE_IPV4, LINKTYPE_IPV6), 0),
+                              ((LINKTYPE_NULL, LINKTYPE_LOOP), 4)):
+            rows = np.nonzero(np.isin(lt, kinds))[0]
+            if not len(rows):
+                continue
+            o = off[rows]
+            l3[rows] = o + header
+            etype[rows] = self._ethertype(kinds[0], rows, o)
+        known = np.isin(lt, [LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW,
+                             LINKTYPE_RAW_OPENBSD, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_NULL, LINKTYPE_LOOP])
+        self.fail(np.nonzero(~known)[0], _LINKTYPE)
+        ether = np.nonzero(lt == LINKTYPE_ETHERNET)[0]
+        if len(ether):
+            l3[ether], etype[ether] = self._vlans(l3[ether], etype[ether])
+        short = known & (l3 > self.end)
+        self.fail(np.nonzero(short)[0], _LINK_SHORT)
+        etype[~known | short] = 0
+        raw = np.nonzero(known & ~short & (etype == -1))[0]
+        if len(raw):
+            nibble = v.byte(l3[raw]) >> 4
+            etype[raw] = np.where(nibble == 4, 0x0800, np.where(nibble == 6, 0x86DD, 0))
+            bad = raw[(nibble != 4) & (nibble != 6)]
+            self.fail(bad, _VERSION)
+        return l3, etype
+
+    def _ethertype(self, kind: int, rows: np.ndarray, o: np.ndarray) -> np.ndarray:
+        c, v = self.c, self.v
+        if kind == LINKTYPE_ETHERNET:
+            c["mac_d"][rows] = v.mac(o)
+            c["mac_s"][rows] = v.mac(o + 6)
+            return v.be16(o + 12)
+        if kind == LINKTYPE_LINUX_SLL:
+            c["dirn"][rows] = np.where(v.be16(o) == 4, 2, 1)
+            return v.be16(o + 14)
+        if kind == LINKTYPE_LINUX_SLL2:
+            c["dirn"][rows] = np.where(v.byte(o + 10) == 4, 2, 1)
+            return v.be16(o)
+        return np.full(len(rows), -1, np.int64)  # raw IP and loopback: the version nibble says
+
+    def _vlans(self, l3: np.ndarray, etype: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        for _ in range(2):  # 802.1Q, and 802.1ad (QinQ) outside it
+            tagged = np.isin(etype, _VLAN)
+            if not tagged.any():
+                break
+            etype[tagged] = self.v.be16(l3[tagged] + 2)
+            l3[tagged] += 4
+        return l3, etype
+
+    def arp(self, rows: np.ndarray, l3: np.ndarray) -> None:
+        c, v = self.c, self.v
+        c["status"][rows] = NOT_IP
+        good = (l3 + 28 <= self.end[rows]) & (v.be16(l3 + 2) == 0x0800) & (v.byte(l3 + 4) == 6)
+        rows, l3 = rows[good], l3[good]
+        c["status"][rows] = ARP
+        c["mac_s"][rows] = v.mac(l3 + 8)
+        c["sa_lo"][rows] = v.be32(l3 + 14) | np.uint64(V4_MAPPED)
+        c["mac_d"][rows] = v.mac(l3 + 18)
+        c["da_lo"][rows] = v.be32(l3 + 24) | np.uint64(V4_MAPPED)
+        c["fam"][rows] = 4
+
+    # --------------------------------------------------------- network --
+
+    def network(self, rows: np.ndarray, l3: np.ndarray, etype: np.ndarray) -> None:
+        """IPv4 or IPv6, then the transport header, for these rows."""
+        four = etype == 0x0800
+        if four.any():
+            self._ipv4(rows[four], l3[four])
+        if (~four).any():
+            self._ipv6(rows[~four], l3[~four])
+
+    def _ipv4(self, rows: np.ndarray, l3: np.ndarray) -> None:
+        c, v = self.c, self.v
+        end = self.end[rows]
+        first = v.byte(l3)
+        ihl = (first & 15).astype(np.int64) * 4
+        total = v.be16(l3 + 2)
+        problems = ((l3 + 20 > end, _IP_SHORT), ((first >> 4) != 4, _VERSION), (ihl < 20, _IHL),
+                    ((total < ihl) & (total != 0), _LENGTH))
+        rows, l3, keep = self._screen(rows, l3, problems)
+        ihl, total, end = ihl[keep], total[keep], end[keep]
+        c["fam"][rows] = 4
+        c["ipid"][rows] = v.be16(l3 + 4)
+        frag = v.be16(l3 + 6)
+        c["ttl"][rows] = v.byte(l3 + 8)
+        c["proto"][rows] = v.byte(l3 + 9)
+        mapped = np.uint64(V4_MAPPED)
+        c["sa_hi"][rows], c["sa_lo"][rows] = 0, v.be32(l3 + 12) | mapped
+        c["da_hi"][rows], c["da_lo"][rows] = 0, v.be32(l3 + 16) | mapped
+        ip_end = np.where(total == 0, end, l3 + total)  # 0: a segmentation-offloaded giant
+        later = (frag & 0x1FFF) != 0
+        c["status"][rows[later]] = FRAGMENT
+        self._transport(rows, l3 + ihl, ip_end, ~later)
+
+    def _ipv6(self, rows: np.ndarray, l3: np.ndarray) -> None:
+        c, v = self.c, self.v
+        end = self.end[rows]
+        rows, l3, keep = self._screen(rows, l3, ((l3 + 40 > end, _IP_SHORT), ((v.byte(l3) >> 4) != 6, _VERSION)))
+        end = end[keep]
+        c["fam"][rows] = 6
+        length = v.be16(l3 + 4)
+        c["ttl"][rows] = v.byte(l3 + 7)
+        c["sa_hi"][rows], c["sa_lo"][rows] = v.be64(l3 + 8), v.be64(l3 + 16)
+        c["da_hi"][rows], c["da_lo"][rows] = v.be64(l3 + 24), v.be64(l3 + 32)
+        ip_end = np.where(length == 0, end, l3 + 40 + length)
+        proto, l4, first = self._extensions(rows, v.byte(l3 + 6).astype(np.int64), l3 + 40, end)
+        c["proto"][rows] = proto
+        alive = c["status"][rows] == OK
+        c["status"][rows[~first & alive]] = FRAGMENT
+        self._transport(rows[alive], l4[alive], ip_end[alive], first[alive])
+
+    def _extensions(self, rows, proto, l4, end):
+        """Walk IPv6 extension headers: the transport protocol, where it starts, first fragment or not."""
+        v = self.v
+        first = np.ones(len(rows), bool)
+        for _ in range(8):
+            ext = np.nonzero(np.isin(proto, _IPV6_EXT) & (self.c["status"][rows] == OK))[0]
+            if not len(ext):
+                break
+            at = l4[ext]
+            short = at + 8 > end[ext]
+            self.fail(rows[ext[short]], _EXT_SHORT)
+            ext, at = ext[~short], at[~short]
+            kind = proto[ext]
+            size = np.where(kind == 51, (v.byte(at + 1).astype(np.int64) + 2) * 4,
+                            (v.byte(at + 1).astype(np.int64) + 1) * 8)
+            fragment = kind == 44
+            field = v.be16(at + 2)
+            first[ext[fragment]] = (field[fragment] & 0xFFF8) == 0
+            self.c["ipid"][rows[ext[fragment]]] = v.be32(at[fragment] + 4)
+            size[fragment] = 8
+            proto[ext] = v.byte(at)
+            l4[ext] = at + size
+        return proto, l4, first
+
+    def _screen(self, rows, l3, problems):
+        """Mark the rows with any of ``problems`` undecodable; return the rest."""
+        keep = np.ones(len(rows), bool)
+        for bad, why in problems:
+            hit = bad & keep
+            self.fail(rows[hit], why)
+            keep &= ~bad
+        return rows[keep], l3[keep], keep
+
+    # ------------------------------------------------------- transport --
+
+    def _transport(self, rows, l4, ip_end, has_l4) -> None:
+        c, v = self.c, self.v
+        proto = c["proto"][rows].astype(np.int64)
+        end = self.end[rows]
+        poff = l4.copy()
+        need = np.select([proto == TCP, proto == UDP, (proto == ICMP) | (proto == ICMP6)], [20, 8, 8], 0)
+        need = np.where(has_l4, need, 0)
+        short = l4 + need > end
+        self.fail(rows[short & (c["status"][rows] == OK)], _L4_SHORT)
+        ok = has_l4 & ~short
+        ported = ok & ((proto == TCP) | (proto == UDP))
+        c["sport"][rows[ported]] = v.be16(l4[ported])
+        c["dport"][rows[ported]] = v.be16(l4[ported] + 2)
+        tcp = ok & (proto == TCP)
+        at = l4[tcp]
+        c["seq"][rows[tcp]] = v.be32(at + 4)
+        c["ack"][rows[tcp]] = v.be32(at + 8)
+        doff = (v.byte(at + 12) >> 4).astype(np.int64) * 4
+        c["flags"][rows[tcp]] = v.byte(at + 13)
+        self.fail(rows[tcp][doff < 20], _DOFF)
+        poff[tcp] = at + np.maximum(doff, 20)
+        udp = ok & (proto == UDP)
+        poff[udp] = l4[udp] + 8
+        icmp = ok & ((proto == ICMP) | (proto == ICMP6))
+        at = l4[icmp]
+        c["icmp"][rows[icmp]] = (v.byte(at).astype(np.int64) << 8) | v.byte(at + 1)
+        c["echo"][rows[icmp]] = v.be32(at + 4)
+        poff[icmp] = at + 8
+        c["poff"][rows] = poff
+        wire = ip_end - poff
+        bad = (wire < 0) & (c["status"][rows] == OK)
+        self.fail(rows[bad], _LENGTH)
+        c["plen"][rows] = np.maximum(wire, 0)
+        c["pcap"][rows] = np.clip(np.minimum(ip_end, end) - poff, 0, None)
+
+    # --------------------------------------------------------- tunnels --
+
+    def tunnels(self, rows: np.ndarray) -> None:
+        """Replace outer headers by the inner packet for IP-in-IP, GRE and GUE."""
+        c = self.c
+        rows = rows[c["status"][rows] == OK]
+        proto = c["proto"][rows]
+        ipip = rows[(proto == 4) | (proto == 41)]
+        gre = rows[proto == 47]
+        gue = rows[(proto == UDP) & np.isin(c["dport"][rows], self.gue_ports)]
+        inner_rows, inner_l3, inner_etype, kinds = [], [], [], []
+        for found, kind, locate in ((ipip, TUN_IPIP, self._ipip), (gre, TUN_GRE, self._gre), (gue, TUN_GUE, self._gue)):
+            if len(found):
+                r, l3, et = locate(found)
+                inner_rows.append(r), inner_l3.append(l3), inner_etype.append(et)
+                kinds.append(np.full(len(r), kind, np.uint8))
+        if not inner_rows:
+            return
+        rows, l3, etype = np.concatenate(inner_rows), np.concatenate(inner_l3), np.concatenate(inner_etype)
+        c["tun"][rows] = np.concatenate(kinds)
+        for name in ("hi", "lo"):
+            c["os_" + name][rows] = c["sa_" + name][rows]
+            c["od_" + name][rows] = c["da_" + name][rows]
+        for name in ("sport", "dport", "seq", "ack", "flags", "ipid", "echo"):
+            c[name][rows] = 0
+        c["icmp"][rows] = -1
+        short = l3 + 20 > self.end[rows]
+        self.fail(rows[short], _TUNNEL)
+        keep = ~short & np.isin(etype, (0x0800, 0x86DD))
+        c["status"][rows[~short & ~keep]] = NOT_IP
+        self.network(rows[keep], l3[keep], etype[keep])
+
+    def _ipip(self, rows):
+        return rows, self.c["poff"][rows], np.where(self.c["proto"][rows] == 4, 0x0800, 0x86DD)
+
+    def _gre(self, rows):
+        v = self.v
+        at = self.c["poff"][rows]
+        fits = at + 4 <= self.end[rows]
+        self.fail(rows[~fits], _TUNNEL)
+        rows, at = rows[fits], at[fits]
+        flags = v.be16(at)
+        size = 4 + 4 * (((flags & 0xC000) != 0).astype(np.int64) + ((flags & 0x2000) != 0) + ((flags & 0x1000) != 0))
+        etype = v.be16(at + 2)
+        l3 = at + size
+        bridged = etype == 0x6558  # transparent Ethernet bridging: an Ethernet frame inside
+        etype[bridged] = v.be16(l3[bridged] + 12)
+        l3[bridged] += 14
+        return rows, l3, etype
+
+    def _gue(self, rows):
+        v = self.v
+        at = self.c["poff"][rows]
+        fits = at + 4 <= self.end[rows]
+        self.fail(rows[~fits], _TUNNEL)
+        rows, at = rows[fits], at[fits]
+        first = v.byte(at).astype(np.int64)
+        version = first >> 6
+        control = (first >> 5) & 1
+        direct = version == 1  # GUE version 1: the IP header itself follows the UDP header
+        l3 = np.where(direct, at, at + 4 + (first & 31) * 4)
+        inner = v.byte(at + 1).astype(np.int64)
+        nibble = first >> 4
+        etype = np.where(direct, np.where(nibble == 4, 0x0800, np.where(nibble == 6, 0x86DD, 0)),
+                         np.where(inner == 4, 0x0800, np.where(inner == 41, 0x86DD, 0)))
+        etype[(version == 0) & (control == 1)] = 0
+        return rows, l3, etype
+
+
+def ipv4_of(lo: int) -> str:
+    """The dotted form of an IPv4-mapped ``lo`` half."""
+    x = lo & 0xFFFFFFFF
+    return f"{x >> 24}.{(x >> 16) & 255}.{(x >> 8) & 255}.{x & 255}"
+
+
+assert PAD >= 8

@@ -1,0 +1,162 @@
+"""Backend health read off the traffic itself.
+
+* a backend that answers a SYN with a SYN-ACK, or an echo request with a
+  reply, is up; an HTTP health probe answered 2xx/3xx says up, 4xx/5xx down;
+* a backend that answers a SYN with a RST, or that an ICMP unreachable names
+  (the backend itself, or a router on the way to it), is down;
+* a SYN forwarded to a backend that gets no answer within ``answer_timeout``
+  says the backend was down when the SYN was sent -- in modes whose replies
+  come back through the LB (nat, snat, proxy), where the answer would be seen.
+"""
+
+from __future__ import annotations
+
+import struct
+from ipaddress import IPv4Address, IPv6Address
+
+import numpy as np
+
+from lbspec.runtime.classify import BREPLY, EGRESS, mix, syn_only
+from lbspec.runtime.compiled import Compiled, address_parts, akey
+from lbspec.runtime.decode import ICMP, ICMP6, TCP, Packets
+from lbspec.runtime.health import HealthTimeline
+
+__all__ = ["HealthInference"]
+
+_SYN, _RST, _ACK = 2, 4, 16
+_REPLY_MODES = ("nat", "snat", "proxy")
+
+
+class HealthInference:
+    def __init__(self, compiled: Compiled, timeline: HealthTimeline, answer_timeout: float):
+        self.compiled = compiled
+        self.timeline = timeline
+        self.answer_timeout = answer_timeout
+        self.syns: dict[int, tuple[float, int]] = {}  # flow key -> (first SYN time, backend)
+        self.echoes: dict[int, tuple[float, int]] = {}
+        self.probes: dict[int, float] = {}  # HTTP probe flows -> when seen
+        self.routed = np.array([compiled.services[b.service].mode in _REPLY_MODES for b in compiled.backends] or [False])
+        self.paths = {s.index: (s.service.health.path or "/") for s in compiled.services
+                      if s.service.health.kind == "http"}
+
+    def observe(self, p: Packets) -> None:
+        """Take the evidence in newly classified rows."""
+        role, gid, proto = p["role"], p["gid"], p["proto"]
+        out = (role == EGRESS) & (gid >= 0)
+        back = (role == BREPLY) & (gid >= 0)
+        self._syns(p, np.nonzero(out & (proto == TCP) & syn_only(p["flags"]))[0])
+        self._answers(p, np.nonzero(back & (proto == TCP) & ((p["flags"] & (_SYN | _RST)) != 0))[0])
+        self._echo(p, out, back)
+        self._unreachable(p)
+        if self.paths:
+            self._http(p, out, back)
+
+    def expire(self, now: float) -> None:
+        """SYNs and echo requests unanswered for too long: the backend was down when they went."""
+        for table in (self.syns, self.echoes):
+            late = [k for k, (t, _g) in table.items() if now - t > self.answer_timeout]
+            for key in late:
+                time, gid = table.pop(key)
+                self.timeline.record(gid, time, False, "silence")
+        if len(self.probes) > 10_000:
+            cutoff = now - 60
+            self.probes = {k: t for k, t in self.probes.items() if t >= cutoff}
+
+    # -------------------------------------------------------------- tcp --
+
+    def _syns(self, p: Packets, rows: np.ndarray) -> None:
+        rows = rows[self.routed[p["gid"][rows]] & (p["side"][rows] != 0)]
+        if not len(rows):
+            return
+        keys = _forward_key(p, rows).tolist()
+        for key, time, gid in zip(keys, p["ts"][rows].tolist(), p["gid"][rows].tolist()):
+            self.syns.setdefault(key, (time, gid))
+
+    def _answers(self, p: Packets, rows: np.ndarray) -> None:
+        if not len(rows):
+            return
+        keys = _reverse_key(p, rows).tolist()
+        flags = p["flags"][rows].tolist()
+        for key, flag, time, gid in zip(keys, flags, p["ts"][rows].tolist(), p["gid"][rows].tolist()):
+            pending = self.syns.pop(key, None)
+            if flag & _SYN and flag & _ACK:
+                self.timeline.record(gid, time, True, "synack")
+            elif flag & _RST and pending is not None:
+                self.timeline.record(gid, time, False, "rst")
+
+    # ------------------------------------------------------------- icmp --
+
+    def _echo(self, p: Packets, out: np.ndarray, back: np.ndarray) -> None:
+        kind = p["icmp"] >> 8
+        icmp = (p["proto"] == ICMP) | (p["proto"] == ICMP6)
+        requests = np.nonzero(out & icmp & ((kind == 8) | (kind == 128)))[0]
+        for key, time, gid in zip(_forward_key(p, requests, echo=True).tolist(), p["ts"][requests].tolist(),
+                                  p["gid"][requests].tolist()):
+            self.echoes.setdefault(key, (time, gid))
+        replies = np.nonzero(back & icmp & ((kind == 0) | (kind == 129)))[0]
+        for key, time, gid in zip(_reverse_key(p, replies, echo=True).tolist(), p["ts"][replies].tolist(),
+                                  p["gid"][replies].tolist()):
+            self.echoes.pop(key, None)
+            self.timeline.record(gid, time, True, "reply")
+
+    def _unreachable(self, p: Packets) -> None:
+        kind, code = p["icmp"] >> 8, p["icmp"] & 255
+        v4 = (p["proto"] == ICMP) & (kind == 3) & (code != 4)
+        v6 = (p["proto"] == ICMP6) & (kind == 1)
+        for row in np.nonzero(v4 | v6)[0].tolist():
+            for gid in self._named(p, row):
+                self.timeline.record(gid, float(p["ts"][row]), False, "icmp")
+
+    def _named(self, p: Packets, row: int) -> set[int]:
+        """Backends an ICMP error names: its sender, or the destination of the packet it quotes."""
+        found = set()
+        sender = int(self.compiled.backend_of(akey(p["sa_hi"][row:row + 1], p["sa_lo"][row:row + 1]))[0])
+        if sender >= 0:
+            found.add(sender)
+        quoted = _quoted_destination(p.payload(row))
+        if quoted is not None:
+            hi, lo = address_parts(quoted)
+            target = int(self.compiled.backend_of(np.array([akey(hi, lo)], np.uint64))[0])
+            if target >= 0:
+                found.add(target)
+        return found
+
+    # ------------------------------------------------------------- http --
+
+    def _http(self, p: Packets, out: np.ndarray, back: np.ndarray) -> None:
+        tcp_data = (p["proto"] == TCP) & (p["pcap"] >= 5)
+        for row in np.nonzero(out & tcp_data)[0].tolist():
+            service = self.compiled.backends[int(p["gid"][row])].service
+            path = self.paths.get(service)
+            if path is not None and p.payload(row).startswith(f"GET {path} ".encode()):
+                self.probes[int(_forward_key(p, np.array([row]))[0])] = float(p["ts"][row])
+        if not self.probes:
+            return
+        for row in np.nonzero(back & tcp_data)[0].tolist():
+            if int(_reverse_key(p, np.array([row]))[0]) in self.probes:
+                self._status(p, row)
+
+    def _status(self, p: Packets, row: int) -> None:
+        head = p.payload(row)[:12]
+        if head.startswith(b"HTTP/1.") and len(head) >= 12 and head[9:12].isdigit():
+            good = int(head[9:12]) < 400
+            self.timeline.record(int(p["gid"][row]), float(p["ts"][row]), good, "probe")
+
+
+def _forward_key(p: Packets, rows: np.ndarray, echo: bool = False) -> np.ndarray:
+    extra = [p["echo"][rows]] if echo else [p["sport"][rows], p["dport"][rows]]
+    return mix([p["proto"][rows] % 57, p["sa_hi"][rows], p["sa_lo"][rows], p["da_hi"][rows], p["da_lo"][rows], *extra])
+
+
+def _reverse_key(p: Packets, rows: np.ndarray, echo: bool = False) -> np.ndarray:
+    extra = [p["echo"][rows]] if echo else [p["dport"][rows], p["sport"][rows]]
+    return mix([p["proto"][rows] % 57, p["da_hi"][rows], p["da_lo"][rows], p["sa_hi"][rows], p["sa_lo"][rows], *extra])
+
+
+def _quoted_destination(data: bytes):
+    """The destination address of the IP packet an ICMP error quotes."""
+    if len(data) >= 20 and data[0] >> 4 == 4:
+        return IPv4Address(struct.unpack_from("!I", data, 16)[0])
+    if len(data) >= 40 and data[0] >> 4 == 6:
+        return IPv6Address(data[24:40])
+    return None

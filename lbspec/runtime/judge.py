@@ -1,0 +1,249 @@
+"""Checks on paired packets: what the LB did with each packet it forwarded.
+
+:class:`Pairs` gathers, for a set of (ingress, egress) pairs of one service,
+the client's packet as the spec sees it (``view``), the backend reached, the
+rule that applies and the latency.  One function per kind of check turns the
+rows that break it into verdicts; the monitor calls them as pairs are found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lbspec import diagnostics as d
+from lbspec.runtime.classify import flow_key, syn_only
+from lbspec.runtime.compiled import CheckPlan, ServicePlan
+from lbspec.runtime.decode import TCP, UDP, Packets
+from lbspec.runtime.evidence import flow_text
+from lbspec.semantics.model import MODE_REWRITES
+
+__all__ = ["Pairs", "VIEW_COLUMNS", "run_checks", "HEADER_FIELDS"]
+
+VIEW_COLUMNS = ("proto", "fam", "sa_hi", "sa_lo", "da_hi", "da_lo", "sport", "dport", "flags")
+HEADER_FIELDS = ("src", "dst", "sport", "dport", "proto", "ttl", "tcp")
+
+
+@dataclass
+class Pairs:
+    """Pairs of one service: window rows ``ii`` (ingress) and ``ee`` (egress), and what they imply."""
+
+    plan: ServicePlan
+    ii: np.ndarray
+    ee: np.ndarray
+    view: dict[str, np.ndarray]
+    gid: np.ndarray
+    rule: np.ndarray
+    listened: np.ndarray
+    latency: np.ndarray
+    stage: int  # 1: paired on the exact key; 2: on a weaker key (the LB changed the packet)
+
+    @classmethod
+    def gather(cls, win: Packets, plan: ServicePlan, ii: np.ndarray, ee: np.ndarray, stage: int) -> Pairs:
+        view = {k: win[k][ii] for k in VIEW_COLUMNS}
+        return cls(plan, ii, ee, view, win["gid"][ee], plan.rule_index(view), plan.listened(view),
+                   win["ts"][ee] - win["ts"][ii], stage)
+
+    def __len__(self) -> int:
+        return len(self.ii)
+
+
+def run_checks(engine, pairs: Pairs) -> None:
+    """Every check of the service on these pairs."""
+    for check in pairs.plan.checks:
+        handler = _HANDLERS.get(check.kind)
+        if handler is not None:
+            handler(engine, check, pairs)
+
+
+def _scoped(check: CheckPlan, pairs: Pairs) -> np.ndarray:
+    return pairs.listened & check.scope(pairs.view)
+
+
+def _report(engine, kind: d.Kind, check: CheckPlan, pairs: Pairs, rows: np.ndarray, what, facts) -> None:
+    """One verdict per flow: the first offending pair makes it, later ones count."""
+    win = engine.window
+    for j in rows.tolist():
+        i, e = int(pairs.ii[j]), int(pairs.ee[j])
+        engine.verdict(kind, check, int(win["ckey"][i]), float(win["ts"][e]), [i, e],
+                       lambda j=j, i=i: (what(j), {"flow": flow_text(win, i), **facts(j)}))
+
+
+def _backend(engine, gid: int) -> str | None:
+    return engine.compiled.backends[gid].name if gid >= 0 else None
+
+
+# ----------------------------------------------------------------- response --
+
+def _response(engine, check: CheckPlan, pairs: Pairs) -> None:
+    within = check.pattern.within
+    late = np.nonzero(_scoped(check, pairs) & (pairs.rule >= 0) & (pairs.latency > within))[0]
+    if len(late):
+        _report(engine, d.DROP, check, pairs, late,
+                lambda j: f"forwarded to {_backend(engine, int(pairs.gid[j])) or 'an undeclared destination'} "
+                          f"after {pairs.latency[j] * 1e3:.3f}ms, later than the {within * 1e3:g}ms deadline",
+                lambda j: {"backend": _backend(engine, int(pairs.gid[j])), "latency_ms": float(pairs.latency[j] * 1e3),
+                           "deadline_ms": within * 1e3, "forwarded": True})
+
+
+# ----------------------------------------------------------------- absence --
+
+def _undeclared(engine, check: CheckPlan, pairs: Pairs) -> None:
+    allowed = engine.allowed_backends(pairs)
+    expected = engine.expected_ports(pairs)
+    win = engine.window
+    port_bad = (expected >= 0) & (win["dport"][pairs.ee] != expected)
+    bad = np.nonzero(_scoped(check, pairs) & (~allowed | port_bad))[0]
+    if len(bad):
+        _report(engine, d.UNDECLARED_DESTINATION, check, pairs, bad,
+                lambda j: _undeclared_text(engine, pairs, j, bool(allowed[j]), int(expected[j])),
+                lambda j: {"backend": _backend(engine, int(pairs.gid[j])),
+                           "destination": flow_text(win, int(pairs.ee[j])).split(" -> ")[-1],
+                           "expected_port": int(expected[j]) if expected[j] >= 0 else None,
+                           "reason": _undeclared_reason(engine, pairs, j, bool(allowed[j]))})
+
+
+def _undeclared_reason(engine, pairs: Pairs, j: int, allowed: bool) -> str:
+    if allowed:
+        return "port"
+    if pairs.gid[j] < 0:
+        return "address"
+    return "no-rule" if pairs.rule[j] < 0 else "not-for-this-traffic"
+
+
+def _undeclared_text(engine, pairs: Pairs, j: int, allowed: bool, expected: int) -> str:
+    win = engine.window
+    where = flow_text(win, int(pairs.ee[j])).split(" -> ")[-1]
+    reason = _undeclared_reason(engine, pairs, j, allowed)
+    name = _backend(engine, int(pairs.gid[j]))
+    if reason == "address":
+        return f"forwarded to {where}, which is no backend the spec declares"
+    if reason == "port":
+        return f"forwarded to {name} at {where}; the spec says port {expected}"
+    if reason == "no-rule":
+        return f"forwarded to {name}, but no rule takes this traffic (the spec drops or rejects it)"
+    return f"forwarded to {name}, which this traffic's rule does not use"
+
+
+def _forbidden(engine, check: CheckPlan, pairs: Pairs) -> None:
+    bad = np.nonzero(_scoped(check, pairs) & np.isin(pairs.gid, list(check.forbidden)))[0]
+    if len(bad):
+        _report(engine, d.FORBIDDEN_BACKEND, check, pairs, bad,
+                lambda j: f"reached {_backend(engine, int(pairs.gid[j]))}, which `{check.check.title}` rules out",
+                lambda j: {"backend": _backend(engine, int(pairs.gid[j]))})
+
+
+def _down(engine, check: CheckPlan, pairs: Pairs) -> None:
+    ts = engine.window["ts"][pairs.ee]
+    since = engine.health.down_since(pairs.gid, ts)
+    grace = engine.compiled.detection(pairs.plan.index)[1] if check.pattern.after_detection else 0.0
+    elapsed = ts - since
+    bad = np.nonzero(_scoped(check, pairs) & (pairs.gid >= 0) & ~np.isnan(since) & (elapsed >= grace))[0]
+    if len(bad):
+        _report(engine, d.DOWN_BACKEND, check, pairs, bad,
+                lambda j: f"forwarded to {_backend(engine, int(pairs.gid[j]))}, down for {elapsed[j]:.3f}s"
+                          + (f" (detection window {grace:g}s)" if check.pattern.after_detection else ""),
+                lambda j: {"backend": _backend(engine, int(pairs.gid[j])), "down_since": float(since[j]),
+                           "down_for_s": float(elapsed[j]), "detection_s": grace,
+                           "evidence": engine.down_evidence(int(pairs.gid[j]), float(ts[j]))})
+
+
+# --------------------------------------------------------------- integrity --
+
+def fields_of(check: CheckPlan, mode: str) -> tuple[str, ...]:
+    wanted = set(check.pattern.fields)
+    if "headers" in wanted:
+        wanted.discard("headers")
+        wanted |= set(HEADER_FIELDS) - set(MODE_REWRITES[mode])
+    return tuple(sorted(wanted))
+
+
+def _differences(win: Packets, ii: np.ndarray, ee: np.ndarray, field: str) -> np.ndarray:
+    """True where the egress packet's ``field`` is not the ingress packet's."""
+    if field in ("src", "dst"):
+        prefix = "sa" if field == "src" else "da"
+        return (win[prefix + "_hi"][ii] != win[prefix + "_hi"][ee]) | (win[prefix + "_lo"][ii] != win[prefix + "_lo"][ee])
+    if field in ("sport", "dport"):
+        ported = (win["proto"][ii] == TCP) | (win["proto"][ii] == UDP)
+        return ported & (win[field][ii] != win[field][ee])
+    if field == "proto":
+        return win["proto"][ii] != win["proto"][ee]
+    if field == "ttl":
+        drop = win["ttl"][ii].astype(np.int64) - win["ttl"][ee].astype(np.int64)
+        return (drop < 0) | (drop > 1)  # a routing hop takes one
+    if field == "tcp":
+        tcp = win["proto"][ii] == TCP
+        return tcp & ((win["seq"][ii] != win["seq"][ee]) | (win["ack"][ii] != win["ack"][ee])
+                      | (win["flags"][ii] != win["flags"][ee]))
+    if field == "payload":
+        cut = (win["pcap"][ii] < win["plen"][ii]) | (win["pcap"][ee] < win["plen"][ee])
+        return (win["plen"][ii] != win["plen"][ee]) | (~cut & (win["digest"][ii] != win["digest"][ee]))
+    return np.zeros(len(ii), bool)
+
+
+def _integrity(engine, check: CheckPlan, pairs: Pairs) -> None:
+    win = engine.window
+    fields = fields_of(check, pairs.plan.mode)
+    changed = {f: _differences(win, pairs.ii, pairs.ee, f) for f in fields}
+    any_change = np.logical_or.reduce(list(changed.values())) if changed else np.zeros(len(pairs), bool)
+    bad = np.nonzero(_scoped(check, pairs) & any_change)[0]
+    if len(bad):
+        names = lambda j: [f for f in fields if changed[f][j]]  # noqa: E731
+        _report(engine, d.MUTATION, check, pairs, bad,
+                lambda j: f"{', '.join(names(j))} changed on the way to "
+                          f"{_backend(engine, int(pairs.gid[j])) or 'the backend'} ({pairs.plan.mode} rewrites "
+                          f"{', '.join(sorted(MODE_REWRITES[pairs.plan.mode])) or 'nothing'})",
+                lambda j: {"backend": _backend(engine, int(pairs.gid[j])), "fields": names(j),
+                           "changes": _changes(win, int(pairs.ii[j]), int(pairs.ee[j]), names(j))})
+
+
+def _changes(win: Packets, i: int, e: int, fields: list[str]) -> dict[str, list]:
+    columns = {"src": ("sa_hi", "sa_lo"), "dst": ("da_hi", "da_lo"), "sport": ("sport",), "dport": ("dport",),
+               "proto": ("proto",), "ttl": ("ttl",), "tcp": ("seq", "ack", "flags"), "payload": ("plen", "digest")}
+    return {f: [[int(win[c][i]) for c in columns[f]], [int(win[c][e]) for c in columns[f]]] for f in fields}
+
+
+# -------------------------------------------------------------- stickiness --
+
+def _stick(engine, check: CheckPlan, pairs: Pairs) -> None:
+    rows = np.nonzero(_scoped(check, pairs) & (pairs.gid >= 0))[0]
+    if not len(rows):
+        return
+    by_client = check.pattern.key == "client"
+    keys = (pairs.view["sa_lo"] ^ pairs.view["sa_hi"])[rows] if by_client else flow_key(pairs.view)[rows]
+    ts = engine.window["ts"][pairs.ee[rows]]
+    order = np.lexsort((ts, keys))
+    rows, keys, ts = rows[order], keys[order], ts[order]
+    gids = pairs.gid[rows]
+    fresh = syn_only(pairs.view["flags"][rows]) & (not by_client)  # a new connection may go anywhere
+    first = np.r_[True, keys[1:] != keys[:-1]]
+    last = np.r_[keys[1:] != keys[:-1], True]
+    table = engine.stick_table(check)
+    for at in np.nonzero(first & ~fresh)[0].tolist():
+        entry = table.get(int(keys[at]))
+        if entry is not None and entry[0] != gids[at]:
+            _moved(engine, check, pairs, int(rows[at]), entry, float(ts[at]))
+    inside = np.nonzero(~first & ~fresh & (gids != np.roll(gids, 1)))[0]
+    for at in inside.tolist():
+        _moved(engine, check, pairs, int(rows[at]), [int(gids[at - 1]), float(ts[at - 1])], float(ts[at]))
+    for at in np.nonzero(last)[0].tolist():
+        table.put(int(keys[at]), [int(gids[at]), float(ts[at])])
+
+
+def _moved(engine, check: CheckPlan, pairs: Pairs, j: int, entry: list, time: float) -> None:
+    """A flow moved from ``entry[0]``: a violation unless it idled out or the backend failed."""
+    old, last = entry
+    if time - last > engine.affinity_timeout(pairs.plan):
+        return
+    if check.pattern.while_healthy and engine.health.down_between(old, last - engine.options.tolerance, time):
+        return
+    _report(engine, d.AFFINITY_BREAK, check, pairs, np.array([j]),
+            lambda j: f"moved from {_backend(engine, old)} to {_backend(engine, int(pairs.gid[j]))} "
+                      f"{time - last:.3f}s after its last packet there, while {_backend(engine, old)} was healthy",
+            lambda j: {"backend": _backend(engine, int(pairs.gid[j])), "previous_backend": _backend(engine, old),
+                       "previous_time": last, "key": check.pattern.key})
+
+
+_HANDLERS = {"response": _response, "undeclared": _undeclared, "backends": _forbidden, "down": _down,
+             "integrity": _integrity, "stick": _stick}

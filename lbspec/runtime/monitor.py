@@ -1,0 +1,820 @@
+"""The monitor: packets in, verdicts out.
+
+:class:`Monitor` is the public engine behind ``lbspec monitor`` and the pytest
+plugin.  Build it from a loaded spec, feed it timestamped packets tagged with
+the side of the load balancer they were seen on (and, optionally, health
+events), and collect diagnostics::
+
+    import lbspec
+    from lbspec.runtime import Monitor
+
+    monitor = Monitor(lbspec.load("web.lbspec"))
+    monitor.feed(client_packet_bytes, time=0.000, side="client")    # raw IP bytes
+    monitor.feed(scapy_packet, side="backend")                       # or scapy packets
+    monitor.health("app2", up=False, time=3.5)
+    for diagnostic in monitor.poll():                                # verdicts so far
+        ...
+    report = monitor.close()       # everything, with the summary
+    report.diagnostics, report.summary, report.exit_code
+
+How it works: packets are decoded in batches (:mod:`~lbspec.runtime.decode`),
+given a role (:mod:`~lbspec.runtime.classify`) and kept in a *window* of
+recent traffic.  Each batch, egress packets are paired with the ingress
+packets that caused them (:mod:`~lbspec.runtime.pairing`) and every check of
+the service is run on the pairs (:mod:`~lbspec.runtime.judge`).  A packet
+older than the *horizon* (the longest response deadline, doubled, plus the
+clock tolerance) is final: an ingress packet still unpaired was dropped, an
+egress packet still unpaired was duplicated or came from nowhere.  Drops are
+judged later still, once the health evidence of their moment is in.  Memory
+follows the window and the live flows, never the capture's length.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lbspec import diagnostics as d
+from lbspec.diagnostics import Diagnostic, InputError
+from lbspec.runtime import judge
+from lbspec.runtime.balance import Traffic
+from lbspec.runtime.capture import PAD, Frames
+from lbspec.runtime.classify import BREPLY, CREPLY, EGRESS, INGRESS, MacTable, classify, syn_only, weak_keys
+from lbspec.runtime.compiled import CheckPlan, Compiled, akey, compile_spec, model_packet
+from lbspec.runtime.decode import TCP, UDP, WHY, Packets, decode
+from lbspec.runtime.evidence import Sources, flow_text, witness_of
+from lbspec.runtime.health import HealthTimeline, apply, parse_time
+from lbspec.runtime.inference import HealthInference
+from lbspec.runtime.pairing import match
+from lbspec.runtime.state import FlowTable
+from lbspec.runtime.stats import LatencyHistogram
+from lbspec.runtime.verdicts import Verdict, VerdictBook, Witness
+from lbspec.semantics import evaluate as ev
+from lbspec.semantics.model import Spec
+
+__all__ = ["Monitor", "MonitorOptions", "Report", "SIDES"]
+
+SIDES = {"client": 0, "backend": 1, "combined": -1, None: -1}
+
+
+@dataclass
+class MonitorOptions:
+    """How the monitor judges; every field has a sensible default."""
+
+    tolerance: float = 0.002  # seconds of clock disagreement allowed between the two sides
+    answer_timeout: float | None = None  # how long a SYN may wait for its answer (default: max(1s, health timeout))
+    max_flows: int = 1_000_000  # per table; beyond it the oldest flows are evicted (LB211)
+    max_verdicts: int = 1000  # per check and code; later ones are counted, not listed
+    witnesses: bool = True  # keep the packets (bytes included) of each verdict
+    neighbours: int = 3  # packets of context on each side in a witness
+    batch: int = 1 << 16  # in-memory packets decoded at a time
+    alpha: float = 0.001  # significance of the balance test
+
+
+@dataclass
+class Report:
+    """What a run found: diagnostics (verdicts and notes) and the summary."""
+
+    diagnostics: list[Diagnostic]
+    summary: dict[str, Any]
+
+    @property
+    def violations(self) -> list[Diagnostic]:
+        return [x for x in self.diagnostics if x.severity is d.Severity.ERROR]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.violations else 0
+
+
+@dataclass
+class _Drop:
+    """An ingress packet that was never forwarded, waiting for the health evidence of its time."""
+
+    time: float
+    service: int
+    rule: int
+    key: int
+    checks: list[CheckPlan]
+    what: str
+    witness: Witness | None
+    flow: str
+
+
+@dataclass
+class _Counts:
+    packets: int = 0
+    status: dict[int, int] = field(default_factory=dict)
+    roles: dict[int, int] = field(default_factory=dict)
+    undecodable: dict[tuple[int, int], list[int]] = field(default_factory=dict)  # (source, why) -> [n, first]
+    per_source: dict[int, list] = field(default_factory=dict)  # source -> [packets, first ts, last ts]
+    listened: int = 0
+    paired: int = 0
+    mutated_pairs: int = 0
+    unrelated: int = 0
+    probes: int = 0
+    unattributed: int = 0
+    replies: int = 0
+    new_flows: int = 0
+
+
+class Monitor:
+    """Judges traffic around a load balancer against a spec.  See the module docstring."""
+
+    def __init__(self, spec: Spec, services: list[str] | None = None, options: MonitorOptions | None = None):
+        self.spec = spec
+        self.compiled: Compiled = compile_spec(spec, services)
+        self.options = options or MonitorOptions()
+        self.sources = Sources()
+        self.health = HealthTimeline(self.compiled)
+        answer = self.options.answer_timeout
+        if answer is None:
+            answer = max([1.0] + [s.service.health.timeout for s in self.compiled.services
+                                  if s.service.health.kind != "none"])
+        self.inference = HealthInference(self.compiled, self.health, answer)
+        self.macs = MacTable()
+        self.book = VerdictBook(self.options.max_verdicts)
+        self.latency = LatencyHistogram()
+        self.counts = _Counts()
+        deadlines = [c.pattern.within for c in self.compiled.checks if c.kind == "response"] or [0.05]
+        self.pair_window = max(2 * max(deadlines), max(deadlines) + 0.05)
+        self.horizon = self.pair_window + self.options.tolerance
+        self.drop_horizon = max(self.horizon, answer + self.options.tolerance) + 0.01
+        cap, idle = self.options.max_flows, max([300.0] + [s.service.affinity.timeout for s in self.compiled.services])
+        self.clients = FlowTable(cap, idle)
+        self.traffic = Traffic(self.compiled, cap, idle)
+        self.sticks: dict[int, FlowTable] = {}
+        self.window: Packets | None = None
+        self.watermark = -math.inf
+        self.first_time = math.inf
+        self.drops: list[_Drop] = []
+        self.notes: list[Diagnostic] = []
+        self._serial = 0
+        self._staged: dict[int, list[tuple[float, bytes, int]]] = {}
+        self._stream_sources: dict[int, int] = {}
+        self._frames: dict[int, int] = {}
+        self._mode_of = np.array([self.compiled.modes.index(s.mode) for s in self.compiled.services] + [-1])
+        self._allowed: dict[int, np.ndarray] = {}
+        self._index: tuple[np.ndarray, np.ndarray] | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------- feeding --
+
+    def add_source(self, name: str, side: str | None) -> int:
+        """Register a capture (a file or a stream); returns the index its packets carry."""
+        if side not in SIDES:
+            raise InputError(f"side must be 'client', 'backend' or 'combined', not {side!r}")
+        return self.sources.add(name, SIDES[side])
+
+    def feed(self, packet: Any, time: float | None = None, side: str | None = "client") -> None:
+        """Give the monitor one packet seen on ``side`` ("client", "backend" or None for both).
+
+        ``packet`` is raw IP bytes, or a scapy packet (any layer scapy can
+        write to a capture: Ether, IP, IPv6, CookedLinux...).  ``time`` is in
+        seconds (default: the scapy packet's ``time``).
+        """
+        self._check_open()
+        data, linktype, when = _raw(packet, time)
+        source = self._stream_source(side)
+        staged = self._staged.setdefault(source, [])
+        staged.append((when, data, linktype))
+        if sum(len(v) for v in self._staged.values()) >= self.options.batch:
+            self._flush()
+
+    def feed_frames(self, frames: Frames, skew: float = 0.0) -> None:
+        """A batch of frames read from capture ``frames.source`` (see :meth:`add_source`)."""
+        self._check_open()
+        side = self.sources.sides[frames.source]
+        packets = decode(frames, side, self.compiled.gue_ports)
+        if skew:
+            packets["ts"] = packets["ts"] - skew
+        self.feed_packets(packets)
+
+    def feed_packets(self, packets: Packets) -> None:
+        """Decoded packets, roughly in time order (the merge of all sources)."""
+        self._check_open()
+        self._round(packets)
+
+    def health(self, backend: str, up: bool, time: float, service: str | None = None) -> None:
+        """Tell the monitor a backend went down (``up=False``) or came back at ``time``."""
+        self._check_open()
+        refs = [b for b in self.compiled.backends if b.name == backend and
+                (service is None or self.compiled.services[b.service].service.name == service)]
+        if len(refs) != 1:
+            raise InputError(f"no single backend named {backend!r}" + (f" in {service!r}" if service else ""))
+        self.health_events([_event(refs[0].gid, parse_time(time, "health"), up)])
+
+    def health_events(self, events: Iterable) -> None:
+        apply(self.health, events)
+
+    def advance(self, now: float) -> None:
+        """Let time pass with no packets (live capture): packets older than the horizon become final."""
+        self._flush()
+        if now > self.watermark:
+            self.watermark = now
+            self._settle()
+
+    def poll(self) -> list[Diagnostic]:
+        """Diagnostics for the violations found since the last poll."""
+        self._flush()
+        return [v.diagnostic() for v in self.book.take_fresh()]
+
+    def close(self) -> Report:
+        """Judge everything still pending and return the report.  The monitor is then done."""
+        self._flush()
+        if not self._closed:
+            self._closed = True
+            self._finish()
+        return Report(self._diagnostics(), self.summary())
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise d.LbspecError("the monitor is closed; make a new one")
+
+    def _stream_source(self, side: str | None) -> int:
+        code = SIDES.get(side, None) if side in SIDES else None
+        if code is None and side is not None:
+            raise InputError(f"side must be 'client', 'backend' or None, not {side!r}")
+        if code not in self._stream_sources:
+            self._stream_sources[code] = self.sources.add({0: "client-side", 1: "backend-side"}.get(code, "capture"),
+                                                          code)
+        return self._stream_sources[code]
+
+    def _flush(self) -> None:
+        if not any(self._staged.values()):
+            return
+        batches = []
+        for source, staged in self._staged.items():
+            if staged:
+                frames = _frames(staged, source, self._frames.get(source, 0) + 1)
+                self._frames[source] = self._frames.get(source, 0) + len(staged)
+                batches.append(decode(frames, self.sources.sides[source], self.compiled.gue_ports))
+        self._staged = {}
+        packets = Packets.concat(batches)
+        self._round(packets.take(np.argsort(packets["ts"], kind="stable")))
+
+    # -------------------------------------------------------------- rounds --
+
+    def _round(self, new: Packets) -> None:
+        if len(new):
+            self._admit(new)
+        self._settle()
+
+    def _admit(self, new: Packets) -> None:
+        n = len(new)
+        new["sn"] = np.arange(self._serial, self._serial + n, dtype=np.int64)
+        self._serial += n
+        new["mate"] = np.full(n, -1, np.int64)
+        self.macs.learn(new, self.compiled)
+        classify(new, self.compiled, self.macs)
+        new["done"] = (new["role"] != INGRESS) & (new["role"] != EGRESS)  # only these wait for a partner
+        self._count(new)
+        self.watermark = max(self.watermark, float(np.max(new["ts"])))
+        self.first_time = min(self.first_time, float(np.min(new["ts"])))
+        self.inference.observe(new)
+        self._remember_clients(new)
+        self.window = new if self.window is None else Packets.concat([self.window, new])
+        self._index = None
+        self._replies(np.arange(len(self.window) - n, len(self.window)))
+
+    def _settle(self) -> None:
+        if self.window is None:
+            return
+        self._pair()
+        self._finalize(self.watermark - self.horizon)
+        self._judge_drops(self.watermark - self.drop_horizon)
+        self.inference.expire(self.watermark)
+        self._trim()
+
+    def _count(self, p: Packets) -> None:
+        c = self.counts
+        c.packets += len(p)
+        for table, column in ((c.status, "status"), (c.roles, "role")):
+            values, counts = np.unique(p[column], return_counts=True)
+            for value, count in zip(values.tolist(), counts.tolist()):
+                table[value] = table.get(value, 0) + count
+        for source in np.unique(p["source"]).tolist():
+            rows = p["source"] == source
+            entry = c.per_source.setdefault(source, [0, math.inf, -math.inf])
+            ts = p["ts"][rows]
+            entry[0] += int(rows.sum())
+            entry[1], entry[2] = min(entry[1], float(ts.min())), max(entry[2], float(ts.max()))
+        bad = np.nonzero(p["status"] == 2)[0]
+        for row in bad.tolist():
+            entry = c.undecodable.setdefault((int(p["source"][row]), int(p["why"][row])), [0, int(p["frame"][row])])
+            entry[0] += 1
+
+    # -------------------------------------------------------------- pairing --
+
+    def _pair(self) -> None:
+        win = self.window
+        for number, mode in enumerate(self.compiled.modes):
+            if mode == "proxy":
+                continue
+            waiting = ~win["done"]
+            ingress = np.nonzero(waiting & (win["role"] == INGRESS) & (self._mode_of[win["svc"]] == number))[0]
+            egress = np.nonzero(waiting & (win["role"] == EGRESS))[0]
+            if len(ingress) and len(egress):
+                key = win["k_" + mode]
+                a, b = match(key[ingress], win["ts"][ingress], key[egress], win["ts"][egress],
+                             self.options.tolerance, self.pair_window)
+                self._commit(ingress[a], egress[b], 1)
+
+    def _commit(self, ii: np.ndarray, ee: np.ndarray, stage: int) -> None:
+        if not len(ii):
+            return
+        win = self.window
+        win["done"][ii] = win["done"][ee] = True
+        win["mate"][ii], win["mate"][ee] = win["sn"][ee], win["sn"][ii]
+        order = np.argsort(win["ts"][ii], kind="stable")
+        ii, ee = ii[order], ee[order]
+        self.latency.add(np.maximum(win["ts"][ee] - win["ts"][ii], 0.0))
+        for service in np.unique(win["svc"][ii]).tolist():
+            chosen = win["svc"][ii] == service
+            pairs = judge.Pairs.gather(win, self.compiled.services[service], ii[chosen], ee[chosen], stage)
+            self.counts.listened += int(pairs.listened.sum())
+            self.counts.paired += int(pairs.listened.sum())
+            self.counts.mutated_pairs += len(pairs) if stage == 2 else 0
+            judge.run_checks(self, pairs)
+            counted = np.nonzero(pairs.listened & (pairs.gid >= 0) & (pairs.rule >= 0))[0]
+            self.traffic.account(self, pairs, counted)
+
+    def _finalize(self, cutoff: float) -> None:
+        """Packets older than ``cutoff`` that are still unpaired: last try, then judge them."""
+        win = self.window
+        old = ~win["done"] & (win["ts"] < cutoff)
+        if not (old & ((win["role"] == INGRESS) | (win["role"] == EGRESS))).any():
+            return
+        self._pair_changed(cutoff)
+        old = ~win["done"] & (win["ts"] < cutoff)
+        ingress = np.nonzero(old & (win["role"] == INGRESS))[0]
+        egress = np.nonzero(old & (win["role"] == EGRESS))[0]
+        win["done"][ingress] = win["done"][egress] = True
+        if len(ingress):
+            self._unforwarded(ingress)
+        if len(egress):
+            self._unexplained(egress)
+
+    def _pair_changed(self, cutoff: float) -> None:
+        """Pair what the LB changed on the way: on the headers alone, or on the payload alone."""
+        win = self.window
+        for number, mode in enumerate(self.compiled.modes):
+            if mode == "proxy":
+                continue
+            waiting = ~win["done"]
+            ingress = np.nonzero(waiting & (win["role"] == INGRESS) & (self._mode_of[win["svc"]] == number))[0]
+            egress = np.nonzero(waiting & (win["role"] == EGRESS))[0]
+            if not len(ingress) or not len(egress):
+                continue
+            for (_what, in_key, in_ok), (_same, out_key, out_ok) in zip(weak_keys(win, mode, ingress),
+                                                                        weak_keys(win, mode, egress)):
+                live_in, live_out = in_ok & ~win["done"][ingress], out_ok & ~win["done"][egress]
+                i_rows, e_rows = ingress[live_in], egress[live_out]
+                a, b = match(in_key[live_in], win["ts"][i_rows], out_key[live_out], win["ts"][e_rows],
+                             self.options.tolerance, self.pair_window)
+                keep = (win["ts"][i_rows[a]] < cutoff) | (win["ts"][e_rows[b]] < cutoff)
+                self._commit(i_rows[a][keep], e_rows[b][keep], 2)
+
+    # ------------------------------------------------------------- unpaired --
+
+    def _unforwarded(self, rows: np.ndarray) -> None:
+        """Ingress packets that never left the LB: capture gaps, or drops to judge."""
+        win = self.window
+        for service in np.unique(win["svc"][rows]).tolist():
+            plan = self.compiled.services[service]
+            mine = rows[win["svc"][rows] == service]
+            if plan.mode == "proxy":
+                continue
+            view = {k: win[k][mine] for k in judge.VIEW_COLUMNS}
+            listened = plan.listened(view)
+            self.counts.listened += int(listened.sum())
+            rule = plan.rule_index(view)
+            checks = [(c, listened & (rule >= 0) & c.scope(view)) for c in plan.of_kind("response")]
+            for j in np.nonzero(np.logical_or.reduce([m for _c, m in checks]) if checks else [])[0].tolist():
+                row = int(mine[j])
+                if self._acknowledged(row):
+                    self._gap(row, "the backend acknowledged bytes the backend-side capture never showed")
+                    continue
+                self.drops.append(self._drop(row, service, int(rule[j]), [c for c, m in checks if m[j]]))
+
+    def _drop(self, row: int, service: int, rule: int, checks: list[CheckPlan]) -> _Drop:
+        win = self.window
+        key = int(win["ckey"][row])
+        wanted = self.options.witnesses and any(not self.book.seen((c.index, "LB200", key)) for c in checks)
+        witness = self._witness([row]) if wanted else None
+        return _Drop(float(win["ts"][row]), service, rule, key, checks, flow_text(win, row), witness,
+                     flow_text(win, row))
+
+    def _acknowledged(self, row: int) -> bool:
+        """Did the backend acknowledge this TCP segment, though no egress copy was seen?"""
+        win = self.window
+        if win["proto"][row] != TCP or win["plen"][row] == 0:
+            return False
+        rows = self._flow_rows(int(win["ckey"][row]))
+        replies = rows[(win["role"][rows] == BREPLY) & (win["ts"][rows] >= win["ts"][row])]
+        if not len(replies):
+            return False
+        end = (int(win["seq"][row]) + int(win["plen"][row])) & 0xFFFFFFFF
+        acks = win["ack"][replies].astype(np.int64)
+        return bool((((acks - end) & 0xFFFFFFFF) < 1 << 31).any())
+
+    def _unexplained(self, rows: np.ndarray) -> None:
+        """Egress packets no ingress packet explains: duplicates, probes, gaps, or LB208."""
+        win = self.window
+        dup = self._duplicates(rows)
+        for row in rows[dup].tolist():
+            self._duplicate(row)
+        rest = rows[~dup]
+        self.counts.unrelated += int((win["gid"][rest] < 0).sum())
+        for row in rest[win["gid"][rest] >= 0].tolist():
+            if self._probe(row):
+                self.counts.probes += 1
+            elif self._client_sent_later(row):
+                self._gap(row, "the client-side capture misses a segment the client did send")
+            else:
+                self._invented(row)
+
+    def _duplicates(self, rows: np.ndarray) -> np.ndarray:
+        win = self.window
+        out = np.zeros(len(rows), bool)
+        paired = (win["role"] == INGRESS) & (win["mate"] >= 0)
+        for number, mode in enumerate(self.compiled.modes):
+            if mode == "proxy":
+                continue
+            known = win["k_" + mode][paired & (self._mode_of[win["svc"]] == number)]
+            out |= np.isin(win["k_" + mode][rows], known)
+        return out
+
+    def _probe(self, row: int) -> bool:
+        """Is this the LB's own health check of the backend?"""
+        win = self.window
+        plan = self.compiled.services[self.compiled.backends[int(win["gid"][row])].service]
+        kind = plan.service.health.kind
+        proto = int(win["proto"][row])
+        if kind == "none":
+            return False
+        if kind in ("tcp", "http") and proto == TCP:
+            key = int(_five_tuple(win, row))
+            if syn_only(win["flags"][row:row + 1])[0]:
+                self._probe_flows[key] = float(win["ts"][row])
+            return key in self._probe_flows
+        return (kind == "udp" and proto == UDP) or (kind == "icmp" and proto in (1, 58))
+
+    @property
+    def _probe_flows(self) -> dict[int, float]:
+        return self.inference.probes
+
+    def _client_sent_later(self, row: int) -> bool:
+        win = self.window
+        if win["proto"][row] != TCP or win["plen"][row] == 0:
+            return False
+        rows = self._flow_rows(int(win["ckey"][row]))
+        sent = rows[win["role"][rows] == INGRESS]
+        end = (int(win["seq"][row]) + int(win["plen"][row])) & 0xFFFFFFFF
+        return bool(((((win["seq"][sent].astype(np.int64) - end) & 0xFFFFFFFF) < 1 << 31)).any())
+
+    def _twice(self, service: int) -> CheckPlan | None:
+        found = self.compiled.services[service].of_kind("twice")
+        return found[0] if found else None
+
+    def _duplicate(self, row: int) -> None:
+        win = self.window
+        gid = int(win["gid"][row])
+        service = self.compiled.backends[gid].service if gid >= 0 else self._service_of_key(row)
+        check = self._twice(service) if service >= 0 else None
+        if check is None:
+            return
+        sent_to = self.compiled.backends[gid].name if gid >= 0 else None
+        self.verdict(d.DUPLICATE, check, int(win["ckey"][row]), float(win["ts"][row]), [row],
+                     lambda: (f"sent again to {sent_to or 'the backend side'}: the client sent it once",
+                              {"flow": flow_text(win, row), "backend": sent_to}))
+
+    def _service_of_key(self, row: int) -> int:
+        win = self.window
+        same = self._flow_rows(int(win["ckey"][row]))
+        svc = win["svc"][same][win["role"][same] == INGRESS]
+        return int(svc[0]) if len(svc) else -1
+
+    def _invented(self, row: int) -> None:
+        win = self.window
+        gid = int(win["gid"][row])
+        check = self._twice(self.compiled.backends[gid].service)
+        if check is None or not check.scope({k: win[k][row:row + 1] for k in judge.VIEW_COLUMNS})[0]:
+            return
+        name = self.compiled.backends[gid].name
+        self.verdict(d.EGRESS_WITHOUT_INGRESS, check, int(win["ckey"][row]), float(win["ts"][row]), [row],
+                     lambda: (f"sent to {name}, but no client packet explains it", {"flow": flow_text(win, row),
+                                                                                    "backend": name}))
+
+    def _gap(self, row: int, why: str) -> None:
+        win = self.window
+        self.verdict(d.CAPTURE_GAP, None, int(win["ckey"][row]), float(win["ts"][row]), [row],
+                     lambda: (f"capture gap in {flow_text(win, row)}: {why} (not counted as a drop)",
+                              {"flow": flow_text(win, row), "evidence": why}))
+
+    # ----------------------------------------------------------------- drops --
+
+    def _judge_drops(self, cutoff: float) -> None:
+        ready = [x for x in self.drops if x.time < cutoff]
+        if not ready:
+            return
+        self.drops = [x for x in self.drops if x.time >= cutoff]
+        for drop in ready:
+            excuse = self._excuse(drop)
+            for check in drop.checks:
+                if excuse and check.pattern.unless_no_backend:
+                    continue
+                self._drop_verdict(drop, check)
+
+    def _excuse(self, drop: _Drop) -> bool:
+        """No backend that could take the packet was healthy (or just back and maybe not yet seen up)."""
+        plan = self.compiled.services[drop.service]
+        health = plan.service.health
+        rise = (health.rise * health.every + health.timeout) if health.kind != "none" else 0.0
+        for gid in self.compiled.candidates(drop.service, drop.rule):
+            backend = self.compiled.backends[gid].backend
+            if backend.weight <= 0:
+                continue
+            if self.health.down_at(gid, drop.time) is None and not self.health.recovered_within(gid, drop.time, rise):
+                return False
+        return True
+
+    def _drop_verdict(self, drop: _Drop, check: CheckPlan) -> None:
+        within = check.pattern.within
+        healthy = [self.compiled.backends[g].name for g in sorted(self.compiled.candidates(drop.service, drop.rule))
+                   if self.health.down_at(g, drop.time) is None]
+        self.verdict(d.DROP, check, drop.key, drop.time, [],
+                     lambda: (f"{drop.flow} was not forwarded within {within * 1e3:g}ms "
+                              f"(healthy: {', '.join(healthy) or 'none known'})",
+                              {"flow": drop.flow, "deadline_ms": within * 1e3, "forwarded": False,
+                               "healthy_backends": healthy}), witness=drop.witness)
+
+    # --------------------------------------------------------------- replies --
+
+    def _remember_clients(self, new: Packets) -> None:
+        rows = np.nonzero(new["role"] == INGRESS)[0]
+        if not len(rows):
+            return
+        keys = new["ckey"][rows]
+        order = np.argsort(keys, kind="stable")
+        rows, keys = rows[order], keys[order]
+        last = np.r_[keys[1:] != keys[:-1], True]
+        for key, row in zip(keys[last].tolist(), rows[last].tolist()):
+            entry = self.clients.get(key)
+            if entry is None:
+                self.counts.new_flows += 1
+            self.clients.put(key, [int(new["svc"][row]), float(new["ts"][row]), int(new["da_hi"][row]),
+                                   int(new["da_lo"][row]), int(new["dport"][row])])
+
+    def _replies(self, rows: np.ndarray) -> None:
+        """Client-side packets toward clients: they must come from the VIP and port the client used."""
+        win = self.window
+        rows = rows[win["role"][rows] == CREPLY]
+        if not len(rows):
+            return
+        self.counts.replies += len(rows)
+        expected = self._expected_sources(rows)
+        for service in range(len(self.compiled.services)):
+            mine = expected["svc"] == service
+            if not mine.any():
+                continue
+            for check in self.compiled.services[service].of_kind("reverse"):
+                self._reverse(check, rows[mine], {k: v[mine] for k, v in expected.items()})
+
+    def _expected_sources(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """For each reply: its service, and the VIP and port its flow was sent to (if known)."""
+        win = self.window
+        keys, inverse = np.unique(win["ckey"][rows], return_inverse=True)
+        entries = [self.clients.get(k) for k in keys.tolist()]
+        known = np.array([e is not None for e in entries], bool)
+        table = np.array([e[:1] + e[2:5] if e is not None else [-1, 0, 0, 0] for e in entries], dtype=object)
+        svc = table[:, 0].astype(np.int64)[inverse]
+        out = {"known": known[inverse], "hi": table[:, 1].astype(np.uint64)[inverse],
+               "lo": table[:, 2].astype(np.uint64)[inverse], "port": table[:, 3].astype(np.int64)[inverse]}
+        skey = akey(win["sa_hi"][rows], win["sa_lo"][rows])
+        by_vip, by_backend = self.compiled.vip_of(skey), self.compiled.backend_of(skey)
+        backend_service = np.array([b.service for b in self.compiled.backends] + [-1])[by_backend]
+        out["svc"] = np.where(out["known"], svc, np.where(by_vip >= 0, by_vip, backend_service))
+        out["from_backend"] = by_backend >= 0
+        return out
+
+    def _reverse(self, check: CheckPlan, rows: np.ndarray, expected: dict[str, np.ndarray]) -> None:
+        win = self.window
+        ported = (win["proto"][rows] == TCP) | (win["proto"][rows] == UDP)
+        right = (win["sa_hi"][rows] == expected["hi"]) & (win["sa_lo"][rows] == expected["lo"]) & \
+            (~ported | (win["sport"][rows] == expected["port"]))
+        from_vip = self.compiled.vip_of(akey(win["sa_hi"][rows], win["sa_lo"][rows])) >= 0
+        good = np.where(expected["known"], right, from_vip)
+        view = {"proto": win["proto"][rows], "fam": win["fam"][rows], "sa_hi": win["da_hi"][rows],
+                "sa_lo": win["da_lo"][rows], "sport": win["dport"][rows],
+                "da_hi": np.where(expected["known"], expected["hi"], win["sa_hi"][rows]),
+                "da_lo": np.where(expected["known"], expected["lo"], win["sa_lo"][rows]),
+                "dport": np.where(expected["known"], expected["port"], win["sport"][rows]), "flags": win["flags"][rows]}
+        bad = ~good & (expected["known"] | expected["from_backend"]) & check.scope(view)
+        for j in np.nonzero(bad)[0].tolist():
+            row = int(rows[j])
+            self.verdict(d.UNTRANSLATED_REPLY, check, int(win["ckey"][row]), float(win["ts"][row]), [row],
+                         lambda row=row: (f"the client got {flow_text(win, row)}: not from the VIP and port it used",
+                                          {"flow": flow_text(win, row),
+                                           "backend": self._backend_name(win, row)}))
+
+    def _backend_name(self, win: Packets, row: int) -> str | None:
+        gid = int(self.compiled.backend_of(akey(win["sa_hi"][row:row + 1], win["sa_lo"][row:row + 1]))[0])
+        return self.compiled.backends[gid].name if gid >= 0 else None
+
+    # ---------------------------------------------------------- helpers for judge --
+
+    def verdict(self, kind: d.Kind, check: CheckPlan | None, key: int, time: float, rows: list[int], build,
+                witness: Witness | None = None) -> None:
+        """Record one violation for (check, kind, flow key); ``build()`` -> (message, facts) only if new."""
+        name = check.name if check is not None else "capture"
+        full_key = (check.index if check is not None else -1, kind.code, key)
+        if self.book.bump(full_key):
+            return
+        if self.book.full(kind.code, name):
+            self.book.overflowed(full_key, kind.code, name)
+            return
+        what, facts = build()
+        if check is not None:
+            facts = {"property": name, "service": self.compiled.services[check.service].service.name, **facts}
+        if witness is None and rows and self.options.witnesses:
+            witness = self._witness(rows)
+        span = check.check.span if check is not None else None
+        source = check.check.source if check is not None else None
+        self.book.add(full_key, name, Verdict(kind, span, what, facts, witness, time, source))
+
+    def _witness(self, rows: list[int]) -> Witness:
+        return witness_of(self.window, rows, self.sources, self.options.neighbours)
+
+    def _flow_rows(self, key: int) -> np.ndarray:
+        if self._index is None:
+            order = np.argsort(self.window["ckey"], kind="stable")
+            self._index = (order, self.window["ckey"][order])
+        order, keys = self._index
+        return order[np.searchsorted(keys, key, "left"):np.searchsorted(keys, key, "right")]
+
+    def stick_table(self, check: CheckPlan) -> FlowTable:
+        if check.index not in self.sticks:
+            plan = self.compiled.services[check.service]
+            self.sticks[check.index] = FlowTable(self.options.max_flows, self.affinity_timeout(plan))
+        return self.sticks[check.index]
+
+    @staticmethod
+    def affinity_timeout(plan) -> float:
+        affinity = plan.service.affinity
+        return affinity.timeout if affinity.kind != "none" else 300.0
+
+    def allowed_backends(self, pairs: judge.Pairs) -> np.ndarray:
+        """Is each pair's backend one the evaluator could ever pick for its packet (rule, weight, family)?"""
+        table = self._allowed_table(pairs.plan.index)
+        family = (pairs.view["fam"] == 6).astype(np.int64)
+        gid = np.maximum(pairs.gid, 0)
+        return (pairs.gid >= 0) & table[family, pairs.rule + 1, gid]
+
+    def _allowed_table(self, service: int) -> np.ndarray:
+        if service not in self._allowed:
+            plan = self.compiled.services[service]
+            table = np.zeros((2, len(plan.rules) + 1, len(self.compiled.backends)), bool)
+            for f, family in enumerate((4, 6)):
+                probe = model_packet({"proto": np.array([6]), "sa_hi": np.array([0 if family == 4 else 1], np.uint64),
+                                      "sa_lo": np.array([0xFFFF00000000 if family == 4 else 1], np.uint64),
+                                      "da_hi": np.array([0], np.uint64), "da_lo": np.array([0xFFFF00000000], np.uint64),
+                                      "sport": np.array([1]), "dport": np.array([1]), "flags": np.array([0])}, 0)
+                for rule in range(len(plan.rules)):
+                    for gid in self.compiled.candidates(service, rule):
+                        backend = self.compiled.backends[gid].backend
+                        table[f, rule + 1, gid] = backend.weight > 0 and ev.family_fits(plan.service, backend, probe)
+            self._allowed[service] = table
+        return self._allowed[service]
+
+    def expected_ports(self, pairs: judge.Pairs) -> np.ndarray:
+        """The port each pair's backend should be reached on (-1 where the mode keeps the port)."""
+        n = len(pairs)
+        if pairs.plan.mode not in ("nat", "snat"):
+            return np.full(n, -1, np.int64)
+        rule_port = np.array([r.target_port or 0 for r, _p in pairs.plan.rules] + [0], np.int64)[pairs.rule]
+        backend_port = np.array([b.backend.port or 0 for b in self.compiled.backends] + [0], np.int64)[pairs.gid]
+        ported = (pairs.view["proto"] == TCP) | (pairs.view["proto"] == UDP)
+        expected = np.where(rule_port > 0, rule_port, np.where(backend_port > 0, backend_port, pairs.view["dport"]))
+        return np.where(ported & (pairs.gid >= 0) & (pairs.rule >= 0), expected, -1)
+
+    def up_masks(self, service: int, ts: np.ndarray) -> np.ndarray:
+        """Per time: a bitmask of the service's backends with no down evidence then."""
+        refs = self.compiled.services[service].backends
+        masks = np.full(len(ts), (1 << len(refs)) - 1 if len(refs) < 63 else -1, np.int64)
+        if self.health.version == 0 or len(refs) >= 63:
+            return masks
+        for bit, ref in enumerate(refs):
+            down = ~np.isnan(self.health.down_since(np.full(len(ts), ref.gid), ts))
+            masks[down] &= ~(1 << bit)
+        return masks
+
+    def down_evidence(self, gid: int, time: float) -> str:
+        backend = self.health.backends[gid]
+        since = self.health.down_at(gid, time)
+        for t, up, source in zip(backend.times, backend.ups, backend.sources):
+            if not up and t == since:
+                return f"{source} at {t:.6f}"
+        return "unknown"
+
+    # ------------------------------------------------------------------ end --
+
+    def _trim(self) -> None:
+        win = self.window
+        keep = ~win["done"] | (win["ts"] >= self.watermark - 2 * self.horizon)
+        if not keep.all():
+            self.window = win.take(np.nonzero(keep)[0]).compact()
+            self._index = None
+        for table in (self.clients, self.traffic.flows, *self.sticks.values()):
+            table.maintain(self.watermark)
+
+    def _finish(self) -> None:
+        if self.window is not None:
+            self._pair()
+            self._finalize(math.inf)
+            self.inference.expire(self.watermark)
+            self._judge_drops(math.inf)
+        self.traffic.finish()
+        self.traffic.verdicts(self, self.options.alpha)
+        self.notes.extend(self._closing_notes())
+
+    def _closing_notes(self) -> list[Diagnostic]:
+        notes = []
+        evicted = self.clients.evicted + self.traffic.flows.evicted + sum(t.evicted for t in self.sticks.values())
+        if evicted:
+            notes.append(d.EVICTIONS.at(None, what=f"{evicted} flow entries were evicted to stay under "
+                                        f"--max-flows {self.options.max_flows}; verdicts on those flows may be "
+                                        "incomplete", data={"evicted": evicted, "max_flows": self.options.max_flows}))
+        by_source: dict[int, dict[str, list[int]]] = {}
+        for (source, why), (count, first) in sorted(self.counts.undecodable.items()):
+            by_source.setdefault(source, {})[WHY[why]] = [count, first]
+        for source, reasons in by_source.items():
+            total = sum(c for c, _f in reasons.values())
+            name = self.sources.names[source] if source < len(self.sources.names) else str(source)
+            text = ", ".join(f"{c} {why} (first: frame {f})" for why, (c, f) in reasons.items())
+            notes.append(d.UNDECODABLE.at(None, what=f"{name}: {total} frame{'s' if total > 1 else ''} could not "
+                                          f"be decoded: {text}",
+                                          data={"file": name, "count": total,
+                                                "reasons": {w: {"count": c, "first_frame": f}
+                                                            for w, (c, f) in reasons.items()}}))
+        return notes
+
+    def note(self, diagnostic: Diagnostic) -> None:
+        """Add a diagnostic from outside the engine (a damaged file, the clock skew...)."""
+        self.notes.append(diagnostic)
+
+    def _diagnostics(self) -> list[Diagnostic]:
+        return [v.diagnostic() for v in self.book.all()] + self.notes
+
+    def summary(self) -> dict[str, Any]:
+        from lbspec.runtime.report import summarize
+
+        return summarize(self)
+
+
+# ------------------------------------------------------------------ helpers --
+
+def _five_tuple(win: Packets, row: int) -> int:
+    from lbspec.runtime.classify import flow_key
+
+    return int(flow_key(win, np.array([row]))[0])
+
+
+def _event(gid: int, time: float, up: bool):
+    from lbspec.runtime.health import HealthEvent
+
+    return HealthEvent(time, gid, up, "events")
+
+
+def _raw(packet: Any, time: float | None) -> tuple[bytes, int, float]:
+    """Bytes, link type and time of a packet given to :meth:`Monitor.feed`."""
+    if isinstance(packet, (bytes, bytearray, memoryview)):
+        if time is None:
+            raise InputError("feed() needs a time for raw bytes")
+        return bytes(packet), 101, float(time)
+    try:
+        from scapy.config import conf
+    except ImportError:  # pragma: no cover - scapy is a dependency
+        raise InputError("feed() takes bytes or scapy packets") from None
+    linktype = conf.l2types.layer2num.get(type(packet))
+    if linktype is None:
+        name = type(packet).__name__
+        if name not in ("IP", "IPv6"):
+            raise InputError(f"feed() cannot tell the link type of a {name} packet; pass bytes of an IP packet "
+                             "or a packet starting with Ether, IP, IPv6 or CookedLinux")
+        linktype = 101
+    return bytes(packet), int(linktype), float(packet.time if time is None else time)
+
+
+def _frames(staged: list[tuple[float, bytes, int]], source: int, first: int) -> Frames:
+    lengths = np.array([len(b) for _t, b, _l in staged], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    buf = b"".join(b for _t, b, _l in staged) + bytes(PAD)
+    n = len(staged)
+    return Frames(buf, offsets, lengths.astype(np.int32), lengths.astype(np.int32),
+                  np.array([t for t, _b, _l in staged], np.float64), np.array([lt for _t, _b, lt in staged], np.uint16),
+                  np.zeros(n, np.int8), np.arange(first, first + n, dtype=np.int64), source)

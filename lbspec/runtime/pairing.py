@@ -1,0 +1,64 @@
+"""Pairing packets across the load balancer.
+
+Each packet that left the LB (egress) is paired with the packet that caused it
+(ingress): the two have the same key.  Within a key, an egress packet pairs
+with the *latest* ingress packet not yet paired that came before it -- so a
+dropped packet whose retransmission got through leaves the dropped copy, not
+the retransmission, unpaired.  "Before" allows ``tolerance`` seconds of clock
+disagreement, and a pair may be at most ``window`` seconds apart.
+
+The common case -- a key seen once on each side -- is paired with numpy alone;
+keys seen more often go through the greedy rule above in Python.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["match"]
+
+
+def match(in_keys: np.ndarray, in_ts: np.ndarray, out_keys: np.ndarray, out_ts: np.ndarray,
+          tolerance: float, window: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (into the ingress and egress arrays) of the pairs found."""
+    n_in, n_out = len(in_keys), len(out_keys)
+    if not n_in or not n_out:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    keys = np.concatenate([in_keys, out_keys])
+    ts = np.concatenate([in_ts, out_ts])
+    shifted = np.concatenate([in_ts, out_ts + tolerance])  # egress sorts after ingress it may follow
+    kind = np.concatenate([np.zeros(n_in, np.int8), np.ones(n_out, np.int8)])
+    order = np.lexsort((kind, shifted, keys))
+    keys, ts, kind = keys[order], ts[order], kind[order]
+    start = np.r_[True, keys[1:] != keys[:-1]]
+    group = np.cumsum(start) - 1
+    size = np.bincount(group)[group]
+    simple = np.nonzero(start & (size == 2))[0]
+    simple = simple[(kind[simple] == 0) & (kind[simple + 1] == 1)]
+    gap = ts[simple + 1] - ts[simple]
+    simple = simple[(gap <= window) & (gap >= -tolerance)]
+    pairs_in, pairs_out = [order[simple]], [order[simple + 1] - n_in]
+    busy = np.nonzero(start & (size > 2))[0]
+    if len(busy):
+        extra_in, extra_out = _greedy(busy, size, kind, ts, order, tolerance, window)
+        pairs_in.append(extra_in)
+        pairs_out.append(extra_out - n_in)
+    return np.concatenate(pairs_in).astype(np.int64), np.concatenate(pairs_out).astype(np.int64)
+
+
+def _greedy(starts, size, kind, ts, order, tolerance, window) -> tuple[np.ndarray, np.ndarray]:
+    """Keys seen several times: each egress takes the latest unpaired ingress before it."""
+    found_in: list[int] = []
+    found_out: list[int] = []
+    kinds, times, positions = kind.tolist(), ts.tolist(), order.tolist()
+    for start in starts.tolist():
+        waiting: list[int] = []
+        for j in range(start, start + int(size[start])):
+            if kinds[j] == 0:
+                waiting.append(j)
+                continue
+            if waiting and -tolerance <= times[j] - times[waiting[-1]] <= window:
+                i = waiting.pop()
+                found_in.append(positions[i])
+                found_out.append(positions[j])
+    return np.array(found_in, np.int64), np.array(found_out, np.int64)

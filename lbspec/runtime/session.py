@@ -1,0 +1,170 @@
+"""One `lbspec monitor` run: inputs opened, monitor fed, verdicts streamed and witnesses written."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TextIO
+
+from lbspec import diagnostics as d
+from lbspec.diagnostics import Diagnostic
+from lbspec.runtime.capture import CaptureReader
+from lbspec.runtime.health import read_events
+from lbspec.runtime.monitor import Monitor, MonitorOptions, Report
+from lbspec.runtime.sources import Input, batches, estimate_skew, merged
+from lbspec.runtime.witness import witness_name, write_witness
+from lbspec.semantics.model import Spec
+
+__all__ = ["Outcome", "run", "options_from", "inputs_from"]
+
+
+@dataclass
+class Outcome:
+    report: Report
+    spec: Spec
+    services: list[str]
+
+
+def options_from(args) -> MonitorOptions:
+    return MonitorOptions(tolerance=args.tolerance / 1e3, max_flows=args.max_flows, max_verdicts=args.max_verdicts,
+                          witnesses=True)
+
+
+def inputs_from(args) -> list[Input]:
+    return ([Input(p, None) for p in args.captures] + [Input(p, "client") for p in args.client_side]
+            + [Input(p, "backend") for p in args.backend_side])
+
+
+def run(args, spec: Spec, stdout: TextIO, stderr: TextIO) -> Outcome:
+    services = args.service or None
+    if args.live:
+        from lbspec.runtime import live
+
+        report = live.run(args, spec, stdout, stderr)
+        return Outcome(report, spec, args.service)
+    if args.jobs > 1:
+        from lbspec.runtime import parallel
+
+        report = parallel.run(args, spec, stdout, stderr)
+        if report is not None:
+            return Outcome(report, spec, args.service)
+    monitor = Monitor(spec, services, options_from(args))
+    if args.events:
+        monitor.health_events(read_events(args.events, monitor.compiled))
+    stream = Stream(args, stdout)
+    readers = open_readers(monitor, inputs_from(args))
+    skew = skew_for(args, monitor, readers)
+    feed(monitor, readers, skew, stream, Progress.make(args, stderr, readers))
+    for note in capture_notes(readers):
+        monitor.note(note)
+    monitor.close()  # judges everything still pending
+    stream.emit(monitor, final=True)  # witnesses (and JSON lines) of the last verdicts
+    return Outcome(monitor.close(), spec, args.service)  # the report, naming every witness file
+
+
+def open_readers(monitor: Monitor, inputs: list[Input]) -> list[CaptureReader]:
+    readers = []
+    for item in inputs:
+        index = monitor.add_source(item.path, item.side)
+        readers.append(CaptureReader(item.path, index))
+    return readers
+
+
+def skew_for(args, monitor: Monitor, readers: list[CaptureReader]) -> float:
+    sides = monitor.sources.sides
+    client = [r for r in readers if sides[r.source] == 0]
+    backend = [r for r in readers if sides[r.source] == 1]
+    if not client or not backend:
+        return 0.0
+    if args.skew != "auto":
+        value = float(args.skew)
+        monitor.note(d.CLOCK_SKEW.at(None, what=f"clock offset of the backend-side capture: {value * 1e3:+.3f}ms "
+                                     "(given with --skew)", data={"skew_s": value, "method": "given"}))
+        return value
+    estimate = estimate_skew(monitor.compiled, client, backend)
+    monitor.note(d.CLOCK_SKEW.at(None, what=estimate.describe(),
+                                 data={"skew_s": estimate.seconds, "method": estimate.method,
+                                       "forward_pairs": estimate.forward_pairs,
+                                       "reverse_pairs": estimate.reverse_pairs}))
+    return estimate.seconds
+
+
+def feed(monitor: Monitor, readers: list[CaptureReader], skew: float, stream, progress) -> None:
+    sides = monitor.sources.sides
+    ports = monitor.compiled.gue_ports
+    with progress:
+        for batch in merged([batches(r, sides[r.source], ports, skew) for r in readers]):
+            monitor.feed_packets(batch)
+            stream.emit(monitor)
+            progress.update(sum(r.bytes_read for r in readers))
+
+
+def capture_notes(readers: list[CaptureReader]) -> list[Diagnostic]:
+    notes = []
+    for reader in readers:
+        for damage in reader.damage:
+            notes.append(d.UNDECODABLE.at(None, what=f"{reader.path}: {damage.detail} at byte {damage.offset} "
+                                          f"(before frame {damage.frame}; {damage.size} bytes)",
+                                          data={"file": reader.path, "damage": damage.what, "offset": damage.offset,
+                                                "bytes": damage.size, "frame": damage.frame}))
+        if reader.dropped:
+            notes.append(d.CAPTURE_GAP.at(None, what=f"{reader.path}: the capturing interfaces report "
+                                          f"{reader.dropped} dropped packets: missing packets are not LB drops",
+                                          data={"file": reader.path, "dropped": reader.dropped}))
+    return notes
+
+
+class Stream:
+    """Writes witnesses as verdicts appear and, with --format jsonl, each verdict as a JSON line."""
+
+    def __init__(self, args, stdout: TextIO):
+        self.jsonl = args.format == "jsonl"
+        self.directory = args.witness_dir
+        self.stdout = stdout
+
+    def emit(self, monitor: Monitor, final: bool = False) -> None:
+        for verdict in monitor.book.take_fresh():
+            if self.directory and verdict.witness is not None and verdict.witness.packets:
+                name = witness_name(verdict.serial, verdict.kind.code, str(verdict.facts.get("property", "capture")))
+                verdict.witness_file = write_witness(self.directory, name, verdict.witness)
+            if self.jsonl:
+                from lbspec.render.json import diagnostic_to_dict
+
+                self.stdout.write(json.dumps(diagnostic_to_dict(verdict.diagnostic()), default=_plain) + "\n")
+                self.stdout.flush()
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+class Progress:
+    """A rich progress bar on stderr, only when it is a terminal."""
+
+    def __init__(self, bar=None, task=None):
+        self.bar, self.task = bar, task
+
+    @classmethod
+    def make(cls, args, stderr: TextIO, readers: list[CaptureReader]) -> Progress:
+        if args.no_progress or not (hasattr(stderr, "isatty") and stderr.isatty()):
+            return cls()
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress as Bar, TimeRemainingColumn
+
+        bar = Bar("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                  console=Console(file=stderr), transient=True)
+        total = sum(r.size for r in readers) or None
+        return cls(bar, bar.add_task("reading captures", total=total))
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+
+    def update(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done)

@@ -1,0 +1,137 @@
+"""Capture files as one time-ordered stream of decoded packets, and the clock skew between sides.
+
+Several files (a client-side and a backend-side capture, or one combined
+capture, or many) are read batch by batch and merged by timestamp, so the
+monitor sees traffic in the order it happened.  Backend-side timestamps are
+corrected by the estimated skew first.
+
+The skew is estimated from packets seen on both sides: forward latency (ingress
+to egress) is the LB's latency plus the skew, reverse latency (backend reply
+to client reply) the LB's latency minus it, so half their difference is the
+skew (the NTP estimate, on low percentiles so queueing does not bias it).
+With replies not passing the LB (dsr, tunnel), a negative forward latency is
+all that can be corrected.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from lbspec.runtime.capture import CaptureReader
+from lbspec.runtime.classify import BREPLY, CREPLY, EGRESS, INGRESS, MacTable, classify, mix, pair_key
+from lbspec.runtime.compiled import Compiled
+from lbspec.runtime.decode import Packets, decode, fill_digests
+
+__all__ = ["Input", "SkewEstimate", "batches", "merged", "estimate_skew"]
+
+
+@dataclass(frozen=True)
+class Input:
+    path: str
+    side: str | None  # client | backend | None (both sides in one capture)
+
+
+@dataclass(frozen=True)
+class SkewEstimate:
+    seconds: float  # backend clock minus client clock
+    forward_pairs: int
+    reverse_pairs: int
+    method: str
+
+    def describe(self) -> str:
+        return (f"estimated clock offset of the backend-side capture: {self.seconds * 1e3:+.3f}ms "
+                f"({self.method}; {self.forward_pairs} forward and {self.reverse_pairs} reverse pairs)")
+
+
+def batches(reader: CaptureReader, side: int, gue_ports, skew: float = 0.0) -> Iterator[Packets]:
+    """Decoded, time-sorted batches of one capture."""
+    for frames in reader.batches():
+        packets = decode(frames, side, gue_ports)
+        if skew and side == 1:
+            packets["ts"] = packets["ts"] - skew
+        ts = packets["ts"]
+        if len(ts) > 1 and (np.diff(ts) < 0).any():
+            packets = packets.take(np.argsort(ts, kind="stable"))
+        yield packets
+
+
+def merged(streams: list[Iterator[Packets]]) -> Iterator[Packets]:
+    """Merge time-sorted batch streams into time-sorted batches."""
+    heads: list[Packets | None] = [_next(s) for s in streams]
+    while any(h is not None for h in heads):
+        cut = min(float(h["ts"][-1]) for h in heads if h is not None)
+        parts = []
+        for index, head in enumerate(heads):
+            if head is None:
+                continue
+            upto = int(np.searchsorted(head["ts"], cut, side="right"))
+            if upto:
+                parts.append(head.take(np.arange(upto)))
+            heads[index] = head.take(np.arange(upto, len(head))) if upto < len(head) else _next(streams[index])
+        batch = Packets.concat(parts)
+        if len(parts) > 1:
+            batch = batch.take(np.argsort(batch["ts"], kind="stable"))
+        yield batch
+
+
+def _next(stream: Iterator[Packets]) -> Packets | None:
+    for batch in stream:
+        if len(batch):
+            return batch
+    return None
+
+
+def estimate_skew(compiled: Compiled, client: list[CaptureReader], backend: list[CaptureReader],
+                  frames: int = 50_000) -> SkewEstimate | None:
+    """The backend side's clock offset, from the first ``frames`` packets of each side."""
+    if not client or not backend:
+        return None
+    near = _sample(client, 0, compiled, frames)
+    far = _sample(backend, 1, compiled, frames)
+    forward = _latencies(near, far, INGRESS, EGRESS, lambda p, r: pair_key(p, "snat", r))
+    reverse = _latencies(far, near, BREPLY, CREPLY, _reply_key)
+    if len(forward) >= 10 and len(reverse) >= 10:
+        low_f, low_r = np.percentile(forward, 10), np.percentile(reverse, 10)
+        return SkewEstimate(float((low_f - low_r) / 2), len(forward), len(reverse), "forward and reverse latency")
+    if len(forward):
+        low = float(np.min(forward))
+        return SkewEstimate(min(low, 0.0), len(forward), len(reverse),
+                            "forward latency only" + ("" if low < 0 else "; no correction needed"))
+    return SkewEstimate(0.0, 0, len(reverse), "no packet seen on both sides; assumed 0")
+
+
+def _sample(readers: list[CaptureReader], side: int, compiled: Compiled, frames: int) -> Packets:
+    parts = []
+    for reader in readers:
+        fresh = CaptureReader(reader.path, reader.source, reader.batch_frames)
+        parts.extend(itertools.islice((decode(f, side, compiled.gue_ports) for f in fresh.batches()),
+                                      max(1, frames // reader.batch_frames)))
+    sample = Packets.concat(parts)
+    classify(sample, compiled, MacTable())
+    fill_digests(sample, np.nonzero((sample["role"] == BREPLY) | (sample["role"] == CREPLY))[0])
+    return sample
+
+
+def _reply_key(p: Packets, rows: np.ndarray) -> np.ndarray:
+    """Fields every mode keeps on the way back (snat changes both ends)."""
+    return mix([p["proto"][rows], p["seq"][rows], p["ack"][rows], p["flags"][rows], p["plen"][rows],
+                p["digest"][rows]])
+
+
+def _latencies(first: Packets, second: Packets, role_a: int, role_b: int, key) -> np.ndarray:
+    """Time from a packet in ``first`` to the same packet in ``second``, for keys seen once on each side."""
+    a = np.nonzero(first["role"] == role_a)[0]
+    b = np.nonzero(second["role"] == role_b)[0]
+    if not len(a) or not len(b):
+        return np.zeros(0)
+    ka, kb = key(first, a), key(second, b)
+    ua, ia, ca = np.unique(ka, return_index=True, return_counts=True)
+    ub, ib, cb = np.unique(kb, return_index=True, return_counts=True)
+    common, ja, jb = np.intersect1d(ua[ca == 1], ub[cb == 1], return_indices=True)
+    ta = first["ts"][a[ia[ca == 1][ja]]]
+    tb = second["ts"][b[ib[cb == 1][jb]]]
+    return tb - ta
