@@ -122,6 +122,9 @@ def _build_parser(stdout: TextIO) -> _Parser:
                             "it is then reported as unknown (LB111)")
     check.add_argument("--jobs", type=int, default=0, metavar="N",
                        help="check services in N processes (default: one per CPU)")
+    check.add_argument("--rlimit", type=int, default=50_000_000,  # lbspec.smt.DEFAULT_RLIMIT metavar="UNITS",
+                       help="solver resource limit per question: like --timeout, but the same on every "
+                            "machine (default: 50000000)")
     check.add_argument("--seed", type=int, default=0, help="solver random seed (default: 0)")
     check.add_argument("--front-end-only", action="store_true",
                        help="only read and resolve the specs (syntax and meaning), without the solver")
@@ -233,7 +236,8 @@ def _exit_code(diagnostics: list[d.Diagnostic], failed: bool, exit_zero: bool = 
 def _run_check(args: argparse.Namespace, io: _Streams) -> int:
     from lbspec.check import CheckOptions, check_spec
 
-    options = CheckOptions(timeout=args.timeout, seed=args.seed, explain=args.explain, jobs=args.jobs)
+    options = CheckOptions(timeout=args.timeout, seed=args.seed, explain=args.explain, jobs=args.jobs,
+                           rlimit=args.rlimit)
     results = []
     for name in args.files:
         loaded = load_path(name)

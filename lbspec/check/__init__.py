@@ -18,7 +18,7 @@ from lbspec.check.findings import FinderOptions, ServiceFinder
 from lbspec.check.witness import Witness
 from lbspec.diagnostics import Diagnostic
 from lbspec.semantics.model import Service, Spec
-from lbspec.smt import SolverSettings
+from lbspec.smt import DEFAULT_RLIMIT, SolverSettings
 
 __all__ = ["CheckOptions", "check_spec", "check_service", "Witness"]
 
@@ -29,9 +29,10 @@ class CheckOptions:
     seed: int = 0
     explain: bool = False
     jobs: int = 0  # 0: one per CPU
+    rlimit: int = DEFAULT_RLIMIT  # solver resource units per question
 
     def finder(self, spec: Spec) -> FinderOptions:
-        return FinderOptions(SolverSettings(int(self.timeout * 1000), self.seed), self.explain,
+        return FinderOptions(SolverSettings(max(1, int(self.timeout * 1000)), self.seed, self.rlimit), self.explain,
                              frozenset(p.name for p in spec.properties if p.library))
 
 

@@ -44,7 +44,7 @@ class ServiceFinder:
 
     # ------------------------------------------------------------ helpers --
     def _unknown(self, what: str, answer: Answer, span: Span | None) -> d.Diagnostic:
-        return d.UNKNOWN_RESULT.at(span, property=what, seconds=f"{answer.seconds:.1f}s",
+        return d.UNKNOWN_RESULT.at(span, property=what, seconds=f"{answer.seconds:.3f}s",
                                    help=f"the solver gave up ({answer.reason or 'timeout'}); "
                                         "raise --timeout or simplify the spec",
                                    data={"seconds": answer.seconds, "reason": answer.reason})
@@ -136,7 +136,10 @@ class ServiceFinder:
     def _backends(self) -> Iterator[d.Diagnostic]:
         yield from self._impossible_ports()
         unreachable: dict[str, list[m.Backend]] = {}
+        proven = self._plainly_reachable()
         for backend in self.service.backends:
+            if backend.name in proven:
+                continue
             answer = self.queries.backend_reachable(backend.name)
             if answer.status == "unsat":
                 unreachable.setdefault(backend.pool, []).append(backend)
@@ -150,6 +153,23 @@ class ServiceFinder:
             for backend in backends:
                 yield d.UNREACHABLE_BACKEND.at(backend.span, what=f"backend `{backend.name}`",
                                                reason=reasons[backend.name], help=self._unreachable_help(backend))
+
+    def _plainly_reachable(self) -> set[str]:
+        """Primaries of weight > 0 in the pool of a rule that takes packets of their family.
+
+        With every backend up they are eligible, and any eligible backend may be
+        chosen, so they are reachable: one question per rule and family instead
+        of one per backend.
+        """
+        service, proven = self.service, set()
+        for index in self.reachable_rules():
+            rule = service.rules[index]
+            for family in sorted(service.families):
+                members = [b for b in service.pool(rule.pool).primaries
+                           if b.weight > 0 and ev.family_fits(service, b, family)]
+                if members and self.queries.rule_reachable(index, family=family).status == "sat":
+                    proven.update(b.name for b in members)
+        return proven
 
     def _failover_targets(self) -> set[str]:
         names: set[str] = set()
@@ -318,7 +338,7 @@ class ServiceFinder:
 
     # ---------------------------------------------------- LB100, 107, 111 --
     def _property(self, check: m.Check) -> Iterator[d.Diagnostic]:
-        where = check.source or check.span
+        where = check.source or (self.service.span if check.origin == "library" else check.span)
         if check.origin == "assert" and self.queries.scope_possible(check.scope).status == "unsat":
             yield d.VACUOUS.at(check.span, what="this assertion can never apply: no listened packet is in its scope",
                                help="check its addresses and ports against `listen` and the VIPs")

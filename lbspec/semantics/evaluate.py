@@ -140,13 +140,14 @@ def views(service: Service, down: Mapping[str, float],
 
 # -------------------------------------------------------------- selection --
 
-def family_fits(service: Service, backend: Backend, packet: Packet) -> bool:
-    """Can the mode carry a packet of this family to this backend?"""
+def family_fits(service: Service, backend: Backend, packet: Packet | int) -> bool:
+    """Can the mode carry a packet (or any packet of this address family) to this backend?"""
+    family = packet if isinstance(packet, int) else packet.family
     kind = service.mode.kind
     if kind in ("nat", "snat", "dsr"):
-        return backend.family == packet.family
+        return backend.family == family
     if kind == "tunnel" and service.mode.encap == "ipip":
-        return packet.family == 4 and backend.family == 4
+        return family == 4 and backend.family == 4
     return True
 
 

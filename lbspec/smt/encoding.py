@@ -24,7 +24,7 @@ import z3
 from lbspec.ir import Span
 from lbspec.semantics.evaluate import detection_bounds
 from lbspec.semantics.model import Backend, Rule, Service
-from lbspec.smt.symbolic import SymPacket
+from lbspec.smt.symbolic import SymPacket, all_of, any_of
 
 __all__ = ["NO_RULE", "OTHERWISE_DROP", "REJECT", "NO_BACKEND", "Tagged", "SymHealth", "SymDecision", "Encoding"]
 
@@ -53,7 +53,7 @@ class SymHealth:
     delay: dict[str, z3.ArithRef]  # when the LB marks it down, after it fails
 
     def down(self, name: str, time: z3.ArithRef) -> z3.BoolRef:
-        return z3.And(self.fails[name], self.at[name] <= time)
+        return all_of(self.fails[name], self.at[name] <= time)
 
     def up(self, name: str, time: z3.ArithRef) -> z3.BoolRef:
         return z3.Not(self.down(name, time))
@@ -81,6 +81,7 @@ class Encoding:
         self.index = {b.name: i for i, b in enumerate(self.backends)}
         self.literals: dict[str, tuple[z3.BoolRef, Span | None]] = {}
         self.shortest, self.longest = detection_bounds(service.health)
+        self._selections: dict[tuple[str, int], tuple] = {}
 
     # --- tracking literals
     def literal(self, key: str, span: Span | None) -> str:
@@ -96,14 +97,14 @@ class Encoding:
         out = []
         for formula, keys in tagged.items:
             if keys:
-                out.append(z3.Implies(z3.And(*(self.literals[k][0] for k in keys)), formula))
+                out.append(z3.Implies(all_of(*(self.literals[k][0] for k in keys)), formula))
             else:
                 out.append(formula)
         return out
 
     def spans(self, core: Iterable[z3.BoolRef]) -> list[Span]:
-        names = {str(c) for c in core}
-        return [span for key, (lit, span) in self.literals.items() if str(lit) in names and span is not None]
+        ids = {c.get_id() for c in core}
+        return [span for lit, span in self.literals.values() if lit.get_id() in ids and span is not None]
 
     # --- constants
     def real(self, value: float) -> z3.ArithRef:
@@ -127,22 +128,22 @@ class Encoding:
 
     def listened(self, packet: SymPacket) -> z3.BoolRef:
         service = self.service
-        to_vip = z3.Or(*(packet.address_is("dst", v) for v in service.vips)) if service.vips else self.false()
+        to_vip = any_of(*(packet.address_is("dst", v) for v in service.vips)) if service.vips else self.false()
         served = []
         for listen in service.listens:
             proto = packet.is_proto(listen.protocol)
-            served.append(proto if listen.protocol == "icmp" else z3.And(proto, packet.port_in("dport", listen.ports)))
-        return z3.And(to_vip, z3.Or(*served) if served else self.false())
+            served.append(proto if listen.protocol == "icmp" else all_of(proto, packet.port_in("dport", listen.ports)))
+        return all_of(to_vip, any_of(*served) if served else self.false())
 
     def rule_match(self, rule: Rule, packet: SymPacket) -> z3.BoolRef:
         parts = []
         if rule.protocol is not None:
             parts.append(packet.is_proto(rule.protocol))
         if rule.ports:
-            parts.append(z3.And(packet.has_ports(), packet.port_in("dport", rule.ports)))
+            parts.append(all_of(packet.has_ports(), packet.port_in("dport", rule.ports)))
         if rule.sources:
-            parts.append(z3.Or(*(packet.address_in("src", n) for n in rule.sources)))
-        return z3.And(*parts) if parts else self.true()
+            parts.append(any_of(*(packet.address_in("src", n) for n in rule.sources)))
+        return all_of(*parts) if parts else self.true()
 
     # --- health
     def health(self, name: str = "h") -> SymHealth:
@@ -168,8 +169,8 @@ class Encoding:
                 tagged.add(flag == self.true(), *keys)
                 continue
             delay = health.delay[name]
-            tagged.add(z3.And(delay >= self.real(self.shortest), delay <= self.real(self.longest)), *keys)
-            tagged.add(flag == z3.Or(z3.Not(down), time - health.at[name] < delay), *keys)
+            tagged.add(all_of(delay >= self.real(self.shortest), delay <= self.real(self.longest)), *keys)
+            tagged.add(flag == any_of(z3.Not(down), time - health.at[name] < delay), *keys)
         return seen, tagged
 
     def margins(self, health: SymHealth, times: Iterable[z3.ArithRef]) -> list[z3.BoolRef]:
@@ -182,7 +183,7 @@ class Encoding:
             for time in times:
                 since = time - health.at[name]
                 for edge in (self.real(self.shortest), self.real(self.longest)):
-                    out.append(z3.Or(since <= edge - gap, since >= edge + gap))
+                    out.append(any_of(since <= edge - gap, since >= edge + gap))
         return out
 
     # --- decisions
@@ -209,7 +210,7 @@ class Encoding:
         primaries = [b for b in pool.primaries if b.weight > 0]
 
         def usable(b: Backend) -> z3.BoolRef:
-            return z3.And(seen[b.name], self._fits(b, packet))
+            return all_of(seen[b.name], self._fits(b, packet))
 
         out: dict[int, z3.BoolRef] = {self.index[b.name]: usable(b) for b in primaries}
         healthy = z3.Sum(*(z3.If(seen[b.name], self.int(1), self.int(0)) for b in primaries)) if primaries else self.int(0)
@@ -222,19 +223,25 @@ class Encoding:
                 backend = service.backend(name)
                 if backend.weight <= 0:
                     continue
-                term = z3.And(triggered, usable(backend))
+                term = all_of(triggered, usable(backend))
                 i = self.index[name]
-                out[i] = z3.Or(out[i], term) if i in out else term
+                out[i] = any_of(out[i], term) if i in out else term
         return out, tuple(keys)
 
     def selection(self, packet: SymPacket, seen: dict[str, z3.BoolRef]) -> tuple[
             list[z3.BoolRef], list[z3.BoolRef], list[tuple[Rule, dict[int, z3.BoolRef], tuple[str, ...]]]]:
         """Which rule is the first match, and which backends each rule could use now."""
+        key = (packet.name, id(seen))
+        if key not in self._selections:
+            self._selections[key] = (seen, self._select(packet, seen))  # keep ``seen`` alive: ids are reused
+        return self._selections[key][1]
+
+    def _select(self, packet: SymPacket, seen: dict[str, z3.BoolRef]):
         matches = [self.rule_match(r, packet) for r in self.service.rules]
         selected, earlier, per_rule = [], self.false(), []
         for rule, match in zip(self.service.rules, matches):
-            selected.append(z3.And(match, z3.Not(earlier)))
-            earlier = z3.Or(earlier, match)
+            selected.append(all_of(match, z3.Not(earlier)))
+            earlier = any_of(earlier, match)
             eligible, keys = self.eligible(rule, packet, seen)
             per_rule.append((rule, eligible, keys))
         return matches, selected, per_rule
@@ -248,8 +255,8 @@ class Encoding:
         terms: list[list[z3.BoolRef]] = [[] for _ in self.backends]
         for chosen, (_, eligible, _) in zip(selected, per_rule):
             for i, term in eligible.items():
-                terms[i].append(z3.And(chosen, term))
-        return [z3.Or(*t) if t else self.false() for t in terms]
+                terms[i].append(all_of(chosen, term))
+        return [any_of(*t) if t else self.false() for t in terms]
 
     def decision(self, packet: SymPacket, seen: dict[str, z3.BoolRef], tag: str,
                  pin: z3.ArithRef | None = None,
@@ -269,35 +276,41 @@ class Encoding:
             held = self.false()
             if pin is not None and service.affinity.kind != "none":
                 held = self._holds(pin, self._keepers(rule, packet, seen))
-                tagged.add(z3.Implies(z3.And(chosen, held), choice == pin),
+                tagged.add(z3.Implies(all_of(chosen, held), choice == pin),
                            *keys, self.literal("affinity", service.affinity.span))
-            some = z3.Or(*eligible.values()) if eligible else self.false()
-            fresh = z3.And(chosen, z3.Not(held))
-            tagged.add(z3.Implies(z3.And(fresh, z3.Not(some)), choice == self.int(NO_BACKEND)), *keys)
-            options = [z3.And(choice == self.int(i), term) for i, term in eligible.items()]
-            tagged.add(z3.Implies(z3.And(fresh, some), z3.Or(*options) if options else self.false()), *keys)
+            some = any_of(*eligible.values()) if eligible else self.false()
+            fresh = all_of(chosen, z3.Not(held))
+            tagged.add(z3.Implies(all_of(fresh, z3.Not(some)), choice == self.int(NO_BACKEND)), *keys)
+            options = [all_of(choice == self.int(i), term) for i, term in eligible.items()]
+            tagged.add(z3.Implies(all_of(fresh, some), any_of(*options) if options else self.false()), *keys)
             if hashed is not None and service.balance.algorithm in ("hash", "maglev"):
                 when, value = hashed
-                bound = z3.And(chosen, z3.Not(held), when, self._holds(value, eligible))
+                bound = all_of(chosen, z3.Not(held), when, self._holds(value, eligible))
                 tagged.add(z3.Implies(bound, choice == value), *keys, self.literal("balance", service.balance.span))
-        covered = z3.Or(*matches) if matches else self.false()
+        covered = any_of(*matches) if matches else self.false()
         code = {"drop": OTHERWISE_DROP, "reject": REJECT, None: NO_RULE}[service.otherwise]
         keys = (self.literal("otherwise", service.otherwise_span),) if service.otherwise else ()
         tagged.add(z3.Implies(z3.Not(covered), choice == self.int(code)), *keys)
         eligible_now = self._vector(selected, per_rule)
         return SymDecision(choice, matches, selected, covered, eligible_now, seen), tagged
 
+    def pin_holds(self, pin: z3.ArithRef, packet: SymPacket, decision: SymDecision) -> z3.BoolRef:
+        """The flow-table entry ``pin`` decides ``packet`` (its backend keeps the rule that takes it)."""
+        terms = [all_of(chosen, self._holds(pin, self._keepers(rule, packet, decision.seen)))
+                 for rule, chosen in zip(self.service.rules, decision.selected)]
+        return any_of(*terms) if terms else self.false()
+
     def _keepers(self, rule: Rule, packet: SymPacket, seen: dict[str, z3.BoolRef]) -> dict[int, z3.BoolRef]:
         """Backends that keep a pinned flow of this rule: seen up, serving the rule, fitting the family."""
         from lbspec.semantics.evaluate import candidates
 
-        return {self.index[n]: z3.And(seen[n], self._fits(self.service.backend(n), packet))
+        return {self.index[n]: all_of(seen[n], self._fits(self.service.backend(n), packet))
                 for n in candidates(self.service, rule)}
 
     def _holds(self, backend: z3.ArithRef, eligible: dict[int, z3.BoolRef]) -> z3.BoolRef:
         """``backend`` (an index term) is among the eligible ones."""
-        terms = [z3.And(backend == self.int(i), term) for i, term in eligible.items()]
-        return z3.Or(*terms) if terms else self.false()
+        terms = [all_of(backend == self.int(i), term) for i, term in eligible.items()]
+        return any_of(*terms) if terms else self.false()
 
     def candidates_down(self, decision: SymDecision, health: SymHealth, time: z3.ArithRef) -> z3.BoolRef:
         """No backend that could serve this packet is up (the `unless no backend healthy` excuse)."""
@@ -305,9 +318,9 @@ class Encoding:
 
         def all_down(names: Iterable[str]) -> z3.BoolRef:
             terms = [health.down(n, time) for n in names]
-            return z3.And(*terms) if terms else self.true()
+            return all_of(*terms) if terms else self.true()
 
-        parts = [z3.And(sel, all_down(candidates(self.service, rule)))
+        parts = [all_of(sel, all_down(candidates(self.service, rule)))
                  for rule, sel in zip(self.service.rules, decision.selected)]
-        parts.append(z3.And(z3.Not(decision.covered), all_down(candidates(self.service, None))))
-        return z3.Or(*parts)
+        parts.append(all_of(z3.Not(decision.covered), all_down(candidates(self.service, None))))
+        return any_of(*parts)

@@ -22,7 +22,7 @@ from lbspec.smt.encoding import (
     NO_BACKEND, NO_RULE, OTHERWISE_DROP, REJECT, Encoding, SymDecision, SymHealth, Tagged,
 )
 from lbspec.smt.solver import SolverSettings, make_solver
-from lbspec.smt.symbolic import SymPacket, filter_formula
+from lbspec.smt.symbolic import SymPacket, all_of, any_of, filter_formula
 
 __all__ = ["Answer", "ServiceQueries"]
 
@@ -40,31 +40,49 @@ class Answer:
 
 @dataclass
 class _Scenario:
-    """The symbolic pieces of one question."""
+    """The symbolic pieces of a family of questions, asserted once into their own solver."""
 
     tagged: Tagged
     constraints: list[z3.BoolRef]
     health: SymHealth
     packets: list[tuple[SymPacket, SymDecision, z3.ArithRef]]  # packet, its decision, its time
+    solver: z3.Solver | None = None
+
+    def in_scope(self, scope: m.Filter) -> list[z3.BoolRef]:
+        return [filter_formula(scope, packet) for packet, _, _ in self.packets]
 
 
 class ServiceQueries:
-    """All questions about one service, sharing a solver (push/pop per question)."""
+    """All questions about one service.
+
+    The encoding of a scenario (one packet; two packets apart in time; two at
+    the same instant) is built once and asserted into a solver of its own;
+    each question only pushes its goal.  Building Z3 terms from Python costs
+    far more than solving these small problems, so this is where the time goes.
+    """
 
     def __init__(self, service: m.Service, settings: SolverSettings = SolverSettings()):
         self.service = service
+        self.settings = settings
         self.ctx = z3.Context()
         self.enc = Encoding(service, self.ctx)
-        self.solver = make_solver(self.ctx, settings)
         self.zero = self.enc.real(0)
+        self._cache: dict[str, _Scenario] = {}
 
     # ------------------------------------------------------------ plumbing --
-    def _ask(self, scenario: _Scenario, goal: list[z3.BoolRef], want_model: bool = True) -> Answer:
-        solver = self.solver
+    def _seal(self, scenario: _Scenario) -> _Scenario:
+        scenario.solver = make_solver(self.ctx, self.settings)
+        scenario.solver.add(*self.enc.guarded(scenario.tagged), *scenario.constraints)
+        return scenario
+
+    def _ask(self, scenario: _Scenario, goal: list[z3.BoolRef], want_model: bool = True,
+             extra: Tagged | None = None) -> Answer:
+        solver = scenario.solver
         solver.push()
         try:
-            solver.add(*self.enc.guarded(scenario.tagged))
-            solver.add(*scenario.constraints, *goal)
+            if extra is not None:
+                solver.add(*self.enc.guarded(extra))
+            solver.add(*goal)
             started = time.perf_counter()
             result = solver.check(*self.enc.assumptions())
             seconds = time.perf_counter() - started
@@ -79,14 +97,15 @@ class ServiceQueries:
 
     def _nicest(self, scenario: _Scenario) -> z3.ModelRef | None:
         """A model with values a person would pick, if one exists (called with the question asserted)."""
+        solver = scenario.solver
         for tier in self._preferences(scenario):
-            self.solver.push()
+            solver.push()
             try:
-                self.solver.add(*tier)
-                if self.solver.check(*self.enc.assumptions()) == z3.sat:
-                    return self.solver.model()
+                solver.add(*tier)
+                if solver.check(*self.enc.assumptions()) == z3.sat:
+                    return solver.model()
             finally:
-                self.solver.pop()
+                solver.pop()
         return None
 
     def _preferences(self, scenario: _Scenario) -> list[list[z3.BoolRef]]:
@@ -100,11 +119,11 @@ class ServiceQueries:
         shape, times = [], []
         for k, (packet, _, at) in enumerate(scenario.packets):
             port = packet.sport == bv(40000 + k, 16)
-            shape.append(z3.Implies(packet.has_ports(), port if k == 0 else z3.Or(port, packet.sport == first.sport)))
+            shape.append(z3.Implies(packet.has_ports(), port if k == 0 else any_of(port, packet.sport == first.sport)))
             syn, ack = bv(2, 8), bv(16, 8)
             shape.append(z3.Implies(packet.is_proto("tcp"), packet.flags == (syn if k == 0 else ack)))
             if k:
-                times.append(z3.Or(at == self.zero, at >= self.enc.real(1)))
+                times.append(any_of(at == self.zero, at >= self.enc.real(1)))
         for name, fails in scenario.health.fails.items():
             times.append(z3.Implies(fails, z3.IsInt(scenario.health.at[name])))
         tiers = []
@@ -113,8 +132,8 @@ class ServiceQueries:
             tiers.append(address + shape + times)
         return [*tiers, shape + times, shape, []]
 
-    def _scenario(self, count: int = 1, scope: m.Filter = m.ANY, gaps: list[z3.ArithRef] | None = None) -> _Scenario:
-        """``count`` packets at times 0, gaps..., each listened and in scope (decisions come later)."""
+    def _scenario(self, count: int = 1, gaps: list[z3.ArithRef] | None = None) -> _Scenario:
+        """``count`` listened packets at times 0, gaps... (decisions come later)."""
         enc = self.enc
         health = enc.health()
         tagged, constraints, packets = Tagged(), [], []
@@ -122,7 +141,7 @@ class ServiceQueries:
         for k in range(count):
             packet, wellformed = enc.packet(f"p{k}")
             tagged.extend(wellformed)
-            constraints += [enc.listened(packet), filter_formula(scope, packet)]
+            constraints.append(enc.listened(packet))
             packets.append((packet, None, times[k]))
         constraints += enc.margins(health, times)
         return _Scenario(tagged, constraints, health, packets)
@@ -142,10 +161,14 @@ class ServiceQueries:
         scenario.packets[k] = (packet, decision, at)
         return decision
 
-    def _single(self, scope: m.Filter) -> tuple[_Scenario, SymPacket, SymDecision]:
-        scenario = self._scenario(1, scope)
-        decision = self._decide(scenario, 0)
-        return scenario, scenario.packets[0][0], decision
+    def _single(self) -> tuple[_Scenario, SymPacket, SymDecision]:
+        if "one" not in self._cache:
+            scenario = self._scenario(1)
+            self._decide(scenario, 0)
+            self._cache["one"] = self._seal(scenario)
+        scenario = self._cache["one"]
+        packet, decision, _ = scenario.packets[0]
+        return scenario, packet, decision
 
     # ----------------------------------------------------------- witnesses --
     def _steps(self, scenario: _Scenario, model: z3.ModelRef) -> list[ev.Step]:
@@ -180,47 +203,51 @@ class ServiceQueries:
             return self._stickiness(pattern, check.scope)
         if isinstance(pattern, m.Distribution):
             return self._distribution(check.scope)
-        scenario, packet, decision = self._single(check.scope)
-        return self._ask(scenario, [self._broken(pattern, scenario, packet, decision)])
+        scenario, packet, decision = self._single()
+        goal, extra = self._broken(pattern, scenario, packet, decision)
+        return self._ask(scenario, [*scenario.in_scope(check.scope), goal], extra=extra)
 
     def satisfiable(self, check: m.Check) -> Answer:
         """Does some listened packet in scope keep a single-packet property?  unsat: a contradiction."""
         pattern = check.pattern
         if isinstance(pattern, (m.Stickiness, m.Distribution)):
             return Answer("sat", 0.0)
-        scenario, packet, decision = self._single(check.scope)
-        kept = [z3.Not(self._broken(pattern, scenario, packet, decision))]
+        scenario, packet, decision = self._single()
+        goal, extra = self._broken(pattern, scenario, packet, decision)
+        kept = [*scenario.in_scope(check.scope), z3.Not(goal)]
         if not isinstance(pattern, m.Response):
             kept.append(decision.choice >= 0)  # dropping every packet is no way to keep an absence
-        return self._ask(scenario, kept, want_model=False)
+        return self._ask(scenario, kept, want_model=False, extra=extra)
 
-    def _broken(self, pattern: m.Pattern, scenario: _Scenario, packet: SymPacket, decision: SymDecision) -> z3.BoolRef:
-        """The single-packet decision breaks ``pattern``."""
+    def _broken(self, pattern: m.Pattern, scenario: _Scenario, packet: SymPacket,
+                decision: SymDecision) -> tuple[z3.BoolRef, Tagged | None]:
+        """The single-packet decision breaks ``pattern`` (and constraints that question needs)."""
         enc, choice = self.enc, decision.choice
         if isinstance(pattern, m.Response):
-            dropped = z3.Or(choice == enc.int(NO_RULE), choice == enc.int(NO_BACKEND))
+            dropped = any_of(choice == enc.int(NO_RULE), choice == enc.int(NO_BACKEND))
             if not pattern.unless_no_backend:
-                return dropped
-            return z3.And(dropped, z3.Not(enc.candidates_down(decision, scenario.health, self.zero)))
+                return dropped, None
+            return all_of(dropped, z3.Not(enc.candidates_down(decision, scenario.health, self.zero))), None
         if isinstance(pattern, m.Absence):
-            return self._absent(pattern, scenario, choice)
+            return self._absent(pattern, scenario, choice), None
         if isinstance(pattern, m.Integrity):
             fields = preserved_fields(pattern.fields, self.service.mode)
             terms = [self._rewrites(name, packet, decision) for name in sorted(fields)]
-            return z3.Or(*terms) if terms else enc.false()
+            return (any_of(*terms) if terms else enc.false()), None
         # Reverse path: in every mode replies leave from the address the client
         # sent to -- the LB translates them back (nat, snat, proxy) or the backend
         # holds the VIP (dsr, tunnel).  Asked anyway, so the core names the mode.
         reply = z3.BitVec("reply.src", 128, self.ctx)
         keys = (enc.literal("mode", self.service.mode.span),) if self.service.mode.span else ()
-        scenario.tagged.add(reply == packet.dst, *keys)
-        return z3.And(choice >= 0, reply != packet.dst)
+        extra = Tagged()
+        extra.add(reply == packet.dst, *keys)
+        return all_of(choice >= 0, reply != packet.dst), extra
 
     def _absent(self, pattern: m.Absence, scenario: _Scenario, choice: z3.ArithRef) -> z3.BoolRef:
         enc = self.enc
         if pattern.event == "down":
             limit = enc.real(grace(self.service) if pattern.after_detection else 0.0)
-            terms = [z3.And(choice == enc.int(i), scenario.health.down(b.name, self.zero),
+            terms = [all_of(choice == enc.int(i), scenario.health.down(b.name, self.zero),
                             self.zero - scenario.health.at[b.name] >= limit)
                      for i, b in enumerate(enc.backends)]
         elif pattern.event == "backends":
@@ -230,7 +257,7 @@ class ServiceQueries:
             terms = [choice >= enc.int(len(enc.backends))]
         else:  # "twice": one decision forwards a packet at most once
             terms = [z3.If(choice >= 0, enc.int(1), enc.int(0)) >= 2]
-        return z3.Or(*terms) if terms else enc.false()
+        return any_of(*terms) if terms else enc.false()
 
     def _rewrites(self, name: str, packet: SymPacket, decision: SymDecision) -> z3.BoolRef:
         """The decision forwards ``packet`` with ``name`` changed (see ``evaluate.delivered``)."""
@@ -238,7 +265,7 @@ class ServiceQueries:
         if mode in ("dsr", "tunnel") or name in ("payload", "proto"):
             return enc.false()
         if name == "dst":
-            return z3.Or(*(z3.And(choice == enc.int(i), z3.Not(packet.address_is("dst", b.address)))
+            return any_of(*(all_of(choice == enc.int(i), z3.Not(packet.address_is("dst", b.address)))
                            for i, b in enumerate(enc.backends)))
         if name == "dport":
             terms = []
@@ -247,29 +274,40 @@ class ServiceQueries:
                     port = rule.target_port or b.port
                     if port is not None:
                         changed = packet.dport != z3.BitVecVal(port, 16, self.ctx)
-                        terms.append(z3.And(selected, choice == enc.int(i), packet.has_ports(), changed))
-            return z3.Or(*terms) if terms else enc.false()
+                        terms.append(all_of(selected, choice == enc.int(i), packet.has_ports(), changed))
+            return any_of(*terms) if terms else enc.false()
         if name == "sport" and mode in ("snat", "proxy"):
-            return z3.And(choice >= 0, packet.has_ports())
+            return all_of(choice >= 0, packet.has_ports())
         if (name == "src" and mode in ("snat", "proxy")) or (name == "ttl" and mode == "proxy"):
             return choice >= 0
         return enc.false()
 
     # ------------------------------------------------------- two packets --
-    def _pair(self, scope: m.Filter, same_instant: bool) -> tuple[_Scenario, z3.ArithRef]:
-        """Two packets, the second ``gap`` seconds after the first, with flow table and hash memory."""
-        gap = self.zero if same_instant else z3.Real("gap", self.ctx)
-        scenario = self._scenario(2, scope, [gap])
-        if not same_instant:
-            scenario.constraints.append(gap > 0)
-            if self.service.affinity.kind != "none":
-                scenario.constraints.append(gap < self.enc.real(self.service.affinity.timeout))
-        first = self._decide(scenario, 0)
-        p0, p1 = scenario.packets[0][0], scenario.packets[1][0]
-        seen = first.seen if same_instant else self._view(scenario, 1)
+    def _pair(self) -> tuple[_Scenario, z3.ArithRef]:
+        """Two packets, the second ``gap`` >= 0 seconds after the first, with flow table and hash memory.
+
+        The first packet is the one-packet scenario's, so its terms are built once.
+        """
+        if "pair" not in self._cache:
+            self._cache["pair"] = self._seal(self._build_pair())
+        scenario = self._cache["pair"]
+        return scenario, scenario.packets[1][2]
+
+    def _build_pair(self) -> _Scenario:
+        enc = self.enc
+        one, p0, first = self._single()
+        gap = z3.Real("gap", self.ctx)
+        p1, wellformed = enc.packet("p1")
+        tagged = Tagged(list(one.tagged.items))
+        tagged.extend(wellformed)
+        constraints = [*one.constraints, enc.listened(p1), gap >= 0, *enc.margins(one.health, [gap])]
+        if self.service.affinity.kind != "none":
+            constraints.append(gap < enc.real(self.service.affinity.timeout))
+        scenario = _Scenario(tagged, constraints, one.health, [one.packets[0], (p1, None, gap)])
+        seen = self._view(scenario, 1)
         self._decide(scenario, 1, seen=seen, pin=self._pin(p0, first, p1, gap),
                      hashed=self._hashed(p0, first, p1, seen))
-        return scenario, gap
+        return scenario
 
     def _pin(self, p0: SymPacket, first: SymDecision, p1: SymPacket, gap: z3.ArithRef) -> z3.ArithRef | None:
         """The flow-table entry the first packet left for the second, or -1."""
@@ -278,7 +316,7 @@ class ServiceQueries:
             return None
         same = p0.same_flow(p1) if affinity.kind == "flow" else p0.same_field(p1, "src")
         fresh = gap < self.enc.real(affinity.timeout)
-        return z3.If(z3.And(first.choice >= 0, same, fresh), first.choice, self.enc.int(-1))
+        return z3.If(all_of(first.choice >= 0, same, fresh), first.choice, self.enc.int(-1))
 
     def _hashed(self, p0: SymPacket, first: SymDecision, p1: SymPacket,
                 seen: dict[str, z3.BoolRef]) -> tuple[z3.BoolRef, z3.ArithRef] | None:
@@ -289,35 +327,36 @@ class ServiceQueries:
         same_key = [p0.same_field(p1, f) for f in balance.fields]
         now = self.enc.eligible_vector(p1, seen)
         same_set = [a == b for a, b in zip(first.eligible, now)]
-        return z3.And(first.choice >= 0, *same_key, *same_set), first.choice
+        return all_of(first.choice >= 0, *same_key, *same_set), first.choice
 
     def _stickiness(self, pattern: m.Stickiness, scope: m.Filter) -> Answer:
-        scenario, gap = self._pair(scope, same_instant=False)
+        scenario, gap = self._pair()
         (p0, d0, _), (p1, d1, _) = scenario.packets
         enc = self.enc
         same = p0.same_flow(p1) if pattern.key == "flow" else p0.same_field(p1, "src")
-        goal = [same, d0.choice >= 0, d1.choice >= 0, d1.choice != d0.choice]
+        goal = [*scenario.in_scope(scope), gap > 0, same, d0.choice >= 0, d1.choice >= 0, d1.choice != d0.choice]
         if pattern.while_healthy:
-            goal.append(z3.Or(*(z3.And(d0.choice == enc.int(i), scenario.health.up(b.name, gap))
+            goal.append(any_of(*(all_of(d0.choice == enc.int(i), scenario.health.up(b.name, gap))
                                 for i, b in enumerate(enc.backends))))
         return self._ask(scenario, goal)
 
     def _distribution(self, scope: m.Filter) -> Answer:
         """Two different new flows the spec forces onto one backend, though several are eligible."""
-        scenario, _ = self._pair(scope, same_instant=True)
+        scenario, gap = self._pair()
         (p0, d0, _), (p1, d1, _) = scenario.packets
         enc = self.enc
         forced = []
         pin = self._pin(p0, d0, p1, self.zero)
         if pin is not None:
-            forced.append(pin >= 0)
-        hashed = self._hashed(p0, d0, p1, d0.seen)
+            forced.append(self.enc.pin_holds(pin, p1, d1))
+        hashed = self._hashed(p0, d0, p1, d1.seen)
         if hashed is not None:
             forced.append(hashed[0])
         if not forced:
             return Answer("unsat", 0.0)
         many = z3.Sum(*(z3.If(e, enc.int(1), enc.int(0)) for e in d1.eligible)) >= 2
-        return self._ask(scenario, [z3.Not(p0.same_flow(p1)), d0.choice >= 0, many, z3.Or(*forced)])
+        return self._ask(scenario, [*scenario.in_scope(scope), gap == 0, z3.Not(p0.same_flow(p1)), d0.choice >= 0, many,
+                                    any_of(*forced)])
 
     # ------------------------------------------------------- as an oracle --
     def decisions_for(self, packet: m.Packet, down: dict[str, float], pinned: str | None = None,
@@ -344,7 +383,7 @@ class ServiceQueries:
         memory = (enc.true(), enc.int(enc.index[hashed])) if hashed is not None else None
         decision, decision_tagged = enc.decision(symbolic, seen, "q", pin=pin, hashed=memory)
         tagged.extend(decision_tagged)
-        scenario = _Scenario(tagged, fixed, health, [])
+        scenario = self._seal(_Scenario(tagged, fixed, health, []))
         listened = self._ask(scenario, [enc.listened(symbolic)], want_model=False).status == "sat"
         codes = [NO_RULE, OTHERWISE_DROP, REJECT, NO_BACKEND, *range(len(enc.backends))]
         allowed = frozenset(self._decision(packet, code) for code in codes
@@ -354,37 +393,38 @@ class ServiceQueries:
     # ------------------------------------------------------------ structure --
     def scope_possible(self, scope: m.Filter) -> Answer:
         """Can any listened packet match ``scope``?"""
-        scenario = self._scenario(1, scope)
-        return self._ask(scenario, [], want_model=False)
+        scenario, _, _ = self._single()
+        return self._ask(scenario, scenario.in_scope(scope), want_model=False)
 
     def uncovered(self) -> Answer:
         """A listened packet that no rule matches."""
-        scenario, _, decision = self._single(m.ANY)
+        scenario, _, decision = self._single()
         return self._ask(scenario, [z3.Not(decision.covered)])
 
-    def rule_reachable(self, index: int, alone: bool = False) -> Answer:
+    def rule_reachable(self, index: int, alone: bool = False, family: int | None = None) -> Answer:
         """Can rule ``index`` be the first match of a listened packet (``alone``: match at all)?"""
-        scenario, _, decision = self._single(m.ANY)
+        scenario, packet, decision = self._single()
         term = decision.matches[index] if alone else decision.selected[index]
-        return self._ask(scenario, [term])
+        goal = [term] if family is None else [term, packet.family_is(family)]
+        return self._ask(scenario, goal, want_model=family is None)
 
     def overlap(self, first: int, second: int, inside: bool) -> Answer:
         """Listened packets both rules match; with ``inside``, ones ``first`` matches and ``second`` does not."""
-        scenario, _, decision = self._single(m.ANY)
+        scenario, _, decision = self._single()
         a, b = decision.matches[first], decision.matches[second]
         return self._ask(scenario, [a, z3.Not(b)] if inside else [a, b])
 
     def backend_reachable(self, name: str) -> Answer:
         """Can any listened packet, in any health state, be sent to backend ``name``?"""
-        scenario, _, decision = self._single(m.ANY)
+        scenario, _, decision = self._single()
         return self._ask(scenario, [decision.choice == self.enc.int(self.enc.index[name])], want_model=False)
 
     def per_packet(self) -> Answer:
         """Two packets of one TCP flow sent to different backends while nothing fails."""
-        scenario, _ = self._pair(m.Test("proto", ("tcp",)), same_instant=False)
+        scenario, gap = self._pair()
         (p0, d0, _), (p1, d1, _) = scenario.packets
         nothing_fails = [z3.Not(f) for f in scenario.health.fails.values()]
-        return self._ask(scenario, [p0.same_flow(p1), d0.choice >= 0, d1.choice >= 0, d1.choice != d0.choice,
+        return self._ask(scenario, [*scenario.in_scope(m.Test("proto", ("tcp",))), gap > 0, p0.same_flow(p1), d0.choice >= 0, d1.choice >= 0, d1.choice != d0.choice,
                                     *nothing_fails])
 
 

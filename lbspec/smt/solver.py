@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import z3
 
-__all__ = ["SolverSettings", "make_solver"]
+__all__ = ["SolverSettings", "make_solver", "DEFAULT_RLIMIT"]
+
+DEFAULT_RLIMIT = 50_000_000  # Z3 resource units: a bound that does not depend on machine speed
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,7 +17,7 @@ class SolverSettings:
 
     timeout_ms: int = 10_000
     seed: int = 0
-    rlimit: int = 50_000_000  # Z3 resource units: a bound that does not depend on machine speed
+    rlimit: int = DEFAULT_RLIMIT
 
 
 def make_solver(context: z3.Context, settings: SolverSettings) -> z3.Solver:

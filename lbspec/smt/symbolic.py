@@ -16,11 +16,35 @@ from lbspec.semantics.model import (
     FLAGS, PORTED_PROTOCOLS, Always, And, Filter, Network, Not, Or, Packet, PortRanges, Test,
 )
 
-__all__ = ["PROTO_CODES", "SymPacket", "filter_formula"]
+__all__ = ["PROTO_CODES", "SymPacket", "filter_formula", "all_of", "any_of"]
 
 PROTO_CODES = {"tcp": 0, "udp": 1, "icmp": 2}
 PROTO_NAMES = {v: k for k, v in PROTO_CODES.items()}
 FLAG_BITS = {name: 1 << i for i, name in enumerate(FLAGS)}
+
+
+def _connect(maker, empty: bool, terms) -> z3.BoolRef:
+    """And/Or straight through the C API.
+
+    ``z3.And`` re-checks and coerces every argument, which costs more than
+    solving these formulas; the terms here are always Booleans of one context.
+    """
+    terms = list(terms)
+    if len(terms) == 1:
+        return terms[0]
+    if not terms:
+        raise ValueError("all_of()/any_of() need a context: pass at least one term")
+    ctx = terms[0].ctx
+    array = (z3.Ast * len(terms))(*(t.as_ast() for t in terms))
+    return z3.BoolRef(maker(ctx.ref(), len(terms), array), ctx)
+
+
+def all_of(*terms: z3.BoolRef) -> z3.BoolRef:
+    return _connect(z3.Z3_mk_and, True, terms)
+
+
+def any_of(*terms: z3.BoolRef) -> z3.BoolRef:
+    return _connect(z3.Z3_mk_or, False, terms)
 
 
 class SymPacket:
@@ -42,12 +66,12 @@ class SymPacket:
 
     def wellformed(self) -> z3.BoolRef:
         zero96 = self._bv(0, 96)
-        return z3.And(
-            z3.Implies(z3.Not(self.v6), z3.And(z3.Extract(127, 32, self.src) == zero96,
+        return all_of(
+            z3.Implies(z3.Not(self.v6), all_of(z3.Extract(127, 32, self.src) == zero96,
                                               z3.Extract(127, 32, self.dst) == zero96)),
             self.proto >= 0, self.proto <= 2,
             z3.Implies(self.proto == PROTO_CODES["icmp"],
-                       z3.And(self.sport == self._bv(0, 16), self.dport == self._bv(0, 16))),
+                       all_of(self.sport == self._bv(0, 16), self.dport == self._bv(0, 16))),
             z3.Implies(self.proto != PROTO_CODES["tcp"], self.flags == self._bv(0, 8)),
         )
 
@@ -63,7 +87,7 @@ class SymPacket:
 
     def address_is(self, field: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> z3.BoolRef:
         term = getattr(self, field)
-        return z3.And(self.family_is(address.version), term == self._bv(int(address), 128))
+        return all_of(self.family_is(address.version), term == self._bv(int(address), 128))
 
     def address_in(self, field: str, network: Network) -> z3.BoolRef:
         term = getattr(self, field)
@@ -74,7 +98,7 @@ class SymPacket:
         high = bits - 1
         low = bits - network.prefixlen
         value = int(network.network_address) >> low
-        return z3.And(family, z3.Extract(high, low, term) == self._bv(value, high - low + 1))
+        return all_of(family, z3.Extract(high, low, term) == self._bv(value, high - low + 1))
 
     def port_in(self, field: str, ranges: PortRanges) -> z3.BoolRef:
         term = getattr(self, field)
@@ -85,26 +109,26 @@ class SymPacket:
             elif low == 0 and high == 65535:
                 parts.append(z3.BoolVal(True, self.ctx))
             else:
-                parts.append(z3.And(z3.ULE(self._bv(low, 16), term), z3.ULE(term, self._bv(high, 16))))
-        return z3.Or(*parts) if parts else z3.BoolVal(False, self.ctx)
+                parts.append(all_of(z3.ULE(self._bv(low, 16), term), z3.ULE(term, self._bv(high, 16))))
+        return any_of(*parts) if parts else z3.BoolVal(False, self.ctx)
 
     def flags_set(self, names: tuple[str, ...]) -> z3.BoolRef:
         mask = sum(FLAG_BITS[n] for n in names)
-        return z3.And(self.is_proto("tcp"), self.flags & self._bv(mask, 8) == self._bv(mask, 8))
+        return all_of(self.is_proto("tcp"), self.flags & self._bv(mask, 8) == self._bv(mask, 8))
 
     def same_flow(self, other: SymPacket) -> z3.BoolRef:
-        return z3.And(self.v6 == other.v6, self.src == other.src, self.dst == other.dst,
+        return all_of(self.v6 == other.v6, self.src == other.src, self.dst == other.dst,
                       self.proto == other.proto, self.sport == other.sport, self.dport == other.dport)
 
     def same_field(self, other: SymPacket, field: str) -> z3.BoolRef:
         if field in ("src", "dst"):
-            return z3.And(self.v6 == other.v6, getattr(self, field) == getattr(other, field))
+            return all_of(self.v6 == other.v6, getattr(self, field) == getattr(other, field))
         return getattr(self, field) == getattr(other, field)
 
     # --- concrete values
     def equals(self, packet: Packet) -> z3.BoolRef:
         """This symbolic packet is exactly ``packet``."""
-        return z3.And(self.family_is(packet.family), self.src == self._bv(int(packet.src), 128),
+        return all_of(self.family_is(packet.family), self.src == self._bv(int(packet.src), 128),
                       self.dst == self._bv(int(packet.dst), 128), self.proto == PROTO_CODES[packet.proto],
                       self.sport == self._bv(packet.sport, 16), self.dport == self._bv(packet.dport, 16),
                       self.flags == self._bv(sum(FLAG_BITS[f] for f in packet.flags), 8))
@@ -130,22 +154,22 @@ def filter_formula(filter_: Filter, packet: SymPacket) -> z3.BoolRef:
     if isinstance(filter_, Not):
         return z3.Not(filter_formula(filter_.item, packet))
     if isinstance(filter_, And):
-        return z3.And(*(filter_formula(f, packet) for f in filter_.items))
+        return all_of(*(filter_formula(f, packet) for f in filter_.items))
     if isinstance(filter_, Or):
-        return z3.Or(*(filter_formula(f, packet) for f in filter_.items))
+        return any_of(*(filter_formula(f, packet) for f in filter_.items))
     return _test(filter_, packet)
 
 
 def _test(test: Test, packet: SymPacket) -> z3.BoolRef:
     name = test.field
     if name in ("src", "dst"):
-        return z3.Or(*(packet.address_in(name, n) for n in test.values))
+        return any_of(*(packet.address_in(name, n) for n in test.values))
     if name in ("sport", "dport"):
-        return z3.And(packet.has_ports(), packet.port_in(name, test.values))
+        return all_of(packet.has_ports(), packet.port_in(name, test.values))
     if name == "proto":
-        return z3.Or(*(packet.is_proto(p) for p in test.values))
+        return any_of(*(packet.is_proto(p) for p in test.values))
     if name == "family":
-        return z3.Or(*(packet.family_is(v) for v in test.values))
+        return any_of(*(packet.family_is(v) for v in test.values))
     if name == "flags":
         return packet.flags_set(tuple(test.values))
     raise ValueError(f"unknown filter field {name!r}")

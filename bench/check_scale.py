@@ -1,0 +1,56 @@
+"""Checker scale: specs of 10, 100 and 1,000 services (10 backends each), fully checked.
+
+Prints seconds per size (load + every check, all services, both cores) and the
+ratio t(1000)/t(100): 10.0 means cost linear in services.  The same run also
+times one core, so the parallel speed-up is measured, not assumed.
+
+    python bench/check_scale.py [--sizes 10,100,1000] [--jobs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from parse import service  # noqa: E402  (the same generated services as bench/parse.py)
+
+from lbspec.check import CheckOptions, check_spec  # noqa: E402
+from lbspec.loader import load_text  # noqa: E402
+
+
+def run(size: int, jobs: int) -> tuple[float, int]:
+    text = "\n".join(service(i, 10)[0] for i in range(size))
+    started = time.perf_counter()
+    loaded = load_text(text, f"scale-{size}.lbspec")
+    assert loaded.ok, loaded.diagnostics[:3]
+    found = check_spec(loaded.spec, CheckOptions(jobs=jobs))
+    assert not [x for x in found if x.code in ("LB099", "LB111")], "internal error or unknown"
+    return time.perf_counter() - started, len(found)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print(f"{'services':>9}{'seconds':>10}{'ms/service':>12}{'findings':>10}   ({args.jobs} processes)")
+    times = {}
+    for size in sizes:
+        seconds, found = run(size, args.jobs)
+        times[size] = seconds
+        print(f"{size:>9}{seconds:>10.2f}{1000 * seconds / size:>12.1f}{found:>10}")
+    if 100 in times and 1000 in times:
+        print(f"t(1000)/t(100) = {times[1000] / times[100]:.2f}  (10.00 is linear)")
+    if args.jobs > 1 and 100 in times:
+        single, _ = run(100, 1)
+        print(f"100 services on 1 process: {single:.2f}s; speed-up with {args.jobs}: {single / times[100]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""`lbspec check` through the CLI: formats, filters, exit codes, witness captures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from conftest import EXAMPLES
+
+API = str(EXAMPLES / "api.lbspec")
+WEB = str(EXAMPLES / "web.lbspec")
+
+
+def test_findings_exit_1_clean_exit_0(cli):
+    assert cli("check", API).code == 1
+    assert cli("check", WEB).code == 0
+
+
+def test_exit_zero(cli):
+    assert cli("check", "--exit-zero", API).code == 0
+
+
+def test_select_and_ignore(cli):
+    document = json.loads(cli("check", "--format", "json", "--select", "LB104", API).out)
+    assert {x["code"] for x in document["diagnostics"]} == {"LB104"}
+    document = json.loads(cli("check", "--format", "json", "--ignore", "LB1", API).out)
+    assert document["diagnostics"] == []
+    assert cli("check", "--ignore", "LB100,LB101,LB104,LB106", API).code == 0
+
+
+def test_severity_override(cli):
+    document = json.loads(cli("check", "--format", "json", "--severity", "LB105=error", WEB).out)
+    assert [x["severity"] for x in document["diagnostics"] if x["code"] == "LB105"] == ["error"]
+    assert cli("check", "--severity", "LB105=error", WEB).code == 1
+    assert cli("check", "--severity", "LB105=loud", WEB).code == 2
+
+
+@pytest.mark.parametrize("bad", [["--timeout", "0"], ["--timeout", "soon"], ["--format", "pdf"]])
+def test_bad_options_exit_2(cli, bad):
+    assert cli("check", *bad, WEB).code == 2
+
+
+def test_json_witness_schema(cli):
+    document = json.loads(cli("check", "--format", "json", API).out)
+    finding = next(x for x in document["diagnostics"] if x["code"] == "LB100")
+    witness = finding["witness"]
+    assert set(witness) == {"property", "service", "summary", "steps"}
+    packet_step = next(s for s in witness["steps"] if "packet" in s)
+    assert set(packet_step["packet"]) == {"proto", "src", "dst", "sport", "dport", "flags"}
+    assert packet_step["decision"]["action"] in ("forward", "drop", "reject")
+    assert finding["data"]["service"] == "api"
+
+
+def test_sarif_has_what_code_scanning_requires(cli):
+    run = cli("check", "--format", "sarif", API)
+    document = json.loads(run.out)
+    assert document["version"] == "2.1.0" and "sarif-2.1.0" in document["$schema"]
+    (sarif_run,) = document["runs"]
+    driver = sarif_run["tool"]["driver"]
+    assert driver["name"] == "lbspec"
+    rules = {r["id"]: r for r in driver["rules"]}
+    assert all(r["shortDescription"]["text"] and r["fullDescription"]["text"] for r in rules.values())
+    assert sarif_run["results"]
+    for result in sarif_run["results"]:
+        assert result["ruleId"] in rules and driver["rules"][result["ruleIndex"]]["id"] == result["ruleId"]
+        assert result["message"]["text"] and result["level"] in ("error", "warning", "note")
+        location = result["locations"][0]["physicalLocation"]
+        assert location["artifactLocation"]["uri"].endswith("api.lbspec")
+        assert location["region"]["startLine"] >= 1 and location["region"]["startColumn"] >= 1
+    assert {"LB100", "LB101", "LB104"} <= {r["ruleId"] for r in sarif_run["results"]}
+
+
+def test_junit(cli):
+    root = ET.fromstring(cli("check", "--format", "junit", API, WEB).out)
+    cases = root.findall(".//testcase")
+    failed = {c.get("name") for c in cases if c.find("failure") is not None}
+    assert {"no_drop", "flow_affinity", "structure"} <= failed
+    assert int(root.get("tests")) == len(cases) and int(root.get("failures")) == len(
+        [c for c in cases if c.find("failure") is not None])
+    web = [c for c in cases if c.get("classname", "").endswith("web.lbspec:web")]
+    assert web and all(c.find("failure") is None for c in web)
+
+
+def test_github_annotations(cli):
+    lines = cli("check", "--format", "github", API).out.splitlines()
+    assert any(l.startswith("::error file=") and "title=LB100" in l for l in lines)
+    assert any(l.startswith("::warning file=") and "title=LB104" in l for l in lines)
+    assert all("\n" not in l for l in lines)
+
+
+def test_explain_in_text(cli):
+    run = cli("check", "--explain", WEB)
+    assert run.code == 0 and "LB112" in run.out and "rests on this" in run.out
+
+
+def test_witness_captures(cli, tmp_path):
+    from scapy.all import rdpcap
+
+    run = cli("check", "--witness-dir", str(tmp_path), API)
+    assert run.code == 1
+    captures = sorted(tmp_path.glob("*.pcap"))
+    assert {p.name.split("-")[2] for p in captures} >= {"LB100", "LB101", "LB104"}
+    split = next(p for p in captures if "LB104" in p.name)
+    frames = rdpcap(str(split))
+    assert len(frames) == 4  # two client packets, each forwarded
+    assert frames[1]["IP"].dst != frames[3]["IP"].dst  # to two different backends
+    if shutil.which("tshark"):
+        done = subprocess.run(["tshark", "-r", str(split)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and len(done.stdout.splitlines()) == 4
+
+
+def test_tunnel_witness_is_encapsulated(cli, tmp_path):
+    from scapy.all import UDP, rdpcap
+
+    spec = tmp_path / "t.lbspec"
+    spec.write_text((EXAMPLES / "findings" / "LB104-per-packet.lbspec").read_text().replace(
+        "balance round_robin", "balance round_robin\n    mode tunnel gue"))
+    assert cli("check", "--witness-dir", str(tmp_path / "w"), str(spec)).code == 1
+    frames = rdpcap(str(next((tmp_path / "w").glob("*LB104*.pcap"))))
+    assert frames[1][UDP].dport == 6080

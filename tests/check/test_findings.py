@@ -1,0 +1,158 @@
+"""Each finding code: a spec that triggers it (with a replayed witness) and a close variant that does not."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import lbspec
+from lbspec.check import CheckOptions, check_spec
+from lbspec.diagnostics import Severity
+
+from conftest import CLEAN, EXAMPLES, service
+
+FINDINGS = EXAMPLES / "findings"
+TRIGGERS = sorted(p for p in FINDINGS.glob("LB*.lbspec") if not p.name.endswith(".ok.lbspec"))
+WITNESSED = {"LB100", "LB101", "LB102", "LB104"}
+
+
+def findings(spec: lbspec.Spec, **options) -> list:
+    found = check_spec(spec, CheckOptions(jobs=1, **options))
+    assert not [x for x in found if x.code == "LB099"], "a witness did not replay"
+    return found
+
+
+def serious(found) -> set[str]:
+    return {x.code for x in found if x.severity is not Severity.INFO}
+
+
+def check_text(text: str, **options) -> list:
+    return findings(lbspec.loads(textwrap.dedent(text)), **options)
+
+
+def test_every_finding_code_has_an_example_pair():
+    codes = {p.name[:5] for p in TRIGGERS}
+    assert codes >= {f"LB{n}" for n in range(100, 111)}
+    for trigger in TRIGGERS:
+        assert trigger.with_name(trigger.name.replace(".lbspec", ".ok.lbspec")).exists()
+
+
+@pytest.mark.parametrize("trigger", TRIGGERS, ids=lambda p: p.stem)
+def test_example_triggers_its_code_and_its_variant_does_not(trigger: Path):
+    code = trigger.name[:5]
+    found = findings(lbspec.load(trigger))
+    hits = [x for x in found if x.code == code and x.severity is not Severity.INFO]
+    assert hits, sorted((x.code, x.message) for x in found)
+    if code in WITNESSED:
+        assert all(x.witness is not None and x.witness.steps for x in hits)
+    near = findings(lbspec.load(trigger.with_name(trigger.name.replace(".lbspec", ".ok.lbspec"))))
+    assert code not in serious(near), sorted((x.code, x.message) for x in near)
+
+
+def test_the_api_example_yields_the_seeded_gaps():
+    found = findings(lbspec.load(EXAMPLES / "api.lbspec"))
+    codes = serious(found)
+    assert {"LB100", "LB101", "LB104"} <= codes
+    broken = {x.data["property"] for x in found if x.code == "LB100"}
+    assert "no_drop" in broken and "flow_affinity" in broken
+    (no_drop,) = [x for x in found if x.code == "LB100" and x.data["property"] == "no_drop"]
+    steps = no_drop.witness.steps
+    assert steps[-1].packet is not None and steps[-1].choice.__class__.__name__ == "Drop"
+
+
+@pytest.mark.parametrize("name", ["web", "dns", "tunnel"])
+def test_complete_examples_have_no_findings(name):
+    assert serious(findings(lbspec.load(EXAMPLES / f"{name}.lbspec"))) == set()
+
+
+# --- each pattern breaks, each with its own witness --------------------------
+
+def broken(found) -> dict[str, object]:
+    return {x.data["property"]: x for x in found if x.code == "LB100"}
+
+
+def test_response_excused_when_no_backend_is_healthy():
+    # one backend, health checked: a drop happens only when it is dead, which no_drop excuses
+    assert "no_drop" not in broken(check_text(CLEAN))
+
+
+def test_absence_down_without_health_check():
+    hit = broken(check_text(service("")))["healthy_only"]
+    fail, packet = hit.witness.steps
+    assert fail.fail == ("b1",) and packet.choice.backend == "b1"
+
+
+def test_absence_down_with_a_strict_user_property():
+    text = 'property strict "never a dead backend, even undetected" { never forward to down backend }\n' + \
+        service("health tcp\nrequire strict")
+    assert "strict" in broken(check_text(text))
+    relaxed = text.replace("never forward to down backend", "never forward to down backend after detection")
+    assert "strict" not in broken(check_text(relaxed))
+
+
+def test_stickiness_breaks_with_client_hashing_but_not_with_tracking():
+    two = CLEAN.replace("backend b1 10.0.0.1", "backend b1 10.0.0.1\n        backend b2 10.0.0.2")
+    assert "flow_affinity" in broken(check_text(two.replace("health tcp", "health tcp\n    affinity none")))
+    assert "flow_affinity" not in broken(check_text(two))
+
+
+def test_distribution_breaks_with_client_affinity():
+    two = CLEAN.replace("backend b1 10.0.0.1", "backend b1 10.0.0.1\n        backend b2 10.0.0.2")
+    hit = broken(check_text(two.replace("health tcp", "health tcp\n    affinity client timeout 1h")))["balance"]
+    first, second = [s.packet for s in hit.witness.steps if s.packet is not None]
+    assert first.src == second.src and (first.sport, first.dport) != (second.sport, second.dport) or \
+        first.dst != second.dst
+    assert "balance" not in broken(check_text(two))
+
+
+def test_integrity_of_a_rewritten_port():
+    text = 'property keep_port "the port is not translated" { preserve dport }\n' + CLEAN.replace(
+        "listen tcp 80", "listen tcp 80, 81").replace(
+        "forward tcp 80 to p", "forward tcp 80 to p port 8080\n    forward tcp 81 to p").replace(
+        "health tcp", "health tcp\n    require keep_port")
+    hit = broken(check_text(text))["keep_port"]
+    assert hit.witness.steps[-1].choice.packet.dport == 8080
+    assert "keep_port" not in broken(check_text(text.replace(" port 8080", "")))
+    # when every packet is rewritten, the property can never hold: a contradiction
+    always = text.replace("forward tcp 81 to p", "forward tcp 81 to p port 8081")
+    assert "LB107" in {x.code for x in check_text(always)}
+
+
+def test_library_integrity_holds_in_every_mode():
+    for mode in ("nat", "snat", "dsr", "proxy", "tunnel gue"):
+        assert "integrity" not in broken(check_text(CLEAN.replace("health tcp", f"health tcp\n    mode {mode}")))
+
+
+# --- --explain, unknown ------------------------------------------------------
+
+def test_explain_names_the_lines_a_property_rests_on():
+    found = findings(lbspec.load(EXAMPLES / "findings" / "LB107-contradiction.ok.lbspec"), explain=True)
+    holds = {x.data["property"]: x for x in found if x.code == "LB112"}
+    assertion = next(v for k, v in holds.items() if k.startswith("assert"))
+    lines = {n.span.line for n in assertion.notes}
+    assert {8, 12} <= lines  # pool ops, forward tcp 9000 to ops
+
+
+def test_explain_lists_clauses_of_a_failure():
+    found = findings(lbspec.load(EXAMPLES / "api.lbspec"), explain=True)
+    no_drop = next(x for x in found if x.code == "LB100" and x.data["property"] == "no_drop")
+    assert any("would have to change" in n.message for n in no_drop.notes)
+
+
+def test_solver_giving_up_is_unknown_never_ok():
+    found = findings(lbspec.load(EXAMPLES / "web.lbspec"), rlimit=1)
+    unknown = [x for x in found if x.code == "LB111"]
+    assert unknown and "seconds" in unknown[0].data
+    assert not [x for x in found if x.code == "LB112"]
+
+
+def test_parallel_and_serial_runs_agree():
+    spec = lbspec.load(EXAMPLES / "tunnel.lbspec")
+    doubled = lbspec.loads("\n".join(spec.sources["examples/tunnel.lbspec" if "examples/tunnel.lbspec" in spec.sources
+                                                  else next(iter(spec.sources))].replace("service edge", f"service edge{i}")
+                                     .replace("service metrics", f"service metrics{i}") for i in range(3)))
+    serial = check_spec(doubled, CheckOptions(jobs=1))
+    parallel = check_spec(doubled, CheckOptions(jobs=2))
+    assert [(x.code, x.message) for x in serial] == [(x.code, x.message) for x in parallel]
