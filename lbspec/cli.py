@@ -243,7 +243,7 @@ def _run_check(args: argparse.Namespace, io: _Streams) -> int:
         loaded = load_path(name)
         found = list(loaded.diagnostics)
         if loaded.ok and not args.front_end_only:
-            with _progress(io, name, len(loaded.spec.services)) as advance:
+            with _Progress(io, name, len(loaded.spec.services)) as advance:
                 found += check_spec(loaded.spec, options, advance)
         results.append((name, loaded, _filtered(found, args)))
     failed = any(not loaded.ok for _, loaded, _ in results)
@@ -254,7 +254,7 @@ def _run_check(args: argparse.Namespace, io: _Streams) -> int:
     return _exit_code(everything, failed, args.exit_zero)
 
 
-class _progress:
+class _Progress:
     """A progress bar on stderr for long checks (terminals only)."""
 
     def __init__(self, io: _Streams, name: str, total: int):

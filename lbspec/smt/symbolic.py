@@ -23,7 +23,7 @@ PROTO_NAMES = {v: k for k, v in PROTO_CODES.items()}
 FLAG_BITS = {name: 1 << i for i, name in enumerate(FLAGS)}
 
 
-def _connect(maker, empty: bool, terms) -> z3.BoolRef:
+def _connect(maker, terms) -> z3.BoolRef:
     """And/Or straight through the C API.
 
     ``z3.And`` re-checks and coerces every argument, which costs more than
@@ -40,11 +40,11 @@ def _connect(maker, empty: bool, terms) -> z3.BoolRef:
 
 
 def all_of(*terms: z3.BoolRef) -> z3.BoolRef:
-    return _connect(z3.Z3_mk_and, True, terms)
+    return _connect(z3.Z3_mk_and, terms)
 
 
 def any_of(*terms: z3.BoolRef) -> z3.BoolRef:
-    return _connect(z3.Z3_mk_or, False, terms)
+    return _connect(z3.Z3_mk_or, terms)
 
 
 class SymPacket:
