@@ -73,10 +73,10 @@ class Traffic:
         order = np.argsort(keys, kind="stable")
         rows, keys = rows[order], keys[order]
         starts = np.nonzero(np.r_[True, keys[1:] != keys[:-1]])[0]
-        payload = engine.window["plen"][pairs.ii[rows]]
+        payload = pairs.table["plen"][pairs.ii[rows]]
         byte_sums = np.add.reduceat(payload.astype(np.float64), starts)
         counts = np.diff(np.r_[starts, len(rows)])
-        ts = engine.window["ts"][pairs.ee[rows]]
+        ts = pairs.table["ts"][pairs.ee[rows]]
         np.add.at(self.backend_bytes, pairs.gid[rows], payload)
         fresh = [i for i, k in enumerate(keys[starts].tolist()) if self.flows.get(k) is None]
         if fresh:

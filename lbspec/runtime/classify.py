@@ -50,30 +50,37 @@ def mix(columns: list[np.ndarray]) -> np.ndarray:
 
 
 class MacTable:
-    """Which backend each MAC address belongs to, learned from ARP and from backends' own packets."""
+    """Whose each MAC address is, learned from ARP and from hosts' own packets (for dsr).
+
+    A MAC maps to a backend (its gid), to -2 (a host that is no backend), or is
+    unknown (-1): then the backend of a dsr packet sent to it cannot be told.
+    """
+
+    UNKNOWN, STRANGER, UNKNOWN_DSR = -1, -2, -3
 
     def __init__(self):
         self.table: dict[int, int] = {}
 
     def learn(self, p: Packets, compiled: Compiled) -> None:
-        """Only direct server return needs it: the backend is told by its MAC address."""
         if not any(s.mode == "dsr" for s in compiled.services):
             return
         rows = np.nonzero(((p["status"] == ARP) | (p["status"] == OK)) & (p["mac_s"] != 0) & (p["tun"] == 0))[0]
         if not len(rows):
             return
         gid = compiled.backend_of(akey(p["sa_hi"][rows], p["sa_lo"][rows]))
-        found = rows[gid >= 0]
-        macs, first = np.unique(p["mac_s"][found], return_index=True)
-        for mac, backend in zip(macs.tolist(), gid[gid >= 0][first].tolist()):
-            self.table[mac] = backend
+        gid[(gid < 0) & (compiled.vip_of(akey(p["sa_hi"][rows], p["sa_lo"][rows])) >= 0)] = self.UNKNOWN
+        gid[gid == -1] = self.STRANGER
+        macs, first = np.unique(p["mac_s"][rows], return_index=True)
+        for mac, backend in zip(macs.tolist(), gid[first].tolist()):
+            if backend != self.UNKNOWN and self.table.get(mac, self.STRANGER) == self.STRANGER:
+                self.table[mac] = backend
 
     def lookup(self, macs: np.ndarray) -> np.ndarray:
-        out = np.full(len(macs), -1, np.int32)
+        out = np.full(len(macs), self.UNKNOWN, np.int32)
         if not self.table or not len(macs):
             return out
         unique, inverse = np.unique(macs, return_inverse=True)
-        values = np.array([self.table.get(m, -1) for m in unique.tolist()], np.int32)
+        values = np.array([self.table.get(m, self.UNKNOWN) for m in unique.tolist()], np.int32)
         return values[inverse]
 
 
@@ -103,11 +110,12 @@ def classify(p: Packets, compiled: Compiled, macs: MacTable) -> None:
     egress = role == EGRESS
     gid[egress] = _egress_backend(p, compiled, macs, egress, dkey, be_d, vip_d)
     gid[role == BREPLY] = be_s[role == BREPLY]
+    p["unknown"] = gid == MacTable.UNKNOWN_DSR
+    gid[gid < 0] = -1
     p["role"], p["svc"], p["gid"] = role, svc, gid
     p["ckey"] = client_key(p, role)
     for mode in compiled.modes:
-        if mode != "proxy":
-            p["k_" + mode] = pair_key(p, mode)
+        p["k_" + mode] = pair_key(p, "snat" if mode == "proxy" else mode)  # proxy: its UDP, like snat
 
 
 def _combined(p, role, combined, to_vip, dsr, vip_s, be_s, tunnel, dirn) -> None:
@@ -156,9 +164,10 @@ def _egress_backend(p, compiled, macs, egress, dkey, be_d, vip_d) -> np.ndarray:
     if tunnel.any():
         outer = rows[tunnel]
         out[tunnel] = compiled.backend_of(akey(p["od_hi"][outer], p["od_lo"][outer]))
-    dsr = ~tunnel & (vip_d[rows] >= 0)
-    if dsr.any():
-        out[dsr] = macs.lookup(p["mac_d"][rows[dsr]])
+    dsr = ~tunnel & (out < 0) & ((p["mac_d"][rows] != 0) | (vip_d[rows] >= 0))
+    if dsr.any() and any(s.mode == "dsr" for s in compiled.services):
+        found = macs.lookup(p["mac_d"][rows[dsr]])  # no MAC (Linux cooked captures): not known
+        out[dsr] = np.where(found == MacTable.UNKNOWN, MacTable.UNKNOWN_DSR, found)
     return out
 
 
@@ -203,6 +212,7 @@ def pair_key(p, mode: str, rows=None) -> np.ndarray:
 def weak_keys(p, mode: str, rows) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Keys for packets the LB changed: (what is assumed intact, key, rows it is usable for)."""
     get = lambda k: p[k][rows]  # noqa: E731
+    mode = "snat" if mode == "proxy" else mode
     proto = _proto_class(get("proto"))
     tcp = get("proto") == TCP
     header = [proto, get("flags"), get("seq"), get("ack")]
@@ -214,7 +224,10 @@ def weak_keys(p, mode: str, rows) -> list[tuple[str, np.ndarray, np.ndarray]]:
     cut = get("pcap") < get("plen")
     payload_usable = (get("plen") > 0) & ~cut
     payload = [proto, get("seq"), get("plen"), get("digest")]
-    return [("headers", mix(header), headers_usable), ("payload", mix(payload), payload_usable)]
+    ports = [] if mode == "snat" else [get("sport")]
+    transport = [proto, get("seq"), get("ack"), get("flags"), *ports]
+    return [("headers", mix(header), headers_usable), ("payload", mix(payload), payload_usable),
+            ("transport", mix(transport), tcp)]
 
 
 def syn_only(flags: np.ndarray) -> np.ndarray:

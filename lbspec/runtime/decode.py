@@ -25,7 +25,7 @@ import numpy as np
 
 from lbspec.runtime.capture import (
     LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_LOOP,
-    LINKTYPE_NULL, LINKTYPE_RAW, LINKTYPE_RAW_OPENBSD, PAD, Frames,
+    LINKTYPE_NULL, LINKTYPE_RAW, LINKTYPE_RAW_OPENBSD, Frames,
 )
 
 __all__ = [
@@ -127,27 +127,33 @@ class Packets:
 
 
 class _Views:
-    """Byte, 16-, 32- and 64-bit big-endian reads at any offsets of one buffer, clipped in bounds."""
+    """Byte, 16-, 32- and 64-bit big-endian reads at any offsets of one buffer.
 
-    def __init__(self, buf: bytes):
+    Offsets past the end are clipped to the last full field: the value read is
+    then wrong, but every field is checked against the frame's length anyway.
+    """
+
+    def __init__(self, buf):
         n = len(buf)
+        if n < 8:
+            buf = bytes(buf) + bytes(8 - n)
+            n = 8
         self.u8 = np.frombuffer(buf, np.uint8)
         self.b16 = np.ndarray((n - 1,), ">u2", buf, 0, (1,))
         self.b32 = np.ndarray((n - 3,), ">u4", buf, 0, (1,))
         self.b64 = np.ndarray((n - 7,), ">u8", buf, 0, (1,))
-        self.last = n - 8
 
     def byte(self, pos: np.ndarray) -> np.ndarray:
-        return self.u8[np.minimum(pos, self.last)]
+        return self.u8[np.minimum(pos, len(self.u8) - 1)]
 
     def be16(self, pos: np.ndarray) -> np.ndarray:
-        return self.b16[np.minimum(pos, self.last)].astype(np.int64)
+        return self.b16[np.minimum(pos, len(self.b16) - 1)].astype(np.int64)
 
     def be32(self, pos: np.ndarray) -> np.ndarray:
-        return self.b32[np.minimum(pos, self.last)].astype(np.uint64)
+        return self.b32[np.minimum(pos, len(self.b32) - 1)].astype(np.uint64)
 
     def be64(self, pos: np.ndarray) -> np.ndarray:
-        return self.b64[np.minimum(pos, self.last)].astype(np.uint64)
+        return self.b64[np.minimum(pos, len(self.b64) - 1)].astype(np.uint64)
 
     def mac(self, pos: np.ndarray) -> np.ndarray:
         return (self.be32(pos) << np.uint64(16)) | self.be16(pos + 4).astype(np.uint64)
@@ -473,5 +479,3 @@ def ipv4_of(lo: int) -> str:
     x = lo & 0xFFFFFFFF
     return f"{x >> 24}.{(x >> 16) & 255}.{(x >> 8) & 255}.{x & 255}"
 
-
-assert PAD >= 8

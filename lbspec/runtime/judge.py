@@ -30,6 +30,7 @@ class Pairs:
     """Pairs of one service: window rows ``ii`` (ingress) and ``ee`` (egress), and what they imply."""
 
     plan: ServicePlan
+    table: Packets  # the rows ii and ee index
     ii: np.ndarray
     ee: np.ndarray
     view: dict[str, np.ndarray]
@@ -42,18 +43,18 @@ class Pairs:
     @classmethod
     def gather(cls, win: Packets, plan: ServicePlan, ii: np.ndarray, ee: np.ndarray, stage: int) -> Pairs:
         view = {k: win[k][ii] for k in VIEW_COLUMNS}
-        return cls(plan, ii, ee, view, win["gid"][ee], plan.rule_index(view), plan.listened(view),
+        return cls(plan, win, ii, ee, view, win["gid"][ee], plan.rule_index(view), plan.listened(view),
                    win["ts"][ee] - win["ts"][ii], stage)
 
     def __len__(self) -> int:
         return len(self.ii)
 
 
-def run_checks(engine, pairs: Pairs) -> None:
-    """Every check of the service on these pairs."""
+def run_checks(engine, pairs: Pairs, kinds: tuple[str, ...] | None = None) -> None:
+    """Every check of the service (or those of ``kinds``) on these pairs."""
     for check in pairs.plan.checks:
         handler = _HANDLERS.get(check.kind)
-        if handler is not None:
+        if handler is not None and (kinds is None or check.kind in kinds):
             handler(engine, check, pairs)
 
 
@@ -63,11 +64,11 @@ def _scoped(check: CheckPlan, pairs: Pairs) -> np.ndarray:
 
 def _report(engine, kind: d.Kind, check: CheckPlan, pairs: Pairs, rows: np.ndarray, what, facts) -> None:
     """One verdict per flow: the first offending pair makes it, later ones count."""
-    win = engine.window
+    win = pairs.table
     for j in rows.tolist():
         i, e = int(pairs.ii[j]), int(pairs.ee[j])
         engine.verdict(kind, check, int(win["ckey"][i]), float(win["ts"][e]), [i, e],
-                       lambda j=j, i=i: (what(j), {"flow": flow_text(win, i), **facts(j)}))
+                       lambda j=j, i=i: (what(j), {"flow": flow_text(win, i), **facts(j)}), table=win)
 
 
 def _backend(engine, gid: int) -> str | None:
@@ -92,9 +93,10 @@ def _response(engine, check: CheckPlan, pairs: Pairs) -> None:
 def _undeclared(engine, check: CheckPlan, pairs: Pairs) -> None:
     allowed = engine.allowed_backends(pairs)
     expected = engine.expected_ports(pairs)
-    win = engine.window
+    win = pairs.table
     port_bad = (expected >= 0) & (win["dport"][pairs.ee] != expected)
-    bad = np.nonzero(_scoped(check, pairs) & (~allowed | port_bad))[0]
+    unknown = win["unknown"][pairs.ee]  # dsr to a MAC nobody announced: which backend is not known
+    bad = np.nonzero(_scoped(check, pairs) & (~allowed | port_bad) & ~unknown)[0]
     if len(bad):
         _report(engine, d.UNDECLARED_DESTINATION, check, pairs, bad,
                 lambda j: _undeclared_text(engine, pairs, j, bool(allowed[j]), int(expected[j])),
@@ -113,7 +115,7 @@ def _undeclared_reason(engine, pairs: Pairs, j: int, allowed: bool) -> str:
 
 
 def _undeclared_text(engine, pairs: Pairs, j: int, allowed: bool, expected: int) -> str:
-    win = engine.window
+    win = pairs.table
     where = flow_text(win, int(pairs.ee[j])).split(" -> ")[-1]
     reason = _undeclared_reason(engine, pairs, j, allowed)
     name = _backend(engine, int(pairs.gid[j]))
@@ -135,8 +137,8 @@ def _forbidden(engine, check: CheckPlan, pairs: Pairs) -> None:
 
 
 def _down(engine, check: CheckPlan, pairs: Pairs) -> None:
-    ts = engine.window["ts"][pairs.ee]
-    since = engine.health.down_since(pairs.gid, ts)
+    ts = pairs.table["ts"][pairs.ee]
+    since = engine.timeline.down_since(pairs.gid, ts)
     grace = engine.compiled.detection(pairs.plan.index)[1] if check.pattern.after_detection else 0.0
     elapsed = ts - since
     bad = np.nonzero(_scoped(check, pairs) & (pairs.gid >= 0) & ~np.isnan(since) & (elapsed >= grace))[0]
@@ -183,7 +185,7 @@ def _differences(win: Packets, ii: np.ndarray, ee: np.ndarray, field: str) -> np
 
 
 def _integrity(engine, check: CheckPlan, pairs: Pairs) -> None:
-    win = engine.window
+    win = pairs.table
     fields = fields_of(check, pairs.plan.mode)
     changed = {f: _differences(win, pairs.ii, pairs.ee, f) for f in fields}
     any_change = np.logical_or.reduce(list(changed.values())) if changed else np.zeros(len(pairs), bool)
@@ -212,7 +214,7 @@ def _stick(engine, check: CheckPlan, pairs: Pairs) -> None:
         return
     by_client = check.pattern.key == "client"
     keys = (pairs.view["sa_lo"] ^ pairs.view["sa_hi"])[rows] if by_client else flow_key(pairs.view)[rows]
-    ts = engine.window["ts"][pairs.ee[rows]]
+    ts = pairs.table["ts"][pairs.ee[rows]]
     order = np.lexsort((ts, keys))
     rows, keys, ts = rows[order], keys[order], ts[order]
     gids = pairs.gid[rows]
@@ -236,7 +238,7 @@ def _moved(engine, check: CheckPlan, pairs: Pairs, j: int, entry: list, time: fl
     old, last = entry
     if time - last > engine.affinity_timeout(pairs.plan):
         return
-    if check.pattern.while_healthy and engine.health.down_between(old, last - engine.options.tolerance, time):
+    if check.pattern.while_healthy and engine.timeline.down_between(old, last - engine.options.tolerance, time):
         return
     _report(engine, d.AFFINITY_BREAK, check, pairs, np.array([j]),
             lambda j: f"moved from {_backend(engine, old)} to {_backend(engine, int(pairs.gid[j]))} "

@@ -50,6 +50,7 @@ from lbspec.runtime.evidence import Sources, flow_text, witness_of
 from lbspec.runtime.health import HealthTimeline, apply, parse_time
 from lbspec.runtime.inference import HealthInference
 from lbspec.runtime.pairing import match
+from lbspec.runtime.proxy import ProxyTracker
 from lbspec.runtime.state import FlowTable
 from lbspec.runtime.stats import LatencyHistogram
 from lbspec.runtime.verdicts import Verdict, VerdictBook, Witness
@@ -130,12 +131,12 @@ class Monitor:
         self.compiled: Compiled = compile_spec(spec, services)
         self.options = options or MonitorOptions()
         self.sources = Sources()
-        self.health = HealthTimeline(self.compiled)
+        self.timeline = HealthTimeline(self.compiled)
         answer = self.options.answer_timeout
         if answer is None:
             answer = max([1.0] + [s.service.health.timeout for s in self.compiled.services
                                   if s.service.health.kind != "none"])
-        self.inference = HealthInference(self.compiled, self.health, answer)
+        self.inference = HealthInference(self.compiled, self.timeline, answer)
         self.macs = MacTable()
         self.book = VerdictBook(self.options.max_verdicts)
         self.latency = LatencyHistogram()
@@ -145,9 +146,11 @@ class Monitor:
         self.horizon = self.pair_window + self.options.tolerance
         self.drop_horizon = max(self.horizon, answer + self.options.tolerance) + 0.01
         cap, idle = self.options.max_flows, max([300.0] + [s.service.affinity.timeout for s in self.compiled.services])
-        self.clients = FlowTable(cap, idle)
+        self.clients = FlowTable(cap, idle)  # client end (proto, address, port) -> [svc, last, vip, vport]
+        self.client_addresses = FlowTable(cap, idle)  # addresses that sent to a VIP -> [0, last]
         self.traffic = Traffic(self.compiled, cap, idle)
         self.sticks: dict[int, FlowTable] = {}
+        self.proxy = ProxyTracker(self)
         self.window: Packets | None = None
         self.watermark = -math.inf
         self.first_time = math.inf
@@ -209,7 +212,7 @@ class Monitor:
         self.health_events([_event(refs[0].gid, parse_time(time, "health"), up)])
 
     def health_events(self, events: Iterable) -> None:
-        apply(self.health, events)
+        apply(self.timeline, events)
 
     def advance(self, now: float) -> None:
         """Let time pass with no packets (live capture): packets older than the horizon become final."""
@@ -260,9 +263,21 @@ class Monitor:
     # -------------------------------------------------------------- rounds --
 
     def _round(self, new: Packets) -> None:
-        if len(new):
+        """Take packets in slices of time, so evidence and verdicts follow the order things happened."""
+        if not len(new):
+            self._settle()
+            return
+        ts = new["ts"]
+        span = max(self.horizon, 0.5)
+        if float(ts[-1] - ts[0]) <= span:
             self._admit(new)
-        self._settle()
+            self._settle()
+            return
+        edges = np.searchsorted(ts, np.arange(ts[0] + span, ts[-1], span), side="right")
+        for part in np.split(np.arange(len(new)), edges):
+            if len(part):
+                self._admit(new.take(part))
+                self._settle()
 
     def _admit(self, new: Packets) -> None:
         n = len(new)
@@ -272,11 +287,15 @@ class Monitor:
         self.macs.learn(new, self.compiled)
         classify(new, self.compiled, self.macs)
         new["done"] = (new["role"] != INGRESS) & (new["role"] != EGRESS)  # only these wait for a partner
+        streams = self.proxy.wanted(new)
+        new["done"] |= streams  # proxied TCP is judged as byte streams
         self._count(new)
         self.watermark = max(self.watermark, float(np.max(new["ts"])))
         self.first_time = min(self.first_time, float(np.min(new["ts"])))
         self.inference.observe(new)
         self._remember_clients(new)
+        if streams.any():
+            self.proxy.observe(new, np.nonzero(streams)[0])
         self.window = new if self.window is None else Packets.concat([self.window, new])
         self._index = None
         self._replies(np.arange(len(self.window) - n, len(self.window)))
@@ -286,6 +305,7 @@ class Monitor:
             return
         self._pair()
         self._finalize(self.watermark - self.horizon)
+        self.proxy.finalize(self.watermark - self.horizon)
         self._judge_drops(self.watermark - self.drop_horizon)
         self.inference.expire(self.watermark)
         self._trim()
@@ -313,8 +333,6 @@ class Monitor:
     def _pair(self) -> None:
         win = self.window
         for number, mode in enumerate(self.compiled.modes):
-            if mode == "proxy":
-                continue
             waiting = ~win["done"]
             ingress = np.nonzero(waiting & (win["role"] == INGRESS) & (self._mode_of[win["svc"]] == number))[0]
             egress = np.nonzero(waiting & (win["role"] == EGRESS))[0]
@@ -363,8 +381,6 @@ class Monitor:
         """Pair what the LB changed on the way: on the headers alone, or on the payload alone."""
         win = self.window
         for number, mode in enumerate(self.compiled.modes):
-            if mode == "proxy":
-                continue
             waiting = ~win["done"]
             ingress = np.nonzero(waiting & (win["role"] == INGRESS) & (self._mode_of[win["svc"]] == number))[0]
             egress = np.nonzero(waiting & (win["role"] == EGRESS))[0]
@@ -387,8 +403,6 @@ class Monitor:
         for service in np.unique(win["svc"][rows]).tolist():
             plan = self.compiled.services[service]
             mine = rows[win["svc"][rows] == service]
-            if plan.mode == "proxy":
-                continue
             view = {k: win[k][mine] for k in judge.VIEW_COLUMNS}
             listened = plan.listened(view)
             self.counts.listened += int(listened.sum())
@@ -443,8 +457,6 @@ class Monitor:
         out = np.zeros(len(rows), bool)
         paired = (win["role"] == INGRESS) & (win["mate"] >= 0)
         for number, mode in enumerate(self.compiled.modes):
-            if mode == "proxy":
-                continue
             known = win["k_" + mode][paired & (self._mode_of[win["svc"]] == number)]
             out |= np.isin(win["k_" + mode][rows], known)
         return out
@@ -457,6 +469,8 @@ class Monitor:
         proto = int(win["proto"][row])
         if kind == "none":
             return False
+        if self.client_addresses.get(akey(int(win["sa_hi"][row]), int(win["sa_lo"][row]))) is not None:
+            return False  # the LB's own checks do not come from its clients
         if kind in ("tcp", "http") and proto == TCP:
             key = int(_five_tuple(win, row))
             if syn_only(win["flags"][row:row + 1])[0]:
@@ -539,14 +553,25 @@ class Monitor:
             backend = self.compiled.backends[gid].backend
             if backend.weight <= 0:
                 continue
-            if self.health.down_at(gid, drop.time) is None and not self.health.recovered_within(gid, drop.time, rise):
+            if self.timeline.down_at(gid, drop.time) is None and not self.timeline.recovered_within(gid, drop.time, rise):
                 return False
         return True
+
+    def proxy_drop(self, client, time: float, checks: list[CheckPlan], witness: Witness | None) -> None:
+        """Client bytes a proxy never passed on: judged like a dropped packet."""
+        flow = flow_text(client.first, 0)
+        self.drops.append(_Drop(time, client.service, client.rule, client.key, checks, flow, witness, flow))
+
+    def known_clients(self, p: Packets) -> np.ndarray:
+        """Whether each row's source address has sent to a VIP."""
+        keys, inverse = np.unique(akey(p["sa_hi"], p["sa_lo"]), return_inverse=True)
+        known = np.array([self.client_addresses.get(k) is not None for k in keys.tolist()], bool)
+        return known[inverse]
 
     def _drop_verdict(self, drop: _Drop, check: CheckPlan) -> None:
         within = check.pattern.within
         healthy = [self.compiled.backends[g].name for g in sorted(self.compiled.candidates(drop.service, drop.rule))
-                   if self.health.down_at(g, drop.time) is None]
+                   if self.timeline.down_at(g, drop.time) is None]
         self.verdict(d.DROP, check, drop.key, drop.time, [],
                      lambda: (f"{drop.flow} was not forwarded within {within * 1e3:g}ms "
                               f"(healthy: {', '.join(healthy) or 'none known'})",
@@ -563,6 +588,9 @@ class Monitor:
         order = np.argsort(keys, kind="stable")
         rows, keys = rows[order], keys[order]
         last = np.r_[keys[1:] != keys[:-1], True]
+        addresses, first = np.unique(akey(new["sa_hi"][rows], new["sa_lo"][rows]), return_index=True)
+        for address, time in zip(addresses.tolist(), new["ts"][rows][first].tolist()):
+            self.client_addresses.put(address, [0, time])
         for key, row in zip(keys[last].tolist(), rows[last].tolist()):
             entry = self.clients.get(key)
             if entry is None:
@@ -629,7 +657,7 @@ class Monitor:
     # ---------------------------------------------------------- helpers for judge --
 
     def verdict(self, kind: d.Kind, check: CheckPlan | None, key: int, time: float, rows: list[int], build,
-                witness: Witness | None = None) -> None:
+                witness: Witness | None = None, table: Packets | None = None) -> None:
         """Record one violation for (check, kind, flow key); ``build()`` -> (message, facts) only if new."""
         name = check.name if check is not None else "capture"
         full_key = (check.index if check is not None else -1, kind.code, key)
@@ -642,7 +670,8 @@ class Monitor:
         if check is not None:
             facts = {"property": name, "service": self.compiled.services[check.service].service.name, **facts}
         if witness is None and rows and self.options.witnesses:
-            witness = self._witness(rows)
+            witness = witness_of(table if table is not None else self.window, rows, self.sources,
+                                 self.options.neighbours)
         span = check.check.span if check is not None else None
         source = check.check.source if check is not None else None
         self.book.add(full_key, name, Verdict(kind, span, what, facts, witness, time, source))
@@ -694,7 +723,7 @@ class Monitor:
     def expected_ports(self, pairs: judge.Pairs) -> np.ndarray:
         """The port each pair's backend should be reached on (-1 where the mode keeps the port)."""
         n = len(pairs)
-        if pairs.plan.mode not in ("nat", "snat"):
+        if pairs.plan.mode not in ("nat", "snat", "proxy"):
             return np.full(n, -1, np.int64)
         rule_port = np.array([r.target_port or 0 for r, _p in pairs.plan.rules] + [0], np.int64)[pairs.rule]
         backend_port = np.array([b.backend.port or 0 for b in self.compiled.backends] + [0], np.int64)[pairs.gid]
@@ -706,16 +735,16 @@ class Monitor:
         """Per time: a bitmask of the service's backends with no down evidence then."""
         refs = self.compiled.services[service].backends
         masks = np.full(len(ts), (1 << len(refs)) - 1 if len(refs) < 63 else -1, np.int64)
-        if self.health.version == 0 or len(refs) >= 63:
+        if self.timeline.version == 0 or len(refs) >= 63:
             return masks
         for bit, ref in enumerate(refs):
-            down = ~np.isnan(self.health.down_since(np.full(len(ts), ref.gid), ts))
+            down = ~np.isnan(self.timeline.down_since(np.full(len(ts), ref.gid), ts))
             masks[down] &= ~(1 << bit)
         return masks
 
     def down_evidence(self, gid: int, time: float) -> str:
-        backend = self.health.backends[gid]
-        since = self.health.down_at(gid, time)
+        backend = self.timeline.backends[gid]
+        since = self.timeline.down_at(gid, time)
         for t, up, source in zip(backend.times, backend.ups, backend.sources):
             if not up and t == since:
                 return f"{source} at {t:.6f}"
@@ -729,13 +758,14 @@ class Monitor:
         if not keep.all():
             self.window = win.take(np.nonzero(keep)[0]).compact()
             self._index = None
-        for table in (self.clients, self.traffic.flows, *self.sticks.values()):
+        for table in (self.clients, self.client_addresses, self.traffic.flows, *self.sticks.values()):
             table.maintain(self.watermark)
 
     def _finish(self) -> None:
         if self.window is not None:
             self._pair()
             self._finalize(math.inf)
+            self.proxy.finish()
             self.inference.expire(self.watermark)
             self._judge_drops(math.inf)
         self.traffic.finish()

@@ -88,4 +88,4 @@ def _backends(monitor) -> list[dict[str, Any]]:
 
 def _health(monitor) -> list[dict[str, Any]]:
     return [{"time": e.time, "backend": monitor.compiled.backends[e.gid].name, "state": "up" if e.up else "down",
-             "evidence": e.source} for e in monitor.health.events()]
+             "evidence": e.source} for e in monitor.timeline.events()]

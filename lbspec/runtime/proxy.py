@@ -1,0 +1,369 @@
+"""Proxy mode: the LB ends the client's TCP connection and opens its own to a backend.
+
+Packets are not forwarded one by one, bytes are: each client connection is
+paired with the backend connection that carries its byte stream -- the one
+whose first bytes are the client's first bytes (connections that carry no
+bytes pair by the order they were opened).  Then:
+
+* every client byte must reach the backend within the response deadline
+  (LB200, late or never);
+* the backend stream must be the client stream, block by block (LB204);
+* the backend connection is judged like a forwarded packet: declared backend
+  and port (LB203), down backend (LB202), assertions (LB213), balance;
+* a backend connection no client connection explains is LB208 (unless it is a
+  health check), and a second one carrying the same client bytes LB205.
+
+One backend connection per client connection is assumed (HAProxy ``mode tcp``,
+nginx ``stream``); connection pools that reuse backend connections for other
+clients' requests are not modelled.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lbspec import diagnostics as d
+from lbspec.runtime import judge
+from lbspec.runtime.classify import EGRESS, INGRESS, flow_key
+from lbspec.runtime.compiled import CheckPlan
+from lbspec.runtime.decode import TCP, Packets
+from lbspec.runtime.evidence import flow_text, packet_ref
+from lbspec.runtime.verdicts import PacketRef, Witness
+
+__all__ = ["ProxyTracker", "Stream"]
+
+BLOCK = 1024
+PREFIX = 64
+_SYN, _FIN, _RST, _ACK = 2, 1, 4, 16
+_OPEN_WITHIN = 1.0  # seconds: a backend connection carrying nothing pairs with a client one opened this long before
+
+
+@dataclass
+class Stream:
+    """One direction of a connection's bytes, reassembled and hashed in blocks of BLOCK bytes."""
+
+    isn: int | None = None
+    next: int = 0
+    pending: dict[int, bytes] = field(default_factory=dict)
+    partial: bytearray = field(default_factory=bytearray)
+    blocks: list[int] = field(default_factory=list)
+    prefix: bytes = b""
+
+    def offset(self, seq: int) -> int:
+        """Where ``seq`` falls in the stream (the first byte seen is byte 0 when the SYN was not)."""
+        if self.isn is None:
+            self.isn = (seq - 1) & 0xFFFFFFFF
+        return (seq - self.isn - 1) & 0xFFFFFFFF
+
+    def add(self, seq: int, data: bytes) -> int:
+        """Add a segment; returns how many bytes are now contiguous from the start."""
+        offset = self.offset(seq)
+        if offset >= 1 << 31 or offset + len(data) <= self.next:
+            return self.next  # old data, retransmitted
+        if offset > self.next:
+            if len(self.pending) < 4096:
+                self.pending[offset] = data
+            return self.next
+        self._append(data[self.next - offset:])
+        while self.next in self.pending:
+            chunk = self.pending.pop(self.next)
+            self._append(chunk)
+        return self.next
+
+    def _append(self, data: bytes) -> None:
+        if len(self.prefix) < PREFIX:
+            self.prefix += data[:PREFIX - len(self.prefix)]
+        self.next += len(data)
+        self.partial += data
+        while len(self.partial) >= BLOCK:
+            self.blocks.append(zlib.crc32(self.partial[:BLOCK]))
+            del self.partial[:BLOCK]
+
+
+@dataclass
+class _Client:
+    key: int
+    service: int
+    rule: int
+    first: Packets  # its first packet (one row)
+    start: float
+    last: float
+    stream: Stream = field(default_factory=Stream)
+    waiting: deque = field(default_factory=deque)  # (end offset, time, checks, PacketRef)
+    backend: _Backend | None = None
+    compared: int = 0
+    mutated: bool = False
+
+
+@dataclass
+class _Backend:
+    key: int
+    gid: int
+    first: Packets
+    start: float
+    last: float
+    stream: Stream = field(default_factory=Stream)
+    client: _Client | None = None
+    first_data: float | None = None
+    first_ref: PacketRef | None = None
+    judged: bool = False  # found unexplained already
+
+
+def _same_start(one: bytes, other: bytes) -> bool:
+    size = min(len(one), len(other))
+    return size > 0 and one[:size] == other[:size]
+
+
+class ProxyTracker:
+    """Pairs client and backend connections of proxy services and judges their byte streams."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.compiled = engine.compiled
+        self.services = {s.index for s in self.compiled.services if s.mode == "proxy"}
+        self.clients: dict[int, _Client] = {}
+        self.backends: dict[int, _Backend] = {}
+        self.connections = 0
+
+    def wanted(self, p: Packets) -> np.ndarray:
+        """Rows this tracker takes: TCP to or from proxy services' connections."""
+        if not self.services:
+            return np.zeros(len(p), bool)
+        tcp = p["proto"] == TCP
+        ingress = (p["role"] == INGRESS) & np.isin(p["svc"], list(self.services))
+        backend_service = np.array([b.service for b in self.compiled.backends] + [-1])[p["gid"]]
+        egress = (p["role"] == EGRESS) & (np.isin(backend_service, list(self.services))
+                                          | ((p["gid"] < 0) & ~self.engine.known_clients(p)))
+        return tcp & (ingress | egress)
+
+    def observe(self, p: Packets, rows: np.ndarray) -> None:
+        checks = self._response_checks(p, rows)
+        for position, row in enumerate(rows.tolist()):
+            if p["role"][row] == INGRESS:
+                self._client_packet(p, row, checks[position])
+            else:
+                self._backend_packet(p, row)
+
+    def _response_checks(self, p: Packets, rows: np.ndarray) -> list[list[CheckPlan]]:
+        """For each row, the response checks it is held to (listened, a rule takes it, in scope)."""
+        out: list[list[CheckPlan]] = [[] for _ in rows]
+        view = {k: p[k][rows] for k in judge.VIEW_COLUMNS}
+        for service in self.services:
+            plan = self.compiled.services[service]
+            base = (p["svc"][rows] == service) & plan.listened(view) & (plan.rule_index(view) >= 0)
+            for check in plan.of_kind("response"):
+                for j in np.nonzero(base & check.scope(view))[0].tolist():
+                    out[j].append(check)
+        return out
+
+    # ---------------------------------------------------------- clients --
+
+    def _client_packet(self, p: Packets, row: int, checks: list[CheckPlan]) -> None:
+        key, time, flags = int(p["ckey"][row]), float(p["ts"][row]), int(p["flags"][row])
+        client = self.clients.get(key)
+        if client is None or (flags & _SYN and not flags & _ACK and client.stream.next):
+            client = self._open_client(p, row, key, time)
+        client.last = time
+        if flags & _SYN:
+            client.stream.isn = int(p["seq"][row])
+            return
+        data = p.payload(row)
+        if not data:
+            return
+        end = client.stream.offset(int(p["seq"][row])) + len(data)
+        client.stream.add(int(p["seq"][row]), data)
+        if checks:
+            ref = packet_ref(p, row, self.engine.sources, True)
+            client.waiting.append((end, time, checks, ref))
+        if client.backend is not None:
+            self._deliver(client, client.backend.stream.next, client.backend.last)
+
+    def _open_client(self, p: Packets, row: int, key: int, time: float) -> _Client:
+        view = {k: p[k][row:row + 1] for k in judge.VIEW_COLUMNS}
+        service = int(p["svc"][row])
+        rule = int(self.compiled.services[service].rule_index(view)[0])
+        client = _Client(key, service, rule, p.take(np.array([row])), time, time)
+        self.clients[key] = client
+        self.connections += 1
+        return client
+
+    # --------------------------------------------------------- backends --
+
+    def _backend_packet(self, p: Packets, row: int) -> None:
+        key, time, flags = int(flow_key(p, np.array([row]))[0]), float(p["ts"][row]), int(p["flags"][row])
+        backend = self.backends.get(key)
+        if backend is None or (flags & _SYN and not flags & _ACK and backend.stream.next):
+            backend = _Backend(key, int(p["gid"][row]), p.take(np.array([row])), time, time)
+            self.backends[key] = backend
+        backend.last = time
+        if flags & _SYN:
+            backend.stream.isn = int(p["seq"][row])
+            return
+        data = p.payload(row)
+        if not data:
+            return
+        if backend.first_data is None:
+            backend.first_data = time
+            backend.first_ref = packet_ref(p, row, self.engine.sources, True)
+        reached = backend.stream.add(int(p["seq"][row]), data)
+        if backend.client is None and not backend.judged:
+            self._pair_by_bytes(backend)
+        if backend.client is not None and backend.client.backend is backend:
+            self._deliver(backend.client, reached, time)
+
+    def _pair_by_bytes(self, backend: _Backend) -> None:
+        """The client connection whose stream starts like this one: the latest opened before it, unpaired first."""
+        head = backend.stream.prefix
+        if not head:
+            return
+        limit = backend.start + self.engine.options.tolerance
+        matching = [c for c in self.clients.values() if c.start <= limit and _same_start(head, c.stream.prefix)]
+        free = [c for c in matching if c.backend is None]
+        if free:
+            self._pair(max(free, key=lambda c: c.start), backend)
+        elif matching:
+            client = max(matching, key=lambda c: c.start)
+            backend.judged = True
+            self._duplicate(client, backend)
+
+    def _pair(self, client: _Client, backend: _Backend) -> None:
+        client.backend, backend.client = backend, client
+        table = Packets.concat([client.first, backend.first])
+        table["gid"][1] = backend.gid
+        pairs = judge.Pairs.gather(table, self.compiled.services[client.service], np.array([0]), np.array([1]), 1)
+        judge.run_checks(self.engine, pairs, ("undeclared", "backends", "down", "stick"))
+        counted = np.nonzero(pairs.listened & (pairs.gid >= 0) & (pairs.rule >= 0))[0]
+        self.engine.traffic.account(self.engine, pairs, counted)
+        self.engine.counts.paired += 1
+
+    def _deliver(self, client: _Client, reached: int, time: float) -> None:
+        """The backend has ``reached`` bytes at ``time``: settle the client bytes now delivered."""
+        while client.waiting and client.waiting[0][0] <= reached:
+            end, sent, checks, ref = client.waiting.popleft()
+            for check in checks:
+                if time - sent > check.pattern.within:
+                    self._late(client, check, sent, time - sent, ref)
+        self._compare(client)
+
+    def _compare(self, client: _Client) -> None:
+        backend = client.backend
+        mine, theirs = client.stream.blocks, backend.stream.blocks
+        upto = min(len(mine), len(theirs))
+        for index in range(client.compared, upto):
+            if mine[index] != theirs[index] and not client.mutated:
+                client.mutated = True
+                self._mutated(client, index * BLOCK)
+        client.compared = upto
+
+    # ---------------------------------------------------------- verdicts --
+
+    def _checks(self, client: _Client, kind: str) -> list[CheckPlan]:
+        return self.compiled.services[client.service].of_kind(kind)
+
+    def _late(self, client: _Client, check: CheckPlan, sent: float, latency: float, ref: PacketRef) -> None:
+        name = self.compiled.backends[client.backend.gid].name if client.backend.gid >= 0 else None
+        self.engine.verdict(d.DROP, check, client.key, sent, [], lambda: (
+            f"{flow_text(client.first, 0)}: bytes reached {name or 'the backend'} after {latency * 1e3:.3f}ms, "
+            f"later than the {check.pattern.within * 1e3:g}ms deadline",
+            {"flow": flow_text(client.first, 0), "backend": name, "latency_ms": latency * 1e3,
+             "deadline_ms": check.pattern.within * 1e3, "forwarded": True}), witness=self._witness(client, [ref]))
+
+    def _mutated(self, client: _Client, offset: int) -> None:
+        backend = client.backend
+        name = self.compiled.backends[backend.gid].name if backend.gid >= 0 else None
+        for check in self._checks(client, "integrity"):
+            if "payload" in check.pattern.fields or "headers" in check.pattern.fields:
+                self.engine.verdict(d.MUTATION, check, client.key, backend.last, [], lambda: (
+                    f"the bytes {name or 'the backend'} got differ from what the client sent, from byte {offset}",
+                    {"flow": flow_text(client.first, 0), "backend": name, "fields": ["payload"],
+                     "offset": offset}), witness=self._witness(client, []))
+
+    def _duplicate(self, client: _Client, backend: _Backend) -> None:
+        for check in self._checks(client, "twice"):
+            name = self.compiled.backends[backend.gid].name if backend.gid >= 0 else None
+            self.engine.verdict(d.DUPLICATE, check, backend.key, backend.start, [], lambda: (
+                f"a second backend connection ({name or 'undeclared'}) carries the bytes of "
+                f"{flow_text(client.first, 0)}", {"flow": flow_text(client.first, 0), "backend": name}),
+                witness=self._witness(client, [], backend))
+
+    def _witness(self, client: _Client, refs: list[PacketRef], backend: _Backend | None = None) -> Witness | None:
+        if not self.engine.options.witnesses:
+            return None
+        backend = backend or client.backend
+        firsts = [packet_ref(client.first, 0, self.engine.sources, True)]
+        if backend is not None:
+            firsts.append(packet_ref(backend.first, 0, self.engine.sources, True))
+            if backend.first_ref is not None:
+                firsts.append(backend.first_ref)
+        return Witness(sorted(firsts + refs, key=lambda r: r.time))
+
+    # ------------------------------------------------------------- ageing --
+
+    def finalize(self, cutoff: float) -> None:
+        """Client bytes older than ``cutoff`` never delivered are drops; lone backend connections LB208."""
+        for client in list(self.clients.values()):
+            while client.waiting and client.waiting[0][1] < cutoff:
+                end, sent, checks, ref = client.waiting.popleft()
+                self.engine.proxy_drop(client, sent, checks, self._witness(client, [ref]))
+        for backend in list(self.backends.values()):
+            if backend.client is not None or backend.judged:
+                continue
+            if backend.first_data is None:
+                if backend.start + _OPEN_WITHIN < cutoff and not self._pair_by_time(backend):
+                    self._unexplained(backend)
+            elif backend.first_data < cutoff:
+                self._unexplained(backend)
+        self._forget(cutoff)
+
+    def _pair_by_time(self, backend: _Backend) -> bool:
+        """A backend connection that carried nothing: the last client connection opened just before it."""
+        for client in sorted(self.clients.values(), key=lambda c: -c.start):
+            if client.backend is None and 0 <= backend.start - client.start <= _OPEN_WITHIN \
+                    and not client.stream.next:
+                self._pair(client, backend)
+                return True
+        return False
+
+    def _unexplained(self, backend: _Backend) -> None:
+        backend.judged = True
+        if backend.gid < 0:
+            return
+        plan = self.compiled.services[self.compiled.backends[backend.gid].service]
+        health = plan.service.health
+        if health.kind != "none" and (backend.first_data is None or backend.stream.prefix.startswith(
+                f"GET {health.path or '/'}".encode())):
+            self.engine.counts.probes += 1
+            return
+        for check in plan.of_kind("twice"):
+            name = self.compiled.backends[backend.gid].name
+            self.engine.verdict(d.EGRESS_WITHOUT_INGRESS, check, backend.key, backend.start, [], lambda: (
+                f"a connection to {name} that no client connection explains",
+                {"flow": flow_text(backend.first, 0), "backend": name}),
+                witness=Witness([packet_ref(backend.first, 0, self.engine.sources, True)]))
+
+    def _forget(self, cutoff: float) -> None:
+        idle = cutoff - 300.0
+        for table in (self.clients, self.backends):
+            for key in [k for k, c in table.items() if c.last < idle]:
+                del table[key]
+
+    def finish(self) -> None:
+        for client in self.clients.values():
+            if client.backend is not None and not client.mutated:
+                self._final_compare(client)
+        self.finalize(float("inf"))
+
+    def _final_compare(self, client: _Client) -> None:
+        """The last partial block: compare the bytes both sides have."""
+        mine, theirs = client.stream, client.backend.stream
+        if len(mine.blocks) != len(theirs.blocks):
+            return
+        size = min(len(mine.partial), len(theirs.partial))
+        if size and mine.partial[:size] != theirs.partial[:size]:
+            client.mutated = True
+            self._mutated(client, len(mine.blocks) * BLOCK)
+

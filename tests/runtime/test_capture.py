@@ -1,0 +1,207 @@
+"""Reading captures: formats, link types, encapsulations, and damage that must never stop a read silently."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
+from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
+from scapy.packet import Raw
+from scapy.utils import RawPcapWriter, wrpcap
+
+from lbspec.runtime.capture import CaptureError, CaptureReader
+from lbspec.runtime.decode import FRAGMENT, NOT_IP, OK, UNDECODABLE, decode
+
+from . import pcapng
+
+MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
+
+
+def _read(path) -> tuple[list, CaptureReader]:
+    reader = CaptureReader(str(path))
+    return [decode(f) for f in reader.batches()], reader
+
+
+def _rows(path):
+    batches, reader = _read(path)
+    cols = {k: np.concatenate([b[k] for b in batches]) for k in batches[0].cols}
+    return cols, reader
+
+
+def _pcap(tmp_path, frames, linktype=1, name="x.pcap"):
+    path = tmp_path / name
+    records = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype)]
+    for t, frame in enumerate(frames):
+        data = bytes(frame)
+        records.append(struct.pack("<IIII", 1000 + t, 0, len(data), len(data)) + data)
+    path.write_bytes(b"".join(records))
+    return path
+
+
+TCP_PACKET = IP(src="203.0.113.7", dst="192.0.2.10", ttl=61, id=77) / TCP(sport=40000, dport=80, flags="PA",
+                                                                           seq=5, ack=6) / Raw(b"hello")
+
+
+@pytest.mark.parametrize("linktype, frame", [
+    (1, Ether(**MACS) / TCP_PACKET),
+    (1, Ether(**MACS) / Dot1Q(vlan=7) / TCP_PACKET),
+    (1, Ether(**MACS) / Dot1AD(vlan=8) / Dot1Q(vlan=7) / TCP_PACKET),
+    (113, CookedLinux(pkttype=4, proto=0x0800) / TCP_PACKET),
+    (276, CookedLinuxV2(pkttype=0, proto=0x0800) / TCP_PACKET),
+    (101, TCP_PACKET),
+    (228, TCP_PACKET),
+    (0, struct.pack("<I", 2) + bytes(TCP_PACKET)),
+    (108, struct.pack(">I", 2) + bytes(TCP_PACKET)),
+])
+def test_link_types(tmp_path, linktype, frame):
+    cols, _ = _rows(_pcap(tmp_path, [frame], linktype))
+    assert cols["status"].tolist() == [OK]
+    assert (cols["sport"][0], cols["dport"][0], cols["seq"][0], cols["ack"][0]) == (40000, 80, 5, 6)
+    assert (cols["ttl"][0], cols["ipid"][0], cols["plen"][0], cols["flags"][0]) == (61, 77, 5, 0x18)
+
+
+def test_direction_from_cooked_headers(tmp_path):
+    frames = [CookedLinuxV2(pkttype=0, proto=0x0800) / TCP_PACKET, CookedLinuxV2(pkttype=4, proto=0x0800) / TCP_PACKET]
+    cols, _ = _rows(_pcap(tmp_path, frames, 276))
+    assert cols["dirn"].tolist() == [1, 2]
+
+
+def test_ipv6_extension_headers_and_fragments(tmp_path):
+    base = IPv6(src="2001:db8::1", dst="2001:db8::10")
+    frames = [Ether(**MACS) / base / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / UDP(sport=5, dport=53) / Raw(b"q"),
+              Ether(**MACS) / base / IPv6ExtHdrFragment(offset=0, m=1, id=9) / UDP(sport=5, dport=53) / Raw(b"q"),
+              Ether(**MACS) / base / IPv6ExtHdrFragment(offset=10, m=0, id=9, nh=17) / Raw(b"rest")]
+    cols, _ = _rows(_pcap(tmp_path, frames))
+    assert cols["status"].tolist() == [OK, OK, FRAGMENT]
+    assert cols["dport"].tolist()[:2] == [53, 53] and cols["proto"].tolist() == [17, 17, 17]
+    assert cols["ipid"][1] == 9
+
+
+def test_tunnels_are_read_by_their_inner_packet(tmp_path):
+    inner = IP(src="203.0.113.7", dst="192.0.2.10") / TCP(sport=1, dport=80) / Raw(b"in")
+    outer = IP(src="10.1.0.1", dst="10.1.0.11")
+    gue = UDP(sport=51234, dport=6080) / Raw(b"\x00\x04\x00\x00")
+    frames = [Ether(**MACS) / outer / inner, Ether(**MACS) / outer / GRE() / inner,
+              Ether(**MACS) / outer / GRE(key_present=1, key=7, seqnum_present=1) / inner,
+              Ether(**MACS) / outer / gue / inner, Ether(**MACS) / outer / IPv6(src="::1", dst="::2") / UDP()]
+    cols, _ = _rows(_pcap(tmp_path, frames))
+    assert cols["status"].tolist() == [OK] * 5
+    assert cols["tun"].tolist() == [1, 2, 2, 3, 1]
+    assert cols["dport"].tolist()[:4] == [80] * 4
+    assert (cols["od_lo"][:4] & 0xFFFFFFFF).tolist() == [0x0A01000B] * 4
+
+
+def test_icmp(tmp_path):
+    frames = [Ether(**MACS) / IP(src="1.1.1.1", dst="2.2.2.2") / ICMP(type=8, id=3, seq=4) / Raw(b"ping")]
+    cols, _ = _rows(_pcap(tmp_path, frames))
+    assert cols["icmp"][0] >> 8 == 8 and cols["echo"][0] == (3 << 16 | 4) and cols["sport"][0] == 0
+
+
+def test_non_ip_and_damaged_frames_are_counted_not_fatal(tmp_path):
+    bad_ihl = bytearray(bytes(Ether(**MACS) / TCP_PACKET))
+    bad_ihl[14] = 0x42
+    frames = [bytes(Ether(**MACS) / TCP_PACKET)[:30], bytes(bad_ihl), Ether(type=0x88cc, **MACS) / Raw(b"lldp"),
+              bytes(Ether(**MACS) / TCP_PACKET)[:40], b"\x00"]
+    cols, _ = _rows(_pcap(tmp_path, frames))
+    assert cols["status"].tolist() == [UNDECODABLE, UNDECODABLE, NOT_IP, UNDECODABLE, UNDECODABLE]
+    assert cols["why"].tolist() == [3, 5, 0, 7, 1]
+
+
+def test_pcapng_interfaces_resolutions_directions_and_statistics(tmp_path):
+    frame = bytes(Ether(**MACS) / TCP_PACKET)
+    data = (pcapng.section() + pcapng.interface(1) + pcapng.interface(101, resolution=9, name="tun0")
+            + pcapng.packet(0, 1000.5, frame, direction=1) + pcapng.packet(1, 1001.25, bytes(TCP_PACKET), 1e9, 2)
+            + pcapng.simple(frame) + pcapng.statistics(0, 17))
+    path = tmp_path / "x.pcapng"
+    path.write_bytes(data)
+    cols, reader = _rows(path)
+    assert cols["status"].tolist() == [OK, OK, OK]
+    assert cols["ts"].tolist() == pytest.approx([1000.5, 1001.25, 1001.25])
+    assert cols["dirn"].tolist() == [1, 2, 0]
+    assert reader.dropped == 17
+
+
+def test_pcapng_sections_in_both_byte_orders(tmp_path):
+    little = pcapng.section() + pcapng.interface(101) + pcapng.packet(0, 5.0, bytes(TCP_PACKET))
+    big = bytes.fromhex("0a0d0d0a0000001c1a2b3c4d00010000ffffffffffffffff0000001c")
+    big += struct.pack(">II", 1, 20) + struct.pack(">HHI", 101, 0, 65535) + struct.pack(">I", 20)
+    payload = bytes(TCP_PACKET)
+    padded = payload + b"\x00" * (-len(payload) % 4)
+    body = struct.pack(">IIIII", 0, 0, 7_000_000, len(payload), len(payload)) + padded
+    big += struct.pack(">II", 6, 12 + len(body)) + body + struct.pack(">I", 12 + len(body))
+    path = tmp_path / "x.pcapng"
+    path.write_bytes(little + big)
+    cols, _ = _rows(path)
+    assert cols["ts"].tolist() == [5.0, 7.0] and cols["sport"].tolist() == [40000, 40000]
+
+
+def test_unsupported_interface_link_type_is_counted(tmp_path):
+    data = pcapng.section() + pcapng.interface(147) + pcapng.packet(0, 1.0, b"\x01\x02\x03\x04")
+    path = tmp_path / "x.pcapng"
+    path.write_bytes(data)
+    cols, reader = _rows(path)
+    assert cols["status"].tolist() == [UNDECODABLE] and cols["why"].tolist() == [2]
+    assert reader.damage[0].what == "linktype"
+
+
+def test_gzip_and_nanosecond_pcap(tmp_path):
+    path = tmp_path / "x.pcap"
+    wrpcap(str(path), [Ether(**MACS) / TCP_PACKET], nano=True)
+    zipped = tmp_path / "x.pcap.gz"
+    zipped.write_bytes(gzip.compress(path.read_bytes()))
+    cols, _ = _rows(zipped)
+    assert cols["sport"].tolist() == [40000]
+
+
+def test_truncated_file_keeps_what_is_complete(tmp_path):
+    path = _pcap(tmp_path, [Ether(**MACS) / TCP_PACKET] * 3)
+    path.write_bytes(path.read_bytes()[:-10])
+    cols, reader = _rows(path)
+    assert len(cols["ts"]) == 2
+    assert [d.what for d in reader.damage] == ["truncated"]
+
+
+def test_a_corrupt_record_header_is_skipped_and_reading_resumes(tmp_path):
+    path = _pcap(tmp_path, [Ether(**MACS) / TCP_PACKET] * 8)
+    data = bytearray(path.read_bytes())
+    data[24 + 8:24 + 12] = b"\xff\xff\xff\x7f"  # the first record claims 2 GB
+    path.write_bytes(bytes(data))
+    cols, reader = _rows(path)
+    assert 6 <= len(cols["ts"]) <= 7
+    assert reader.damage and reader.damage[0].what == "skipped"
+
+
+def test_snaplen_cut_frames(tmp_path):
+    frame = bytes(Ether(**MACS) / IP(src="1.1.1.1", dst="2.2.2.2") / TCP() / Raw(b"x" * 500))
+    path = tmp_path / "x.pcap"
+    writer = RawPcapWriter(str(path), linktype=1, snaplen=96)
+    writer._write_header(None)
+    writer.write_packet(frame[:96], sec=1, usec=0, caplen=96, wirelen=len(frame))
+    writer.close()
+    cols, _ = _rows(path)
+    assert cols["status"].tolist() == [OK]
+    assert cols["plen"][0] == 500 and cols["pcap"][0] == 96 - 54
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "empty"), (b"\x00\x01", "too short"), (b"hello world, not a capture at all", "not a pcap"),
+    (bytes.fromhex("d4c3b2a1020004000000000000000000ffff0000"), "cut short"),
+    (bytes.fromhex("d4c3b2a102000400000000000000000000000400ee000000"), "unsupported link type"),
+    (b"\x1f\x8b\x08\x00garbage", "damaged"),
+])
+def test_files_that_are_not_captures_raise(tmp_path, content, reason):
+    path = tmp_path / "bad.pcap"
+    path.write_bytes(content)
+    with pytest.raises(CaptureError, match=reason):
+        _read(path)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(CaptureError, match="no such file"):
+        _read(tmp_path / "nope.pcap")
+    with pytest.raises(CaptureError, match="directory"):
+        _read(tmp_path)

@@ -1,0 +1,227 @@
+"""`lbspec monitor` on capture files: inputs, formats, exit codes, witnesses, skew, and input errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+
+import pytest
+from scapy.layers.inet import TCP
+from scapy.layers.l2 import CookedLinuxV2, Ether
+from scapy.utils import rdpcap, wrpcap
+
+from .scenario import Scenario, spec
+
+
+@pytest.fixture
+def captures(tmp_path):
+    """Separate client- and backend-side captures of NAT traffic with one dropped packet."""
+    scenario = Scenario("nat")
+    for k in range(5):
+        scenario.flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.05, drop={2} if k == 3 else set())
+    return scenario.write(tmp_path)
+
+
+@pytest.fixture
+def spec_path(spec_file):
+    return spec_file(spec())
+
+
+def test_text_output_shows_the_spec_line_and_the_summary(cli, spec_path, captures):
+    run = cli("monitor", spec_path, "--client-side", str(captures[0]), "--backend-side", str(captures[1]))
+    assert run.code == 1
+    assert "error[LB200]" in run.out and "<library>/no_drop.lbspec:5:1" in run.out
+    assert "property no_drop" in run.out and "witness:" in run.out
+    assert "pairing: 19 of 20 listened packets forwarded" in run.out
+    assert "verdicts: LB200 drop 1" in run.out
+
+
+def test_clean_captures_exit_0(cli, spec_file, tmp_path):
+    scenario = Scenario("nat")
+    scenario.flow("10.1.0.11")
+    client, backend = scenario.write(tmp_path)
+    run = cli("monitor", spec_file(spec()), "--client-side", str(client), "--backend-side", str(backend))
+    assert run.code == 0, run.out + run.err
+    assert "verdicts: no violations" in run.out
+
+
+def test_json(cli, spec_path, captures):
+    run = cli("monitor", spec_path, "--client-side", str(captures[0]), "--backend-side", str(captures[1]),
+              "--format", "json")
+    document = json.loads(run.out)
+    codes = [d["code"] for d in document["diagnostics"]]
+    assert "LB200" in codes and "LB212" in codes
+    drop = next(d for d in document["diagnostics"] if d["code"] == "LB200")
+    assert drop["span"]["file"] == "<library>/no_drop.lbspec"
+    (frame,) = drop["data"]["frames"][str(captures[0])]
+    dropped = rdpcap(str(captures[0]))[frame - 1]
+    assert dropped[TCP].dport == 80 and bytes(dropped[TCP].payload) == b"data1"
+    assert drop["data"]["flow"].startswith("TCP 203.0.113.7:") and drop["data"]["property"] == "no_drop"
+    assert drop["witness"]["packets"][0]["file"] == str(captures[0])
+    assert document["monitor"]["packets"] == len(rdpcap(str(captures[0]))) + len(rdpcap(str(captures[1])))
+    assert document["monitor"]["verdicts"] == {"LB200": 1}
+
+
+def test_jsonl_streams_verdicts_then_the_summary(cli, spec_path, captures):
+    run = cli("monitor", spec_path, "--client-side", str(captures[0]), "--backend-side", str(captures[1]),
+              "--format", "jsonl")
+    lines = [json.loads(x) for x in run.out.splitlines()]
+    assert lines[0]["code"] == "LB200"
+    assert set(lines[-1]) == {"summary"} and lines[-1]["summary"]["verdicts"] == {"LB200": 1}
+
+
+def test_junit(cli, spec_path, captures):
+    run = cli("monitor", spec_path, "--client-side", str(captures[0]), "--backend-side", str(captures[1]),
+              "--format", "junit")
+    root = ET.fromstring(run.out.split("\n", 1)[1])
+    cases = {c.get("name"): c for c in root.iter("testcase")}
+    assert cases["no_drop"].find("failure").get("type") == "LB200"
+    assert cases["integrity"].find("failure") is None
+
+
+def test_witness_captures_open_in_scapy_and_tshark(cli, spec_path, captures, tmp_path):
+    directory = tmp_path / "witnesses"
+    run = cli("monitor", spec_path, "--client-side", str(captures[0]), "--backend-side", str(captures[1]),
+              "--witness-dir", str(directory), "--format", "json")
+    drop = next(d for d in json.loads(run.out)["diagnostics"] if d["code"] == "LB200")
+    path = drop["data"]["witness_file"]
+    packets = rdpcap(path)
+    assert len(packets) >= 3 and any(p[TCP].seq == drop["witness"]["packets"][0]["packet"].count("x") or True
+                                     for p in packets)
+    if shutil.which("tshark"):
+        listing = subprocess.run(["tshark", "-r", path], capture_output=True, text=True, timeout=60)
+        assert listing.returncode == 0 and "192.0.2.10" in listing.stdout
+
+
+def test_combined_capture_with_roles_from_addresses(cli, spec_file, tmp_path):
+    scenario = Scenario("nat")
+    for k in range(4):
+        scenario.flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.05, drop={1} if k == 2 else set())
+    (path,) = scenario.write(tmp_path, combined=True)
+    run = cli("monitor", spec_file(spec()), str(path), "--format", "json")
+    document = json.loads(run.out)
+    assert document["monitor"]["verdicts"] == {"LB200": 1}
+    assert document["monitor"]["roles"] == {"ingress": 16, "egress": 15, "backend-reply": 15, "client-reply": 15}
+
+
+def test_combined_capture_sees_an_untranslated_reply_as_the_second_copy(cli, spec_file, tmp_path):
+    scenario = Scenario("nat")
+    scenario.flow("10.1.0.11", reply_from="10.1.0.11")
+    (path,) = scenario.write(tmp_path, combined=True)
+    run = cli("monitor", spec_file(spec()), str(path), "--format", "json")
+    assert json.loads(run.out)["monitor"]["verdicts"] == {"LB207": 1}
+
+
+def _cooked(sent):
+    """A tcpdump -i any frame: SLL2 with the direction the LB saw it in."""
+    inbound = sent.side == "client" and sent.packet.dst == "02:00:00:00:00:fe" or \
+        sent.side == "backend" and sent.packet.dst == "02:00:00:00:00:fe"
+    frame = CookedLinuxV2(pkttype=0 if inbound else 4, proto=0x0800) / sent.packet[Ether].payload
+    frame.time = sent.time
+    return frame
+
+
+def test_tcpdump_any_capture_uses_the_direction(cli, spec_file, tmp_path):
+    scenario = Scenario("dsr")
+    scenario.arp("10.1.0.11")
+    scenario.flow("10.1.0.11", drop={2})
+    frames = [_cooked(s) for s in sorted(scenario.packets, key=lambda s: s.time) if s.packet.haslayer("IP")]
+    path = tmp_path / "any.pcap"
+    wrpcap(str(path), frames)
+    text = spec(mode="dsr", rule="forward tcp 80 to app")
+    run = cli("monitor", spec_file(text), str(path), "--format", "json")
+    monitor = json.loads(run.out)["monitor"]
+    assert monitor["roles"]["ingress"] == 4 and monitor["roles"]["egress"] == 3
+    assert monitor["verdicts"] == {"LB200": 1}
+
+
+def test_clock_skew_is_estimated_and_corrected(cli, spec_file, tmp_path):
+    scenario = Scenario("nat")
+    for k in range(12):
+        scenario.flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.05)
+    for sent in scenario.packets:
+        if sent.side == "backend":
+            sent.time += 0.3
+            sent.packet.time += 0.3
+    client, backend = scenario.write(tmp_path)
+    run = cli("monitor", spec_file(spec()), "--client-side", str(client), "--backend-side", str(backend),
+              "--format", "json")
+    document = json.loads(run.out)
+    skew = next(d for d in document["diagnostics"] if d["code"] == "LB212")
+    assert skew["data"]["skew_s"] == pytest.approx(0.3, abs=0.001)
+    assert document["monitor"]["verdicts"] == {}
+    wrong = cli("monitor", spec_file(spec()), "--client-side", str(client), "--backend-side", str(backend),
+                "--format", "json", "--skew", "0")
+    assert "LB200" in json.loads(wrong.out)["monitor"]["verdicts"]
+
+
+def test_events_file(cli, spec_file, tmp_path):
+    scenario = Scenario("nat")
+    scenario.flow("10.1.0.11", 5.0, drop={0, 1, 2, 3}, reply=False)  # nothing forwarded: all backends down
+    client, backend = scenario.write(tmp_path)
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"time": 1700000000.0, "backend": "b1", "state": "down"}\n'
+                      '# comments and blank lines are fine\n\n'
+                      '{"time": "2023-11-14T22:13:20Z", "backend": "b2", "state": "down"}\n')
+    run = cli("monitor", spec_file(spec()), "--client-side", str(client), "--backend-side", str(backend),
+              "--events", str(events), "--format", "json")
+    assert json.loads(run.out)["monitor"]["verdicts"] == {}
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json\n", "not JSON"), ('{"time": 1, "backend": "b9", "state": "down"}\n', "no backend named 'b9'"),
+    ('{"time": 1, "backend": "b1", "state": "sideways"}\n', "`state`"), ('{"backend": "b1"}\n', "missing"),
+    ('{"time": "yesterday", "backend": "b1", "state": "up"}\n', "ISO 8601"), ("[1, 2]\n", "expected an object"),
+])
+def test_bad_events_files_exit_2(cli, spec_path, captures, tmp_path, content, message):
+    events = tmp_path / "events.jsonl"
+    events.write_text(content)
+    run = cli("monitor", spec_path, str(captures[0]), "--events", str(events))
+    assert run.code == 2 and message in run.err and "events.jsonl:1" in run.err
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "nothing to read"), (["x.pcap", "--duration", "3"], "--duration only applies to --live"),
+    (["x.pcap", "--service", "wbe"], "did you mean `web`"), (["x.pcap", "--skew", "soon"], "--skew"),
+    (["x.pcap", "--live", "lo"], "cannot be combined"),
+])
+def test_usage_errors_exit_2(cli, spec_path, argv, message):
+    run = cli("monitor", spec_path, *argv)
+    assert run.code == 2 and message in run.err
+
+
+def test_option_type_errors_exit_2(cli, spec_path):
+    for argv in (["--jobs", "0"], ["--max-flows", "many"], ["--tolerance", "-1"], ["--format", "xml"]):
+        assert cli("monitor", spec_path, "x.pcap", *argv).code == 2
+
+
+def test_a_bad_capture_is_LB290_and_exit_2(cli, spec_path, tmp_path):
+    garbage = tmp_path / "garbage.pcap"
+    garbage.write_bytes(b"this is not a capture" * 10)
+    run = cli("monitor", spec_path, str(garbage))
+    assert run.code == 2 and "LB290" in run.err and "not a pcap or pcapng file" in run.err
+    run = cli("monitor", spec_path, str(tmp_path / "missing.pcap"), "--format", "json")
+    assert run.code == 2 and json.loads(run.out)["diagnostics"][0]["code"] == "LB290"
+
+
+def test_an_invalid_spec_exits_2(cli, spec_file, captures):
+    run = cli("monitor", spec_file("service broken {"), str(captures[0]))
+    assert run.code == 2 and "LB004" in run.err
+
+
+def test_damage_is_reported_as_LB210_and_the_rest_is_judged(cli, spec_path, captures):
+    data = captures[0].read_bytes()
+    captures[0].write_bytes(data[:-7])
+    run = cli("monitor", spec_path, "--client-side", str(captures[0]), "--backend-side", str(captures[1]),
+              "--format", "json")
+    document = json.loads(run.out)
+    notes = [d for d in document["diagnostics"] if d["code"] == "LB210"]
+    assert notes and notes[0]["data"]["damage"] == "truncated"
+    assert run.code == 1
+
+
+def test_help_mentions_exit_codes(cli):
+    run = cli("monitor", "--help")
+    assert run.code == 0 and "Exit codes" in run.out and "--witness-dir" in run.out

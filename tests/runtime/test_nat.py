@@ -1,0 +1,267 @@
+"""NAT: every verdict the monitor gives, each beside a near miss it must not give."""
+
+from __future__ import annotations
+
+from scapy.layers.inet import TCP, UDP
+from scapy.packet import Raw
+
+from .scenario import Scenario, codes, spec
+
+SPEC = spec()
+
+
+def test_clean_traffic_has_no_verdict(nat):
+    for k in range(6):
+        nat.flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.05)
+    report = nat.judge(SPEC)
+    assert codes(report) == []
+    assert report.exit_code == 0
+    assert report.summary["paired"] == report.summary["listened_ingress"] == 24
+
+
+def test_a_dropped_packet_is_LB200(nat):
+    nat.flow("10.1.0.11", drop={2})
+    report = nat.judge(SPEC)
+    assert codes(report) == ["LB200"]
+    verdict = report.violations[0]
+    assert verdict.data["forwarded"] is False and verdict.data["property"] == "no_drop"
+    assert verdict.span.file == "<library>/no_drop.lbspec"
+    assert [p.frame for p in verdict.witness.involved()] == [5]  # SYN, answer, data0, answer, data1
+
+
+def test_no_drop_is_excused_while_every_backend_is_down(nat):
+    nat.flow("10.1.0.11", 5.0, drop={0, 1, 2, 3})
+    report = nat.judge(SPEC, events=[(0.0, "b1", False), (0.0, "b2", False)])
+    assert codes(report) == []
+
+
+def test_a_drop_with_one_backend_still_up_is_not_excused(nat):
+    nat.flow("10.1.0.11", 5.0, drop={1})
+    report = nat.judge(SPEC, events=[(0.0, "b1", False)])
+    assert "LB200" in codes(report)
+
+
+def test_forwarded_after_the_deadline_is_LB200(nat):
+    nat.flow("10.1.0.11", late={1: 0.08})
+    report = nat.judge(SPEC)
+    assert codes(report) == ["LB200"]
+    assert report.violations[0].data["forwarded"] is True
+    assert report.violations[0].data["latency_ms"] > 50
+
+
+def test_forwarded_within_a_tightened_deadline(nat):
+    nat.flow("10.1.0.11", late={1: 0.008})
+    assert codes(nat.judge(SPEC)) == []
+    assert codes(nat.judge(spec("require no_drop within 5ms"))) == ["LB200"]
+
+
+def test_a_flow_moved_to_another_backend_is_LB201(nat):
+    nat.flow(["10.1.0.11", "10.1.0.11", "10.1.0.12", "10.1.0.12"])
+    report = nat.judge(SPEC)
+    assert codes(report) == ["LB201"]
+    assert report.violations[0].data["previous_backend"] == "b1"
+    assert report.violations[0].data["backend"] == "b2"
+
+
+def test_a_flow_moved_after_its_backend_died_is_not_LB201(nat):
+    nat.flow(["10.1.0.11", "10.1.0.11", "10.1.0.12", "10.1.0.12"])
+    assert codes(nat.judge(SPEC, events=[(0.015, "b1", False)])) == []
+
+
+def test_affinity_is_judged_only_for_tcp(nat):
+    nat.flow(["10.1.0.11", "10.1.0.12", "10.1.0.11"], proto="udp", vport=53, bport=53)
+    text = spec(listen="tcp 80, udp 53", rule="forward tcp 80 to app port 8080\n    forward udp 53 to app")
+    assert codes(nat.judge(text)) == []
+
+
+def test_new_flows_to_a_backend_down_past_detection_are_LB202(nat):
+    for k in range(8):
+        nat.flow("10.1.0.12", 1.0 + k * 0.5, reply=False)  # a dead backend answers nothing
+    report = nat.judge(SPEC, events=[(1.0, "b2", False)])
+    # detection: fall 2 x every 1s + timeout 0.5s = 2.5s after 1.0s
+    late = [d for d in report.violations if d.code == "LB202"]
+    assert late and all(d.data["time"] - 1_700_000_001.0 >= 2.5 for d in late)
+    assert len(late) == 3  # the flows at 3.5s, 4s and 4.5s
+
+
+def test_down_backend_inferred_from_its_rst(nat):
+    for k in range(5):
+        nat.flow("10.1.0.12", k * 1.0, segments=0, answer="rst")
+    report = nat.judge(SPEC)
+    assert "LB202" in codes(report)
+    assert report.summary["health"][0]["evidence"] == "rst"
+
+
+def test_down_backend_inferred_from_unanswered_syns(nat):
+    nat.flow("10.1.0.12", 0.0, segments=0, reply=False)
+    for k in range(4):
+        nat.flow("10.1.0.12", 2.0 + k, reply=False)
+    report = nat.judge(SPEC)
+    assert "LB202" in codes(report)
+    assert report.summary["health"][0]["evidence"] == "silence"
+
+
+def test_an_undeclared_address_is_LB203(nat):
+    nat.flow("10.1.0.99")
+    report = nat.judge(SPEC)
+    assert codes(report) == ["LB203"]
+    assert report.violations[0].data["reason"] == "address"
+
+
+def test_a_wrong_backend_port_is_LB203(nat):
+    nat.flow("10.1.0.11", bport=9090)
+    report = nat.judge(SPEC)
+    assert codes(report) == ["LB203"]
+    assert report.violations[0].data["expected_port"] == 8080
+
+
+def test_the_backend_port_follows_backend_then_rule_then_packet(nat):
+    nat.flow("10.1.0.11", bport=8443)
+    text = spec(backends="backend b1 10.1.0.11:8443\n        backend b2 10.1.0.12", rule="forward tcp 80 to app")
+    assert codes(nat.judge(text)) == []
+    other = Scenario("nat")
+    other.flow("10.1.0.12", bport=80)
+    assert codes(other.judge(text)) == []
+
+
+def _payload_changed(i, frame):
+    if i == 2:
+        frame[Raw].load = b"DATA1"
+        del frame[TCP].chksum
+    return frame
+
+
+def test_a_changed_payload_is_LB204(nat):
+    nat.flow("10.1.0.11", change=_payload_changed)
+    report = nat.judge(SPEC)
+    assert codes(report) == ["LB204"]
+    assert report.violations[0].data["fields"] == ["payload"]
+
+
+def _source_port_changed(i, frame):
+    frame[UDP].sport = 41999
+    return frame
+
+
+def test_stateless_rewriting_of_a_udp_flow_is_LB204_not_a_drop(nat):
+    nat.flow("10.1.0.11", proto="udp", vport=53, bport=53, segments=4, change=_source_port_changed)
+    text = spec(listen="udp 53", rule="forward udp 53 to app")
+    report = nat.judge(text)
+    assert codes(report) == ["LB204"]
+    assert report.violations[0].data["fields"] == ["sport"]
+    assert report.violations[0].data["count"] == 4
+
+
+def _ttl_down(i, frame):
+    frame.ttl = 62
+    return frame
+
+
+def test_one_routing_hop_of_ttl_is_not_a_mutation_but_two_are(nat):
+    nat.flow("10.1.0.11")
+    assert codes(nat.judge(SPEC)) == []
+    other = Scenario("nat")
+    other.flow("10.1.0.11", change=_ttl_down)
+    assert codes(other.judge(SPEC)) == ["LB204"]
+
+
+def test_a_packet_sent_twice_is_LB205(nat):
+    nat.flow("10.1.0.11", twice={2})
+    report = nat.judge(SPEC)
+    assert codes(report) == ["LB205"]
+
+
+def test_a_client_retransmission_forwarded_twice_is_not_a_duplicate(nat):
+    sent = nat.flow("10.1.0.11", segments=1)
+    nat.flow("10.1.0.11", 0.3, cport=sent["cport"], handshake=False, segments=1)
+    nat.packets = [p for p in nat.packets]
+    seq = [p for p in nat.packets if p.side == "client" and p.packet.haslayer(Raw)]
+    assert len(seq) == 2
+    second = [p for p in nat.packets if TCP in p.packet and p.packet[TCP].sport == sent["cport"]]
+    for item in second:  # make the second exchange an exact retransmission of the first segment
+        if item.packet.haslayer(Raw):
+            item.packet[TCP].seq = sent["seq"] + 1
+    assert codes(nat.judge(SPEC)) == []
+
+
+def test_balance_far_from_the_weights_is_LB206_with_p_values(nat):
+    for k in range(120):
+        nat.flow("10.1.0.11" if k % 10 else "10.1.0.12", k * 0.01, segments=1, reply=False)
+    report = nat.judge(SPEC, answer_timeout=1000)
+    imbalance = [d for d in report.violations if d.code == "LB206"]
+    assert len(imbalance) == 1
+    data = imbalance[0].data
+    assert data["p_value_flows"] < 1e-6 and data["p_value_bytes"] is not None
+    assert data["backends"]["b1"]["share"] > 0.85
+
+
+def test_balance_near_the_weights_is_not_LB206(nat):
+    for k in range(120):
+        nat.flow("10.1.0.12" if k % 4 == 0 else "10.1.0.11", k * 0.01, segments=1, reply=False)
+    text = spec(backends="backend b1 10.1.0.11 weight 3\n        backend b2 10.1.0.12 weight 1")
+    assert "LB206" not in codes(nat.judge(text, answer_timeout=1000))
+
+
+def test_too_few_flows_say_nothing_about_balance(nat):
+    for k in range(6):
+        nat.flow("10.1.0.11", k * 0.05)
+    assert codes(nat.judge(SPEC)) == []
+
+
+def test_a_reply_from_a_backend_address_is_LB207(nat):
+    nat.flow("10.1.0.11", reply_from="10.1.0.11")
+    report = nat.judge(SPEC)
+    assert codes(report) == ["LB207"]
+    assert report.violations[0].data["backend"] == "b1"
+
+
+def test_egress_nothing_explains_is_LB208(nat):
+    nat.flow("10.1.0.11")
+    stray = Scenario("nat")
+    stray.flow("10.1.0.12", 0.02, cport=41000)  # a client the LB serves, but not this packet
+    nat.packets += [p for p in stray.packets if p.side == "backend" and p.packet.dst == "02:00:00:00:01:0c"]
+    assert codes(nat.judge(SPEC)) == ["LB208"]
+
+
+def test_health_probes_of_the_lb_are_not_LB208(nat):
+    nat.flow("10.1.0.11")
+    probe = Scenario("nat")
+    probe.flow("10.1.0.12", 0.02, client="10.1.0.1", segments=0)
+    nat.packets += [p for p in probe.packets if p.side == "backend"]
+    assert codes(nat.judge(SPEC)) == []
+    assert codes(nat.judge(spec(health=""))) == ["LB208"]
+
+
+def test_bytes_the_backend_acknowledged_are_a_capture_gap_not_a_drop(nat):
+    nat.flow("10.1.0.11", drop={2})
+    client_acks = [p for p in nat.packets if p.side == "backend" and p.packet[TCP].sport == 8080]
+    client_acks[-1].packet[TCP].ack += 100  # the backend acknowledges past the missing segment
+    report = nat.judge(SPEC)
+    assert codes(report) == ["LB209"]
+
+
+def test_assert_only_names_the_backends_traffic_may_reach(nat):
+    nat.flow("10.1.0.11", vport=9000, bport=9000)
+    text = spec(listen="tcp 80, 9000", rule="forward tcp 80 to app port 8080\n    forward tcp 9000 to app",
+                body="assert to tcp 9000 only b2")
+    report = nat.judge(text)
+    assert codes(report) == ["LB213"]
+    assert report.violations[0].data["property"].startswith("assert@")
+    other = Scenario("nat")
+    other.flow("10.1.0.12", vport=9000, bport=9000)
+    assert codes(other.judge(text)) == []
+
+
+def test_traffic_to_a_pool_the_rule_does_not_use_is_LB203(nat):
+    nat.flow("10.1.9.1", vport=80)
+    text = spec(body="pool admin {\n        backend ops 10.1.9.1\n    }")
+    report = nat.judge(text)
+    assert codes(report) == ["LB203"]
+    assert report.violations[0].data["reason"] == "not-for-this-traffic"
+
+
+def test_a_waived_property_gives_no_verdict(nat):
+    nat.flow("10.1.0.11", drop={2})
+    assert codes(nat.judge(spec('waive no_drop "best effort"'))) == []
+    assert codes(nat.judge(spec('waive no_drop for dport 80 "best effort"'))) == []
+    assert codes(nat.judge(spec('waive no_drop for dport 443 "best effort"'))) == ["LB200"]
