@@ -8,7 +8,7 @@ import pytest
 
 import lbspec
 
-from conftest import CLEAN, EXAMPLES, MINIMAL, service
+from conftest import CLEAN, EXAMPLES, service
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Union
 
-from lbspec.semantics.model import PORTED_PROTOCOLS, Address, Backend, Health, Packet, Rule, Service
+from lbspec.semantics.model import PORTED_PROTOCOLS, Backend, Health, Packet, Rule, Service
 
 __all__ = [
     "Forward", "Drop", "Reject", "Decision", "Outcome", "decide", "eligible", "candidates", "views",
