@@ -1,0 +1,85 @@
+"""Capturing both sides of the lab's load balancer: tcpdump if installed, scapy otherwise.
+
+``Capture`` is a context manager: captures start (and are listening) on
+entry and are flushed and stopped on exit, whatever happens inside.
+Separate captures go to ``client.pcap`` (the LB's client-facing interface) and
+``backend.pcap`` (its bridge to the backends); ``combined=True`` writes one
+``any.pcap`` of every interface, as ``tcpdump -i any`` does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["Capture", "main"]
+
+
+class Capture:
+    def __init__(self, lab, directory: str | os.PathLike, combined: bool = False, tool: str = "auto"):
+        self.lab = lab
+        self.directory = Path(directory)
+        self.combined = combined
+        self.tool = ("tcpdump" if shutil.which("tcpdump") else "scapy") if tool == "auto" else tool
+        self.processes = []
+        self.client_side = self.directory / "client.pcap"
+        self.backend_side = self.directory / "backend.pcap"
+        self.both = self.directory / "any.pcap"
+
+    def __enter__(self) -> Capture:
+        jobs = [("any", self.both)] if self.combined else [(self.lab.client_interface, self.client_side),
+                                                             (self.lab.backend_interface, self.backend_side)]
+        try:
+            for interface, path in jobs:
+                self.processes.append(self._start(interface, path))
+        except BaseException:
+            self._stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop()
+
+    def _start(self, interface: str, path: Path):
+        if self.tool == "tcpdump":
+            argv = ["tcpdump", "-i", interface, "-w", str(path), "-U", "--immediate-mode", "-n", "-s", "0",
+                    "-Z", "root"]
+            return self.lab.resources.spawn(self.lab.lb.argv(argv), ready="listening on", timeout=15)
+        argv = [sys.executable, "-m", "lbspec.lab.capture", interface, str(path)]
+        return self.lab.resources.spawn(self.lab.lb.argv(argv), ready="listening", timeout=30)
+
+    def _stop(self) -> None:
+        if self.processes:
+            time.sleep(0.2)  # let the last packets in flight through the LB reach the capture
+        for process in self.processes:
+            self.lab.resources.stop(process, signal.SIGINT, timeout=10)
+        self.processes = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lbspec.lab.capture IFACE FILE``: capture with scapy until SIGINT or SIGTERM."""
+    import threading
+
+    from scapy.sendrecv import AsyncSniffer
+    from scapy.utils import PcapWriter
+
+    interface, path = (argv or sys.argv[1:])[:2]
+    writer = PcapWriter(path, sync=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    sniffer = AsyncSniffer(iface=None if interface == "any" else interface, prn=writer.write, store=False)
+    sniffer.start()
+    print("listening", flush=True)
+    stop.wait()
+    sniffer.stop()
+    writer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""A load balancer lab in network namespaces: a client, the LB, and backends on a bridge.
+
+::
+
+    client ns          lb ns                               backend ns (one each)
+    10.0.1.2 --veth-- 10.0.1.1  [LB: nftables, HAProxy...]  bridge 10.0.2.1 --veth-- 10.0.2.11, .12, ...
+
+The client routes everything (the VIP included) through the LB; backends
+route their replies through it too.  Addresses live inside the namespaces, so
+nothing reaches the host's network.  IPv6 is switched off to keep captures
+free of neighbour discovery chatter.
+
+::
+
+    with Lab(["b1", "b2", "b3"]) as lab:
+        lab.serve(tcp=[8080], udp=[5353])
+        lab.install(NftablesDnat(...))
+        with lab.capture(directory) as capture:
+            results = lab.traffic(tcp=["192.0.2.10:80"], connections=20)
+        capture.client_side, capture.backend_side
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from lbspec.lab.netns import LabError, Namespace, Resources, run, unique_prefix
+
+__all__ = ["Lab", "BackendHost", "LoadBalancer"]
+
+CLIENT, LB_CLIENT_SIDE, LB_BACKEND_SIDE, VIP = "10.0.1.2", "10.0.1.1", "10.0.2.1", "192.0.2.10"
+
+
+class LoadBalancer(Protocol):
+    """What the lab needs of a load balancer: to be installed in the LB namespace and removed."""
+
+    def install(self, lab: Lab) -> None: ...
+
+    def remove(self, lab: Lab) -> None: ...
+
+
+@dataclass
+class BackendHost:
+    name: str
+    address: str
+    namespace: Namespace | None
+    interface: str  # its end of the veth, on the LB's bridge
+    mac: str = ""
+
+
+class Lab:
+    """Namespaces for a client, an LB and backends; see the module docstring.  Always use ``with``."""
+
+    def __init__(self, backends: Sequence[str] = ("b1", "b2"), vip: str = VIP):
+        self.prefix = unique_prefix()
+        self.vip = vip
+        self.names = list(backends)
+        self.resources = Resources()
+        self.backends: dict[str, BackendHost] = {}
+        self.balancer: LoadBalancer | None = None
+        self.client = self.lb = None
+        self.servers: dict[str, list] = {}  # backend name -> its server processes
+
+    # ------------------------------------------------------------ building --
+
+    def __enter__(self) -> Lab:
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def client_interface(self) -> str:
+        """The LB's interface toward the client."""
+        return f"{self.prefix}C"
+
+    @property
+    def backend_interface(self) -> str:
+        """The LB's bridge toward the backends."""
+        return f"{self.prefix}br"
+
+    def _build(self) -> None:
+        r, p = self.resources, self.prefix
+        self.client, self.lb = r.namespace(f"{p}-client"), r.namespace(f"{p}-lb")
+        for namespace in (self.client, self.lb):
+            _quiet(namespace)
+        self.lb.sysctl("net.ipv4.ip_forward", "1")
+        self._veth(self.client, f"{p}c", self.lb, self.client_interface)
+        self.client.ip("addr", "add", f"{CLIENT}/24", "dev", f"{p}c")
+        self.client.ip("route", "add", "default", "via", LB_CLIENT_SIDE)
+        self.lb.ip("addr", "add", f"{LB_CLIENT_SIDE}/24", "dev", self.client_interface)
+        # a fixed address: a bridge otherwise takes its ports' lowest, and a change flushes its neighbours
+        self.lb.ip("link", "add", self.backend_interface, "address", "02:00:00:00:02:01", "type", "bridge")
+        self.lb.ip("addr", "add", f"{LB_BACKEND_SIDE}/24", "dev", self.backend_interface)
+        self.lb.ip("link", "set", self.backend_interface, "up")
+        for index, name in enumerate(self.names):
+            self._backend(index, name)
+
+    def _veth(self, one: Namespace, one_end: str, other: Namespace, other_end: str) -> None:
+        run(["ip", "link", "add", one_end, "netns", one.name, "type", "veth", "peer", "name", other_end,
+             "netns", other.name])
+        one.ip("link", "set", one_end, "up")
+        other.ip("link", "set", other_end, "up")
+
+    def _backend(self, index: int, name: str) -> None:
+        p = self.prefix
+        namespace = self.resources.namespace(f"{p}-{name}")
+        _quiet(namespace)
+        address = f"10.0.2.{11 + index}"
+        inside, outside = f"{p}b{index}", f"{p}B{index}"
+        self._veth(namespace, inside, self.lb, outside)
+        self.lb.ip("link", "set", outside, "master", self.backend_interface)
+        namespace.ip("addr", "add", f"{address}/24", "dev", inside)
+        namespace.ip("route", "add", "default", "via", LB_BACKEND_SIDE)
+        mac = json.loads(namespace.ip("-j", "link", "show", inside))[0]["address"]
+        self.backends[name] = BackendHost(name, address, namespace, outside, mac)
+
+    def close(self) -> None:
+        """Stop everything the lab started and delete its namespaces (idempotent)."""
+        if self.balancer is not None and self.lb is not None:
+            try:
+                self.balancer.remove(self)
+            except LabError:
+                pass
+            self.balancer = None
+        self.resources.close()
+
+    # ------------------------------------------------------------- driving --
+
+    def address(self, name: str) -> str:
+        return self.backends[name].address
+
+    def serve(self, tcp: Sequence[int] = (8080,), udp: Sequence[int] = (5353,), names: Sequence[str] | None = None):
+        """Start an echo server (lbspec.lab.servers) in each backend namespace."""
+        for name in names or self.names:
+            host = self.backends[name]
+            argv = [sys.executable, "-m", "lbspec.lab.servers", "--name", name]
+            argv += [x for port in tcp for x in ("--tcp", str(port))] + [x for port in udp for x in ("--udp", str(port))]
+            process = self.resources.spawn(host.namespace.argv(argv), ready="ready", timeout=15)
+            self.servers.setdefault(name, []).append(process)
+
+    def install(self, balancer: LoadBalancer) -> None:
+        if self.balancer is not None:
+            self.balancer.remove(self)
+        balancer.install(self)
+        self.balancer = balancer
+
+    def remove_backend(self, name: str) -> None:
+        """The backend is gone: its namespace is deleted, but the LB still knows its MAC,
+        so what it sends there leaves on the bridge (and into the capture) unanswered."""
+        host = self.backends[name]
+        for process in self.servers.pop(name, []):
+            self.resources.stop(process)  # a process inside would keep the namespace alive
+        self.resources.forget_namespace(host.namespace.name)
+        _wait_gone(self.lb, host.interface)  # the kernel removes the veth after the namespace, in its own time
+        self.lb.ip("neigh", "replace", host.address, "lladdr", host.mac, "dev", self.backend_interface,
+                   "nud", "permanent")
+        host.namespace = None
+
+    def capture(self, directory: str | os.PathLike, combined: bool = False, tool: str = "auto"):
+        from lbspec.lab.capture import Capture
+
+        return Capture(self, directory, combined, tool)
+
+    def traffic(self, tcp: Sequence[str] = (), udp: Sequence[str] = (), connections: int = 10, messages: int = 2,
+                datagrams: int = 10, interval: float = 0.02, timeout: float = 1.0, deadline: float = 30.0,
+                udp_source_port: int | None = None) -> list[dict]:
+        """Run bounded client traffic (lbspec.lab.traffic) in the client namespace; who answered each."""
+        argv = [sys.executable, "-m", "lbspec.lab.traffic", "--connections", str(connections), "--messages",
+                str(messages), "--datagrams", str(datagrams), "--interval", str(interval), "--timeout", str(timeout),
+                "--deadline", str(deadline)]
+        argv += [x for t in tcp for x in ("--tcp", t)] + [x for t in udp for x in ("--udp", t)]
+        if udp_source_port:
+            argv += ["--udp-source-port", str(udp_source_port)]
+        return json.loads(self.client.run(*argv, timeout=deadline + 30))
+
+
+def _wait_gone(namespace: Namespace, interface: str, timeout: float = 10.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if namespace.run("ip", "link", "show", interface, check=False, timeout=5) == "":
+            return
+        time.sleep(0.05)
+    raise LabError(f"{interface} still exists {timeout}s after its namespace was deleted")
+
+
+def _quiet(namespace: Namespace) -> None:
+    for key in ("net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"):
+        namespace.run("sysctl", "-qw", f"{key}=1", check=False)
