@@ -79,6 +79,7 @@ class Frames:
     direction: np.ndarray
     frame: np.ndarray
     source: int = 0
+    iface: np.ndarray | None = None  # pcapng interface id (None: all one interface)
 
     def __len__(self) -> int:
         return len(self.offset)
@@ -454,7 +455,8 @@ class _PcapngWalker:
         for i in np.nonzero(padded + 4 < blen)[0].tolist():
             direction[i] = _epb_direction(buf, int(offs[i] + padded[i]), int(offs[i] + blen[i] - 4), self.order)
         linktype, scale, shift = self._lookup(iface)
-        return (offs + 28, caplen, words[offs + 24].astype(np.int64), ticks * scale + shift, linktype, direction)
+        return (offs + 28, caplen, words[offs + 24].astype(np.int64), ticks * scale + shift, linktype, direction,
+                iface)
 
     def _lookup(self, iface: np.ndarray):
         table = self.interfaces or [_Interface(0xFFFF)]
@@ -524,17 +526,18 @@ class _PcapngWalker:
         linktype, scale, shift = self._lookup(np.array([iface]))
         ts = np.array([np.nan if ticks is None else ticks * scale[0] + shift[0]])
         parts.append((np.array([start]), np.array([caplen]), np.array([origlen]), ts, linktype,
-                      np.zeros(1, np.int8)))
+                      np.zeros(1, np.int8), np.array([iface], np.int64)))
         return 1
 
     def _batch(self, buf: bytes, parts: list[tuple], end: int) -> Frames | None:
         if not parts or not sum(len(p[0]) for p in parts):
             return None
-        offs, caplen, wirelen, ts, linktype, direction = (np.concatenate([p[i] for p in parts]) for i in range(6))
+        offs, caplen, wirelen, ts, linktype, direction, iface = (np.concatenate([p[i] for p in parts])
+                                                                 for i in range(7))
         first = self.reader.frames + 1
         return Frames(buf, offs.astype(np.int64), caplen.astype(np.int32), wirelen.astype(np.int32),
                       _fill_missing(ts), linktype.astype(np.uint16), direction,
-                      np.arange(first, first + len(offs), dtype=np.int64))
+                      np.arange(first, first + len(offs), dtype=np.int64), iface=iface.astype(np.int32))
 
 
 def _epb_direction(buf: bytes, pos: int, end: int, order: str) -> int:

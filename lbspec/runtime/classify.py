@@ -7,8 +7,11 @@ Roles, from the spec's addresses and the side a capture was taken on:
   address (nat, snat, proxy), encapsulated to one (tunnel), or to the VIP with
   a backend's MAC address (dsr);
 * ``BREPLY``: a backend's packet back to the LB (backend side);
-* ``CREPLY``: what reaches a client that is not to a VIP (client side): a
-  reply, translated back to the VIP or not.
+* ``CREPLY``: what reaches a client from a VIP or a backend address (client
+  side): a reply, translated back to the VIP or not;
+* ``TRANSIT``: a client's packet to an address that is no VIP (an ICMP error
+  about a reply, say): the LB routes it, and its copy on the backend side is
+  not something the LB made up.
 
 In one combined capture the side is inferred: from the capture's direction
 (Linux cooked headers, pcapng flags) when it has one, otherwise from the
@@ -26,12 +29,12 @@ import numpy as np
 from lbspec.runtime.compiled import Compiled, akey
 from lbspec.runtime.decode import ARP, OK, TCP, UDP, Packets, fill_digests
 
-__all__ = ["NONE", "INGRESS", "EGRESS", "BREPLY", "CREPLY", "ROLE_NAMES", "classify", "mix", "pair_key",
+__all__ = ["NONE", "INGRESS", "EGRESS", "BREPLY", "CREPLY", "TRANSIT", "ROLE_NAMES", "classify", "mix", "pair_key",
            "weak_keys", "flow_key", "MacTable", "CLIENT", "BACKEND", "COMBINED"]
 
-NONE, INGRESS, EGRESS, BREPLY, CREPLY = 0, 1, 2, 3, 4
+NONE, INGRESS, EGRESS, BREPLY, CREPLY, TRANSIT = 0, 1, 2, 3, 4, 5
 ROLE_NAMES = {NONE: "other", INGRESS: "ingress", EGRESS: "egress", BREPLY: "backend-reply",
-              CREPLY: "client-reply"}
+              CREPLY: "client-reply", TRANSIT: "transit"}
 CLIENT, BACKEND, COMBINED = 0, 1, -1
 _SEED = np.uint64(0x243F6A8885A308D3)
 _MUL = np.uint64(0xFF51AFD7ED558CCD)
@@ -98,13 +101,15 @@ def classify(p: Packets, compiled: Compiled, macs: MacTable) -> None:
     dsr = to_vip & np.isin(vip_d, [s.index for s in compiled.services if s.mode == "dsr"])
     role[to_vip & (side == 0)] = INGRESS
     role[to_vip & (side == 1)] = EGRESS
-    role[ok & (side == 0) & ~to_vip] = CREPLY
+    toward_client = (vip_s >= 0) | (be_s >= 0)
+    role[ok & (side == 0) & ~to_vip & toward_client] = CREPLY
+    role[ok & (side == 0) & ~to_vip & ~toward_client] = TRANSIT
     role[ok & (side == 1) & ~to_vip & (be_s >= 0) & ~tunnel] = BREPLY
     role[ok & (side == 1) & ~to_vip & ((be_s < 0) | tunnel)] = EGRESS
     combined = ok & (side == -1)
     if combined.any():
         _combined(p, role, combined, to_vip, dsr, vip_s, be_s, tunnel, dirn)
-    fill_digests(p, np.nonzero((role == INGRESS) | (role == EGRESS))[0])
+    fill_digests(p, np.nonzero((role == INGRESS) | (role == EGRESS) | (role == TRANSIT))[0])
     svc = np.where(role == INGRESS, vip_d, -1).astype(np.int16)
     gid = np.full(n, -1, np.int32)
     egress = role == EGRESS
@@ -116,6 +121,7 @@ def classify(p: Packets, compiled: Compiled, macs: MacTable) -> None:
     p["ckey"] = client_key(p, role)
     for mode in compiled.modes:
         p["k_" + mode] = pair_key(p, "snat" if mode == "proxy" else mode)  # proxy: its UDP, like snat
+    p["k_transit"] = pair_key(p, "dsr")
 
 
 def _combined(p, role, combined, to_vip, dsr, vip_s, be_s, tunnel, dirn) -> None:
@@ -131,12 +137,16 @@ def _combined(p, role, combined, to_vip, dsr, vip_s, be_s, tunnel, dirn) -> None
     role[rest & (be_s >= 0) & ~tunnel & outbound] = CREPLY
     role[rest & tunnel] = EGRESS
     role[rest & (vip_s < 0) & (be_s < 0) & ~tunnel & ~inbound] = EGRESS
+    role[rest & (vip_s < 0) & (be_s < 0) & ~tunnel & inbound] = TRANSIT
     if not known.all():
         dsr_copies = combined & ~known & to_vip & dsr
         reply_copies = combined & ~known & (be_s >= 0) & ~tunnel & ~to_vip
         fill_digests(p, np.nonzero(dsr_copies | reply_copies)[0])
+        transit_copies = combined & ~known & ~to_vip & (vip_s < 0) & (be_s < 0) & ~tunnel
+        fill_digests(p, np.nonzero(transit_copies)[0])
         _copies(p, role, dsr_copies, INGRESS, EGRESS)
         _copies(p, role, reply_copies, BREPLY, CREPLY)
+        _first_copies(p, role, transit_copies, TRANSIT)
 
 
 def _copies(p: Packets, role: np.ndarray, rows_mask: np.ndarray, before: int, after: int) -> None:
@@ -154,6 +164,19 @@ def _copies(p: Packets, role: np.ndarray, rows_mask: np.ndarray, before: int, af
     lead = rows[head]
     changed = (p["mac_d"][rows] != p["mac_d"][lead]) | (p["ttl"][rows] < p["ttl"][lead])
     role[rows[~first & changed]] = after
+
+
+def _first_copies(p: Packets, role: np.ndarray, rows_mask: np.ndarray, first: int) -> None:
+    """Packets routed through the LB show twice in a combined capture: the first copy is the client's."""
+    rows = np.nonzero(rows_mask)[0]
+    if len(rows) < 2:
+        return
+    key = pair_key(p, "dsr", rows)
+    order = np.lexsort((p["ts"][rows], key))
+    key, rows = key[order], rows[order]
+    head = np.r_[True, key[1:] != key[:-1]]
+    later = np.r_[False, key[1:] == key[:-1]]
+    role[rows[head & np.r_[later[1:], False]]] = first
 
 
 def _egress_backend(p, compiled, macs, egress, dkey, be_d, vip_d) -> np.ndarray:

@@ -45,7 +45,8 @@ WHY = {0: "", 1: "frame shorter than its link-layer header", 2: "unsupported lin
 (_LINK_SHORT, _LINKTYPE, _IP_SHORT, _VERSION, _IHL, _LENGTH, _L4_SHORT, _DOFF, _TUNNEL, _EXT_SHORT) = range(1, 11)
 
 COLUMNS: dict[str, str] = {
-    "ts": "f8", "source": "i2", "frame": "i8", "side": "i1", "dirn": "i1", "status": "u1", "why": "u1",
+    "ts": "f8", "source": "i2", "frame": "i8", "side": "i1", "dirn": "i1", "iface": "i4", "status": "u1",
+    "why": "u1",
     "fam": "u1", "proto": "u1", "sa_hi": "u8", "sa_lo": "u8", "da_hi": "u8", "da_lo": "u8",
     "sport": "i4", "dport": "i4", "flags": "u1", "seq": "u4", "ack": "u4", "ttl": "u1", "ipid": "u4",
     "icmp": "i4", "echo": "u4", "plen": "i4", "pcap": "i4", "poff": "i8",
@@ -171,6 +172,8 @@ def decode(frames: Frames, side: int = -1, gue_ports: Iterable[int] = (6080,), b
                 side=np.full(n, side, np.int8), dirn=frames.direction.astype(np.int8), roff=frames.offset,
                 rlen=frames.caplen, wlen=frames.wirelen, lt=frames.linktype, buf=np.full(n, buf_index, np.int32))
     cols["icmp"][:] = -1
+    if frames.iface is not None:
+        cols["iface"] = frames.iface.astype(np.int32)
     if n == 0:
         return Packets(cols, [frames.buf])
     _Decoder(frames.buf, cols, frames.offset + frames.caplen, np.asarray(list(gue_ports), np.int64)).run()
@@ -261,6 +264,7 @@ class _Decoder:
             return v.be16(o + 14)
         if kind == LINKTYPE_LINUX_SLL2:
             c["dirn"][rows] = np.where(v.byte(o + 10) == 4, 2, 1)
+            c["iface"][rows] = v.be32(o + 4).astype(np.int64)
             return v.be16(o)
         return np.full(len(rows), -1, np.int64)  # raw IP and loopback: the version nibble says
 

@@ -43,7 +43,9 @@ from lbspec.diagnostics import Diagnostic, InputError
 from lbspec.runtime import judge
 from lbspec.runtime.balance import Traffic
 from lbspec.runtime.capture import PAD, Frames
-from lbspec.runtime.classify import BREPLY, CREPLY, EGRESS, INGRESS, MacTable, classify, syn_only, weak_keys
+from lbspec.runtime.classify import (
+    BREPLY, CREPLY, EGRESS, INGRESS, TRANSIT, MacTable, classify, mix, syn_only, weak_keys,
+)
 from lbspec.runtime.compiled import CheckPlan, Compiled, akey, compile_spec, model_packet
 from lbspec.runtime.decode import TCP, UDP, WHY, Packets, decode
 from lbspec.runtime.evidence import Sources, flow_text, witness_of
@@ -121,6 +123,10 @@ class _Counts:
     unattributed: int = 0
     replies: int = 0
     new_flows: int = 0
+    copies: int = 0
+    transit: int = 0
+    unjudged: int = 0
+    icmp_errors: int = 0
 
 
 class Monitor:
@@ -286,7 +292,9 @@ class Monitor:
         new["mate"] = np.full(n, -1, np.int64)
         self.macs.learn(new, self.compiled)
         classify(new, self.compiled, self.macs)
-        new["done"] = (new["role"] != INGRESS) & (new["role"] != EGRESS)  # only these wait for a partner
+        self._drop_capture_copies(new)
+        waits = (new["role"] == INGRESS) | (new["role"] == EGRESS) | (new["role"] == TRANSIT)
+        new["done"] = ~waits  # only these wait for a partner
         streams = self.proxy.wanted(new)
         new["done"] |= streams  # proxied TCP is judged as byte streams
         self._count(new)
@@ -299,6 +307,27 @@ class Monitor:
         self.window = new if self.window is None else Packets.concat([self.window, new])
         self._index = None
         self._replies(np.arange(len(self.window) - n, len(self.window)))
+
+    def _drop_capture_copies(self, new: Packets) -> None:
+        """The same frame captured on two interfaces at once (a bridge and its port, in ``-i any``) is one."""
+        if not (new["iface"] != new["iface"][0]).any() and (self.window is None or not len(self.window)
+                                                             or self.window["iface"][-1] == new["iface"][0]):
+            return
+        tail = self.window.take(np.nonzero(self.window["ts"] >= new["ts"][0] - 0.001)[0]) \
+            if self.window is not None else Packets.empty()
+        ident = lambda p: mix([p["role"], p["sa_lo"], p["da_lo"], p["sa_hi"], p["sport"], p["dport"], p["proto"],  # noqa
+                               p["seq"], p["ack"], p["flags"], p["ipid"], p["ttl"], p["plen"], p["icmp"]])
+        keys = np.concatenate([ident(tail) if len(tail) else np.zeros(0, np.uint64), ident(new)])
+        ts = np.concatenate([tail["ts"], new["ts"]])
+        iface = np.concatenate([tail["iface"], new["iface"]])
+        order = np.lexsort((ts, keys))
+        same = (keys[order][1:] == keys[order][:-1]) & (iface[order][1:] != iface[order][:-1]) & \
+            (ts[order][1:] - ts[order][:-1] <= 0.001)
+        copies = order[1:][same] - len(tail)
+        copies = copies[copies >= 0]
+        if len(copies):
+            new["role"][copies] = 0
+            self.counts.copies += len(copies)
 
     def _settle(self) -> None:
         if self.window is None:
@@ -332,6 +361,7 @@ class Monitor:
 
     def _pair(self) -> None:
         win = self.window
+        self._absorb_transit()
         for number, mode in enumerate(self.compiled.modes):
             waiting = ~win["done"]
             ingress = np.nonzero(waiting & (win["role"] == INGRESS) & (self._mode_of[win["svc"]] == number))[0]
@@ -341,6 +371,19 @@ class Monitor:
                 a, b = match(key[ingress], win["ts"][ingress], key[egress], win["ts"][egress],
                              self.options.tolerance, self.pair_window)
                 self._commit(ingress[a], egress[b], 1)
+
+    def _absorb_transit(self) -> None:
+        """Egress copies of what clients sent to non-VIP addresses: routed, not made up; nothing to judge."""
+        win = self.window
+        waiting = ~win["done"]
+        transit = np.nonzero(waiting & (win["role"] == TRANSIT))[0]
+        egress = np.nonzero(waiting & (win["role"] == EGRESS))[0]
+        if len(transit) and len(egress):
+            key = win["k_transit"]
+            a, b = match(key[transit], win["ts"][transit], key[egress], win["ts"][egress], self.options.tolerance,
+                         self.pair_window)
+            win["done"][transit[a]] = win["done"][egress[b]] = True
+            self.counts.transit += len(a)
 
     def _commit(self, ii: np.ndarray, ee: np.ndarray, stage: int) -> None:
         if not len(ii):
@@ -371,7 +414,7 @@ class Monitor:
         old = ~win["done"] & (win["ts"] < cutoff)
         ingress = np.nonzero(old & (win["role"] == INGRESS))[0]
         egress = np.nonzero(old & (win["role"] == EGRESS))[0]
-        win["done"][ingress] = win["done"][egress] = True
+        win["done"][old] = True
         if len(ingress):
             self._unforwarded(ingress)
         if len(egress):
@@ -407,7 +450,10 @@ class Monitor:
             listened = plan.listened(view)
             self.counts.listened += int(listened.sum())
             rule = plan.rule_index(view)
-            checks = [(c, listened & (rule >= 0) & c.scope(view)) for c in plan.of_kind("response")]
+            seen = win["ts"][mine] + np.array([c.pattern.within for c in plan.of_kind("response")] or [0]).max() \
+                <= self._egress_seen_until()  # a capture that stopped too soon cannot show the forward
+            self.counts.unjudged += int((listened & ~seen).sum())
+            checks = [(c, listened & seen & (rule >= 0) & c.scope(view)) for c in plan.of_kind("response")]
             for j in np.nonzero(np.logical_or.reduce([m for _c, m in checks]) if checks else [])[0].tolist():
                 row = int(mine[j])
                 if self._acknowledged(row):
@@ -424,25 +470,34 @@ class Monitor:
                      flow_text(win, row))
 
     def _acknowledged(self, row: int) -> bool:
-        """Did the backend acknowledge this TCP segment, though no egress copy was seen?"""
+        """Did the backend acknowledge this TCP segment (bytes, SYN or FIN), though no egress copy was seen?"""
         win = self.window
-        if win["proto"][row] != TCP or win["plen"][row] == 0:
+        flags = int(win["flags"][row])
+        length = int(win["plen"][row]) + (flags & 2 != 0) + (flags & 1 != 0)
+        if win["proto"][row] != TCP or length == 0:
             return False
         rows = self._flow_rows(int(win["ckey"][row]))
-        replies = rows[(win["role"][rows] == BREPLY) & (win["ts"][rows] >= win["ts"][row])]
+        replies = rows[(win["role"][rows] == BREPLY) & (win["ts"][rows] >= win["ts"][row])
+                       & ((win["flags"][rows] & 16) != 0)]
         if not len(replies):
             return False
-        end = (int(win["seq"][row]) + int(win["plen"][row])) & 0xFFFFFFFF
+        end = (int(win["seq"][row]) + length) & 0xFFFFFFFF
         acks = win["ack"][replies].astype(np.int64)
         return bool((((acks - end) & 0xFFFFFFFF) < 1 << 31).any())
 
     def _unexplained(self, rows: np.ndarray) -> None:
         """Egress packets no ingress packet explains: duplicates, probes, gaps, or LB208."""
         win = self.window
+        errors = _icmp_error(win["proto"][rows], win["icmp"][rows])
+        self.counts.icmp_errors += int(errors.sum())  # made by network stacks, translated by conntrack
+        rows = rows[~errors]
         dup = self._duplicates(rows)
         for row in rows[dup].tolist():
             self._duplicate(row)
         rest = rows[~dup]
+        early = win["ts"][rest] < self._ingress_seen_since() + self.pair_window  # its cause may predate the capture
+        self.counts.unjudged += int(early.sum())
+        rest = rest[~early]
         self.counts.unrelated += int((win["gid"][rest] < 0).sum())
         for row in rest[win["gid"][rest] >= 0].tolist():
             if self._probe(row):
@@ -490,6 +545,18 @@ class Monitor:
         sent = rows[win["role"][rows] == INGRESS]
         end = (int(win["seq"][row]) + int(win["plen"][row])) & 0xFFFFFFFF
         return bool(((((win["seq"][sent].astype(np.int64) - end) & 0xFFFFFFFF) < 1 << 31)).any())
+
+    def _egress_seen_until(self) -> float:
+        """Until when the captures can show what the LB sent (infinite until the end of the run)."""
+        if not self._closed:
+            return math.inf
+        ends = [e[2] for source, e in self.counts.per_source.items() if self.sources.sides[source] != 0]
+        return min(ends) if ends else math.inf
+
+    def _ingress_seen_since(self) -> float:
+        """Since when the captures show what clients sent."""
+        starts = [e[1] for source, e in self.counts.per_source.items() if self.sources.sides[source] != 1]
+        return max(starts) if starts else -math.inf
 
     def _twice(self, service: int) -> CheckPlan | None:
         found = self.compiled.services[service].of_kind("twice")
@@ -807,6 +874,11 @@ class Monitor:
 
 
 # ------------------------------------------------------------------ helpers --
+
+def _icmp_error(proto: np.ndarray, icmp: np.ndarray) -> np.ndarray:
+    kind = icmp >> 8
+    return ((proto == 1) & np.isin(kind, [3, 4, 5, 11, 12])) | ((proto == 58) & (kind >= 1) & (kind <= 4))
+
 
 def _five_tuple(win: Packets, row: int) -> int:
     from lbspec.runtime.classify import flow_key

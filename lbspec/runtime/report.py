@@ -34,6 +34,8 @@ def summarize(monitor) -> dict[str, Any]:
         "pairing_rate": (c.paired / c.listened) if c.listened else None,
         "changed_in_flight": c.mutated_pairs,
         "probes": c.probes,
+        "unjudged_at_edges": c.unjudged,
+        "capture_copies": c.copies,
         "latency_ms": _latency(monitor),
         "backends": _backends(monitor),
         "health": _health(monitor),

@@ -212,17 +212,29 @@ class Scenario:
 
     # --------------------------------------------------------------- runs --
 
+    def _ended(self) -> list[Sent]:
+        """The packets, and on each side an ARP frame a while after the last one: a capture that kept
+        running, so the monitor can judge the last packets (it leaves alone what a capture stopped too
+        soon to show)."""
+        last = max((s.time for s in self.packets), default=START) + 0.2
+        marks = []
+        for side in ("client", "backend"):
+            frame = Ether(src="02:00:00:00:00:99", dst="ff:ff:ff:ff:ff:ff") / ARP(psrc="10.9.9.9", pdst="10.9.9.8")
+            frame.time = last
+            marks.append(Sent(last, side, frame))
+        return sorted(self.packets + marks, key=lambda s: s.time)
+
     def judge(self, spec: str, events: list[tuple[float, str, bool]] = (), combined: bool = False,
               **options) -> Report:
         monitor = Monitor(lbspec.loads(spec, "spec.lbspec"), options=MonitorOptions(**options))
         for time, backend, up in events:
             monitor.health(backend, up, START + time)
-        for sent in sorted(self.packets, key=lambda s: s.time):
+        for sent in self._ended():
             monitor.feed(sent.packet, side=None if combined else sent.side)
         return monitor.close()
 
     def write(self, directory: Path, combined: bool = False, name: str = "lb") -> list[Path]:
-        ordered = sorted(self.packets, key=lambda s: s.time)
+        ordered = self._ended()
         if combined:
             path = directory / f"{name}.pcap"
             wrpcap(str(path), [s.packet for s in ordered])

@@ -218,7 +218,7 @@ def test_a_reply_from_a_backend_address_is_LB207(nat):
 def test_egress_nothing_explains_is_LB208(nat):
     nat.flow("10.1.0.11")
     stray = Scenario("nat")
-    stray.flow("10.1.0.12", 0.02, cport=41000)  # a client the LB serves, but not this packet
+    stray.flow("10.1.0.12", 0.5, cport=41000)  # a client the LB serves, but not this packet
     nat.packets += [p for p in stray.packets if p.side == "backend" and p.packet.dst == "02:00:00:00:01:0c"]
     assert codes(nat.judge(SPEC)) == ["LB208"]
 
@@ -226,7 +226,7 @@ def test_egress_nothing_explains_is_LB208(nat):
 def test_health_probes_of_the_lb_are_not_LB208(nat):
     nat.flow("10.1.0.11")
     probe = Scenario("nat")
-    probe.flow("10.1.0.12", 0.02, client="10.1.0.1", segments=0)
+    probe.flow("10.1.0.12", 0.5, client="10.1.0.1", segments=0)
     nat.packets += [p for p in probe.packets if p.side == "backend"]
     assert codes(nat.judge(SPEC)) == []
     assert codes(nat.judge(spec(health=""))) == ["LB208"]
