@@ -4,7 +4,8 @@
 entry and are flushed and stopped on exit, whatever happens inside.
 Separate captures go to ``client.pcap`` (the LB's client-facing interface) and
 ``backend.pcap`` (its bridge to the backends); ``combined=True`` writes one
-``any.pcap`` of every interface, as ``tcpdump -i any`` does.
+``any.pcap`` of every interface, as ``tcpdump -i any`` does.  The scapy
+fallback is ``python -m lbspec.runtime.sniff`` (scapy stays in lbspec.runtime).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["Capture", "main"]
+__all__ = ["Capture"]
 
 
 class Capture:
@@ -49,7 +50,7 @@ class Capture:
             argv = ["tcpdump", "-i", interface, "-w", str(path), "-U", "--immediate-mode", "-n", "-s", "0",
                     "-Z", "root"]
             return self.lab.resources.spawn(self.lab.lb.argv(argv), ready="listening on", timeout=15)
-        argv = [sys.executable, "-m", "lbspec.lab.capture", interface, str(path)]
+        argv = [sys.executable, "-m", "lbspec.runtime.sniff", interface, str(path)]
         return self.lab.resources.spawn(self.lab.lb.argv(argv), ready="listening", timeout=30)
 
     def _stop(self) -> None:
@@ -58,28 +59,3 @@ class Capture:
         for process in self.processes:
             self.lab.resources.stop(process, signal.SIGINT, timeout=10)
         self.processes = []
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m lbspec.lab.capture IFACE FILE``: capture with scapy until SIGINT or SIGTERM."""
-    import threading
-
-    from scapy.sendrecv import AsyncSniffer
-    from scapy.utils import PcapWriter
-
-    interface, path = (argv or sys.argv[1:])[:2]
-    writer = PcapWriter(path, sync=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    sniffer = AsyncSniffer(iface=None if interface == "any" else interface, prn=writer.write, store=False)
-    sniffer.start()
-    print("listening", flush=True)
-    stop.wait()
-    sniffer.stop()
-    writer.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -342,18 +342,21 @@ class _PcapWalker:
                       np.zeros(n, np.int8), np.arange(first, first + n, dtype=np.int64))
 
 
-def _walk_pcap(buf: bytes, pos: int, most: int, limit: int, order: str) -> tuple[list[int], int]:
+def _walk_pcap(buf, pos: int, most: int, limit: int, order: str) -> tuple[list[int], int]:
     """Record offsets from ``pos``: the one per-packet Python loop, kept minimal on purpose."""
     unpack = struct.Struct(order + "I").unpack_from
-    n = len(buf)
+    last = len(buf) - 16
     out: list[int] = []
     append = out.append
-    while pos + 16 <= n and len(out) < most:
-        caplen = unpack(buf, pos + 8)[0]
-        if caplen > limit or pos + 16 + caplen > n:
+    for _ in range(most):
+        if pos > last:
+            break
+        caplen, = unpack(buf, pos + 8)
+        following = pos + 16 + caplen
+        if caplen > limit or following > last + 16:
             break
         append(pos)
-        pos += 16 + caplen
+        pos = following
     return out, pos
 
 

@@ -164,7 +164,8 @@ def _render(args, outcome, sources: dict[str, str], stdout: TextIO, color: bool)
         return
     from lbspec.render import render_text
 
-    render_text(report.diagnostics, sources, stdout, color)
+    shown = [x for x in report.diagnostics if not (outcome.streamed and x.data and "property" in x.data)]
+    render_text(shown, sources, stdout, color)
     stdout.write(summary_text(report.summary))
 
 

@@ -90,6 +90,13 @@ class Packets:
     def take(self, index: np.ndarray) -> Packets:
         return Packets({k: v[index] for k, v in self.cols.items()}, self.buffers)
 
+    def slice(self, start: int, stop: int) -> Packets:
+        """Rows ``start`` to ``stop`` as views (no copy)."""
+        return Packets({k: v[start:stop] for k, v in self.cols.items()}, self.buffers)
+
+    def copy(self) -> Packets:
+        return Packets({k: v.copy() for k, v in self.cols.items()}, self.buffers)
+
     def frame_bytes(self, row: int) -> bytes:
         start = int(self["roff"][row])
         return bytes(self.buffers[int(self["buf"][row])][start:start + int(self["rlen"][row])])

@@ -194,6 +194,14 @@ class Monitor:
         if sum(len(v) for v in self._staged.values()) >= self.options.batch:
             self._flush()
 
+    def feed_raw(self, data: bytes, time: float, linktype: int, source: int) -> None:
+        """One raw frame of a registered source (see :meth:`add_source`), as a live capture reads it."""
+        self._check_open()
+        staged = self._staged.setdefault(source, [])
+        staged.append((time, data, linktype))
+        if sum(len(v) for v in self._staged.values()) >= self.options.batch:
+            self._flush()
+
     def feed_frames(self, frames: Frames, skew: float = 0.0) -> None:
         """A batch of frames read from capture ``frames.source`` (see :meth:`add_source`)."""
         self._check_open()
@@ -279,10 +287,10 @@ class Monitor:
             self._admit(new)
             self._settle()
             return
-        edges = np.searchsorted(ts, np.arange(ts[0] + span, ts[-1], span), side="right")
-        for part in np.split(np.arange(len(new)), edges):
-            if len(part):
-                self._admit(new.take(part))
+        edges = np.searchsorted(ts, np.arange(ts[0] + span, ts[-1], span), side="right").tolist()
+        for start, stop in zip([0] + edges, edges + [len(new)]):
+            if stop > start:
+                self._admit(new.slice(start, stop).copy())
                 self._settle()
 
     def _admit(self, new: Packets) -> None:

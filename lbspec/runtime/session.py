@@ -23,6 +23,7 @@ class Outcome:
     report: Report
     spec: Spec
     services: list[str]
+    streamed: bool = False  # the verdicts were printed as they came (live, text)
 
 
 def options_from(args) -> MonitorOptions:
@@ -41,7 +42,7 @@ def run(args, spec: Spec, stdout: TextIO, stderr: TextIO) -> Outcome:
         from lbspec.runtime import live
 
         report = live.run(args, spec, stdout, stderr)
-        return Outcome(report, spec, args.service)
+        return Outcome(report, spec, args.service, streamed=args.format == "text")
     if args.jobs > 1:
         from lbspec.runtime import parallel
 
@@ -115,12 +116,14 @@ def capture_notes(readers: list[CaptureReader]) -> list[Diagnostic]:
 
 
 class Stream:
-    """Writes witnesses as verdicts appear and, with --format jsonl, each verdict as a JSON line."""
+    """Writes witnesses as verdicts appear and, with --format jsonl (or text, live), each verdict."""
 
-    def __init__(self, args, stdout: TextIO):
+    def __init__(self, args, stdout: TextIO, live_text: bool = False):
         self.jsonl = args.format == "jsonl"
+        self.text = live_text
         self.directory = args.witness_dir
         self.stdout = stdout
+        self.sources: dict[str, str] = {}
 
     def emit(self, monitor: Monitor, final: bool = False) -> None:
         for verdict in monitor.book.take_fresh():
@@ -131,6 +134,11 @@ class Stream:
                 from lbspec.render.json import diagnostic_to_dict
 
                 self.stdout.write(json.dumps(diagnostic_to_dict(verdict.diagnostic()), default=_plain) + "\n")
+                self.stdout.flush()
+            elif self.text:
+                from lbspec.render import render_text
+
+                render_text([verdict.diagnostic()], monitor.spec.sources, self.stdout)
                 self.stdout.flush()
 
 

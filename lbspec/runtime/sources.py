@@ -70,8 +70,8 @@ def merged(streams: list[Iterator[Packets]]) -> Iterator[Packets]:
                 continue
             upto = int(np.searchsorted(head["ts"], cut, side="right"))
             if upto:
-                parts.append(head.take(np.arange(upto)))
-            heads[index] = head.take(np.arange(upto, len(head))) if upto < len(head) else _next(streams[index])
+                parts.append(head.slice(0, upto))
+            heads[index] = head.slice(upto, len(head)) if upto < len(head) else _next(streams[index])
         batch = Packets.concat(parts)
         if len(parts) > 1:
             batch = batch.take(np.argsort(batch["ts"], kind="stable"))

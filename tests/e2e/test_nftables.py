@@ -136,3 +136,20 @@ def test_a_destination_not_in_the_spec_is_LB203(lab, tmp_path):
     assert set(verdicts) == {"LB203"} and code == 1
     assert {v["data"]["destination"] for v in verdicts["LB203"]} == {f"{lab.address('b4')}:8080"}
     assert len(verdicts["LB203"]) == 3
+
+
+def test_live_monitoring_streams_verdicts(lab, tmp_path):
+    import sys
+
+    lab.install(_balancer(lab, drop_percent=25))
+    spec = _spec(tmp_path, lab)
+    argv = [sys.executable, "-m", "lbspec", "monitor", spec, "--live", f"client:{lab.client_interface}",
+            "--live", f"backend:{lab.backend_interface}", "--duration", "4", "--format", "jsonl"]
+    monitor = lab.resources.spawn(lab.lb.argv(argv), ready="listening on", timeout=30)
+    results = lab.traffic(udp=[f"{VIP}:53"], datagrams=30, interval=0.01, timeout=0.2)
+    out, _err = monitor.communicate(timeout=30)
+    lines = [json.loads(x) for x in out.splitlines()]
+    lost = sum(1 for r in results if r["error"] is not None)
+    assert lost > 0 and monitor.returncode == 1
+    assert {x["code"] for x in lines[:-1]} == {"LB200"}
+    assert lines[-1]["summary"]["violating_packets"] == {"LB200": lost}
