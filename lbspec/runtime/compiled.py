@@ -281,6 +281,19 @@ class Compiled:
         names = ev.candidates(plan.service, plan.rules[rule][0] if rule >= 0 else None)
         return frozenset(r.gid for r in plan.backends if r.name in names)
 
+    def ever_eligible(self, service: int, rule: int) -> frozenset[int]:
+        """Backends (gids) the rule's traffic may go to under some health: the pool's primaries and
+        the targets of its failovers (a backup outside any failover never takes traffic)."""
+        plan = self.services[service]
+        pool = plan.rules[rule][0].pool
+        names = {b.name for b in plan.service.pool(pool).primaries}
+        for failover in plan.service.failovers:
+            if failover.source == pool and failover.to_pool:
+                names.update(b.name for target in failover.targets for b in plan.service.pool(target).primaries)
+            elif failover.source == pool:
+                names.update(failover.targets)
+        return frozenset(r.gid for r in plan.backends if r.name in names)
+
     def detection(self, service: int) -> tuple[float, float]:
         return ev.detection_bounds(self.services[service].service.health)
 

@@ -281,17 +281,20 @@ class Monitor:
         if not len(new):
             self._settle()
             return
+        if (np.diff(new["ts"]) < 0).any():
+            new = new.take(np.argsort(new["ts"], kind="stable"))
         ts = new["ts"]
         span = max(self.horizon, 0.5)
         if float(ts[-1] - ts[0]) <= span:
             self._admit(new)
             self._settle()
             return
-        edges = np.searchsorted(ts, np.arange(ts[0] + span, ts[-1], span), side="right").tolist()
-        for start, stop in zip([0] + edges, edges + [len(new)]):
-            if stop > start:
-                self._admit(new.slice(start, stop).copy())
-                self._settle()
+        start = 0
+        while start < len(new):  # as many slices as there are spans with packets, whatever the time range
+            stop = max(int(np.searchsorted(ts, ts[start] + span, side="right")), start + 1)
+            self._admit(new.slice(start, stop).copy())
+            self._settle()
+            start = stop
 
     def _admit(self, new: Packets) -> None:
         n = len(new)
@@ -789,7 +792,7 @@ class Monitor:
                                       "da_hi": np.array([0], np.uint64), "da_lo": np.array([0xFFFF00000000], np.uint64),
                                       "sport": np.array([1]), "dport": np.array([1]), "flags": np.array([0])}, 0)
                 for rule in range(len(plan.rules)):
-                    for gid in self.compiled.candidates(service, rule):
+                    for gid in self.compiled.ever_eligible(service, rule):
                         backend = self.compiled.backends[gid].backend
                         table[f, rule + 1, gid] = backend.weight > 0 and ev.family_fits(plan.service, backend, probe)
             self._allowed[service] = table

@@ -41,6 +41,10 @@ def ip(src: str, dst: str, **kw) -> Packet:
         else IP(src=src, dst=dst, **kw)
 
 
+def ttl(packet: Packet) -> int:
+    return packet.hlim if isinstance(packet, IPv6) else packet.ttl
+
+
 @dataclass
 class Sent:
     """One packet and the side it was seen on."""
@@ -79,10 +83,10 @@ class Scenario:
         """``inner`` (client -> VIP) as the LB sends it to ``backend`` in this mode."""
         l4 = inner.payload.copy()
         if self.mode == "nat":
-            return Ether(src=LB_MAC, dst=backend_mac(backend)) / ip(client, backend, ttl=inner.ttl - 1) / l4
+            return Ether(src=LB_MAC, dst=backend_mac(backend)) / ip(client, backend, ttl=ttl(inner) - 1) / l4
         if self.mode == "snat":
             l4.sport = lport
-            return Ether(src=LB_MAC, dst=backend_mac(backend)) / ip(LB_ADDRESS, backend, ttl=inner.ttl - 1) / l4
+            return Ether(src=LB_MAC, dst=backend_mac(backend)) / ip(LB_ADDRESS, backend, ttl=ttl(inner) - 1) / l4
         if self.mode == "dsr":
             return Ether(src=LB_MAC, dst=backend_mac(backend)) / inner.copy()
         outer = ip(LB_ADDRESS, backend)

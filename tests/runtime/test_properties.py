@@ -1,0 +1,83 @@
+"""Properties beyond the library's defaults: user patterns, IPv6, several services, other balance units."""
+
+from __future__ import annotations
+
+from .scenario import Scenario, codes, spec
+
+
+def test_never_forward_to_a_named_backend():
+    scenario = Scenario("nat")
+    scenario.flow("10.1.0.12", vport=80)
+    report = scenario.judge(spec(body="assert never forward for dport 80 to b2"))
+    assert codes(report) == ["LB213"]
+
+
+def test_stick_client_across_connections():
+    scenario = Scenario("nat")
+    scenario.flow("10.1.0.11", 0.0)
+    scenario.flow("10.1.0.12", 0.1)  # the same client, a new connection, another backend
+    assert codes(scenario.judge(spec())) == []  # flow affinity: a new connection may go anywhere
+    assert codes(scenario.judge(spec(body="assert stick client"))) == ["LB201"]
+
+
+def test_a_tightened_response_for_syns_only():
+    scenario = Scenario("nat")
+    scenario.flow("10.1.0.11", late={0: 0.01})  # the SYN takes 10ms
+    assert codes(scenario.judge(spec(body="assert forward every packet for syn within 5ms"))) == ["LB200"]
+    fast = Scenario("nat")
+    fast.flow("10.1.0.11", late={1: 0.01})  # a data segment takes 10ms: not in scope
+    assert codes(fast.judge(spec(body="assert forward every packet for syn within 5ms"))) == []
+
+
+def test_ipv6_service():
+    scenario = Scenario("nat", vip="2001:db8::10")
+    for k in range(4):
+        scenario.flow(["2001:db8:1::11", "2001:db8:1::12"][k % 2], k * 0.05, client="2001:db8:9::7", drop={2} if k == 3
+                      else set())
+    text = spec(vip="2001:db8::10", backends="backend b1 2001:db8:1::11\n        backend b2 2001:db8:1::12")
+    report = scenario.judge(text)
+    assert codes(report) == ["LB200"]
+    assert report.violations[0].data["flow"].startswith("TCP [2001:db8:9::7]:")
+
+
+def test_two_services_are_judged_apart():
+    scenario = Scenario("nat")
+    scenario.flow("10.1.0.11", vport=80)
+    other = Scenario("nat", vip="192.0.2.20")
+    other.flow("10.2.0.11", 0.2, vport=443, bport=443, drop={1}, cport=41000)
+    scenario.packets += other.packets
+    text = spec() + """
+service api {
+    vip 192.0.2.20
+    listen tcp 443
+    pool api {
+        backend a1 10.2.0.11
+    }
+    forward tcp 443 to api
+}
+"""
+    report = scenario.judge(text)
+    assert codes(report) == ["LB200"] and report.violations[0].data["service"] == "api"
+
+
+def test_balance_by_bytes():
+    scenario = Scenario("nat")
+    for k in range(60):
+        heavy = k % 2 == 0
+        scenario.flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.01, segments=1, reply=False,
+                      payload=b"x" * (1200 if heavy else 10))
+    flows = scenario.judge(spec(), answer_timeout=1000)
+    assert "LB206" not in codes(flows)  # flows are split evenly
+    by_bytes = scenario.judge(spec(body="assert balance bytes within 10%"), answer_timeout=1000)
+    assert codes(by_bytes) == ["LB206"]
+
+
+def test_backup_takes_traffic_only_through_failover():
+    scenario = Scenario("nat")
+    scenario.flow("10.1.0.13")
+    text = spec(backends="backend b1 10.1.0.11\n        backend b2 10.1.0.12\n        backend spare 10.1.0.13 backup")
+    report = scenario.judge(text)
+    assert codes(report) == ["LB203"]
+    failover = spec(backends="backend b1 10.1.0.11\n        backend b2 10.1.0.12\n        backend spare 10.1.0.13 backup",
+                    body="failover to spare when healthy < 1")
+    assert codes(scenario.judge(failover)) == []
