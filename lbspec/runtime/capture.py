@@ -133,7 +133,7 @@ class CaptureReader:
     interface statistics).
     """
 
-    def __init__(self, path: str | os.PathLike, source: int = 0, batch_frames: int = 1 << 15):
+    def __init__(self, path: str | os.PathLike, source: int = 0, batch_frames: int = 1 << 16):
         self.path = os.fspath(path)
         self.source = source
         self.batch_frames = batch_frames
@@ -155,6 +155,14 @@ class CaptureReader:
                 yield from self._mapped(mapped, walker)
             else:
                 yield from self._chunked(stream, walker, head)
+        finally:
+            stream.close()
+
+    def check(self) -> None:
+        """Raise CaptureError unless the file starts like a capture lbspec reads."""
+        stream = open_stream(self.path)
+        try:
+            self._walker(_read(stream, 24, self.path))
         finally:
             stream.close()
 

@@ -31,8 +31,8 @@ def read_captures(monitor: Monitor, client: Paths = (), backend: Paths = (), com
         far = [r for r in readers if sides[r.source] == 1]
         estimate = estimate_skew(monitor.compiled, near, far)
         skew = estimate.seconds if estimate is not None else 0.0
-    for batch in merged([batches(r, sides[r.source], monitor.compiled.gue_ports, skew) for r in readers]):
-        monitor.feed_packets(batch)
+    for parts in merged([batches(r, sides[r.source], monitor.compiled.gue_ports, skew) for r in readers], parts=True):
+        monitor.feed_parts(parts)
     for note in capture_notes(readers):
         monitor.note(note)
     return monitor.close() if close else None

@@ -151,6 +151,10 @@ class Monitor:
         self.pair_window = max(2 * max(deadlines), max(deadlines) + 0.05)
         self.horizon = self.pair_window + self.options.tolerance
         self.drop_horizon = max(self.horizon, answer + self.options.tolerance) + 0.01
+        # packets are taken a slice of time at a time: short enough that SYN-silence evidence is in
+        # before the detection window it starts has passed, long enough to batch work
+        shortest = min([d[0] for d in (self.compiled.detection(s.index) for s in self.compiled.services)] or [9.0])
+        self.span = min(max(shortest - answer - self.horizon, 0.25), 2.0)
         cap, idle = self.options.max_flows, max([300.0] + [s.service.affinity.timeout for s in self.compiled.services])
         self.clients = FlowTable(cap, idle)  # client end (proto, address, port) -> [svc, last, vip, vport]
         self.client_addresses = FlowTable(cap, idle)  # addresses that sent to a VIP -> [0, last]
@@ -276,6 +280,26 @@ class Monitor:
 
     # -------------------------------------------------------------- rounds --
 
+    def feed_parts(self, parts: list[Packets]) -> None:
+        """Time-sorted pieces of several sources covering the same span (see ``sources.merged``)."""
+        self._check_open()
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            self._settle()
+            return
+        at = [0] * len(parts)
+        while True:
+            left = [float(p["ts"][i]) for p, i in zip(parts, at) if i < len(p)]
+            if not left:
+                return
+            limit = min(left) + self.span  # a slice of time at a time (see __init__)
+            for index, part in enumerate(parts):
+                stop = int(np.searchsorted(part["ts"], limit, side="right"))
+                if stop > at[index]:
+                    self._admit(part.slice(at[index], stop))
+                    at[index] = stop
+            self._settle()
+
     def _round(self, new: Packets) -> None:
         """Take packets in slices of time, so evidence and verdicts follow the order things happened."""
         if not len(new):
@@ -283,26 +307,16 @@ class Monitor:
             return
         if (np.diff(new["ts"]) < 0).any():
             new = new.take(np.argsort(new["ts"], kind="stable"))
-        ts = new["ts"]
-        span = max(self.horizon, 0.5)
-        if float(ts[-1] - ts[0]) <= span:
-            self._admit(new)
-            self._settle()
-            return
-        start = 0
-        while start < len(new):  # as many slices as there are spans with packets, whatever the time range
-            stop = max(int(np.searchsorted(ts, ts[start] + span, side="right")), start + 1)
-            self._admit(new.slice(start, stop).copy())
-            self._settle()
-            start = stop
+        self.feed_parts([new])
 
     def _admit(self, new: Packets) -> None:
         n = len(new)
         new["sn"] = np.arange(self._serial, self._serial + n, dtype=np.int64)
         self._serial += n
         new["mate"] = np.full(n, -1, np.int64)
-        self.macs.learn(new, self.compiled)
-        classify(new, self.compiled, self.macs)
+        if "role" not in new:  # reading processes (--jobs) classify on their side
+            self.macs.learn(new, self.compiled)
+            classify(new, self.compiled, self.macs)
         self._drop_capture_copies(new)
         waits = (new["role"] == INGRESS) | (new["role"] == EGRESS) | (new["role"] == TRANSIT)
         new["done"] = ~waits  # only these wait for a partner
@@ -315,7 +329,7 @@ class Monitor:
         self._remember_clients(new)
         if streams.any():
             self.proxy.observe(new, np.nonzero(streams)[0])
-        self.window = new if self.window is None else Packets.concat([self.window, new])
+        self.window = new.copy() if self.window is None else Packets.concat([self.window, new])
         self._index = None
         self._replies(np.arange(len(self.window) - n, len(self.window)))
 

@@ -94,8 +94,8 @@ def feed(monitor: Monitor, readers: list[CaptureReader], skew: float, stream, pr
     sides = monitor.sources.sides
     ports = monitor.compiled.gue_ports
     with progress:
-        for batch in merged([batches(r, sides[r.source], ports, skew) for r in readers]):
-            monitor.feed_packets(batch)
+        for parts in merged([batches(r, sides[r.source], ports, skew) for r in readers], parts=True):
+            monitor.feed_parts(parts)
             stream.emit(monitor)
             progress.update(sum(r.bytes_read for r in readers))
 

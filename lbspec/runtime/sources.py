@@ -59,21 +59,25 @@ def batches(reader: CaptureReader, side: int, gue_ports, skew: float = 0.0) -> I
         yield packets
 
 
-def merged(streams: list[Iterator[Packets]]) -> Iterator[Packets]:
-    """Merge time-sorted batch streams into time-sorted batches."""
+def merged(streams: list[Iterator[Packets]], parts: bool = False) -> Iterator:
+    """Merge time-sorted batch streams: time-sorted batches, or (``parts``) lists of time-sorted pieces
+    covering the same span, one per stream, left for the monitor to take together (no copy, no sort)."""
     heads: list[Packets | None] = [_next(s) for s in streams]
     while any(h is not None for h in heads):
         cut = min(float(h["ts"][-1]) for h in heads if h is not None)
-        parts = []
+        pieces = []
         for index, head in enumerate(heads):
             if head is None:
                 continue
             upto = int(np.searchsorted(head["ts"], cut, side="right"))
             if upto:
-                parts.append(head.slice(0, upto))
+                pieces.append(head.slice(0, upto))
             heads[index] = head.slice(upto, len(head)) if upto < len(head) else _next(streams[index])
-        batch = Packets.concat(parts)
-        if len(parts) > 1:
+        if parts:
+            yield pieces
+            continue
+        batch = Packets.concat(pieces)
+        if len(pieces) > 1:
             batch = batch.take(np.argsort(batch["ts"], kind="stable"))
         yield batch
 

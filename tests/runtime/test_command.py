@@ -227,3 +227,23 @@ def test_damage_is_reported_as_LB210_and_the_rest_is_judged(cli, spec_path, capt
 def test_help_mentions_exit_codes(cli):
     run = cli("monitor", "--help")
     assert run.code == 0 and "Exit codes" in run.out and "--witness-dir" in run.out
+
+
+def test_jobs_give_the_same_verdicts(cli, spec_path, captures):
+    argv = ["monitor", spec_path, "--client-side", str(captures[0]), "--backend-side", str(captures[1]),
+            "--format", "json"]
+    one = json.loads(cli(*argv).out)
+    two = json.loads(cli(*argv, "--jobs", "2").out)
+    strip = lambda doc: [(d["code"], d["data"].get("flow"), d["data"].get("count")) for d in doc["diagnostics"]]  # noqa
+    assert strip(one) == strip(two) and one["monitor"]["verdicts"] == {"LB200": 1}
+    assert one["monitor"]["paired"] == two["monitor"]["paired"]
+
+
+def test_jobs_with_a_compressed_capture_read_it_in_one_process(cli, spec_path, captures, tmp_path):
+    import gzip
+
+    zipped = tmp_path / "client.pcap.gz"
+    zipped.write_bytes(gzip.compress(captures[0].read_bytes()))
+    run = cli("monitor", spec_path, "--client-side", str(zipped), "--backend-side", str(captures[1]),
+              "--format", "json", "--jobs", "2")
+    assert json.loads(run.out)["monitor"]["verdicts"] == {"LB200": 1}
