@@ -119,9 +119,17 @@ def classify(p: Packets, compiled: Compiled, macs: MacTable) -> None:
     gid[gid < 0] = -1
     p["role"], p["svc"], p["gid"] = role, svc, gid
     p["ckey"] = client_key(p, role)
+    paired = np.nonzero((role == INGRESS) | (role == EGRESS))[0]  # only these are keyed (0 elsewhere)
     for mode in compiled.modes:
-        p["k_" + mode] = pair_key(p, "snat" if mode == "proxy" else mode)  # proxy: its UDP, like snat
-    p["k_transit"] = pair_key(p, "dsr")
+        p["k_" + mode] = _scattered(n, paired, pair_key(p, "snat" if mode == "proxy" else mode, paired))
+    routed = np.nonzero((role == TRANSIT) | (role == EGRESS))[0]
+    p["k_transit"] = _scattered(n, routed, pair_key(p, "dsr", routed))
+
+
+def _scattered(n: int, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    out = np.zeros(n, np.uint64)
+    out[rows] = values
+    return out
 
 
 def _combined(p, role, combined, to_vip, dsr, vip_s, be_s, tunnel, dirn) -> None:

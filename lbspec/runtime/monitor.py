@@ -368,9 +368,9 @@ class Monitor:
         c = self.counts
         c.packets += len(p)
         for table, column in ((c.status, "status"), (c.roles, "role")):
-            values, counts = np.unique(p[column], return_counts=True)
-            for value, count in zip(values.tolist(), counts.tolist()):
-                table[value] = table.get(value, 0) + count
+            for value, count in enumerate(np.bincount(p[column]).tolist()):
+                if count:
+                    table[value] = table.get(value, 0) + count
         for source in np.unique(p["source"]).tolist():
             rows = p["source"] == source
             entry = c.per_source.setdefault(source, [0, math.inf, -math.inf])

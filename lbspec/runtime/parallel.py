@@ -34,7 +34,7 @@ from lbspec.semantics.model import Spec
 __all__ = ["run", "ColumnLayout"]
 
 SLOTS = 3
-SLOT_BYTES = 96 << 20
+SLOT_BYTES = 32 << 20
 
 
 class ColumnLayout:
