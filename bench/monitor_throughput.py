@@ -20,7 +20,6 @@ machine: compare the ratio, not the absolute numbers.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import struct
 import subprocess
@@ -34,7 +33,7 @@ import numpy as np
 
 VIP, VPORT, BPORT = (192 << 24) | (0 << 16) | (2 << 8) | 10, 80, 8080
 BACKENDS = [(10 << 24) | (1 << 16) | 11 + i for i in range(4)]
-MAC_CLIENT, MAC_LB, MAC_BACKEND = bytes.fromhex("020000000001"), bytes.fromhex("020000000002"), bytes.fromhex("020000000003")
+MAC_CLIENT, MAC_LB, MAC_BACKEND = (bytes.fromhex(f"02000000000{k}") for k in (1, 2, 3))
 SEGMENT, REQUEST, ROUNDS = 1448, 320, 21
 PER_SIDE = 50  # packets per flow and side: 3 handshake, request, 21 x (data, ack), 3 teardown, 1 final ack
 

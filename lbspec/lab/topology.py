@@ -145,7 +145,8 @@ class Lab:
         for name in names or self.names:
             host = self.backends[name]
             argv = [sys.executable, "-m", "lbspec.lab.servers", "--name", name]
-            argv += [x for port in tcp for x in ("--tcp", str(port))] + [x for port in udp for x in ("--udp", str(port))]
+            argv += [x for port in tcp for x in ("--tcp", str(port))]
+            argv += [x for port in udp for x in ("--udp", str(port))]
             process = self.resources.spawn(host.namespace.argv(argv), ready="ready", timeout=15)
             self.servers.setdefault(name, []).append(process)
 

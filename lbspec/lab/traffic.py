@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for target in args.udp:
         results += _datagrams(target, args.datagrams, args.interval, args.timeout, args.udp_source_port, deadline)
-    for k in range(args.connections):
+    for _ in range(args.connections):
         for target in args.tcp:
             if time.monotonic() > deadline:
                 break

@@ -35,7 +35,8 @@ class HealthInference:
         self.syns: dict[int, tuple[float, int]] = {}  # flow key -> (first SYN time, backend)
         self.echoes: dict[int, tuple[float, int]] = {}
         self.probes: dict[int, float] = {}  # HTTP probe flows -> when seen
-        self.routed = np.array([compiled.services[b.service].mode in _REPLY_MODES for b in compiled.backends] or [False])
+        routed = [compiled.services[b.service].mode in _REPLY_MODES for b in compiled.backends]
+        self.routed = np.array(routed or [False])
         self.paths = {s.index: (s.service.health.path or "/") for s in compiled.services
                       if s.service.health.kind == "http"}
 

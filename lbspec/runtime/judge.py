@@ -165,7 +165,8 @@ def _differences(win: Packets, ii: np.ndarray, ee: np.ndarray, field: str) -> np
     """True where the egress packet's ``field`` is not the ingress packet's."""
     if field in ("src", "dst"):
         prefix = "sa" if field == "src" else "da"
-        return (win[prefix + "_hi"][ii] != win[prefix + "_hi"][ee]) | (win[prefix + "_lo"][ii] != win[prefix + "_lo"][ee])
+        hi, lo = win[prefix + "_hi"], win[prefix + "_lo"]
+        return (hi[ii] != hi[ee]) | (lo[ii] != lo[ee])
     if field in ("sport", "dport"):
         ported = (win["proto"][ii] == TCP) | (win["proto"][ii] == UDP)
         return ported & (win[field][ii] != win[field][ee])

@@ -645,7 +645,8 @@ class Monitor:
             backend = self.compiled.backends[gid].backend
             if backend.weight <= 0:
                 continue
-            if self.timeline.down_at(gid, drop.time) is None and not self.timeline.recovered_within(gid, drop.time, rise):
+            timeline = self.timeline
+            if timeline.down_at(gid, drop.time) is None and not timeline.recovered_within(gid, drop.time, rise):
                 return False
         return True
 

@@ -283,8 +283,8 @@ class ProxyTracker:
                      "offset": offset}), witness=self._witness(client, []))
 
     def _duplicate(self, client: _Client, backend: _Backend) -> None:
+        name = self.compiled.backends[backend.gid].name if backend.gid >= 0 else None
         for check in self._checks(client, "twice"):
-            name = self.compiled.backends[backend.gid].name if backend.gid >= 0 else None
             self.engine.verdict(d.DUPLICATE, check, backend.key, backend.start, [], lambda: (
                 f"a second backend connection ({name or 'undeclared'}) carries the bytes of "
                 f"{flow_text(client.first, 0)}", {"flow": flow_text(client.first, 0), "backend": name}),
@@ -338,8 +338,8 @@ class ProxyTracker:
                 f"GET {health.path or '/'}".encode())):
             self.engine.counts.probes += 1
             return
+        name = self.compiled.backends[backend.gid].name
         for check in plan.of_kind("twice"):
-            name = self.compiled.backends[backend.gid].name
             self.engine.verdict(d.EGRESS_WITHOUT_INGRESS, check, backend.key, backend.start, [], lambda: (
                 f"a connection to {name} that no client connection explains",
                 {"flow": flow_text(backend.first, 0), "backend": name}),

@@ -67,8 +67,9 @@ class Scenario:
     # ------------------------------------------------------------ packets --
 
     def add(self, time: float, side: str, packet: Packet) -> None:
-        frame = packet if isinstance(packet, Ether) else Ether(src=CLIENT_MAC if side == "client" else LB_MAC,
-                                                               dst=LB_MAC if side == "client" else "02:00:00:00:00:aa") / packet
+        client = side == "client"
+        frame = packet if isinstance(packet, Ether) else \
+            Ether(src=CLIENT_MAC if client else LB_MAC, dst=LB_MAC if client else "02:00:00:00:00:aa") / packet
         frame.time = START + time
         self.packets.append(Sent(START + time, side, frame))
 

@@ -71,7 +71,8 @@ def _columns(batch: list[m.Packet]) -> dict[str, np.ndarray]:
                                                                                      np.uint64),
             "da_hi": np.array([h for h, _ in parts["da"]], np.uint64), "da_lo": np.array([lo for _, lo in parts["da"]],
                                                                                      np.uint64),
-            "sport": np.array([p.sport for p in batch], np.int32), "dport": np.array([p.dport for p in batch], np.int32),
+            "sport": np.array([p.sport for p in batch], np.int32),
+            "dport": np.array([p.dport for p in batch], np.int32),
             "flags": np.array([sum(1 << m.FLAGS.index(f) for f in p.flags) for p in batch], np.uint8)}
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
-from scapy.packet import Raw
 
 from .scenario import Scenario, backend_mac, codes, spec
 
@@ -15,8 +14,8 @@ PACKET_MODES = {"snat": "snat", "dsr": "dsr", **TUNNELS}
 
 def _spec(mode: str, **kw) -> str:
     same_port = mode in ("dsr", *TUNNELS)
-    return spec(mode=PACKET_MODES[mode], rule="forward tcp 80 to app" if same_port else "forward tcp 80 to app port 8080",
-                **kw)
+    rule = "forward tcp 80 to app" if same_port else "forward tcp 80 to app port 8080"
+    return spec(mode=PACKET_MODES[mode], rule=rule, **kw)
 
 
 def _scenario(mode: str) -> Scenario:

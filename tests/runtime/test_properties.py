@@ -75,9 +75,8 @@ def test_balance_by_bytes():
 def test_backup_takes_traffic_only_through_failover():
     scenario = Scenario("nat")
     scenario.flow("10.1.0.13")
-    text = spec(backends="backend b1 10.1.0.11\n        backend b2 10.1.0.12\n        backend spare 10.1.0.13 backup")
-    report = scenario.judge(text)
+    pool = "backend b1 10.1.0.11\n        backend b2 10.1.0.12\n        backend spare 10.1.0.13 backup"
+    report = scenario.judge(spec(backends=pool))
     assert codes(report) == ["LB203"]
-    failover = spec(backends="backend b1 10.1.0.11\n        backend b2 10.1.0.12\n        backend spare 10.1.0.13 backup",
-                    body="failover to spare when healthy < 1")
+    failover = spec(backends=pool, body="failover to spare when healthy < 1")
     assert codes(scenario.judge(failover)) == []
