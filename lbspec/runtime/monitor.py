@@ -132,8 +132,12 @@ class _Counts:
 class Monitor:
     """Judges traffic around a load balancer against a spec.  See the module docstring."""
 
-    def __init__(self, spec: Spec, services: list[str] | None = None, options: MonitorOptions | None = None):
+    def __init__(self, spec: Spec, services: list[str] | None = None, options: MonitorOptions | None = None,
+                 shard: tuple[int, int] | None = None):
+        """``shard`` = (index, count): judge only the flows whose client end hashes to ``index`` (--jobs);
+        health evidence and capture-wide counts are still taken from every packet."""
         self.spec = spec
+        self.shard = shard
         self.compiled: Compiled = compile_spec(spec, services)
         self.options = options or MonitorOptions()
         self.sources = Sources()
@@ -161,6 +165,7 @@ class Monitor:
         self.traffic = Traffic(self.compiled, cap, idle)
         self.sticks: dict[int, FlowTable] = {}
         self.proxy = ProxyTracker(self)
+        self.evicted_in_shards = 0  # flow entries evicted by the shards merged into this monitor (--jobs)
         self.window: Packets | None = None
         self.watermark = -math.inf
         self.first_time = math.inf
@@ -317,21 +322,34 @@ class Monitor:
         if "role" not in new:  # reading processes (--jobs) classify on their side
             self.macs.learn(new, self.compiled)
             classify(new, self.compiled, self.macs)
+        self._count(new)
+        self.watermark = max(self.watermark, float(np.max(new["ts"])))
+        self.first_time = min(self.first_time, float(np.min(new["ts"])))
+        self.inference.observe(new)
+        self._remember_addresses(new)
+        if self.shard is not None:
+            new = self._mine(new)
+            n = len(new)
+            if not n:
+                return
         self._drop_capture_copies(new)
         waits = (new["role"] == INGRESS) | (new["role"] == EGRESS) | (new["role"] == TRANSIT)
         new["done"] = ~waits  # only these wait for a partner
         streams = self.proxy.wanted(new)
         new["done"] |= streams  # proxied TCP is judged as byte streams
-        self._count(new)
-        self.watermark = max(self.watermark, float(np.max(new["ts"])))
-        self.first_time = min(self.first_time, float(np.min(new["ts"])))
-        self.inference.observe(new)
         self._remember_clients(new)
         if streams.any():
             self.proxy.observe(new, np.nonzero(streams)[0])
         self.window = new.copy() if self.window is None else Packets.concat([self.window, new])
         self._index = None
         self._replies(np.arange(len(self.window) - n, len(self.window)))
+
+    def _mine(self, new: Packets) -> Packets:
+        """This shard's rows: flows by their client end; what has no flow goes to shard 0."""
+        index, count = self.shard
+        flowing = new["role"] != 0
+        keep = np.where(flowing, (new["ckey"] % np.uint64(count)) == index, index == 0)
+        return new if keep.all() else new.take(np.nonzero(keep)[0])
 
     def _drop_capture_copies(self, new: Packets) -> None:
         """The same frame captured on two interfaces at once (a bridge and its port, in ``-i any``) is one."""
@@ -681,15 +699,19 @@ class Monitor:
         order = np.argsort(keys, kind="stable")
         rows, keys = rows[order], keys[order]
         last = np.r_[keys[1:] != keys[:-1], True]
-        addresses, first = np.unique(akey(new["sa_hi"][rows], new["sa_lo"][rows]), return_index=True)
-        for address, time in zip(addresses.tolist(), new["ts"][rows][first].tolist()):
-            self.client_addresses.put(address, [0, time])
         for key, row in zip(keys[last].tolist(), rows[last].tolist()):
             entry = self.clients.get(key)
             if entry is None:
                 self.counts.new_flows += 1
             self.clients.put(key, [int(new["svc"][row]), float(new["ts"][row]), int(new["da_hi"][row]),
                                    int(new["da_lo"][row]), int(new["dport"][row])])
+
+    def _remember_addresses(self, new: Packets) -> None:
+        """Addresses that sent to a VIP: the LB's own health checks do not come from them."""
+        rows = np.nonzero(new["role"] == INGRESS)[0]
+        addresses, first = np.unique(akey(new["sa_hi"][rows], new["sa_lo"][rows]), return_index=True)
+        for address, time in zip(addresses.tolist(), new["ts"][rows][first].tolist()):
+            self.client_addresses.put(address, [0, time])
 
     def _replies(self, rows: np.ndarray) -> None:
         """Client-side packets toward clients: they must come from the VIP and port the client used."""
@@ -854,7 +876,10 @@ class Monitor:
         for table in (self.clients, self.client_addresses, self.traffic.flows, *self.sticks.values()):
             table.maintain(self.watermark)
 
-    def _finish(self) -> None:
+    def settle_all(self) -> None:
+        """Judge everything still pending, as at the end of the traffic (but no balance test yet)."""
+        self._flush()
+        self._closed = True
         if self.window is not None:
             self._pair()
             self._finalize(math.inf)
@@ -862,12 +887,19 @@ class Monitor:
             self.inference.expire(self.watermark)
             self._judge_drops(math.inf)
         self.traffic.finish()
+
+    def evictions(self) -> int:
+        tables = (self.clients, self.client_addresses, self.traffic.flows, *self.sticks.values())
+        return sum(t.evicted for t in tables) + self.evicted_in_shards
+
+    def _finish(self) -> None:
+        self.settle_all()
         self.traffic.verdicts(self, self.options.alpha)
         self.notes.extend(self._closing_notes())
 
     def _closing_notes(self) -> list[Diagnostic]:
         notes = []
-        evicted = self.clients.evicted + self.traffic.flows.evicted + sum(t.evicted for t in self.sticks.values())
+        evicted = self.evictions()
         if evicted:
             notes.append(d.EVICTIONS.at(None, what=f"{evicted} flow entries were evicted to stay under "
                                         f"--max-flows {self.options.max_flows}; verdicts on those flows may be "

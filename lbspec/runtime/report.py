@@ -42,8 +42,7 @@ def summarize(monitor) -> dict[str, Any]:
         "verdicts": monitor.book.counts(),
         "violating_packets": dict(sorted(monitor.book.packets.items())),
         "verdicts_unlisted": monitor.book.unlisted(),
-        "evictions": monitor.clients.evicted + monitor.traffic.flows.evicted
-        + sum(t.evicted for t in monitor.sticks.values()),
+        "evictions": monitor.evictions(),
     }
 
 
