@@ -239,7 +239,7 @@ def test_jobs_give_the_same_verdicts(cli, spec_path, captures):
     assert one["monitor"]["paired"] == two["monitor"]["paired"]
 
 
-def test_jobs_with_a_compressed_capture_read_it_in_one_process(cli, spec_path, captures, tmp_path):
+def test_jobs_read_compressed_captures_too(cli, spec_path, captures, tmp_path):
     import gzip
 
     zipped = tmp_path / "client.pcap.gz"
