@@ -7,6 +7,7 @@ diagnostics (code, span, the tokens that were expected, a suggestion).
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import threading
 from copy import copy
@@ -45,18 +46,38 @@ class _WholeWords:
         return stream
 
 
+def _cache_file(grammar: str) -> str | None:
+    """Where the compiled parser is kept between runs: a directory of the user's own, never /tmp."""
+    import hashlib
+    import lark
+
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    directory = os.path.join(base, "lbspec")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError:
+        return None
+    if not os.access(directory, os.W_OK):
+        return None
+    digest = hashlib.sha256(f"{lark.__version__}\n{grammar}".encode()).hexdigest()[:16]
+    return os.path.join(directory, f"grammar-{digest}.lark")
+
+
 @lru_cache(maxsize=1)
 def _lark() -> Lark:
-    return Lark(
-        grammar_path().read_text(encoding="utf-8"),
-        parser="lalr",
-        lexer="contextual",
-        strict=True,
-        propagate_positions=True,
-        maybe_placeholders=False,
-        lexer_callbacks={"COMMENT": _collect_comment},
-        postlex=_WholeWords(),
-    )
+    """The parser.  Compiling it (strict mode checks every terminal pair) takes a few tenths
+    of a second, so the compiled tables are cached per user; lark checks the grammar's hash."""
+    grammar = grammar_path().read_text(encoding="utf-8")
+    options = dict(parser="lalr", lexer="contextual", strict=True, propagate_positions=True,
+                   maybe_placeholders=False, lexer_callbacks={"COMMENT": _collect_comment},
+                   postlex=_WholeWords())
+    cache = _cache_file(grammar)
+    if cache is not None:
+        try:
+            return Lark(grammar, cache=cache, **options)
+        except Exception:  # noqa: BLE001 - an unwritable or damaged cache (OSError, unpickling errors)
+            pass  # costs only time: build without it
+    return Lark(grammar, **options)
 
 
 def keywords() -> frozenset[str]:
