@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     stderr = stderr or sys.stderr
     parser = _build_parser(stdout)
     try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        args = _parse(parser, list(sys.argv[1:] if argv is None else argv))
     except _UsageError as error:
         stderr.write(f"{error}\n")
         return EXIT_ERROR
@@ -89,6 +89,29 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
 
 
 # ------------------------------------------------------------------ parser --
+
+def _parse(parser: _Parser, argv: list[str]) -> argparse.Namespace:
+    """Like parse_args, but files may also follow options (`check --format json a b`).
+
+    argparse gives a command's list of files only the words before the first
+    option; the words left over after the options join that list.
+    """
+    args, extra = parser.parse_known_args(argv)
+    rest = getattr(args, "_rest", None)
+    if extra and rest and not any(word.startswith("-") and word != "-" for word in extra):
+        getattr(args, rest).extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _gather_rest(commands) -> None:
+    """Tell each command which of its positionals takes the files (for _parse)."""
+    for sub in commands.choices.values():
+        rest = [a.dest for a in sub._actions if not a.option_strings and a.nargs in ("*", "+")]
+        if rest:
+            sub.set_defaults(_rest=rest[-1])
+
 
 def _build_parser(stdout: TextIO) -> _Parser:
     _Parser.stdout = stdout
@@ -145,6 +168,7 @@ def _build_parser(stdout: TextIO) -> _Parser:
     _output_options(props)
     for name, module in _SUBCOMMANDS:
         _add_subcommand(commands, name, module)
+    _gather_rest(commands)
     return parser
 
 

@@ -164,3 +164,10 @@ def test_entry_point_module_runs():
     import sys
     done = subprocess.run([sys.executable, "-m", "lbspec", "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "lbspec" in done.stdout
+
+
+def test_files_may_follow_options(cli, spec):
+    first, second = spec(CLEAN, "a.lbspec"), spec(CLEAN, "b.lbspec")
+    document = json.loads(cli("check", first, "--format", "json", second).out)
+    assert [f["file"] for f in document["files"]] == [first, second]
+    assert cli("check", first, "--no-such-option", second).code == 2
