@@ -1,8 +1,14 @@
 """Decoding frames in bulk: link layer, IP, tunnels and transport headers, as columns.
 
-Every header field is one numpy gather over the batch (with big-endian
-strided views of the buffer, so a 4-byte field is one read), and each layer
-works on the rows that have it.  The result is a :class:`Packets` table: one
+The common frame -- IPv4 without options carrying TCP or UDP, behind any link
+header of fixed length -- is read from the first bytes of each frame, copied
+into a small contiguous table by the reader (:func:`~lbspec.runtime.capture.rows_at`):
+every field is then a strided view at a fixed position, with no gather over
+the file.  Every other frame (VLAN tags, IPv6, options, tunnels, ICMP,
+fragments, damage) takes the general path, where each header field is one
+numpy gather over the buffer (big-endian strided views, so a 4-byte field is
+one read) and each layer works on the rows that have it.  Both give the same
+columns; tests hold them to it.  The result is a :class:`Packets` table: one
 row per frame, one array per field.
 
 Rows carry a ``status``: :data:`OK` (an IP packet with its transport header),
@@ -24,8 +30,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from lbspec.runtime.capture import (
-    LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_LOOP,
-    LINKTYPE_NULL, LINKTYPE_RAW, LINKTYPE_RAW_OPENBSD, Frames,
+    HEAD, LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_LOOP,
+    LINKTYPE_NULL, LINKTYPE_RAW, LINKTYPE_RAW_OPENBSD, Frames, field, rows_at,
 )
 
 __all__ = [
@@ -167,11 +173,13 @@ class _Views:
         return (self.be32(pos) << np.uint64(16)) | self.be16(pos + 4).astype(np.uint64)
 
 
-def decode(frames: Frames, side: int = -1, gue_ports: Iterable[int] = (6080,), buf_index: int = 0) -> Packets:
+def decode(frames: Frames, side: int = -1, gue_ports: Iterable[int] = (6080,), buf_index: int = 0,
+           general: bool = False) -> Packets:
     """Decode a batch of frames.  ``side``: 0 client side, 1 backend side, -1 to infer.
 
     Payload digests are left at 0: :func:`fill_digests` computes them for the
     rows that need one (reading every payload is the costliest step).
+    ``general`` sends every frame down the general path (tests compare the two).
     """
     n = len(frames)
     cols = {k: np.zeros(n, v) for k, v in COLUMNS.items()}
@@ -183,8 +191,134 @@ def decode(frames: Frames, side: int = -1, gue_ports: Iterable[int] = (6080,), b
         cols["iface"] = frames.iface.astype(np.int32)
     if n == 0:
         return Packets(cols, [frames.buf])
-    _Decoder(frames.buf, cols, frames.offset + frames.caplen, np.asarray(list(gue_ports), np.int64)).run()
+    ports = np.asarray(list(gue_ports), np.int64)
+    rest = np.arange(n) if general else _Fast(frames, cols, ports).run()
+    if len(rest):
+        _general(frames, cols, ports, rest)
     return Packets(cols, [frames.buf])
+
+
+def _general(frames: Frames, cols: dict[str, np.ndarray], ports: np.ndarray, rows: np.ndarray) -> None:
+    """The general decoder, on ``rows`` (all of them, or those the fast path left)."""
+    end = frames.offset + frames.caplen
+    if len(rows) == len(end):
+        _Decoder(frames.buf, cols, end, ports).run()
+        return
+    part = {k: v[rows] for k, v in cols.items()}
+    _Decoder(frames.buf, part, end[rows], ports).run()
+    for k, v in part.items():
+        cols[k][rows] = v
+
+
+_LINK_HEADERS = {LINKTYPE_ETHERNET: 14, LINKTYPE_LINUX_SLL: 16, LINKTYPE_LINUX_SLL2: 20, LINKTYPE_RAW: 0,
+                 LINKTYPE_RAW_OPENBSD: 0, LINKTYPE_IPV4: 0, LINKTYPE_IPV6: 0, LINKTYPE_NULL: 4, LINKTYPE_LOOP: 4}
+
+
+class _Fast:
+    """IPv4 without options, carrying TCP or UDP (no tunnel, no later fragment), behind a fixed link header.
+
+    Fields are read at fixed positions of each frame's first :data:`HEAD` bytes.  Rows that are anything
+    else, or that any check of the general path would stop, are handed back for the general path.
+    """
+
+    def __init__(self, frames: Frames, cols: dict[str, np.ndarray], gue_ports: np.ndarray):
+        self.frames, self.c, self.gue_ports = frames, cols, gue_ports
+
+    def run(self) -> np.ndarray:
+        """Decode what fits; return the rows left for the general path."""
+        lt = self.frames.linktype
+        kinds = [int(lt[0])] if (lt == lt[0]).all() else np.unique(lt).tolist()
+        done = np.zeros(len(lt), bool)
+        for kind in kinds:
+            if kind not in _LINK_HEADERS:
+                continue
+            rows = None if len(kinds) == 1 else np.nonzero(lt == kind)[0]
+            head = self._head(rows)
+            taken = self._link(kind, head, rows)
+            if rows is None:
+                done = taken
+            else:
+                done[rows[taken]] = True
+        return np.nonzero(~done)[0]
+
+    def _head(self, rows: np.ndarray | None) -> np.ndarray:
+        frames = self.frames
+        if frames.head is not None:
+            return frames.head if rows is None else frames.head[rows]
+        offsets = frames.offset if rows is None else frames.offset[rows]
+        return rows_at(frames.buf, offsets, HEAD)
+
+    def _link(self, kind: int, head: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+        """Decode the rows of one link type; returns which of them were decoded."""
+        l3 = _LINK_HEADERS[kind]
+        frames = self.frames
+        caplen = frames.caplen if rows is None else frames.caplen[rows]
+        if kind == LINKTYPE_ETHERNET:
+            ipv4 = field(head, 12, 2) == 0x0800
+        elif kind == LINKTYPE_LINUX_SLL:
+            ipv4 = field(head, 14, 2) == 0x0800
+        elif kind == LINKTYPE_LINUX_SLL2:
+            ipv4 = field(head, 0, 2) == 0x0800
+        else:
+            ipv4 = np.ones(len(head), bool)  # the version nibble says, below
+        ok = ipv4 & (head[:, l3] == 0x45) & (caplen >= l3 + 28)
+        proto = head[:, l3 + 9]
+        total = field(head, l3 + 2, 2).astype(np.int64)
+        ok &= ((field(head, l3 + 6, 2) & 0x1FFF) == 0) & ((total == 0) | (total >= 20))
+        tcp, udp = proto == TCP, proto == UDP
+        ok &= tcp | udp
+        dport = field(head, l3 + 22, 2).astype(np.int32)
+        ok &= ~(udp & np.isin(dport, self.gue_ports))
+        doff = (head[:, l3 + 32] >> 4).astype(np.int64) * 4
+        ok &= ~tcp | ((caplen >= l3 + 40) & (doff >= 20))
+        start = l3 + 20 + np.where(tcp, doff, 8)  # payload, from the frame's start
+        ip_end = np.where(total == 0, caplen, l3 + total)
+        ok &= ip_end >= start
+        if not ok.all():
+            picked = np.nonzero(ok)[0]
+            head, caplen, tcp, total, dport, start, ip_end = (x[picked] for x in (head, caplen, tcp, total, dport,
+                                                                                  start, ip_end))
+            rows = picked if rows is None else rows[picked]
+        self._store(kind, head, rows, l3, caplen, tcp, dport, start, ip_end)
+        return ok
+
+    def _store(self, kind, head, rows, l3, caplen, tcp, dport, start, ip_end) -> None:
+        put = self._putter(rows)
+        offset = self.frames.offset if rows is None else self.frames.offset[rows]
+        mapped = np.uint64(V4_MAPPED)
+        put("fam", 4)
+        put("ipid", field(head, l3 + 4, 2))
+        put("ttl", head[:, l3 + 8])
+        put("proto", head[:, l3 + 9])
+        put("sa_lo", field(head, l3 + 12, 4).astype(np.uint64) | mapped)
+        put("da_lo", field(head, l3 + 16, 4).astype(np.uint64) | mapped)
+        put("sport", field(head, l3 + 20, 2))
+        put("dport", dport)
+        zero = np.zeros(len(head), np.uint32)
+        put("seq", np.where(tcp, field(head, l3 + 24, 4), zero))
+        put("ack", np.where(tcp, field(head, l3 + 28, 4), zero))
+        put("flags", np.where(tcp, head[:, l3 + 33], 0))
+        put("poff", offset + start)
+        put("plen", ip_end - start)
+        put("pcap", np.maximum(np.minimum(ip_end, caplen) - start, 0))
+        if kind == LINKTYPE_ETHERNET:
+            put("mac_d", (field(head, 0, 4).astype(np.uint64) << np.uint64(16)) | field(head, 4, 2))
+            put("mac_s", (field(head, 6, 4).astype(np.uint64) << np.uint64(16)) | field(head, 10, 2))
+        elif kind == LINKTYPE_LINUX_SLL:
+            put("dirn", np.where(field(head, 0, 2) == 4, 2, 1))
+        elif kind == LINKTYPE_LINUX_SLL2:
+            put("dirn", np.where(head[:, 10] == 4, 2, 1))
+            put("iface", field(head, 4, 4))
+
+    def _putter(self, rows: np.ndarray | None):
+        cols = self.c
+
+        def put(name: str, values) -> None:
+            if rows is None:
+                cols[name][:] = values
+            else:
+                cols[name][rows] = values
+        return put
 
 
 def fill_digests(p: Packets, rows: np.ndarray) -> None:

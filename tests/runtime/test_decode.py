@@ -1,0 +1,117 @@
+"""The decoder's fast path (fixed positions in each frame's first bytes) agrees with the general path."""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1Q, Ether
+from scapy.packet import Raw
+
+from lbspec.runtime.capture import CaptureReader
+from lbspec.runtime.decode import COLUMNS, OK, decode
+
+MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
+ADDRESSES = {"src": "203.0.113.7", "dst": "192.0.2.10"}
+
+PACKETS = [
+    IP(**ADDRESSES, ttl=61, id=77) / TCP(sport=40000, dport=80, flags="PA", seq=5, ack=6) / Raw(b"hello"),
+    IP(**ADDRESSES) / TCP(sport=1, dport=80, flags="S", options=[("MSS", 1460), ("NOP", None), ("WScale", 7)]),
+    IP(**ADDRESSES) / UDP(sport=5353, dport=53) / Raw(b"query"),
+    IP(**ADDRESSES) / UDP(sport=5353, dport=6080) / Raw(b"\x00\x04\x00\x00") / IP() / TCP(),
+    IP(**ADDRESSES, options=b"\x01\x01\x01\x00") / TCP(sport=2, dport=80),
+    IP(**ADDRESSES, flags=1, frag=0) / TCP(sport=3, dport=80) / Raw(b"first"),
+    IP(**ADDRESSES, frag=20) / Raw(b"later fragment"),
+    IP(**ADDRESSES) / ICMP(type=8, id=1, seq=2) / Raw(b"ping"),
+    IP(**ADDRESSES) / GRE() / IP() / UDP(),
+    IP(**ADDRESSES) / IP() / TCP(),
+    IPv6(src="2001:db8::1", dst="2001:db8::10") / TCP(sport=4, dport=80) / Raw(b"six"),
+    IP(**ADDRESSES) / TCP(sport=5, dport=80, dataofs=3) / Raw(b"bad offset"),
+]
+
+
+def _ether(packet):
+    return Ether(**MACS) / packet
+
+
+FRAMES = {
+    1: [_ether(p) for p in PACKETS] + [Ether(**MACS) / Dot1Q(vlan=3) / PACKETS[0],
+                                       Ether(**MACS) / ARP(psrc="10.0.0.1", pdst="10.0.0.2"),
+                                       Ether(type=0x88CC, **MACS) / Raw(b"lldp")],
+    113: [CookedLinux(pkttype=4 * (i % 2), proto=0x0800) / p for i, p in enumerate(PACKETS[:10])],
+    276: [CookedLinuxV2(pkttype=4 * (i % 2), proto=0x0800, ifindex=i) / p for i, p in enumerate(PACKETS[:10])],
+    101: PACKETS,
+    0: [struct.pack("<I", 2) + bytes(p) for p in PACKETS],
+}
+
+
+def _write(tmp_path, linktype: int, frames: list[bytes], name: str = "x.pcap", cut: int = 0):
+    records = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype)]
+    for t, data in enumerate(frames):
+        kept = data[:max(len(data) - cut, 0)] if cut else data
+        records.append(struct.pack("<IIII", 1000 + t, t, len(kept), len(data)) + kept)
+    path = tmp_path / name
+    path.write_bytes(b"".join(records))
+    return path
+
+
+def _assert_paths_agree(path) -> int:
+    decoded = 0
+    for frames in CaptureReader(str(path)).batches():
+        general = decode(frames, 0, general=True)
+        for variant in (frames, dataclasses.replace(frames, head=None)):
+            fast = decode(variant, 0)
+            for name in COLUMNS:
+                assert fast[name].tolist() == general[name].tolist(), name
+        decoded += int((general["status"] == OK).sum())
+    return decoded
+
+
+def test_every_link_type_and_kind_of_frame(tmp_path):
+    for linktype, frames in FRAMES.items():
+        assert _assert_paths_agree(_write(tmp_path, linktype, [bytes(f) for f in frames]))
+
+
+def test_frames_cut_by_the_snap_length(tmp_path):
+    frames = [bytes(_ether(p / Raw(b"x" * 40))) for p in PACKETS]
+    for cut in (1, 30, 40, 60, 80):
+        _assert_paths_agree(_write(tmp_path, 1, frames, cut=cut))
+
+
+def test_mixed_link_types_in_one_pcapng(tmp_path):
+    from . import pcapng
+
+    data = pcapng.section() + pcapng.interface(1) + pcapng.interface(101) + pcapng.interface(113)
+    for i, packet in enumerate(PACKETS):
+        data += pcapng.packet(0, 10.0 + i, bytes(_ether(packet)))
+        data += pcapng.packet(1, 10.5 + i, bytes(packet))
+        data += pcapng.packet(2, 10.7 + i, bytes(CookedLinux(proto=0x0800) / packet))
+    path = tmp_path / "x.pcapng"
+    path.write_bytes(data)
+    assert _assert_paths_agree(path)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.lists(st.tuples(st.integers(0, len(PACKETS) - 1), st.integers(0, 80), st.integers(0, 255)),
+                        min_size=1, max_size=30),
+       linktype=st.sampled_from(sorted(FRAMES)))
+def test_damaged_headers(tmp_path, changes, linktype):
+    frames = [bytearray(bytes(f)) for f in FRAMES[linktype]]
+    for which, at, value in changes:
+        frame = frames[which % len(frames)]
+        if at < len(frame):
+            frame[at] = value
+    _assert_paths_agree(_write(tmp_path, linktype, [bytes(f) for f in frames]))
+
+
+def test_the_last_frame_of_a_buffer(tmp_path):
+    frames = [bytes(_ether(PACKETS[0])), bytes(_ether(IP(**ADDRESSES) / UDP(sport=1, dport=2)))]
+    path = _write(tmp_path, 1, frames)
+    assert _assert_paths_agree(path) == 2
+    columns = {k: np.concatenate([decode(f)[k] for f in CaptureReader(str(path)).batches()]) for k in COLUMNS}
+    assert columns["dport"].tolist() == [80, 2]
