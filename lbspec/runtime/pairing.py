@@ -7,8 +7,11 @@ dropped packet whose retransmission got through leaves the dropped copy, not
 the retransmission, unpaired.  "Before" allows ``tolerance`` seconds of clock
 disagreement, and a pair may be at most ``window`` seconds apart.
 
-The common case -- a key seen once on each side -- is paired with numpy alone;
-keys seen more often go through the greedy rule above in Python.
+The common cases are paired with numpy alone: a key seen once on each side,
+and a key whose packets alternate ingress, egress, ingress, egress... (a
+repeated ACK, a retransmission that got through), where the rule pairs each
+egress packet with the ingress packet just before it.  Other keys go through
+the rule above in Python.
 """
 
 from __future__ import annotations
@@ -40,16 +43,41 @@ def match(in_keys: np.ndarray, in_ts: np.ndarray, out_keys: np.ndarray, out_ts: 
     pairs_in, pairs_out = [order[simple]], [order[simple + 1] - n_in]
     busy = np.nonzero(start & (size > 2))[0]
     if len(busy):
-        extra_in, extra_out = _greedy(busy, size, kind, ts, order, tolerance, window)
+        extra_in, extra_out = _busy(busy, size, kind, ts, order, tolerance, window)
         pairs_in.append(extra_in)
         pairs_out.append(extra_out - n_in)
     return np.concatenate(pairs_in).astype(np.int64), np.concatenate(pairs_out).astype(np.int64)
 
 
-def _greedy(starts, size, kind, ts, order, tolerance, window) -> tuple[np.ndarray, np.ndarray]:
+def _busy(starts, size, kind, ts, order, tolerance, window) -> tuple[np.ndarray, np.ndarray]:
+    """Keys seen more than twice, in the order the greedy rule finds their pairs (by egress position)."""
+    lengths = size[starts]
+    even = lengths % 2 == 0
+    member = np.repeat(np.arange(len(starts)), lengths)
+    position = np.arange(len(member)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    at = np.repeat(starts, lengths) + position
+    wrong = np.bincount(member, kind[at] != (position % 2), len(starts)) > 0  # not 0, 1, 0, 1...
+    simple = even & ~wrong
+    lead = at[simple[member] & (position % 2 == 0)]  # ingress positions of alternating keys
+    gap = ts[lead + 1] - ts[lead]
+    lead = lead[(gap <= window) & (gap >= -tolerance)]
+    found_in, found_out = [order[lead]], [order[lead + 1]]
+    positions = [lead + 1]
+    rest = starts[~simple]
+    if len(rest):
+        greedy_in, greedy_out, greedy_at = _greedy(rest, size, kind, ts, order, tolerance, window)
+        found_in.append(greedy_in)
+        found_out.append(greedy_out)
+        positions.append(greedy_at)
+    sequence = np.argsort(np.concatenate(positions), kind="stable")
+    return np.concatenate(found_in)[sequence], np.concatenate(found_out)[sequence]
+
+
+def _greedy(starts, size, kind, ts, order, tolerance, window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keys seen several times: each egress takes the latest unpaired ingress before it."""
     found_in: list[int] = []
     found_out: list[int] = []
+    found_at: list[int] = []
     kinds, times, positions = kind.tolist(), ts.tolist(), order.tolist()
     for start in starts.tolist():
         waiting: list[int] = []
@@ -61,4 +89,5 @@ def _greedy(starts, size, kind, ts, order, tolerance, window) -> tuple[np.ndarra
                 i = waiting.pop()
                 found_in.append(positions[i])
                 found_out.append(positions[j])
-    return np.array(found_in, np.int64), np.array(found_out, np.int64)
+                found_at.append(j)
+    return np.array(found_in, np.int64), np.array(found_out, np.int64), np.array(found_at, np.int64)
