@@ -10,6 +10,7 @@ packets are added up while it lives and folded into its group when it expires
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +45,14 @@ class Group:
             self.totals[unit][gid] = self.totals[unit].get(gid, 0.0) + amount
             self.squares[unit] += amount * amount
         self.first, self.last = min(self.first, time), max(self.last, time)
+
+    def add_flows(self, gids: list[int], counts: list[int], first: float, last: float) -> None:
+        """``counts[i]`` new flows to ``gids[i]``, between ``first`` and ``last`` (as many ``add``s of one flow)."""
+        for gid, count in zip(gids, counts):
+            for unit, amount in zip(UNITS, (float(count), 0.0, 0.0)):
+                self.totals[unit][gid] = self.totals[unit].get(gid, 0.0) + amount
+            self.squares["flows"] += count
+        self.first, self.last = min(self.first, first), max(self.last, last)
 
     @property
     def flows(self) -> int:
@@ -98,13 +107,26 @@ class Traffic:
                 bits |= inside.astype(np.int64) << position
         gids = pairs.gid[rows]
         np.add.at(self.backend_flows, gids, 1)
-        for key, gid, rule, family, mask, time, bit in zip(
-                keys.tolist(), gids.tolist(), pairs.rule[rows].tolist(), pairs.view["fam"][rows].tolist(),
-                masks.tolist(), ts.tolist(), bits.tolist()):
-            group = (service, rule, family, mask)
-            self.flows.put(key, [gid, time, group, 0.0, 0, bit, time])
-            for position in self._positions(bit):
-                self._group(position, group, engine).add(gid, (1.0, 0.0, 0.0), time)
+        rules, families = pairs.rule[rows], pairs.view["fam"][rows].astype(np.int64)
+        groups = list(zip(itertools.repeat(service), rules.tolist(), families.tolist(), masks.tolist()))
+        times = ts.tolist()
+        entries = map(list, zip(gids.tolist(), times, groups, itertools.repeat(0.0), itertools.repeat(0),
+                                bits.tolist(), times))
+        self.flows.items.update(zip(keys.tolist(), entries))
+        if bits.any():
+            self._count_new(engine, np.stack([rules, families, masks, bits], axis=1), groups, gids, ts)
+
+    def _count_new(self, engine, kinds: np.ndarray, groups: list[tuple], gids: np.ndarray, ts: np.ndarray) -> None:
+        """New flows into their groups: per kind of flow (in order of first appearance), a count per backend."""
+        _kinds, first, inverse = np.unique(kinds, axis=0, return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        for kind in np.argsort(first).tolist():
+            members = np.nonzero(inverse == kind)[0]
+            chosen, counts = np.unique(gids[members], return_counts=True)
+            times = ts[members]
+            for position in self._positions(int(kinds[members[0], 3])):
+                group = self._group(position, groups[members[0]], engine)
+                group.add_flows(chosen.tolist(), counts.tolist(), float(times.min()), float(times.max()))
 
     def _positions(self, bits: int) -> list[int]:
         return [p for p in range(len(self.checks)) if bits >> p & 1]

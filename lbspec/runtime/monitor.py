@@ -31,6 +31,7 @@ follows the window and the live flows, never the capture's length.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -699,12 +700,12 @@ class Monitor:
         order = np.argsort(keys, kind="stable")
         rows, keys = rows[order], keys[order]
         last = np.r_[keys[1:] != keys[:-1], True]
-        for key, row in zip(keys[last].tolist(), rows[last].tolist()):
-            entry = self.clients.get(key)
-            if entry is None:
-                self.counts.new_flows += 1
-            self.clients.put(key, [int(new["svc"][row]), float(new["ts"][row]), int(new["da_hi"][row]),
-                                   int(new["da_lo"][row]), int(new["dport"][row])])
+        rows, keys = rows[last], keys[last].tolist()
+        known = self.clients.items
+        self.counts.new_flows += len(keys) - len(known.keys() & keys)
+        entries = map(list, zip(new["svc"][rows].tolist(), new["ts"][rows].tolist(), new["da_hi"][rows].tolist(),
+                                new["da_lo"][rows].tolist(), new["dport"][rows].tolist()))
+        known.update(zip(keys, entries))
 
     def _remember_addresses(self, new: Packets) -> None:
         """Addresses that sent to a VIP: the LB's own health checks do not come from them."""
@@ -732,12 +733,13 @@ class Monitor:
         """For each reply: its service, and the VIP and port its flow was sent to (if known)."""
         win = self.window
         keys, inverse = np.unique(win["ckey"][rows], return_inverse=True)
-        entries = [self.clients.get(k) for k in keys.tolist()]
-        known = np.array([e is not None for e in entries], bool)
-        table = np.array([e[:1] + e[2:5] if e is not None else [-1, 0, 0, 0] for e in entries], dtype=object)
-        svc = table[:, 0].astype(np.int64)[inverse]
-        out = {"known": known[inverse], "hi": table[:, 1].astype(np.uint64)[inverse],
-               "lo": table[:, 2].astype(np.uint64)[inverse], "port": table[:, 3].astype(np.int64)[inverse]}
+        absent = [-1, 0, 0, 0, 0]
+        entries = list(map(self.clients.items.get, keys.tolist(), itertools.repeat(absent)))
+        known = np.array([e is not absent for e in entries], bool)
+        svc, _last, hi, lo, port = zip(*entries)
+        out = {"known": known[inverse], "hi": np.array(hi, np.uint64)[inverse], "lo": np.array(lo, np.uint64)[inverse],
+               "port": np.array(port, np.int64)[inverse]}
+        svc = np.array(svc, np.int64)[inverse]
         skey = akey(win["sa_hi"][rows], win["sa_lo"][rows])
         by_vip, by_backend = self.compiled.vip_of(skey), self.compiled.backend_of(skey)
         backend_service = np.array([b.service for b in self.compiled.backends] + [-1])[by_backend]
