@@ -29,7 +29,8 @@ import numpy as np
 from lbspec.runtime.compiled import Compiled, akey
 from lbspec.runtime.decode import ARP, OK, TCP, UDP, Packets, fill_digests
 
-__all__ = ["NONE", "INGRESS", "EGRESS", "BREPLY", "CREPLY", "TRANSIT", "ROLE_NAMES", "classify", "mix", "pair_key",
+__all__ = ["NONE", "INGRESS", "EGRESS", "BREPLY", "CREPLY", "TRANSIT", "ROLE_NAMES", "classify", "classify_rows",
+           "assign_backends", "mix", "pair_key",
            "weak_keys", "flow_key", "MacTable", "CLIENT", "BACKEND", "COMBINED"]
 
 NONE, INGRESS, EGRESS, BREPLY, CREPLY, TRANSIT = 0, 1, 2, 3, 4, 5
@@ -40,6 +41,7 @@ _SEED = np.uint64(0x243F6A8885A308D3)
 _MUL = np.uint64(0xFF51AFD7ED558CCD)
 _S33 = np.uint64(33)
 _SYN, _ACK = 2, 16
+_BY_MAC = -4  # a dsr packet's backend, to be looked up by MAC
 
 
 def mix(columns: list[np.ndarray]) -> np.ndarray:
@@ -88,7 +90,14 @@ class MacTable:
 
 
 def classify(p: Packets, compiled: Compiled, macs: MacTable) -> None:
-    """Add ``role``, ``svc``, ``gid``, ``ckey`` and one pairing key per mode (``k_<mode>``)."""
+    """Add ``role``, ``svc``, ``gid``, ``unknown``, ``ckey`` and one pairing key per mode (``k_<mode>``)."""
+    classify_rows(p, compiled)
+    assign_backends(p, compiled, macs)
+
+
+def classify_rows(p: Packets, compiled: Compiled) -> None:
+    """All of :func:`classify` that each row's own headers decide; what the MAC table decides (the backend
+    of a dsr packet) is left to :func:`assign_backends`.  Reading processes do this part."""
     n = len(p)
     ok = p["status"] == OK
     skey, dkey = akey(p["sa_hi"], p["sa_lo"]), akey(p["da_hi"], p["da_lo"])
@@ -113,10 +122,8 @@ def classify(p: Packets, compiled: Compiled, macs: MacTable) -> None:
     svc = np.where(role == INGRESS, vip_d, -1).astype(np.int16)
     gid = np.full(n, -1, np.int32)
     egress = role == EGRESS
-    gid[egress] = _egress_backend(p, compiled, macs, egress, dkey, be_d, vip_d)
+    gid[egress] = _egress_backend(p, compiled, egress, dkey, be_d, vip_d)
     gid[role == BREPLY] = be_s[role == BREPLY]
-    p["unknown"] = gid == MacTable.UNKNOWN_DSR
-    gid[gid < 0] = -1
     p["role"], p["svc"], p["gid"] = role, svc, gid
     p["ckey"] = client_key(p, role)
     paired = np.nonzero((role == INGRESS) | (role == EGRESS))[0]  # only these are keyed (0 elsewhere)
@@ -124,6 +131,18 @@ def classify(p: Packets, compiled: Compiled, macs: MacTable) -> None:
         p["k_" + mode] = _scattered(n, paired, pair_key(p, "snat" if mode == "proxy" else mode, paired))
     routed = np.nonzero((role == TRANSIT) | (role == EGRESS))[0]
     p["k_transit"] = _scattered(n, routed, pair_key(p, "dsr", routed))
+
+
+def assign_backends(p: Packets, compiled: Compiled, macs: MacTable) -> None:
+    """The backends of dsr packets, by destination MAC (after ``macs`` learned from these rows); then
+    ``unknown`` marks those whose MAC nobody announced."""
+    gid = p["gid"]
+    wanted = np.nonzero(gid == _BY_MAC)[0]
+    if len(wanted):
+        found = macs.lookup(p["mac_d"][wanted])  # no MAC (Linux cooked captures): not known
+        gid[wanted] = np.where(found == MacTable.UNKNOWN, MacTable.UNKNOWN_DSR, found)
+    p["unknown"] = gid == MacTable.UNKNOWN_DSR
+    gid[gid < 0] = -1
 
 
 def _scattered(n: int, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -187,8 +206,9 @@ def _first_copies(p: Packets, role: np.ndarray, rows_mask: np.ndarray, first: in
     role[rows[head & np.r_[later[1:], False]]] = first
 
 
-def _egress_backend(p, compiled, macs, egress, dkey, be_d, vip_d) -> np.ndarray:
-    """The backend an egress packet goes to: by outer address, by MAC (dsr), or by address."""
+def _egress_backend(p, compiled, egress, dkey, be_d, vip_d) -> np.ndarray:
+    """The backend an egress packet goes to: by outer address, by address, or (dsr) marked to be found
+    by its MAC."""
     rows = np.nonzero(egress)[0]
     out = be_d[rows].copy()
     tunnel = p["tun"][rows] != 0
@@ -197,8 +217,7 @@ def _egress_backend(p, compiled, macs, egress, dkey, be_d, vip_d) -> np.ndarray:
         out[tunnel] = compiled.backend_of(akey(p["od_hi"][outer], p["od_lo"][outer]))
     dsr = ~tunnel & (out < 0) & ((p["mac_d"][rows] != 0) | (vip_d[rows] >= 0))
     if dsr.any() and any(s.mode == "dsr" for s in compiled.services):
-        found = macs.lookup(p["mac_d"][rows[dsr]])  # no MAC (Linux cooked captures): not known
-        out[dsr] = np.where(found == MacTable.UNKNOWN, MacTable.UNKNOWN_DSR, found)
+        out[dsr] = _BY_MAC
     return out
 
 

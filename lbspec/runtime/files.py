@@ -6,8 +6,8 @@ import os
 from collections.abc import Iterable
 
 from lbspec.runtime.monitor import Monitor, Report
-from lbspec.runtime.session import Input, capture_notes, open_readers
-from lbspec.runtime.sources import batches, estimate_skew, merged
+from lbspec.runtime.session import Input, capture_notes, open_readers, open_streams
+from lbspec.runtime.sources import estimate_skew, merged
 
 __all__ = ["read_captures"]
 
@@ -25,13 +25,13 @@ def read_captures(monitor: Monitor, client: Paths = (), backend: Paths = (), com
     inputs = ([Input(os.fspath(p), "client") for p in client] + [Input(os.fspath(p), "backend") for p in backend]
               + [Input(os.fspath(p), None) for p in combined])
     readers = open_readers(monitor, inputs)
-    sides = monitor.sources.sides
+    streams = open_streams(monitor, readers)
     if skew is None:
-        near = [r for r in readers if sides[r.source] == 0]
-        far = [r for r in readers if sides[r.source] == 1]
+        near = [s for s in streams if s.side == 0]
+        far = [s for s in streams if s.side == 1]
         estimate = estimate_skew(monitor.compiled, near, far)
         skew = estimate.seconds if estimate is not None else 0.0
-    for parts in merged([batches(r, sides[r.source], monitor.compiled.gue_ports, skew) for r in readers], parts=True):
+    for parts in merged([s.batches(skew) for s in streams], parts=True):
         monitor.feed_parts(parts)
     for note in capture_notes(readers):
         monitor.note(note)

@@ -45,7 +45,7 @@ from lbspec.runtime import judge
 from lbspec.runtime.balance import Traffic
 from lbspec.runtime.capture import PAD, Frames
 from lbspec.runtime.classify import (
-    BREPLY, CREPLY, EGRESS, INGRESS, TRANSIT, MacTable, classify, mix, syn_only, weak_keys,
+    BREPLY, CREPLY, EGRESS, INGRESS, TRANSIT, MacTable, assign_backends, classify, mix, syn_only, weak_keys,
 )
 from lbspec.runtime.compiled import CheckPlan, Compiled, akey, compile_spec, model_packet
 from lbspec.runtime.decode import TCP, UDP, WHY, Packets, decode
@@ -320,8 +320,10 @@ class Monitor:
         new["sn"] = np.arange(self._serial, self._serial + n, dtype=np.int64)
         self._serial += n
         new["mate"] = np.full(n, -1, np.int64)
-        if "role" not in new:  # reading processes (--jobs) classify on their side
-            self.macs.learn(new, self.compiled)
+        self.macs.learn(new, self.compiled)
+        if "role" in new:  # classified as it was read, but for what the MAC table says
+            assign_backends(new, self.compiled, self.macs)
+        else:
             classify(new, self.compiled, self.macs)
         self._count(new)
         self.watermark = max(self.watermark, float(np.max(new["ts"])))

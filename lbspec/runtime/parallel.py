@@ -27,7 +27,7 @@ from lbspec.diagnostics import Diagnostic, InternalError
 from lbspec.runtime.capture import CaptureError
 from lbspec.runtime.health import HealthEvent, apply, read_events
 from lbspec.runtime.monitor import Monitor, Report, _Counts
-from lbspec.runtime.sources import Input, batches, merged
+from lbspec.runtime.sources import Input, merged
 from lbspec.runtime.verdicts import Verdict
 from lbspec.semantics.model import Spec
 
@@ -119,15 +119,14 @@ def _groups(parent: Monitor, result: ShardResult) -> None:
 
 def _shard(conn, index: int, count: int, spec: Spec, services, options, inputs: list[Input], skew: float,
            events: list[HealthEvent]) -> None:
-    from lbspec.runtime.session import capture_notes, open_readers
+    from lbspec.runtime.session import capture_notes, open_readers, open_streams
 
     try:
         monitor = Monitor(spec, services, options, shard=(index, count))
         monitor.health_events(events)
         readers = open_readers(monitor, inputs)
-        sides, ports = monitor.sources.sides, monitor.compiled.gue_ports
-        for number, parts in enumerate(merged([batches(r, sides[r.source], ports, skew) for r in readers],
-                                              parts=True)):
+        streams = open_streams(monitor, readers)
+        for number, parts in enumerate(merged([s.batches(skew) for s in streams], parts=True)):
             monitor.feed_parts(parts)
             if index == 0 and number % 8 == 0:
                 conn.send(("progress", sum(r.bytes_read for r in readers)))
@@ -145,7 +144,7 @@ def _shard(conn, index: int, count: int, spec: Spec, services, options, inputs: 
 
 def run(args, spec: Spec, stdout, stderr) -> Report | None:
     """Judge with ``args.jobs`` shards; None (judge in one process) when the spec cannot be sharded."""
-    from lbspec.runtime.session import Progress, Stream, inputs_from, open_readers, options_from, skew_for
+    from lbspec.runtime.session import Progress, Stream, inputs_from, open_readers, open_streams, options_from, skew_for
 
     services = args.service or None
     if not shardable(spec, services) or "fork" not in multiprocessing.get_all_start_methods():
@@ -157,7 +156,7 @@ def run(args, spec: Spec, stdout, stderr) -> Report | None:
     readers = open_readers(parent, inputs)
     for reader in readers:
         reader.check()  # a file that is no capture fails here, once
-    skew = skew_for(args, parent, readers)
+    skew = skew_for(args, parent, open_streams(parent, readers))
     with Progress.make(args, stderr, readers) as progress:
         results = _run_shards(args.jobs, spec, services, parent.options, inputs, skew, events, progress)
     for number, result in enumerate(results):

@@ -11,11 +11,11 @@ from lbspec.diagnostics import Diagnostic
 from lbspec.runtime.capture import CaptureReader
 from lbspec.runtime.health import read_events
 from lbspec.runtime.monitor import Monitor, MonitorOptions, Report
-from lbspec.runtime.sources import Input, batches, estimate_skew, merged
+from lbspec.runtime.sources import CaptureStream, Input, estimate_skew, merged
 from lbspec.runtime.witness import witness_name, write_witness
 from lbspec.semantics.model import Spec
 
-__all__ = ["Outcome", "run", "options_from", "inputs_from"]
+__all__ = ["Outcome", "run", "options_from", "inputs_from", "open_readers", "open_streams", "skew_for", "feed"]
 
 
 @dataclass
@@ -54,8 +54,9 @@ def run(args, spec: Spec, stdout: TextIO, stderr: TextIO) -> Outcome:
         monitor.health_events(read_events(args.events, monitor.compiled))
     stream = Stream(args, stdout)
     readers = open_readers(monitor, inputs_from(args))
-    skew = skew_for(args, monitor, readers)
-    feed(monitor, readers, skew, stream, Progress.make(args, stderr, readers))
+    streams = open_streams(monitor, readers)
+    skew = skew_for(args, monitor, streams)
+    feed(monitor, streams, skew, stream, Progress.make(args, stderr, readers))
     for note in capture_notes(readers):
         monitor.note(note)
     monitor.close()  # judges everything still pending
@@ -71,10 +72,13 @@ def open_readers(monitor: Monitor, inputs: list[Input]) -> list[CaptureReader]:
     return readers
 
 
-def skew_for(args, monitor: Monitor, readers: list[CaptureReader]) -> float:
-    sides = monitor.sources.sides
-    client = [r for r in readers if sides[r.source] == 0]
-    backend = [r for r in readers if sides[r.source] == 1]
+def open_streams(monitor: Monitor, readers: list[CaptureReader]) -> list[CaptureStream]:
+    return [CaptureStream(r, monitor.sources.sides[r.source], monitor.compiled) for r in readers]
+
+
+def skew_for(args, monitor: Monitor, streams: list[CaptureStream]) -> float:
+    client = [s for s in streams if s.side == 0]
+    backend = [s for s in streams if s.side == 1]
     if not client or not backend:
         return 0.0
     if args.skew != "auto":
@@ -90,14 +94,12 @@ def skew_for(args, monitor: Monitor, readers: list[CaptureReader]) -> float:
     return estimate.seconds
 
 
-def feed(monitor: Monitor, readers: list[CaptureReader], skew: float, stream, progress) -> None:
-    sides = monitor.sources.sides
-    ports = monitor.compiled.gue_ports
+def feed(monitor: Monitor, streams: list[CaptureStream], skew: float, stream, progress) -> None:
     with progress:
-        for parts in merged([batches(r, sides[r.source], ports, skew) for r in readers], parts=True):
+        for parts in merged([s.batches(skew) for s in streams], parts=True):
             monitor.feed_parts(parts)
             stream.emit(monitor)
-            progress.update(sum(r.bytes_read for r in readers))
+            progress.update(sum(s.reader.bytes_read for s in streams))
 
 
 def capture_notes(readers: list[CaptureReader]) -> list[Diagnostic]:

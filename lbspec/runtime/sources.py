@@ -22,11 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from lbspec.runtime.capture import CaptureReader
-from lbspec.runtime.classify import BREPLY, CREPLY, EGRESS, INGRESS, MacTable, classify, mix, pair_key
+from lbspec.runtime.classify import BACKEND, BREPLY, COMBINED, CREPLY, EGRESS, INGRESS, classify_rows, mix, pair_key
 from lbspec.runtime.compiled import Compiled
 from lbspec.runtime.decode import Packets, decode, fill_digests
 
-__all__ = ["Input", "SkewEstimate", "batches", "merged", "estimate_skew"]
+__all__ = ["Input", "SkewEstimate", "CaptureStream", "batches", "sort_by_time", "merged", "estimate_skew"]
 
 
 @dataclass(frozen=True)
@@ -47,16 +47,53 @@ class SkewEstimate:
                 f"({self.method}; {self.forward_pairs} forward and {self.reverse_pairs} reverse pairs)")
 
 
-def batches(reader: CaptureReader, side: int, gue_ports, skew: float = 0.0) -> Iterator[Packets]:
-    """Decoded, time-sorted batches of one capture."""
-    for frames in reader.batches():
-        packets = decode(frames, side, gue_ports)
-        if skew and side == 1:
-            packets["ts"] = packets["ts"] - skew
-        ts = packets["ts"]
-        if len(ts) > 1 and (np.diff(ts) < 0).any():
-            packets = packets.take(np.argsort(ts, kind="stable"))
-        yield packets
+class CaptureStream:
+    """One capture, decoded batch by batch -- and classified right away where a row's own headers decide
+    its role (a capture of one side); in a capture of both sides the monitor classifies what it takes
+    together.  The first batch is kept once read: the clock skew is estimated on it."""
+
+    def __init__(self, reader: CaptureReader, side: int, compiled: Compiled):
+        self.reader, self.side, self.compiled = reader, side, compiled
+        self.early = side != COMBINED
+        self._read = self._decoded()
+        self._first: list[Packets] = []
+
+    def first(self) -> Packets | None:
+        """The first batch (not corrected for skew), or None for a capture with no frames."""
+        if not self._first:
+            batch = next(self._read, None)
+            if batch is None:
+                return None
+            self._first.append(batch)
+        return self._first[0]
+
+    def batches(self, skew: float = 0.0) -> Iterator[Packets]:
+        """The batches, time-sorted, backend-side times corrected by ``skew``."""
+        for packets in itertools.chain(self._first, self._read):
+            yield sort_by_time(packets, skew if self.side == BACKEND else 0.0)
+        self._first = []
+
+    def _decoded(self) -> Iterator[Packets]:
+        for frames in self.reader.batches():
+            packets = decode(frames, self.side, self.compiled.gue_ports)
+            if self.early:
+                classify_rows(packets, self.compiled)
+            yield packets
+
+
+def sort_by_time(packets: Packets, skew: float = 0.0) -> Packets:
+    """The batch with ``skew`` taken off its times, in time order."""
+    if skew:
+        packets["ts"] = packets["ts"] - skew
+    ts = packets["ts"]
+    if len(ts) > 1 and (np.diff(ts) < 0).any():
+        packets = packets.take(np.argsort(ts, kind="stable"))
+    return packets
+
+
+def batches(reader: CaptureReader, side: int, compiled: Compiled, skew: float = 0.0) -> Iterator[Packets]:
+    """Decoded, time-sorted batches of one capture (classified if it holds one side)."""
+    return CaptureStream(reader, side, compiled).batches(skew)
 
 
 def merged(streams: list[Iterator[Packets]], parts: bool = False) -> Iterator:
@@ -89,13 +126,12 @@ def _next(stream: Iterator[Packets]) -> Packets | None:
     return None
 
 
-def estimate_skew(compiled: Compiled, client: list[CaptureReader], backend: list[CaptureReader],
-                  frames: int = 50_000) -> SkewEstimate | None:
-    """The backend side's clock offset, from the first ``frames`` packets of each side."""
+def estimate_skew(compiled: Compiled, client: list[CaptureStream], backend: list[CaptureStream]) -> SkewEstimate | None:
+    """The backend side's clock offset, from the first batch of each capture (up to 65,536 packets)."""
     if not client or not backend:
         return None
-    near = _sample(client, 0, compiled, frames)
-    far = _sample(backend, 1, compiled, frames)
+    near = _sample(client, compiled)
+    far = _sample(backend, compiled)
     forward = _latencies(near, far, INGRESS, EGRESS, lambda p, r: pair_key(p, "snat", r))
     reverse = _latencies(far, near, BREPLY, CREPLY, _reply_key)
     if len(forward) >= 10 and len(reverse) >= 10:
@@ -108,14 +144,14 @@ def estimate_skew(compiled: Compiled, client: list[CaptureReader], backend: list
     return SkewEstimate(0.0, 0, len(reverse), "no packet seen on both sides; assumed 0")
 
 
-def _sample(readers: list[CaptureReader], side: int, compiled: Compiled, frames: int) -> Packets:
-    parts = []
-    for reader in readers:
-        fresh = CaptureReader(reader.path, reader.source, reader.batch_frames)
-        parts.extend(itertools.islice((decode(f, side, compiled.gue_ports) for f in fresh.batches()),
-                                      max(1, frames // reader.batch_frames)))
-    sample = Packets.concat(parts)
-    classify(sample, compiled, MacTable())
+def _sample(streams: list[CaptureStream], compiled: Compiled) -> Packets:
+    """The first batches of one side's captures, with the payload digests of replies too (in a copy of
+    that column: the monitor's own rows keep theirs as classification left them)."""
+    firsts = [s.first() for s in streams]
+    sample = Packets.concat([Packets(dict(f.cols), f.buffers) for f in firsts if f is not None])
+    if "role" not in sample:
+        classify_rows(sample, compiled)
+    sample["digest"] = sample["digest"].copy()
     fill_digests(sample, np.nonzero((sample["role"] == BREPLY) | (sample["role"] == CREPLY))[0])
     return sample
 
