@@ -1,0 +1,286 @@
+"""The harness: traces from the spec, played by a driver, judged by the monitor, shrunk by hypothesis.
+
+:class:`Harness` binds a spec (and optionally the services and properties
+that count) to search settings and an artifacts directory:
+
+* :meth:`Harness.run` plays one trace and returns the monitor's
+  :class:`~lbspec.harness.judge.Judgement`;
+* :meth:`Harness.verify` does the same and raises :class:`Failure` on a
+  violation;
+* :meth:`Harness.check` searches with hypothesis (``lbspec.strategies.traffic``
+  unless told otherwise) and :meth:`Harness.check_stateful` with the state
+  machine; on a violation hypothesis shrinks the trace, the minimal one is
+  written as captures with the ``lbspec monitor`` command that judges them,
+  the command is run to confirm it reproduces the verdict, and
+  :class:`Failure` says all of it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lbspec.diagnostics import did_you_mean
+from lbspec.harness.adapter import Driver
+from lbspec.harness.artifacts import Artifacts, replay, write_recording, write_summary
+from lbspec.harness.inprocess import InProcess
+from lbspec.harness.judge import Judgement, judge
+from lbspec.harness.reduce import reduce_trace
+from lbspec.harness.trace import Trace
+from lbspec.semantics.model import Spec
+
+__all__ = ["Harness", "SearchSettings", "Failure", "Violation", "Search", "as_driver"]
+
+FAST_EXAMPLES = 100
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How hard to search: examples (traces tried before shrinking), the seed, and trace sizes."""
+
+    examples: int = FAST_EXAMPLES
+    seed: int | None = None  # None: a fresh seed per search, printed on failure
+    max_steps: int = 20  # steps of one generated trace (lbspec.strategies.traffic)
+    stateful_steps: int = 20  # rules of one state machine run
+
+    def __post_init__(self) -> None:
+        if self.examples < 1:
+            raise ValueError(f"examples must be at least 1, not {self.examples}")
+
+    def hypothesis(self, seed: int):
+        """The hypothesis settings of a search (no database: the seed and the captures replay it)."""
+        from hypothesis import HealthCheck, Phase, Verbosity, settings
+
+        return settings(max_examples=self.examples, deadline=None, database=None, derandomize=False,
+                        report_multiple_bugs=False, print_blob=False, verbosity=Verbosity.quiet,
+                        stateful_step_count=self.stateful_steps,
+                        phases=(Phase.explicit, Phase.generate, Phase.target, Phase.shrink),
+                        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                               HealthCheck.filter_too_much])
+
+
+class Violation(Exception):
+    """Raised inside a search when a trace breaks the spec (hypothesis shrinks on it)."""
+
+    def __init__(self, trace: Trace, judgement: Judgement):
+        super().__init__(f"{', '.join(judgement.codes)} on a trace of {len(trace)} events")
+        self.trace = trace
+        self.judgement = judgement
+
+
+@dataclass
+class Search:
+    """What a search did: the seed, the traces run, and the sizes of the first and the minimal failing trace."""
+
+    seed: int
+    runs: int = 0
+    first_failure: int | None = None  # the run that first failed
+    first_size: int | None = None  # events in the first failing trace
+    shrunk_size: int | None = None  # events in the trace hypothesis shrank it to (before trace reduction)
+    minimal: Violation | None = None
+
+    def record(self, trace: Trace, violation: Violation | None) -> None:
+        self.runs += 1
+        if violation is not None and self.first_failure is None:
+            self.first_failure, self.first_size = self.runs, len(trace)
+
+
+class Failure(AssertionError):
+    """A load balancer broke the spec: the verdicts, the minimal trace, its captures and the replay command."""
+
+    def __init__(self, message: str, trace: Trace, judgement: Judgement, artifacts: Artifacts,
+                 replayed: tuple[int, list[str], str], search: Search | None):
+        super().__init__(message)
+        self.trace, self.judgement, self.artifacts = trace, judgement, artifacts
+        self.replayed, self.search = replayed, search
+
+    @property
+    def codes(self) -> list[str]:
+        return self.judgement.codes
+
+    @property
+    def reproduced(self) -> bool:
+        code, found, _err = self.replayed
+        return code == 1 and set(found) == {v.code for v in self.judgement.report.violations}
+
+
+def as_driver(lb: Any) -> Driver:
+    """A driver for ``lb``: a :class:`Driver` as is, anything else (an LB or a factory of LBs) in process."""
+    if hasattr(lb, "run") and not hasattr(lb, "handle") and not isinstance(lb, type):
+        return lb
+    return InProcess(lb)
+
+
+def _fresh(lb: Any) -> Driver:
+    """A driver that makes a fresh LB for each trace (a search must not share state between traces)."""
+    if hasattr(lb, "handle") and not isinstance(lb, type):
+        raise TypeError(f"a search plays many traces, each against a fresh load balancer: pass a class or a "
+                        f"callable that makes one (e.g. `lambda: {type(lb).__name__}(...)`), not the instance {lb!r}")
+    return as_driver(lb)
+
+
+@dataclass
+class Harness:
+    """Drives load balancers with traffic from ``spec`` and judges them; see the module docstring."""
+
+    spec: Spec
+    path: str | os.PathLike | None = None  # the spec file, for the replay command
+    services: tuple[str, ...] | None = None
+    properties: tuple[str, ...] | None = None
+    search: SearchSettings = field(default_factory=SearchSettings)
+    artifacts: str | os.PathLike | None = None  # default: a new temporary directory per failure
+
+    def __post_init__(self) -> None:
+        if isinstance(self.spec, (str, os.PathLike)):
+            import lbspec
+
+            self.path, self.spec = self.spec, lbspec.load(self.spec)
+        self.services = tuple(self.services) if self.services else None
+        self.properties = tuple(self.properties) if self.properties else None
+        _check_names(self.spec, self.services, self.properties)
+
+    # ----------------------------------------------------------------- runs --
+
+    def run(self, lb: Any, trace: Trace) -> Judgement:
+        """Play ``trace`` against ``lb`` (an LB, a factory of LBs, or a driver) and judge what crossed it."""
+        recording = as_driver(lb).run(self.spec, trace, self.services)
+        return judge(self.spec, recording, self.services, self.properties)
+
+    def verify(self, lb: Any, trace: Trace) -> Judgement:
+        """:meth:`run`, raising :class:`Failure` (with captures and the replay command) on a violation."""
+        judgement = self.run(lb, trace)
+        if judgement.failed:
+            raise self.failure(Violation(trace, judgement), None)
+        return judgement
+
+    # ------------------------------------------------------------- searches --
+
+    def check(self, lb: Any, traffic=None) -> Search:
+        """Search for a trace ``lb`` fails on (default strategy: ``lbspec.strategies.traffic``)."""
+        from hypothesis import given, seed
+
+        from lbspec.strategies import traffic as default_traffic
+
+        driver = _fresh(lb)
+        strategy = traffic if traffic is not None else default_traffic(
+            self.spec, service=self.services, max_steps=self.search.max_steps)
+        search = Search(self._seed())
+
+        @seed(search.seed)
+        @self.search.hypothesis(search.seed)
+        @given(strategy)
+        def play(trace: Trace) -> None:
+            self._judged(driver, trace, search)
+
+        return self._searching(play, search, driver)
+
+    def check_stateful(self, lb: Any) -> Search:
+        """Search with the state machine of ``lbspec.strategies.lb_machine``."""
+        from hypothesis import seed
+        from hypothesis.stateful import run_state_machine_as_test
+
+        from lbspec.strategies import lb_machine
+
+        driver = _fresh(lb)
+        search = Search(self._seed())
+        machine = lb_machine(self.spec, lambda trace: self._judged(driver, trace, search), service=self.services)
+        seeded = seed(search.seed)(machine)
+        return self._searching(lambda: run_state_machine_as_test(
+            seeded, settings=self.search.hypothesis(search.seed)), search, driver)
+
+    def _seed(self) -> int:
+        return self.search.seed if self.search.seed is not None else random.SystemRandom().randrange(1 << 32)
+
+    def _judged(self, driver: Driver, trace: Trace, search: Search) -> None:
+        recording = driver.run(self.spec, trace, self.services)
+        judgement = judge(self.spec, recording, self.services, self.properties)
+        violation = Violation(trace, judgement) if judgement.failed else None
+        search.record(trace, violation)
+        if violation is not None:
+            raise violation
+
+    def _searching(self, run: Callable[[], None], search: Search, driver: Driver) -> Search:
+        __tracebackhide__ = True
+        try:
+            run()
+        except Violation as violation:
+            search.shrunk_size = len(violation.trace)
+            search.minimal = self._reduced(driver, violation)
+            raise self.failure(search.minimal, search) from None
+        return search
+
+    def _reduced(self, driver: Driver, found: Violation) -> Violation:
+        """Drop flows, faults and packets from the shrunk trace while its first verdict stays the same."""
+        wanted = _identity(found.judgement)
+        best = found
+
+        def fails(trace: Trace) -> bool:
+            nonlocal best
+            judgement = judge(self.spec, driver.run(self.spec, trace, self.services), self.services, self.properties)
+            if judgement.failed and _identity(judgement) == wanted:
+                best = Violation(trace, judgement)
+                return True
+            return False
+
+        reduce_trace(found.trace, fails)
+        return best
+
+    # -------------------------------------------------------------- failure --
+
+    def failure(self, violation: Violation, search: Search | None) -> Failure:
+        """Write the trace's captures, replay them, and build the :class:`Failure` that says it all."""
+        directory = Path(self.artifacts) if self.artifacts is not None else Path(tempfile.mkdtemp(prefix="lbspec-"))
+        artifacts = write_recording(directory, self._spec_file(directory), violation.judgement.recording,
+                                    self.services or ())
+        replayed = replay(artifacts)
+        from lbspec.harness.report import failure_message
+
+        message = failure_message(self.spec, violation.trace, violation.judgement, artifacts, replayed, search)
+        (directory / "trace.txt").write_text(message + "\n", encoding="utf-8")
+        write_summary(directory / "verdict.json", violation.trace, violation.judgement, artifacts, replayed, search)
+        return Failure(message, violation.trace, violation.judgement, artifacts, replayed, search)
+
+    def _spec_file(self, directory: Path) -> Path:
+        if self.path is not None:
+            return Path(self.path)
+        main = next(iter(self.spec.sources), None)
+        if main is not None and Path(main).is_file():
+            return Path(main)
+        copy = directory / "spec.lbspec"
+        copy.write_text(self.spec.sources.get(main, ""), encoding="utf-8")
+        return copy
+
+
+def _identity(judgement: Judgement) -> tuple[str, str | None]:
+    first = judgement.first
+    return first.code, (first.data or {}).get("property")
+
+
+def _check_names(spec: Spec, services: Iterable[str] | None, properties: Iterable[str] | None) -> None:
+    """Unknown services or properties are errors that name the bad value and what exists."""
+    names = [s.name for s in spec.services]
+    for name in services or ():
+        if name not in names:
+            raise ValueError(f"no service named {name!r} in the spec" + _hint(name, names))
+    chosen = [s for s in spec.services if not services or s.name in services]
+    checks = sorted({c.name for s in chosen for c in s.checks})
+    for name in properties or ():
+        if name not in checks:
+            raise ValueError(f"no property {name!r} applies to {', '.join(s.name for s in chosen)}"
+                             + _hint(name, checks) + f" (properties that apply: {', '.join(checks)})")
+
+
+def _hint(name: str, candidates: list[str]) -> str:
+    hint = did_you_mean(name, candidates)
+    return f"; {hint}" if hint else ""
+
+
+def safe_name(text: str) -> str:
+    """A file name from a test id: ``tests/test_x.py::test_y[a]`` -> ``test_x.py-test_y-a``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text.split("/")[-1]).strip("-") or "lbspec"

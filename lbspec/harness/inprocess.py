@@ -1,0 +1,221 @@
+"""The in-process driver: a trace played against a Python load balancer, with simulated backends.
+
+:class:`InProcess` wraps a :class:`~lbspec.harness.adapter.LoadBalancer`.
+Events are processed in time order from one queue: a client's packet goes to
+``lb.handle``; each packet the LB emits is recorded on the side it goes to (a
+packet to a client address on the client side, anything else on the backend
+side) and, if it reaches a live backend, the backend answers it
+``backend_delay`` later:
+
+* a TCP SYN with a SYN-ACK, a UDP datagram with a datagram, an echo request
+  with an echo reply (a dead backend answers nothing);
+* in nat and snat modes the answer goes back through the LB (``lb.handle``);
+  in dsr and tunnel modes the backend holds the VIP and answers the client
+  directly.
+
+dsr and proxy services cannot be driven in process: which backend a dsr
+packet goes to is in its Ethernet header, and a proxy terminates TCP; both
+need a network driver.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import zlib
+from collections.abc import Iterable
+from ipaddress import ip_address
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from lbspec.diagnostics import InputError
+from lbspec.harness.adapter import Emitted, LoadBalancer, Observed, Recording
+from lbspec.harness.trace import Fault, Send, Trace
+from lbspec.harness.wire import Segment, decode, destination
+from lbspec.semantics.model import Address, Backend, Response, Service, Spec
+
+__all__ = ["InProcess", "EPOCH", "UnsupportedMode", "MARKERS"]
+
+EPOCH = 1_700_000_000  # recordings are dated from here (2023-11-14): captures look like captures
+# Capture markers: one datagram between two addresses of the benchmarking range (RFC 2544), seen on both
+# sides before the trace starts and after it has drained, so that each capture shows how long it ran.
+MARKERS = (ip_address("198.18.0.1"), ip_address("198.18.0.2"))
+_LEAD = 1.0  # seconds captured before the first event
+_REPLY_THROUGH_LB = ("nat", "snat")
+
+
+class UnsupportedMode(InputError):
+    """A service whose mode an in-process load balancer cannot be tested in."""
+
+
+@dataclass
+class _Backends:
+    """The simulated backends: where each address is, and which are up."""
+
+    by_address: dict[Address, tuple[Backend, Service]]
+    down: set[tuple[str, str]] = field(default_factory=set)  # (service, backend)
+
+    @classmethod
+    def of(cls, services: Iterable[Service]) -> _Backends:
+        return cls({b.address: (b, s) for s in services for b in s.backends})
+
+    def name_of(self, fault: Fault, services: list[Service]) -> tuple[str, str]:
+        owners = [s.name for s in services if any(b.name == fault.backend for b in s.backends)
+                  and fault.service in (None, s.name)]
+        if len(owners) != 1:
+            raise InputError(f"fault names backend {fault.backend!r}, which is in "
+                             f"{len(owners) or 'no'} service{'s' if len(owners) != 1 else ''} of the spec")
+        return owners[0], fault.backend
+
+
+class InProcess:
+    """Drive an in-process :class:`LoadBalancer` (made fresh for each run by ``factory``) with a trace.
+
+    ``lb`` is a load balancer or a zero-argument callable that makes one; a
+    callable gets a fresh one per run, so state never leaks between traces.
+    """
+
+    def __init__(self, lb: LoadBalancer | Callable[[], LoadBalancer], backend_delay: float = 0.0005,
+                 epoch: int = EPOCH):
+        self.make = _factory(lb)
+        self.backend_delay = backend_delay
+        self.epoch = epoch
+
+    def run(self, spec: Spec, trace: Trace, services: tuple[str, ...] | None = None) -> Recording:
+        chosen = [s for s in spec.services if services is None or s.name in services]
+        for service in chosen:
+            _supported(service)
+        return _Run(self.make(), chosen, trace, self.backend_delay, self.epoch).play()
+
+
+def _factory(lb: Any) -> Callable[[], Any]:
+    if hasattr(lb, "handle") and not isinstance(lb, type):
+        return lambda: lb  # one instance for every run: it must not keep state between traces
+    if callable(lb):
+        return lb
+    raise TypeError(f"expected a load balancer (an object with handle(packet, time)) or a callable making one, "
+                    f"not {lb!r}")
+
+
+def _supported(service: Service) -> None:
+    if service.mode.kind in ("dsr", "proxy"):
+        raise UnsupportedMode(
+            f"service {service.name!r} is in `mode {service.mode.kind}`, which an in-process load balancer cannot "
+            "be tested in (dsr picks a backend by MAC address, proxy terminates TCP); test it with a network "
+            "driver, or test a nat, snat or tunnel service")
+
+
+class _Run:
+    """One trace played: the event queue, the backends and the recording."""
+
+    def __init__(self, lb: Any, services: list[Service], trace: Trace, delay: float, epoch: int):
+        self.lb, self.services, self.trace, self.delay = lb, services, trace, delay
+        self.backends = _Backends.of(services)
+        self.clients = {e.segment.src for e in trace.sends}
+        self.recording = Recording(epoch=epoch)
+        self.queue: list[tuple[float, int, Callable[[float], None]]] = []
+        self.order = itertools.count()
+        self.gue_ports = tuple({s.mode.encap_port or 6080 for s in services if s.mode.encap == "gue"}) or (6080,)
+        self.now = 0.0
+
+    def play(self) -> Recording:
+        for event in self.trace:
+            self.at(event.time, self._client(event) if isinstance(event, Send) else self._fault(event))
+        self._marker(-_LEAD, b"lbspec: capture starts")
+        while self.queue:
+            time, _n, action = heapq.heappop(self.queue)
+            self._tick(time)
+            action(time)
+        self._tick(self.now + _drain(self.services))  # let timers run past the last event
+        self._marker(self.now, b"lbspec: capture ends")
+        return self.recording
+
+    def _marker(self, time: float, text: bytes) -> None:
+        source, target = MARKERS
+        data = Segment("udp", source, target, 9, 9, payload=text).encode()
+        for side in ("client", "backend"):
+            self.recording.packets.append(Observed(time, side, data))
+
+    def at(self, time: float, action: Callable[[float], None]) -> None:
+        heapq.heappush(self.queue, (time, next(self.order), action))
+
+    def _tick(self, time: float) -> None:
+        if time > self.now:
+            self.now = time
+            advance = getattr(self.lb, "advance", None)
+            if advance is not None:
+                self._emitted(advance(time), time)
+
+    # ---------------------------------------------------------------- events --
+
+    def _client(self, event: Send) -> Callable[[float], None]:
+        def send(time: float) -> None:
+            data = event.segment.encode()
+            self.recording.packets.append(Observed(time, "client", data))
+            self._emitted(self.lb.handle(data, time), time)
+        return send
+
+    def _fault(self, event: Fault) -> Callable[[float], None]:
+        def fault(time: float) -> None:
+            key = self.backends.name_of(event, self.services)
+            (self.backends.down.discard if event.up else self.backends.down.add)(key)
+            self.recording.faults.append(Fault(time, event.backend, event.up, key[0]))
+            hook = getattr(self.lb, "backend_health", None)
+            if hook is not None:
+                self._emitted(hook(event.backend, event.up, time), time)
+        return fault
+
+    def _emitted(self, packets: Iterable[Emitted] | None, time: float) -> None:
+        for packet in packets or ():
+            data = bytes(packet)
+            if destination(data) in self.clients:
+                self.recording.packets.append(Observed(time, "client", data))
+            else:
+                self.recording.packets.append(Observed(time, "backend", data))
+                self._deliver(data, time)
+
+    # -------------------------------------------------------------- backends --
+
+    def _deliver(self, data: bytes, time: float) -> None:
+        segment = decode(data, self.gue_ports)
+        if segment is None:
+            return
+        address = segment.outer.dst if segment.outer is not None else segment.dst
+        found = self.backends.by_address.get(address)
+        if found is None or (found[1].name, found[0].name) in self.backends.down:
+            return
+        answer = _answer(segment)
+        if answer is not None:
+            self.at(time + self.delay, self._reply(answer, found[0], found[1]))
+
+    def _reply(self, answer: Segment, backend: Backend, service: Service) -> Callable[[float], None]:
+        def reply(time: float) -> None:
+            if (service.name, backend.name) in self.backends.down:
+                return  # it died before it could answer
+            data = answer.encode()
+            if service.mode.kind in _REPLY_THROUGH_LB:
+                self.recording.packets.append(Observed(time, "backend", data))
+                self._emitted(self.lb.handle(data, time), time)
+            else:
+                self.recording.packets.append(Observed(time, "client", data))
+        return reply
+
+
+def _drain(services: list[Service]) -> float:
+    """How long to keep capturing after the last event: past every response deadline, with room to spare."""
+    deadlines = [c.pattern.within for s in services for c in s.checks if isinstance(c.pattern, Response)]
+    return 1.0 + 2 * max(deadlines, default=0.05)
+
+
+def _answer(received: Segment) -> Segment | None:
+    """What a backend sends back for ``received`` (decapsulated), or None."""
+    if received.outer is not None:
+        received = replace(received, outer=None)
+    if received.proto == "tcp" and received.flags == {"syn"}:
+        isn = zlib.crc32(received.encode()) & 0xFFFFFFFF
+        return received.reply(flags=frozenset({"syn", "ack"}), seq=isn, ack=received.seq + 1, payload=b"", ttl=64)
+    if received.proto == "udp":
+        return received.reply(payload=b"re:" + received.payload, ttl=64)
+    if received.proto == "icmp" and received.icmp_type in (8, 128):
+        return received.reply(icmp_type=received.icmp_type + 1 if received.family == 6 else 0, ttl=64)
+    return None
