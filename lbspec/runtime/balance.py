@@ -54,6 +54,20 @@ class Group:
             self.squares["flows"] += count
         self.first, self.last = min(self.first, first), max(self.last, last)
 
+    def add_folded(self, gid: int, amount: float, count: float, time: float) -> None:
+        """``add(gid, (0.0, amount, count), time)``, as the bytes and packets of a flow that ended."""
+        totals, squares = self.totals, self.squares
+        totals["flows"].setdefault(gid, 0.0)
+        in_bytes, in_packets = totals["bytes"], totals["packets"]
+        in_bytes[gid] = in_bytes.get(gid, 0.0) + amount
+        in_packets[gid] = in_packets.get(gid, 0.0) + count
+        squares["bytes"] += amount * amount
+        squares["packets"] += count * count
+        if time < self.first:
+            self.first = time
+        if time > self.last:
+            self.last = time
+
     @property
     def flows(self) -> int:
         return int(sum(self.totals["flows"].values()))
@@ -73,6 +87,7 @@ class Traffic:
         self.groups: dict[tuple, Group] = {}
         self.backend_flows = np.zeros(len(compiled.backends), np.int64)
         self.backend_bytes = np.zeros(len(compiled.backends), np.float64)
+        self._bits: dict[int, list[int]] = {}  # check positions per bit set
 
     def account(self, engine, pairs, rows: np.ndarray) -> None:
         """Pairs ``rows`` (forwarded, listened, to a known backend) of one service."""
@@ -86,14 +101,16 @@ class Traffic:
         byte_sums = np.add.reduceat(payload.astype(np.float64), starts)
         counts = np.diff(np.r_[starts, len(rows)])
         ts = pairs.table["ts"][pairs.ee[rows]]
-        np.add.at(self.backend_bytes, pairs.gid[rows], payload)
-        fresh = [i for i, k in enumerate(keys[starts].tolist()) if self.flows.get(k) is None]
+        self.backend_bytes += np.bincount(pairs.gid[rows], payload, len(self.backend_bytes))  # whole bytes: exact
+        flows = keys[starts].tolist()
+        known = self.flows.items
+        fresh = [i for i, k in enumerate(flows) if k not in known]
         if fresh:
             self._open(engine, pairs, rows[starts[fresh]], keys[starts[fresh]], ts[starts[fresh]])
-        for key, amount, count, time in zip(keys[starts].tolist(), byte_sums.tolist(), counts.tolist(),
-                                            ts[starts].tolist()):
-            entry = self.flows.get(key)
-            entry[1] = max(entry[1], time)
+        for entry, amount, count, time in zip(map(known.__getitem__, flows), byte_sums.tolist(), counts.tolist(),
+                                              ts[starts].tolist()):
+            if time > entry[1]:
+                entry[1] = time
             entry[3] += amount
             entry[4] += count
 
@@ -129,7 +146,10 @@ class Traffic:
                 group.add_flows(chosen.tolist(), counts.tolist(), float(times.min()), float(times.max()))
 
     def _positions(self, bits: int) -> list[int]:
-        return [p for p in range(len(self.checks)) if bits >> p & 1]
+        found = self._bits.get(bits)
+        if found is None:
+            found = self._bits[bits] = [p for p in range(len(self.checks)) if bits >> p & 1]
+        return found
 
     def _group(self, position: int, key: tuple, engine) -> Group:
         full = (position, *key)
@@ -144,8 +164,9 @@ class Traffic:
 
     def _fold(self, key: int, entry: list) -> None:
         gid, _last, group, amount, count, bits, time = entry
-        for position in self._positions(bits):
-            self.groups[(position, *group)].add(gid, (0.0, amount, float(count)), time)
+        if bits:
+            for position in self._positions(bits):
+                self.groups[(position, *group)].add_folded(gid, amount, float(count), time)
 
     def finish(self) -> None:
         self.flows.drain()

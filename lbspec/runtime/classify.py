@@ -48,7 +48,7 @@ def mix(columns: list[np.ndarray]) -> np.ndarray:
     """A 64-bit hash of the columns, row by row."""
     h = np.full(len(columns[0]), _SEED, np.uint64)
     for column in columns:
-        h ^= column.astype(np.uint64)
+        h ^= column if column.dtype == np.uint64 else column.astype(np.uint64)
         h *= _MUL
         h ^= h >> _S33
     return h
@@ -101,8 +101,8 @@ def classify_rows(p: Packets, compiled: Compiled) -> None:
     n = len(p)
     ok = p["status"] == OK
     skey, dkey = akey(p["sa_hi"], p["sa_lo"]), akey(p["da_hi"], p["da_lo"])
-    vip_d, vip_s = compiled.vip_of(dkey), compiled.vip_of(skey)
-    be_s, be_d = compiled.backend_of(skey), compiled.backend_of(dkey)
+    vip_d, be_d = compiled.address_of(dkey)
+    vip_s, be_s = compiled.address_of(skey)
     tunnel = p["tun"] != 0
     side, dirn = p["side"], p["dirn"]
     role = np.zeros(n, np.int8)
@@ -129,8 +129,6 @@ def classify_rows(p: Packets, compiled: Compiled) -> None:
     paired = np.nonzero((role == INGRESS) | (role == EGRESS))[0]  # only these are keyed (0 elsewhere)
     for mode in compiled.modes:
         p["k_" + mode] = _scattered(n, paired, pair_key(p, "snat" if mode == "proxy" else mode, paired))
-    routed = np.nonzero((role == TRANSIT) | (role == EGRESS))[0]
-    p["k_transit"] = _scattered(n, routed, pair_key(p, "dsr", routed))
 
 
 def assign_backends(p: Packets, compiled: Compiled, macs: MacTable) -> None:

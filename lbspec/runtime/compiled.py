@@ -214,6 +214,7 @@ class Compiled:
         self.backend_keys, self.backend_gid = self._table([(akey(*address_parts(b.backend.address)), b.gid)
                                                            for b in self.backends])
         self.weights = np.array([b.backend.weight for b in self.backends], np.float64)
+        self.address_table = self._addresses()
         self.gue_ports = sorted({s.service.mode.encap_port or 6080 for s in self.services
                                  if s.service.mode.encap == "gue"} or {6080})
         self.modes = sorted({s.mode for s in self.services})
@@ -257,6 +258,25 @@ class Compiled:
             return np.full(len(keys), -1, np.int32)
         at = np.minimum(np.searchsorted(table, keys), len(table) - 1)
         return np.where(table[at] == keys, values[at], -1).astype(np.int32)
+
+    def _addresses(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """VIPs and backends in one sorted table that ends with the largest key (so every search lands in
+        it): per entry, and one more for "none", the service whose VIP it is and the gid of the backend."""
+        keys = np.union1d(self.vip_keys, self.backend_keys)
+        top = np.iinfo(np.uint64).max
+        if not len(keys) or keys[-1] != top:
+            keys = np.append(keys, np.uint64(top))
+        vips = np.append(self.lookup(keys, self.vip_keys, self.vip_service), -1).astype(np.int32)
+        gids = np.append(self.lookup(keys, self.backend_keys, self.backend_gid), -1).astype(np.int32)
+        return keys, vips, gids
+
+    def address_of(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each address key: the service whose VIP it is and the gid of the backend it is (-1: none);
+        what :meth:`vip_of` and :meth:`backend_of` say, with one search."""
+        table, vips, gids = self.address_table
+        at = np.searchsorted(table, keys)
+        at[table[at] != keys] = len(table)
+        return vips[at], gids[at]
 
     def vip_of(self, keys: np.ndarray) -> np.ndarray:
         return self.lookup(keys, self.vip_keys, self.vip_service)

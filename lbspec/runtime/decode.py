@@ -327,7 +327,7 @@ def fill_digests(p: Packets, rows: np.ndarray) -> None:
     if not len(rows):
         return
     crc = zlib.crc32
-    for index in np.unique(p["buf"][rows]).tolist():
+    for index in np.unique(p["buf"][rows]).tolist() if len(p.buffers) > 1 else [0]:
         mine = rows[p["buf"][rows] == index] if len(p.buffers) > 1 else rows
         view = memoryview(p.buffers[index])
         starts = p["poff"][mine].tolist()

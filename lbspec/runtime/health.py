@@ -67,6 +67,31 @@ class HealthTimeline:
         backend.starts = backend.array = None
         self.version += 1
 
+    def record_many(self, gids: np.ndarray, times: np.ndarray, up: bool, source: str) -> None:
+        """``record`` each (gid, time) in order; the many that change nothing are found in bulk."""
+        for gid in np.unique(gids).tolist():
+            mine = times[gids == gid]
+            backend = self.backends[gid]
+            while len(mine):
+                quiet = self._unchanged(backend, mine, up)
+                if quiet.all():
+                    break
+                first = int(np.argmin(quiet))
+                self.record(gid, float(mine[first]), up, source)
+                mine = mine[first + 1:]
+
+    @staticmethod
+    def _unchanged(backend: _Backend, times: np.ndarray, up: bool) -> np.ndarray:
+        """Which of these times would leave the state as it is (see ``record``)."""
+        if not backend.times:
+            return np.zeros(len(times), bool)
+        known = np.array(backend.times, np.float64)
+        ups = np.array(backend.ups, bool)
+        at = np.searchsorted(known, times, side="right")
+        before = (at > 0) & (ups[np.maximum(at - 1, 0)] == up)
+        after = (at == len(known)) | (ups[np.minimum(at, len(known) - 1)] == up)
+        return before & after
+
     def events(self) -> list[HealthEvent]:
         return sorted((HealthEvent(t, gid, u, s) for gid, b in enumerate(self.backends)
                        for t, u, s in zip(b.times, b.ups, b.sources)), key=lambda e: e.time)

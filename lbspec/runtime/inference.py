@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import collections
+import itertools
 import struct
 from ipaddress import IPv4Address, IPv6Address
 
@@ -70,20 +72,21 @@ class HealthInference:
         if not len(rows):
             return
         keys = _forward_key(p, rows).tolist()
-        for key, time, gid in zip(keys, p["ts"][rows].tolist(), p["gid"][rows].tolist()):
-            self.syns.setdefault(key, (time, gid))
+        collections.deque(map(self.syns.setdefault, keys, zip(p["ts"][rows].tolist(), p["gid"][rows].tolist())), 0)
 
     def _answers(self, p: Packets, rows: np.ndarray) -> None:
         if not len(rows):
             return
-        keys = _reverse_key(p, rows).tolist()
-        flags = p["flags"][rows].tolist()
-        for key, flag, time, gid in zip(keys, flags, p["ts"][rows].tolist(), p["gid"][rows].tolist()):
-            pending = self.syns.pop(key, None)
-            if flag & _SYN and flag & _ACK:
-                self.timeline.record(gid, time, True, "synack")
-            elif flag & _RST and pending is not None:
-                self.timeline.record(gid, time, False, "rst")
+        pending = list(map(self.syns.pop, _reverse_key(p, rows).tolist(), itertools.repeat(None)))
+        flags, times, gids = p["flags"][rows], p["ts"][rows], p["gid"][rows]
+        synack = ((flags & _SYN) != 0) & ((flags & _ACK) != 0)
+        refused = ~synack & ((flags & _RST) != 0) & np.array([x is not None for x in pending], bool)
+        if not refused.any():  # the common case: only answers, recorded in bulk
+            self.timeline.record_many(gids[synack], times[synack], True, "synack")
+            return
+        for up, down, time, gid in zip(synack.tolist(), refused.tolist(), times.tolist(), gids.tolist()):
+            if up or down:
+                self.timeline.record(gid, time, up, "synack" if up else "rst")
 
     # ------------------------------------------------------------- icmp --
 

@@ -222,16 +222,16 @@ def _stick(engine, check: CheckPlan, pairs: Pairs) -> None:
     fresh = syn_only(pairs.view["flags"][rows]) & (not by_client)  # a new connection may go anywhere
     first = np.r_[True, keys[1:] != keys[:-1]]
     last = np.r_[keys[1:] != keys[:-1], True]
-    table = engine.stick_table(check)
-    for at in np.nonzero(first & ~fresh)[0].tolist():
-        entry = table.get(int(keys[at]))
-        if entry is not None and entry[0] != gids[at]:
+    table = engine.stick_table(check).items
+    starts = np.nonzero(first & ~fresh)[0]
+    for at, entry, gid in zip(starts.tolist(), map(table.get, keys[starts].tolist()), gids[starts].tolist()):
+        if entry is not None and entry[0] != gid:
             _moved(engine, check, pairs, int(rows[at]), entry, float(ts[at]))
     inside = np.nonzero(~first & ~fresh & (gids != np.roll(gids, 1)))[0]
     for at in inside.tolist():
         _moved(engine, check, pairs, int(rows[at]), [int(gids[at - 1]), float(ts[at - 1])], float(ts[at]))
-    for at in np.nonzero(last)[0].tolist():
-        table.put(int(keys[at]), [int(gids[at]), float(ts[at])])
+    ends = np.nonzero(last)[0]
+    table.update(zip(keys[ends].tolist(), map(list, zip(gids[ends].tolist(), ts[ends].tolist()))))
 
 
 def _moved(engine, check: CheckPlan, pairs: Pairs, j: int, entry: list, time: float) -> None:

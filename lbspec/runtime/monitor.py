@@ -45,7 +45,8 @@ from lbspec.runtime import judge
 from lbspec.runtime.balance import Traffic
 from lbspec.runtime.capture import PAD, Frames
 from lbspec.runtime.classify import (
-    BREPLY, CREPLY, EGRESS, INGRESS, TRANSIT, MacTable, assign_backends, classify, mix, syn_only, weak_keys,
+    BREPLY, CREPLY, EGRESS, INGRESS, TRANSIT, MacTable, assign_backends, classify, mix, pair_key, syn_only,
+    weak_keys,
 )
 from lbspec.runtime.compiled import CheckPlan, Compiled, akey, compile_spec, model_packet
 from lbspec.runtime.decode import TCP, UDP, WHY, Packets, decode
@@ -424,10 +425,9 @@ class Monitor:
         waiting = ~win["done"]
         transit = np.nonzero(waiting & (win["role"] == TRANSIT))[0]
         egress = np.nonzero(waiting & (win["role"] == EGRESS))[0]
-        if len(transit) and len(egress):
-            key = win["k_transit"]
-            a, b = match(key[transit], win["ts"][transit], key[egress], win["ts"][egress], self.options.tolerance,
-                         self.pair_window)
+        if len(transit) and len(egress):  # keyed only now: few captures show transit at all
+            a, b = match(pair_key(win, "dsr", transit), win["ts"][transit], pair_key(win, "dsr", egress),
+                         win["ts"][egress], self.options.tolerance, self.pair_window)
             win["done"][transit[a]] = win["done"][egress[b]] = True
             self.counts.transit += len(a)
 
@@ -713,8 +713,8 @@ class Monitor:
         """Addresses that sent to a VIP: the LB's own health checks do not come from them."""
         rows = np.nonzero(new["role"] == INGRESS)[0]
         addresses, first = np.unique(akey(new["sa_hi"][rows], new["sa_lo"][rows]), return_index=True)
-        for address, time in zip(addresses.tolist(), new["ts"][rows][first].tolist()):
-            self.client_addresses.put(address, [0, time])
+        entries = map(list, zip(itertools.repeat(0), new["ts"][rows][first].tolist()))
+        self.client_addresses.items.update(zip(addresses.tolist(), entries))
 
     def _replies(self, rows: np.ndarray) -> None:
         """Client-side packets toward clients: they must come from the VIP and port the client used."""
