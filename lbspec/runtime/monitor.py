@@ -134,12 +134,8 @@ class _Counts:
 class Monitor:
     """Judges traffic around a load balancer against a spec.  See the module docstring."""
 
-    def __init__(self, spec: Spec, services: list[str] | None = None, options: MonitorOptions | None = None,
-                 shard: tuple[int, int] | None = None):
-        """``shard`` = (index, count): judge only the flows whose client end hashes to ``index`` (--jobs);
-        health evidence and capture-wide counts are still taken from every packet."""
+    def __init__(self, spec: Spec, services: list[str] | None = None, options: MonitorOptions | None = None):
         self.spec = spec
-        self.shard = shard
         self.compiled: Compiled = compile_spec(spec, services)
         self.options = options or MonitorOptions()
         self.sources = Sources()
@@ -167,7 +163,6 @@ class Monitor:
         self.traffic = Traffic(self.compiled, cap, idle)
         self.sticks: dict[int, FlowTable] = {}
         self.proxy = ProxyTracker(self)
-        self.evicted_in_shards = 0  # flow entries evicted by the shards merged into this monitor (--jobs)
         self.window: Packets | None = None
         self.watermark = -math.inf
         self.first_time = math.inf
@@ -331,11 +326,6 @@ class Monitor:
         self.first_time = min(self.first_time, float(np.min(new["ts"])))
         self.inference.observe(new)
         self._remember_addresses(new)
-        if self.shard is not None:
-            new = self._mine(new)
-            n = len(new)
-            if not n:
-                return
         self._drop_capture_copies(new)
         waits = (new["role"] == INGRESS) | (new["role"] == EGRESS) | (new["role"] == TRANSIT)
         new["done"] = ~waits  # only these wait for a partner
@@ -347,13 +337,6 @@ class Monitor:
         self.window = new.copy() if self.window is None else Packets.concat([self.window, new])
         self._index = None
         self._replies(np.arange(len(self.window) - n, len(self.window)))
-
-    def _mine(self, new: Packets) -> Packets:
-        """This shard's rows: flows by their client end; what has no flow goes to shard 0."""
-        index, count = self.shard
-        flowing = new["role"] != 0
-        keep = np.where(flowing, (new["ckey"] % np.uint64(count)) == index, index == 0)
-        return new if keep.all() else new.take(np.nonzero(keep)[0])
 
     def _drop_capture_copies(self, new: Packets) -> None:
         """The same frame captured on two interfaces at once (a bridge and its port, in ``-i any``) is one."""
@@ -894,7 +877,7 @@ class Monitor:
 
     def evictions(self) -> int:
         tables = (self.clients, self.client_addresses, self.traffic.flows, *self.sticks.values())
-        return sum(t.evicted for t in tables) + self.evicted_in_shards
+        return sum(t.evicted for t in tables)
 
     def _finish(self) -> None:
         self.settle_all()

@@ -1,207 +1,204 @@
-"""``--jobs N``: N processes, each judging the flows whose client end hashes to it.
+"""``--jobs N``: captures read, decoded and classified in up to N processes while this one judges.
 
-Every process reads every capture (the record walk is sequential and cheap),
-decodes and classifies every packet, takes the health evidence and the
-capture-wide counts from all of them -- so every shard knows when a backend
-died -- and then pairs and judges only its own flows.  A flow's packets on both
-sides share its client end (address, port), so a flow never spans shards.  The
-parent merges the verdicts, counts, latency histograms and balance groups and
-runs the balance test once, on everything.
+Most of the work is reading: walking the records, copying headers out,
+decoding and classifying them -- and each capture's share of it needs nothing
+from the other captures.  So each capture file (up to N of them) gets a
+process of its own, which hands its batches over in shared memory: the
+columns are copied once into a slot, and this process reads them there
+without a copy.  Judging stays here, in one process, on the batches merged by
+time exactly as without ``--jobs``: health evidence, flow state and the order
+in which verdicts are found depend on every packet in the order things
+happened, and the output is the same as with one process, verdict for
+verdict.
 
-snat and proxy hide the client end on the backend side, so specs with such
-services are judged in one process.  Verdicts come out when the shards finish
-(``--format jsonl`` included).
+A gzip'd capture (whose frames are not in a file to map) and captures beyond
+the N-th are read here, as without ``--jobs``.  Reading processes are forked,
+so they start with the spec already compiled.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import mmap
 import multiprocessing
+import os
 import traceback
-from dataclasses import dataclass, field
-from multiprocessing.connection import wait
-from typing import Any
+from collections.abc import Iterator
 
 import numpy as np
 
-from lbspec.diagnostics import Diagnostic, InternalError
-from lbspec.runtime.capture import CaptureError
-from lbspec.runtime.health import HealthEvent, apply, read_events
-from lbspec.runtime.monitor import Monitor, Report, _Counts
-from lbspec.runtime.sources import Input, merged
-from lbspec.runtime.verdicts import Verdict
-from lbspec.semantics.model import Spec
+from lbspec.diagnostics import InternalError
+from lbspec.runtime.capture import CaptureError, CaptureReader, Damage, open_stream
+from lbspec.runtime.decode import Packets
+from lbspec.runtime.sources import CaptureStream
 
-__all__ = ["run", "ShardResult", "shardable"]
+__all__ = ["open_streams", "RemoteReader", "RemoteStream"]
 
-_SUMMED = ("listened", "paired", "mutated_pairs", "unrelated", "probes", "unattributed", "replies", "new_flows",
-           "copies", "transit", "unjudged", "icmp_errors")
+SLOTS = 4  # batches in flight per reading process
+ROW_BYTES = 512  # room per packet in a slot (the columns take about 230 bytes)
 
 
-@dataclass
-class ShardResult:
-    """What one shard found, to merge into the parent's monitor."""
-
-    verdicts: list[tuple[tuple, Verdict]]
-    overflow: dict[tuple[str, str], set]
-    packets: dict[str, int]
-    counts: _Counts
-    latency: np.ndarray
-    groups: dict[tuple, Any]
-    backend_flows: np.ndarray
-    backend_bytes: np.ndarray
-    evicted: int
-    events: list[HealthEvent]
-    notes: list[Diagnostic] = field(default_factory=list)
-
-
-def shardable(spec: Spec, services: list[str] | None) -> bool:
-    chosen = [s for s in spec.services if not services or s.name in services]
-    return all(s.mode.kind not in ("snat", "proxy") for s in chosen)
-
-
-def extract(monitor: Monitor) -> ShardResult:
-    """Judge what is pending and hand over the shard's findings (no balance test: it needs every shard)."""
-    monitor.settle_all()
-    book, traffic = monitor.book, monitor.traffic
-    return ShardResult(list(book.verdicts.items()), book.overflow, book.packets, monitor.counts,
-                       monitor.latency.counts.copy(), traffic.groups, traffic.backend_flows, traffic.backend_bytes,
-                       monitor.evictions(), monitor.timeline.events(), monitor.notes)
-
-
-def absorb(parent: Monitor, result: ShardResult, primary: bool) -> None:
-    """Merge a shard into ``parent``; capture-wide counts and health come from the ``primary`` shard."""
-    for key, verdict in sorted(result.verdicts, key=lambda kv: (kv[1].time, kv[1].serial)):
-        name = str(verdict.facts.get("property", "capture"))
-        if parent.book.full(verdict.kind.code, name):
-            parent.book.overflowed(key, verdict.kind.code, name)
+def open_streams(monitor, readers: list[CaptureReader], jobs: int, stack: contextlib.ExitStack
+                 ) -> list[CaptureStream]:
+    """A stream per reader: read in a process of its own for the first ``jobs`` mappable captures,
+    here for the rest.  ``stack`` stops the processes when it closes."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return [CaptureStream(r, monitor.sources.sides[r.source], monitor.compiled) for r in readers]
+    streams: list[CaptureStream] = []
+    for reader in readers:
+        side = monitor.sources.sides[reader.source]
+        if jobs > 0 and _mappable(reader.path):
+            jobs -= 1
+            streams.append(stack.enter_context(RemoteStream(reader, side, monitor.compiled)))
         else:
-            parent.book.add(key, name, verdict)
-    for key, keys in result.overflow.items():
-        parent.book.overflow.setdefault(key, set()).update(keys)
-    for code, extra in result.packets.items():  # packets of verdicts past the limit, counted but not kept
-        listed = sum(v.count for _k, v in result.verdicts if v.kind.code == code)
-        parent.book.packets[code] = parent.book.packets.get(code, 0) + extra - listed
-    _counts(parent.counts, result.counts, primary)
-    parent.latency.counts += result.latency
-    parent.latency.total += int(result.latency.sum())
-    _groups(parent, result)
-    parent.evicted_in_shards += result.evicted
-    if primary:
-        apply(parent.timeline, result.events)
-        parent.notes.extend(result.notes)
+            streams.append(CaptureStream(reader, side, monitor.compiled))
+    return streams
 
 
-def _counts(mine: _Counts, theirs: _Counts, primary: bool) -> None:
-    for name in _SUMMED:
-        setattr(mine, name, getattr(mine, name) + getattr(theirs, name))
-    if primary:
-        for name in ("packets", "status", "roles", "undecodable", "per_source"):
-            setattr(mine, name, getattr(theirs, name))
-
-
-def _groups(parent: Monitor, result: ShardResult) -> None:
-    traffic = parent.traffic
-    traffic.backend_flows += result.backend_flows
-    traffic.backend_bytes += result.backend_bytes
-    for key, group in result.groups.items():
-        mine = traffic.groups.get(key)
-        if mine is None:
-            traffic.groups[key] = group
-            continue
-        for unit, totals in group.totals.items():
-            for gid, amount in totals.items():
-                mine.totals[unit][gid] = mine.totals[unit].get(gid, 0.0) + amount
-            mine.squares[unit] += group.squares[unit]
-        mine.first, mine.last = min(mine.first, group.first), max(mine.last, group.last)
-
-
-# ------------------------------------------------------------------ shards --
-
-def _shard(conn, index: int, count: int, spec: Spec, services, options, inputs: list[Input], skew: float,
-           events: list[HealthEvent]) -> None:
-    from lbspec.runtime.session import capture_notes, open_readers, open_streams
-
+def _mappable(path: str) -> bool:
+    """Is this a plain (not gzip'd), non-empty file, which a reading process can map?"""
     try:
-        monitor = Monitor(spec, services, options, shard=(index, count))
-        monitor.health_events(events)
-        readers = open_readers(monitor, inputs)
-        streams = open_streams(monitor, readers)
-        for number, parts in enumerate(merged([s.batches(skew) for s in streams], parts=True)):
-            monitor.feed_parts(parts)
-            if index == 0 and number % 8 == 0:
-                conn.send(("progress", sum(r.bytes_read for r in readers)))
-        if index == 0:
-            for note in capture_notes(readers):
-                monitor.note(note)
-        conn.send(("done", extract(monitor)))
+        stream = open_stream(path)
+    except CaptureError:
+        return False
+    try:
+        return hasattr(stream, "fileno") and not hasattr(stream, "fileobj") and os.fstat(stream.fileno()).st_size > 0
+    finally:
+        stream.close()
+
+
+class RemoteReader:
+    """What this process knows of a capture read elsewhere: what the progress bar and the notes need."""
+
+    def __init__(self, reader: CaptureReader):
+        self.path, self.source, self.size = reader.path, reader.source, reader.size
+        self.batch_frames = reader.batch_frames
+        self.bytes_read = 0
+        self.frames = 0
+        self.damage: list[Damage] = []
+        self.dropped = 0
+        self.format = ""
+
+
+class RemoteStream(CaptureStream):
+    """A capture read, decoded and classified by a forked process; its batches are views of shared memory.
+
+    A batch's slot is handed back when the batch after next is asked for: by then the monitor has
+    copied what it keeps of it (see ``sources.merged``).
+    """
+
+    def __init__(self, reader: CaptureReader, side: int, compiled):
+        context = multiprocessing.get_context("fork")
+        self.slot_bytes = reader.batch_frames * ROW_BYTES
+        self.memory = mmap.mmap(-1, self.slot_bytes * SLOTS)
+        self.conn, theirs = context.Pipe()
+        self.process = context.Process(target=_read, args=(theirs, reader, side, compiled, self.memory,
+                                                           self.slot_bytes), daemon=True)
+        self.process.start()
+        theirs.close()
+        super().__init__(RemoteReader(reader), side, compiled)
+        self.frames = _map(reader.path)
+
+    def __enter__(self) -> RemoteStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.conn.close()
+        self.process.join(1)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+
+    def _decoded(self) -> Iterator[Packets]:
+        held: collections.deque[tuple[int, int]] = collections.deque()
+        released = 0
+        while True:
+            if len(held) >= 2:
+                slot, start = held.popleft()
+                with contextlib.suppress(BrokenPipeError):  # the process may be done already
+                    self.conn.send(("free", slot))
+                released = _release(self.frames, released, start)
+            message = self._receive()
+            if message[0] == "done":
+                return
+            _kind, slot, rows, layout, start = message
+            held.append((slot, start))
+            yield self._batch(slot, rows, layout)
+
+    def _receive(self) -> tuple:
+        try:
+            message = self.conn.recv()
+        except EOFError:
+            raise InternalError(f"the process reading {self.reader.path} ended without finishing") from None
+        kind = message[0]
+        if kind in ("batch", "done"):
+            self.reader.bytes_read, self.reader.frames = message[-2], message[-1]
+            if kind == "done":
+                self.reader.damage, self.reader.dropped, self.reader.format = message[1:4]
+            return message[:-2]
+        if kind == "capture-error":
+            raise CaptureError(message[1], message[2])
+        raise InternalError(f"the process reading {self.reader.path} failed:\n{message[1]}")
+
+    def _batch(self, slot: int, rows: int, layout: list[tuple[str, str, int]]) -> Packets:
+        base = slot * self.slot_bytes
+        cols = {name: np.frombuffer(self.memory, np.dtype(dtype), rows, base + at) for name, dtype, at in layout}
+        return Packets(cols, [self.frames])
+
+
+def _map(path: str) -> mmap.mmap:
+    with open(path, "rb") as handle:
+        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _release(frames: mmap.mmap, released: int, upto: int) -> int:
+    """Hand back this process's pages of the capture before ``upto`` (less a margin): a page touched
+    again (for a witness) is read back from the file."""
+    keep = 16 << 20
+    end = (upto - keep) // mmap.PAGESIZE * mmap.PAGESIZE
+    if end - released < keep:
+        return released
+    with contextlib.suppress(OSError, ValueError):
+        frames.madvise(mmap.MADV_DONTNEED, released, end - released)
+        return end
+    return released
+
+
+# ------------------------------------------------------------ reading processes --
+
+def _read(conn, reader: CaptureReader, side: int, compiled, memory: mmap.mmap, slot_bytes: int) -> None:
+    """A reading process: batches into free slots, until the capture ends."""
+    try:
+        stream = CaptureStream(reader, side, compiled)
+        free = list(range(SLOTS))
+        for packets in stream._decoded():
+            while not free:
+                free.append(conn.recv()[1])
+            slot = free.pop(0)
+            layout = _write(packets, memory, slot * slot_bytes, slot_bytes)
+            start = int(packets["roff"].min()) if len(packets) else 0
+            conn.send(("batch", slot, len(packets), layout, start, reader.bytes_read, reader.frames))
+        conn.send(("done", reader.damage, reader.dropped, reader.format, reader.bytes_read, reader.frames))
     except CaptureError as error:
         conn.send(("capture-error", error.path, error.reason))
-    except Exception:  # noqa: BLE001 - a bug: the parent reports it
+    except (BrokenPipeError, EOFError):  # the judging process stopped early
+        pass
+    except Exception:  # noqa: BLE001 - a bug: the judging process reports it
         conn.send(("error", traceback.format_exc()))
     finally:
         conn.close()
 
 
-def run(args, spec: Spec, stdout, stderr) -> Report | None:
-    """Judge with ``args.jobs`` shards; None (judge in one process) when the spec cannot be sharded."""
-    from lbspec.runtime.session import Progress, Stream, inputs_from, open_readers, open_streams, options_from, skew_for
-
-    services = args.service or None
-    if not shardable(spec, services) or "fork" not in multiprocessing.get_all_start_methods():
-        stderr.write("lbspec monitor: --jobs: snat and proxy services are judged in one process\n")
-        return None
-    parent = Monitor(spec, services, options_from(args))
-    events = read_events(args.events, parent.compiled) if args.events else []
-    inputs = inputs_from(args)
-    readers = open_readers(parent, inputs)
-    for reader in readers:
-        reader.check()  # a file that is no capture fails here, once
-    skew = skew_for(args, parent, open_streams(parent, readers))
-    with Progress.make(args, stderr, readers) as progress:
-        results = _run_shards(args.jobs, spec, services, parent.options, inputs, skew, events, progress)
-    for number, result in enumerate(results):
-        absorb(parent, result, primary=number == 0)
-    parent.close()
-    Stream(args, stdout).emit(parent, final=True)
-    return parent.close()
-
-
-def _run_shards(count: int, spec, services, options, inputs, skew, events, progress) -> list[ShardResult]:
-    context = multiprocessing.get_context("fork")
-    shards = []
-    for index in range(count):
-        mine, theirs = context.Pipe(duplex=False)
-        process = context.Process(target=_shard, args=(theirs, index, count, spec, services, options, inputs, skew,
-                                                       events), daemon=True)
-        process.start()
-        theirs.close()
-        shards.append((process, mine))
-    try:
-        return _collect(shards, progress)
-    finally:
-        for process, conn in shards:
-            conn.close()
-            process.join(5)
-            if process.is_alive():
-                process.kill()
-                process.join(5)
-
-
-def _collect(shards, progress) -> list[ShardResult]:
-    results: dict[int, ShardResult] = {}
-    waiting = {conn: index for index, (_process, conn) in enumerate(shards)}
-    while waiting:
-        for conn in wait(list(waiting)):
-            try:
-                message = conn.recv()
-            except EOFError:
-                raise InternalError(f"judging process {waiting[conn]} ended without a result") from None
-            if message[0] == "progress":
-                progress.update(message[1])
-            elif message[0] == "done":
-                results[waiting.pop(conn)] = message[1]
-            elif message[0] == "capture-error":
-                raise CaptureError(message[1], message[2])
-            else:
-                raise InternalError(f"a judging process failed:\n{message[1]}")
-    return [results[i] for i in range(len(shards))]
+def _write(packets: Packets, memory: mmap.mmap, base: int, room: int) -> list[tuple[str, str, int]]:
+    """Copy every column into the slot at ``base``; returns where each went."""
+    layout, at = [], 0
+    for name, column in packets.cols.items():
+        size = column.nbytes
+        if at + size > room:
+            raise InternalError(f"a batch of {len(packets)} packets does not fit a slot of {room} bytes")
+        if size:
+            np.frombuffer(memory, np.uint8, size, base + at)[:] = np.ascontiguousarray(column).view(np.uint8).reshape(-1)
+        layout.append((name, column.dtype.str, at))
+        at += (size + 7) // 8 * 8
+    return layout

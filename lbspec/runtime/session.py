@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from typing import TextIO
@@ -43,20 +44,23 @@ def run(args, spec: Spec, stdout: TextIO, stderr: TextIO) -> Outcome:
 
         report = live.run(args, spec, stdout, stderr)
         return Outcome(report, spec, args.service, streamed=args.format == "text")
-    if args.jobs > 1:
-        from lbspec.runtime import parallel
-
-        report = parallel.run(args, spec, stdout, stderr)
-        if report is not None:
-            return Outcome(report, spec, args.service)
     monitor = Monitor(spec, services, options_from(args))
     if args.events:
         monitor.health_events(read_events(args.events, monitor.compiled))
     stream = Stream(args, stdout)
-    readers = open_readers(monitor, inputs_from(args))
-    streams = open_streams(monitor, readers)
-    skew = skew_for(args, monitor, streams)
-    feed(monitor, streams, skew, stream, Progress.make(args, stderr, readers))
+    with contextlib.ExitStack() as stack:
+        readers = open_readers(monitor, inputs_from(args))
+        if args.jobs > 1:
+            from lbspec.runtime import parallel
+
+            for reader in readers:
+                reader.check()  # a file that is no capture fails here, before any process starts
+            streams = parallel.open_streams(monitor, readers, args.jobs, stack)
+        else:
+            streams = open_streams(monitor, readers)
+        skew = skew_for(args, monitor, streams)
+        readers = [s.reader for s in streams]
+        feed(monitor, streams, skew, stream, Progress.make(args, stderr, readers))
     for note in capture_notes(readers):
         monitor.note(note)
     monitor.close()  # judges everything still pending

@@ -1,0 +1,144 @@
+"""``--jobs``: captures read in other processes give the very output of one process, witnesses included."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+from scapy.layers.inet import TCP, UDP
+from scapy.packet import Raw
+
+from lbspec.runtime import capture, session
+
+from .scenario import Scenario, spec
+
+
+def _changed(i, frame):
+    if i == 2 and Raw in frame:
+        frame[Raw].load = b"X" + bytes(frame[Raw].load)[1:]
+    return frame
+
+
+def _nat(scenario: Scenario) -> None:
+    for k in range(12):
+        backend = ["10.1.0.11", "10.1.0.12"][k % 2]
+        faults = [{"drop": {2}}, {"late": {1: 0.2}}, {"twice": {3}}, {"change": _changed},
+                  {"reply_from": backend}, {"answer": "rst"}, {}, {}][k % 8]
+        scenario.flow(backend if k != 6 else [backend, "10.1.0.12"], k * 0.04, **faults)
+    scenario.flow("10.9.0.99", 0.6)
+    scenario.flow("10.1.0.11", 0.7, proto="udp", vport=53, bport=53, drop={1})
+
+
+def _tunnel(scenario: Scenario) -> None:
+    for backend in ("10.1.0.11", "10.1.0.12"):
+        scenario.arp(backend)
+    for k in range(8):
+        scenario.flow(["10.1.0.11", "10.1.0.12"][k % 2], 0.01 + k * 0.03, drop={1} if k == 3 else set(),
+                      twice={2} if k == 5 else set())
+
+
+def _proxy(scenario: Scenario) -> None:
+    for k in range(6):
+        scenario.proxy_flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.05, lose=0 if k == 2 else None,
+                            alter=k == 4)
+
+
+CASES = {
+    "nat": ("nat", "nat", _nat, False),
+    "nat-combined": ("nat", "nat", _nat, True),
+    "snat": ("snat", "snat", _nat, False),
+    "dsr": ("dsr", "dsr", _tunnel, False),
+    "gre": ("gre", "tunnel gre", _tunnel, True),
+    "proxy": ("proxy", "proxy", _proxy, False),
+}
+
+
+def _run(cli, argv: list[str], directory) -> tuple[str, dict[str, bytes]]:
+    directory.mkdir()
+    run = cli(*argv, "--format", "json", "--witness-dir", str(directory))
+    assert run.code in (0, 1), run.err
+    witnesses = {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
+    return run.out.replace(str(directory), "WITNESSES"), witnesses
+
+
+@pytest.fixture(params=[None, 16], ids=["batches-64k", "batches-16"])
+def batch_frames(request, monkeypatch):
+    """Small batches too: many batches per capture, slots of the shared memory handed back and reused."""
+    if request.param:
+        monkeypatch.setattr(session, "CaptureReader", lambda path, source: capture.CaptureReader(
+            path, source, batch_frames=request.param))
+    return request.param
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_jobs_give_the_same_output(cli, spec_file, tmp_path, case, batch_frames):
+    scenario_mode, spec_mode, build, combined = CASES[case]
+    scenario = Scenario(scenario_mode)
+    build(scenario)
+    text = spec(mode=spec_mode, listen="tcp 80, udp 53", health="health tcp every 1s timeout 500ms fall 2 rise 2",
+                rule="forward tcp 80 to app port 8080\n    forward udp 53 to app" if scenario_mode in ("nat", "snat", "proxy")
+                else "forward tcp 80 to app\n    forward udp 53 to app")
+    files = scenario.write(tmp_path, combined=combined)
+    argv = ["monitor", spec_file(text)] + ([str(files[0])] if combined else
+                                          ["--client-side", str(files[0]), "--backend-side", str(files[1])])
+    one = _run(cli, argv, tmp_path / "one")
+    two = _run(cli, argv + ["--jobs", "2"], tmp_path / "two")
+    assert json.loads(one[0])["monitor"]["verdicts"], "the case must have violations"
+    assert two == one
+
+
+def test_jobs_with_a_compressed_capture_and_a_skewed_clock(cli, spec_file, tmp_path):
+    scenario = Scenario("nat")
+    _nat(scenario)
+    for sent in scenario.packets:
+        if sent.side == "backend":
+            sent.packet.time += 0.0031  # the backend side's clock runs ahead
+    client, backend = scenario.write(tmp_path)
+    zipped = tmp_path / "backend.pcap.gz"
+    zipped.write_bytes(gzip.compress(backend.read_bytes()))
+    argv = ["monitor", spec_file(spec(listen="tcp 80, udp 53", rule="forward tcp 80 to app port 8080\n"
+                                      "    forward udp 53 to app")),
+            "--client-side", str(client), "--backend-side", str(zipped)]
+    one = _run(cli, argv, tmp_path / "one")
+    assert "backend-side capture: +3." in one[0]  # corrected, in both runs
+    assert _run(cli, argv + ["--jobs", "3"], tmp_path / "two") == one
+
+
+def test_jobs_report_a_file_that_is_no_capture(cli, spec_file, tmp_path):
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(b"not a capture at all, just some text")
+    scenario = Scenario("nat")
+    scenario.flow("10.1.0.11")
+    client, _backend = scenario.write(tmp_path)
+    run = cli("monitor", spec_file(spec()), "--client-side", str(client), "--backend-side", str(bad), "--jobs", "2")
+    assert run.code == 2 and "LB290" in run.out + run.err
+
+
+def test_udp_and_tcp_payloads_survive_the_shared_memory(tmp_path):
+    """The columns a reading process hands over are the columns it decoded."""
+    import contextlib
+
+    import lbspec
+    from lbspec.runtime import parallel
+    from lbspec.runtime.monitor import Monitor
+    from lbspec.runtime.sources import CaptureStream
+
+    scenario = Scenario("nat")
+    scenario.flow("10.1.0.11", proto="udp", vport=53, bport=53, payload=b"q" * 300)
+    scenario.flow("10.1.0.12", 0.05, payload=b"d" * 100)
+    client, _backend = scenario.write(tmp_path)
+    monitor = Monitor(lbspec.loads(spec(listen="tcp 80, udp 53", rule="forward tcp 80 to app\n"
+                                        "    forward udp 53 to app")))
+    readers = session.open_readers(monitor, [session.Input(str(client), "client")])
+    local = list(CaptureStream(capture.CaptureReader(str(client), 0), 0, monitor.compiled).batches())
+    with contextlib.ExitStack() as stack:
+        (remote,) = parallel.open_streams(monitor, readers, 1, stack)
+        assert isinstance(remote, parallel.RemoteStream)
+        batches = list(remote.batches())
+        assert [sorted(b.cols) for b in batches] == [sorted(b.cols) for b in local]
+        for mine, theirs in zip(batches, local):
+            for name in theirs.cols:
+                assert mine[name].tolist() == theirs[name].tolist(), name
+            assert mine.payload(1) == theirs.payload(1)
+    assert any(TCP in s.packet or UDP in s.packet for s in scenario.packets)
