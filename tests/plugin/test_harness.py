@@ -1,0 +1,240 @@
+"""The harness without pytest around it: the wire codec, health checks, the in-process driver, judging,
+trace reduction, and captures that reproduce what was judged in memory."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from ipaddress import IPv4Address, IPv6Address, ip_address
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.utils import rdpcap
+
+import lbspec
+from lbspec import strategies
+from lbspec.harness import (Failure, Fault, Harness, HealthChecks, InProcess, Outer, SearchSettings, Segment, Send,
+                            Trace, UnsupportedMode, decode)
+from lbspec.harness.artifacts import replay, write_recording
+from lbspec.harness.judge import judge
+from lbspec.harness.reduce import reduce_trace
+from lbspec.semantics.evaluate import detection_bounds
+from lbspec.semantics.model import Health
+
+from conftest import EXAMPLES
+
+SPEC_PATH = EXAMPLES / "pylb" / "service.lbspec"
+SPEC = lbspec.load(SPEC_PATH)
+SERVICE = SPEC.service("pylb")
+CLIENT, VIP, VIP6 = ip_address("198.51.100.7"), ip_address("192.0.2.80"), ip_address("2001:db8::80")
+
+
+def _reference():
+    spec = importlib.util.spec_from_file_location("harness_pylb", EXAMPLES / "pylb" / "__init__.py",
+                                                  submodule_search_locations=[str(EXAMPLES / "pylb")])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+pylb = _reference()
+
+
+def syn(time: float, sport: int = 40000, flow: int = 1, src=CLIENT, dst=VIP) -> Send:
+    return Send(time, Segment("tcp", src, dst, sport, 80, frozenset({"syn"}), seq=1000 * flow), flow)
+
+
+def data(time: float, k: int, sport: int = 40000, flow: int = 1, src=CLIENT, dst=VIP) -> Send:
+    return Send(time, Segment("tcp", src, dst, sport, 80, frozenset({"psh", "ack"}), seq=1000 * flow + 1 + 4 * k,
+                              ack=1, payload=b"d%03d" % k), flow)
+
+
+# -------------------------------------------------------------------- wire --
+
+addresses4 = st.integers(1, 2 ** 32 - 2).map(IPv4Address)
+addresses6 = st.integers(1, 2 ** 128 - 2).map(IPv6Address)
+flags = st.frozensets(st.sampled_from(["fin", "syn", "rst", "psh", "ack", "urg"]))
+
+
+@st.composite
+def segments(draw):
+    six = draw(st.booleans())
+    src, dst = draw(addresses6 if six else addresses4), draw(addresses6 if six else addresses4)
+    proto = draw(st.sampled_from(["tcp", "udp", "icmp"]))
+    payload = draw(st.binary(max_size=64))
+    if proto == "icmp":
+        return Segment("icmp", src, dst, icmp_type=128 if six else 8, ident=draw(st.integers(0, 65535)),
+                       seq=draw(st.integers(0, 65535)), payload=payload, ttl=draw(st.integers(1, 255)))
+    ports = draw(st.integers(1, 65535)), draw(st.integers(1, 65535))
+    if proto == "udp":
+        return Segment("udp", src, dst, *ports, payload=payload, ttl=draw(st.integers(1, 255)))
+    return Segment("tcp", src, dst, *ports, draw(flags), draw(st.integers(0, 2 ** 32 - 1)),
+                   draw(st.integers(0, 2 ** 32 - 1)), payload, draw(st.integers(1, 255)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(segments())
+def test_segments_round_trip_with_the_checksums_scapy_computes(segment):
+    data_ = segment.encode()
+    assert decode(data_) == segment
+    packet = (IPv6 if segment.family == 6 else IP)(data_)
+    rebuilt = packet.__class__(bytes(packet.__class__(data_)))  # scapy keeps checksums it read
+    fresh = packet.copy()
+    for layer in (fresh, fresh.payload):
+        if hasattr(layer, "chksum"):
+            layer.chksum = None
+        if hasattr(layer, "cksum"):
+            layer.cksum = None
+    assert bytes(fresh.__class__(bytes(fresh))) == bytes(rebuilt) == data_
+
+
+@pytest.mark.parametrize("kind", ["ipip", "gre", "gue"])
+def test_tunnelled_segments_decode_to_their_inner_packet(kind):
+    inner = syn(0.0).segment
+    outer = Outer(kind, ip_address("10.9.0.1"), ip_address("10.2.0.1"), 50000 if kind == "gue" else 0)
+    found = decode(Segment(**{**{f: getattr(inner, f) for f in inner.__slots__}, "outer": outer}).encode())
+    assert found.outer.kind == kind and found.outer.dst == ip_address("10.2.0.1")
+    assert found.packet == inner.packet
+
+
+def test_scapy_reads_what_the_codec_writes():
+    packet = IP(syn(0.0).segment.encode())
+    assert packet[TCP].flags == "S" and packet[TCP].dport == 80 and packet.dst == "192.0.2.80"
+    assert UDP in IP(Segment("udp", CLIENT, VIP, 5353, 53, payload=b"q").encode())
+
+
+# ------------------------------------------------------------------ health --
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 5000).map(lambda ms: ms / 1000), st.sampled_from([(1.0, 0.5, 2, 2), (2.0, 1.0, 3, 2),
+                                                                        (0.5, 0.5, 1, 1)]))
+def test_health_checks_notice_a_failure_within_the_detection_window(failed_at, settings_):
+    every, timeout, fall, rise = settings_
+    health = Health("tcp", every=every, timeout=timeout, fall=fall, rise=rise)
+    checks = HealthChecks(health, ["a"])
+    checks.change("a", False, failed_at)
+    shortest, longest = detection_bounds(health)
+    assert checks.up("a", failed_at + shortest - 0.001)
+    assert not checks.up("a", failed_at + longest - 0.000001)
+    checks.change("a", True, failed_at + 10)
+    assert checks.up("a", failed_at + 10 + rise * every)
+
+
+def test_health_none_never_notices():
+    checks = HealthChecks(Health("none"), ["a"])
+    checks.change("a", False, 0.0)
+    assert checks.up("a", 1e6)
+
+
+# --------------------------------------------------------------- in process --
+
+def test_backends_answer_through_the_lb_and_dead_ones_do_not():
+    trace = Trace((syn(0.0), Fault(0.01, "web1", False), Fault(0.01, "web2", False), Fault(0.01, "web3", False),
+                   syn(0.02, 40001, 2)))
+    recording = InProcess(lambda: pylb.MaglevLB(SERVICE)).run(SPEC, trace)
+    client = [decode(p.data) for p in recording.on("client")]
+    backend = [decode(p.data) for p in recording.on("backend")]
+    synacks = [s for s in client if s.flags == {"syn", "ack"}]
+    assert len(synacks) == 1 and synacks[0].src == VIP and synacks[0].sport == 80  # translated back
+    to_backends = [s for s in backend if s.flags == {"syn"} and s.src == CLIENT]
+    assert len(to_backends) == 2 and all(s.dport == 8080 for s in to_backends)
+    assert [(f.backend, f.up, f.service) for f in recording.faults][:1] == [("web1", False, "pylb")]
+    markers = [p for p in recording.packets if decode(p.data).src == ip_address("198.18.0.1")]
+    assert [p.side for p in markers] == ["client", "backend", "client", "backend"]
+
+
+def test_dsr_and_proxy_services_cannot_be_driven_in_process():
+    text = SPEC_PATH.read_text().replace("mode nat", "mode dsr")
+    dsr = lbspec.loads(text, "dsr.lbspec")
+    with pytest.raises(UnsupportedMode, match="mode dsr"):
+        InProcess(lambda: None).run(dsr, Trace((syn(0.0),)))
+
+
+def test_a_search_needs_a_fresh_lb_per_trace():
+    with pytest.raises(TypeError, match="MaglevLB"):
+        Harness(SPEC).check(pylb.MaglevLB(SERVICE))
+
+
+def test_unknown_properties_are_named_with_a_suggestion():
+    with pytest.raises(ValueError, match="did you mean `no_drop`"):
+        Harness(SPEC, properties=["no_drops"])
+
+
+# ---------------------------------------------------------------- judging --
+
+def test_the_correct_lb_passes_a_failover_and_back():
+    trace = Trace((syn(0.0), data(0.001, 0), *(Fault(0.002, b, False) for b in ("web1", "web2", "web3")),
+                   data(3.0, 1), syn(3.1, 40001, 2), Fault(4.0, "web1", True), data(7.0, 2), data(7.1, 0, 40001, 2)))
+    judgement = Harness(SPEC).run(lambda: pylb.MaglevLB(SERVICE), trace)
+    assert judgement.codes == []
+    assert judgement.report.summary["paired"] >= 6
+
+
+def test_properties_narrow_what_counts():
+    trace = Trace((syn(0.0, src=ip_address("2001:db8:c1::7"), dst=VIP6),))
+    lb = lambda: pylb.VARIANTS["ipv6-replies"](SERVICE)  # noqa: E731
+    assert Harness(SPEC).run(lb, trace).codes == ["LB207"]
+    assert Harness(SPEC, properties=["no_drop"]).run(lb, trace).codes == []
+
+
+def port_landing_on(backend: str) -> int:
+    """A client port whose flow the (deterministic) Maglev table sends to ``backend``."""
+    address = SERVICE.backend(backend).address
+    for sport in range(40000, 40200):
+        out = decode(pylb.MaglevLB(SERVICE).handle(syn(0.0, sport).segment.encode(), 0.0)[0])
+        if out.dst == address:
+            return sport
+    raise AssertionError(f"no port in 40000-40199 lands on {backend}")
+
+
+def test_verify_writes_captures_that_reproduce_the_verdict(tmp_path):
+    port = port_landing_on("web1")
+    trace = Trace((syn(0.0, port), Fault(0.001, "web1", False), data(3.0, 0, port)))
+    harness = Harness(SPEC, path=SPEC_PATH, artifacts=tmp_path)
+    with pytest.raises(Failure) as caught:
+        harness.verify(lambda: pylb.VARIANTS["stale-flows"](SERVICE), trace)
+    failure = caught.value
+    assert failure.codes == ["LB202"] and failure.reproduced
+    assert {p.name for p in tmp_path.iterdir()} == {"client.pcap", "backend.pcap", "events.jsonl", "trace.txt",
+                                                    "verdict.json"}
+    assert len(rdpcap(str(failure.artifacts.client))) == 5  # two markers, the SYN, its SYN-ACK, the data
+    events = [json.loads(line) for line in failure.artifacts.events.read_text().splitlines()]
+    assert [(e["backend"], e["state"]) for e in events] == [("web1", "down")]
+    assert json.loads((tmp_path / "verdict.json").read_text())["replay"]["codes"] == ["LB202"]
+    assert Harness(SPEC).verify(lambda: pylb.MaglevLB(SERVICE), trace).codes == []
+
+
+@settings(max_examples=8, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(strategies.traffic(SPEC, max_steps=10))
+def test_in_memory_verdicts_are_those_of_lbspec_monitor_on_the_captures(tmp_path_factory, trace):
+    recording = InProcess(lambda: pylb.VARIANTS["no-tracking"](SERVICE)).run(SPEC, trace)
+    in_memory = judge(SPEC, recording)
+    artifacts = write_recording(tmp_path_factory.mktemp("replay"), SPEC_PATH, recording)
+    code, codes, _errors = replay(artifacts)
+    assert sorted(set(codes)) == sorted({v.code for v in in_memory.report.violations})
+    assert code == (1 if in_memory.report.violations else 0)
+
+
+# --------------------------------------------------------------- reduction --
+
+def test_reduction_drops_whole_flows_and_keeps_each_flow_opened():
+    events = (syn(0.0, 1, 1), syn(0.0, 2, 2), data(0.1, 0, 2, 2), syn(0.2, 3, 3), Fault(0.3, "web1", False),
+              data(0.4, 0, 1, 1), data(0.5, 1, 1, 1))
+    wanted = events[0], events[6]  # pretend the bug needs flow 1's SYN and its second data segment
+
+    def fails(trace: Trace) -> bool:
+        return all(e in trace.events for e in wanted)
+
+    reduced = reduce_trace(Trace(events), fails)
+    assert reduced.events == wanted
+
+
+def test_reduction_never_leaves_a_tcp_flow_without_its_syn():
+    events = (syn(0.0), data(0.1, 0))
+    reduced = reduce_trace(Trace(events), lambda t: any(e.segment.payload for e in t.sends))
+    assert reduced.events == events

@@ -1,0 +1,101 @@
+"""The plugin on the reference load balancers (examples/pylb), run by pytester as a user would run it.
+
+The correct balancer passes; every buggy variant fails with the verdict code
+its bug earns, on a trace shrunk to a handful of events, and the captures
+written for it make ``lbspec monitor`` report that verdict again.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import shutil
+import struct
+import sys
+
+import pytest
+
+import lbspec.runtime.session  # noqa: F401  (numpy and the monitor, loaded once: pytester's in-process runs
+from lbspec.cli import main          # unload what they import, and numpy cannot be loaded twice)
+from lbspec.harness.harness import safe_name
+
+from conftest import EXAMPLES
+
+
+
+def _reference():
+    """examples/pylb, imported under another name: the pytester runs import it as `pylb` from their copy."""
+    spec = importlib.util.spec_from_file_location("reference_pylb", EXAMPLES / "pylb" / "__init__.py",
+                                                  submodule_search_locations=[str(EXAMPLES / "pylb")])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+EXPECTED, VARIANTS = _reference().EXPECTED, _reference().VARIANTS
+
+# The longest minimal trace each variant may fail on (events): one flow and the faults that expose the bug;
+# for table-full, one flow more than the spec's capacity (8), or a full table and a failure that makes a flow
+# look for a new backend.
+LONGEST = {"no-tracking": 5, "modulo-hash": 5, "stale-flows": 3, "table-full": 10, "ipv6-replies": 1,
+           "source-port": 1}
+SEED = "1"
+
+VARIANT_TESTS = """
+import pytest
+from pylb import VARIANTS
+
+@pytest.mark.lbspec("pylb/service.lbspec")
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_variant(lb_harness, lbspec_spec, name):
+    lb_harness.check(lambda: VARIANTS[name](lbspec_spec.service("pylb")))
+"""
+
+
+@pytest.fixture
+def project(pytester):
+    shutil.copytree(EXAMPLES / "pylb", pytester.path / "pylb", ignore=shutil.ignore_patterns("__pycache__"))
+    return pytester
+
+
+def test_the_correct_balancer_passes_both_searches(project):
+    result = project.runpytest("pylb", "--lbspec-seed", SEED, "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+
+
+def _verdict(artifacts, name: str) -> dict:
+    folder = artifacts / safe_name(f"test_variants.py::test_variant[{name}]")
+    return json.loads((folder / "verdict.json").read_text())
+
+
+def _replayed(verdict: dict) -> tuple[int, set[str]]:
+    """What `lbspec monitor` says about the captures of a failure (run through lbspec.cli.main)."""
+    out, err = io.StringIO(), io.StringIO()
+    code = main([*verdict["argv"], "--format", "json"], out, err)
+    return code, {d["code"] for d in json.loads(out.getvalue())["diagnostics"] if d["severity"] == "error"}
+
+
+def _is_pcap(path: str) -> bool:
+    with open(path, "rb") as capture:
+        return struct.unpack("<I", capture.read(4))[0] == 0xA1B2C3D4
+
+
+def test_every_variant_fails_with_its_verdict_on_a_short_trace_that_replays(project):
+    project.makepyfile(test_variants=VARIANT_TESTS)
+    artifacts = project.path / "artifacts"
+    result = project.runpytest("test_variants.py", "-p", "no:cacheprovider", "--lbspec-seed", SEED,
+                               "--lbspec-artifacts", str(artifacts))
+    result.assert_outcomes(failed=len(VARIANTS))
+    output = result.stdout.str()
+    for name in sorted(VARIANTS):
+        verdict = _verdict(artifacts, name)
+        assert verdict["code"] == EXPECTED[name], (name, verdict["codes"], verdict["trace"]["lines"])
+        assert verdict["trace"]["events"] <= LONGEST[name], (name, verdict["trace"]["lines"])
+        assert f"[{EXPECTED[name]}]" in output  # the report shows the verdict as `error[LB2xx]`
+        assert _is_pcap(verdict["captures"]["client"]) and _is_pcap(verdict["captures"]["backend"])
+        assert verdict["command"].startswith("lbspec monitor ")
+        code, codes = _replayed(verdict)
+        assert code == 1 and EXPECTED[name] in codes, (name, code, codes)
+        assert codes == set(verdict["replay"]["codes"]) == set(verdict["codes"]), name
