@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lbspec import diagnostics as d
-from lbspec.runtime.classify import flow_key
+from lbspec.runtime.classify import flow_key, runs_of
 from lbspec.runtime.compiled import CheckPlan, Compiled
 from lbspec.runtime.state import FlowTable
 from lbspec.runtime.stats import share_test
@@ -94,21 +94,20 @@ class Traffic:
         if not len(rows):
             return
         keys = flow_key(pairs.view)[rows]
-        order = np.argsort(keys, kind="stable")
-        rows, keys = rows[order], keys[order]
-        starts = np.nonzero(np.r_[True, keys[1:] != keys[:-1]])[0]
+        order, starts, first, _last = runs_of(keys)  # sums of whole bytes: exact in any order
         payload = pairs.table["plen"][pairs.ii[rows]]
-        byte_sums = np.add.reduceat(payload.astype(np.float64), starts)
+        byte_sums = np.add.reduceat(payload[order].astype(np.float64), starts)
         counts = np.diff(np.r_[starts, len(rows)])
-        ts = pairs.table["ts"][pairs.ee[rows]]
-        self.backend_bytes += np.bincount(pairs.gid[rows], payload, len(self.backend_bytes))  # whole bytes: exact
-        flows = keys[starts].tolist()
+        ts = pairs.table["ts"][pairs.ee[rows]][first]
+        self.backend_bytes += np.bincount(pairs.gid[rows], payload, len(self.backend_bytes))
+        keys = keys[first]
+        flows = keys.tolist()
         known = self.flows.items
         fresh = [i for i, k in enumerate(flows) if k not in known]
         if fresh:
-            self._open(engine, pairs, rows[starts[fresh]], keys[starts[fresh]], ts[starts[fresh]])
+            self._open(engine, pairs, rows[first[fresh]], keys[fresh], ts[fresh])
         for entry, amount, count, time in zip(map(known.__getitem__, flows), byte_sums.tolist(), counts.tolist(),
-                                              ts[starts].tolist()):
+                                              ts.tolist()):
             if time > entry[1]:
                 entry[1] = time
             entry[3] += amount

@@ -31,7 +31,7 @@ from lbspec.runtime.decode import ARP, OK, TCP, UDP, Packets, fill_digests
 
 __all__ = ["NONE", "INGRESS", "EGRESS", "BREPLY", "CREPLY", "TRANSIT", "ROLE_NAMES", "classify", "classify_rows",
            "assign_backends", "mix", "pair_key",
-           "weak_keys", "flow_key", "MacTable", "CLIENT", "BACKEND", "COMBINED"]
+           "weak_keys", "flow_key", "runs_of", "MacTable", "CLIENT", "BACKEND", "COMBINED"]
 
 NONE, INGRESS, EGRESS, BREPLY, CREPLY, TRANSIT = 0, 1, 2, 3, 4, 5
 ROLE_NAMES = {NONE: "other", INGRESS: "ingress", EGRESS: "egress", BREPLY: "backend-reply",
@@ -276,6 +276,17 @@ def weak_keys(p, mode: str, rows) -> list[tuple[str, np.ndarray, np.ndarray]]:
     transport = [proto, get("seq"), get("ack"), get("flags"), *ports]
     return [("headers", mix(header), headers_usable), ("payload", mix(payload), payload_usable),
             ("transport", mix(transport), tcp)]
+
+
+def runs_of(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows grouped by key: an order that sorts ``keys`` (not stable: ties in any order), where each key's
+    run starts in it, and each key's first and last row (in row order)."""
+    order = np.argsort(keys)
+    if not len(keys):
+        return order, order, order, order
+    ordered = keys[order]
+    starts = np.nonzero(np.r_[True, ordered[1:] != ordered[:-1]])[0]
+    return order, starts, np.minimum.reduceat(order, starts), np.maximum.reduceat(order, starts)
 
 
 def syn_only(flags: np.ndarray) -> np.ndarray:

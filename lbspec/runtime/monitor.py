@@ -45,8 +45,8 @@ from lbspec.runtime import judge
 from lbspec.runtime.balance import Traffic
 from lbspec.runtime.capture import PAD, Frames
 from lbspec.runtime.classify import (
-    BREPLY, CREPLY, EGRESS, INGRESS, TRANSIT, MacTable, assign_backends, classify, mix, pair_key, syn_only,
-    weak_keys,
+    BREPLY, CREPLY, EGRESS, INGRESS, TRANSIT, MacTable, assign_backends, classify, mix, pair_key, runs_of,
+    syn_only, weak_keys,
 )
 from lbspec.runtime.compiled import CheckPlan, Compiled, akey, compile_spec, model_packet
 from lbspec.runtime.decode import TCP, UDP, WHY, Packets, decode
@@ -682,9 +682,7 @@ class Monitor:
         if not len(rows):
             return
         keys = new["ckey"][rows]
-        order = np.argsort(keys, kind="stable")
-        rows, keys = rows[order], keys[order]
-        last = np.r_[keys[1:] != keys[:-1], True]
+        _order, _starts, _first, last = runs_of(keys)
         rows, keys = rows[last], keys[last].tolist()
         known = self.clients.items
         self.counts.new_flows += len(keys) - len(known.keys() & keys)
@@ -695,9 +693,10 @@ class Monitor:
     def _remember_addresses(self, new: Packets) -> None:
         """Addresses that sent to a VIP: the LB's own health checks do not come from them."""
         rows = np.nonzero(new["role"] == INGRESS)[0]
-        addresses, first = np.unique(akey(new["sa_hi"][rows], new["sa_lo"][rows]), return_index=True)
-        entries = map(list, zip(itertools.repeat(0), new["ts"][rows][first].tolist()))
-        self.client_addresses.items.update(zip(addresses.tolist(), entries))
+        addresses = akey(new["sa_hi"][rows], new["sa_lo"][rows])
+        _order, _starts, first, _last = runs_of(addresses)
+        entries = map(list, zip(itertools.repeat(0), new["ts"][rows[first]].tolist()))
+        self.client_addresses.items.update(zip(addresses[first].tolist(), entries))
 
     def _replies(self, rows: np.ndarray) -> None:
         """Client-side packets toward clients: they must come from the VIP and port the client used."""
