@@ -99,3 +99,25 @@ def test_every_variant_fails_with_its_verdict_on_a_short_trace_that_replays(proj
         code, codes = _replayed(verdict)
         assert code == 1 and EXPECTED[name] in codes, (name, code, codes)
         assert codes == set(verdict["replay"]["codes"]) == set(verdict["codes"]), name
+
+
+STATEFUL_TEST = """
+import pytest
+from pylb import VARIANTS
+
+@pytest.mark.lbspec("pylb/service.lbspec")
+def test_stale_flows(lb_harness, lbspec_spec):
+    lb_harness.check_stateful(lambda: VARIANTS["stale-flows"](lbspec_spec.service("pylb")))
+"""
+
+
+def test_the_state_machine_catches_a_variant_on_a_short_trace_too(project):
+    project.makepyfile(test_stateful=STATEFUL_TEST)
+    artifacts = project.path / "artifacts"
+    result = project.runpytest("test_stateful.py", "-p", "no:cacheprovider", "--lbspec-seed", SEED,
+                               "--lbspec-artifacts", str(artifacts))
+    result.assert_outcomes(failed=1)
+    verdict = json.loads((artifacts / "test_stateful.py-test_stale_flows" / "verdict.json").read_text())
+    assert verdict["code"] == EXPECTED["stale-flows"]
+    assert verdict["trace"]["events"] <= LONGEST["stale-flows"], verdict["trace"]["lines"]
+    assert verdict["replay"]["exit_code"] == 1 and EXPECTED["stale-flows"] in verdict["replay"]["codes"]
