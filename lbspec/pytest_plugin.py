@@ -188,10 +188,10 @@ def _positive(value: Any, what: str, where: str, least: int) -> int | None:
 
 
 def _check(target: _Target, where: str) -> None:
-    from lbspec.harness.harness import _check_names
+    from lbspec.harness.harness import check_names
 
     try:
-        _check_names(target.spec, target.services, target.properties)
+        check_names(target.spec, target.services, target.properties)
     except ValueError as error:
         raise pytest.UsageError(f"{where}: {error}") from None
 

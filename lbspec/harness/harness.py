@@ -35,7 +35,7 @@ from lbspec.harness.reduce import reduce_trace
 from lbspec.harness.trace import Trace
 from lbspec.semantics.model import Spec
 
-__all__ = ["Harness", "SearchSettings", "Failure", "Violation", "Search", "as_driver"]
+__all__ = ["Harness", "SearchSettings", "Failure", "Violation", "Search", "as_driver", "check_names", "safe_name"]
 
 FAST_EXAMPLES = 100
 
@@ -136,6 +136,11 @@ class Harness:
     search: SearchSettings = field(default_factory=SearchSettings)
     artifacts: str | os.PathLike | None = None  # default: a new temporary directory per failure
 
+    def __repr__(self) -> str:
+        where = f"{os.fspath(self.path)!r}" if self.path is not None else f"{len(self.spec.services)} services"
+        return (f"Harness({where}, services={self.services}, properties={self.properties}, "
+                f"examples={self.search.examples}, seed={self.search.seed})")
+
     def __post_init__(self) -> None:
         if isinstance(self.spec, (str, os.PathLike)):
             import lbspec
@@ -143,7 +148,7 @@ class Harness:
             self.path, self.spec = self.spec, lbspec.load(self.spec)
         self.services = tuple(self.services) if self.services else None
         self.properties = tuple(self.properties) if self.properties else None
-        _check_names(self.spec, self.services, self.properties)
+        check_names(self.spec, self.services, self.properties)
 
     # ----------------------------------------------------------------- runs --
 
@@ -154,6 +159,7 @@ class Harness:
 
     def verify(self, lb: Any, trace: Trace) -> Judgement:
         """:meth:`run`, raising :class:`Failure` (with captures and the replay command) on a violation."""
+        __tracebackhide__ = True
         judgement = self.run(lb, trace)
         if judgement.failed:
             raise self.failure(Violation(trace, judgement), None)
@@ -163,6 +169,7 @@ class Harness:
 
     def check(self, lb: Any, traffic=None) -> Search:
         """Search for a trace ``lb`` fails on (default strategy: ``lbspec.strategies.traffic``)."""
+        __tracebackhide__ = True
         from hypothesis import given, seed
 
         from lbspec.strategies import traffic as default_traffic
@@ -182,6 +189,7 @@ class Harness:
 
     def check_stateful(self, lb: Any) -> Search:
         """Search with the state machine of ``lbspec.strategies.lb_machine``."""
+        __tracebackhide__ = True
         from hypothesis import seed
         from hypothesis.stateful import run_state_machine_as_test
 
@@ -262,7 +270,7 @@ def _identity(judgement: Judgement) -> tuple[str, str | None]:
     return first.code, (first.data or {}).get("property")
 
 
-def _check_names(spec: Spec, services: Iterable[str] | None, properties: Iterable[str] | None) -> None:
+def check_names(spec: Spec, services: Iterable[str] | None, properties: Iterable[str] | None) -> None:
     """Unknown services or properties are errors that name the bad value and what exists."""
     names = [s.name for s in spec.services]
     for name in services or ():
