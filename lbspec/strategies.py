@@ -361,8 +361,8 @@ def _client_end(endpoint: Endpoint) -> tuple:
 
 
 # How often each kind of step is drawn, out of 20.
-_WEIGHTS = (("open", 4), ("more", 2), ("all", 3), ("fail", 3), ("recover", 2), ("churn", 2), ("wait", 2),
-            ("burst", 2))
+_WEIGHTS = (("open", 4), ("more", 2), ("all", 3), ("fail", 2), ("recover", 1), ("churn", 3), ("wait", 2),
+            ("burst", 3))
 
 
 def _kinds(plan: TrafficPlan, faults: bool, max_burst: int) -> list[str]:
@@ -385,7 +385,9 @@ def _step(draw, plan: TrafficPlan, kinds: list[str], out_of_spec: bool, max_burs
         return gap, ("more", draw(st.integers(0, 1 << 16)), draw(st.integers(1, 3)))
     if kind == "all":
         return gap, ("all",)
-    if kind in ("fail", "recover", "churn"):  # and, unless drawn otherwise, wait until health checks notice
+    if kind == "churn":
+        return gap, ("churn", draw(st.integers(0, 1 << 16)))
+    if kind in ("fail", "recover"):  # and, unless drawn otherwise, wait until health checks notice
         return gap, (kind, draw(st.integers(0, 1 << 16)), not draw(st.booleans(), label="quick"))
     if kind == "wait":
         return gap, ("wait", draw(st.sampled_from(plan.pauses())))
