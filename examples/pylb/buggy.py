@@ -8,7 +8,6 @@ its docstring is the bug.  ``VARIANTS`` maps a short name to each class, and
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Optional
 
 from lbspec.harness import Segment
 from lbspec.semantics.model import Backend, Rule
@@ -23,14 +22,14 @@ __all__ = ["NoTracking", "ModuloHash", "StaleFlows", "TableFull", "IPv4OnlyRepli
 class NoTracking(MaglevLB):
     """Looks every packet up in the Maglev table and tracks no flows, so flows move when a backend changes."""
 
-    def pinned(self, key, rule, segment, view, time) -> Optional[str]:
+    def pinned(self, key, rule, segment, view, time) -> str | None:
         return None
 
 
 class ModuloHash(MaglevLB):
     """Picks hash % (number of healthy backends) with no flow table, so most flows move when one backend changes."""
 
-    def pinned(self, key, rule, segment, view, time) -> Optional[str]:
+    def pinned(self, key, rule, segment, view, time) -> str | None:
         return None
 
     def maglev(self, eligible):
@@ -49,7 +48,7 @@ class _Modulo:
 class StaleFlows(MaglevLB):
     """Keeps sending a tracked flow to its backend after health checks mark it down, until the entry expires."""
 
-    def pinned(self, key, rule, segment, view, time) -> Optional[str]:
+    def pinned(self, key, rule, segment, view, time) -> str | None:
         return self.flows.get(key, time) if key is not None else None
 
 

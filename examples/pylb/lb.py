@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import replace
-from typing import Optional
 
 from lbspec.harness import HealthChecks, Segment, decode
 from lbspec.semantics.model import Address, Backend, Packet, Rule, Service
@@ -42,7 +41,7 @@ class FlowTable:
         self.capacity, self.timeout = capacity, timeout
         self.entries: OrderedDict[FlowKey, tuple[str, float]] = OrderedDict()
 
-    def get(self, key: FlowKey, time: float) -> Optional[str]:
+    def get(self, key: FlowKey, time: float) -> str | None:
         entry = self.entries.get(key)
         if entry is None:
             return None
@@ -114,7 +113,7 @@ class MaglevLB:
             return []
         return [self.to_backend(segment, rule, backend)]
 
-    def choose(self, segment: Segment, rule: Rule, time: float) -> Optional[Backend]:
+    def choose(self, segment: Segment, rule: Rule, time: float) -> Backend | None:
         view = self.checks.seen_up(time)
         key = self.flow_key(segment.packet)
         pinned = self.pinned(key, rule, segment, view, time)
@@ -129,7 +128,7 @@ class MaglevLB:
         return self.backends[name]
 
     def pinned(self, key: FlowKey, rule: Rule, segment: Segment, view: frozenset[str],
-               time: float) -> Optional[str]:
+               time: float) -> str | None:
         """The tracked backend of this flow, if it may keep it."""
         if key is None:
             return None
@@ -145,7 +144,7 @@ class MaglevLB:
         if key is not None:
             self.flows.put(key, backend, time)
 
-    def flow_key(self, packet: Packet) -> Optional[FlowKey]:
+    def flow_key(self, packet: Packet) -> FlowKey | None:
         kind = self.service.affinity.kind
         if kind == "none":
             return None

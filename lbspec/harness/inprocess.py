@@ -23,10 +23,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import zlib
-from collections.abc import Iterable
-from ipaddress import ip_address
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from ipaddress import ip_address
+from typing import Any
 
 from lbspec.diagnostics import InputError
 from lbspec.harness.adapter import Emitted, LoadBalancer, Observed, Recording

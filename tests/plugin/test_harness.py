@@ -177,7 +177,9 @@ def test_the_correct_lb_passes_a_failover_and_back():
 
 def test_properties_narrow_what_counts():
     trace = Trace((syn(0.0, src=ip_address("2001:db8:c1::7"), dst=VIP6),))
-    lb = lambda: pylb.VARIANTS["ipv6-replies"](SERVICE)  # noqa: E731
+    def lb():
+        return pylb.VARIANTS["ipv6-replies"](SERVICE)
+
     assert Harness(SPEC).run(lb, trace).codes == ["LB207"]
     assert Harness(SPEC, properties=["no_drop"]).run(lb, trace).codes == []
 
