@@ -35,7 +35,8 @@ from lbspec.harness.reduce import reduce_trace
 from lbspec.harness.trace import Trace
 from lbspec.semantics.model import Spec
 
-__all__ = ["Harness", "SearchSettings", "Failure", "Violation", "Search", "as_driver", "check_names", "safe_name"]
+__all__ = ["Harness", "SearchSettings", "Failure", "Violation", "Search", "PerTrace", "as_driver", "check_names",
+           "safe_name"]
 
 FAST_EXAMPLES = 100
 
@@ -110,11 +111,32 @@ class Failure(AssertionError):
         return code == 1 and set(found) == {v.code for v in self.judgement.report.violations}
 
 
+def _is_driver(thing: Any) -> bool:
+    return hasattr(thing, "run") and not hasattr(thing, "handle") and not isinstance(thing, type)
+
+
+class PerTrace:
+    """A driver that makes what it drives anew for every trace: ``factory()`` returns a load balancer
+    (driven in process) or a driver."""
+
+    def __init__(self, factory: Callable[[], Any]):
+        self.factory = factory
+
+    def run(self, spec: Spec, trace: Trace, services: tuple[str, ...] | None = None):
+        made = self.factory()
+        return (made if _is_driver(made) else InProcess(made)).run(spec, trace, services)
+
+
 def as_driver(lb: Any) -> Driver:
-    """A driver for ``lb``: a :class:`Driver` as is, anything else (an LB or a factory of LBs) in process."""
-    if hasattr(lb, "run") and not hasattr(lb, "handle") and not isinstance(lb, type):
+    """A driver for ``lb``: a driver as is, a load balancer in process, a factory of either anew per trace."""
+    if _is_driver(lb):
         return lb
-    return InProcess(lb)
+    if hasattr(lb, "handle") and not isinstance(lb, type):
+        return InProcess(lb)
+    if callable(lb):
+        return PerTrace(lb)
+    raise TypeError(f"expected a load balancer (with handle(packet, time)), a driver (with run(spec, trace, "
+                    f"services)) or a callable making one, not {lb!r}")
 
 
 def _fresh(lb: Any) -> Driver:

@@ -303,3 +303,19 @@ def test_tunnel_and_snat_balancers_are_driven_and_judged_clean(text, name):
     assert answer.src == spec.service(name).vips[0] and answer.flags == {"syn", "ack"}  # from the VIP, either way
     through_lb = [p for p in recording.on("backend") if decode(p.data).flags == {"syn", "ack"}]
     assert bool(through_lb) == (name == "snat")  # tunnel backends answer the client directly
+
+
+def test_a_factory_may_make_drivers_as_well_as_load_balancers():
+    made = []
+
+    class Recorder:
+        """A driver (as a network driver would be): plays the trace in process and says it was used."""
+
+        def run(self, spec, trace, services=None):
+            made.append(trace)
+            return InProcess(pylb.MaglevLB(SERVICE)).run(spec, trace, services)
+
+    harness = Harness(SPEC, search=SearchSettings(examples=5, seed=1))
+    search = harness.check(Recorder, traffic=strategies.traffic(SPEC, max_steps=3))
+    assert len(made) == search.runs == 5
+    assert harness.run(Recorder(), Trace((syn(0.0),))).codes == []
