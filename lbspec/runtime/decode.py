@@ -35,7 +35,7 @@ from lbspec.runtime.capture import (
 )
 
 __all__ = [
-    "Packets", "decode", "COLUMNS", "OK", "NOT_IP", "UNDECODABLE", "FRAGMENT", "ARP", "WHY",
+    "Packets", "decode", "distinct", "COLUMNS", "OK", "NOT_IP", "UNDECODABLE", "FRAGMENT", "ARP", "WHY",
     "TUN_NONE", "TUN_IPIP", "TUN_GRE", "TUN_GUE", "V4_MAPPED", "TCP", "UDP", "ICMP", "ICMP6",
 ]
 
@@ -227,7 +227,7 @@ class _Fast:
     def run(self) -> np.ndarray:
         """Decode what fits; return the rows left for the general path."""
         lt = self.frames.linktype
-        kinds = [int(lt[0])] if (lt == lt[0]).all() else np.unique(lt).tolist()
+        kinds = distinct(lt)
         done = np.zeros(len(lt), bool)
         for kind in kinds:
             if kind not in _LINK_HEADERS:
@@ -321,13 +321,22 @@ class _Fast:
         return put
 
 
+def distinct(values: np.ndarray) -> list[int]:
+    """The values, sorted, each once (``np.unique``; at once when they are all the same, as is usual)."""
+    if not len(values):
+        return []
+    if (values == values[0]).all():
+        return [values[0].item()]
+    return np.unique(values).tolist()
+
+
 def fill_digests(p: Packets, rows: np.ndarray) -> None:
     """Set ``digest`` to the CRC-32 of the captured payload of ``rows`` (C speed; Python only steps)."""
     rows = rows[(p["pcap"][rows] > 0) & (p["status"][rows] == OK)]
     if not len(rows):
         return
     crc = zlib.crc32
-    for index in np.unique(p["buf"][rows]).tolist() if len(p.buffers) > 1 else [0]:
+    for index in distinct(p["buf"][rows]) if len(p.buffers) > 1 else [0]:
         mine = rows[p["buf"][rows] == index] if len(p.buffers) > 1 else rows
         view = memoryview(p.buffers[index])
         starts = p["poff"][mine].tolist()

@@ -27,6 +27,7 @@ import numpy as np
 
 from lbspec.diagnostics import InputError, did_you_mean
 from lbspec.runtime.compiled import Compiled
+from lbspec.runtime.decode import distinct
 
 __all__ = ["HealthTimeline", "HealthEvent", "read_events", "parse_time"]
 
@@ -69,7 +70,7 @@ class HealthTimeline:
 
     def record_many(self, gids: np.ndarray, times: np.ndarray, up: bool, source: str) -> None:
         """``record`` each (gid, time) in order; the many that change nothing are found in bulk."""
-        for gid in np.unique(gids).tolist():
+        for gid in distinct(gids):
             mine = times[gids == gid]
             backend = self.backends[gid]
             while len(mine):
@@ -109,7 +110,7 @@ class HealthTimeline:
     def down_since(self, gids: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """For each (backend, time): since when the backend has been down (nan: not down)."""
         out = np.full(len(gids), np.nan)
-        for gid in np.unique(gids[gids >= 0]).tolist():
+        for gid in distinct(gids[gids >= 0]):
             backend = self.backends[gid]
             if not backend.times:
                 continue

@@ -49,7 +49,7 @@ from lbspec.runtime.classify import (
     syn_only, weak_keys,
 )
 from lbspec.runtime.compiled import CheckPlan, Compiled, akey, compile_spec, model_packet
-from lbspec.runtime.decode import TCP, UDP, WHY, Packets, decode
+from lbspec.runtime.decode import TCP, UDP, WHY, Packets, decode, distinct
 from lbspec.runtime.evidence import Sources, flow_text, witness_of
 from lbspec.runtime.health import HealthTimeline, apply, parse_time
 from lbspec.runtime.inference import HealthInference
@@ -163,7 +163,9 @@ class Monitor:
         self.traffic = Traffic(self.compiled, cap, idle)
         self.sticks: dict[int, FlowTable] = {}
         self.proxy = ProxyTracker(self)
-        self.window: Packets | None = None
+        self._window: Packets | None = None
+        self._pending: list[Packets] = []  # admitted since the window was last put together
+        self._rows = 0  # rows in the window and pending
         self.watermark = -math.inf
         self.first_time = math.inf
         self.drops: list[_Drop] = []
@@ -334,14 +336,35 @@ class Monitor:
         self._remember_clients(new)
         if streams.any():
             self.proxy.observe(new, np.nonzero(streams)[0])
-        self.window = new.copy() if self.window is None else Packets.concat([self.window, new])
+        base = self._rows
+        self._pending.append(new)
+        self._rows += n
         self._index = None
-        self._replies(np.arange(len(self.window) - n, len(self.window)))
+        self._replies(new, base)
+
+    @property
+    def window(self) -> Packets | None:
+        """Recent traffic: the packets still waiting for a partner and those of the last two horizons.
+
+        Packets are admitted a piece at a time and put together here only when the window is looked at
+        (at the end of each slice of time, or for a witness), so each is copied in once."""
+        if self._pending:
+            parts = ([self._window] if self._window is not None else []) + self._pending
+            self._window = Packets.concat(parts) if len(parts) > 1 else parts[0].copy()
+            self._pending = []
+        return self._window
+
+    @window.setter
+    def window(self, table: Packets) -> None:
+        self._window, self._pending, self._rows = table, [], len(table)
+
+    def _last_iface(self) -> int | None:
+        last = self._pending[-1] if self._pending else self._window
+        return int(last["iface"][-1]) if last is not None and len(last) else None
 
     def _drop_capture_copies(self, new: Packets) -> None:
         """The same frame captured on two interfaces at once (a bridge and its port, in ``-i any``) is one."""
-        if not (new["iface"] != new["iface"][0]).any() and (self.window is None or not len(self.window)
-                                                             or self.window["iface"][-1] == new["iface"][0]):
+        if not (new["iface"] != new["iface"][0]).any() and self._last_iface() in (None, int(new["iface"][0])):
             return
         tail = self.window.take(np.nonzero(self.window["ts"] >= new["ts"][0] - 0.001)[0]) \
             if self.window is not None else Packets.empty()
@@ -376,7 +399,7 @@ class Monitor:
             for value, count in enumerate(np.bincount(p[column]).tolist()):
                 if count:
                     table[value] = table.get(value, 0) + count
-        for source in np.unique(p["source"]).tolist():
+        for source in distinct(p["source"]):
             rows = p["source"] == source
             entry = c.per_source.setdefault(source, [0, math.inf, -math.inf])
             ts = p["ts"][rows]
@@ -423,7 +446,7 @@ class Monitor:
         order = np.argsort(win["ts"][ii], kind="stable")
         ii, ee = ii[order], ee[order]
         self.latency.add(np.maximum(win["ts"][ee] - win["ts"][ii], 0.0))
-        for service in np.unique(win["svc"][ii]).tolist():
+        for service in distinct(win["svc"][ii]):
             chosen = win["svc"][ii] == service
             pairs = judge.Pairs.gather(win, self.compiled.services[service], ii[chosen], ee[chosen], stage)
             self.counts.listened += int(pairs.listened.sum())
@@ -472,7 +495,7 @@ class Monitor:
     def _unforwarded(self, rows: np.ndarray) -> None:
         """Ingress packets that never left the LB: capture gaps, or drops to judge."""
         win = self.window
-        for service in np.unique(win["svc"][rows]).tolist():
+        for service in distinct(win["svc"][rows]):
             plan = self.compiled.services[service]
             mine = rows[win["svc"][rows] == service]
             view = {k: win[k][mine] for k in judge.VIEW_COLUMNS}
@@ -698,25 +721,24 @@ class Monitor:
         entries = map(list, zip(itertools.repeat(0), new["ts"][rows[first]].tolist()))
         self.client_addresses.items.update(zip(addresses[first].tolist(), entries))
 
-    def _replies(self, rows: np.ndarray) -> None:
-        """Client-side packets toward clients: they must come from the VIP and port the client used."""
-        win = self.window
-        rows = rows[win["role"][rows] == CREPLY]
+    def _replies(self, new: Packets, base: int) -> None:
+        """Client-side packets toward clients: they must come from the VIP and port the client used.
+        ``new`` are the window's rows from ``base`` on."""
+        rows = np.nonzero(new["role"] == CREPLY)[0]
         if not len(rows):
             return
         self.counts.replies += len(rows)
-        expected = self._expected_sources(rows)
+        expected = self._expected_sources(new, rows)
         for service in range(len(self.compiled.services)):
             mine = expected["svc"] == service
             if not mine.any():
                 continue
             for check in self.compiled.services[service].of_kind("reverse"):
-                self._reverse(check, rows[mine], {k: v[mine] for k, v in expected.items()})
+                self._reverse(check, new, base, rows[mine], {k: v[mine] for k, v in expected.items()})
 
-    def _expected_sources(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+    def _expected_sources(self, table: Packets, rows: np.ndarray) -> dict[str, np.ndarray]:
         """For each reply: its service, and the VIP and port its flow was sent to (if known)."""
-        win = self.window
-        keys, inverse = np.unique(win["ckey"][rows], return_inverse=True)
+        keys, inverse = np.unique(table["ckey"][rows], return_inverse=True)
         absent = [-1, 0, 0, 0, 0]
         entries = list(map(self.clients.items.get, keys.tolist(), itertools.repeat(absent)))
         known = np.array([e is not absent for e in entries], bool)
@@ -724,32 +746,31 @@ class Monitor:
         out = {"known": known[inverse], "hi": np.array(hi, np.uint64)[inverse], "lo": np.array(lo, np.uint64)[inverse],
                "port": np.array(port, np.int64)[inverse]}
         svc = np.array(svc, np.int64)[inverse]
-        skey = akey(win["sa_hi"][rows], win["sa_lo"][rows])
-        by_vip, by_backend = self.compiled.vip_of(skey), self.compiled.backend_of(skey)
+        by_vip, by_backend = self.compiled.address_of(akey(table["sa_hi"][rows], table["sa_lo"][rows]))
         backend_service = np.array([b.service for b in self.compiled.backends] + [-1])[by_backend]
         out["svc"] = np.where(out["known"], svc, np.where(by_vip >= 0, by_vip, backend_service))
         out["from_backend"] = by_backend >= 0
+        out["from_vip"] = by_vip >= 0
         return out
 
-    def _reverse(self, check: CheckPlan, rows: np.ndarray, expected: dict[str, np.ndarray]) -> None:
-        win = self.window
-        ported = (win["proto"][rows] == TCP) | (win["proto"][rows] == UDP)
-        right = (win["sa_hi"][rows] == expected["hi"]) & (win["sa_lo"][rows] == expected["lo"]) & \
-            (~ported | (win["sport"][rows] == expected["port"]))
-        from_vip = self.compiled.vip_of(akey(win["sa_hi"][rows], win["sa_lo"][rows])) >= 0
-        good = np.where(expected["known"], right, from_vip)
-        view = {"proto": win["proto"][rows], "fam": win["fam"][rows], "sa_hi": win["da_hi"][rows],
-                "sa_lo": win["da_lo"][rows], "sport": win["dport"][rows],
-                "da_hi": np.where(expected["known"], expected["hi"], win["sa_hi"][rows]),
-                "da_lo": np.where(expected["known"], expected["lo"], win["sa_lo"][rows]),
-                "dport": np.where(expected["known"], expected["port"], win["sport"][rows]), "flags": win["flags"][rows]}
+    def _reverse(self, check: CheckPlan, table: Packets, base: int, rows: np.ndarray,
+                 expected: dict[str, np.ndarray]) -> None:
+        col = lambda name: table[name][rows]  # noqa: E731
+        ported = (col("proto") == TCP) | (col("proto") == UDP)
+        right = (col("sa_hi") == expected["hi"]) & (col("sa_lo") == expected["lo"]) & \
+            (~ported | (col("sport") == expected["port"]))
+        good = np.where(expected["known"], right, expected["from_vip"])
+        view = {"proto": col("proto"), "fam": col("fam"), "sa_hi": col("da_hi"), "sa_lo": col("da_lo"),
+                "sport": col("dport"), "da_hi": np.where(expected["known"], expected["hi"], col("sa_hi")),
+                "da_lo": np.where(expected["known"], expected["lo"], col("sa_lo")),
+                "dport": np.where(expected["known"], expected["port"], col("sport")), "flags": col("flags")}
         bad = ~good & (expected["known"] | expected["from_backend"]) & check.scope(view)
         for j in np.nonzero(bad)[0].tolist():
             row = int(rows[j])
-            self.verdict(d.UNTRANSLATED_REPLY, check, int(win["ckey"][row]), float(win["ts"][row]), [row],
-                         lambda row=row: (f"the client got {flow_text(win, row)}: not from the VIP and port it used",
-                                          {"flow": flow_text(win, row),
-                                           "backend": self._backend_name(win, row)}))
+            self.verdict(d.UNTRANSLATED_REPLY, check, int(table["ckey"][row]), float(table["ts"][row]), [base + row],
+                         lambda row=row: (f"the client got {flow_text(table, row)}: not from the VIP and port it used",
+                                          {"flow": flow_text(table, row),
+                                           "backend": self._backend_name(table, row)}))
 
     def _backend_name(self, win: Packets, row: int) -> str | None:
         gid = int(self.compiled.backend_of(akey(win["sa_hi"][row:row + 1], win["sa_lo"][row:row + 1]))[0])

@@ -31,11 +31,8 @@ def match(in_keys: np.ndarray, in_ts: np.ndarray, out_keys: np.ndarray, out_ts: 
     ts = np.concatenate([in_ts, out_ts])
     shifted = np.concatenate([in_ts, out_ts + tolerance])  # egress sorts after ingress it may follow
     kind = np.concatenate([np.zeros(n_in, np.int8), np.ones(n_out, np.int8)])
-    order = np.lexsort((kind, shifted, keys))
+    order, start, size = _sorted(keys, shifted, kind)
     keys, ts, kind = keys[order], ts[order], kind[order]
-    start = np.r_[True, keys[1:] != keys[:-1]]
-    group = np.cumsum(start) - 1
-    size = np.bincount(group)[group]
     simple = np.nonzero(start & (size == 2))[0]
     simple = simple[(kind[simple] == 0) & (kind[simple + 1] == 1)]
     gap = ts[simple + 1] - ts[simple]
@@ -47,6 +44,27 @@ def match(in_keys: np.ndarray, in_ts: np.ndarray, out_keys: np.ndarray, out_ts: 
         pairs_in.append(extra_in)
         pairs_out.append(extra_out - n_in)
     return np.concatenate(pairs_in).astype(np.int64), np.concatenate(pairs_out).astype(np.int64)
+
+
+def _sorted(keys, shifted, kind) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.lexsort((kind, shifted, keys))``, with one unstable sort by key: most keys are seen once or
+    twice, and a pair is put in order by comparing it; only keys seen more often are sorted again.
+    Also: where each key starts, and how many packets have it."""
+    order = np.argsort(keys)
+    ordered = keys[order]
+    start = np.r_[True, ordered[1:] != ordered[:-1]]
+    group = np.cumsum(start) - 1
+    size = np.bincount(group)[group]
+    two = np.nonzero(start & (size == 2))[0]
+    a, b = order[two], order[two + 1]
+    after = (shifted[a] > shifted[b]) | ((shifted[a] == shifted[b]) & ((kind[a] > kind[b]) | ((kind[a] == kind[b])
+                                                                                             & (a > b))))
+    order[two[after]], order[two[after] + 1] = b[after], a[after]
+    many = np.nonzero(size > 2)[0]
+    if len(many):
+        rows = order[many]
+        order[many] = rows[np.lexsort((rows, kind[rows], shifted[rows], group[many]))]
+    return order, start, size
 
 
 def _busy(starts, size, kind, ts, order, tolerance, window) -> tuple[np.ndarray, np.ndarray]:
