@@ -95,7 +95,9 @@ def test_random_drops_are_LB200(lab, tmp_path):
     code, document = _monitor(_spec(tmp_path, lab), *_separate(capture))
     verdicts = _verdicts(document)
     assert set(verdicts) == {"LB200"} and code == 1
-    assert sum(v["data"]["count"] for v in verdicts["LB200"]) == lost
+    # a drop of the very last datagram is at the capture's edge: nothing after it shows the deadline passed
+    at_edge = results[-1]["error"] is not None
+    assert sum(v["data"]["count"] for v in verdicts["LB200"]) == lost - at_edge
 
 
 def test_stateless_rewriting_of_one_udp_flow_is_LB204(lab, tmp_path):
