@@ -17,6 +17,7 @@ from lbspec.runtime.classify import flow_key, syn_only
 from lbspec.runtime.compiled import CheckPlan, ServicePlan
 from lbspec.runtime.decode import TCP, UDP, Packets
 from lbspec.runtime.evidence import flow_text
+from lbspec.semantics.judge import grace as semantic_grace
 from lbspec.semantics.model import MODE_REWRITES
 
 __all__ = ["Pairs", "VIEW_COLUMNS", "run_checks", "HEADER_FIELDS"]
@@ -139,7 +140,8 @@ def _forbidden(engine, check: CheckPlan, pairs: Pairs) -> None:
 def _down(engine, check: CheckPlan, pairs: Pairs) -> None:
     ts = pairs.table["ts"][pairs.ee]
     since = engine.timeline.down_since(pairs.gid, ts)
-    grace = engine.compiled.detection(pairs.plan.index)[1] if check.pattern.after_detection else 0.0
+    # with no health checks nothing ever detects a failure: no grace (as the checker and the evaluator say)
+    grace = semantic_grace(pairs.plan.service) if check.pattern.after_detection else 0.0
     elapsed = ts - since
     bad = np.nonzero(_scoped(check, pairs) & (pairs.gid >= 0) & ~np.isnan(since) & (elapsed >= grace))[0]
     if len(bad):

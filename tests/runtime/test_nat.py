@@ -84,6 +84,14 @@ def test_new_flows_to_a_backend_down_past_detection_are_LB202(nat):
     assert len(late) == 3  # the flows at 3.5s, 4s and 4.5s
 
 
+def test_without_health_checks_a_dead_backend_gets_no_grace(nat):
+    nat.flow("10.1.0.12", 1.5, reply=False)
+    text = spec(health="health none")
+    late = [d for d in nat.judge(text, events=[(1.0, "b2", False)]).violations if d.code == "LB202"]
+    assert late and late[0].data["detection_s"] == 0.0
+    assert "LB202" not in codes(nat.judge(SPEC, events=[(1.0, "b2", False)]))  # within 2.5 s of detection
+
+
 def test_down_backend_inferred_from_its_rst(nat):
     for k in range(5):
         nat.flow("10.1.0.12", k * 1.0, segments=0, answer="rst")
