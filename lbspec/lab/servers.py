@@ -5,7 +5,8 @@ Run inside a backend's namespace::
     python -m lbspec.lab.servers --name b1 --tcp 8080 --udp 5353
 
 It prints ``ready`` once listening and stops on SIGTERM.  The answer names the
-backend, so a client can tell which one the load balancer chose.
+backend, so a client can tell which one the load balancer chose.  SIGUSR1 makes
+it answer ``--slow`` seconds late (a slowed backend), SIGUSR2 on time again.
 """
 
 from __future__ import annotations
@@ -16,16 +17,18 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 
 __all__ = ["main"]
 
 
-def _handlers(name: bytes):
+def _handlers(name: bytes, delay: list[float]):
     class Stream(socketserver.BaseRequestHandler):
         def handle(self) -> None:
             self.request.settimeout(30)
             try:
                 while data := self.request.recv(65536):
+                    time.sleep(delay[0])
                     self.request.sendall(name + b":" + data)
             except OSError:
                 pass
@@ -33,6 +36,7 @@ def _handlers(name: bytes):
     class Datagram(socketserver.BaseRequestHandler):
         def handle(self) -> None:
             data, sock = self.request
+            time.sleep(delay[0])
             sock.sendto(name + b":" + data, self.client_address)
 
     return Stream, Datagram
@@ -58,8 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", default="0.0.0.0")
     parser.add_argument("--tcp", type=int, action="append", default=[])
     parser.add_argument("--udp", type=int, action="append", default=[])
+    parser.add_argument("--slow", type=float, default=0.5, help="how late to answer after SIGUSR1 (seconds)")
     args = parser.parse_args(argv)
-    stream, datagram = _handlers(args.name.encode())
+    delay = [0.0]
+    signal.signal(signal.SIGUSR1, lambda *_: delay.__setitem__(0, args.slow))
+    signal.signal(signal.SIGUSR2, lambda *_: delay.__setitem__(0, 0.0))
+    stream, datagram = _handlers(args.name.encode(), delay)
     servers = []
     for port in args.tcp:
         _TCP.address_family = _family(args.address)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +33,12 @@ from typing import Protocol
 from lbspec.lab.netns import LabError, Namespace, Resources, run, unique_prefix
 
 __all__ = ["Lab", "BackendHost", "LoadBalancer"]
+
+_BLOCK = """table inet lbspec_block {
+  chain input { type filter hook input priority -10; policy drop; }
+  chain output { type filter hook output priority -10; policy drop; }
+}
+"""
 
 CLIENT, LB_CLIENT_SIDE, LB_BACKEND_SIDE, VIP = "10.0.1.2", "10.0.1.1", "10.0.2.1", "192.0.2.10"
 
@@ -65,6 +72,7 @@ class Lab:
         self.balancer: LoadBalancer | None = None
         self.client = self.lb = None
         self.servers: dict[str, list] = {}  # backend name -> its server processes
+        self._served: dict[str, list[list[str]]] = {}  # backend name -> how its servers were started
 
     # ------------------------------------------------------------ building --
 
@@ -140,15 +148,54 @@ class Lab:
     def address(self, name: str) -> str:
         return self.backends[name].address
 
-    def serve(self, tcp: Sequence[int] = (8080,), udp: Sequence[int] = (5353,), names: Sequence[str] | None = None):
-        """Start an echo server (lbspec.lab.servers) in each backend namespace."""
+    def serve(self, tcp: Sequence[int] = (8080,), udp: Sequence[int] = (5353,), names: Sequence[str] | None = None,
+              slow: float = 0.5):
+        """Start an echo server (lbspec.lab.servers) in each backend namespace; ``slow`` is how late a
+        slowed backend (:meth:`slow_backend`) answers."""
         for name in names or self.names:
             host = self.backends[name]
-            argv = [sys.executable, "-m", "lbspec.lab.servers", "--name", name]
+            argv = [sys.executable, "-m", "lbspec.lab.servers", "--name", name, "--slow", str(slow)]
             argv += [x for port in tcp for x in ("--tcp", str(port))]
             argv += [x for port in udp for x in ("--udp", str(port))]
             process = self.resources.spawn(host.namespace.argv(argv), ready="ready", timeout=15)
             self.servers.setdefault(name, []).append(process)
+            self._served.setdefault(name, []).append(argv)
+
+    # -------------------------------------------------------------- faults --
+    # Each fault has its undoing; none touches the LB, which must find out for itself.
+
+    def kill_backend(self, name: str) -> None:
+        """The backend's server processes die (SIGKILL); the host stays up, so its kernel refuses
+        what comes: a TCP RST to a SYN, an ICMP port unreachable to a datagram."""
+        for process in self.servers.pop(name, []):
+            self.resources.stop(process, signal.SIGKILL)
+
+    def restart_backend(self, name: str) -> None:
+        """Start the backend's servers again as :meth:`serve` first started them."""
+        if self.servers.get(name):
+            return
+        host = self.backends[name]
+        for argv in self._served.get(name, []):
+            process = self.resources.spawn(host.namespace.argv(argv), ready="ready", timeout=15)
+            self.servers.setdefault(name, []).append(process)
+
+    def block_backend(self, name: str) -> None:
+        """An nftables rule in the backend's namespace drops everything in and out: the LB sees silence."""
+        self._host_namespace(name).run("nft", "-f", "-", input=_BLOCK)
+
+    def unblock_backend(self, name: str) -> None:
+        self._host_namespace(name).run("nft", "delete", "table", "inet", "lbspec_block", check=False)
+
+    def slow_backend(self, name: str, slow: bool = True) -> None:
+        """The backend's servers answer ``slow`` seconds late (see :meth:`serve`), or on time again."""
+        for process in self.servers.get(name, []):
+            os.killpg(process.pid, signal.SIGUSR1 if slow else signal.SIGUSR2)
+
+    def _host_namespace(self, name: str) -> Namespace:
+        namespace = self.backends[name].namespace
+        if namespace is None:
+            raise LabError(f"backend {name} was removed from the lab")
+        return namespace
 
     def install(self, balancer: LoadBalancer) -> None:
         if self.balancer is not None:
