@@ -3,18 +3,32 @@
 :class:`NftablesDnat` is an L4 NAT load balancer made of nftables rules:
 DNAT to backends chosen by ``numgen`` (round robin), conntrack translating
 replies back.  Faults can be switched on to see the monitor catch them:
-random drops, stateless rewriting of one UDP flow.  Other balancers (HAProxy,
-nginx) plug in the same way.
+random drops, stateless rewriting of one UDP flow.
+
+:class:`Haproxy` (TCP mode) and :class:`NginxStream` (nginx's ``stream``
+module) are proxies: they run as processes in the LB namespace, from a
+configuration file or its text, with the VIP made a local address there.
+Their processes are the lab's (``lab.resources``), so they stop with it even
+when a test fails.  ``Haproxy.unavailable()`` and ``NginxStream.unavailable()``
+say why one cannot run here (None if it can).
 """
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from lbspec.lab.netns import run
+from lbspec.lab.netns import LabError, run
 
-__all__ = ["Forward", "NftablesDnat"]
+__all__ = ["Forward", "NftablesDnat", "Haproxy", "NginxStream", "STREAM_MODULE"]
+
+STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")  # Debian's libnginx-mod-stream
 
 
 @dataclass(frozen=True)
@@ -66,3 +80,170 @@ class NftablesDnat:
                       f"    udp sport {old} udp sport set {new}", "  }"]
         lines.append("}")
         return "\n".join(lines) + "\n"
+
+
+class _Proxy:
+    """A proxy process in the LB namespace, the VIP a local address there (on ``lo``) while it runs."""
+
+    program = ""
+    package = ""
+
+    def __init__(self, config: str | Path):
+        self.config = config
+        self.directory: Path | None = None
+        self.process: subprocess.Popen | None = None
+        self._vip: str | None = None
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this proxy cannot run here (its program is not installed), or None."""
+        if shutil.which(cls.program) is None:
+            return f"{cls.program} is not installed (Debian: apt-get install {cls.package})"
+        return None
+
+    def install(self, lab) -> None:
+        reason = self.unavailable()
+        if reason is not None:
+            raise LabError(reason)
+        self.directory = Path(tempfile.mkdtemp(prefix=f"lbspec-{self.program}-"))
+        try:
+            argv = self.prepare(self.directory)
+            self._add_vip(lab)  # before the check: `nginx -t` binds its listeners
+            self._check(lab, argv)
+            log = open(self.directory / "output.log", "w")
+            try:
+                self.process = lab.resources.spawn(lab.lb.argv(argv), stdout=log)
+            finally:
+                log.close()
+            self._await_listening(lab)
+        except BaseException:
+            self.remove(lab)
+            raise
+
+    def remove(self, lab) -> None:
+        if self.process is not None:
+            lab.resources.stop(self.process)
+            self.process = None
+        if self._vip is not None and lab.lb is not None:
+            lab.lb.run("ip", "addr", "del", self._vip, "dev", "lo", check=False)
+            self._vip = None
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+    @property
+    def text(self) -> str:
+        """The configuration as given (read from its file if a path was given)."""
+        return self.config_path().read_text() if self.config_path() is not None else str(self.config)
+
+    def config_path(self) -> Path | None:
+        """The file given, or None when the configuration was given as text."""
+        if isinstance(self.config, Path):
+            return self.config
+        return Path(self.config) if "\n" not in self.config and "{" not in self.config else None
+
+    def prepare(self, directory: Path) -> list[str]:
+        """Write what the program needs into ``directory``; the command that runs it in the foreground."""
+        raise NotImplementedError
+
+    def check_argv(self, argv: list[str]) -> list[str]:
+        raise NotImplementedError
+
+    def _check(self, lab, argv: list[str]) -> None:
+        path = self.config_path()
+        if path is not None and not path.is_file():
+            raise LabError(f"{self.program} configuration {path} does not exist")
+        done = subprocess.run(lab.lb.argv(self.check_argv(argv)), capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            raise LabError(f"{self.program} refuses its configuration: {(done.stderr or done.stdout).strip()}")
+
+    def _add_vip(self, lab) -> None:
+        vip = f"{lab.vip}/{128 if ':' in lab.vip else 32}"
+        present = lab.lb.run("ip", "-o", "addr", "show", "dev", "lo")
+        if f" {vip} " not in present:
+            lab.lb.run("ip", "addr", "add", vip, "dev", "lo")
+            self._vip = vip
+
+    def _await_listening(self, lab, timeout: float = 15.0) -> None:
+        """Until a socket of the process is bound (each binds all of its sockets before it serves)."""
+        owner = f"pid={self.process.pid},"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise LabError(f"{self.program} exited ({self.process.returncode}) before it listened: "
+                               f"{self._output()}")
+            if owner in lab.lb.run("ss", "-Hlntup", timeout=5):
+                return
+            time.sleep(0.05)
+        raise LabError(f"{self.program} did not listen within {timeout}s: {self._output()}")
+
+    def _output(self) -> str:
+        text = (self.directory / "output.log").read_text() if self.directory else ""
+        if self.process is not None and self.process.stderr is not None and self.process.poll() is not None:
+            text += self.process.stderr.read()
+        return text.strip()[-2000:]
+
+
+class Haproxy(_Proxy):
+    """HAProxy in the foreground (``haproxy -f CONFIG -db``), from a configuration file or its text.
+
+    The configuration is used as it is: its ``bind`` lines should name the lab's
+    VIP (192.0.2.10) and its servers the backends (10.0.2.11, ...).
+    """
+
+    program, package = "haproxy", "haproxy"
+
+    def prepare(self, directory: Path) -> list[str]:
+        path = self.config_path()
+        if path is None:
+            path = directory / "haproxy.cfg"
+            path.write_text(str(self.config))
+        return ["haproxy", "-f", str(path), "-db"]
+
+    def check_argv(self, argv: list[str]) -> list[str]:
+        return ["haproxy", "-c", "-q", "-f", argv[2]]
+
+
+class NginxStream(_Proxy):
+    """nginx with its ``stream`` module, from a configuration file or its text (``events {}`` and ``stream {}``).
+
+    The configuration is included from a main file in a private directory that
+    loads the stream module (Debian's, unless the configuration loads it or nginx
+    has it built in), keeps nginx in the foreground and puts its pid file and
+    error log there (``-p``/``-e``/``-c``), so nothing of the host's nginx is
+    touched.  ``daemon``, ``pid`` and ``load_module`` in the configuration win.
+    """
+
+    program, package = "nginx", "nginx libnginx-mod-stream"
+
+    def prepare(self, directory: Path) -> list[str]:
+        path = self.config_path()
+        if path is None:
+            path = directory / "stream.conf"
+            path.write_text(str(self.config))
+        text = path.read_text()
+        lines = [] if _directive(text, "load_module") else self._load_stream()
+        lines += [] if _directive(text, "daemon") else ["daemon off;"]
+        lines += [] if _directive(text, "pid") else [f"pid {directory / 'nginx.pid'};"]
+        lines += [f"error_log {directory / 'error.log'} notice;", f"include {path.resolve()};"]
+        main = directory / "nginx.conf"
+        main.write_text("\n".join(lines) + "\n")
+        return ["nginx", "-p", str(directory), "-e", str(directory / "error.log"), "-c", str(main)]
+
+    def check_argv(self, argv: list[str]) -> list[str]:
+        return ["nginx", "-t", "-q", *argv[1:]]
+
+    @staticmethod
+    def _load_stream() -> list[str]:
+        if STREAM_MODULE.is_file():
+            return [f"load_module {STREAM_MODULE};"]
+        built = subprocess.run(["nginx", "-V"], capture_output=True, text=True, timeout=10).stderr
+        if "--with-stream " in built + " ":
+            return []
+        raise LabError(f"nginx's stream module is missing: no {STREAM_MODULE} and nginx is not built with it "
+                       "(Debian: apt-get install libnginx-mod-stream)")
+
+
+def _directive(text: str, name: str) -> bool:
+    """Whether the configuration gives ``name`` at the start of a line (main-context directives do)."""
+    return re.search(rf"^\s*{name}\s", text, re.MULTILINE) is not None

@@ -48,9 +48,9 @@ def test_lab_with_checks_is_a_proxy_with_tcp_health():
     result = run("haproxy", "lab-tcp-checks.cfg")
     lab = result.service("lab")
     assert lab.mode.kind == "proxy"
-    assert [str(v) for v in lab.vips] == ["10.0.0.1"]
-    assert [(x.protocol, x.ports) for x in lab.listens] == [("tcp", ((8080, 8080),))]
-    assert addresses(lab, "app") == ["10.0.1.11", "10.0.1.12", "10.0.1.13"]
+    assert [str(v) for v in lab.vips] == ["192.0.2.10"]  # the lab's VIP and backends: the e2e tests run this file
+    assert [(x.protocol, x.ports) for x in lab.listens] == [("tcp", ((80, 80),))]
+    assert addresses(lab, "app") == ["10.0.2.11", "10.0.2.12", "10.0.2.13"]
     assert {b.port for b in lab.backends} == {8080}
     assert lab.balance.algorithm == "round_robin"
     assert lab.affinity.kind == "flow" and lab.affinity.timeout == 30

@@ -31,10 +31,11 @@ def test_lab_stream_tcp_and_udp():
     result = run("nginx", "lab-stream.conf")
     tcp, udp = result.service("tcp_app"), result.service("udp_echo")
     assert tcp.mode.kind == udp.mode.kind == "proxy"
-    assert [(x.protocol, x.ports) for x in tcp.listens] == [("tcp", ((8080, 8080),))]
-    assert [(x.protocol, x.ports) for x in udp.listens] == [("udp", ((9000, 9000),))]
-    assert addresses(tcp, "tcp_app") == ["10.0.1.11", "10.0.1.12", "10.0.1.13"]
-    assert {b.port for b in udp.backends} == {9000}
+    assert [str(v) for v in tcp.vips] == [str(v) for v in udp.vips] == ["192.0.2.10"]  # the lab's, as in e2e
+    assert [(x.protocol, x.ports) for x in tcp.listens] == [("tcp", ((80, 80),))]
+    assert [(x.protocol, x.ports) for x in udp.listens] == [("udp", ((53, 53),))]
+    assert addresses(tcp, "tcp_app") == ["10.0.2.11", "10.0.2.12", "10.0.2.13"]
+    assert {b.port for b in udp.backends} == {5353}
     assert rules(udp) == [("udp", (), (), "udp_echo", None)]
     assert tcp.balance.algorithm == "round_robin"
     assert (tcp.affinity.kind, tcp.affinity.timeout, udp.affinity.timeout) == ("flow", 30, 5)
