@@ -7,6 +7,7 @@ The public surface::
     harness = Harness("service.lbspec")
     judgement = harness.run(InProcess(lambda: MyLB()), trace)     # one trace
     harness.check(lambda: MyLB())                                  # a hypothesis search
+    harness.run(Network(lab, NftablesDnat(...)), trace)            # a real LB in the lab (lbspec.lab)
 
 :mod:`lbspec.harness.adapter` defines what a load balancer under test
 implements (:class:`LoadBalancer`) and what the harness calls (:class:`Driver`);
@@ -21,11 +22,13 @@ from lbspec.harness.harness import Failure, Harness, Search, SearchSettings
 from lbspec.harness.health import HealthChecks
 from lbspec.harness.inprocess import EPOCH, InProcess, UnsupportedMode
 from lbspec.harness.judge import Judgement
+from lbspec.harness.network import LabMismatch, Network, TraceTooLong
 from lbspec.harness.trace import Event, Fault, Send, Trace
 from lbspec.harness.wire import Outer, Segment, decode
 
 __all__ = [
     "Harness", "SearchSettings", "Search", "Failure", "Judgement",
     "LoadBalancer", "HealthAware", "Clocked", "Driver", "Observed", "Recording", "InProcess", "EPOCH",
-    "UnsupportedMode", "HealthChecks", "Trace", "Send", "Fault", "Event", "Segment", "Outer", "decode",
+    "UnsupportedMode", "Network", "LabMismatch", "TraceTooLong", "HealthChecks", "Trace", "Send", "Fault", "Event",
+    "Segment", "Outer", "decode",
 ]
