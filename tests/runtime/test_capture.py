@@ -13,7 +13,7 @@ from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 from scapy.utils import RawPcapWriter, wrpcap
 
-from lbspec.runtime.capture import CaptureError, CaptureReader
+from lbspec.runtime.capture import CaptureError, CaptureReader, rows_at
 from lbspec.runtime.decode import FRAGMENT, NOT_IP, OK, UNDECODABLE, decode
 
 from . import pcapng
@@ -205,3 +205,15 @@ def test_missing_file_and_directory(tmp_path):
         _read(tmp_path / "nope.pcap")
     with pytest.raises(CaptureError, match="directory"):
         _read(tmp_path)
+
+
+def test_rows_at_copies_each_offsets_bytes_and_zeros_past_the_end():
+    buf = bytes(range(256)) * 3
+    offsets = np.array([0, 5, 700, 767, 760, 1, 768 - 16], np.int64)
+    table = rows_at(buf, offsets, 16)
+    assert table.shape == (len(offsets), 16)
+    for row, at in zip(table, offsets.tolist()):
+        piece = buf[at:at + 16]
+        assert bytes(row) == piece + bytes(16 - len(piece))
+    assert rows_at(buf, np.zeros(0, np.int64), 16).shape == (0, 16)
+    assert bytes(rows_at(b"abc", np.array([0, 2]), 8)[1]) == b"c" + bytes(7)
