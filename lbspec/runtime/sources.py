@@ -28,6 +28,9 @@ from lbspec.runtime.decode import Packets, decode, fill_digests
 
 __all__ = ["Input", "SkewEstimate", "CaptureStream", "batches", "sort_by_time", "merged", "estimate_skew"]
 
+SAMPLE = 8192  # packets per capture the clock skew is first estimated on: enough pairs, a fraction of the cost
+ENOUGH_PAIRS = 100  # forward and reverse pairs each; with fewer, the whole first batch is looked at
+
 
 @dataclass(frozen=True)
 class Input:
@@ -127,13 +130,14 @@ def _next(stream: Iterator[Packets]) -> Packets | None:
 
 
 def estimate_skew(compiled: Compiled, client: list[CaptureStream], backend: list[CaptureStream]) -> SkewEstimate | None:
-    """The backend side's clock offset, from the first batch of each capture (up to 65,536 packets)."""
+    """The backend side's clock offset, from the first packets of each capture: the first
+    :data:`SAMPLE` of each, or the whole first batch if so few show too few pairs."""
     if not client or not backend:
         return None
-    near = _sample(client, compiled)
-    far = _sample(backend, compiled)
-    forward = _latencies(near, far, INGRESS, EGRESS, lambda p, r: pair_key(p, "snat", r))
-    reverse = _latencies(far, near, BREPLY, CREPLY, _reply_key)
+    forward, reverse = _pairs_seen(compiled, client, backend, SAMPLE)
+    longer = any(s.first() is not None and len(s.first()) > SAMPLE for s in client + backend)
+    if min(len(forward), len(reverse)) < ENOUGH_PAIRS and longer:
+        forward, reverse = _pairs_seen(compiled, client, backend, None)
     if len(forward) >= 10 and len(reverse) >= 10:
         low_f, low_r = np.percentile(forward, 10), np.percentile(reverse, 10)
         return SkewEstimate(float((low_f - low_r) / 2), len(forward), len(reverse), "forward and reverse latency")
@@ -144,11 +148,23 @@ def estimate_skew(compiled: Compiled, client: list[CaptureStream], backend: list
     return SkewEstimate(0.0, 0, len(reverse), "no packet seen on both sides; assumed 0")
 
 
-def _sample(streams: list[CaptureStream], compiled: Compiled) -> Packets:
-    """The first batches of one side's captures, with the payload digests of replies too (in a copy of
-    that column: the monitor's own rows keep theirs as classification left them)."""
+def _pairs_seen(compiled: Compiled, client: list[CaptureStream], backend: list[CaptureStream],
+                most: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Forward and reverse latencies of the packets seen on both sides among the first ``most`` of each
+    capture (None: its whole first batch)."""
+    near = _sample(client, compiled, most)
+    far = _sample(backend, compiled, most)
+    return (_latencies(near, far, INGRESS, EGRESS, lambda p, r: pair_key(p, "snat", r)),
+            _latencies(far, near, BREPLY, CREPLY, _reply_key))
+
+
+def _sample(streams: list[CaptureStream], compiled: Compiled, most: int | None) -> Packets:
+    """The first ``most`` packets (None: the first batch) of one side's captures, with the payload digests
+    of replies too (in a copy of that column: the monitor's own rows keep theirs as classification left
+    them)."""
     firsts = [s.first() for s in streams]
-    sample = Packets.concat([Packets(dict(f.cols), f.buffers) for f in firsts if f is not None])
+    sample = Packets.concat([Packets({k: v[:most] for k, v in f.cols.items()}, f.buffers)
+                             for f in firsts if f is not None])
     if "role" not in sample:
         classify_rows(sample, compiled)
     sample["digest"] = sample["digest"].copy()

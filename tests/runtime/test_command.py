@@ -6,11 +6,17 @@ import json
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
+from types import SimpleNamespace
 
 import pytest
 from scapy.layers.inet import TCP
 from scapy.layers.l2 import CookedLinuxV2, Ether
 from scapy.utils import rdpcap, wrpcap
+
+import lbspec
+from lbspec.runtime import sources
+from lbspec.runtime.monitor import Monitor
+from lbspec.runtime.session import inputs_from, open_readers, open_streams
 
 from .scenario import Scenario, spec
 
@@ -157,6 +163,38 @@ def test_clock_skew_is_estimated_and_corrected(cli, spec_file, tmp_path):
     wrong = cli("monitor", spec_file(spec()), "--client-side", str(client), "--backend-side", str(backend),
                 "--format", "json", "--skew", "0")
     assert "LB200" in json.loads(wrong.out)["monitor"]["verdicts"]
+
+
+def _skewed_streams(tmp_path, skew: float):
+    """Client- and backend-side streams of NAT traffic whose backend-side clock is ``skew`` ahead."""
+    scenario = Scenario("nat")
+    for k in range(12):
+        scenario.flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.05)
+    for sent in scenario.packets:
+        if sent.side == "backend":
+            sent.time += skew
+            sent.packet.time += skew
+    client, backend = scenario.write(tmp_path)
+    monitor = Monitor(lbspec.loads(spec()))
+    args = SimpleNamespace(captures=[], client_side=[str(client)], backend_side=[str(backend)])
+    streams = open_streams(monitor, open_readers(monitor, inputs_from(args)))
+    return monitor.compiled, [s for s in streams if s.side == 0], [s for s in streams if s.side == 1]
+
+
+def test_skew_is_estimated_on_the_first_packets_when_they_show_enough_pairs(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "SAMPLE", 20)
+    monkeypatch.setattr(sources, "ENOUGH_PAIRS", 1)
+    estimate = sources.estimate_skew(*_skewed_streams(tmp_path, 0.3))
+    assert 0 < estimate.forward_pairs <= 20 and 0 < estimate.reverse_pairs <= 20
+
+
+def test_skew_falls_back_to_the_whole_first_batch_when_the_first_packets_show_too_few_pairs(tmp_path,
+                                                                                            monkeypatch):
+    monkeypatch.setattr(sources, "SAMPLE", 4)
+    estimate = sources.estimate_skew(*_skewed_streams(tmp_path, 0.3))
+    assert estimate.method == "forward and reverse latency"
+    assert estimate.seconds == pytest.approx(0.3, abs=0.001)
+    assert estimate.forward_pairs > 4
 
 
 def test_events_file(cli, spec_file, tmp_path):
