@@ -49,6 +49,7 @@ PAD = 64  # zero bytes after in-memory batches (reads past a frame's end are cli
 HEAD = 64  # bytes of each frame copied out with its record: link, IPv4 and TCP headers fit
 MAX_RECORD = 262_144 + 65_536  # the longest frame any common writer records
 READ_SIZE = 32 << 20
+BATCH_FRAMES = 1 << 15  # frames per batch: a batch's columns stay in cache; larger ones only cost memory
 _PCAP_MAGIC = {b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),
                b"\x4d\x3c\xb2\xa1": ("<", 1e-9), b"\xa1\xb2\x3c\x4d": (">", 1e-9)}
 _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
@@ -169,7 +170,7 @@ class CaptureReader:
     interface statistics).
     """
 
-    def __init__(self, path: str | os.PathLike, source: int = 0, batch_frames: int = 1 << 16):
+    def __init__(self, path: str | os.PathLike, source: int = 0, batch_frames: int = BATCH_FRAMES):
         self.path = os.fspath(path)
         self.source = source
         self.batch_frames = batch_frames
