@@ -13,9 +13,30 @@ bytes pair by the order they were opened).  Then:
 * a backend connection no client connection explains is LB208 (unless it is a
   health check), and a second one carrying the same client bytes LB205.
 
+Connection failures are attributed.  A backend connection the LB opened that
+never got a SYN-ACK is a *failed attempt*: ``refused`` (the backend answered
+the SYN with a RST) or ``timeout`` (no answer).  Each is given to the client
+connection it was made for -- the latest one opened before it that the LB had
+not closed and that no backend was yet carrying bytes for -- and judged like a
+forwarded connection: to a backend down longer than its detection window it
+is LB202, within the window it is allowed.  A client connection whose bytes
+never reached a backend is then:
+
+* ``backend_refused`` / ``backend_timeout``: its attempts failed -- the LB did
+  try, so not a drop (LB202 judges the attempts);
+* ``lb_reset``: the LB reset it (a RST from the VIP, also to its SYN) and tried
+  no backend;
+* ``not_relayed``: the LB closed it, or said nothing, and tried no backend;
+
+the last two are drops (LB200) unless no backend was healthy.  Every outcome is
+counted in the summary's ``proxy`` entry with the bytes relayed each way.
+
 One backend connection per client connection is assumed (HAProxy ``mode tcp``,
 nginx ``stream``); connection pools that reuse backend connections for other
-clients' requests are not modelled.
+clients' requests are not modelled.  A health check the LB sends to a dead
+backend looks exactly like a refused attempt: in services with health checks,
+failed attempts of client connections that were served in the end are counted
+but not judged.
 """
 
 from __future__ import annotations
@@ -28,13 +49,15 @@ import numpy as np
 
 from lbspec import diagnostics as d
 from lbspec.runtime import judge
-from lbspec.runtime.classify import EGRESS, INGRESS, flow_key
-from lbspec.runtime.compiled import CheckPlan
+from lbspec.runtime.classify import BREPLY, CREPLY, EGRESS, INGRESS, flow_key, mix
+from lbspec.runtime.compiled import CheckPlan, akey
 from lbspec.runtime.decode import TCP, Packets
 from lbspec.runtime.evidence import flow_text, packet_ref
 from lbspec.runtime.verdicts import PacketRef, Witness
 
-__all__ = ["ProxyTracker", "Stream"]
+__all__ = ["ProxyTracker", "Stream", "OUTCOMES"]
+
+OUTCOMES = ("backend_refused", "backend_timeout", "lb_reset", "not_relayed")
 
 BLOCK = 1024
 PREFIX = 64
@@ -97,6 +120,13 @@ class _Client:
     backend: _Backend | None = None
     compared: int = 0
     mutated: bool = False
+    reply: Stream = field(default_factory=Stream)  # what the LB sent the client
+    syn_checks: list = field(default_factory=list)  # the response checks its SYN is held to
+    accepted: bool = False  # the LB answered its SYN
+    reset_at: float | None = None  # the LB reset it
+    closed_at: float | None = None  # the LB closed it (FIN or RST)
+    attempts: list = field(default_factory=list)  # failed backend connection attempts made for it
+    outcome: str | None = None
 
 
 @dataclass
@@ -111,6 +141,23 @@ class _Backend:
     first_data: float | None = None
     first_ref: PacketRef | None = None
     judged: bool = False  # found unexplained already
+    reply: Stream = field(default_factory=Stream)  # what the backend sent the LB
+    answered: bool = False  # the backend answered the SYN with a SYN-ACK
+    refused: bool = False  # ... with a RST
+    syn: bool = False  # the LB's SYN was seen
+
+    attributed: bool = False  # a failed attempt, counted and given to a client (or found to be none's)
+
+    def failed(self, cutoff: float) -> str | None:
+        """``refused`` or ``timeout`` if this is an attempt opened before ``cutoff`` that got no SYN-ACK
+        (by the time the monitor has read, at least a horizon later), else None."""
+        if not self.syn or self.answered or self.first_data is not None or self.start >= cutoff:
+            return None
+        return "refused" if self.refused else "timeout"
+
+
+def _outcome(client: _Client) -> str:
+    return "backend_refused" if any(c == "refused" for _b, c in client.attempts) else "backend_timeout"
 
 
 def _same_start(one: bytes, other: bytes) -> bool:
@@ -128,25 +175,40 @@ class ProxyTracker:
         self.clients: dict[int, _Client] = {}
         self.backends: dict[int, _Backend] = {}
         self.connections = 0
+        self.outcomes = dict.fromkeys(OUTCOMES, 0)
+        self.attempts = {"refused": 0, "timeout": 0}
+        self.volume = {"client_to_lb": 0, "lb_to_backend": 0, "backend_to_lb": 0, "lb_to_client": 0}
 
     def wanted(self, p: Packets) -> np.ndarray:
-        """Rows this tracker takes: TCP to or from proxy services' connections."""
+        """Rows this tracker takes: TCP to or from proxy services' connections (replies too: they are
+        counted, and say whether a backend answered and whether the LB reset a client)."""
         if not self.services:
             return np.zeros(len(p), bool)
         tcp = p["proto"] == TCP
-        ingress = (p["role"] == INGRESS) & np.isin(p["svc"], list(self.services))
+        services = list(self.services)
+        ingress = (p["role"] == INGRESS) & np.isin(p["svc"], services)
+        replies = np.nonzero(tcp & (p["role"] == CREPLY))[0]
+        to_client = np.zeros(len(p), bool)
+        to_client[replies] = np.isin(self.compiled.vip_of(akey(p["sa_hi"][replies], p["sa_lo"][replies])), services)
         backend_service = np.array([b.service for b in self.compiled.backends] + [-1])[p["gid"]]
-        egress = (p["role"] == EGRESS) & (np.isin(backend_service, list(self.services))
-                                          | ((p["gid"] < 0) & ~self.engine.known_clients(p)))
-        return tcp & (ingress | egress)
+        ours = np.isin(backend_service, services)
+        egress = (p["role"] == EGRESS) & (ours | ((p["gid"] < 0) & ~self.engine.known_clients(p)))
+        return tcp & (ingress | to_client | egress | ((p["role"] == BREPLY) & ours))
 
     def observe(self, p: Packets, rows: np.ndarray) -> None:
-        checks = self._response_checks(p, rows)
-        for position, row in enumerate(rows.tolist()):
-            if p["role"][row] == INGRESS:
+        roles = p["role"][rows]
+        checks = self._response_checks(p, rows[roles == INGRESS])
+        position = 0
+        for row, role in zip(rows.tolist(), roles.tolist()):
+            if role == INGRESS:
                 self._client_packet(p, row, checks[position])
-            else:
+                position += 1
+            elif role == EGRESS:
                 self._backend_packet(p, row)
+            elif role == CREPLY:
+                self._to_client(p, row)
+            else:
+                self._from_backend(p, row)
 
     def _response_checks(self, p: Packets, rows: np.ndarray) -> list[list[CheckPlan]]:
         """For each row, the response checks it is held to (listened, a rule takes it, in scope)."""
@@ -170,12 +232,14 @@ class ProxyTracker:
         client.last = time
         if flags & _SYN:
             client.stream.isn = int(p["seq"][row])
+            client.syn_checks = client.syn_checks or checks
             return
         data = p.payload(row)
         if not data:
             return
         end = client.stream.offset(int(p["seq"][row])) + len(data)
-        client.stream.add(int(p["seq"][row]), data)
+        before = client.stream.next
+        self.volume["client_to_lb"] += client.stream.add(int(p["seq"][row]), data) - before
         if checks:
             ref = packet_ref(p, row, self.engine.sources, True)
             client.waiting.append((end, time, checks, ref))
@@ -191,6 +255,24 @@ class ProxyTracker:
         self.connections += 1
         return client
 
+    def _to_client(self, p: Packets, row: int) -> None:
+        """What the LB sends a client: its SYN-ACK, its bytes, its FIN or RST."""
+        client = self.clients.get(int(p["ckey"][row]))
+        if client is None:
+            return
+        time, flags = float(p["ts"][row]), int(p["flags"][row])
+        if flags & _SYN:
+            client.accepted = True
+            client.reply.isn = int(p["seq"][row])
+        if flags & _RST and client.reset_at is None:
+            client.reset_at = time
+        if flags & (_RST | _FIN) and client.closed_at is None:
+            client.closed_at = time
+        data = p.payload(row)
+        if data:
+            before = client.reply.next
+            self.volume["lb_to_client"] += client.reply.add(int(p["seq"][row]), data) - before
+
     # --------------------------------------------------------- backends --
 
     def _backend_packet(self, p: Packets, row: int) -> None:
@@ -202,6 +284,7 @@ class ProxyTracker:
         backend.last = time
         if flags & _SYN:
             backend.stream.isn = int(p["seq"][row])
+            backend.syn = True
             return
         data = p.payload(row)
         if not data:
@@ -209,11 +292,32 @@ class ProxyTracker:
         if backend.first_data is None:
             backend.first_data = time
             backend.first_ref = packet_ref(p, row, self.engine.sources, True)
+        before = backend.stream.next
         reached = backend.stream.add(int(p["seq"][row]), data)
+        self.volume["lb_to_backend"] += reached - before
         if backend.client is None and not backend.judged:
             self._pair_by_bytes(backend)
         if backend.client is not None and backend.client.backend is backend:
             self._deliver(backend.client, reached, time)
+
+    def _from_backend(self, p: Packets, row: int) -> None:
+        """What a backend sends the LB: its SYN-ACK or RST to the LB's SYN, its bytes."""
+        key = int(mix([p["proto"][row:row + 1], p["da_hi"][row:row + 1], p["da_lo"][row:row + 1],
+                       p["sa_hi"][row:row + 1], p["sa_lo"][row:row + 1], p["dport"][row:row + 1],
+                       p["sport"][row:row + 1]])[0])  # the key of the LB's packets on this connection
+        backend = self.backends.get(key)
+        if backend is None:
+            return
+        flags = int(p["flags"][row])
+        if flags & _SYN and flags & _ACK:
+            backend.answered = True
+            backend.reply.isn = int(p["seq"][row])
+        elif flags & _RST and not backend.answered:
+            backend.refused = True
+        data = p.payload(row)
+        if data:
+            before = backend.reply.next
+            self.volume["backend_to_lb"] += backend.reply.add(int(p["seq"][row]), data) - before
 
     def _pair_by_bytes(self, backend: _Backend) -> None:
         """The client connection whose stream starts like this one: the latest opened before it, unpaired first."""
@@ -244,10 +348,19 @@ class ProxyTracker:
         """The backend has ``reached`` bytes at ``time``: settle the client bytes now delivered."""
         while client.waiting and client.waiting[0][0] <= reached:
             end, sent, checks, ref = client.waiting.popleft()
-            for check in checks:
-                if time - sent > check.pattern.within:
-                    self._late(client, check, sent, time - sent, ref)
+            late = [c for c in checks if time - sent > c.pattern.within]
+            if late and self._failed_before(client, time):
+                continue  # late because the attempts before this one failed: judged as attempts
+            for check in late:
+                self._late(client, check, sent, time - sent, ref)
         self._compare(client)
+
+    def _failed_before(self, client: _Client, time: float) -> bool:
+        """Whether attempts for ``client`` failed before ``time`` (a retry on the next server came late)."""
+        self._attribute(time)
+        if client.attempts:
+            self._fail(client, _outcome(client))
+        return bool(client.attempts)
 
     def _compare(self, client: _Client) -> None:
         backend = client.backend
@@ -304,11 +417,11 @@ class ProxyTracker:
     # ------------------------------------------------------------- ageing --
 
     def finalize(self, cutoff: float) -> None:
-        """Client bytes older than ``cutoff`` never delivered are drops; lone backend connections LB208."""
-        for client in list(self.clients.values()):
-            while client.waiting and client.waiting[0][1] < cutoff:
-                end, sent, checks, ref = client.waiting.popleft()
-                self.engine.proxy_drop(client, sent, checks, self._witness(client, [ref]))
+        """Failed attempts are given to their clients; client bytes older than ``cutoff`` never delivered
+        are failures, and drops when the LB tried no backend; lone backend connections LB208."""
+        self._attribute(cutoff)
+        for client in list(self.clients.values()):  # a horizon later: attempts made just after the bytes came
+            self._settle_client(client, cutoff - self.engine.horizon)
         for backend in list(self.backends.values()):
             if backend.client is not None or backend.judged:
                 continue
@@ -318,6 +431,79 @@ class ProxyTracker:
             elif backend.first_data < cutoff:
                 self._unexplained(backend)
         self._forget(cutoff)
+
+    def _attribute(self, cutoff: float) -> None:
+        """Each attempt that failed before ``cutoff``: to the client connection it was made for."""
+        for backend in self.backends.values():
+            if backend.attributed or backend.client is not None or backend.judged:
+                continue
+            cause = backend.failed(cutoff)
+            if cause is None:
+                continue
+            backend.attributed = True
+            self.attempts[cause] += 1
+            client = self._made_for(backend)
+            if client is not None:
+                backend.judged = True
+                client.attempts.append((backend, cause))
+                self._judge_attempt(client, backend)
+            elif self._health(backend) != "none":
+                backend.judged = True  # a health check of a dead backend looks the same
+                self.engine.counts.probes += 1
+
+    def _health(self, backend: _Backend) -> str:
+        if backend.gid < 0:
+            return "none"
+        return self.compiled.services[self.compiled.backends[backend.gid].service].service.health.kind
+
+    def _made_for(self, backend: _Backend) -> _Client | None:
+        """The latest client connection opened before the attempt, still open, and not yet carried."""
+        limit = backend.start + self.engine.options.tolerance
+        open_then = [c for c in self.clients.values()
+                     if c.start <= limit and (c.closed_at is None or c.closed_at >= backend.start)
+                     and (c.backend is None or c.backend.start >= backend.start)
+                     and (backend.gid < 0 or self.compiled.backends[backend.gid].service == c.service)]
+        return max(open_then, key=lambda c: c.start) if open_then else None
+
+    def _judge_attempt(self, client: _Client, backend: _Backend) -> None:
+        """A failed attempt is a forwarded connection: judged for its destination and the backend's health
+        (on what was known just before it: its own silence is evidence recorded at its SYN)."""
+        table = Packets.concat([client.first, backend.first])
+        table["gid"][1] = backend.gid
+        table["ts"][1] = backend.start - 1e-6
+        pairs = judge.Pairs.gather(table, self.compiled.services[client.service], np.array([0]), np.array([1]), 1)
+        kinds = ("undeclared", "backends")
+        # the backend is chosen once per client connection: retries to the same one (HAProxy without
+        # `redispatch`) carry out that choice; an attempt for a client served in the end may be a health check
+        again = any(b.gid == backend.gid for b, _c in client.attempts[:-1])
+        if not again and (client.backend is None or self._health(backend) == "none"):
+            kinds += ("down",)
+        judge.run_checks(self.engine, pairs, kinds)
+
+    def _settle_client(self, client: _Client, cutoff: float) -> None:
+        """Client bytes (or a SYN the LB reset) older than ``cutoff`` and never delivered."""
+        while client.waiting and client.waiting[0][1] < cutoff:
+            end, sent, checks, ref = client.waiting.popleft()
+            if client.attempts:
+                self._fail(client, _outcome(client))
+                continue
+            self._fail(client, "lb_reset" if client.reset_at is not None else "not_relayed")
+            self.engine.proxy_drop(client, sent, checks, self._witness(client, [ref]))
+        if client.syn_checks and client.reset_at is not None and client.reset_at < cutoff and not client.accepted \
+                and client.outcome is None and not client.attempts:
+            self._fail(client, "lb_reset")  # refused at once: its SYN is what was dropped
+            self.engine.proxy_drop(client, client.start, client.syn_checks,
+                                   self._witness(client, []))
+
+    def _fail(self, client: _Client, outcome: str) -> None:
+        if client.outcome is None:
+            client.outcome = outcome
+            self.outcomes[outcome] += 1
+
+    def summary(self) -> dict:
+        """The summary's ``proxy`` entry (docs/monitor.md)."""
+        return {"client_connections": self.connections, "failed": dict(self.outcomes),
+                "failed_attempts": dict(self.attempts), "bytes": dict(self.volume)}
 
     def _pair_by_time(self, backend: _Backend) -> bool:
         """A backend connection that carried nothing: the last client connection opened just before it."""

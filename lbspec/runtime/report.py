@@ -18,7 +18,7 @@ def summarize(monitor) -> dict[str, Any]:
     c = monitor.counts
     status = c.status
     first, last = _span(monitor)
-    return {
+    summary = {
         "packets": c.packets,
         "decoded": status.get(OK, 0),
         "not_ip": status.get(NOT_IP, 0) + status.get(ARP, 0),
@@ -43,7 +43,11 @@ def summarize(monitor) -> dict[str, Any]:
         "violating_packets": dict(sorted(monitor.book.packets.items())),
         "verdicts_unlisted": monitor.book.unlisted(),
         "evictions": monitor.evictions(),
+        "capture_drops": sum(_capture_drops(monitor).values()),
     }
+    if monitor.proxy.services:
+        summary["proxy"] = monitor.proxy.summary()
+    return summary
 
 
 def _span(monitor) -> tuple[float, float]:
@@ -55,11 +59,23 @@ def _span(monitor) -> tuple[float, float]:
 
 def _sources(monitor) -> list[dict[str, Any]]:
     out = []
+    dropped = _capture_drops(monitor)
     for index, name in enumerate(monitor.sources.names):
         packets, _first, _last = monitor.counts.per_source.get(index, [0, 0.0, 0.0])
         out.append({"file": name, "side": SIDE_NAMES.get(monitor.sources.sides[index], "combined"),
-                    "packets": packets})
+                    "packets": packets, "dropped": dropped.get(name, 0)})
     return out
+
+
+def _capture_drops(monitor) -> dict[str, int]:
+    """Packets each capture says it dropped (pcapng interface statistics, a live socket's kernel counters),
+    as the LB209 notes about them report."""
+    found: dict[str, int] = {}
+    for note in monitor.notes:
+        data = note.data or {}
+        if note.code == "LB209" and "dropped" in data:
+            found[data.get("file", "")] = found.get(data.get("file", ""), 0) + int(data["dropped"])
+    return found
 
 
 def _latency(monitor) -> dict[str, float | None]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from .scenario import Scenario, codes, spec
+from scapy.layers.inet import TCP
+from scapy.layers.l2 import Ether
+
+from .scenario import LB_ADDRESS, LB_MAC, Scenario, backend_mac, codes, ip, spec
 
 SPEC = spec(mode="proxy")
 
@@ -81,3 +84,128 @@ def test_connections_that_carry_nothing_pair_by_time():
     scenario = Scenario("proxy")
     scenario.proxy_flow("10.1.0.11", chunks=())
     assert codes(scenario.judge(SPEC)) == []
+
+
+# ------------------------------------------------------- connection failures --
+# A client connection the LB accepts but never carries, and what the LB did about it: attempts to backends
+# refused (RST) or unanswered, a RST to the client, or nothing.
+
+NO_HEALTH = spec(mode="proxy", health="health none")
+
+
+def _attempt(scenario: Scenario, backend: str, time: float, answer: str | None) -> None:
+    """The LB's connection attempt to ``backend``: refused (``"rst"``), accepted (``"synack"``) or unanswered."""
+    lport, seq = next(scenario.ports) + 20000, next(scenario.seqs) % (1 << 32)
+    scenario.add(time, "backend", Ether(src=LB_MAC, dst=backend_mac(backend)) / ip(LB_ADDRESS, backend)
+                 / TCP(sport=lport, dport=8080, flags="S", seq=seq))
+    if answer is not None:
+        flags = {"rst": "RA", "synack": "SA"}[answer]
+        scenario.add(time + 0.0001, "backend", Ether(src=backend_mac(backend), dst=LB_MAC) / ip(backend, LB_ADDRESS)
+                     / TCP(sport=8080, dport=lport, flags=flags, seq=99, ack=seq + 1))
+
+
+def _unserved(scenario: Scenario, time: float, *attempts: tuple[str, float, str | None]) -> int:
+    """A client connection with bytes the LB never passes on, and its attempts (backend, delay, answer)."""
+    cport = scenario.proxy_flow("10.1.0.11", time, open_backend=False)
+    for backend, delay, answer in attempts:
+        _attempt(scenario, backend, time + delay, answer)
+    return cport
+
+
+def _reset(scenario: Scenario, cport: int, time: float) -> None:
+    scenario.add(time, "client", ip(scenario.vip, "203.0.113.7") / TCP(sport=80, dport=cport, flags="R", seq=6))
+
+
+def _failures(report) -> dict:
+    proxy = report.summary["proxy"]
+    return {k: v for k, v in {**proxy["failed"], **proxy["failed_attempts"]}.items() if v}
+
+
+def test_a_refused_attempt_is_the_backend_refusing_not_a_drop():
+    scenario = Scenario("proxy")
+    _unserved(scenario, 0.0, ("10.1.0.11", 0.0005, "rst"))
+    report = scenario.judge(SPEC)
+    assert codes(report) == []
+    assert _failures(report) == {"backend_refused": 1, "refused": 1}
+
+
+def test_an_unanswered_attempt_is_a_backend_timeout_not_a_drop():
+    scenario = Scenario("proxy")
+    _unserved(scenario, 0.0, ("10.1.0.11", 0.0005, None), ("10.1.0.11", 1.0, None))
+    report = scenario.judge(SPEC)
+    assert codes(report) == []
+    assert _failures(report) == {"backend_timeout": 1, "timeout": 2}
+
+
+def test_attempts_to_a_backend_down_past_its_detection_window_are_LB202():
+    scenario = Scenario("proxy")
+    _unserved(scenario, 0.0, ("10.1.0.11", 0.0005, "rst"))
+    _unserved(scenario, 1.0, ("10.1.0.11", 0.0005, "rst"))  # within the window: allowed
+    _unserved(scenario, 6.0, ("10.1.0.11", 0.0005, "rst"))
+    report = scenario.judge(SPEC)
+    assert codes(report) == ["LB202"]
+    assert _failures(report) == {"backend_refused": 3, "refused": 3}
+    assert report.violations[0].data["backend"] == "b1"
+
+
+def test_retries_of_one_connection_to_its_backend_are_one_choice():
+    """Near miss: HAProxy without `redispatch` retries the same server; with `health none` a second
+    connection sent there is LB202, a retry of the first one is not."""
+    scenario = Scenario("proxy")
+    _unserved(scenario, 0.0, ("10.1.0.11", 0.0005, "rst"), ("10.1.0.11", 1.0, "rst"), ("10.1.0.11", 2.0, "rst"))
+    assert codes(scenario.judge(NO_HEALTH)) == []
+    _unserved(scenario, 3.0, ("10.1.0.11", 0.0005, "rst"))
+    assert codes(scenario.judge(NO_HEALTH)) == ["LB202"]
+
+
+def test_a_refused_attempt_then_the_next_server_is_clean_and_no_LB208():
+    scenario = Scenario("proxy")
+    _attempt(scenario, "10.1.0.11", 0.0003, "rst")
+    scenario.proxy_flow("10.1.0.12", 0.0)
+    report = scenario.judge(NO_HEALTH)
+    assert codes(report) == []
+    assert _failures(report) == {"refused": 1}
+
+
+def test_a_retry_that_comes_late_is_the_failed_attempt_not_a_drop():
+    scenario = Scenario("proxy")
+    _attempt(scenario, "10.1.0.11", 0.0003, None)
+    scenario.proxy_flow("10.1.0.12", 0.0, delay=1.0)  # nginx: `proxy_connect_timeout 1s`, then the next server
+    report = scenario.judge(NO_HEALTH)
+    assert codes(report) == []
+    assert _failures(report) == {"backend_timeout": 1, "timeout": 1}
+
+
+def test_the_lb_resetting_a_client_it_never_carried_is_LB200():
+    scenario = Scenario("proxy")
+    cport = _unserved(scenario, 0.0)
+    _reset(scenario, cport, 0.05)
+    report = scenario.judge(SPEC)
+    assert codes(report) == ["LB200"]
+    assert _failures(report) == {"lb_reset": 1}
+
+
+def test_the_lb_refusing_a_connection_outright_is_LB200_unless_no_backend_is_healthy():
+    scenario = Scenario("proxy")
+    scenario.add(0.0, "client", ip("203.0.113.7", scenario.vip) / TCP(sport=40999, dport=80, flags="S", seq=1))
+    _reset(scenario, 40999, 0.0002)
+    report = scenario.judge(SPEC)
+    assert codes(report) == ["LB200"] and _failures(report) == {"lb_reset": 1}
+    excused = scenario.judge(SPEC, events=[(-1.0, "b1", False), (-1.0, "b2", False)])
+    assert codes(excused) == [] and _failures(excused) == {"lb_reset": 1}
+
+
+def test_an_accepted_attempt_that_carries_nothing_is_the_LB_not_relaying():
+    """Near miss: the backend answered, so the LB, not the backend, kept the bytes."""
+    scenario = Scenario("proxy")
+    _unserved(scenario, 0.0, ("10.1.0.11", 0.0005, "synack"))
+    report = scenario.judge(SPEC)
+    assert codes(report) == ["LB200"]
+    assert _failures(report) == {"not_relayed": 1}
+
+
+def test_bytes_are_counted_each_way():
+    scenario = Scenario("proxy")
+    scenario.proxy_flow("10.1.0.11", chunks=(b"abc", b"defg"))
+    moved = scenario.judge(SPEC).summary["proxy"]["bytes"]
+    assert moved["client_to_lb"] == moved["lb_to_backend"] == 7
