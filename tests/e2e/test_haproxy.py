@@ -1,0 +1,92 @@
+"""End to end: HAProxy in TCP mode (proxy mode), run from the importer's lab configs, judged with the spec
+`lbspec import` makes of them.  Skipped (with the reason) only where HAProxy or namespaces are missing.
+
+Faults hit b2 (`app2`) between two runs of traffic in one capture.  The spec's health settings decide:
+connections HAProxy sends to the dead backend within the detection window are allowed; after it, LB202.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lbspec.lab import Haproxy
+
+from .proxying import CONFIGS, answered, around, imported, monitor, verdicts
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(Haproxy.unavailable() is not None,
+                                                  reason=Haproxy.unavailable() or "")]
+
+CHECKS = CONFIGS / "haproxy" / "lab-tcp-checks.cfg"
+NO_CHECKS = CONFIGS / "haproxy" / "lab-tcp-nocheck.cfg"
+
+
+@pytest.fixture
+def lab(lab_factory):
+    return lab_factory(backends=("b1", "b2", "b3"), udp=())
+
+
+def test_the_lab_config_has_no_violation_and_every_byte_is_relayed(lab, tmp_path):
+    lab.install(Haproxy(CHECKS))
+    first, then, capture = around(lab, tmp_path)
+    assert set(answered(first + then)) == {"b1", "b2", "b3"} and None not in answered(then)
+    code, document = monitor(imported("haproxy", CHECKS, tmp_path), capture)
+    assert verdicts(document) == {} and code == 0
+    proxy = document["monitor"]["proxy"]
+    assert proxy["client_connections"] == len(first + then)
+    assert set(proxy["failed"].values()) == {0} and set(proxy["failed_attempts"].values()) == {0}
+    moved = proxy["bytes"]
+    assert moved["client_to_lb"] == moved["lb_to_backend"] > 0
+    assert moved["backend_to_lb"] == moved["lb_to_client"] > 0
+    assert sum(b["flows"] for b in document["monitor"]["backends"]) == len(first + then)
+
+
+def test_with_checks_a_killed_backend_is_allowed_its_detection_window(lab, tmp_path):
+    lab.install(Haproxy(CHECKS))
+    first, then, capture = around(lab, tmp_path, lambda: lab.kill_backend("b2"), after=24, timeout=0.3)
+    failed = answered(then).count(None)
+    assert failed >= 1, f"HAProxy sent nothing to the dead backend: the fault was not seen: {then}"
+    assert None not in answered(then)[-6:]  # HAProxy's checks took it out
+    code, document = monitor(imported("haproxy", CHECKS, tmp_path), capture)
+    assert verdicts(document) == {} and code == 0
+    proxy = document["monitor"]["proxy"]
+    assert proxy["failed"]["backend_refused"] == failed and proxy["failed"]["lb_reset"] == 0
+    assert any(e["backend"] == "app2" and e["state"] == "down" for e in document["monitor"]["health"])
+
+
+def test_without_checks_a_killed_backend_keeps_getting_connections_LB202(lab, tmp_path):
+    """THE demonstration.  One spec judges both configs: the one `lbspec import` makes of the config WITH
+    checks (a 5 s detection window).  The configs then differ only in what HAProxy does, so the verdict is
+    about HAProxy, not about two specs: with checks it passes (the test above), without them it keeps
+    sending new connections to the dead backend past the window.  The config's own import (`health none`:
+    nothing detects a failure, so no grace) flags it as well, sooner."""
+    lab.install(Haproxy(NO_CHECKS))
+    first, then, capture = around(lab, tmp_path, lambda: lab.kill_backend("b2"), after=36, timeout=0.3)
+    assert None in answered(then)[-6:]  # nothing took the dead backend out
+    code, document = monitor(imported("haproxy", CHECKS, tmp_path), capture)
+    found = verdicts(document)
+    assert set(found) == {"LB202"} and code == 1
+    assert {v["data"]["backend"] for v in found["LB202"]} == {"app2"}
+    assert all(v["data"]["down_for_s"] >= v["data"]["detection_s"] == 5.0 for v in found["LB202"])
+    code, own = monitor(imported("haproxy", NO_CHECKS, tmp_path, "own.lbspec"), capture)
+    assert set(verdicts(own)) == {"LB202"} and code == 1
+    assert len(verdicts(own)["LB202"]) > len(found["LB202"])
+
+
+def test_a_blocked_backend_is_a_connection_timeout_not_a_drop(lab, tmp_path):
+    lab.install(Haproxy(CHECKS))
+    first, then, capture = around(lab, tmp_path, lambda: lab.block_backend("b2"), after=30, timeout=0.3)
+    assert None in answered(then) and None not in answered(then)[-4:]  # a silent check takes `inter` to fail
+    code, document = monitor(imported("haproxy", CHECKS, tmp_path), capture)
+    assert verdicts(document) == {} and code == 0
+    proxy = document["monitor"]["proxy"]
+    assert proxy["failed"]["backend_timeout"] >= 1 and proxy["failed_attempts"]["timeout"] >= 1
+    assert proxy["failed"]["backend_refused"] == proxy["failed"]["lb_reset"] == 0
+
+
+def test_a_slowed_backend_is_no_drop_by_the_LB(lab, tmp_path):
+    lab.install(Haproxy(CHECKS))
+    first, then, capture = around(lab, tmp_path, lambda: lab.slow_backend("b2"), after=9, timeout=2.0)
+    assert None not in answered(first + then) and "b2" in answered(then)
+    code, document = monitor(imported("haproxy", CHECKS, tmp_path), capture)
+    assert verdicts(document) == {} and code == 0  # HAProxy passed the bytes on in time; b2 answered late
+    assert set(document["monitor"]["proxy"]["failed"].values()) == {0}

@@ -1,0 +1,67 @@
+"""End to end: nginx `stream` (proxy mode), run from the importer's lab config, judged with the spec
+`lbspec import` makes of it.  Skipped (with the reason) only where nginx or namespaces are missing.
+
+nginx has no active health checks: the import says `health none` (no grace for a dead backend).  What
+keeps it clean is its passive check: a failed connection is retried on the next server
+(`proxy_next_upstream`), and the server is left alone for `fail_timeout` (10 s, longer than the traffic).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lbspec.lab import NginxStream
+
+from .proxying import CONFIGS, answered, around, imported, monitor, verdicts
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(NginxStream.unavailable() is not None,
+                                                  reason=NginxStream.unavailable() or "")]
+
+CONFIG = CONFIGS / "nginx" / "lab-stream.conf"
+
+
+@pytest.fixture
+def lab(lab_factory):
+    lab = lab_factory(backends=("b1", "b2", "b3"))
+    lab.install(NginxStream(CONFIG))
+    return lab
+
+
+def test_the_lab_config_has_no_violation_and_every_byte_is_relayed(lab, tmp_path):
+    first, then, capture = around(lab, tmp_path, udp=True)
+    assert all(r["error"] is None for r in first + then)
+    assert set(answered(first + then)) == {"b1", "b2", "b3"}
+    code, document = monitor(imported("nginx", CONFIG, tmp_path), capture)
+    assert verdicts(document) == {} and code == 0
+    proxy = document["monitor"]["proxy"]
+    assert proxy["client_connections"] == len(answered(first + then))
+    assert set(proxy["failed"].values()) == {0} and set(proxy["failed_attempts"].values()) == {0}
+    moved = proxy["bytes"]
+    assert moved["client_to_lb"] == moved["lb_to_backend"] > 0
+    assert moved["backend_to_lb"] == moved["lb_to_client"] > 0
+
+
+def test_a_killed_backend_is_retried_on_the_next_server(lab, tmp_path):
+    first, then, capture = around(lab, tmp_path, lambda: lab.kill_backend("b2"))
+    assert None not in answered(then) and "b2" not in answered(then)
+    code, document = monitor(imported("nginx", CONFIG, tmp_path), capture)
+    assert verdicts(document) == {} and code == 0  # the one refused attempt was made before b2 was known down
+    proxy = document["monitor"]["proxy"]
+    assert proxy["failed_attempts"]["refused"] == 1 and set(proxy["failed"].values()) == {0}
+
+
+def test_a_blocked_backend_is_retried_after_the_connect_timeout(lab, tmp_path):
+    first, then, capture = around(lab, tmp_path, lambda: lab.block_backend("b2"), timeout=2.5)
+    assert None not in answered(then) and "b2" not in answered(then)
+    code, document = monitor(imported("nginx", CONFIG, tmp_path), capture)
+    assert verdicts(document) == {} and code == 0
+    proxy = document["monitor"]["proxy"]
+    # the client's bytes waited `proxy_connect_timeout` for the attempt: a backend timeout, not a drop
+    assert proxy["failed_attempts"]["timeout"] == 1 and proxy["failed"]["backend_timeout"] == 1
+
+
+def test_a_slowed_backend_is_no_drop_by_the_LB(lab, tmp_path):
+    first, then, capture = around(lab, tmp_path, lambda: lab.slow_backend("b2"), after=9, timeout=2.0)
+    assert None not in answered(first + then) and "b2" in answered(then)
+    code, document = monitor(imported("nginx", CONFIG, tmp_path), capture)
+    assert verdicts(document) == {} and code == 0
