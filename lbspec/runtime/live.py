@@ -7,11 +7,18 @@ feeds them to the monitor, lets time pass (so a packet that is never
 forwarded is judged even when traffic stops), and streams verdicts: JSON
 lines with ``--format jsonl``, text otherwise.  Ctrl-C or ``--duration`` ends
 the run with the summary.
+
+Packets the kernel dropped because a sniffing socket's buffer was full (the
+monitor fell behind) are read from the socket (``PACKET_STATISTICS``) when
+capture stops: a note LB209 per interface that dropped any, and
+``capture_drops`` in the summary.
 """
 
 from __future__ import annotations
 
 import queue
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterable
@@ -23,9 +30,11 @@ from lbspec.runtime.health import read_events
 from lbspec.runtime.monitor import Monitor, Report
 from lbspec.semantics.model import Spec
 
-__all__ = ["run", "bpf_filter", "parse_interface", "Sniffer"]
+__all__ = ["run", "bpf_filter", "parse_interface", "Sniffer", "kernel_drops", "drop_notes"]
 
 _TICK = 0.1
+_SOL_PACKET, _PACKET_STATISTICS = 263, 6  # linux/if_packet.h
+_BUFFER = 32 << 20  # bytes of socket receive buffer per sniffed interface
 
 
 @dataclass(frozen=True)
@@ -54,34 +63,80 @@ def bpf_filter(spec: Spec, services: Iterable[str] | None = None) -> str:
 
 
 class Sniffer(threading.Thread):
-    """Reads raw frames from one interface into a queue: (time, bytes, linktype, source)."""
+    """Reads raw frames from one interface into a queue: (time, bytes, linktype, source).
+
+    ``frontier`` is a time before which every frame the interface saw has been
+    queued (the last frame read, or when the socket was last found empty): the
+    monitor judges no further, so a backlog in one socket's buffer is never
+    taken for packets that were not sent.
+    """
 
     def __init__(self, interface: str, source: int, bpf: str, out: queue.Queue):
         super().__init__(daemon=True, name=f"sniff-{interface}")
         self.interface, self.source, self.out = interface, source, out
         self.socket = _open(interface, bpf)
         self.stopping = threading.Event()
+        self.finishing = threading.Event()
+        kernel_drops(self.socket)  # reading resets the counters: what was dropped while the socket was set up
+        self.dropped = 0  # frames the kernel dropped for want of room in the socket's buffer
+        self.frontier = time.time()
 
     def run(self) -> None:
         from scapy.config import conf
 
         numbers = conf.l2types.layer2num
         while not self.stopping.is_set():
+            mark = time.time()
             try:
                 layer, data, when = self.socket.recv_raw(65535)
             except (OSError, ValueError):
-                if self.stopping.is_set():
-                    return
+                if self.stopping.is_set() or self.finishing.is_set():
+                    return  # stopped, or read to the end of what the socket held
+                self.frontier = mark  # nothing came since: everything before was read
                 continue
             if data:
-                self.out.put((when or time.time(), data, numbers.get(layer, 1), self.source))
+                when = when or time.time()
+                self.out.put((when, data, numbers.get(layer, 1), self.source))
+                self.frontier = max(self.frontier, when)
+
+    def finish(self, timeout: float = 10.0) -> None:
+        """Read what the socket still holds, then end (bounded by ``timeout`` seconds)."""
+        self.finishing.set()
+        self.join(timeout)
 
     def stop(self) -> None:
+        """Stop reading; count the kernel's drops before the socket goes."""
         self.stopping.set()
+        self.dropped += kernel_drops(self.socket)
         try:
             self.socket.close()
         except OSError:
             pass
+
+
+def kernel_drops(sock) -> int:
+    """Frames the kernel dropped on a scapy listening socket since the last call (AF_PACKET only: 0 elsewhere).
+
+    ``PACKET_STATISTICS`` returns ``struct tpacket_stats`` (packets, drops) and resets it.
+    """
+    raw = getattr(sock, "ins", None)
+    if raw is None or getattr(raw, "family", None) != getattr(socket, "AF_PACKET", None):
+        return 0
+    try:
+        _packets, drops = struct.unpack("II", raw.getsockopt(_SOL_PACKET, _PACKET_STATISTICS, 8))
+    except OSError:
+        return 0
+    return drops
+
+
+def drop_notes(sniffers: Iterable[Sniffer]):
+    """LB209 for each interface whose capture lost frames: missing packets are not LB drops."""
+    from lbspec import diagnostics as d
+
+    return [d.CAPTURE_GAP.at(None, what=f"live:{s.interface}: the kernel dropped {s.dropped} frames the monitor "
+                             "could not read in time: missing packets are not LB drops",
+                             data={"file": f"live:{s.interface}", "dropped": s.dropped})
+            for s in sniffers if s.dropped]
 
 
 def _open(interface: str, bpf: str):
@@ -103,7 +158,19 @@ def _open(interface: str, bpf: str):
         raise InputError(f"cannot capture on {interface}: {error}") from None
     if hasattr(sock, "ins"):
         sock.ins.settimeout(_TICK)
+        _room(sock.ins)
     return sock
+
+
+def _room(raw) -> None:
+    """A receive buffer that rides out bursts while the reading thread waits for the interpreter: scapy asks
+    for 64 KiB, a hundred small frames.  Root may go past net.core.rmem_max (SO_RCVBUFFORCE)."""
+    for option in (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF):
+        try:
+            raw.setsockopt(socket.SOL_SOCKET, option, _BUFFER)
+            return
+        except OSError:
+            continue
 
 
 def run(args, spec: Spec, stdout: TextIO, stderr: TextIO) -> Report:
@@ -123,35 +190,47 @@ def run(args, spec: Spec, stdout: TextIO, stderr: TextIO) -> Report:
             sniffer.start()
         stderr.write(f"lbspec monitor: listening on {', '.join(s.interface for s in sniffers)} ({bpf})\n")
         stderr.flush()
-        _loop(monitor, packets, Stream(args, stdout, live_text=args.format == "text"), args.duration)
+        _loop(monitor, packets, sniffers, Stream(args, stdout, live_text=args.format == "text"), args.duration)
     finally:
         for sniffer in sniffers:
             sniffer.stop()
+    for note in drop_notes(sniffers):
+        monitor.note(note)
     return monitor.close()
 
 
-def _loop(monitor: Monitor, packets: queue.Queue, stream, duration: float | None) -> None:
-    """Feed packets until the duration is over or Ctrl-C; judge and stream as time passes."""
+def _loop(monitor: Monitor, packets: queue.Queue, sniffers: list[Sniffer], stream, duration: float | None) -> None:
+    """Feed packets until the duration is over or Ctrl-C; judge and stream as time passes; at the end, read
+    what the sockets still hold."""
     end = time.monotonic() + duration if duration else float("inf")
     try:
         while time.monotonic() < end:
+            frontier = min((s.frontier for s in sniffers), default=time.time())  # before draining: all queued
             _drain(monitor, packets, min(_TICK, max(0.0, end - time.monotonic())))
-            monitor.advance(time.time() - monitor.options.tolerance)
+            monitor.advance(min(time.time(), frontier) - monitor.options.tolerance)
             stream.emit(monitor)
     except KeyboardInterrupt:
         pass
+    for sniffer in sniffers:
+        sniffer.finishing.set()
+    while any(s.is_alive() for s in sniffers):
+        _drain(monitor, packets, _TICK)  # the queue is bounded: keep it moving while the sniffers finish
+        for sniffer in sniffers:
+            sniffer.join(0)
     _drain(monitor, packets, 0.0)
 
 
-def _drain(monitor: Monitor, packets: queue.Queue, wait: float) -> None:
+def _drain(monitor: Monitor, packets: queue.Queue, wait: float, most: int = 1 << 16) -> None:
+    """Feed what is queued (waiting up to ``wait`` for the first); at most ``most`` frames, so that time
+    passes for the monitor even when frames keep coming."""
     try:
         item = packets.get(timeout=wait) if wait > 0 else packets.get_nowait()
     except queue.Empty:
         return
-    while True:
-        when, data, linktype, source = item
-        monitor.feed_raw(data, when, linktype, source)
+    for _ in range(most - 1):
+        monitor.feed_raw(item[1], item[0], item[2], item[3])
         try:
             item = packets.get_nowait()
         except queue.Empty:
             return
+    monitor.feed_raw(item[1], item[0], item[2], item[3])

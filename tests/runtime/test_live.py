@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import struct
+import sys
+import time
+
 import pytest
 
 import lbspec
 from lbspec.diagnostics import InputError
-from lbspec.runtime.live import bpf_filter, parse_interface
+from lbspec.runtime.live import bpf_filter, kernel_drops, parse_interface
 
 from .scenario import spec
 
@@ -45,3 +51,103 @@ def test_no_permission_to_capture_exits_2(cli, spec_file, monkeypatch):
 def test_an_unknown_interface_exits_2(cli, spec_file):
     run = cli("monitor", spec_file(spec()), "--live", "nosuchif0", "--duration", "1")
     assert run.code == 2 and "cannot capture on nosuchif0" in run.err
+
+
+# ------------------------------------------------------------ kernel drops --
+
+class _Counters:
+    """An AF_PACKET socket's statistics as the kernel keeps them: read, then reset."""
+
+    family = socket.AF_PACKET
+
+    def __init__(self, *reads: tuple[int, int]):
+        self.reads = list(reads)
+
+    def getsockopt(self, level, name, size):
+        assert (level, name, size) == (263, 6, 8)  # SOL_PACKET, PACKET_STATISTICS, struct tpacket_stats
+        return struct.pack("II", *(self.reads.pop(0) if self.reads else (0, 0)))
+
+    def settimeout(self, _seconds):
+        pass
+
+    def setsockopt(self, *_option):
+        pass
+
+
+class _Listening:
+    """A scapy listening socket that reads nothing (each read times out) and whose kernel dropped frames."""
+
+    def __init__(self, counters: _Counters):
+        self.ins = counters
+
+    def recv_raw(self, _size):
+        time.sleep(0.01)
+        raise socket.timeout
+
+    def close(self):
+        pass
+
+
+def test_kernel_drops_are_read_and_reset():
+    counters = _Listening(_Counters((10, 3), (4, 0)))
+    assert [kernel_drops(counters) for _ in range(3)] == [3, 0, 0]
+    assert kernel_drops(object()) == 0  # not an AF_PACKET socket: nothing to read
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_frames_the_kernel_dropped_are_a_note_and_counted_in_the_summary(cli, spec_file, monkeypatch, fmt):
+    import scapy.arch  # noqa: F401
+    from scapy.config import conf
+
+    # the first read is at start (drops while the socket was set up: not counted), the second at the end
+    monkeypatch.setattr(conf, "L2listen", lambda **kwargs: _Listening(_Counters((5, 2), (900, 7))))
+    run = cli("monitor", spec_file(spec()), "--live", "client:eth0", "--duration", "0.3", "--format", fmt)
+    assert run.code == 0, run.err
+    if fmt == "jsonl":
+        summary = json.loads(run.out.splitlines()[-1])["summary"]
+    else:
+        document = json.loads(run.out)
+        summary = document["monitor"]
+        notes = [x for x in document["diagnostics"] if x["code"] == "LB209"]
+        assert [x["data"]["dropped"] for x in notes] == [7]
+    assert summary["capture_drops"] == 7 and summary["sources"][0]["dropped"] == 7
+
+
+def test_no_drops_no_note(cli, spec_file, monkeypatch):
+    import scapy.arch  # noqa: F401
+    from scapy.config import conf
+
+    monkeypatch.setattr(conf, "L2listen", lambda **kwargs: _Listening(_Counters()))
+    run = cli("monitor", spec_file(spec()), "--live", "eth0", "--duration", "0.2", "--format", "json")
+    document = json.loads(run.out)
+    assert run.code == 0 and document["monitor"]["capture_drops"] == 0
+    assert not [x for x in document["diagnostics"] if x["code"] == "LB209"]
+
+
+FLOOD = """
+import socket
+from lbspec.runtime.live import _open, kernel_drops
+
+sniffing = _open("lo", "udp")
+sniffing.ins.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # the smallest buffer, never read
+sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(2000):
+    sender.sendto(b"x" * 200, ("127.0.0.1", 9))
+print(kernel_drops(sniffing), kernel_drops(sniffing))
+"""
+
+
+def test_a_socket_that_is_not_read_in_time_counts_the_kernels_drops():
+    """A real AF_PACKET socket on the loopback of a namespace of its own (no traffic leaves it)."""
+    from lbspec.lab.netns import Resources, namespaces_available, unique_prefix
+
+    reason = namespaces_available()
+    if reason is not None:
+        pytest.skip(reason)
+    resources = Resources()
+    try:
+        namespace = resources.namespace(unique_prefix() + "-drops")
+        first, second = map(int, namespace.run(sys.executable, "-c", FLOOD, timeout=60).split())
+    finally:
+        resources.close()
+    assert first > 0 and second == 0
