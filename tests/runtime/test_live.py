@@ -151,3 +151,49 @@ def test_a_socket_that_is_not_read_in_time_counts_the_kernels_drops():
     finally:
         resources.close()
     assert first > 0 and second == 0
+
+
+class _Watermark:
+    """A monitor that records how far time was let pass."""
+
+    class options:
+        tolerance = 0.002
+
+    def __init__(self):
+        self.advanced: list[float] = []
+        self.fed: list[float] = []
+
+    def advance(self, now: float) -> None:
+        self.advanced.append(now)
+
+    def feed_raw(self, data, when, linktype, source) -> None:
+        self.fed.append(when)
+
+
+class _Behind:
+    """A sniffer whose socket still holds frames from ``frontier`` on."""
+
+    def __init__(self, frontier: float):
+        import threading
+
+        self.frontier, self.finishing = frontier, threading.Event()
+
+    def is_alive(self) -> bool:
+        return False
+
+    def join(self, _timeout=None) -> None:
+        pass
+
+
+def test_time_passes_for_the_monitor_only_as_far_as_every_socket_has_delivered():
+    import queue
+
+    from lbspec.runtime.live import _loop
+
+    monitor, packets = _Watermark(), queue.Queue()
+    packets.put((time.time(), b"frame", 1, 0))
+    behind = time.time() - 5.0
+    stream = type("Stream", (), {"emit": lambda self, monitor: None})()
+    _loop(monitor, packets, [_Behind(time.time()), _Behind(behind)], stream, 0.25)
+    assert monitor.advanced and max(monitor.advanced) <= behind
+    assert len(monitor.fed) == 1
