@@ -270,7 +270,7 @@ def _release(mapped: mmap.mmap, released: int, upto: int) -> int:
 
     Only memory accounting changes: a page touched again (a witness) is read back from the file.
     """
-    keep = 16 << 20
+    keep = 4 << 20  # a margin before the batch just read (which stays mapped): what lies further back is done with
     end = (upto - keep) // mmap.PAGESIZE * mmap.PAGESIZE
     if end - released < keep or not hasattr(mapped, "madvise"):
         return released
