@@ -208,14 +208,27 @@ def summary_text(summary: dict) -> str:
                          f"{_pct(b['bytes_share'])}")
     for event in summary["health"][:20]:
         lines.append(f"health: {event['backend']} {event['state']} at {event['time']:.6f} ({event['evidence']})")
+    if "proxy" in summary:
+        lines.append(_proxy(summary["proxy"]))
     lines.append(_verdicts(summary))
     return "\n".join(lines) + "\n"
 
 
 def _reading(summary: dict) -> str:
-    extra = [f"{summary[k]:,} {k.replace('_', '-')}" for k in ("undecodable", "fragments") if summary[k]]
+    extra = [f"{summary[k]:,} {k.replace('_', ' ')}" for k in ("undecodable", "fragments", "capture_drops")
+             if summary.get(k)]
     return (f"monitor: {summary['packets']:,} packets" + (f" ({', '.join(extra)})" if extra else "")
             + f", {summary['flows']:,} flows, {summary['duration_s']:.3f}s of traffic")
+
+
+def _proxy(proxy: dict) -> str:
+    moved = proxy["bytes"]
+    text = (f"proxy: {proxy['client_connections']:,} client connections; bytes client->LB {moved['client_to_lb']:,}, "
+            f"LB->backend {moved['lb_to_backend']:,}, backend->LB {moved['backend_to_lb']:,}, "
+            f"LB->client {moved['lb_to_client']:,}")
+    failed = {**{k: n for k, n in proxy["failed"].items() if n},
+              **{f"attempt {k}": n for k, n in proxy["failed_attempts"].items() if n}}
+    return text + (f"; failed: {', '.join(f'{k} {n:,}' for k, n in failed.items())}" if failed else "")
 
 
 def _pairing(summary: dict) -> str:

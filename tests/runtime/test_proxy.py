@@ -209,3 +209,15 @@ def test_bytes_are_counted_each_way():
     scenario.proxy_flow("10.1.0.11", chunks=(b"abc", b"defg"))
     moved = scenario.judge(SPEC).summary["proxy"]["bytes"]
     assert moved["client_to_lb"] == moved["lb_to_backend"] == 7
+
+
+def test_the_text_summary_shows_connections_bytes_and_failures():
+    from lbspec.runtime.command import summary_text
+
+    scenario = Scenario("proxy")
+    scenario.proxy_flow("10.1.0.11", chunks=(b"abc", b"defg"))
+    summary = scenario.judge(SPEC).summary
+    line = next(x for x in summary_text(summary).splitlines() if x.startswith("proxy:"))
+    assert "LB->backend 7" in line and "failed" not in line
+    summary["proxy"]["failed_attempts"]["refused"] = 2
+    assert "attempt refused 2" in summary_text(summary)
