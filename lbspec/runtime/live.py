@@ -3,7 +3,9 @@
 Each ``--live [client:|backend:]IFACE`` opens a scapy listening socket with a
 BPF filter built from the spec (its VIPs and backends, and ARP for dsr) and
 reads raw frames -- no per-packet dissection -- on a thread.  The main thread
-feeds them to the monitor, lets time pass (so a packet that is never
+feeds them to the monitor in time order (a frame waits until every socket has
+delivered up to its time, so a backlog in one socket's buffer is not taken
+for packets that were never sent), lets time pass (so a packet that is never
 forwarded is judged even when traffic stops), and streams verdicts: JSON
 lines with ``--format jsonl``, text otherwise.  Ctrl-C or ``--duration`` ends
 the run with the summary.
@@ -16,7 +18,11 @@ capture stops: a note LB209 per interface that dropped any, and
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import math
 import queue
+import signal
 import socket
 import struct
 import threading
@@ -200,37 +206,65 @@ def run(args, spec: Spec, stdout: TextIO, stderr: TextIO) -> Report:
 
 
 def _loop(monitor: Monitor, packets: queue.Queue, sniffers: list[Sniffer], stream, duration: float | None) -> None:
-    """Feed packets until the duration is over or Ctrl-C; judge and stream as time passes; at the end, read
-    what the sockets still hold."""
+    """Feed packets in time order until the duration is over or Ctrl-C; judge and stream as time passes; at
+    the end, read what the sockets still hold."""
     end = time.monotonic() + duration if duration else float("inf")
-    try:
-        while time.monotonic() < end:
-            frontier = min((s.frontier for s in sniffers), default=time.time())  # before draining: all queued
-            _drain(monitor, packets, min(_TICK, max(0.0, end - time.monotonic())))
-            monitor.advance(min(time.time(), frontier) - monitor.options.tolerance)
+    merge = _Merge(monitor, packets)
+    with _interrupted() as stop:
+        while time.monotonic() < end and not stop.is_set():
+            frontier = min((s.frontier for s in sniffers if s.is_alive()), default=time.time())  # before pulling
+            merge.pull(min(_TICK, max(0.0, end - time.monotonic())))
+            upto = min(time.time(), frontier)
+            merge.release(upto)
+            monitor.advance(upto - monitor.options.tolerance)
             stream.emit(monitor)
-    except KeyboardInterrupt:
-        pass
     for sniffer in sniffers:
         sniffer.finishing.set()
     while any(s.is_alive() for s in sniffers):
-        _drain(monitor, packets, _TICK)  # the queue is bounded: keep it moving while the sniffers finish
+        merge.pull(_TICK)  # the queue is bounded: keep it moving while the sniffers finish
         for sniffer in sniffers:
             sniffer.join(0)
-    _drain(monitor, packets, 0.0)
+    merge.pull(0.0)
+    merge.release(math.inf)
 
 
-def _drain(monitor: Monitor, packets: queue.Queue, wait: float, most: int = 1 << 16) -> None:
-    """Feed what is queued (waiting up to ``wait`` for the first); at most ``most`` frames, so that time
-    passes for the monitor even when frames keep coming."""
-    try:
-        item = packets.get(timeout=wait) if wait > 0 else packets.get_nowait()
-    except queue.Empty:
-        return
-    for _ in range(most - 1):
-        monitor.feed_raw(item[1], item[0], item[2], item[3])
+class _Merge:
+    """The frames of every interface, fed to the monitor in time order: a frame is held until every socket
+    has delivered up to its time (each socket delivers its own frames in order)."""
+
+    def __init__(self, monitor: Monitor, packets: queue.Queue):
+        self.monitor, self.packets = monitor, packets
+        self.held: list[tuple] = []
+
+    def pull(self, wait: float) -> None:
+        """Take what is queued, waiting up to ``wait`` seconds for the first frame."""
         try:
-            item = packets.get_nowait()
+            self.held.append(self.packets.get(timeout=wait) if wait > 0 else self.packets.get_nowait())
+            while True:
+                self.held.append(self.packets.get_nowait())
         except queue.Empty:
             return
-    monitor.feed_raw(item[1], item[0], item[2], item[3])
+
+    def release(self, upto: float) -> None:
+        """Feed the frames up to time ``upto``, oldest first."""
+        self.held.sort(key=lambda item: item[0])
+        ready = bisect.bisect_right(self.held, upto, key=lambda item: item[0])
+        for when, data, linktype, source in self.held[:ready]:
+            self.monitor.feed_raw(data, when, linktype, source)
+        del self.held[:ready]
+
+
+@contextlib.contextmanager
+def _interrupted():
+    """An event Ctrl-C (SIGINT) sets, instead of an exception that could land in the middle of judging."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        yield stop
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
