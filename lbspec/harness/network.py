@@ -42,6 +42,7 @@ import shutil
 import struct
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -300,6 +301,8 @@ class _Replay:
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True, start_new_session=True)
         self.lab.resources.processes.append(process)
+        watchdog = threading.Timer(self._bound(), process.kill)  # the plan bounds the replay; this bounds a bug
+        watchdog.start()
         try:
             process.stdin.write(json.dumps(self.plan))
             process.stdin.close()
@@ -318,7 +321,12 @@ class _Replay:
                                f"{process.stderr.read().strip()[-2000:]}")
             return start, done
         finally:
+            watchdog.cancel()
             self.lab.resources.stop(process)
+
+    def _bound(self) -> float:
+        last = self.plan["events"][-1][0] if self.plan["events"] else 0.0
+        return last + self.plan["lead"] + self.plan["settle"] + self.plan["linger"] + 60.0
 
 
 # ------------------------------------------------------------- the capture --
