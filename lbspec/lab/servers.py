@@ -45,6 +45,7 @@ def _handlers(name: bytes, delay: list[float]):
 class _TCP(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
+    request_queue_size = 256  # socketserver's 5 drops SYNs under a benchmark's load: a fault nobody injected
 
 
 class _UDP(socketserver.ThreadingUDPServer):
