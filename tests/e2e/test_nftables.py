@@ -155,3 +155,18 @@ def test_live_monitoring_streams_verdicts(lab, tmp_path):
     assert lost > 0 and monitor.returncode == 1
     assert {x["code"] for x in lines[:-1]} == {"LB200"}
     assert lines[-1]["summary"]["violating_packets"] == {"LB200": lost}
+
+
+def test_the_spec_imported_from_the_live_ruleset_judges_its_traffic_clean(lab, tmp_path):
+    from tests.e2e.proxying import imported
+
+    lab.install(_balancer(lab))
+    ruleset = tmp_path / "ruleset.json"
+    ruleset.write_text(lab.lb.run("nft", "-j", "list", "ruleset"))  # what `nft -j list ruleset` shows there
+    spec = imported("nftables", ruleset, tmp_path)
+    with lab.capture(tmp_path) as capture:
+        results = lab.traffic(tcp=[f"{VIP}:80"], udp=[f"{VIP}:53"], connections=8, datagrams=8, messages=2)
+    assert all(r["error"] is None for r in results)
+    code, document = _monitor(spec, *_separate(capture))
+    assert _verdicts(document) == {} and code == 0
+    assert document["monitor"]["pairing_rate"] == 1.0
