@@ -15,6 +15,7 @@ say why one cannot run here (None if it can).
 
 from __future__ import annotations
 
+import abc
 import re
 import shutil
 import subprocess
@@ -82,7 +83,7 @@ class NftablesDnat:
         return "\n".join(lines) + "\n"
 
 
-class _Proxy:
+class _Proxy(abc.ABC):
     """A proxy process in the LB namespace, the VIP a local address there (on ``lo``) while it runs."""
 
     program = ""
@@ -142,12 +143,13 @@ class _Proxy:
             return self.config
         return Path(self.config) if "\n" not in self.config and "{" not in self.config else None
 
+    @abc.abstractmethod
     def prepare(self, directory: Path) -> list[str]:
         """Write what the program needs into ``directory``; the command that runs it in the foreground."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def check_argv(self, argv: list[str]) -> list[str]:
-        raise NotImplementedError
+        """The command that checks the configuration, given the one that runs it."""
 
     def _check(self, lab, argv: list[str]) -> None:
         path = self.config_path()
