@@ -18,6 +18,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from lbspec import diagnostics as d
 from lbspec.ir import Span
 from lbspec.resources import data_dir
+from lbspec.syntax.parser import describe_terminal
 
 __all__ = ["Word", "ServerOption", "Statement", "Section", "Config", "parse_haproxy", "unquote"]
 
@@ -134,12 +135,7 @@ _SECTIONS = ("global", "defaults", "frontend", "backend", "listen")
 
 
 def _describe(terminal: str) -> str:
-    if terminal in _DESCRIBE:
-        return _DESCRIBE[terminal]
-    for t in _lark().terminals:
-        if t.name == terminal and t.pattern.type == "str":
-            return f"`{t.pattern.value}`"
-    return terminal.lower()
+    return describe_terminal(terminal, _lark(), _DESCRIBE)
 
 
 def _expected(terminals: set[str]) -> str:

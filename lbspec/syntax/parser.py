@@ -128,13 +128,18 @@ _DESCRIBE = {
 }
 
 
-def _describe(terminal: str) -> str:
-    if terminal in _DESCRIBE:
-        return _DESCRIBE[terminal]
-    for t in _lark().terminals:
+def describe_terminal(terminal: str, parser: Lark, words: dict[str, str]) -> str:
+    """A terminal of ``parser`` in words: from ``words``, else its literal text in backquotes."""
+    if terminal in words:
+        return words[terminal]
+    for t in parser.terminals:
         if t.name == terminal and t.pattern.type == "str":
             return f"`{t.pattern.value}`"
     return terminal.lower()
+
+
+def _describe(terminal: str) -> str:
+    return describe_terminal(terminal, _lark(), _DESCRIBE)
 
 
 def _expected_words(expected: set[str]) -> tuple[list[str], list[str]]:
