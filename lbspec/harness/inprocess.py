@@ -59,13 +59,6 @@ class _Backends:
     def of(cls, services: Iterable[Service]) -> _Backends:
         return cls({b.address: (b, s) for s in services for b in s.backends})
 
-    def name_of(self, fault: Fault, services: list[Service]) -> tuple[str, str]:
-        owners = [s.name for s in services if any(b.name == fault.backend for b in s.backends)
-                  and fault.service in (None, s.name)]
-        if len(owners) != 1:
-            raise InputError(f"fault names backend {fault.backend!r}, which is in "
-                             f"{len(owners) or 'no'} service{'s' if len(owners) != 1 else ''} of the spec")
-        return owners[0], fault.backend
 
 
 class InProcess:
@@ -157,7 +150,7 @@ class _Run:
 
     def _fault(self, event: Fault) -> Callable[[float], None]:
         def fault(time: float) -> None:
-            key = self.backends.name_of(event, self.services)
+            key = fault_owner(event, self.services)
             (self.backends.down.discard if event.up else self.backends.down.add)(key)
             self.recording.faults.append(Fault(time, event.backend, event.up, key[0]))
             hook = getattr(self.lb, "backend_health", None)
@@ -201,10 +194,25 @@ class _Run:
         return reply
 
 
+def fault_owner(fault: Fault, services: list[Service]) -> tuple[str, str]:
+    """(service, backend) of the backend ``fault`` names; an error unless exactly one service has it."""
+    owners = [s.name for s in services if any(b.name == fault.backend for b in s.backends)
+              and fault.service in (None, s.name)]
+    if len(owners) != 1:
+        raise InputError(f"fault names backend {fault.backend!r}, which is in "
+                         f"{len(owners) or 'no'} service{'s' if len(owners) != 1 else ''} of the spec")
+    return owners[0], fault.backend
+
+
+def response_deadline(services: list[Service]) -> float:
+    """The longest response deadline of the services' checks (50 ms when none has one)."""
+    return max((c.pattern.within for s in services for c in s.checks if isinstance(c.pattern, Response)),
+               default=0.05)
+
+
 def _drain(services: list[Service]) -> float:
     """How long to keep capturing after the last event: past every response deadline, with room to spare."""
-    deadlines = [c.pattern.within for s in services for c in s.checks if isinstance(c.pattern, Response)]
-    return 1.0 + 2 * max(deadlines, default=0.05)
+    return 1.0 + 2 * response_deadline(services)
 
 
 def _answer(received: Segment) -> Segment | None:

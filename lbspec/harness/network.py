@@ -51,11 +51,11 @@ from typing import Any
 
 from lbspec.diagnostics import InputError
 from lbspec.harness.adapter import Observed, Recording
-from lbspec.harness.inprocess import MARKERS
-from lbspec.harness.trace import Fault, Send, Trace
+from lbspec.harness.inprocess import MARKERS, fault_owner, response_deadline
+from lbspec.harness.trace import Fault, Trace
 from lbspec.harness.wire import Segment
 from lbspec.lab.topology import CLIENT
-from lbspec.semantics.model import Response, Service, Spec
+from lbspec.semantics.model import Service, Spec
 
 __all__ = ["Network", "LabMismatch", "TraceTooLong", "FAULTS"]
 
@@ -121,7 +121,7 @@ class Network:
         with self.lab.capture(directory) as capture:
             began = time.time()
             _start, done = _Replay(self.lab, self._plan(events)).run(
-                lambda index: faults.inject(events[index], hosts[_owner(events[index], services)]))
+                lambda index: faults.inject(events[index], hosts[fault_owner(events[index], services)]))
             time.sleep(self.tail if self.tail is not None else _tail(services))
             ended = time.time()
         epoch = int(began)
@@ -193,18 +193,8 @@ def client_addresses(trace: Trace) -> list[str]:
     return [str(a) for a in found]
 
 
-def _owner(fault: Fault, services: list[Service]) -> tuple[str, str]:
-    owners = [s.name for s in services if fault.service in (None, s.name)
-              and any(b.name == fault.backend for b in s.backends)]
-    if len(owners) != 1:
-        raise InputError(f"fault names backend {fault.backend!r}, which is in {len(owners) or 'no'} of the "
-                         "services driven")
-    return owners[0], fault.backend
-
-
 def _tail(services: list[Service]) -> float:
-    deadlines = [c.pattern.within for s in services for c in s.checks if isinstance(c.pattern, Response)]
-    return 2 * max(deadlines, default=0.05)
+    return 2 * response_deadline(services)
 
 
 # ------------------------------------------------------------- the set-up --

@@ -10,7 +10,7 @@ import pytest
 
 from lbspec.importers import ConfigError, Options, import_config
 
-from importing import CONFIGS, Result, addresses, backends, cli, rules, run
+from importing import CONFIGS, Result, addresses, cli, rules, run
 
 VALID = ["lab-stream.conf", "hashing.conf", "backups.conf", "access.conf", "http.conf", "with-includes.conf"]
 
