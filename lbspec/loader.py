@@ -16,7 +16,7 @@ from lbspec import ir
 from lbspec.resources import monitors_dir
 from lbspec.semantics.model import Spec
 from lbspec.semantics.resolve import resolve
-from lbspec.syntax.parser import parse_text
+from lbspec.syntax.cache import parse_file
 
 __all__ = ["Loaded", "load_path", "load_text", "library_files", "read_source"]
 
@@ -59,7 +59,7 @@ def library_files() -> tuple[tuple[ir.SpecFile, ...], tuple[tuple[str, str], ...
     for path in sorted(monitors_dir().glob("*.lbspec")):
         name = LIBRARY_PREFIX + path.name
         text = path.read_text(encoding="utf-8")
-        tree, errors = parse_text(text, name)
+        tree, errors = parse_file(text, name)
         if errors:
             raise d.InternalError(f"the property library does not parse: {errors[0].span}: {errors[0].message}")
         files.append(tree)
@@ -94,6 +94,13 @@ def _load(text: str, filename: str, path: Path | None, base: Path | None = None)
     return Loaded(spec, diags, sources)
 
 
+def _parse_text(text: str, name: str):
+    """Text given in memory is parsed afresh (the cache keeps files: what runs parse again and again)."""
+    from lbspec.syntax.parser import parse_text
+
+    return parse_text(text, name)
+
+
 class _Includes:
     """Parses a file and, depth first, the files it includes (each once)."""
 
@@ -111,7 +118,7 @@ class _Includes:
         return self.files
 
     def _visit(self, text: str, name: str, path: Path | None, stack: tuple[tuple[Path | None, str], ...]) -> None:
-        tree, errors = parse_text(text, name)
+        tree, errors = parse_file(text, name) if path is not None else _parse_text(text, name)
         self.diags.extend(errors)
         if tree is None:
             return

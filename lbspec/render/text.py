@@ -1,14 +1,16 @@
 """rustc-style text: `file:line:col`, the source line, a caret under the span, notes.
 
-Colour comes from rich and only when the stream is a terminal (or when asked).
+Colour comes from rich and only when the stream is a terminal (or when asked).  rich is imported when
+text is rendered, not before: runs that print JSON start without it.
 """
 
 from __future__ import annotations
 
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from rich.console import Console
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
 
 from lbspec.diagnostics import Diagnostic, Severity
 from lbspec.ir import Span
@@ -20,6 +22,8 @@ _TAB = 4
 
 
 def make_console(stream: TextIO, color: bool) -> Console:
+    from rich.console import Console
+
     return Console(file=stream, force_terminal=color, no_color=not color, color_system="auto" if color else None,
                    highlight=False, markup=False, emoji=False, soft_wrap=True, width=10_000)
 
@@ -34,6 +38,8 @@ def render_text(diagnostics: list[Diagnostic], sources: dict[str, str], stream: 
 
 def format_diagnostic(diagnostic: Diagnostic, sources: dict[str, str]) -> Text:
     style = _STYLE[diagnostic.severity]
+    from rich.text import Text
+
     out = Text()
     out.append(f"{diagnostic.severity.value}[{diagnostic.code}]", style=style)
     out.append(f": {diagnostic.message}\n", style="bold")

@@ -47,17 +47,14 @@ class _WholeWords:
 
 
 def _cache_file(grammar: str) -> str | None:
-    """Where the compiled parser is kept between runs: a directory of the user's own, never /tmp."""
+    """Where the compiled parser is kept between runs (see :mod:`lbspec.syntax.cache`)."""
     import hashlib
     import lark
 
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    directory = os.path.join(base, "lbspec")
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-    except OSError:
-        return None
-    if not os.access(directory, os.W_OK):
+    from lbspec.syntax.cache import cache_dir
+
+    directory = cache_dir()
+    if directory is None:
         return None
     digest = hashlib.sha256(f"{lark.__version__}\n{grammar}".encode()).hexdigest()[:16]
     return os.path.join(directory, f"grammar-{digest}.lark")
@@ -323,7 +320,7 @@ class _ToIR(Transformer):
         return ir.Listen(tuple(children), span=self._span(meta))
 
     def listen_item(self, meta, children):
-        protocol = next((c for c in children if isinstance(c, str)), None)
+        protocol = next((str(c) for c in children if isinstance(c, str)), None)
         return ir.ListenItem(protocol, _one(children, ir.PortRange), span=self._span(meta))
 
     def mode(self, meta, children):
