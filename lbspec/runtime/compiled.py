@@ -29,6 +29,7 @@ Predicate = Callable[[Columns], np.ndarray]
 PROTO_NUMBERS = {"tcp": (TCP,), "udp": (UDP,), "icmp": (ICMP, ICMP6)}
 PROTO_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp", ICMP6: "icmp"}
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+SMALL_TABLE = 16  # addresses (VIPs and backends) up to which comparing each beats a binary search
 _MASK64 = (1 << 64) - 1
 
 
@@ -274,9 +275,18 @@ class Compiled:
         """For each address key: the service whose VIP it is and the gid of the backend it is (-1: none);
         what :meth:`vip_of` and :meth:`backend_of` say, with one search."""
         table, vips, gids = self.address_table
-        at = np.searchsorted(table, keys)
-        at[table[at] != keys] = len(table)
-        return vips[at], gids[at]
+        if len(table) > SMALL_TABLE:
+            at = np.searchsorted(table, keys)
+            at[table[at] != keys] = len(table)
+            return vips[at], gids[at]
+        by_vip, by_backend = np.full(len(keys), -1, np.int32), np.full(len(keys), -1, np.int32)
+        for key, vip, gid in zip(table.tolist(), vips.tolist(), gids.tolist()):  # a few addresses: compare
+            hit = keys == key
+            if vip >= 0:
+                np.putmask(by_vip, hit, vip)
+            if gid >= 0:
+                np.putmask(by_backend, hit, gid)
+        return by_vip, by_backend
 
     def vip_of(self, keys: np.ndarray) -> np.ndarray:
         return self.lookup(keys, self.vip_keys, self.vip_service)

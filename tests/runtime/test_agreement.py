@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lbspec
-from lbspec.runtime.compiled import address_parts, compile_filter, compile_spec
+from lbspec.runtime import compiled as compiled_module
+from lbspec.runtime.compiled import address_parts, akey, compile_filter, compile_spec
 from lbspec.semantics import evaluate as ev
 from lbspec.semantics import model as m
 
@@ -94,3 +95,20 @@ def test_listeners_and_rules_agree_with_the_model(batch):
         rule = ev.first_rule(SERVICE, packet)
         expected.append(-1 if rule is None else SERVICE.rules.index(rule))
     assert PLAN.rule_index(columns).tolist() == expected
+
+
+@given(st.lists(st.sampled_from(ADDRESSES + ["10.0.0.1", "10.0.0.2", "2001:db8:2::1"]), min_size=1, max_size=40))
+def test_the_address_table_answers_the_same_by_comparison_and_by_search(addresses):
+    compiled = compile_spec(lbspec.loads(SPEC % ""))
+    keys = np.array([akey(*(np.array([v], np.uint64) for v in address_parts(ip_address(a))))[0]
+                     for a in addresses], np.uint64)
+    small = compiled.address_of(keys)
+    expected = (compiled.vip_of(keys), compiled.backend_of(keys))
+    original = compiled_module.SMALL_TABLE
+    compiled_module.SMALL_TABLE = 0  # every table is "large": binary search
+    try:
+        large = compiled.address_of(keys)
+    finally:
+        compiled_module.SMALL_TABLE = original
+    for found in (small, large):
+        assert [a.tolist() for a in found] == [e.tolist() for e in expected]
