@@ -81,7 +81,10 @@ class Packets:
         return len(self.cols["ts"])
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return self.cols[name]
+        column = self.cols[name]
+        if type(column) is _Joined:
+            column = self.cols[name] = column.array()
+        return column
 
     def __setitem__(self, name: str, value: np.ndarray) -> None:
         self.cols[name] = value
@@ -94,14 +97,24 @@ class Packets:
         return cls({k: np.zeros(0, v) for k, v in COLUMNS.items()}, [])
 
     def take(self, index: np.ndarray) -> Packets:
-        return Packets({k: v[index] for k, v in self.cols.items()}, self.buffers)
+        ordered = len(index) < 2 or not (index[1:] < index[:-1]).any()
+        splits: dict[tuple[int, ...], list] = {}  # unread columns of a joined table: copy only the rows taken
+        return Packets({k: (v.take(index, splits) if type(v) is _Joined and ordered else self[k][index])
+                        for k, v in self.cols.items()}, self.buffers)
 
     def slice(self, start: int, stop: int) -> Packets:
         """Rows ``start`` to ``stop`` as views (no copy)."""
-        return Packets({k: v[start:stop] for k, v in self.cols.items()}, self.buffers)
+        return Packets({k: self[k][start:stop] for k in self.cols}, self.buffers)
 
     def copy(self) -> Packets:
-        return Packets({k: v.copy() for k, v in self.cols.items()}, self.buffers)
+        return Packets({k: self[k].copy() for k in self.cols}, self.buffers)
+
+    def own(self) -> Packets:
+        """Put together the columns of a :meth:`joined` table not read yet: afterwards it refers to none
+        of the tables it was joined from (whose memory may be reused)."""
+        for name in self.cols:
+            self[name]
+        return self
 
     def frame_bytes(self, row: int) -> bytes:
         start = int(self["roff"][row])
@@ -138,6 +151,56 @@ class Packets:
         cols = {k: np.concatenate([t[k] for t in tables]) for k in names if k != "buf"}
         cols["buf"] = np.concatenate(shifted).astype(np.int32)
         return Packets(cols, buffers)
+
+    @staticmethod
+    def joined(tables: Sequence[Packets]) -> Packets:
+        """:meth:`concat`, but each column is put together (a copy) when it is first read: columns that
+        are never read -- most of them, in most of the monitor's rounds -- are never copied."""
+        tables = [t for t in tables if len(t)]
+        if not tables:
+            return Packets.empty()
+        buffers: list[bytes] = []
+        shifted = []
+        for table in tables:
+            shifted.append((table["buf"] + len(buffers)).astype(np.int32))
+            buffers.extend(table.buffers)
+        names = [k for k in tables[0].cols if all(k in t.cols for t in tables)]
+        cols: dict = {k: _Joined([p for t in tables for p in _pieces(t.cols[k])]) for k in names if k != "buf"}
+        cols["buf"] = _Joined(shifted)
+        return Packets(cols, buffers)
+
+
+class _Joined:
+    """A column of :meth:`Packets.joined`: its pieces, one after another, until it is read."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def array(self) -> np.ndarray:
+        return np.concatenate(self.parts)
+
+    def take(self, index: np.ndarray, splits: dict[tuple[int, ...], list]) -> np.ndarray:
+        """Rows ``index`` (in increasing order), copying those alone; ``splits`` keeps where the rows fall
+        for columns cut into the same pieces."""
+        lengths = tuple(len(p) for p in self.parts)
+        pieces = splits.get(lengths)
+        if pieces is None:
+            ends = np.cumsum(lengths)
+            starts = [0, *ends[:-1].tolist()]
+            cuts = np.split(index, np.searchsorted(index, ends[:-1]).tolist())
+            pieces = splits[lengths] = [(k, rows - starts[k]) for k, rows in enumerate(cuts) if len(rows)]
+        if not pieces:
+            return self.parts[0][:0].copy()
+        return np.concatenate([self.parts[k][rows] for k, rows in pieces])
+
+
+def _pieces(column) -> list[np.ndarray]:
+    return column.parts if type(column) is _Joined else [column]
 
 
 class _Views:

@@ -347,10 +347,11 @@ class Monitor:
         """Recent traffic: the packets still waiting for a partner and those of the last two horizons.
 
         Packets are admitted a piece at a time and put together here only when the window is looked at
-        (at the end of each slice of time, or for a witness), so each is copied in once."""
+        (at the end of each slice of time, or for a witness), and a column only when it is read: each is
+        copied in at most once, and columns no check reads (most of them) only for the rows kept."""
         if self._pending:
             parts = ([self._window] if self._window is not None else []) + self._pending
-            self._window = Packets.concat(parts) if len(parts) > 1 else parts[0].copy()
+            self._window = Packets.joined(parts)
             self._pending = []
         return self._window
 
@@ -880,6 +881,8 @@ class Monitor:
         if not keep.all():
             self.window = win.take(np.nonzero(keep)[0]).compact()
             self._index = None
+        else:
+            win.own()  # the batches it was joined from are done with (--jobs reuses their memory)
         for table in (self.clients, self.client_addresses, self.traffic.flows, *self.sticks.values()):
             table.maintain(self.watermark)
 
