@@ -245,11 +245,11 @@ def decode(frames: Frames, side: int = -1, gue_ports: Iterable[int] = (6080,), b
     ``general`` sends every frame down the general path (tests compare the two).
     """
     n = len(frames)
-    cols = {k: np.zeros(n, v) for k, v in COLUMNS.items()}
-    cols.update(ts=frames.ts.astype(np.float64), source=np.full(n, frames.source, np.int16), frame=frames.frame,
-                side=np.full(n, side, np.int8), dirn=frames.direction.astype(np.int8), roff=frames.offset,
-                rlen=frames.caplen, wlen=frames.wirelen, lt=frames.linktype, buf=np.full(n, buf_index, np.int32))
-    cols["icmp"][:] = -1
+    given = dict(ts=frames.ts.astype(np.float64), source=np.full(n, frames.source, np.int16), frame=frames.frame,
+                 side=np.full(n, side, np.int8), dirn=frames.direction.astype(np.int8), roff=frames.offset,
+                 rlen=frames.caplen, wlen=frames.wirelen, lt=frames.linktype, buf=np.full(n, buf_index, np.int32),
+                 icmp=np.full(n, -1, np.int32))
+    cols = {k: given[k] if k in given else np.zeros(n, v) for k, v in COLUMNS.items()}
     if frames.iface is not None:
         cols["iface"] = frames.iface.astype(np.int32)
     if n == 0:

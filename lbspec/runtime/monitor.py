@@ -327,13 +327,12 @@ class Monitor:
         self.watermark = max(self.watermark, float(np.max(new["ts"])))
         self.first_time = min(self.first_time, float(np.min(new["ts"])))
         self.inference.observe(new)
-        self._remember_addresses(new)
         self._drop_capture_copies(new)
+        self._remember_clients(new)
         waits = (new["role"] == INGRESS) | (new["role"] == EGRESS) | (new["role"] == TRANSIT)
         new["done"] = ~waits  # only these wait for a partner
         streams = self.proxy.wanted(new)
         new["done"] |= streams  # proxied TCP is judged as byte streams
-        self._remember_clients(new)
         if streams.any():
             self.proxy.observe(new, np.nonzero(streams)[0])
         base = self._rows
@@ -702,25 +701,26 @@ class Monitor:
     # --------------------------------------------------------------- replies --
 
     def _remember_clients(self, new: Packets) -> None:
+        """Client flows (by their last packet) and client addresses (by their first: the LB's own health
+        checks do not come from them), from the packets sent to a VIP."""
         rows = np.nonzero(new["role"] == INGRESS)[0]
         if not len(rows):
             return
         keys = new["ckey"][rows]
-        _order, _starts, _first, last = runs_of(keys)
-        rows, keys = rows[last], keys[last].tolist()
+        _order, _starts, first, last = runs_of(keys)
+        latest, flows = rows[last], keys[last].tolist()
         known = self.clients.items
-        self.counts.new_flows += len(keys) - len(known.keys() & keys)
-        entries = map(list, zip(new["svc"][rows].tolist(), new["ts"][rows].tolist(), new["da_hi"][rows].tolist(),
-                                new["da_lo"][rows].tolist(), new["dport"][rows].tolist()))
-        known.update(zip(keys, entries))
-
-    def _remember_addresses(self, new: Packets) -> None:
-        """Addresses that sent to a VIP: the LB's own health checks do not come from them."""
-        rows = np.nonzero(new["role"] == INGRESS)[0]
-        addresses = akey(new["sa_hi"][rows], new["sa_lo"][rows])
-        _order, _starts, first, _last = runs_of(addresses)
-        entries = map(list, zip(itertools.repeat(0), new["ts"][rows[first]].tolist()))
-        self.client_addresses.items.update(zip(addresses[first].tolist(), entries))
+        self.counts.new_flows += len(flows) - len(known.keys() & flows)
+        entries = map(list, zip(new["svc"][latest].tolist(), new["ts"][latest].tolist(),
+                                new["da_hi"][latest].tolist(), new["da_lo"][latest].tolist(),
+                                new["dport"][latest].tolist()))
+        known.update(zip(flows, entries))
+        earliest = rows[first]  # a flow's packets share its client's address: the address's first is among these
+        addresses = akey(new["sa_hi"][earliest], new["sa_lo"][earliest])
+        order, starts, _first, _last = runs_of(addresses)
+        times = new["ts"][np.minimum.reduceat(earliest[order], starts)].tolist()
+        self.client_addresses.items.update(zip(addresses[order[starts]].tolist(), map(list, zip(itertools.repeat(0),
+                                                                                                times))))
 
     def _replies(self, new: Packets, base: int) -> None:
         """Client-side packets toward clients: they must come from the VIP and port the client used.
