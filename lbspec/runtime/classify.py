@@ -67,7 +67,7 @@ class MacTable:
         self.table: dict[int, int] = {}
 
     def learn(self, p: Packets, compiled: Compiled) -> None:
-        if not any(s.mode == "dsr" for s in compiled.services):
+        if not compiled.dsr:
             return
         rows = np.nonzero(((p["status"] == ARP) | (p["status"] == OK)) & (p["mac_s"] != 0) & (p["tun"] == 0))[0]
         if not len(rows):
@@ -214,7 +214,7 @@ def _egress_backend(p, compiled, egress, dkey, be_d, vip_d) -> np.ndarray:
         outer = rows[tunnel]
         out[tunnel] = compiled.backend_of(akey(p["od_hi"][outer], p["od_lo"][outer]))
     dsr = ~tunnel & (out < 0) & ((p["mac_d"][rows] != 0) | (vip_d[rows] >= 0))
-    if dsr.any() and any(s.mode == "dsr" for s in compiled.services):
+    if dsr.any() and compiled.dsr:
         out[dsr] = _BY_MAC
     return out
 

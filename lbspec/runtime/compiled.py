@@ -219,6 +219,7 @@ class Compiled:
         self.gue_ports = sorted({s.service.mode.encap_port or 6080 for s in self.services
                                  if s.service.mode.encap == "gue"} or {6080})
         self.modes = sorted({s.mode for s in self.services})
+        self.dsr = "dsr" in self.modes
         self._eligible: dict[tuple, tuple[int, ...]] = {}
 
     def _service(self, index: int, service: m.Service) -> ServicePlan:
@@ -270,6 +271,10 @@ class Compiled:
         vips = np.append(self.lookup(keys, self.vip_keys, self.vip_service), -1).astype(np.int32)
         gids = np.append(self.lookup(keys, self.backend_keys, self.backend_gid), -1).astype(np.int32)
         return keys, vips, gids
+
+    def wants_macs(self, side: int) -> bool:
+        """Does classifying a capture of ``side`` (-1: both sides) look at Ethernet addresses?"""
+        return self.dsr or side == -1
 
     def address_of(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each address key: the service whose VIP it is and the gid of the backend it is (-1: none);

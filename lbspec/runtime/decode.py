@@ -237,8 +237,11 @@ class _Views:
 
 
 def decode(frames: Frames, side: int = -1, gue_ports: Iterable[int] = (6080,), buf_index: int = 0,
-           general: bool = False) -> Packets:
+           general: bool = False, macs: bool = True) -> Packets:
     """Decode a batch of frames.  ``side``: 0 client side, 1 backend side, -1 to infer.
+
+    ``macs=False`` leaves the Ethernet addresses at 0 where the fast path decodes a frame (only dsr
+    and captures of both sides look at them).
 
     Payload digests are left at 0: :func:`fill_digests` computes them for the
     rows that need one (reading every payload is the costliest step).
@@ -255,7 +258,7 @@ def decode(frames: Frames, side: int = -1, gue_ports: Iterable[int] = (6080,), b
     if n == 0:
         return Packets(cols, [frames.buf])
     ports = np.asarray(list(gue_ports), np.int64)
-    rest = np.arange(n) if general else _Fast(frames, cols, ports).run()
+    rest = np.arange(n) if general else _Fast(frames, cols, ports, macs).run()
     if len(rest):
         _general(frames, cols, ports, rest)
     return Packets(cols, [frames.buf])
@@ -284,8 +287,8 @@ class _Fast:
     else, or that any check of the general path would stop, are handed back for the general path.
     """
 
-    def __init__(self, frames: Frames, cols: dict[str, np.ndarray], gue_ports: np.ndarray):
-        self.frames, self.c, self.gue_ports = frames, cols, gue_ports
+    def __init__(self, frames: Frames, cols: dict[str, np.ndarray], gue_ports: np.ndarray, macs: bool = True):
+        self.frames, self.c, self.gue_ports, self.macs = frames, cols, gue_ports, macs
 
     def run(self) -> np.ndarray:
         """Decode what fits; return the rows left for the general path."""
@@ -331,7 +334,8 @@ class _Fast:
         tcp, udp = proto == TCP, proto == UDP
         ok &= tcp | udp
         dport = field(head, l3 + 22, 2).astype(np.int32)
-        ok &= ~(udp & np.isin(dport, self.gue_ports))
+        for port in self.gue_ports.tolist():  # GUE is for the general path
+            ok &= ~(udp & (dport == port))
         doff = (head[:, l3 + 32] >> 4).astype(np.int64) * 4
         ok &= ~tcp | ((caplen >= l3 + 40) & (doff >= 20))
         start = l3 + 20 + np.where(tcp, doff, 8)  # payload, from the frame's start
@@ -364,7 +368,7 @@ class _Fast:
         put("poff", offset + start)
         put("plen", ip_end - start)
         put("pcap", np.maximum(np.minimum(ip_end, caplen) - start, 0))
-        if kind == LINKTYPE_ETHERNET:
+        if kind == LINKTYPE_ETHERNET and self.macs:
             put("mac_d", (field(head, 0, 4).astype(np.uint64) << np.uint64(16)) | field(head, 4, 2))
             put("mac_s", (field(head, 6, 4).astype(np.uint64) << np.uint64(16)) | field(head, 10, 2))
         elif kind == LINKTYPE_LINUX_SLL:

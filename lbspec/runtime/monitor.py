@@ -214,7 +214,7 @@ class Monitor:
         """A batch of frames read from capture ``frames.source`` (see :meth:`add_source`)."""
         self._check_open()
         side = self.sources.sides[frames.source]
-        packets = decode(frames, side, self.compiled.gue_ports)
+        packets = decode(frames, side, self.compiled.gue_ports, macs=self.compiled.wants_macs(side))
         if skew:
             packets["ts"] = packets["ts"] - skew
         self.feed_packets(packets)
@@ -277,7 +277,8 @@ class Monitor:
             if staged:
                 frames = _frames(staged, source, self._frames.get(source, 0) + 1)
                 self._frames[source] = self._frames.get(source, 0) + len(staged)
-                batches.append(decode(frames, self.sources.sides[source], self.compiled.gue_ports))
+                batches.append(decode(frames, self.sources.sides[source], self.compiled.gue_ports,
+                                      macs=self.compiled.wants_macs(self.sources.sides[source])))
         self._staged = {}
         packets = Packets.concat(batches)
         self._round(packets.take(np.argsort(packets["ts"], kind="stable")))

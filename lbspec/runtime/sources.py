@@ -78,7 +78,7 @@ class CaptureStream:
 
     def _decoded(self) -> Iterator[Packets]:
         for frames in self.reader.batches():
-            packets = decode(frames, self.side, self.compiled.gue_ports)
+            packets = decode(frames, self.side, self.compiled.gue_ports, macs=self.compiled.wants_macs(self.side))
             if self.early:
                 classify_rows(packets, self.compiled)
             yield packets
