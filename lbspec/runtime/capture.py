@@ -19,6 +19,7 @@ a capture at all raises :class:`CaptureError`.
 
 from __future__ import annotations
 
+import array
 import gzip
 import mmap
 import os
@@ -395,7 +396,7 @@ def _walk_pcap(buf, pos: int, most: int, limit: int, order: str) -> tuple[np.nda
     once, and the walk is cut before the first bad one.
     """
     unpack = struct.Struct(order + "8xI").unpack_from
-    found = [pos]
+    found = array.array("q", [pos])  # C integers: no Python object kept per record, and no copy into numpy
     append = found.append
     try:
         for _ in range(most):
@@ -403,7 +404,7 @@ def _walk_pcap(buf, pos: int, most: int, limit: int, order: str) -> tuple[np.nda
             append(pos)
     except struct.error:  # the next record header is not all there
         pass
-    bounds = np.array(found, np.int64)
+    bounds = np.frombuffer(found, np.int64)
     starts, ends = bounds[:-1], bounds[1:]
     bad = (ends - starts - 16 > limit) | (ends > len(buf))
     cut = int(np.argmax(bad)) if bad.any() else len(starts)
