@@ -7,11 +7,15 @@ dropped packet whose retransmission got through leaves the dropped copy, not
 the retransmission, unpaired.  "Before" allows ``tolerance`` seconds of clock
 disagreement, and a pair may be at most ``window`` seconds apart.
 
-The common cases are paired with numpy alone: a key seen once on each side,
-and a key whose packets alternate ingress, egress, ingress, egress... (a
-repeated ACK, a retransmission that got through), where the rule pairs each
-egress packet with the ingress packet just before it.  Other keys go through
-the rule above in Python.
+The common cases are paired with numpy alone.  Most keys are seen once on each
+side: packets are spread over a hash table twice their number, and a bucket
+holding just one ingress and one egress packet of the same key is a pair (or
+too far apart to be one) -- no sort.  Packets in fuller buckets are sorted by
+key: a key seen once on each side again, or a key whose packets alternate
+ingress, egress, ingress, egress... (a repeated ACK, a retransmission that got
+through), where the rule pairs each egress packet with the ingress packet just
+before it.  Other keys go through the rule above in Python.  Pairs come out in
+no particular order.
 """
 
 from __future__ import annotations
@@ -21,9 +25,41 @@ import numpy as np
 __all__ = ["match"]
 
 
+SPREAD = 2  # hash buckets per packet
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
 def match(in_keys: np.ndarray, in_ts: np.ndarray, out_keys: np.ndarray, out_ts: np.ndarray,
           tolerance: float, window: float) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (into the ingress and egress arrays) of the pairs found."""
+    """Indices (into the ingress and egress arrays) of the pairs found, in no particular order."""
+    n_in, n_out = len(in_keys), len(out_keys)
+    if not n_in or not n_out:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    keys = np.concatenate([in_keys, out_keys])
+    ts = np.concatenate([in_ts, out_ts])
+    bits = max((len(keys) * SPREAD - 1).bit_length(), 4)
+    bucket = ((keys * _GOLDEN) >> np.uint64(64 - bits)).astype(np.intp)  # any keys, spread evenly
+    count = np.bincount(bucket, minlength=1 << bits)[bucket]
+    two = np.flatnonzero(count == 2)
+    ingress, egress = np.split(two, [int(np.searchsorted(two, n_in))])
+    owner = np.full(1 << bits, -1, np.intp)
+    owner[bucket[ingress]] = ingress
+    partner = owner[bucket[egress]]  # the bucket's other packet, if it came in
+    egress, partner = egress[partner >= 0], partner[partner >= 0]
+    gap = ts[egress] - ts[partner]
+    alone = (keys[partner] == keys[egress]) & (gap >= -tolerance) & (gap <= window)
+    rest = np.flatnonzero(count > 2)
+    rest_in, rest_out = np.split(rest, [int(np.searchsorted(rest, n_in))])
+    rest_out -= n_in
+    found_in, found_out = _by_sorting(in_keys[rest_in], in_ts[rest_in], out_keys[rest_out], out_ts[rest_out],
+                                      tolerance, window)
+    return (np.concatenate([partner[alone], rest_in[found_in]]).astype(np.int64),
+            np.concatenate([egress[alone] - n_in, rest_out[found_out]]).astype(np.int64))
+
+
+def _by_sorting(in_keys: np.ndarray, in_ts: np.ndarray, out_keys: np.ndarray, out_ts: np.ndarray,
+                tolerance: float, window: float) -> tuple[np.ndarray, np.ndarray]:
+    """The rule, with the packets sorted by key (and time within a key)."""
     n_in, n_out = len(in_keys), len(out_keys)
     if not n_in or not n_out:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
