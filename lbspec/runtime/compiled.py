@@ -264,7 +264,8 @@ class Compiled:
     def _addresses(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """VIPs and backends in one sorted table that ends with the largest key (so every search lands in
         it): per entry, and one more for "none", the service whose VIP it is and the gid of the backend."""
-        keys = np.union1d(self.vip_keys, self.backend_keys)
+        # not np.union1d: it makes numpy import numpy.ma (see decode.distinct)
+        keys = np.array(sorted(set(self.vip_keys.tolist()) | set(self.backend_keys.tolist())), np.uint64)
         top = np.iinfo(np.uint64).max
         if not len(keys) or keys[-1] != top:
             keys = np.append(keys, np.uint64(top))
