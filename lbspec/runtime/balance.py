@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lbspec import diagnostics as d
-from lbspec.runtime.classify import flow_key, runs_of
+from lbspec.runtime.classify import runs_of
 from lbspec.runtime.compiled import CheckPlan, Compiled
 from lbspec.runtime.state import FlowTable
 from lbspec.runtime.stats import share_test
@@ -93,7 +93,7 @@ class Traffic:
         """Pairs ``rows`` (forwarded, listened, to a known backend) of one service."""
         if not len(rows):
             return
-        keys = flow_key(pairs.view)[rows]
+        keys = pairs.flows[rows]
         order, starts, first, _last = runs_of(keys)  # sums of whole bytes: exact in any order
         payload = pairs.table["plen"][pairs.ii[rows]]
         byte_sums = np.add.reduceat(payload[order].astype(np.float64), starts)
