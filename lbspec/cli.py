@@ -57,8 +57,15 @@ class _Streams:
         return hasattr(stream, "isatty") and stream.isatty() and "NO_COLOR" not in os.environ
 
 
+# lbspec does no linear algebra: numpy's BLAS need not start a thread per core, which would spin for a
+# while at import, taking CPU from the monitor's own processes (set before numpy is first imported)
+_ONE_BLAS_THREAD = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
+
+
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Run the command line; returns the exit code."""
+    for name in _ONE_BLAS_THREAD:
+        os.environ.setdefault(name, "1")
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     parser = _build_parser(stdout)
