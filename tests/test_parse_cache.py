@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lbspec.loader import load_path
+from lbspec.loader import library_files, load_path
 from lbspec.syntax import cache
 from lbspec.syntax.parser import parse_text
 from tests.conftest import EXAMPLES, MINIMAL
@@ -84,6 +84,7 @@ def test_no_cache_when_turned_off_or_the_directory_is_unusable(home, tmp_path, m
 def test_load_path_uses_the_cache_and_a_warm_run_never_imports_the_parser(home, tmp_path):
     spec = tmp_path / "web.lbspec"
     spec.write_text(MINIMAL)
+    library_files.cache_clear()  # parsed once per process: parse it here, into this cache
     assert load_path(spec).ok
     assert len(entries(home)) > 1  # the spec and the property library
     probe = ("import sys; from lbspec.loader import load_path; "
