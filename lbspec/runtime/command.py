@@ -50,7 +50,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     judging.add_argument("--max-verdicts", type=_count, default=1000, metavar="N",
                          help="verdicts listed per property and code; the rest are counted (default: 1000)")
     judging.add_argument("--jobs", type=_count, default=1, metavar="N",
-                         help="processes, each judging a share of the flows (default: 1)")
+                         help="above 1: read up to N capture files in processes of their own, one per file; "
+                              "judging stays in one process, so the output is the same for every N (default: 1)")
     output = parser.add_argument_group("output")
     output.add_argument("--format", choices=("text", "json", "jsonl", "junit"), default="text",
                         help="text, one JSON document, JSON lines streamed as verdicts are found, or JUnit XML")
