@@ -95,10 +95,10 @@ class Traffic:
             return
         keys = pairs.flows[rows]
         order, starts, first, _last = runs_of(keys)  # sums of whole bytes: exact in any order
-        payload = pairs.table["plen"][pairs.ii[rows]]
+        payload = pairs.ingress("plen")[rows]
         byte_sums = np.add.reduceat(payload[order].astype(np.float64), starts)
         counts = np.diff(np.r_[starts, len(rows)])
-        ts = pairs.table["ts"][pairs.ee[rows]][first]
+        ts = pairs.egress("ts")[rows][first]
         self.backend_bytes += np.bincount(pairs.gid[rows], payload, len(self.backend_bytes))
         keys = keys[first]
         flows = keys.tolist()

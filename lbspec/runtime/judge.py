@@ -9,7 +9,7 @@ rows that break it into verdicts; the monitor calls them as pairs are found.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -41,6 +41,7 @@ class Pairs:
     listened: np.ndarray
     latency: np.ndarray
     stage: int  # 1: paired on the exact key; 2: on a weaker key (the LB changed the packet)
+    gathered: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     def gather(cls, win: Packets, plan: ServicePlan, ii: np.ndarray, ee: np.ndarray, stage: int) -> Pairs:
@@ -55,6 +56,20 @@ class Pairs:
     def flows(self) -> np.ndarray:
         """Each pair's flow (the 5-tuple the client sent), for the checks and the accounting alike."""
         return flow_key(self.view)
+
+    def ingress(self, column: str) -> np.ndarray:
+        """``column`` of each pair's ingress packet (from the view, or gathered once)."""
+        return self.view[column] if column in self.view else self._gather(column, self.ii, "in")
+
+    def egress(self, column: str) -> np.ndarray:
+        """``column`` of each pair's egress packet (gathered once)."""
+        return self._gather(column, self.ee, "out")
+
+    def _gather(self, column: str, rows: np.ndarray, side: str) -> np.ndarray:
+        found = self.gathered.get((side, column))
+        if found is None:
+            found = self.gathered[side, column] = self.table[column][rows]
+        return found
 
 
 def run_checks(engine, pairs: Pairs, kinds: tuple[str, ...] | None = None) -> None:
@@ -101,8 +116,8 @@ def _undeclared(engine, check: CheckPlan, pairs: Pairs) -> None:
     allowed = engine.allowed_backends(pairs)
     expected = engine.expected_ports(pairs)
     win = pairs.table
-    port_bad = (expected >= 0) & (win["dport"][pairs.ee] != expected)
-    unknown = win["unknown"][pairs.ee]  # dsr to a MAC nobody announced: which backend is not known
+    port_bad = (expected >= 0) & (pairs.egress("dport") != expected)
+    unknown = pairs.egress("unknown")  # dsr to a MAC nobody announced: which backend is not known
     bad = np.nonzero(_scoped(check, pairs) & (~allowed | port_bad) & ~unknown)[0]
     if len(bad):
         _report(engine, d.UNDECLARED_DESTINATION, check, pairs, bad,
@@ -144,7 +159,7 @@ def _forbidden(engine, check: CheckPlan, pairs: Pairs) -> None:
 
 
 def _down(engine, check: CheckPlan, pairs: Pairs) -> None:
-    ts = pairs.table["ts"][pairs.ee]
+    ts = pairs.egress("ts")
     since = engine.timeline.down_since(pairs.gid, ts)
     # with no health checks nothing ever detects a failure: no grace (as the checker and the evaluator say)
     grace = semantic_grace(pairs.plan.service) if check.pattern.after_detection else 0.0
@@ -169,34 +184,33 @@ def fields_of(check: CheckPlan, mode: str) -> tuple[str, ...]:
     return tuple(sorted(wanted))
 
 
-def _differences(win: Packets, ii: np.ndarray, ee: np.ndarray, field: str) -> np.ndarray:
-    """True where the egress packet's ``field`` is not the ingress packet's."""
-    if field in ("src", "dst"):
-        prefix = "sa" if field == "src" else "da"
-        hi, lo = win[prefix + "_hi"], win[prefix + "_lo"]
-        return (hi[ii] != hi[ee]) | (lo[ii] != lo[ee])
-    if field in ("sport", "dport"):
-        ported = (win["proto"][ii] == TCP) | (win["proto"][ii] == UDP)
-        return ported & (win[field][ii] != win[field][ee])
-    if field == "proto":
-        return win["proto"][ii] != win["proto"][ee]
-    if field == "ttl":
-        drop = win["ttl"][ii].astype(np.int64) - win["ttl"][ee].astype(np.int64)
+def _differences(pairs: Pairs, name: str) -> np.ndarray:
+    """True where the egress packet's field ``name`` is not the ingress packet's."""
+    i, e = pairs.ingress, pairs.egress
+    if name in ("src", "dst"):
+        hi, lo = ("sa_hi", "sa_lo") if name == "src" else ("da_hi", "da_lo")
+        return (i(hi) != e(hi)) | (i(lo) != e(lo))
+    if name in ("sport", "dport"):
+        ported = (i("proto") == TCP) | (i("proto") == UDP)
+        return ported & (i(name) != e(name))
+    if name == "proto":
+        return i("proto") != e("proto")
+    if name == "ttl":
+        drop = i("ttl").astype(np.int64) - e("ttl").astype(np.int64)
         return (drop < 0) | (drop > 1)  # a routing hop takes one
-    if field == "tcp":
-        tcp = win["proto"][ii] == TCP
-        return tcp & ((win["seq"][ii] != win["seq"][ee]) | (win["ack"][ii] != win["ack"][ee])
-                      | (win["flags"][ii] != win["flags"][ee]))
-    if field == "payload":
-        cut = (win["pcap"][ii] < win["plen"][ii]) | (win["pcap"][ee] < win["plen"][ee])
-        return (win["plen"][ii] != win["plen"][ee]) | (~cut & (win["digest"][ii] != win["digest"][ee]))
-    return np.zeros(len(ii), bool)
+    if name == "tcp":
+        tcp = i("proto") == TCP
+        return tcp & ((i("seq") != e("seq")) | (i("ack") != e("ack")) | (i("flags") != e("flags")))
+    if name == "payload":
+        cut = (i("pcap") < i("plen")) | (e("pcap") < e("plen"))
+        return (i("plen") != e("plen")) | (~cut & (i("digest") != e("digest")))
+    return np.zeros(len(pairs), bool)
 
 
 def _integrity(engine, check: CheckPlan, pairs: Pairs) -> None:
     win = pairs.table
     fields = fields_of(check, pairs.plan.mode)
-    changed = {f: _differences(win, pairs.ii, pairs.ee, f) for f in fields}
+    changed = {f: _differences(pairs, f) for f in fields}
     any_change = np.logical_or.reduce(list(changed.values())) if changed else np.zeros(len(pairs), bool)
     bad = np.nonzero(_scoped(check, pairs) & any_change)[0]
     if len(bad):
@@ -223,7 +237,7 @@ def _stick(engine, check: CheckPlan, pairs: Pairs) -> None:
         return
     by_client = check.pattern.key == "client"
     keys = (pairs.view["sa_lo"] ^ pairs.view["sa_hi"])[rows] if by_client else pairs.flows[rows]
-    ts = pairs.table["ts"][pairs.ee[rows]]
+    ts = pairs.egress("ts")[rows]
     in_time = len(ts) < 2 or not (ts[1:] < ts[:-1]).any()  # as pairs usually come: one sort, not two
     order = np.argsort(keys, kind="stable") if in_time else np.lexsort((ts, keys))
     rows, keys, ts = rows[order], keys[order], ts[order]
