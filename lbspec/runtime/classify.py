@@ -108,13 +108,15 @@ def classify_rows(p: Packets, compiled: Compiled) -> None:
     role = np.zeros(n, np.int8)
     to_vip = ok & (vip_d >= 0) & ~tunnel
     dsr = to_vip & np.isin(vip_d, [s.index for s in compiled.services if s.mode == "dsr"])
-    role[to_vip & (side == 0)] = INGRESS
-    role[to_vip & (side == 1)] = EGRESS
+    near, far, rest = side == 0, side == 1, ok & ~to_vip
+    role[to_vip & near] = INGRESS
+    role[to_vip & far] = EGRESS
     toward_client = (vip_s >= 0) | (be_s >= 0)
-    role[ok & (side == 0) & ~to_vip & toward_client] = CREPLY
-    role[ok & (side == 0) & ~to_vip & ~toward_client] = TRANSIT
-    role[ok & (side == 1) & ~to_vip & (be_s >= 0) & ~tunnel] = BREPLY
-    role[ok & (side == 1) & ~to_vip & ((be_s < 0) | tunnel)] = EGRESS
+    role[rest & near & toward_client] = CREPLY
+    role[rest & near & ~toward_client] = TRANSIT
+    from_backend = (be_s >= 0) & ~tunnel
+    role[rest & far & from_backend] = BREPLY
+    role[rest & far & ~from_backend] = EGRESS
     combined = ok & (side == -1)
     if combined.any():
         _combined(p, role, combined, to_vip, dsr, vip_s, be_s, tunnel, dirn)
@@ -123,7 +125,8 @@ def classify_rows(p: Packets, compiled: Compiled) -> None:
     gid = np.full(n, -1, np.int32)
     egress = role == EGRESS
     gid[egress] = _egress_backend(p, compiled, egress, dkey, be_d, vip_d)
-    gid[role == BREPLY] = be_s[role == BREPLY]
+    replies = role == BREPLY
+    gid[replies] = be_s[replies]
     p["role"], p["svc"], p["gid"] = role, svc, gid
     p["ckey"] = client_key(p, role)
     paired = np.nonzero((role == INGRESS) | (role == EGRESS))[0]  # only these are keyed (0 elsewhere)
