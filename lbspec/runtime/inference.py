@@ -49,8 +49,10 @@ class HealthInference:
         back = (role == BREPLY) & (gid >= 0)
         self._syns(p, np.nonzero(out & (proto == TCP) & syn_only(p["flags"]))[0])
         self._answers(p, np.nonzero(back & (proto == TCP) & ((p["flags"] & (_SYN | _RST)) != 0))[0])
-        self._echo(p, out, back)
-        self._unreachable(p)
+        icmp = (proto == ICMP) | (proto == ICMP6)
+        if icmp.any():
+            self._echo(p, out & icmp, back & icmp)
+            self._unreachable(p, icmp)
         if self.paths:
             self._http(p, out, back)
 
@@ -91,23 +93,24 @@ class HealthInference:
     # ------------------------------------------------------------- icmp --
 
     def _echo(self, p: Packets, out: np.ndarray, back: np.ndarray) -> None:
+        """ICMP echo requests to backends and their replies (``out`` and ``back``: ICMP rows only)."""
         kind = p["icmp"] >> 8
-        icmp = (p["proto"] == ICMP) | (p["proto"] == ICMP6)
-        requests = np.nonzero(out & icmp & ((kind == 8) | (kind == 128)))[0]
+        requests = np.nonzero(out & ((kind == 8) | (kind == 128)))[0]
         for key, time, gid in zip(_forward_key(p, requests, echo=True).tolist(), p["ts"][requests].tolist(),
                                   p["gid"][requests].tolist()):
             self.echoes.setdefault(key, (time, gid))
-        replies = np.nonzero(back & icmp & ((kind == 0) | (kind == 129)))[0]
+        replies = np.nonzero(back & ((kind == 0) | (kind == 129)))[0]
         for key, time, gid in zip(_reverse_key(p, replies, echo=True).tolist(), p["ts"][replies].tolist(),
                                   p["gid"][replies].tolist()):
             self.echoes.pop(key, None)
             self.timeline.record(gid, time, True, "reply")
 
-    def _unreachable(self, p: Packets) -> None:
-        kind, code = p["icmp"] >> 8, p["icmp"] & 255
-        v4 = (p["proto"] == ICMP) & (kind == 3) & (code != 4)
-        v6 = (p["proto"] == ICMP6) & (kind == 1)
-        for row in np.nonzero(v4 | v6)[0].tolist():
+    def _unreachable(self, p: Packets, icmp: np.ndarray) -> None:
+        rows = np.nonzero(icmp)[0]
+        kind, code, proto = p["icmp"][rows] >> 8, p["icmp"][rows] & 255, p["proto"][rows]
+        v4 = (proto == ICMP) & (kind == 3) & (code != 4)
+        v6 = (proto == ICMP6) & (kind == 1)
+        for row in rows[v4 | v6].tolist():
             for gid in self._named(p, row):
                 self.timeline.record(gid, float(p["ts"][row]), False, "icmp")
 

@@ -400,11 +400,11 @@ class Monitor:
             for value, count in enumerate(np.bincount(p[column]).tolist()):
                 if count:
                     table[value] = table.get(value, 0) + count
-        for source in distinct(p["source"]):
-            rows = p["source"] == source
+        sources = distinct(p["source"])
+        for source in sources:
+            ts = p["ts"] if len(sources) == 1 else p["ts"][p["source"] == source]
             entry = c.per_source.setdefault(source, [0, math.inf, -math.inf])
-            ts = p["ts"][rows]
-            entry[0] += int(rows.sum())
+            entry[0] += len(ts)
             entry[1], entry[2] = min(entry[1], float(ts.min())), max(entry[2], float(ts.max()))
         bad = np.nonzero(p["status"] == 2)[0]
         for row in bad.tolist():

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from scapy.layers.inet import TCP, UDP
+from scapy.compat import raw
+from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.packet import Raw
 
 from .scenario import Scenario, codes, spec
@@ -98,6 +99,30 @@ def test_down_backend_inferred_from_its_rst(nat):
     report = nat.judge(SPEC)
     assert "LB202" in codes(report)
     assert report.summary["health"][0]["evidence"] == "rst"
+
+
+def _refused_by_icmp(nat, start: float, sender: str, about: str) -> None:
+    """A SYN to b2, and an ICMP port unreachable from ``sender`` quoting that SYN as sent to ``about``."""
+    sent = nat.flow("10.1.0.12", start, segments=0, reply=False)
+    quoted = IP(src="203.0.113.7", dst=about) / TCP(sport=sent["cport"], dport=8080, flags="S", seq=sent["seq"])
+    nat.add(start + 0.001, "backend", IP(src=sender, dst="203.0.113.7") / ICMP(type=3, code=3) / raw(quoted)[:28])
+
+
+def test_down_backend_inferred_from_icmp_unreachable(nat):
+    for k in range(5):
+        _refused_by_icmp(nat, k * 1.0, sender="10.1.0.12", about="10.1.0.12")
+    report = nat.judge(SPEC)
+    assert "LB202" in codes(report)
+    assert {"backend": "b2", "state": "down", "evidence": "icmp"}.items() <= report.summary["health"][-1].items()
+
+
+def test_an_icmp_unreachable_about_another_host_is_no_evidence(nat):
+    """A router's unreachable about an address that is no backend says nothing about b2 (whose SYNs go
+    unanswered here, so b2 is found down only later, by silence)."""
+    for k in range(5):
+        _refused_by_icmp(nat, k * 1.0, sender="10.1.0.1", about="10.1.0.99")
+    report = nat.judge(SPEC)
+    assert [h["evidence"] for h in report.summary["health"]] == ["silence"]
 
 
 def test_down_backend_inferred_from_unanswered_syns(nat):
