@@ -142,14 +142,9 @@ class Packets:
             return Packets.empty()
         if len(tables) == 1:
             return tables[0]
-        buffers: list[bytes] = []
-        shifted = []
-        for table in tables:
-            shifted.append(table["buf"] + len(buffers))
-            buffers.extend(table.buffers)
-        names = [k for k in tables[0].cols if all(k in t.cols for t in tables)]
+        buffers, shifted, names = _common(tables)
         cols = {k: np.concatenate([t[k] for t in tables]) for k in names if k != "buf"}
-        cols["buf"] = np.concatenate(shifted).astype(np.int32)
+        cols["buf"] = np.concatenate(shifted)
         return Packets(cols, buffers)
 
     @staticmethod
@@ -159,12 +154,7 @@ class Packets:
         tables = [t for t in tables if len(t)]
         if not tables:
             return Packets.empty()
-        buffers: list[bytes] = []
-        shifted = []
-        for table in tables:
-            shifted.append((table["buf"] + len(buffers)).astype(np.int32))
-            buffers.extend(table.buffers)
-        names = [k for k in tables[0].cols if all(k in t.cols for t in tables)]
+        buffers, shifted, names = _common(tables)
         cols: dict = {k: _Joined([p for t in tables for p in _pieces(t.cols[k])]) for k in names if k != "buf"}
         cols["buf"] = _Joined(shifted)
         return Packets(cols, buffers)
@@ -197,6 +187,17 @@ class _Joined:
         if not pieces:
             return self.parts[0][:0].copy()
         return np.concatenate([self.parts[k][rows] for k, rows in pieces])
+
+
+def _common(tables: Sequence[Packets]) -> tuple[list[bytes], list[np.ndarray], list[str]]:
+    """What tables put one after another share: their buffers, each table's buffer numbers shifted into
+    that list, and the columns all of them have."""
+    buffers: list[bytes] = []
+    shifted = []
+    for table in tables:
+        shifted.append((table["buf"] + len(buffers)).astype(np.int32))
+        buffers.extend(table.buffers)
+    return buffers, shifted, [k for k in tables[0].cols if all(k in t.cols for t in tables)]
 
 
 def _pieces(column) -> list[np.ndarray]:
