@@ -74,6 +74,10 @@ def test_no_cache_when_turned_off_or_the_directory_is_unusable(home, tmp_path, m
     assert cache.parse_file(MINIMAL, "s.lbspec")[0] is not None
     assert not home.exists()
     monkeypatch.delenv("LBSPEC_NO_CACHE")
+    home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o777)  # others may write in it: nothing is loaded from it, nothing stored
+    assert cache.cache_dir() is None
+    home.chmod(0o700)
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # a file where the directory would be

@@ -953,6 +953,8 @@ def _time_order(ts: np.ndarray, rows: np.ndarray) -> np.ndarray:
     position = np.empty(len(ts), np.int64)
     position[rows] = np.arange(len(rows))
     ordered = np.flatnonzero(marked)
+    if len(ordered) != len(rows):  # a row twice: not what pairing gives, but sort rather than lose one
+        return np.argsort(ts[rows], kind="stable")
     order = position[ordered]
     times = ts[ordered]
     if len(times) > 1 and (times[1:] < times[:-1]).any():

@@ -38,11 +38,11 @@ def cache_dir() -> str | None:
     directory = os.path.join(base, "lbspec")
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        owner = os.stat(directory).st_uid
+        status = os.stat(directory)
     except OSError:
         return None
-    if hasattr(os, "getuid") and owner != os.getuid():
-        return None  # somebody else's: do not read what they could have written
+    if hasattr(os, "getuid") and (status.st_uid != os.getuid() or status.st_mode & 0o022):
+        return None  # somebody else's, or others may write in it: do not load what they could have written
     return directory if os.access(directory, os.W_OK) else None
 
 

@@ -65,3 +65,15 @@ def test_repeated_acks_pair_one_to_one():
     in_ts = np.array([0.0, 0.010, 0.020])
     a, b = match(np.array([7, 7, 7], np.uint64), in_ts, np.array([7, 7, 7], np.uint64), in_ts + 0.0001, 0.002, 0.1)
     assert list(zip(a.tolist(), b.tolist())) == [(0, 0), (1, 1), (2, 2)]
+
+
+def test_pairs_are_judged_in_time_order_ties_by_row():
+    from lbspec.runtime.monitor import _time_order
+
+    ts = np.array([0.0, 1.0, 1.0, 0.5, 3.0, 2.0])
+    rows = np.array([4, 2, 1, 3, 5])
+    assert rows[_time_order(ts, rows)].tolist() == [3, 1, 2, 5, 4]  # 0.5, 1.0 (row 1), 1.0 (row 2), 2.0, 3.0
+    in_order = np.array([3, 0, 1])
+    assert _time_order(np.arange(4.0), in_order).tolist() == [1, 2, 0]
+    twice = np.array([1, 3, 1])  # never given by pairing; still a full order, not a lost row
+    assert sorted(_time_order(ts, twice).tolist()) == [0, 1, 2]
