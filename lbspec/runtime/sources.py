@@ -24,7 +24,7 @@ import numpy as np
 from lbspec.runtime.capture import CaptureReader
 from lbspec.runtime.classify import BACKEND, BREPLY, COMBINED, CREPLY, EGRESS, INGRESS, classify_rows, mix, pair_key
 from lbspec.runtime.compiled import Compiled
-from lbspec.runtime.decode import Packets, decode, fill_digests
+from lbspec.runtime.decode import TCP, Packets, decode, fill_digests
 
 __all__ = ["Input", "SkewEstimate", "CaptureStream", "batches", "sort_by_time", "merged", "estimate_skew"]
 
@@ -160,15 +160,16 @@ def _pairs_seen(compiled: Compiled, client: list[CaptureStream], backend: list[C
 
 def _sample(streams: list[CaptureStream], compiled: Compiled, most: int | None) -> Packets:
     """The first ``most`` packets (None: the first batch) of one side's captures, with the payload digests
-    of replies too (in a copy of that column: the monitor's own rows keep theirs as classification left
-    them)."""
+    of replies other than TCP too (in a copy of that column: the monitor's own rows keep theirs as
+    classification left them).  TCP replies are told apart by their sequence numbers."""
     firsts = [s.first() for s in streams]
     sample = Packets.concat([Packets({k: v[:most] for k, v in f.cols.items()}, f.buffers)
                              for f in firsts if f is not None])
     if "role" not in sample:
         classify_rows(sample, compiled)
     sample["digest"] = sample["digest"].copy()
-    fill_digests(sample, np.nonzero((sample["role"] == BREPLY) | (sample["role"] == CREPLY))[0])
+    replies = (sample["role"] == BREPLY) | (sample["role"] == CREPLY)
+    fill_digests(sample, np.nonzero(replies & (sample["proto"] != TCP))[0])
     return sample
 
 
