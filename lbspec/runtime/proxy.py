@@ -2,8 +2,12 @@
 
 Packets are not forwarded one by one, bytes are: each client connection is
 paired with the backend connection that carries its byte stream -- the one
-whose first bytes are the client's first bytes (connections that carry no
-bytes pair by the order they were opened).  Then:
+whose first bytes are the client's first bytes: of the clients that agree with
+it on at least the first 64 bytes, the one that agrees longest (up to a KiB),
+then the latest opened before it, unpaired ones first -- so requests that start
+alike pair by what follows, and a stream changed on the way still pairs with
+its client (connections that carry no bytes pair by the order they were
+opened).  Then:
 
 * every client byte must reach the backend within the response deadline
   (LB200, late or never);
@@ -60,7 +64,8 @@ __all__ = ["ProxyTracker", "Stream", "OUTCOMES"]
 OUTCOMES = ("backend_refused", "backend_timeout", "lb_reset", "not_relayed")
 
 BLOCK = 1024
-PREFIX = 64
+PREFIX = BLOCK  # the first bytes kept of each stream, to pair connections on
+ALIKE = 64  # first bytes a client's and a backend's stream must share to be paired (more if the stream is shorter)
 _SYN, _FIN, _RST, _ACK = 2, 1, 4, 16
 _OPEN_WITHIN = 1.0  # seconds: a backend connection carrying nothing pairs with a client one opened this long before
 
@@ -160,9 +165,20 @@ def _outcome(client: _Client) -> str:
     return "backend_refused" if any(c == "refused" for _b, c in client.attempts) else "backend_timeout"
 
 
-def _same_start(one: bytes, other: bytes) -> bool:
+def _common_length(one: bytes, other: bytes) -> int:
+    """How many first bytes the two have alike (a binary search of slice comparisons: C speed)."""
     size = min(len(one), len(other))
-    return size > 0 and one[:size] == other[:size]
+    if one[:size] == other[:size]:
+        return size
+    low, high = 0, size  # one[:low] == other[:low], one[:high] != other[:high]
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if one[:middle] == other[:middle] else (low, middle)
+    return low
+
+
+def _rank(match: tuple[int, float, _Client]) -> tuple[int, float]:
+    return match[0], match[1]
 
 
 class ProxyTracker:
@@ -320,17 +336,21 @@ class ProxyTracker:
             self.volume["backend_to_lb"] += backend.reply.add(int(p["seq"][row]), data) - before
 
     def _pair_by_bytes(self, backend: _Backend) -> None:
-        """The client connection whose stream starts like this one: the latest opened before it, unpaired first."""
+        """The client connection whose stream starts like this one (at least its first ``ALIKE`` bytes): the
+        one that agrees with it longest, then the latest opened before it; unpaired ones first."""
         head = backend.stream.prefix
         if not head:
             return
         limit = backend.start + self.engine.options.tolerance
-        matching = [c for c in self.clients.values() if c.start <= limit and _same_start(head, c.stream.prefix)]
-        free = [c for c in matching if c.backend is None]
+        ranked = [(_common_length(head, c.stream.prefix), c.start, c) for c in self.clients.values()
+                  if c.start <= limit]
+        matching = [(length, start, c) for length, start, c in ranked
+                    if length and length >= min(ALIKE, len(head), len(c.stream.prefix))]
+        free = [m for m in matching if m[2].backend is None]
         if free:
-            self._pair(max(free, key=lambda c: c.start), backend)
+            self._pair(max(free, key=_rank)[2], backend)
         elif matching:
-            client = max(matching, key=lambda c: c.start)
+            client = max(matching, key=_rank)[2]
             backend.judged = True
             self._duplicate(client, backend)
 

@@ -47,6 +47,27 @@ def test_changed_bytes_are_LB204():
     assert codes(report) == ["LB204"]
 
 
+HEADERS = b"POST /orders HTTP/1.1\r\nHost: shop.example\r\nContent-Type: application/json\r\n\r\n"
+
+
+def test_concurrent_requests_that_start_alike_pair_by_their_bodies():
+    """Two clients POST at once with the same headers (well over 64 bytes) and different bodies: each
+    backend connection is paired with its own client, not the latest one opened."""
+    scenario = Scenario("proxy")
+    scenario.proxy_flow("10.1.0.11", 0.0, client="203.0.113.7", chunks=(HEADERS, b'{"order": 1}'))
+    scenario.proxy_flow("10.1.0.12", 0.001, client="203.0.113.8", chunks=(HEADERS, b'{"order": 2}'))
+    report = scenario.judge(SPEC)
+    assert codes(report) == []
+    assert report.summary["paired"] == 2
+
+
+def test_a_changed_body_among_requests_that_start_alike_is_LB204():
+    scenario = Scenario("proxy")
+    scenario.proxy_flow("10.1.0.11", 0.0, client="203.0.113.7", chunks=(HEADERS, b'{"order": 1}'))
+    scenario.proxy_flow("10.1.0.12", 0.001, client="203.0.113.8", chunks=(HEADERS, b'{"order": 2}'), alter=True)
+    assert codes(scenario.judge(SPEC)) == ["LB204"]
+
+
 def test_a_backend_connection_to_an_undeclared_address_is_LB203():
     scenario = Scenario("proxy")
     scenario.proxy_flow("10.1.0.99")
