@@ -11,7 +11,7 @@ import pytest
 
 from lbspec.lab import Haproxy
 
-from .proxying import CONFIGS, answered, around, imported, monitor, verdicts
+from .helpers import CONFIGS, answered, around, imported, monitor, verdicts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(Haproxy.unavailable() is not None,
                                                   reason=Haproxy.unavailable() or "")]

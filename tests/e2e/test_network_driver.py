@@ -9,8 +9,6 @@ proxy mode; and the plugin's ``lb_harness`` takes a network driver.  Skipped
 
 from __future__ import annotations
 
-import io
-import json
 import textwrap
 from ipaddress import ip_address
 
@@ -19,27 +17,15 @@ import pytest
 import lbspec
 import lbspec.runtime.session  # noqa: F401  (numpy loaded once; pytester's in-process runs unload modules)
 from lbspec import strategies
-from lbspec.cli import main
 from lbspec.harness import (Failure, Fault, Harness, LabMismatch, Network, SearchSettings, Segment, Send, Trace,
                             TraceTooLong)
-from lbspec.lab import VIP, Forward, Haproxy, NftablesDnat
+from lbspec.lab import VIP, Haproxy
+
+from .helpers import DECLARED, DNAT_SPEC, dnat, dnat_spec, run_monitor
 
 pytestmark = pytest.mark.e2e
 
-SPEC = """
-service web {{
-    vip 192.0.2.10
-    listen tcp 80, udp 53
-    pool app {{
-        {backends}
-    }}
-    forward tcp 80 to app
-    forward udp 53 to app port 5353
-    balance round_robin
-    affinity flow timeout 30s
-    health tcp every 1s timeout 500ms fall 2 rise 2
-}}
-"""
+SPEC = DNAT_SPEC.replace("    health tcp", "    affinity flow timeout 30s\n    health tcp")
 PROXY_SPEC = """
 service lab {
     vip 192.0.2.10
@@ -73,20 +59,11 @@ backend app
     server app2 10.0.2.12:8080
     server app3 10.0.2.13:8080
 """
-DECLARED = ("b1", "b2")
 SEED = 20240601
 
 
-def _spec(tmp_path, lab, names=DECLARED, text=SPEC) -> str:
-    backends = "\n        ".join(f"backend {n} {lab.address(n)}:8080" for n in names)
-    path = tmp_path / "web.lbspec"
-    path.write_text(text.format(backends=backends))
-    return str(path)
-
-
-def _dnat(lab, names=DECLARED, **faults) -> NftablesDnat:
-    return NftablesDnat(VIP, [Forward("tcp", 80, [(lab.address(n), 8080) for n in names]),
-                              Forward("udp", 53, [(lab.address(n), 5353) for n in names])], **faults)
+def _spec(tmp_path, lab, names=DECLARED) -> str:
+    return dnat_spec(tmp_path, lab, names, SPEC)
 
 
 def _segment(proto: str, client: str, sport: int, dport: int, flags=(), payload=b"") -> Segment:
@@ -117,17 +94,15 @@ MIXED = trace_of(connection(0.0, 1), connection(0.002, 2, "198.51.100.2"), datag
 
 
 def _monitor(argv) -> tuple[int, set[str]]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main([*argv, "--format", "json"], out, err)
-    found = {d["code"] for d in json.loads(out.getvalue())["diagnostics"] if d["severity"] == "error"}
-    return code, found
+    code, document = run_monitor(*argv[1:])  # argv: the artifacts' `monitor ...` command
+    return code, {d["code"] for d in document["diagnostics"] if d["severity"] == "error"}
 
 
 # ------------------------------------------------------------------ passing --
 
 def test_a_correct_dnat_passes_a_fixed_trace_and_a_short_search(lab, tmp_path):
     harness = Harness(_spec(tmp_path, lab), search=SearchSettings(examples=3, seed=SEED), artifacts=tmp_path / "a")
-    driver = Network(lab, _dnat(lab))
+    driver = Network(lab, dnat(lab))
     judgement = harness.verify(driver, MIXED)
     summary = judgement.report.summary
     assert judgement.codes == [] and summary["pairing_rate"] == 1.0
@@ -135,7 +110,7 @@ def test_a_correct_dnat_passes_a_fixed_trace_and_a_short_search(lab, tmp_path):
     assert all(f["error"] is None and f["answers"] for f in driver.last_flows.values())
     assert lab.balancer is None  # the driver removed what it installed
 
-    search = harness.check(lambda: Network(lab, _dnat(lab), max_duration=1.5),
+    search = harness.check(lambda: Network(lab, dnat(lab), max_duration=1.5),
                            traffic=strategies.traffic(harness.spec, faults=False, max_steps=3, max_burst=4))
     assert search.minimal is None and search.runs >= 3
 
@@ -169,7 +144,7 @@ def _fails(harness: Harness, driver: Network, trace: Trace) -> Failure:
 def test_a_backend_not_in_the_spec_is_LB203_and_the_captures_reproduce_it(lab, tmp_path):
     harness = Harness(_spec(tmp_path, lab), artifacts=tmp_path / "a")
     trace = trace_of(*(connection(0.01 * k, k + 1, f"198.51.100.{k + 1}", messages=1) for k in range(3)))
-    failure = _fails(harness, Network(lab, _dnat(lab, ("b1", "b2", "b4"))), trace)
+    failure = _fails(harness, Network(lab, dnat(lab, ("b1", "b2", "b4"))), trace)
     assert failure.codes == ["LB203"] and failure.reproduced
     assert _monitor(failure.artifacts.argv) == (1, {"LB203"})
 
@@ -177,7 +152,7 @@ def test_a_backend_not_in_the_spec_is_LB203_and_the_captures_reproduce_it(lab, t
 def test_random_drops_are_LB200(lab, tmp_path):
     harness = Harness(_spec(tmp_path, lab), artifacts=tmp_path / "a")
     trace = trace_of(datagrams(0.0, 1, 12), datagrams(0.005, 2, 12, "203.0.113.8"))
-    failure = _fails(harness, Network(lab, _dnat(lab, drop_percent=50), settle=0.2), trace)
+    failure = _fails(harness, Network(lab, dnat(lab, drop_percent=50), settle=0.2), trace)
     assert failure.codes == ["LB200"] and failure.reproduced
     assert _monitor(failure.artifacts.argv) == (1, {"LB200"})
 
@@ -187,7 +162,7 @@ def test_a_failed_backend_still_in_the_map_is_LB202_after_detection(lab, tmp_pat
     harness = Harness(_spec(tmp_path, lab), artifacts=tmp_path / "a")
     trace = trace_of([Fault(0.01, "b1", False, "web")], *(connection(2.7 + 0.01 * k, k + 1, messages=1)
                                                           for k in range(4)))
-    failure = _fails(harness, Network(lab, _dnat(lab), faults=faults, settle=0.2), trace)
+    failure = _fails(harness, Network(lab, dnat(lab), faults=faults, settle=0.2), trace)
     assert failure.codes == ["LB202"] and failure.reproduced
     assert {v.data["backend"] for v in failure.judgement.verdicts} == {"b1"}
     assert [(f.backend, f.up) for f in failure.judgement.recording.faults] == [("b1", False)]

@@ -7,166 +7,118 @@ made.
 
 from __future__ import annotations
 
-import io
 import json
+import sys
 
 import pytest
 
-from lbspec.cli import main
-from lbspec.lab import VIP, Forward, NftablesDnat
+from lbspec.lab import VIP
+
+from .helpers import dnat, dnat_spec, imported, monitor, run_monitor, verdicts
 
 pytestmark = pytest.mark.e2e
 
-SPEC = """
-service web {{
-    vip 192.0.2.10
-    listen tcp 80, udp 53
-    pool app {{
-        {backends}
-    }}
-    forward tcp 80 to app
-    forward udp 53 to app port 5353
-    balance round_robin
-    health tcp every 1s timeout 500ms fall 2 rise 2
-}}
-"""
-DECLARED = ("b1", "b2")
-
-
-def _spec(tmp_path, lab, names=DECLARED) -> str:
-    backends = "\n        ".join(f"backend {n} {lab.address(n)}:8080" for n in names)
-    path = tmp_path / "web.lbspec"
-    path.write_text(SPEC.format(backends=backends))
-    return str(path)
-
-
-def _balancer(lab, names=DECLARED, **faults) -> NftablesDnat:
-    return NftablesDnat(VIP, [Forward("tcp", 80, [(lab.address(n), 8080) for n in names]),
-                              Forward("udp", 53, [(lab.address(n), 5353) for n in names])], **faults)
-
-
-def _monitor(*argv: str) -> tuple[int, dict]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(["monitor", *argv, "--format", "json"], out, err)
-    assert code in (0, 1), err.getvalue()
-    return code, json.loads(out.getvalue())
-
-
-def _verdicts(document: dict) -> dict[str, list[dict]]:
-    found: dict[str, list[dict]] = {}
-    for item in document["diagnostics"]:
-        if item["severity"] in ("error", "warning"):
-            found.setdefault(item["code"], []).append(item)
-    return found
-
-
-def _separate(capture) -> list[str]:
-    return ["--client-side", str(capture.client_side), "--backend-side", str(capture.backend_side)]
-
 
 def test_the_correct_configuration_has_no_violation(lab, tmp_path):
-    lab.install(_balancer(lab))
+    lab.install(dnat(lab))
     with lab.capture(tmp_path) as capture:
         results = lab.traffic(tcp=[f"{VIP}:80"], udp=[f"{VIP}:53"], connections=12, datagrams=12, messages=3)
     assert all(r["error"] is None for r in results)
     assert {r["answered_by"] for r in results if r["proto"] == "tcp"} == {"b1", "b2"}
-    code, document = _monitor(_spec(tmp_path, lab), *_separate(capture))
-    assert _verdicts(document) == {} and code == 0
+    code, document = monitor(dnat_spec(tmp_path, lab), capture)
+    assert verdicts(document) == {} and code == 0
     summary = document["monitor"]
     assert summary["pairing_rate"] == 1.0 and summary["listened_ingress"] > 50
     assert {b["backend"]: b["flows"] for b in summary["backends"]} == {"b1": 7, "b2": 6}
 
 
 def test_the_correct_configuration_in_one_tcpdump_any_capture(lab, tmp_path):
-    lab.install(_balancer(lab))
+    lab.install(dnat(lab))
     with lab.capture(tmp_path, combined=True) as capture:
         lab.traffic(tcp=[f"{VIP}:80"], connections=8)
-    code, document = _monitor(_spec(tmp_path, lab), str(capture.both))
+    code, document = run_monitor(dnat_spec(tmp_path, lab), str(capture.both))
     # `-i any` misses packets the kernel sends from its ARP queue; the backend's answer shows they went
-    assert set(_verdicts(document)) <= {"LB209"} and code == 0
+    assert set(verdicts(document)) <= {"LB209"} and code == 0
 
 
 def test_random_drops_are_LB200(lab, tmp_path):
-    lab.install(_balancer(lab, drop_percent=25))
+    lab.install(dnat(lab, drop_percent=25))
     with lab.capture(tmp_path) as capture:
         results = lab.traffic(udp=[f"{VIP}:53"], datagrams=40, interval=0.01, timeout=0.2)
     lost = sum(1 for r in results if r["error"] is not None)
     assert lost > 0, "nftables dropped nothing: the fault was not injected"
-    code, document = _monitor(_spec(tmp_path, lab), *_separate(capture))
-    verdicts = _verdicts(document)
-    assert set(verdicts) == {"LB200"} and code == 1
+    code, document = monitor(dnat_spec(tmp_path, lab), capture)
+    found = verdicts(document)
+    assert set(found) == {"LB200"} and code == 1
     # a drop of the very last datagram is at the capture's edge: nothing after it shows the deadline passed
     at_edge = results[-1]["error"] is not None
-    assert sum(v["data"]["count"] for v in verdicts["LB200"]) == lost - at_edge
+    assert sum(v["data"]["count"] for v in found["LB200"]) == lost - at_edge
 
 
 def test_stateless_rewriting_of_one_udp_flow_is_LB204(lab, tmp_path):
-    lab.install(_balancer(lab, rewrite_udp_sport=(40001, 40999)))
+    lab.install(dnat(lab, rewrite_udp_sport=(40001, 40999)))
     with lab.capture(tmp_path) as capture:
         lab.traffic(udp=[f"{VIP}:53"], datagrams=6, udp_source_port=40001, timeout=0.2)
         lab.traffic(tcp=[f"{VIP}:80"], connections=4)
-    code, document = _monitor(_spec(tmp_path, lab), *_separate(capture))
-    verdicts = _verdicts(document)
-    assert verdicts["LB204"][0]["data"]["fields"] == ["sport"]
-    assert verdicts["LB204"][0]["data"]["count"] == 6
+    code, document = monitor(dnat_spec(tmp_path, lab), capture)
+    found = verdicts(document)
+    assert found["LB204"][0]["data"]["fields"] == ["sport"]
+    assert found["LB204"][0]["data"]["count"] == 6
     # the rewritten flow's replies no longer match conntrack: they reach the client untranslated
-    assert set(verdicts) <= {"LB204", "LB207"}
+    assert set(found) <= {"LB204", "LB207"}
 
 
 def test_a_backend_that_is_gone_but_still_in_the_map_is_LB202(lab, tmp_path):
     everyone = ("b1", "b2", "b3")
-    lab.install(_balancer(lab, everyone))
+    lab.install(dnat(lab, everyone))
     lab.remove_backend("b3")
     with lab.capture(tmp_path) as capture:
         results = lab.traffic(tcp=[f"{VIP}:80"], connections=42, interval=0.06, timeout=0.12, messages=1)
     assert sum(1 for r in results if r["error"]) >= 10
-    code, document = _monitor(_spec(tmp_path, lab, everyone), *_separate(capture))
-    verdicts = _verdicts(document)
-    assert set(verdicts) == {"LB202"} and code == 1
-    assert {v["data"]["backend"] for v in verdicts["LB202"]} == {"b3"}
+    code, document = monitor(dnat_spec(tmp_path, lab, everyone), capture)
+    found = verdicts(document)
+    assert set(found) == {"LB202"} and code == 1
+    assert {v["data"]["backend"] for v in found["LB202"]} == {"b3"}
     first_silence = min(e["time"] for e in document["monitor"]["health"] if e["backend"] == "b3")
-    assert all(v["data"]["time"] - first_silence >= 2.5 for v in verdicts["LB202"])  # fall 2 x 1s + 0.5s
+    assert all(v["data"]["time"] - first_silence >= 2.5 for v in found["LB202"])  # fall 2 x 1s + 0.5s
 
 
 def test_a_destination_not_in_the_spec_is_LB203(lab, tmp_path):
-    lab.install(_balancer(lab, ("b1", "b2", "b4")))
+    lab.install(dnat(lab, ("b1", "b2", "b4")))
     with lab.capture(tmp_path) as capture:
         results = lab.traffic(tcp=[f"{VIP}:80"], connections=9)
     assert {r["answered_by"] for r in results} == {"b1", "b2", "b4"}
-    code, document = _monitor(_spec(tmp_path, lab), *_separate(capture))
-    verdicts = _verdicts(document)
-    assert set(verdicts) == {"LB203"} and code == 1
-    assert {v["data"]["destination"] for v in verdicts["LB203"]} == {f"{lab.address('b4')}:8080"}
-    assert len(verdicts["LB203"]) == 3
+    code, document = monitor(dnat_spec(tmp_path, lab), capture)
+    found = verdicts(document)
+    assert set(found) == {"LB203"} and code == 1
+    assert {v["data"]["destination"] for v in found["LB203"]} == {f"{lab.address('b4')}:8080"}
+    assert len(found["LB203"]) == 3
 
 
 def test_live_monitoring_streams_verdicts(lab, tmp_path):
-    import sys
-
-    lab.install(_balancer(lab, drop_percent=25))
-    spec = _spec(tmp_path, lab)
+    lab.install(dnat(lab, drop_percent=25))
+    spec = dnat_spec(tmp_path, lab)
     argv = [sys.executable, "-m", "lbspec", "monitor", spec, "--live", f"client:{lab.client_interface}",
             "--live", f"backend:{lab.backend_interface}", "--duration", "4", "--format", "jsonl"]
-    monitor = lab.resources.spawn(lab.lb.argv(argv), ready="listening on", timeout=30)
+    process = lab.resources.spawn(lab.lb.argv(argv), ready="listening on", timeout=30)
     results = lab.traffic(udp=[f"{VIP}:53"], datagrams=30, interval=0.01, timeout=0.2)
-    out, _err = monitor.communicate(timeout=30)
+    out, _err = process.communicate(timeout=30)
     lines = [json.loads(x) for x in out.splitlines()]
     lost = sum(1 for r in results if r["error"] is not None)
-    assert lost > 0 and monitor.returncode == 1
+    assert lost > 0 and process.returncode == 1
     assert {x["code"] for x in lines[:-1]} == {"LB200"}
     assert lines[-1]["summary"]["violating_packets"] == {"LB200": lost}
 
 
 def test_the_spec_imported_from_the_live_ruleset_judges_its_traffic_clean(lab, tmp_path):
-    from tests.e2e.proxying import imported
 
-    lab.install(_balancer(lab))
+    lab.install(dnat(lab))
     ruleset = tmp_path / "ruleset.json"
     ruleset.write_text(lab.lb.run("nft", "-j", "list", "ruleset"))  # what `nft -j list ruleset` shows there
     spec = imported("nftables", ruleset, tmp_path)
     with lab.capture(tmp_path) as capture:
         results = lab.traffic(tcp=[f"{VIP}:80"], udp=[f"{VIP}:53"], connections=8, datagrams=8, messages=2)
     assert all(r["error"] is None for r in results)
-    code, document = _monitor(spec, *_separate(capture))
-    assert _verdicts(document) == {} and code == 0
+    code, document = monitor(spec, capture)
+    assert verdicts(document) == {} and code == 0
     assert document["monitor"]["pairing_rate"] == 1.0

@@ -12,7 +12,7 @@ import pytest
 
 from lbspec.lab import NginxStream
 
-from .proxying import CONFIGS, answered, around, imported, monitor, verdicts
+from .helpers import CONFIGS, answered, around, imported, monitor, verdicts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(NginxStream.unavailable() is not None,
                                                   reason=NginxStream.unavailable() or "")]

@@ -1,5 +1,6 @@
-"""Helpers for the end-to-end tests of proxies (HAProxy, nginx): import a config, run traffic around a
-fault, judge the captures with `lbspec monitor`, all through the CLI and its JSON output."""
+"""Helpers for the end-to-end tests: the nftables DNAT balancer and its spec; for proxies (HAProxy,
+nginx), import a config and run traffic around a fault; judge captures with `lbspec monitor`, all through
+the CLI and its JSON output."""
 
 from __future__ import annotations
 
@@ -8,10 +9,38 @@ import json
 from pathlib import Path
 
 from lbspec.cli import main
-from lbspec.lab import VIP
+from lbspec.lab import VIP, Forward, NftablesDnat
 
 CONFIGS = Path(__file__).resolve().parent.parent / "importers" / "configs"
 TARGET = f"{VIP}:80"
+DNAT_SPEC = """
+service web {{
+    vip 192.0.2.10
+    listen tcp 80, udp 53
+    pool app {{
+        {backends}
+    }}
+    forward tcp 80 to app
+    forward udp 53 to app port 5353
+    balance round_robin
+    health tcp every 1s timeout 500ms fall 2 rise 2
+}}
+"""
+DECLARED = ("b1", "b2")
+
+
+def dnat_spec(directory: Path, lab, names=DECLARED, text: str = DNAT_SPEC) -> str:
+    """A spec file for the DNAT balancer over backends ``names`` (``text``: the template)."""
+    backends = "\n        ".join(f"backend {n} {lab.address(n)}:8080" for n in names)
+    path = directory / "web.lbspec"
+    path.write_text(text.format(backends=backends))
+    return str(path)
+
+
+def dnat(lab, names=DECLARED, **faults) -> NftablesDnat:
+    """The nftables DNAT balancer over backends ``names``: TCP 80 to 8080, UDP 53 to 5353."""
+    return NftablesDnat(VIP, [Forward("tcp", 80, [(lab.address(n), 8080) for n in names]),
+                              Forward("udp", 53, [(lab.address(n), 5353) for n in names])], **faults)
 
 
 def imported(kind: str, config: Path, directory: Path, name: str = "imported.lbspec") -> str:
@@ -23,12 +52,16 @@ def imported(kind: str, config: Path, directory: Path, name: str = "imported.lbs
     return str(path)
 
 
-def monitor(spec: str, capture) -> tuple[int, dict]:
+def run_monitor(*argv: str) -> tuple[int, dict]:
+    """`lbspec monitor ARGV --format json`: its exit code (0 or 1) and document."""
     out, err = io.StringIO(), io.StringIO()
-    code = main(["monitor", spec, "--client-side", str(capture.client_side), "--backend-side",
-                 str(capture.backend_side), "--format", "json"], out, err)
+    code = main(["monitor", *argv, "--format", "json"], out, err)
     assert code in (0, 1), err.getvalue()
     return code, json.loads(out.getvalue())
+
+
+def monitor(spec: str, capture) -> tuple[int, dict]:
+    return run_monitor(spec, "--client-side", str(capture.client_side), "--backend-side", str(capture.backend_side))
 
 
 def verdicts(document: dict) -> dict[str, list[dict]]:
