@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,13 @@ def run_cli(*argv: str) -> Run:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def example_pylb(name: str):
+    """examples/pylb imported as module ``name``: pytester runs import it as `pylb` from their own copy."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / "pylb" / "__init__.py",
+                                                  submodule_search_locations=[str(EXAMPLES / "pylb")])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

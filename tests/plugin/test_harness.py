@@ -3,9 +3,7 @@ trace reduction, and captures that reproduce what was judged in memory."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
@@ -25,7 +23,7 @@ from lbspec.harness.reduce import reduce_trace
 from lbspec.semantics.evaluate import detection_bounds
 from lbspec.semantics.model import Health
 
-from conftest import EXAMPLES
+from conftest import EXAMPLES, example_pylb
 
 SPEC_PATH = EXAMPLES / "pylb" / "service.lbspec"
 SPEC = lbspec.load(SPEC_PATH)
@@ -33,16 +31,7 @@ SERVICE = SPEC.service("pylb")
 CLIENT, VIP, VIP6 = ip_address("198.51.100.7"), ip_address("192.0.2.80"), ip_address("2001:db8::80")
 
 
-def _reference():
-    spec = importlib.util.spec_from_file_location("harness_pylb", EXAMPLES / "pylb" / "__init__.py",
-                                                  submodule_search_locations=[str(EXAMPLES / "pylb")])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-pylb = _reference()
+pylb = example_pylb("harness_pylb")
 
 
 def syn(time: float, sport: int = 40000, flow: int = 1, src=CLIENT, dst=VIP) -> Send:

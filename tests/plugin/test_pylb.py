@@ -7,12 +7,10 @@ written for it make ``lbspec monitor`` report that verdict again.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import shutil
 import struct
-import sys
 
 import pytest
 
@@ -20,21 +18,10 @@ import lbspec.runtime.session  # noqa: F401  (numpy and the monitor, loaded once
 from lbspec.cli import main          # unload what they import, and numpy cannot be loaded twice)
 from lbspec.harness.harness import safe_name
 
-from conftest import EXAMPLES
+from conftest import EXAMPLES, example_pylb
 
-
-
-def _reference():
-    """examples/pylb, imported under another name: the pytester runs import it as `pylb` from their copy."""
-    spec = importlib.util.spec_from_file_location("reference_pylb", EXAMPLES / "pylb" / "__init__.py",
-                                                  submodule_search_locations=[str(EXAMPLES / "pylb")])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-EXPECTED, VARIANTS = _reference().EXPECTED, _reference().VARIANTS
+_REFERENCE = example_pylb("reference_pylb")
+EXPECTED, VARIANTS = _REFERENCE.EXPECTED, _REFERENCE.VARIANTS
 
 # The longest minimal trace each variant may fail on (events): one flow and the faults that expose the bug;
 # for table-full, one flow more than the spec's capacity (8), or a full table and a failure that makes a flow
