@@ -99,27 +99,39 @@ def batches(reader: CaptureReader, side: int, compiled: Compiled, skew: float = 
     return CaptureStream(reader, side, compiled).batches(skew)
 
 
-def merged(streams: list[Iterator[Packets]], parts: bool = False) -> Iterator:
-    """Merge time-sorted batch streams: time-sorted batches, or (``parts``) lists of time-sorted pieces
-    covering the same span, one per stream, left for the monitor to take together (no copy, no sort)."""
-    heads: list[Packets | None] = [_next(s) for s in streams]
-    while any(h is not None for h in heads):
-        cut = min(float(h["ts"][-1]) for h in heads if h is not None)
+def merged(streams: list[Iterator[Packets]]) -> Iterator[list[Packets]]:
+    """Merge time-sorted batch streams into lists of time-sorted pieces covering the same span, left for
+    the monitor to take together (no copy, no sort).
+
+    A span ends where the first stream's data read so far ends.  A stream cut short of its batch's end
+    by another's has its next batch read too when what is left is under half a batch, so that spans
+    stay about a batch long rather than alternating with slivers (each span is a round of judging,
+    which has a cost of its own).  Batches are asked for only once the pieces handed out before are
+    done with, and a stream holds pieces of two batches at most: a reading process (``--jobs``) reuses
+    a batch's memory once the batch after next is asked for.
+    """
+    queues: list[list[Packets]] = [[] for _ in streams]
+    sizes = [0] * len(streams)  # rows of each stream's latest batch
+    while True:
+        for index, queue in enumerate(queues):
+            if not queue or (len(queue) == 1 and 2 * len(queue[0]) < sizes[index]):
+                batch = _next(streams[index])
+                if batch is not None:
+                    queue.append(batch)
+                    sizes[index] = len(batch)
+        if not any(queues):
+            return
+        cut = min(float(q[-1]["ts"][-1]) for q in queues if q)
         pieces = []
-        for index, head in enumerate(heads):
-            if head is None:
-                continue
-            upto = int(np.searchsorted(head["ts"], cut, side="right"))
-            if upto:
-                pieces.append(head.slice(0, upto))
-            heads[index] = head.slice(upto, len(head)) if upto < len(head) else _next(streams[index])
-        if parts:
-            yield pieces
-            continue
-        batch = Packets.concat(pieces)
-        if len(pieces) > 1:
-            batch = batch.take(np.argsort(batch["ts"], kind="stable"))
-        yield batch
+        for queue in queues:
+            while queue and float(queue[0]["ts"][-1]) <= cut:
+                pieces.append(queue.pop(0))
+            if queue:
+                upto = int(np.searchsorted(queue[0]["ts"], cut, side="right"))
+                if upto:
+                    pieces.append(queue[0].slice(0, upto))
+                    queue[0] = queue[0].slice(upto, len(queue[0]))
+        yield pieces
 
 
 def _next(stream: Iterator[Packets]) -> Packets | None:

@@ -5,11 +5,16 @@ from __future__ import annotations
 import gzip
 import json
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import TCP, UDP
 from scapy.packet import Raw
 
 from lbspec.runtime import capture, session
+from lbspec.runtime.decode import Packets
+from lbspec.runtime.sources import merged
 
 from .scenario import Scenario, spec
 
@@ -142,3 +147,46 @@ def test_udp_and_tcp_payloads_survive_the_shared_memory(tmp_path):
                 assert mine[name].tolist() == theirs[name].tolist(), name
             assert mine.payload(1) == theirs.payload(1)
     assert any(TCP in s.packet or UDP in s.packet for s in scenario.packets)
+
+
+
+# ------------------------------------------------------------------ merging streams by time --
+
+def _stream(number: int, times: list[float], size: int, asked: list[tuple[int, int]]):
+    """Batches of ``size`` rows of sorted ``times``; ``asked`` records each batch as it is asked for."""
+    for first in range(0, len(times), size):
+        asked.append((number, first // size))
+        chunk = np.array(times[first:first + size], np.float64)
+        yield Packets({"ts": chunk, "stream": np.full(len(chunk), number), "batch": np.full(len(chunk), first // size)},
+                      [])
+
+
+def _merge(lists: list[list[float]], size: int) -> list[list[Packets]]:
+    asked: list[tuple[int, int]] = []
+    spans = []
+    for pieces in merged([_stream(n, sorted(times), size, asked) for n, times in enumerate(lists)]):
+        for piece in pieces:  # a reading process reuses a batch's memory once the batch after next is asked for
+            number = int(piece["stream"][0])
+            newest = max(b for s, b in asked if s == number)
+            assert int(piece["batch"].min()) >= newest - 1
+        spans.append(pieces)
+    return spans
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.floats(0, 100, allow_nan=False), max_size=60), min_size=1, max_size=3),
+       st.integers(1, 9))
+def test_merged_streams_hand_out_every_row_once_in_spans_of_time(lists, size):
+    spans = [sorted(t for p in pieces for t in p["ts"].tolist()) for pieces in _merge(lists, size)]
+    assert sorted(t for span in spans for t in span) == sorted(t for times in lists for t in times)
+    for before, after in zip(spans, spans[1:]):
+        assert before and after and before[-1] <= after[0]
+
+
+def test_merged_spans_are_about_a_batch_long_not_slivers():
+    """Two captures of the same traffic: each span takes about a batch of each, not a batch then a sliver."""
+    client = [k * 1.0 for k in range(1000)]
+    backend = [k * 1.0 + 0.5 for k in range(1000)]
+    spans = _merge([client, backend], 100)
+    assert len(spans) <= 11
+    assert sum(len(p) for pieces in spans for p in pieces) == 2000
