@@ -74,7 +74,7 @@ def test_without_checks_a_killed_backend_keeps_getting_connections_LB202(lab, tm
 
 def test_a_blocked_backend_is_a_connection_timeout_not_a_drop(lab, tmp_path):
     lab.install(Haproxy(CHECKS))
-    first, then, capture = around(lab, tmp_path, lambda: lab.block_backend("b2"), after=30, timeout=0.3)
+    first, then, capture = around(lab, tmp_path, lambda: lab.block_backend("b2"), after=45, timeout=0.3)
     assert None in answered(then) and None not in answered(then)[-4:]  # a silent check takes `inter` to fail
     code, document = monitor(imported("haproxy", CHECKS, tmp_path), capture)
     assert verdicts(document) == {} and code == 0
