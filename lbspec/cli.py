@@ -188,12 +188,7 @@ _SUBCOMMANDS = (("monitor", "lbspec.runtime.command"), ("import", "lbspec.import
 def _add_subcommand(commands, name: str, module_name: str) -> None:
     import importlib
 
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name is not None and module_name.startswith(error.name):
-            return  # the subsystem is not built yet
-        raise
+    module = importlib.import_module(module_name)
 
     def run(args: argparse.Namespace, io: _Streams) -> int:
         return module.run(args, io.out, io.err, io.use_color(io.out))
