@@ -6,8 +6,10 @@ anything with ``install(lab)`` and ``remove(lab)``).  For each trace it:
 
 1. checks that the spec describes the lab (its VIP, backend addresses that
    are the lab's backends, IPv4) -- :class:`LabMismatch` names what differs;
-2. installs the load balancer (when it was given one), so that every trace
-   meets it fresh;
+2. installs the load balancer (when it was given one) and empties the
+   connection-tracking table of the LB's namespace (``conntrack -F``), so
+   that every trace meets it fresh: conntrack remembers a UDP flow for 30 s
+   and more, and would send it where it went in the trace before;
 3. adds the trace's client addresses to the client namespace (and a route
    back to each in the LB namespace), so that packets keep their sources;
 4. captures both sides of the LB (``lab.capture``), plays the trace from the
@@ -54,6 +56,7 @@ from lbspec.harness.adapter import Observed, Recording
 from lbspec.harness.inprocess import MARKERS, fault_owner, response_deadline
 from lbspec.harness.trace import Fault, Trace
 from lbspec.harness.wire import Segment
+from lbspec.lab.netns import LabError
 from lbspec.lab.topology import CLIENT
 from lbspec.semantics.model import Service, Spec
 
@@ -99,6 +102,9 @@ class Network:
             raise ValueError(f"faults must be one of {', '.join(FAULTS)}, not {self.faults!r}")
         if not self.max_duration > 0:
             raise ValueError(f"max_duration must be positive, not {self.max_duration!r}")
+        if shutil.which("conntrack") is None:
+            raise LabError("the network driver needs the conntrack tool (Debian package conntrack): each trace "
+                           "starts with the load balancer's connection table emptied")
 
     def run(self, spec: Spec, trace: Trace, services: tuple[str, ...] | None = None) -> Recording:
         chosen = [s for s in spec.services if services is None or s.name in services]
@@ -109,6 +115,7 @@ class Network:
             if self.balancer is not None:
                 self.lab.install(self.balancer)
                 stack.callback(self._uninstall)
+            self.lab.lb.run("conntrack", "-F")
             stack.enter_context(_ClientAddresses(self.lab, clients))
             faults = stack.enter_context(_Faults(self.lab, self.faults))
             directory = Path(tempfile.mkdtemp(prefix="lbspec-network-"))

@@ -115,6 +115,20 @@ def test_a_correct_dnat_passes_a_fixed_trace_and_a_short_search(lab, tmp_path):
     assert search.minimal is None and search.runs >= 3
 
 
+
+def test_each_trace_meets_the_balancer_with_no_memory_of_the_traces_before(lab, tmp_path):
+    """conntrack remembers a UDP flow for half a minute and more: unless its table is emptied, the same flow in
+    the next trace goes where it went before, not where the freshly installed balancer's round robin sends it."""
+    harness = Harness(_spec(tmp_path, lab), artifacts=tmp_path / "a")
+    driver = Network(lab, dnat(lab))
+
+    def backends(trace: Trace) -> dict[str, int]:
+        summary = harness.verify(driver, trace).report.summary
+        return {b["backend"]: b["flows"] for b in summary["backends"] if b["flows"]}
+
+    assert backends(trace_of(datagrams(0.0, 1, 2), datagrams(0.05, 2, 2))) == {"b1": 1, "b2": 1}
+    assert backends(trace_of(datagrams(0.0, 2, 2))) == {"b1": 1}  # the first flow of a fresh round robin
+
 def test_haproxy_in_proxy_mode_passes_with_a_backend_killed(lab_factory, tmp_path):
     reason = Haproxy.unavailable()
     if reason:
@@ -185,6 +199,17 @@ def test_a_spec_that_does_not_describe_the_lab_is_refused(lab, tmp_path):
         ours.run(Network(lab, max_duration=1.0), trace_of(connection(0.0, 1), connection(1.5, 2)))
     with pytest.raises(ValueError):
         Network(lab, faults="unplug")
+
+
+def test_without_the_conntrack_tool_the_driver_is_refused(lab, monkeypatch):
+    import shutil
+
+    from lbspec.lab.netns import LabError
+
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "conntrack" else which(name, *a, **k))
+    with pytest.raises(LabError, match="conntrack"):
+        Network(lab)
 
 
 # ------------------------------------------------------------------ plugin --
