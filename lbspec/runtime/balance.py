@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lbspec import diagnostics as d
-from lbspec.runtime.classify import runs_of
 from lbspec.runtime.compiled import CheckPlan, Compiled
 from lbspec.runtime.state import FlowTable
 from lbspec.runtime.stats import share_test
@@ -93,19 +92,21 @@ class Traffic:
         """Pairs ``rows`` (forwarded, listened, to a known backend) of one service."""
         if not len(rows):
             return
-        keys = pairs.flows[rows]
-        order, starts, first, _last = runs_of(keys)  # sums of whole bytes: exact in any order
-        payload = pairs.ingress("plen")[rows]
-        byte_sums = np.add.reduceat(payload[order].astype(np.float64), starts)
+        ordered = pairs.by_flow(rows)
+        keys = pairs.flows[ordered]
+        starts = np.nonzero(np.r_[True, keys[1:] != keys[:-1]])[0]
+        first = ordered[starts]  # each flow's first pair
+        payload = pairs.ingress("plen")
+        byte_sums = np.add.reduceat(payload[ordered].astype(np.float64), starts)  # whole bytes: exact in any order
         counts = np.diff(np.r_[starts, len(rows)])
-        ts = pairs.egress("ts")[rows][first]
-        self.backend_bytes += np.bincount(pairs.gid[rows], payload, len(self.backend_bytes))
-        keys = keys[first]
+        ts = pairs.egress("ts")[first]
+        self.backend_bytes += np.bincount(pairs.gid[rows], payload[rows], len(self.backend_bytes))
+        keys = keys[starts]
         flows = keys.tolist()
         known = self.flows.items
         fresh = [i for i, k in enumerate(flows) if k not in known]
         if fresh:
-            self._open(engine, pairs, rows[first[fresh]], keys[fresh], ts[fresh])
+            self._open(engine, pairs, first[fresh], keys[fresh], ts[fresh])
         for entry, amount, count, time in zip(map(known.__getitem__, flows), byte_sums.tolist(), counts.tolist(),
                                               ts.tolist()):
             if time > entry[1]:

@@ -57,6 +57,19 @@ class Pairs:
         """Each pair's flow (the 5-tuple the client sent), for the checks and the accounting alike."""
         return flow_key(self.view)
 
+    @functools.cached_property
+    def _by_flow(self) -> np.ndarray:
+        return np.argsort(self.flows, kind="stable")
+
+    def by_flow(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` (increasing) ordered by flow, each flow's in their order: one sort of the pairs, shared by
+        the checks and the accounting."""
+        if len(rows) == len(self):
+            return self._by_flow
+        chosen = np.zeros(len(self), bool)
+        chosen[rows] = True
+        return self._by_flow[chosen[self._by_flow]]
+
     def ingress(self, column: str) -> np.ndarray:
         """``column`` of each pair's ingress packet (from the view, or gathered once)."""
         return self.view[column] if column in self.view else self._gather(column, self.ii, "in")
@@ -236,11 +249,16 @@ def _stick(engine, check: CheckPlan, pairs: Pairs) -> None:
     if not len(rows):
         return
     by_client = check.pattern.key == "client"
-    keys = (pairs.view["sa_lo"] ^ pairs.view["sa_hi"])[rows] if by_client else pairs.flows[rows]
-    ts = pairs.egress("ts")[rows]
-    in_time = len(ts) < 2 or not (ts[1:] < ts[:-1]).any()  # as pairs usually come: one sort, not two
-    order = np.argsort(keys, kind="stable") if in_time else np.lexsort((ts, keys))
-    rows, keys, ts = rows[order], keys[order], ts[order]
+    keys = (pairs.view["sa_lo"] ^ pairs.view["sa_hi"]) if by_client else pairs.flows
+    ts = pairs.egress("ts")
+    in_time = len(ts) < 2 or not (ts[1:] < ts[:-1]).any()  # as pairs usually come: no sort by time
+    if not in_time:
+        rows = rows[np.lexsort((ts[rows], keys[rows]))]
+    elif by_client:
+        rows = rows[np.argsort(keys[rows], kind="stable")]
+    else:
+        rows = pairs.by_flow(rows)
+    keys, ts = keys[rows], ts[rows]
     gids = pairs.gid[rows]
     fresh = syn_only(pairs.view["flags"][rows]) & (not by_client)  # a new connection may go anywhere
     first = np.r_[True, keys[1:] != keys[:-1]]
