@@ -131,6 +131,7 @@ def _validate(args, spec) -> None:
         raise InputError("--live cannot be combined with capture files")
     if args.duration is not None and not args.live:
         raise InputError("--duration only applies to --live")
+    _both_sides(args)
     names = [s.name for s in spec.services]
     for name in args.service:
         if name not in names:
@@ -146,6 +147,27 @@ def _validate(args, spec) -> None:
             os.makedirs(args.witness_dir, exist_ok=True)
         except OSError as error:
             raise InputError(f"cannot create --witness-dir {args.witness_dir}: {error.strerror}") from None
+
+
+def _both_sides(args) -> None:
+    """Captures of one side only: every packet would look dropped (or made up), so it is a usage error."""
+    from lbspec.diagnostics import InputError
+    from lbspec.runtime.live import parse_interface
+
+    if args.live:
+        sides = {parse_interface(text).side for text in args.live}
+        given = {"client": "client" in sides, "backend": "backend" in sides, "both": None in sides}
+        option = "--live {side}:IFACE"
+    else:
+        given = {"client": bool(args.client_side), "backend": bool(args.backend_side), "both": bool(args.captures)}
+        option = "--{side}-side"
+    if given["both"] or given["client"] == given["backend"]:
+        return
+    have, missing = ("client", "backend") if given["client"] else ("backend", "client")
+    raise InputError(f"{option.format(side=have)} needs {option.format(side=missing)} too: with one side only, "
+                     f"every packet would look {'dropped' if have == 'client' else 'made up'}, since the monitor holds "
+                     "what the LB received against what it sent on (a capture of both sides is given without a "
+                     f"side: {'--live IFACE' if args.live else 'CAPTURE'})")
 
 
 # ------------------------------------------------------------------ output --

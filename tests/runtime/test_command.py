@@ -226,10 +226,17 @@ def test_bad_events_files_exit_2(cli, spec_path, captures, tmp_path, content, me
     ([], "nothing to read"), (["x.pcap", "--duration", "3"], "--duration only applies to --live"),
     (["x.pcap", "--service", "wbe"], "did you mean `web`"), (["x.pcap", "--skew", "soon"], "--skew"),
     (["x.pcap", "--live", "lo"], "cannot be combined"),
+    (["--client-side", "x.pcap"], "--backend-side"), (["--backend-side", "x.pcap"], "--client-side"),
+    (["--live", "client:lo", "--live", "client:eth0"], "--live backend:"), (["--live", "backend:lo"], "--live client:"),
 ])
 def test_usage_errors_exit_2(cli, spec_path, argv, message):
     run = cli("monitor", spec_path, *argv)
     assert run.code == 2 and message in run.err
+
+
+def test_one_side_is_enough_beside_a_capture_of_both(cli, spec_path, captures):
+    client, _backend = captures
+    assert cli("monitor", spec_path, str(client), "--client-side", str(client), "--format", "json").code in (0, 1)
 
 
 def test_option_type_errors_exit_2(cli, spec_path):

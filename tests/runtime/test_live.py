@@ -101,7 +101,7 @@ def test_frames_the_kernel_dropped_are_a_note_and_counted_in_the_summary(cli, sp
 
     # the first read is at start (drops while the socket was set up: not counted), the second at the end
     monkeypatch.setattr(conf, "L2listen", lambda **kwargs: _Listening(_Counters((5, 2), (900, 7))))
-    run = cli("monitor", spec_file(spec()), "--live", "client:eth0", "--duration", "0.3", "--format", fmt)
+    run = cli("monitor", spec_file(spec()), "--live", "eth0", "--duration", "0.3", "--format", fmt)
     assert run.code == 0, run.err
     if fmt == "jsonl":
         summary = json.loads(run.out.splitlines()[-1])["summary"]
