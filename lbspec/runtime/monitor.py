@@ -927,7 +927,29 @@ class Monitor:
                                           data={"file": name, "count": total,
                                                 "reasons": {w: {"count": c, "first_frame": f}
                                                             for w, (c, f) in reasons.items()}}))
+        one_side = self._one_side()
+        if one_side is not None:
+            notes.append(one_side)
         return notes
+
+    def _one_side(self) -> Diagnostic | None:
+        """Captures that show one side of the LB only -- packets to it, and answers coming back, but none of
+        what it sent on (or the reverse) -- whatever the files were given as: the verdicts about what is not
+        there (drops, or traffic without a cause) are the capture's, not the LB's."""
+        roles = self.counts.roles
+        if roles.get(INGRESS) and roles.get(CREPLY) and not roles.get(EGRESS):
+            seen, answers, missing, wrong = "client packets to a VIP", "replies reaching clients", \
+                "nothing the LB sent toward a backend", "LB200 drops"
+        elif roles.get(EGRESS) and roles.get(BREPLY) and not roles.get(INGRESS):
+            seen, answers, missing, wrong = "packets the LB sent toward backends", "replies from backends", \
+                "no client packet to a VIP", "LB208 verdicts"
+        else:
+            return None
+        first, second = roles.get(INGRESS) or roles[EGRESS], roles.get(CREPLY) or roles[BREPLY]
+        return d.CAPTURE_GAP.at(None, what=f"the captures show {first} {seen} and {second} {answers}, but "
+                                f"{missing}: they hold one side of the LB only, so the {wrong} are the capture's, "
+                                "not the LB's (capture both sides)",
+                                data={"side_missing": "backend" if roles.get(INGRESS) else "client"})
 
     def note(self, diagnostic: Diagnostic) -> None:
         """Add a diagnostic from outside the engine (a damaged file, the clock skew...)."""

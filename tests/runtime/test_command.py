@@ -113,6 +113,27 @@ def test_combined_capture_with_roles_from_addresses(cli, spec_file, tmp_path):
     assert (roles["ingress"], roles["egress"], roles["backend-reply"], roles["client-reply"]) == (16, 15, 15, 15)
 
 
+
+def _gaps(document) -> list:
+    return [x["data"] for x in document["diagnostics"] if x["code"] == "LB209"]
+
+
+@pytest.mark.parametrize("side, missing, verdict", [(0, "backend", "LB200"), (1, "client", "LB208")])
+def test_a_capture_of_one_side_given_as_both_is_LB209(cli, spec_file, captures, side, missing, verdict):
+    run = cli("monitor", spec_file(spec()), str(captures[side]), "--format", "json")
+    document = json.loads(run.out)
+    assert set(document["monitor"]["verdicts"]) <= {verdict}  # egress before any client packet may go unjudged
+    assert _gaps(document) == [{"side_missing": missing}]
+
+
+def test_an_lb_that_forwards_nothing_is_no_capture_of_one_side(cli, spec_file, tmp_path):
+    scenario = Scenario("nat")
+    for k in range(3):
+        scenario.flow("10.1.0.11", k * 0.05, drop={0, 1, 2, 3})  # nothing forwarded, so nothing answered
+    (path,) = scenario.write(tmp_path, combined=True)
+    document = json.loads(cli("monitor", spec_file(spec()), str(path), "--format", "json").out)
+    assert set(document["monitor"]["verdicts"]) == {"LB200"} and _gaps(document) == []
+
 def test_combined_capture_sees_an_untranslated_reply_as_the_second_copy(cli, spec_file, tmp_path):
     scenario = Scenario("nat")
     scenario.flow("10.1.0.11", reply_from="10.1.0.11")
