@@ -933,23 +933,26 @@ class Monitor:
         return notes
 
     def _one_side(self) -> Diagnostic | None:
-        """Captures that show one side of the LB only -- packets to it, and answers coming back, but none of
-        what it sent on (or the reverse) -- whatever the files were given as: the verdicts about what is not
-        there (drops, or traffic without a cause) are the capture's, not the LB's."""
+        """Captures that show one side of the LB only, whatever the files were given as: packets to it and
+        the answers coming back but none of what it sent on -- or no client packet to a VIP at all (the
+        backend side alone, other VIPs than the spec's, the sides swapped): then nothing was judged for
+        clients, and the verdicts about what is not there (drops, traffic with no cause) are the capture's."""
         roles = self.counts.roles
-        if roles.get(INGRESS) and roles.get(CREPLY) and not roles.get(EGRESS):
-            seen, answers, missing, wrong = "client packets to a VIP", "replies reaching clients", \
-                "nothing the LB sent toward a backend", "LB200 drops"
-        elif roles.get(EGRESS) and roles.get(BREPLY) and not roles.get(INGRESS):
-            seen, answers, missing, wrong = "packets the LB sent toward backends", "replies from backends", \
-                "no client packet to a VIP", "LB208 verdicts"
-        else:
-            return None
-        first, second = roles.get(INGRESS) or roles[EGRESS], roles.get(CREPLY) or roles[BREPLY]
-        return d.CAPTURE_GAP.at(None, what=f"the captures show {first} {seen} and {second} {answers}, but "
-                                f"{missing}: they hold one side of the LB only, so the {wrong} are the capture's, "
-                                "not the LB's (capture both sides)",
-                                data={"side_missing": "backend" if roles.get(INGRESS) else "client"})
+        proxied = any(plan.mode == "proxy" for plan in self.compiled.services)  # the proxy itself answers clients
+        if roles.get(INGRESS) and roles.get(CREPLY) and not roles.get(EGRESS) and not proxied \
+                and self.book.counts():
+            what = (f"the captures show {roles[INGRESS]} client packets to a VIP and {roles[CREPLY]} replies "
+                    "reaching clients, but nothing the LB sent toward a backend: they hold the client side only, so "
+                    "the drops reported are the capture's, not the LB's (capture the backend side too)")
+            return d.CAPTURE_GAP.at(None, what=what, data={"side_missing": "backend"})
+        if not roles.get(INGRESS) and (roles.get(EGRESS) or roles.get(TRANSIT)):
+            vips = ", ".join(str(v) for s in self.spec.services for v in s.vips)
+            what = (f"no client packet to a VIP of the spec ({vips}) was seen, so nothing was judged for clients; "
+                    f"{roles.get(EGRESS, 0)} packets went toward backends and {roles.get(TRANSIT, 0)} to other "
+                    "addresses: the captures hold the backend side only, the clients used other VIPs, or the "
+                    "sides were swapped (verdicts about those packets are then the capture's, not the LB's)")
+            return d.CAPTURE_GAP.at(None, what=what, data={"side_missing": "client"})
+        return None
 
     def note(self, diagnostic: Diagnostic) -> None:
         """Add a diagnostic from outside the engine (a damaged file, the clock skew...)."""

@@ -118,12 +118,25 @@ def _gaps(document) -> list:
     return [x["data"] for x in document["diagnostics"] if x["code"] == "LB209"]
 
 
-@pytest.mark.parametrize("side, missing, verdict", [(0, "backend", "LB200"), (1, "client", "LB208")])
-def test_a_capture_of_one_side_given_as_both_is_LB209(cli, spec_file, captures, side, missing, verdict):
-    run = cli("monitor", spec_file(spec()), str(captures[side]), "--format", "json")
+@pytest.mark.parametrize("argv, missing", [
+    (lambda c, b: [c], "backend"),  # the client side alone, given as a capture of both sides
+    (lambda c, b: [b], "client"),
+    (lambda c, b: ["--client-side", b, "--backend-side", c], "client"),  # the sides swapped
+])
+def test_captures_of_one_side_are_LB209(cli, spec_file, captures, argv, missing):
+    run = cli("monitor", spec_file(spec()), *argv(*map(str, captures)), "--format", "json")
+    assert _gaps(json.loads(run.out)) == [{"side_missing": missing}]
+
+
+def test_a_spec_whose_vip_the_clients_did_not_use_is_LB209_not_a_silent_pass(cli, spec_file, captures):
+    client, backend = map(str, captures)
+    run = cli("monitor", spec_file(spec(vip="192.0.2.99")), "--client-side", client, "--backend-side", backend,
+              "--format", "json")
     document = json.loads(run.out)
-    assert set(document["monitor"]["verdicts"]) <= {verdict}  # egress before any client packet may go unjudged
-    assert _gaps(document) == [{"side_missing": missing}]
+    assert _gaps(document) == [{"side_missing": "client"}] and document["monitor"]["listened_ingress"] == 0
+    right = json.loads(cli("monitor", spec_file(spec()), "--client-side", client, "--backend-side", backend,
+                           "--format", "json").out)
+    assert _gaps(right) == []
 
 
 def test_an_lb_that_forwards_nothing_is_no_capture_of_one_side(cli, spec_file, tmp_path):
