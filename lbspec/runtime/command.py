@@ -152,9 +152,10 @@ def _validate(args, spec) -> None:
 def _both_sides(args) -> None:
     """Captures of one side only: every packet would look dropped (or made up), so it is a usage error."""
     from lbspec.diagnostics import InputError
-    from lbspec.runtime.live import parse_interface
 
     if args.live:
+        from lbspec.runtime.live import parse_interface
+
         sides = {parse_interface(text).side for text in args.live}
         given = {"client": "client" in sides, "backend": "backend" in sides, "both": None in sides}
         option = "--live {side}:IFACE"
