@@ -169,7 +169,8 @@ def _combined(p, role, combined, to_vip, dsr, vip_s, be_s, tunnel, dirn) -> None
     if not known.all():
         dsr_copies = combined & ~known & to_vip & dsr
         reply_copies = combined & ~known & (be_s >= 0) & ~tunnel & ~to_vip
-        fill_digests(p, np.nonzero(dsr_copies | reply_copies)[0])
+        # replies are told apart by their payloads only where headers cannot (TCP has sequence numbers)
+        fill_digests(p, np.nonzero(dsr_copies | (reply_copies & (p["proto"] != TCP)))[0])
         transit_copies = combined & ~known & ~to_vip & (vip_s < 0) & (be_s < 0) & ~tunnel
         fill_digests(p, np.nonzero(transit_copies)[0])
         _copies(p, role, dsr_copies, INGRESS, EGRESS)

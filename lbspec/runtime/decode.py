@@ -403,8 +403,9 @@ def distinct(values: np.ndarray) -> list[int]:
 
 
 def fill_digests(p: Packets, rows: np.ndarray) -> None:
-    """Set ``digest`` to the CRC-32 of the captured payload of ``rows`` (C speed; Python only steps)."""
-    rows = rows[(p["pcap"][rows] > 0) & (p["status"][rows] == OK)]
+    """Set ``digest`` to the CRC-32 of the captured payload of ``rows`` (C speed; Python only steps).
+    Rows that have one already keep it: a capture of both sides digests some rows twice over otherwise."""
+    rows = rows[(p["pcap"][rows] > 0) & (p["status"][rows] == OK) & (p["digest"][rows] == 0)]
     if not len(rows):
         return
     crc = zlib.crc32
