@@ -1,6 +1,6 @@
 """Throughput of `lbspec monitor` beside tshark, on a generated NAT capture pair.
 
-    python bench/monitor_throughput.py [--packets 1000000] [--flows 10000] [--jobs 1 2] [--keep DIR]
+    python bench/monitor_throughput.py [--packets 1000000] [--flows 10000] [--jobs 1 2] [--combined] [--keep DIR]
 
 Writes a client-side and a backend-side pcap of a NAT load balancer (TCP
 flows: handshake, a request, a response in full-size segments, ACKs,
@@ -9,7 +9,10 @@ same run and on the same files:
 
 * ``lbspec monitor SPEC --client-side C --backend-side B`` with every library
   property on (once per ``--jobs`` value);
-* ``tshark -r FILE -T fields -e ip.src -e ip.dst -e tcp.srcport`` on each file.
+* ``tshark -r FILE -T fields -e ip.src -e ip.dst -e tcp.srcport`` on each file;
+* with ``--combined``, also ``lbspec monitor SPEC BOTH`` on one capture holding
+  both sides (as ``tcpdump -i any`` on the LB makes), where each packet's role
+  is inferred.
 
 It prints packets per second for each, their ratio, and the peak resident
 memory of each command (summed over its processes).  lbspec runs with its
@@ -96,8 +99,9 @@ TEMPLATE = _template()
 BODIES = [bytes((k + i) & 0xFF for i in range(SEGMENT)) for k in range(256)]
 
 
-def write_pair(directory: Path, packets: int, flows: int) -> tuple[Path, Path, int]:
-    """Write client.pcap and backend.pcap; returns their paths and the packet count."""
+def write_pair(directory: Path, packets: int, flows: int, combined: bool = False) -> tuple[Path, Path, int]:
+    """Write client.pcap and backend.pcap (and, if ``combined``, both.pcap: the two in one, in time order);
+    returns the first two paths and the packet count."""
     flows = max(1, min(flows, packets // (2 * PER_SIDE)))
     rng = np.random.default_rng(7)
     starts = rng.uniform(0, max(flows / 500.0, 1.0), flows) + 1_700_000_000.0
@@ -112,14 +116,17 @@ def write_pair(directory: Path, packets: int, flows: int) -> tuple[Path, Path, i
     flow, step = np.tile(flow, 2)[order], np.tile(step, 2)[order]
     ts, side = ts[order], side[order]
     client, backend = directory / "client.pcap", directory / "backend.pcap"
-    with open(client, "wb") as near, open(backend, "wb") as far:
-        for stream in (near, far):
+    with open(client, "wb") as near, open(backend, "wb") as far, \
+            open(directory / "both.pcap" if combined else os.devnull, "wb") as both:
+        for stream in (near, far, both):
             stream.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
         for t, s_, f, k in zip(ts.tolist(), side.tolist(), flow.tolist(), step.tolist()):
             frame = _packet(f, k, s_)
             seconds = int(t)
-            (near if s_ == 0 else far).write(struct.pack("<IIII", seconds, int((t - seconds) * 1e6), len(frame),
-                                                         len(frame)) + frame)
+            record = struct.pack("<IIII", seconds, int((t - seconds) * 1e6), len(frame), len(frame)) + frame
+            (near if s_ == 0 else far).write(record)
+            if combined:
+                both.write(record)
     return client, backend, len(ts)
 
 
@@ -201,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--keep", metavar="DIR", help="write the captures here and keep them")
     parser.add_argument("--no-tshark", action="store_true", help="skip the tshark comparison")
+    parser.add_argument("--combined", action="store_true",
+                        help="also time one capture holding both sides (roles inferred), --jobs 1")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each command; the fastest counts")
     args = parser.parse_args(argv)
     directory = Path(args.keep or tempfile.mkdtemp(prefix="lbspec-bench-"))
@@ -214,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args, directory: Path) -> int:
     started = time.perf_counter()
-    client, backend, count = write_pair(directory, args.packets, args.flows)
+    client, backend, count = write_pair(directory, args.packets, args.flows, args.combined)
     spec = directory / "web.lbspec"
     spec.write_text(SPEC)
     size = (client.stat().st_size + backend.stat().st_size) / 1e6
@@ -233,6 +242,10 @@ def _run(args, directory: Path) -> int:
         elapsed, peak, code, _last = min(runs)
         ok &= all(r[2] == 0 for r in runs)
         results.append((f"lbspec monitor --jobs {jobs}", elapsed, max(r[1] for r in runs), code))
+    if args.combined:
+        runs = [timed(lbspec[:5] + [str(directory / "both.pcap")] + lbspec[9:], env) for _ in range(args.repeat)]
+        ok &= all(r[2] == 0 for r in runs)
+        results.append(("lbspec monitor BOTH (one capture)", min(runs)[0], max(r[1] for r in runs), min(runs)[2]))
     if not args.no_tshark and shutil.which("tshark"):
         results.append(("tshark -T fields (both files)", *_tshark((client, backend), args.repeat), 0))
     _print(results, count, startup)
@@ -268,9 +281,10 @@ def _print(results, count: int, startup: float) -> None:
         rate = count / elapsed
         ratio = f"{reference[1] / elapsed:9.1f}x" if reference else "-"
         print(f"{name:34} {elapsed:8.2f} {rate:12,.0f} {ratio:>10} {peak / 2**20:8.0f}MB {code:>5}")
+    steady = [f"{name.removeprefix('lbspec monitor ')} {count / max(elapsed - startup, 1e-9):,.0f}"
+              for name, elapsed, _peak, _code in results if name.startswith("lbspec")]
     print(f"(lbspec startup -- Python, the grammar, the spec -- on an empty capture: {startup:.2f}s; "
-          "packets/s without it: " + ", ".join(f"{r[0].split()[-1]} job(s) {count / max(r[1] - startup, 1e-9):,.0f}"
-                                              for r in results if r[0].startswith("lbspec")) + ")")
+          f"packets/s without it: {', '.join(steady)})")
 
 
 if __name__ == "__main__":
