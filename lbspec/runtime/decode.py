@@ -102,6 +102,10 @@ class Packets:
         return Packets({k: (v.take(index, splits) if type(v) is _Joined and ordered else self[k][index])
                         for k, v in self.cols.items()}, self.buffers)
 
+    def row(self, index: int) -> Packets:
+        """Row ``index`` as a table of its own: a copy, so that it keeps no other row's memory alive."""
+        return Packets({k: self[k][index:index + 1].copy() for k in self.cols}, self.buffers)
+
     def slice(self, start: int, stop: int) -> Packets:
         """Rows ``start`` to ``stop`` as views (no copy)."""
         return Packets({k: self[k][start:stop] for k in self.cols}, self.buffers)

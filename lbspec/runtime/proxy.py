@@ -4,10 +4,13 @@ Packets are not forwarded one by one, bytes are: each client connection is
 paired with the backend connection that carries its byte stream -- the one
 whose first bytes are the client's first bytes: of the clients that agree with
 it on at least the first 64 bytes, the one that agrees longest (up to a KiB),
-then the latest opened before it, unpaired ones first -- so requests that start
-alike pair by what follows, and a stream changed on the way still pairs with
-its client (connections that carry no bytes pair by the order they were
-opened).  Then:
+then the latest opened before it (with none, the earliest opened just after
+it, within the clocks' tolerance), unpaired ones first -- so requests that
+start alike pair by what follows, and a stream changed on the way still pairs
+with its client (connections that carry no bytes pair by the order they were
+opened).  Clients are found by the first bytes of their streams (an index),
+not by comparing every client: with thousands of connections open, pairing
+costs what the few alike cost.  Then:
 
 * every client byte must reach the backend within the response deadline
   (LB200, late or never);
@@ -53,7 +56,7 @@ import numpy as np
 
 from lbspec import diagnostics as d
 from lbspec.runtime import judge
-from lbspec.runtime.classify import BREPLY, CREPLY, EGRESS, INGRESS, flow_key, mix
+from lbspec.runtime.classify import BREPLY, CREPLY, EGRESS, INGRESS, flow_key
 from lbspec.runtime.compiled import CheckPlan, akey
 from lbspec.runtime.decode import TCP, Packets
 from lbspec.runtime.evidence import flow_text, packet_ref
@@ -132,6 +135,7 @@ class _Client:
     closed_at: float | None = None  # the LB closed it (FIN or RST)
     attempts: list = field(default_factory=list)  # failed backend connection attempts made for it
     outcome: str | None = None
+    indexed: tuple[bool, bytes] = (False, b"")  # carried yet, and the first bytes of its stream (ProxyTracker._index)
 
 
 @dataclass
@@ -177,8 +181,16 @@ def _common_length(one: bytes, other: bytes) -> int:
     return low
 
 
-def _rank(match: tuple[int, float, _Client]) -> tuple[int, float]:
-    return match[0], match[1]
+def _rank(opened: float):
+    """How clients that agree with a backend connection opened at ``opened`` rank: the longest agreement,
+    then one opened before it (the latest), then one opened just after it, within the clocks' tolerance
+    (the earliest).  Taking the latest within the tolerance instead would pair each of many identical
+    requests, a millisecond apart, with the next client's backend connection, and leave the first client
+    looking dropped."""
+    def rank(match: tuple[int, float, _Client]) -> tuple[int, bool, float]:
+        length, start, _client = match
+        return length, start <= opened, start if start <= opened else -start
+    return rank
 
 
 class ProxyTracker:
@@ -189,6 +201,10 @@ class ProxyTracker:
         self.compiled = engine.compiled
         self.services = {s.index for s in self.compiled.services if s.mode == "proxy"}
         self.clients: dict[int, _Client] = {}
+        # clients by whether a backend connection carries them, and the first ALIKE bytes of their streams
+        self.by_prefix: dict[tuple[bool, bytes], dict[int, _Client]] = {}
+        self.free: dict[int, _Client] = {}  # clients no backend connection carries yet
+        self.paired: list[tuple[_Client, _Backend]] = []  # connections paired and not judged yet
         self.backends: dict[int, _Backend] = {}
         self.connections = 0
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
@@ -214,17 +230,30 @@ class ProxyTracker:
     def observe(self, p: Packets, rows: np.ndarray) -> None:
         roles = p["role"][rows]
         checks = self._response_checks(p, rows[roles == INGRESS])
+        keys = self._connection_keys(p, rows, roles).tolist()
         position = 0
-        for row, role in zip(rows.tolist(), roles.tolist()):
+        for row, role, key in zip(rows.tolist(), roles.tolist(), keys):
             if role == INGRESS:
                 self._client_packet(p, row, checks[position])
                 position += 1
             elif role == EGRESS:
-                self._backend_packet(p, row)
+                self._backend_packet(p, row, key)
             elif role == CREPLY:
                 self._to_client(p, row)
             else:
-                self._from_backend(p, row)
+                self._from_backend(p, row, key)
+        if self.paired:
+            self._judge_pairs()
+
+    @staticmethod
+    def _connection_keys(p: Packets, rows: np.ndarray, roles: np.ndarray) -> np.ndarray:
+        """The backend connection each row is on, as its packets from the LB are keyed (their 5-tuple): a
+        backend's packets are keyed with their ends swapped."""
+        back = roles == BREPLY
+        ends = {k: p[k][rows] for k in ("proto", "sa_hi", "sa_lo", "da_hi", "da_lo", "sport", "dport")}
+        for near, far in (("sa_hi", "da_hi"), ("sa_lo", "da_lo"), ("sport", "dport")):
+            ends[near], ends[far] = np.where(back, ends[far], ends[near]), np.where(back, ends[near], ends[far])
+        return flow_key(ends)
 
     def _response_checks(self, p: Packets, rows: np.ndarray) -> list[list[CheckPlan]]:
         """For each row, the response checks it is held to (listened, a rule takes it, in scope)."""
@@ -256,6 +285,9 @@ class ProxyTracker:
         end = client.stream.offset(int(p["seq"][row])) + len(data)
         before = client.stream.next
         self.volume["client_to_lb"] += client.stream.add(int(p["seq"][row]), data) - before
+        if len(client.indexed[1]) < ALIKE and client.stream.prefix[:ALIKE] != client.indexed[1]:
+            self._unindex(client)
+            self._index(client)
         if checks:
             ref = packet_ref(p, row, self.engine.sources, True)
             client.waiting.append((end, time, checks, ref))
@@ -266,10 +298,31 @@ class ProxyTracker:
         view = {k: p[k][row:row + 1] for k in judge.VIEW_COLUMNS}
         service = int(p["svc"][row])
         rule = int(self.compiled.services[service].rule_index(view)[0])
-        client = _Client(key, service, rule, p.take(np.array([row])), time, time)
-        self.clients[key] = client
+        client = _Client(key, service, rule, p.row(row), time, time)
+        replaced = self.clients.get(key)
+        if replaced is not None:
+            self._drop(replaced)
+        self.clients[key] = self.free[key] = client
         self.connections += 1
         return client
+
+    def _index(self, client: _Client) -> None:
+        client.indexed = (client.backend is not None, client.stream.prefix[:ALIKE])
+        if client.indexed[1]:
+            self.by_prefix.setdefault(client.indexed, {})[client.key] = client
+
+    def _unindex(self, client: _Client) -> None:
+        bucket = self.by_prefix.get(client.indexed)
+        if bucket is not None and bucket.get(client.key) is client:
+            del bucket[client.key]
+            if not bucket:
+                del self.by_prefix[client.indexed]
+
+    def _drop(self, client: _Client) -> None:
+        """A client forgotten, or replaced by a new connection of the same flow."""
+        self._unindex(client)
+        if self.free.get(client.key) is client:
+            del self.free[client.key]
 
     def _to_client(self, p: Packets, row: int) -> None:
         """What the LB sends a client: its SYN-ACK, its bytes, its FIN or RST."""
@@ -291,11 +344,11 @@ class ProxyTracker:
 
     # --------------------------------------------------------- backends --
 
-    def _backend_packet(self, p: Packets, row: int) -> None:
-        key, time, flags = int(flow_key(p, np.array([row]))[0]), float(p["ts"][row]), int(p["flags"][row])
+    def _backend_packet(self, p: Packets, row: int, key: int) -> None:
+        time, flags = float(p["ts"][row]), int(p["flags"][row])
         backend = self.backends.get(key)
         if backend is None or (flags & _SYN and not flags & _ACK and backend.stream.next):
-            backend = _Backend(key, int(p["gid"][row]), p.take(np.array([row])), time, time)
+            backend = _Backend(key, int(p["gid"][row]), p.row(row), time, time)
             self.backends[key] = backend
         backend.last = time
         if flags & _SYN:
@@ -316,11 +369,9 @@ class ProxyTracker:
         if backend.client is not None and backend.client.backend is backend:
             self._deliver(backend.client, reached, time)
 
-    def _from_backend(self, p: Packets, row: int) -> None:
-        """What a backend sends the LB: its SYN-ACK or RST to the LB's SYN, its bytes."""
-        key = int(mix([p["proto"][row:row + 1], p["da_hi"][row:row + 1], p["da_lo"][row:row + 1],
-                       p["sa_hi"][row:row + 1], p["sa_lo"][row:row + 1], p["dport"][row:row + 1],
-                       p["sport"][row:row + 1]])[0])  # the key of the LB's packets on this connection
+    def _from_backend(self, p: Packets, row: int, key: int) -> None:
+        """What a backend sends the LB: its SYN-ACK or RST to the LB's SYN, its bytes (``key``: the key of the
+        LB's packets on this connection)."""
         backend = self.backends.get(key)
         if backend is None:
             return
@@ -337,32 +388,62 @@ class ProxyTracker:
 
     def _pair_by_bytes(self, backend: _Backend) -> None:
         """The client connection whose stream starts like this one (at least its first ``ALIKE`` bytes): the
-        one that agrees with it longest, then the latest opened before it; unpaired ones first."""
+        one that agrees with it longest, then as :func:`_rank` says; unpaired ones first."""
         head = backend.stream.prefix
         if not head:
             return
         limit = backend.start + self.engine.options.tolerance
-        ranked = [(_common_length(head, c.stream.prefix), c.start, c) for c in self.clients.values()
-                  if c.start <= limit]
-        matching = [(length, start, c) for length, start, c in ranked
-                    if length and length >= min(ALIKE, len(head), len(c.stream.prefix))]
-        free = [m for m in matching if m[2].backend is None]
+        free = self._matching(head, limit, self._candidates(head, False))
         if free:
-            self._pair(max(free, key=_rank)[2], backend)
-        elif matching:
-            client = max(matching, key=_rank)[2]
+            self._pair(max(free, key=_rank(backend.start))[2], backend)
+            return
+        carried = self._candidates(head, True) if len(head) >= ALIKE else self.clients.values()
+        matching = self._matching(head, limit, carried)
+        if matching:
+            client = max(matching, key=_rank(backend.start))[2]
             backend.judged = True
             self._duplicate(client, backend)
 
+    def _candidates(self, head: bytes, carried: bool) -> list[_Client]:
+        """Clients (carried by a backend connection or not) that may agree with ``head`` on the bytes the rule
+        asks (see :meth:`_matching`), by the first bytes of their streams: every one where ``head`` has ALIKE
+        bytes; with a shorter head, those whose streams are no longer than it (and, not carried, the rest)."""
+        found = [c for size in range(1, min(len(head), ALIKE) + 1)
+                 for c in self.by_prefix.get((carried, head[:size]), {}).values()]
+        if len(head) < ALIKE and not carried:
+            found += [c for c in self.free.values() if len(c.indexed[1]) > len(head)]
+        return found
+
+    @staticmethod
+    def _matching(head: bytes, limit: float, clients) -> list[tuple[int, float, _Client]]:
+        """The clients opened by ``limit`` whose streams start like ``head``: on its first ALIKE bytes, or all
+        of the shorter of the two."""
+        ranked = [(_common_length(head, c.stream.prefix), c.start, c) for c in clients if c.start <= limit]
+        return [(length, start, c) for length, start, c in ranked
+                if length and length >= min(ALIKE, len(head), len(c.stream.prefix))]
+
     def _pair(self, client: _Client, backend: _Backend) -> None:
+        self._unindex(client)
         client.backend, backend.client = backend, client
-        table = Packets.concat([client.first, backend.first])
-        table["gid"][1] = backend.gid
-        pairs = judge.Pairs.gather(table, self.compiled.services[client.service], np.array([0]), np.array([1]), 1)
-        judge.run_checks(self.engine, pairs, ("undeclared", "backends", "down", "stick"))
-        counted = np.nonzero(pairs.listened & (pairs.gid >= 0) & (pairs.rule >= 0))[0]
-        self.engine.traffic.account(self.engine, pairs, counted)
+        self._index(client)
+        if self.free.get(client.key) is client:
+            del self.free[client.key]
+        self.paired.append((client, backend))
         self.engine.counts.paired += 1
+
+    def _judge_pairs(self) -> None:
+        """The connections paired since last time, judged together (per service) as the packet pairs of the
+        other modes are: one table of their first packets, not a table per connection."""
+        for service in sorted({client.service for client, _backend in self.paired}):
+            mine = [(c, b) for c, b in self.paired if c.service == service]
+            table = Packets.concat([c.first for c, _b in mine] + [b.first for _c, b in mine])
+            table["gid"][len(mine):] = [b.gid for _c, b in mine]
+            ii, ee = np.arange(len(mine)), np.arange(len(mine), 2 * len(mine))
+            pairs = judge.Pairs.gather(table, self.compiled.services[service], ii, ee, 1)
+            judge.run_checks(self.engine, pairs, ("undeclared", "backends", "down", "stick"))
+            counted = np.nonzero(pairs.listened & (pairs.gid >= 0) & (pairs.rule >= 0))[0]
+            self.engine.traffic.account(self.engine, pairs, counted)
+        self.paired = []
 
     def _deliver(self, client: _Client, reached: int, time: float) -> None:
         """The backend has ``reached`` bytes at ``time``: settle the client bytes now delivered."""
@@ -450,6 +531,8 @@ class ProxyTracker:
                     self._unexplained(backend)
             elif backend.first_data < cutoff:
                 self._unexplained(backend)
+        if self.paired:
+            self._judge_pairs()
         self._forget(cutoff)
 
     def _attribute(self, cutoff: float) -> None:
@@ -555,6 +638,8 @@ class ProxyTracker:
         idle = cutoff - 300.0
         for table in (self.clients, self.backends):
             for key in [k for k, c in table.items() if c.last < idle]:
+                if table is self.clients:
+                    self._drop(table[key])
                 del table[key]
 
     def finish(self) -> None:

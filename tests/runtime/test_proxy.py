@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import TCP
 from scapy.layers.l2 import Ether
 
@@ -242,3 +244,56 @@ def test_the_text_summary_shows_connections_bytes_and_failures():
     assert "LB->backend 7" in line and "failed" not in line
     summary["proxy"]["failed_attempts"]["refused"] = 2
     assert "attempt refused 2" in summary_text(summary)
+
+
+# ------------------------------------------------------ finding clients by their first bytes --
+
+def _tracker_with(streams: list[tuple[bytes, bool]]):
+    """A tracker whose clients have these stream prefixes (and are carried or not), indexed as it indexes."""
+    from lbspec.runtime.proxy import ProxyTracker, _Client
+
+    tracker = ProxyTracker.__new__(ProxyTracker)  # the index alone: no engine needed
+    tracker.clients, tracker.by_prefix, tracker.free = {}, {}, {}
+    for key, (prefix, carried) in enumerate(streams):
+        client = _Client(key, 0, 0, None, float(key), float(key))
+        client.stream.prefix = prefix
+        client.backend = object() if carried else None
+        tracker.clients[key] = client
+        if not carried:
+            tracker.free[key] = client
+        tracker._index(client)
+    return tracker
+
+
+_BYTES = st.binary(min_size=0, max_size=90).map(lambda b: bytes(x % 3 for x in b))  # few symbols: many alike
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_BYTES, st.booleans()), max_size=12), _BYTES.filter(bool), st.floats(0, 12))
+def test_the_prefix_index_finds_the_clients_a_scan_of_all_finds(streams, head, limit):
+    """Pairing asks the index instead of comparing the backend's bytes with every client's: it must find the
+    same ones (where the index leaves some out -- carried clients, for a short head -- the tracker scans all)."""
+    from lbspec.runtime.proxy import ALIKE
+
+    tracker = _tracker_with(streams)
+    found = lambda clients: sorted(c.key for _n, _s, c in tracker._matching(head, limit, clients))  # noqa: E731
+    everyone = list(tracker.clients.values())
+    assert found(tracker._candidates(head, False)) == found([c for c in everyone if c.backend is None])
+    if len(head) >= ALIKE:
+        assert found(tracker._candidates(head, True)) == found([c for c in everyone if c.backend is not None])
+
+
+def test_pairing_compares_a_backend_connection_with_the_clients_in_flight_not_with_all(monkeypatch):
+    """Many connections with the same request: each backend connection is compared with the few clients not
+    carried yet that start alike, so the comparisons grow with the connections, not with their square."""
+    from lbspec.runtime import proxy
+
+    calls = []
+    common = proxy._common_length
+    monkeypatch.setattr(proxy, "_common_length", lambda one, other: calls.append(1) or common(one, other))
+    scenario = Scenario("proxy")
+    for k in range(300):
+        scenario.proxy_flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.002, client=f"203.0.{k // 200}.{k % 200 + 1}",
+                            chunks=(b"POST /orders HTTP/1.1\r\nHost: shop\r\n" + b"x" * 80,))
+    assert codes(scenario.judge(SPEC)) == []
+    assert len(calls) < 20 * 300  # a scan of every client made about 300 * 300 / 2
