@@ -6,7 +6,9 @@
   (the backend itself, or a router on the way to it), is down;
 * a SYN forwarded to a backend that gets no answer within ``answer_timeout``
   says the backend was down when the SYN was sent -- in modes whose replies
-  come back through the LB (nat, snat, proxy), where the answer would be seen.
+  come back through the LB (nat, snat, proxy), where the answer would be seen,
+  and unless the LB then acknowledges on that connection (the answer happened;
+  the capture did not show it).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class HealthInference:
         self.compiled = compiled
         self.timeline = timeline
         self.answer_timeout = answer_timeout
-        self.syns: dict[int, tuple[float, int]] = {}  # flow key -> (first SYN time, backend)
+        self.syns: dict[int, tuple[float, int, int]] = {}  # flow key -> (first SYN time, backend, source port)
         self.echoes: dict[int, tuple[float, int]] = {}
         self.probes: dict[int, float] = {}  # HTTP probe flows -> when seen
         routed = [compiled.services[b.service].mode in _REPLY_MODES for b in compiled.backends]
@@ -49,6 +51,8 @@ class HealthInference:
         back = (role == BREPLY) & (gid >= 0)
         self._syns(p, np.nonzero(out & (proto == TCP) & syn_only(p["flags"]))[0])
         self._answers(p, np.nonzero(back & (proto == TCP) & ((p["flags"] & (_SYN | _RST)) != 0))[0])
+        if self.syns:
+            self._established(p, np.nonzero(out & (proto == TCP) & ((p["flags"] & (_SYN | _ACK)) == _ACK))[0])
         icmp = (proto == ICMP) | (proto == ICMP6)
         if icmp.any():
             self._echo(p, out & icmp, back & icmp)
@@ -59,9 +63,9 @@ class HealthInference:
     def expire(self, now: float) -> None:
         """SYNs and echo requests unanswered for too long: the backend was down when they went."""
         for table in (self.syns, self.echoes):
-            late = [k for k, (t, _g) in table.items() if now - t > self.answer_timeout]
+            late = [k for k, entry in table.items() if now - entry[0] > self.answer_timeout]
             for key in late:
-                time, gid = table.pop(key)
+                time, gid = table.pop(key)[:2]
                 self.timeline.record(gid, time, False, "silence")
         if len(self.probes) > 10_000:
             cutoff = now - 60
@@ -74,7 +78,8 @@ class HealthInference:
         if not len(rows):
             return
         keys = _forward_key(p, rows).tolist()
-        collections.deque(map(self.syns.setdefault, keys, zip(p["ts"][rows].tolist(), p["gid"][rows].tolist())), 0)
+        collections.deque(map(self.syns.setdefault, keys, zip(p["ts"][rows].tolist(), p["gid"][rows].tolist(),
+                                                             p["sport"][rows].tolist())), 0)
 
     def _answers(self, p: Packets, rows: np.ndarray) -> None:
         if not len(rows):
@@ -89,6 +94,13 @@ class HealthInference:
         for up, down, time, gid in zip(synack.tolist(), refused.tolist(), times.tolist(), gids.tolist()):
             if up or down:
                 self.timeline.record(gid, time, up, "synack" if up else "rst")
+
+    def _established(self, p: Packets, rows: np.ndarray) -> None:
+        """The LB acknowledging on a connection it opened: the backend answered its SYN, even where the
+        capture does not show the answer (a capture of one direction, or one that lost the SYN-ACK)."""
+        rows = rows[np.isin(p["sport"][rows], [entry[2] for entry in self.syns.values()])]  # few SYNs wait
+        if len(rows):
+            collections.deque(map(self.syns.pop, _forward_key(p, rows).tolist(), itertools.repeat(None)), 0)
 
     # ------------------------------------------------------------- icmp --
 

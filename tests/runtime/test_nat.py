@@ -134,6 +134,16 @@ def test_down_backend_inferred_from_unanswered_syns(nat):
     assert report.summary["health"][0]["evidence"] == "silence"
 
 
+
+def test_syns_whose_answers_the_capture_missed_are_no_silence(nat):
+    """A backend-side capture of one direction (what the LB sent, not what came back): the connections the
+    LB went on acknowledging were answered, so their SYNs say nothing about the backends' health."""
+    for k in range(5):
+        nat.flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 1.0)
+    nat.packets = [s for s in nat.packets if not (s.side == "backend" and s.packet[IP].src.startswith("10.1.0."))]
+    report = nat.judge(SPEC)
+    assert report.summary["health"] == [] and "LB202" not in codes(report)
+
 def test_an_undeclared_address_is_LB203(nat):
     nat.flow("10.1.0.99")
     report = nat.judge(SPEC)
