@@ -205,6 +205,8 @@ class ProxyTracker:
         self.by_prefix: dict[tuple[bool, bytes], dict[int, _Client]] = {}
         self.free: dict[int, _Client] = {}  # clients no backend connection carries yet
         self.paired: list[tuple[_Client, _Backend]] = []  # connections paired and not judged yet
+        self.unsettled: dict[int, _Client] = {}  # clients with bytes (or a reset SYN) not judged yet
+        self.forgot = float("-inf")  # when idle connections were last forgotten
         self.backends: dict[int, _Backend] = {}
         self.connections = 0
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
@@ -291,6 +293,7 @@ class ProxyTracker:
         if checks:
             ref = packet_ref(p, row, self.engine.sources, True)
             client.waiting.append((end, time, checks, ref))
+            self.unsettled[client.key] = client
         if client.backend is not None:
             self._deliver(client, client.backend.stream.next, client.backend.last)
 
@@ -321,6 +324,8 @@ class ProxyTracker:
     def _drop(self, client: _Client) -> None:
         """A client forgotten, or replaced by a new connection of the same flow."""
         self._unindex(client)
+        if self.unsettled.get(client.key) is client:
+            del self.unsettled[client.key]
         if self.free.get(client.key) is client:
             del self.free[client.key]
 
@@ -335,6 +340,7 @@ class ProxyTracker:
             client.reply.isn = int(p["seq"][row])
         if flags & _RST and client.reset_at is None:
             client.reset_at = time
+            self.unsettled[client.key] = client
         if flags & (_RST | _FIN) and client.closed_at is None:
             client.closed_at = time
         data = p.payload(row)
@@ -521,8 +527,10 @@ class ProxyTracker:
         """Failed attempts are given to their clients; client bytes older than ``cutoff`` never delivered
         are failures, and drops when the LB tried no backend; lone backend connections LB208."""
         self._attribute(cutoff)
-        for client in list(self.clients.values()):  # a horizon later: attempts made just after the bytes came
+        for client in list(self.unsettled.values()):  # a horizon later: attempts made just after the bytes came
             self._settle_client(client, cutoff - self.engine.horizon)
+            if not client.waiting and not self._reset_unjudged(client):
+                del self.unsettled[client.key]
         for backend in list(self.backends.values()):
             if backend.client is not None or backend.judged:
                 continue
@@ -592,11 +600,16 @@ class ProxyTracker:
                 continue
             self._fail(client, "lb_reset" if client.reset_at is not None else "not_relayed")
             self.engine.proxy_drop(client, sent, checks, self._witness(client, [ref]))
-        if client.syn_checks and client.reset_at is not None and client.reset_at < cutoff and not client.accepted \
-                and client.outcome is None and not client.attempts:
+        if self._reset_unjudged(client) and client.reset_at < cutoff:
             self._fail(client, "lb_reset")  # refused at once: its SYN is what was dropped
             self.engine.proxy_drop(client, client.start, client.syn_checks,
                                    self._witness(client, []))
+
+    @staticmethod
+    def _reset_unjudged(client: _Client) -> bool:
+        """A client the LB reset without accepting it, not judged yet."""
+        return bool(client.syn_checks) and client.reset_at is not None and not client.accepted \
+            and client.outcome is None and not client.attempts
 
     def _fail(self, client: _Client, outcome: str) -> None:
         if client.outcome is None:
@@ -635,6 +648,9 @@ class ProxyTracker:
                 witness=Witness([packet_ref(backend.first, 0, self.engine.sources, True)]))
 
     def _forget(self, cutoff: float) -> None:
+        if cutoff - self.forgot < 10.0:  # connections idle for 300 s: a look every 10 s of traffic will do
+            return
+        self.forgot = cutoff
         idle = cutoff - 300.0
         for table in (self.clients, self.backends):
             for key in [k for k, c in table.items() if c.last < idle]:

@@ -297,3 +297,19 @@ def test_pairing_compares_a_backend_connection_with_the_clients_in_flight_not_wi
                             chunks=(b"POST /orders HTTP/1.1\r\nHost: shop\r\n" + b"x" * 80,))
     assert codes(scenario.judge(SPEC)) == []
     assert len(calls) < 20 * 300  # a scan of every client made about 300 * 300 / 2
+
+
+def test_each_round_settles_the_clients_with_bytes_waiting_not_every_client(monkeypatch):
+    """Connections live on (idle ones are forgotten after five minutes); a round of judging looks at those
+    whose bytes are still waiting to be passed on, so the work follows the traffic, not the table."""
+    from lbspec.runtime import proxy
+
+    calls = []
+    settle = proxy.ProxyTracker._settle_client
+    monkeypatch.setattr(proxy.ProxyTracker, "_settle_client",
+                        lambda self, client, cutoff: calls.append(1) or settle(self, client, cutoff))
+    scenario = Scenario("proxy")
+    for k in range(300):
+        scenario.proxy_flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.02, client=f"203.0.{k // 200}.{k % 200 + 1}")
+    assert codes(scenario.judge(SPEC)) == []
+    assert len(calls) < 3 * 300  # every client in every round made 3,000
