@@ -163,8 +163,9 @@ class _Proxy:
         return found.args[0].text if found is not None and found.args else default
 
     def timeout(self, kind: str) -> float | None:
+        """The timeout in seconds; None where there is none (unset, or 0: HAProxy waits for ever)."""
         found = self.setting(f"timeout {kind}")
-        return None if found is None else found.value
+        return None if found is None or not found.value else found.value
 
     def lines(self, keyword: str) -> list[Statement]:
         return [s for s in self.listed if s.keyword == keyword]

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from lbspec.importers import ConfigError, Options, import_config
+from lbspec.semantics.model import Affinity
 
 from importing import CONFIGS, Result, addresses, backends, cli, rules, run
 
@@ -182,6 +183,15 @@ def test_stick_on_src_is_client_affinity(tmp_path):
 def test_timeout_tunnel_decides_the_flow_timeout(tmp_path):
     text = frontend_backend("    timeout tunnel 1h\n    server a 10.0.1.1:80\n")
     assert haproxy(tmp_path, text).service("f").affinity.timeout == 3600
+
+
+def test_a_timeout_of_0_is_none(tmp_path):
+    """HAProxy waits for ever on a timeout of 0: the spec says no idle timeout (it said 0 ms, which no spec
+    may say, so the import failed)."""
+    text = frontend_backend("    server a 10.0.1.1:80\n").replace("timeout client 30s", "timeout client 0")
+    assert haproxy(tmp_path, text).service("f").affinity.timeout == 30
+    never = text.replace("timeout server 30s", "timeout server 0")
+    assert haproxy(tmp_path, never).service("f").affinity.timeout == Affinity("flow").timeout  # the language's default
 
 
 # ------------------------------------------------------------------- routing --
