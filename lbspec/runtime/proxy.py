@@ -636,8 +636,9 @@ class ProxyTracker:
             return
         plan = self.compiled.services[self.compiled.backends[backend.gid].service]
         health = plan.service.health
-        if health.kind != "none" and (backend.first_data is None or backend.stream.prefix.startswith(
-                f"GET {health.path or '/'}".encode())):
+        probe = backend.first_data is None or (  # what the LB's own checks send: nothing, or an HTTP GET
+            health.kind == "http" and backend.stream.prefix.startswith(f"GET {health.path or '/'}".encode()))
+        if health.kind != "none" and probe:
             self.engine.counts.probes += 1
             return
         name = self.compiled.backends[backend.gid].name

@@ -37,8 +37,24 @@ def _pcapng(base: bytes) -> bytes:
                                                               for i, f in enumerate(frames))
 
 
+def _proxied() -> bytes:
+    """A proxy's traffic, both sides in one capture: alike requests, a lost chunk, a changed byte."""
+    import tempfile
+    from pathlib import Path
+
+    scenario = Scenario("proxy")
+    for k in range(6):
+        scenario.proxy_flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.001, client=f"203.0.113.{k + 1}",
+                            lose=1 if k == 2 else None, alter=k == 4, regroup=k % 2 == 0)
+    with tempfile.TemporaryDirectory() as directory:
+        (path,) = scenario.write(Path(directory), combined=True)
+        return path.read_bytes()
+
+
 PCAP = _pcap()
 PCAPNG = _pcapng(PCAP)
+PROXIED = _proxied()
+PROXY_SPEC = lbspec.loads(spec(mode="proxy"))
 
 mutations = st.lists(st.tuples(st.sampled_from(["flip", "cut", "insert", "zero", "repeat"]),
                                st.floats(0, 1), st.binary(min_size=1, max_size=16)), min_size=1, max_size=6)
@@ -61,11 +77,11 @@ def _mutate(data: bytes, changes) -> bytes:
     return bytes(data)
 
 
-def _judge(tmp_path, data: bytes) -> None:
+def _judge(tmp_path, data: bytes, judged=SPEC) -> None:
     path = tmp_path / "fuzzed.cap"
     path.write_bytes(data)
     try:
-        report = read_captures(Monitor(SPEC), combined=[path])
+        report = read_captures(Monitor(judged), combined=[path])
     except CaptureError:
         return  # not a capture at all: LB290, exit 2
     assert report.summary["packets"] >= 0
@@ -82,3 +98,10 @@ def test_mutated_captures_never_crash(tmp_path, changes, base):
 @given(garbage=st.binary(max_size=600), head=st.sampled_from([b"", PCAP[:24], PCAPNG[:28 + 20]]))
 def test_garbage_after_a_valid_header_never_crashes(tmp_path, garbage, head):
     _judge(tmp_path, head + garbage)
+
+
+@settings(max_examples=80, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=mutations)
+def test_mutated_proxy_captures_never_crash(tmp_path, changes):
+    """Proxy mode follows byte streams connection by connection: damaged ones must not break it either."""
+    _judge(tmp_path, _mutate(PROXIED, changes), PROXY_SPEC)

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import TCP
 from scapy.layers.l2 import Ether
+from scapy.packet import Raw
 
 from .scenario import LB_ADDRESS, LB_MAC, Scenario, backend_mac, codes, ip, spec
 
@@ -47,6 +48,29 @@ def test_changed_bytes_are_LB204():
     scenario.proxy_flow("10.1.0.11", chunks=(b"x" * 3000, b"y" * 10), alter=True)
     report = scenario.judge(SPEC)
     assert codes(report) == ["LB204"]
+
+
+def test_a_short_request_changed_on_the_way_pairs_with_no_client():
+    """Under 64 bytes a stream must agree in full to pair, so the changed one is a connection no client explains
+    (LB208), and the client's bytes were never passed on (LB200).  It starts `GET /`, but with TCP health
+    checks (which send nothing) that does not make it one of the LB's checks."""
+    scenario = Scenario("proxy")
+    scenario.proxy_flow("10.1.0.11", alter=True)
+    assert sorted(codes(scenario.judge(SPEC))) == ["LB200", "LB208"]
+
+
+
+def test_an_http_get_of_the_health_path_is_the_lbs_own_check_only_with_http_health():
+    probe = Scenario("proxy")
+    probe.proxy_flow("10.1.0.12", 0.2)  # a client's connection too
+    to_b1 = Ether(src=LB_MAC, dst=backend_mac("10.1.0.11")) / ip(LB_ADDRESS, "10.1.0.11")
+    probe.add(0.0, "backend", to_b1 / TCP(sport=50000, dport=8080, flags="S", seq=100))
+    probe.add(0.001, "backend", to_b1 / TCP(sport=50000, dport=8080, flags="PA", seq=101, ack=1)
+              / Raw(b"GET /healthz HTTP/1.1\r\n\r\n"))
+    http = spec(mode="proxy", health='health http "/healthz" every 1s timeout 500ms fall 2 rise 2')
+    report = probe.judge(http)
+    assert codes(report) == [] and report.summary["probes"] == 1
+    assert codes(probe.judge(SPEC)) == ["LB208"]  # TCP checks send nothing: these bytes came from somewhere
 
 
 HEADERS = b"POST /orders HTTP/1.1\r\nHost: shop.example\r\nContent-Type: application/json\r\n\r\n"
