@@ -206,6 +206,7 @@ class ProxyTracker:
         self.free: dict[int, _Client] = {}  # clients no backend connection carries yet
         self.paired: list[tuple[_Client, _Backend]] = []  # connections paired and not judged yet
         self.unsettled: dict[int, _Client] = {}  # clients with bytes (or a reset SYN) not judged yet
+        self.unpaired: dict[int, _Backend] = {}  # backend connections with bytes no client has shown yet
         self.forgot = float("-inf")  # when idle connections were last forgotten
         self.backends: dict[int, _Backend] = {}
         self.connections = 0
@@ -290,6 +291,8 @@ class ProxyTracker:
         if len(client.indexed[1]) < ALIKE and client.stream.prefix[:ALIKE] != client.indexed[1]:
             self._unindex(client)
             self._index(client)
+            if self.unpaired and client.backend is None:
+                self._retry_unpaired()
         if checks:
             ref = packet_ref(p, row, self.engine.sources, True)
             client.waiting.append((end, time, checks, ref))
@@ -356,6 +359,7 @@ class ProxyTracker:
         if backend is None or (flags & _SYN and not flags & _ACK and backend.stream.next):
             backend = _Backend(key, int(p["gid"][row]), p.row(row), time, time)
             self.backends[key] = backend
+            self.unpaired.pop(key, None)  # a connection before it on the same ports, if any, is gone
         backend.last = time
         if flags & _SYN:
             backend.stream.isn = int(p["seq"][row])
@@ -372,8 +376,20 @@ class ProxyTracker:
         self.volume["lb_to_backend"] += reached - before
         if backend.client is None and not backend.judged:
             self._pair_by_bytes(backend)
+            if backend.client is None and not backend.judged:
+                self.unpaired[backend.key] = backend  # its client's bytes may show later (clocks a hair apart)
         if backend.client is not None and backend.client.backend is backend:
             self._deliver(backend.client, reached, time)
+
+    def _retry_unpaired(self) -> None:
+        """Backend connections whose bytes no client had shown yet: pair them now that one has more."""
+        for backend in list(self.unpaired.values()):
+            if backend.client is None and not backend.judged:
+                self._pair_by_bytes(backend)
+            if backend.client is not None or backend.judged:
+                del self.unpaired[backend.key]
+                if backend.client is not None:
+                    self._deliver(backend.client, backend.stream.next, backend.last)
 
     def _from_backend(self, p: Packets, row: int, key: int) -> None:
         """What a backend sends the LB: its SYN-ACK or RST to the LB's SYN, its bytes (``key``: the key of the
@@ -632,6 +648,8 @@ class ProxyTracker:
 
     def _unexplained(self, backend: _Backend) -> None:
         backend.judged = True
+        if self.unpaired.get(backend.key) is backend:
+            del self.unpaired[backend.key]
         if backend.gid < 0:
             return
         plan = self.compiled.services[self.compiled.backends[backend.gid].service]
@@ -657,6 +675,8 @@ class ProxyTracker:
             for key in [k for k, c in table.items() if c.last < idle]:
                 if table is self.clients:
                     self._drop(table[key])
+                elif self.unpaired.get(key) is table[key]:
+                    del self.unpaired[key]
                 del table[key]
 
     def finish(self) -> None:
