@@ -226,7 +226,8 @@ UNTRANSLATED_REPLY = kind("LB207", "untranslated-reply", E, "{what}",
 EGRESS_WITHOUT_INGRESS = kind("LB208", "egress-without-ingress", E, "{what}",
                               "The LB sent a packet toward a backend that no client packet explains.")
 CAPTURE_GAP = kind("LB209", "capture-gap", W, "{what}",
-                   "The capture missed packets (a backend acknowledged bytes never seen): not an LB drop.")
+                   "The capture missed packets (a backend acknowledged bytes never seen), or holds one side of "
+                   "the LB only: not an LB drop.")
 UNDECODABLE = kind("LB210", "undecodable", Severity.INFO, "{what}",
                    "Frames that could not be decoded, counted rather than fatal.")
 EVICTIONS = kind("LB211", "flow-evictions", W, "{what}",
