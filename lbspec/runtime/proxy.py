@@ -375,21 +375,24 @@ class ProxyTracker:
         reached = backend.stream.add(int(p["seq"][row]), data)
         self.volume["lb_to_backend"] += reached - before
         if backend.client is None and not backend.judged:
-            self._pair_by_bytes(backend)
-            if backend.client is None and not backend.judged:
-                self.unpaired[backend.key] = backend  # its client's bytes may show later (clocks a hair apart)
+            self._try_pair(backend)
         if backend.client is not None and backend.client.backend is backend:
             self._deliver(backend.client, reached, time)
 
+    def _try_pair(self, backend: _Backend) -> None:
+        """Pair a backend connection with the client whose bytes it carries.  One whose bytes no client has
+        shown yet (two captures' clocks a hair apart) waits in ``unpaired`` until a client's stream grows."""
+        self._pair_by_bytes(backend)
+        if backend.client is None and not backend.judged:
+            self.unpaired[backend.key] = backend
+        elif self.unpaired.get(backend.key) is backend:
+            del self.unpaired[backend.key]
+
     def _retry_unpaired(self) -> None:
-        """Backend connections whose bytes no client had shown yet: pair them now that one has more."""
         for backend in list(self.unpaired.values()):
-            if backend.client is None and not backend.judged:
-                self._pair_by_bytes(backend)
-            if backend.client is not None or backend.judged:
-                del self.unpaired[backend.key]
-                if backend.client is not None:
-                    self._deliver(backend.client, backend.stream.next, backend.last)
+            self._try_pair(backend)
+            if backend.client is not None:
+                self._deliver(backend.client, backend.stream.next, backend.last)
 
     def _from_backend(self, p: Packets, row: int, key: int) -> None:
         """What a backend sends the LB: its SYN-ACK or RST to the LB's SYN, its bytes (``key``: the key of the
