@@ -250,13 +250,16 @@ class ProxyTracker:
 
     @staticmethod
     def _connection_keys(p: Packets, rows: np.ndarray, roles: np.ndarray) -> np.ndarray:
-        """The backend connection each row is on, as its packets from the LB are keyed (their 5-tuple): a
-        backend's packets are keyed with their ends swapped."""
-        back = roles == BREPLY
-        ends = {k: p[k][rows] for k in ("proto", "sa_hi", "sa_lo", "da_hi", "da_lo", "sport", "dport")}
+        """The backend connection each backend-side row is on, as the LB's packets on it are keyed (their
+        5-tuple; a backend's packets with their ends swapped); 0 for client-side rows."""
+        keys = np.zeros(len(rows), np.uint64)
+        sides = np.nonzero((roles == EGRESS) | (roles == BREPLY))[0]
+        back = roles[sides] == BREPLY
+        ends = {k: p[k][rows[sides]] for k in ("proto", "sa_hi", "sa_lo", "da_hi", "da_lo", "sport", "dport")}
         for near, far in (("sa_hi", "da_hi"), ("sa_lo", "da_lo"), ("sport", "dport")):
             ends[near], ends[far] = np.where(back, ends[far], ends[near]), np.where(back, ends[near], ends[far])
-        return flow_key(ends)
+        keys[sides] = flow_key(ends)
+        return keys
 
     def _response_checks(self, p: Packets, rows: np.ndarray) -> list[list[CheckPlan]]:
         """For each row, the response checks it is held to (listened, a rule takes it, in scope)."""
