@@ -119,7 +119,7 @@ def classify_rows(p: Packets, compiled: Compiled) -> None:
     role[rest & far & ~from_backend] = EGRESS
     combined = ok & (side == -1)
     if combined.any():
-        _combined(p, role, combined, to_vip, dsr, vip_s, be_s, tunnel, dirn)
+        _combined(p, role, combined, to_vip, dsr, vip_s, be_s, be_d, tunnel, dirn)
     fill_digests(p, np.nonzero((role == INGRESS) | (role == EGRESS) | (role == TRANSIT))[0])
     svc = np.where(role == INGRESS, vip_d, -1).astype(np.int16)
     gid = np.full(n, -1, np.int32)
@@ -152,15 +152,17 @@ def _scattered(n: int, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _combined(p, role, combined, to_vip, dsr, vip_s, be_s, tunnel, dirn) -> None:
-    """Roles in a capture of both sides at once."""
+def _combined(p, role, combined, to_vip, dsr, vip_s, be_s, be_d, tunnel, dirn) -> None:
+    """Roles in a capture of both sides at once.  From a VIP to a backend is the LB forwarding with the
+    VIP as its source (snat), not a reply to a client."""
     known = dirn != 0
     inbound, outbound = known & (dirn == 1), known & (dirn == 2)
     role[combined & to_vip & ~dsr] = INGRESS
     role[combined & to_vip & dsr & ~outbound] = INGRESS
     role[combined & to_vip & dsr & outbound] = EGRESS
     rest = combined & ~to_vip
-    role[rest & (vip_s >= 0) & ~tunnel] = CREPLY
+    role[rest & (vip_s >= 0) & ~tunnel & (be_d < 0)] = CREPLY
+    role[rest & (vip_s >= 0) & ~tunnel & (be_d >= 0)] = EGRESS
     role[rest & (be_s >= 0) & ~tunnel & ~outbound] = BREPLY
     role[rest & (be_s >= 0) & ~tunnel & outbound] = CREPLY
     role[rest & tunnel] = EGRESS

@@ -59,6 +59,7 @@ class Scenario:
     mode: str = "nat"  # nat | snat | dsr | ipip | gre | gue | proxy
     vip: str = "192.0.2.10"
     latency: float = 0.0005
+    snat_source: str = LB_ADDRESS  # the LB's address toward backends in snat (some LBs use the VIP)
     packets: list[Sent] = field(default_factory=list)
     ports: itertools.count = field(default_factory=lambda: itertools.count(40000))
     seqs: itertools.count = field(default_factory=lambda: itertools.count(1_000_000, 7_919_011))
@@ -87,7 +88,7 @@ class Scenario:
             return Ether(src=LB_MAC, dst=backend_mac(backend)) / ip(client, backend, ttl=ttl(inner) - 1) / l4
         if self.mode == "snat":
             l4.sport = lport
-            return Ether(src=LB_MAC, dst=backend_mac(backend)) / ip(LB_ADDRESS, backend, ttl=ttl(inner) - 1) / l4
+            return Ether(src=LB_MAC, dst=backend_mac(backend)) / ip(self.snat_source, backend, ttl=ttl(inner) - 1) / l4
         if self.mode == "dsr":
             return Ether(src=LB_MAC, dst=backend_mac(backend)) / inner.copy()
         outer = ip(LB_ADDRESS, backend)
@@ -173,7 +174,7 @@ class Scenario:
         else:
             theirs = UDP(sport=bport, dport=lport if self.mode == "snat" else cport) / Raw(b"answer%d" % i)
             mine = UDP(sport=vport, dport=cport) / Raw(b"answer%d" % i)
-        target = LB_ADDRESS if self.mode == "snat" else client
+        target = self.snat_source if self.mode == "snat" else client
         self.add(t + 0.001, "backend", Ether(src=backend_mac(backend), dst=LB_MAC) / ip(backend, target) / theirs)
         source = reply_from or self.vip
         if reply_from is not None:

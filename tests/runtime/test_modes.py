@@ -157,6 +157,18 @@ def test_snat_reply_from_the_backend_address_reaches_the_client():
     assert codes(scenario.judge(_spec("snat"))) == ["LB207"]
 
 
+@pytest.mark.parametrize("combined", [False, True])
+def test_snat_with_the_vip_as_the_source_toward_backends(combined):
+    # In one capture of both sides, VIP -> backend is the LB forwarding, not a reply to a client.
+    scenario = Scenario("snat", snat_source="192.0.2.10")
+    for k in range(4):
+        scenario.flow(["10.1.0.11", "10.1.0.12"][k % 2], 0.01 + k * 0.05)
+    scenario.flow(["10.1.0.11", "10.1.0.11", "10.1.0.12"], 0.3)
+    report = scenario.judge(_spec("snat"), combined=combined)
+    assert codes(report) == ["LB201"]
+    assert report.summary["paired"] == 20
+
+
 def test_ipip_carries_only_ipv4():
     scenario = Scenario("ipip")
     scenario.flow("10.1.0.11", 0.01)
