@@ -127,7 +127,8 @@ def field(table: np.ndarray, at: int, size: int, order: str = ">") -> np.ndarray
 class Damage:
     """Something wrong in a file that the reader stepped over: counted, never fatal."""
 
-    what: str  # "skipped" (corrupt record headers), "truncated" (file ends mid-record), "linktype"
+    what: str  # "skipped" (corrupt record headers), "truncated" (file ends mid-record), "linktype",
+    # "compressed" (gzip'd data cut short or damaged: the rest of the file is lost)
     frame: int  # the frame number before which it happened
     offset: int  # byte offset in the (decompressed) file
     size: int  # bytes concerned
@@ -228,13 +229,18 @@ class CaptureReader:
         self._tail(len(mapped) - pos, pos)
 
     def _chunked(self, stream, walker, head: bytes) -> Iterator[Frames]:
-        """A compressed file: decompress in large pieces and cut them into batches."""
+        """A compressed file: decompress in large pieces and cut them into batches.  Compressed data cut
+        short or damaged ends the read there, with every frame before it kept and the damage reported."""
         pending, position = head[walker.start:], walker.start
         at_end = False
         while True:
             if not at_end and len(pending) < READ_SIZE:
-                data = _read(stream, READ_SIZE, self.path)
-                at_end = not data
+                data, broken = _read_upto(stream, READ_SIZE)
+                at_end = not data or bool(broken)
+                if broken:
+                    self.damage.append(Damage("compressed", 0, position + len(pending) + len(data), 0,
+                                              f"the compressed data ends early or is damaged ({broken}); "
+                                              "what follows is lost"))
                 pending += data
                 self.bytes_read = _position(stream)
             frames, used = walker.walk(pending, 0, self.batch_frames, at_end, position)
@@ -251,6 +257,9 @@ class CaptureReader:
         return frames
 
     def _tail(self, left: int, position: int) -> None:
+        for damage in self.damage:
+            if damage.what == "compressed":
+                damage.frame = self.frames + 1  # after every frame read before it
         if left:
             self.damage.append(Damage("truncated", self.frames + 1, position, left,
                                       "the file ends in the middle of a record"))
@@ -295,6 +304,22 @@ def _size(path: str) -> int:
         return os.path.getsize(path)
     except OSError:
         return 0
+
+
+def _read_upto(stream, size: int) -> tuple[bytes, str]:
+    """Up to ``size`` bytes of a stream (fewer only where it ends), and why it ended early ('' if it did
+    not): one read at a time, so that the bytes decompressed before damage are not thrown away with it."""
+    parts, got = [], 0
+    try:
+        while got < size:
+            piece = stream.read1(size - got)
+            if not piece:
+                break
+            parts.append(piece)
+            got += len(piece)
+    except (OSError, EOFError, zlib.error) as error:
+        return b"".join(parts), str(error)
+    return b"".join(parts), ""
 
 
 def _read(stream, size: int, path: str) -> bytes:

@@ -121,8 +121,9 @@ def capture_notes(readers: list[CaptureReader]) -> list[Diagnostic]:
     notes = []
     for reader in readers:
         for damage in reader.damage:
+            size = f"; {damage.size} bytes" if damage.size else ""
             notes.append(d.UNDECODABLE.at(None, what=f"{reader.path}: {damage.detail} at byte {damage.offset} "
-                                          f"(before frame {damage.frame}; {damage.size} bytes)",
+                                          f"(before frame {damage.frame}{size})",
                                           data={"file": reader.path, "damage": damage.what, "offset": damage.offset,
                                                 "bytes": damage.size, "frame": damage.frame}))
         if reader.dropped:

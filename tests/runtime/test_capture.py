@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -155,6 +156,22 @@ def test_gzip_and_nanosecond_pcap(tmp_path):
     zipped.write_bytes(gzip.compress(path.read_bytes()))
     cols, _ = _rows(zipped)
     assert cols["sport"].tolist() == [40000]
+
+
+@pytest.mark.parametrize("damage", ["cut", "corrupt"])
+def test_damaged_gzip_keeps_every_frame_before_the_damage(tmp_path, damage):
+    path = _pcap(tmp_path, [Ether(**MACS) / TCP_PACKET / Raw(bytes([k]) * 600) for k in range(200)])
+    packed = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: gzip framing
+    zipped = bytearray(packed.compress(path.read_bytes()) + packed.flush())
+    if damage == "cut":
+        zipped = zipped[:len(zipped) * 3 // 4]
+    else:
+        zipped[-6] ^= 0xFF  # the CRC: every frame decompresses, and the check at the end fails
+    (tmp_path / "x.pcap.gz").write_bytes(bytes(zipped))
+    cols, reader = _rows(tmp_path / "x.pcap.gz")
+    assert (100 < len(cols["ts"]) < 200) if damage == "cut" else len(cols["ts"]) == 200
+    assert "compressed" in [d.what for d in reader.damage]
+    assert all(d.frame == len(cols["ts"]) + 1 for d in reader.damage)
 
 
 def test_truncated_file_keeps_what_is_complete(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import subprocess
@@ -301,6 +302,17 @@ def test_damage_is_reported_as_LB210_and_the_rest_is_judged(cli, spec_path, capt
     notes = [d for d in document["diagnostics"] if d["code"] == "LB210"]
     assert notes and notes[0]["data"]["damage"] == "truncated"
     assert run.code == 1
+
+
+def test_a_gzip_capture_cut_short_is_judged_up_to_the_cut(cli, spec_path, captures, tmp_path):
+    zipped = gzip.compress(captures[0].read_bytes())
+    cut = tmp_path / "client.pcap.gz"
+    cut.write_bytes(zipped[:len(zipped) - 20])  # the end-of-stream marker and the last frames are gone
+    run = cli("monitor", spec_path, "--client-side", str(cut), "--backend-side", str(captures[1]),
+              "--format", "json")
+    document = json.loads(run.out)
+    assert "compressed" in [d["data"].get("damage") for d in document["diagnostics"] if d["code"] == "LB210"]
+    assert run.code == 1 and document["monitor"]["paired"] > 0
 
 
 def test_help_mentions_exit_codes(cli):
