@@ -192,6 +192,10 @@ def _event(line: str, where: str, compiled: Compiled) -> HealthEvent:
 
 
 def _backend(name, service, where: str, compiled: Compiled) -> int:
+    services = [plan.service.name for plan in compiled.services]
+    if service is not None and service not in services:
+        hint = did_you_mean(str(service), services)
+        raise InputError(f"{where}: no service named {service!r} in the spec" + (f"; {hint}" if hint else ""))
     refs = [b for b in compiled.backends
             if b.name == name and (service is None or compiled.services[b.service].service.name == service)]
     if not refs:

@@ -249,6 +249,7 @@ def test_events_file(cli, spec_file, tmp_path):
     ("not json\n", "not JSON"), ('{"time": 1, "backend": "b9", "state": "down"}\n', "no backend named 'b9'"),
     ('{"time": 1, "backend": "b1", "state": "sideways"}\n', "`state`"), ('{"backend": "b1"}\n', "missing"),
     ('{"time": "yesterday", "backend": "b1", "state": "up"}\n', "ISO 8601"), ("[1, 2]\n", "expected an object"),
+    ('{"time": 1, "backend": "b1", "state": "down", "service": "nosuch"}\n', "no service named 'nosuch'"),
 ])
 def test_bad_events_files_exit_2(cli, spec_path, captures, tmp_path, content, message):
     events = tmp_path / "events.jsonl"
