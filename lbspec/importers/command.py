@@ -75,7 +75,11 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, color: bool) -
     except Exception as error:  # a bug in an importer: one line, not a traceback
         raise d.InternalError(f"importing {', '.join(args.files)}: {type(error).__name__}: {error}") from error
     if args.output:
-        _write(Path(args.output), imported.text)
+        try:
+            _write(Path(args.output), imported.text)
+        except OSError as error:
+            stderr.write(f"lbspec import: error: cannot write {args.output}: {_write_failure(error)}\n")
+            return EXIT_ERROR
     else:
         stdout.write(imported.text)
     if not args.quiet or args.format == "json":
@@ -94,13 +98,35 @@ def _report(diagnostics: list, sources: dict[str, str], args: argparse.Namespace
     from lbspec.render import render_json, render_text
 
     if args.format == "json":
-        render_json(diagnostics, stderr, files=list(args.files), services=services or [])
+        render_json(diagnostics, stderr, files=_file_entries(args.files, diagnostics, services),
+                    services=services or [])
         return
     render_text(diagnostics, sources, stderr, color)
     if services is not None:
         count = len(diagnostics)
         stderr.write(f"lbspec import {args.kind}: {len(services)} service(s); "
                      f"{count} setting(s) not represented\n")
+
+
+def _file_entries(files: list[str], diagnostics: list, services: list[str] | None) -> list[dict]:
+    """`files` as docs/output.md has it for `lbspec check`.
+
+    The files are read together as one configuration, so each entry carries the outcome of the whole import.
+    """
+    from lbspec.render.json import summary_counts
+
+    summary = summary_counts(diagnostics)
+    return [{"file": name, "ok": services is not None, "services": services or [], "summary": summary}
+            for name in files]
+
+
+def _write_failure(error: OSError) -> str:
+    """Why ``-o`` cannot be written, in its terms: the error itself names the temporary file beside it."""
+    if isinstance(error, FileNotFoundError):
+        return "its directory does not exist"
+    if isinstance(error, IsADirectoryError):
+        return "it is a directory"
+    return (error.strerror or str(error)).lower()
 
 
 def _write(path: Path, text: str) -> None:

@@ -71,28 +71,38 @@ class _Object:
 
 
 def _objects(path: str, ctx: ImportContext) -> list[_Object]:
-    import yaml
-
-    text = ctx.read(path)
-    try:
-        documents = list(yaml.load_all(text, Loader=_loader()))  # noqa: S506 -- a SafeLoader subclass
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = mark.line + 1 if mark else None
-        problem = getattr(error, "problem", None) or str(error)
-        ctx.fail(line_span(ctx.sources, path, line), f"not YAML: {problem}")
     out = []
-    for document in documents:
+    for number, (document, line) in enumerate(_documents(path, ctx), 1):
         items = document.get("items", []) if isinstance(document, dict) and document.get("kind", "").endswith(
             "List") else [document]
         for item in items:
             if item is None:
                 continue
             if not isinstance(item, dict) or "kind" not in item:
-                line = getattr(item, "line", None)
-                ctx.fail(line_span(ctx.sources, path, line), "not a Kubernetes object: it has no `kind`",
+                ctx.fail(line_span(ctx.sources, path, getattr(item, "line", line)),
+                         f"not a Kubernetes object: document {number} has no `kind`",
                          help="give Service and EndpointSlice objects (`kubectl get svc,endpointslices -o yaml`)")
             out.append(_Object(str(item["kind"]), item, path))
+    return out
+
+
+def _documents(path: str, ctx: ImportContext) -> list[tuple[object, int]]:
+    """Each YAML document of a file with the line it starts on: only mappings remember their line."""
+    import yaml
+
+    loader = _loader()(ctx.read(path))
+    out = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            out.append((loader.construct_document(node), node.start_mark.line + 1))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        problem = getattr(error, "problem", None) or str(error)
+        ctx.fail(line_span(ctx.sources, path, line), f"not YAML: {problem}")
+    finally:
+        loader.dispose()
     return out
 
 

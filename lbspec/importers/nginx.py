@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from lbspec.importers import addresses
 from lbspec.importers.draft import (
@@ -128,7 +129,8 @@ def _parse(path: str, ctx: ImportContext) -> list[_Directive]:
     import crossplane
 
     ctx.read(path)
-    payload = crossplane.parse(path, catch_errors=True, strict=False, check_ctx=True, check_args=True)
+    payload = crossplane.parse(path, onerror=lambda error: error, catch_errors=True, strict=False,
+                               check_ctx=True, check_args=True)
     for config in payload["config"]:
         if config["file"] not in ctx.sources and config["status"] == "ok":
             ctx.read(config["file"])
@@ -140,6 +142,8 @@ def _parse(path: str, ctx: ImportContext) -> list[_Directive]:
 
 def _fail(error: dict, ctx: ImportContext) -> None:
     file, line, message = error.get("file") or "", error.get("line"), str(error.get("error", ""))
+    if isinstance(error.get("callback"), StopIteration):
+        _fail_unterminated(file, ctx)
     message = re.sub(rf" in {re.escape(file)}:[0-9]+$", "", message)
     missing = re.match(r"\[Errno [0-9]+\] (.*): '(.*)'$", message)
     if missing:
@@ -147,6 +151,24 @@ def _fail(error: dict, ctx: ImportContext) -> None:
     hint = ("pass the main configuration file (nginx.conf), which includes this one"
             if "not allowed here" in message else None)
     ctx.fail(line_span(ctx.sources, file, line) if line else None, message, help=hint)
+
+
+def _fail_unterminated(file: str, ctx: ImportContext) -> NoReturn:
+    """The file ended inside a directive: crossplane then reports StopIteration, with no message and no line.
+
+    A file in another syntax (a HAProxy configuration, say) is one long unterminated directive.
+    """
+    import crossplane
+
+    name, line = None, None
+    for token, token_line, quoted in crossplane.lex(file):
+        if token in (";", "{", "}") and not quoted:
+            name = None
+        elif name is None and (quoted or not token.startswith("#")):
+            name, line = token, token_line
+    ctx.fail(line_span(ctx.sources, file, line), f"unexpected end of file: `{name}` is not terminated by `;`",
+             label="the directive starts here",
+             help="is this an nginx configuration? Each directive ends with `;` or a `{ ... }` block")
 
 
 def _tree(parsed: list[dict], file: str, configs: list[dict], ctx: ImportContext) -> list[_Directive]:

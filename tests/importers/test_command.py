@@ -58,6 +58,14 @@ def test_output_file_replaces_the_old_one(tmp_path):
     assert target.read_text().startswith("# Imported from")
 
 
+@pytest.mark.parametrize("target", ["missing/out.lbspec", "existing"])
+def test_output_that_cannot_be_written_is_an_input_error_and_writes_nothing(tmp_path, target):
+    (tmp_path / "existing").mkdir()
+    done = cli("import", "haproxy", LAB, "--vip", "192.0.2.5", "-o", str(tmp_path / target))
+    assert done.code == 2 and done.out == ""
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["existing"]
+
+
 def test_service_name(tmp_path):
     done = cli("import", "haproxy", LAB, "--service-name", "edge")
     assert done.code == 0 and [s.name for s in lbspec.loads(done.out).services] == ["edge"]
@@ -83,6 +91,16 @@ def test_json_warnings():
     assert document["services"] == ["www"]
     assert {d["code"] for d in document["diagnostics"]} == {"LB301"}
     assert all(d["span"]["file"] == UNREPRESENTED for d in document["diagnostics"] if d["span"])
+
+
+def test_json_files_are_the_entries_of_output_md():
+    path = str(CONFIGS / "nginx" / "lab-stream.conf")
+    document = json.loads(cli("import", "nginx", path, "--format", "json").err)
+    assert document["services"] == ["tcp_app", "udp_echo"]
+    assert document["files"] == [{"file": path, "ok": True, "services": document["services"],
+                                  "summary": document["summary"]}]
+    failed = json.loads(cli("import", "nginx", LAB, "--format", "json").err)
+    assert failed["files"] == [{"file": LAB, "ok": False, "services": [], "summary": failed["summary"]}]
 
 
 def test_json_errors(tmp_path):

@@ -184,3 +184,18 @@ def test_malformed_objects_are_lb300(tmp_path, text, words):
     assert raised.value.diagnostics[0].code == "LB300" and words in raised.value.diagnostics[0].message
     done = cli("import", "k8s", str(path))
     assert done.code == 2 and "error[LB300]" in done.err and "Traceback" not in done.err
+
+
+@pytest.mark.parametrize("text, line", [
+    ("# nginx\nevents {}\nstream {\n    upstream a { server 10.0.0.1:80; }\n}\n", 2),
+    ("kind: Service\nmetadata: {name: x}\n---\n# a list\n- a\n- b\n", 5),
+    ("kind: List\nitems:\n  - kind: Service\n  - metadata: {name: x}\n", 4),
+], ids=["nginx-config", "second-document-a-list", "list-item-without-kind"])
+def test_a_document_that_is_not_an_object_is_lb300_at_its_line(tmp_path, text, line):
+    path = tmp_path / "objects.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        import_config("k8s", [str(path)])
+    (diagnostic,) = raised.value.diagnostics
+    assert diagnostic.code == "LB300"
+    assert diagnostic.span is not None and (diagnostic.span.file, diagnostic.span.line) == (str(path), line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import shutil
 import subprocess
 
@@ -196,6 +197,21 @@ def test_malformed_configs_are_lb300(tmp_path, text, line, words):
     assert diagnostic.span is not None and diagnostic.span.line == line
     done = cli("import", "nginx", str(path))
     assert done.code == 2 and "error[LB300]" in done.err and "Traceback" not in done.err
+
+
+@pytest.mark.parametrize("name, text, directive", [
+    ("haproxy.cfg", (CONFIGS / "haproxy" / "lab-tcp-checks.cfg").read_text(), "global"),
+    ("nginx.conf", "events {}\nstream {}\nworker_processes 1\n", "worker_processes 1"),
+], ids=["haproxy-config", "last-directive-without-semicolon"])
+def test_a_file_ending_inside_a_directive_is_lb300_at_that_directive(tmp_path, name, text, directive):
+    path = tmp_path / name
+    path.write_text(text)
+    done = cli("import", "nginx", str(path), "--format", "json")
+    assert done.code == 2
+    (diagnostic,) = json.loads(done.err)["diagnostics"]
+    assert diagnostic["code"] == "LB300" and diagnostic["message"].strip()
+    assert diagnostic["span"]["file"] == str(path)
+    assert diagnostic["span"]["line"] == text.splitlines().index(directive) + 1
 
 
 # ------------------------------------------------------------- the real nginx --
