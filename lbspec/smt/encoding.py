@@ -128,12 +128,12 @@ class Encoding:
 
     def listened(self, packet: SymPacket) -> z3.BoolRef:
         service = self.service
-        to_vip = any_of(*(packet.address_is("dst", v) for v in service.vips)) if service.vips else self.false()
+        to_vip = any_of(*(packet.address_is("dst", v) for v in service.vips), ctx=self.ctx)
         served = []
         for listen in service.listens:
             proto = packet.is_proto(listen.protocol)
             served.append(proto if listen.protocol == "icmp" else all_of(proto, packet.port_in("dport", listen.ports)))
-        return all_of(to_vip, any_of(*served) if served else self.false())
+        return all_of(to_vip, any_of(*served, ctx=self.ctx))
 
     def rule_match(self, rule: Rule, packet: SymPacket) -> z3.BoolRef:
         parts = []
@@ -143,7 +143,7 @@ class Encoding:
             parts.append(all_of(packet.has_ports(), packet.port_in("dport", rule.ports)))
         if rule.sources:
             parts.append(any_of(*(packet.address_in("src", n) for n in rule.sources)))
-        return all_of(*parts) if parts else self.true()
+        return all_of(*parts, ctx=self.ctx)
 
     # --- health
     def health(self, name: str = "h") -> SymHealth:
@@ -256,7 +256,7 @@ class Encoding:
         for chosen, (_, eligible, _) in zip(selected, per_rule):
             for i, term in eligible.items():
                 terms[i].append(all_of(chosen, term))
-        return [any_of(*t) if t else self.false() for t in terms]
+        return [any_of(*t, ctx=self.ctx) for t in terms]
 
     def decision(self, packet: SymPacket, seen: dict[str, z3.BoolRef], tag: str,
                  pin: z3.ArithRef | None = None,
@@ -278,16 +278,16 @@ class Encoding:
                 held = self._holds(pin, self._keepers(rule, packet, seen))
                 tagged.add(z3.Implies(all_of(chosen, held), choice == pin),
                            *keys, self.literal("affinity", service.affinity.span))
-            some = any_of(*eligible.values()) if eligible else self.false()
+            some = any_of(*eligible.values(), ctx=self.ctx)
             fresh = all_of(chosen, z3.Not(held))
             tagged.add(z3.Implies(all_of(fresh, z3.Not(some)), choice == self.int(NO_BACKEND)), *keys)
             options = [all_of(choice == self.int(i), term) for i, term in eligible.items()]
-            tagged.add(z3.Implies(all_of(fresh, some), any_of(*options) if options else self.false()), *keys)
+            tagged.add(z3.Implies(all_of(fresh, some), any_of(*options, ctx=self.ctx)), *keys)
             if hashed is not None and service.balance.algorithm in ("hash", "maglev"):
                 when, value = hashed
                 bound = all_of(chosen, z3.Not(held), when, self._holds(value, eligible))
                 tagged.add(z3.Implies(bound, choice == value), *keys, self.literal("balance", service.balance.span))
-        covered = any_of(*matches) if matches else self.false()
+        covered = any_of(*matches, ctx=self.ctx)
         code = {"drop": OTHERWISE_DROP, "reject": REJECT, None: NO_RULE}[service.otherwise]
         keys = (self.literal("otherwise", service.otherwise_span),) if service.otherwise else ()
         tagged.add(z3.Implies(z3.Not(covered), choice == self.int(code)), *keys)
@@ -298,7 +298,7 @@ class Encoding:
         """The flow-table entry ``pin`` decides ``packet`` (its backend keeps the rule that takes it)."""
         terms = [all_of(chosen, self._holds(pin, self._keepers(rule, packet, decision.seen)))
                  for rule, chosen in zip(self.service.rules, decision.selected)]
-        return any_of(*terms) if terms else self.false()
+        return any_of(*terms, ctx=self.ctx)
 
     def _keepers(self, rule: Rule, packet: SymPacket, seen: dict[str, z3.BoolRef]) -> dict[int, z3.BoolRef]:
         """Backends that keep a pinned flow of this rule: seen up, serving the rule, fitting the family."""
@@ -310,7 +310,7 @@ class Encoding:
     def _holds(self, backend: z3.ArithRef, eligible: dict[int, z3.BoolRef]) -> z3.BoolRef:
         """``backend`` (an index term) is among the eligible ones."""
         terms = [all_of(backend == self.int(i), term) for i, term in eligible.items()]
-        return any_of(*terms) if terms else self.false()
+        return any_of(*terms, ctx=self.ctx)
 
     def candidates_down(self, decision: SymDecision, health: SymHealth, time: z3.ArithRef) -> z3.BoolRef:
         """No backend that could serve this packet is up (the `unless no backend healthy` excuse)."""
@@ -318,7 +318,7 @@ class Encoding:
 
         def all_down(names: Iterable[str]) -> z3.BoolRef:
             terms = [health.down(n, time) for n in names]
-            return all_of(*terms) if terms else self.true()
+            return all_of(*terms, ctx=self.ctx)
 
         parts = [all_of(sel, all_down(candidates(self.service, rule)))
                  for rule, sel in zip(self.service.rules, decision.selected)]

@@ -233,7 +233,7 @@ class ServiceQueries:
         if isinstance(pattern, m.Integrity):
             fields = preserved_fields(pattern.fields, self.service.mode)
             terms = [self._rewrites(name, packet, decision) for name in sorted(fields)]
-            return (any_of(*terms) if terms else enc.false()), None
+            return any_of(*terms, ctx=self.ctx), None
         # Reverse path: in every mode replies leave from the address the client
         # sent to -- the LB translates them back (nat, snat, proxy) or the backend
         # holds the VIP (dsr, tunnel).  Asked anyway, so the core names the mode.
@@ -257,7 +257,7 @@ class ServiceQueries:
             terms = [choice >= enc.int(len(enc.backends))]
         else:  # "twice": one decision forwards a packet at most once
             terms = [z3.If(choice >= 0, enc.int(1), enc.int(0)) >= 2]
-        return any_of(*terms) if terms else enc.false()
+        return any_of(*terms, ctx=self.ctx)
 
     def _rewrites(self, name: str, packet: SymPacket, decision: SymDecision) -> z3.BoolRef:
         """The decision forwards ``packet`` with ``name`` changed (see ``evaluate.delivered``)."""
@@ -266,7 +266,7 @@ class ServiceQueries:
             return enc.false()
         if name == "dst":
             return any_of(*(all_of(choice == enc.int(i), z3.Not(packet.address_is("dst", b.address)))
-                           for i, b in enumerate(enc.backends)))
+                           for i, b in enumerate(enc.backends)), ctx=self.ctx)
         if name == "dport":
             terms = []
             for rule, selected in zip(self.service.rules, decision.selected):
@@ -275,7 +275,7 @@ class ServiceQueries:
                     if port is not None:
                         changed = packet.dport != z3.BitVecVal(port, 16, self.ctx)
                         terms.append(all_of(selected, choice == enc.int(i), packet.has_ports(), changed))
-            return any_of(*terms) if terms else enc.false()
+            return any_of(*terms, ctx=self.ctx)
         if name == "sport" and mode in ("snat", "proxy"):
             return all_of(choice >= 0, packet.has_ports())
         if (name == "src" and mode in ("snat", "proxy")) or (name == "ttl" and mode == "proxy"):
@@ -337,7 +337,7 @@ class ServiceQueries:
         goal = [*scenario.in_scope(scope), gap > 0, same, d0.choice >= 0, d1.choice >= 0, d1.choice != d0.choice]
         if pattern.while_healthy:
             goal.append(any_of(*(all_of(d0.choice == enc.int(i), scenario.health.up(b.name, gap))
-                                for i, b in enumerate(enc.backends))))
+                                for i, b in enumerate(enc.backends)), ctx=self.ctx))
         return self._ask(scenario, goal)
 
     def _distribution(self, scope: m.Filter) -> Answer:

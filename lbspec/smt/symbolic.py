@@ -23,28 +23,33 @@ PROTO_NAMES = {v: k for k, v in PROTO_CODES.items()}
 FLAG_BITS = {name: 1 << i for i, name in enumerate(FLAGS)}
 
 
-def _connect(maker, terms) -> z3.BoolRef:
+def _connect(maker, empty: bool, terms, ctx: z3.Context | None) -> z3.BoolRef:
     """And/Or straight through the C API.
 
     ``z3.And`` re-checks and coerces every argument, which costs more than
     solving these formulas; the terms here are always Booleans of one context.
+    Terms drawn from a service's backends or rules can be none at all (a
+    service with no pool, as the importers write for one without endpoints):
+    with no term to take the context from, ``ctx`` gives true (And) or false (Or).
     """
     terms = list(terms)
     if len(terms) == 1:
         return terms[0]
     if not terms:
-        raise ValueError("all_of()/any_of() need a context: pass at least one term")
+        if ctx is None:
+            raise ValueError("all_of()/any_of() of no terms need ctx=")
+        return z3.BoolVal(empty, ctx)
     ctx = terms[0].ctx
     array = (z3.Ast * len(terms))(*(t.as_ast() for t in terms))
     return z3.BoolRef(maker(ctx.ref(), len(terms), array), ctx)
 
 
-def all_of(*terms: z3.BoolRef) -> z3.BoolRef:
-    return _connect(z3.Z3_mk_and, terms)
+def all_of(*terms: z3.BoolRef, ctx: z3.Context | None = None) -> z3.BoolRef:
+    return _connect(z3.Z3_mk_and, True, terms, ctx)
 
 
-def any_of(*terms: z3.BoolRef) -> z3.BoolRef:
-    return _connect(z3.Z3_mk_or, terms)
+def any_of(*terms: z3.BoolRef, ctx: z3.Context | None = None) -> z3.BoolRef:
+    return _connect(z3.Z3_mk_or, False, terms, ctx)
 
 
 class SymPacket:
@@ -110,7 +115,7 @@ class SymPacket:
                 parts.append(z3.BoolVal(True, self.ctx))
             else:
                 parts.append(all_of(z3.ULE(self._bv(low, 16), term), z3.ULE(term, self._bv(high, 16))))
-        return any_of(*parts) if parts else z3.BoolVal(False, self.ctx)
+        return any_of(*parts, ctx=self.ctx)
 
     def flags_set(self, names: tuple[str, ...]) -> z3.BoolRef:
         mask = sum(FLAG_BITS[n] for n in names)

@@ -125,6 +125,27 @@ def test_library_integrity_holds_in_every_mode():
         assert "integrity" not in broken(check_text(CLEAN.replace("health tcp", f"health tcp\n    mode {mode}")))
 
 
+# --- services with no backend -------------------------------------------------
+
+def no_backend(body: str) -> str:
+    """A service with no backend, held also to a property that asks about backends' addresses."""
+    return 'property keep_dst "the destination is kept" { preserve dst }\n' + \
+        "service s {\n    vip 192.0.2.1\n    listen tcp 80\n    require keep_dst\n" + body + "}\n"
+
+
+@pytest.mark.parametrize("body", [
+    "    otherwise reject\n",  # what the importers write for a service without endpoints
+    "    otherwise drop\n",
+    "    pool p {\n    }\n    forward tcp 80 to p\n",
+    "    mode snat\n    pool p {\n    }\n    forward tcp 80 to p\n    otherwise drop\n",
+], ids=["reject", "drop", "empty-pool", "empty-pool-snat"])
+def test_a_service_with_no_backend_is_checked(body):
+    # every property is asked of it; nothing is forwarded, so none can break
+    found = check_text(no_backend(body))
+    assert broken(found) == {}
+    assert not [x for x in found if x.code == "LB111"]
+
+
 # --- --explain, unknown ------------------------------------------------------
 
 def test_explain_names_the_lines_a_property_rests_on():

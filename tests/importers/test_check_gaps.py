@@ -37,3 +37,8 @@ def test_nginx_passive_checks_are_reported_like_no_checks(checked):
 
 def test_roundrobin_proxy_is_not_per_packet_balancing(checked):
     assert "[LB104]" not in checked("haproxy", "lab-tcp-nocheck.cfg")
+
+
+def test_a_service_without_endpoints_is_checked(checked):
+    # kube-dns.yaml's Service reports has no EndpointSlice: it imports as a service of `otherwise reject` alone
+    assert "[LB100]" in checked("k8s", "kube-dns.yaml")  # kube-dns's, with `health none`
