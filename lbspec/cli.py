@@ -22,6 +22,7 @@ from lbspec.loader import Loaded, load_path, load_text, read_source
 from lbspec.render import render_json, render_text
 from lbspec.render.text import make_console
 from lbspec.render.json import summary_counts
+from lbspec.options import count, witness_directory
 
 __all__ = ["main", "EXIT_OK", "EXIT_FINDINGS", "EXIT_ERROR"]
 
@@ -136,11 +137,11 @@ def _build_parser(stdout: TextIO) -> _Parser:
                        help="output format (default: text)")
     check.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                        help="colour the text output (default: auto, on a terminal only)")
-    check.add_argument("--select", action="append", default=[], metavar="CODES",
+    check.add_argument("--select", type=_code_list, action="append", default=[], metavar="CODES",
                        help="report only these codes or prefixes, comma-separated (e.g. LB100,LB104 or LB1)")
-    check.add_argument("--ignore", action="append", default=[], metavar="CODES",
+    check.add_argument("--ignore", type=_code_list, action="append", default=[], metavar="CODES",
                        help="do not report these codes or prefixes")
-    check.add_argument("--severity", action="append", default=[], metavar="CODE=LEVEL",
+    check.add_argument("--severity", type=_severity, action="append", default=[], metavar="CODE=LEVEL",
                        help="change a code's severity (error, warning or info), e.g. LB105=error")
     check.add_argument("--explain", action="store_true",
                        help="for each property that holds, the spec lines it rests on; for each that "
@@ -150,9 +151,9 @@ def _build_parser(stdout: TextIO) -> _Parser:
     check.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS",
                        help="give up on one solver question after this long (default: 10); "
                             "it is then reported as unknown (LB111)")
-    check.add_argument("--jobs", type=int, default=0, metavar="N",
+    check.add_argument("--jobs", type=count, default=0, metavar="N",
                        help="check services in N processes (default: one per CPU)")
-    check.add_argument("--rlimit", type=int, default=50_000_000,  # lbspec.smt.DEFAULT_RLIMIT metavar="UNITS",
+    check.add_argument("--rlimit", type=count, default=50_000_000, metavar="UNITS",  # smt.DEFAULT_RLIMIT
                        help="solver resource limit per question: like --timeout, but the same on every "
                             "machine (default: 50000000)")
     check.add_argument("--seed", type=int, default=0, help="solver random seed (default: 0)")
@@ -222,23 +223,34 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _codes(values: list[str]) -> tuple[str, ...]:
-    return tuple(c.strip().upper() for v in values for c in v.split(",") if c.strip())
+def _known_code(text: str) -> str:
+    """A code or prefix that names no code lbspec has would match nothing: `--select` would hide every finding."""
+    code = text.strip().upper()
+    if not any(known.startswith(code) for known in d.KINDS):
+        raise argparse.ArgumentTypeError(f"{text.strip()!r} is not a diagnostic code or a prefix of one "
+                                         "(e.g. LB104, LB1)")
+    return code
 
 
-def _severities(values: list[str]) -> dict[str, d.Severity]:
-    out = {}
-    for value in values:
-        code, _, level = value.partition("=")
-        try:
-            out[code.strip().upper()] = d.Severity(level.strip().lower())
-        except ValueError:
-            raise d.InputError(f"--severity {value!r}: write CODE=error, CODE=warning or CODE=info") from None
-    return out
+def _code_list(text: str) -> tuple[str, ...]:
+    return tuple(_known_code(c) for c in text.split(",") if c.strip())
+
+
+def _severity(text: str) -> tuple[str, d.Severity]:
+    code, _, level = text.partition("=")
+    try:
+        severity = d.Severity(level.strip().lower())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write CODE=error, CODE=warning or CODE=info") from None
+    return _known_code(code), severity
+
+
+def _codes(values: list[tuple[str, ...]]) -> tuple[str, ...]:
+    return tuple(code for codes in values for code in codes)
 
 
 def _filtered(found: list[d.Diagnostic], args: argparse.Namespace) -> list[d.Diagnostic]:
-    select, ignore, levels = _codes(args.select), _codes(args.ignore), _severities(args.severity)
+    select, ignore, levels = _codes(args.select), _codes(args.ignore), dict(args.severity)
     out = []
     for diagnostic in found:
         if select and not diagnostic.code.startswith(select):
@@ -264,6 +276,8 @@ def _run_check(args: argparse.Namespace, io: _Streams) -> int:
 
     options = CheckOptions(timeout=args.timeout, seed=args.seed, explain=args.explain, jobs=args.jobs,
                            rlimit=args.rlimit)
+    if args.witness_dir:
+        witness_directory(args.witness_dir)
     results = []
     for name in args.files:
         loaded = load_path(name)
@@ -336,7 +350,6 @@ def _junit_cases(name: str, loaded: Loaded, found: list[d.Diagnostic]):
 def _write_witnesses(directory: str, results: list, io: _Streams) -> None:
     from lbspec.runtime.check_witness import write_witness
 
-    os.makedirs(directory, exist_ok=True)
     written = 0
     for name, loaded, found in results:
         for number, diagnostic in enumerate(x for x in found if x.witness is not None):

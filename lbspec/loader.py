@@ -71,7 +71,7 @@ def load_path(path: str | os.PathLike) -> Loaded:
     name = os.fspath(path)
     text, reason = read_source(name)
     if text is None:
-        return Loaded(None, [d.UNREADABLE.at(None, path=name, reason=reason)])
+        return Loaded(None, [d.UNREADABLE.at(None, path=name, reason=reason, data={"path": name})])
     return _load(text, name, Path(name).resolve())
 
 

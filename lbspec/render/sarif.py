@@ -1,9 +1,12 @@
 """SARIF 2.1.0, as GitHub code scanning reads it.
 
 Every code lbspec can emit is a rule (id, name, short and full description,
-default level); every diagnostic with a location in a spec file is a result
-(rule id and index, level, message, artifact URI and region, related
-locations for its notes, the witness in its property bag).
+default level); every diagnostic is a result (rule id and index, level,
+message, artifact URI and region, related locations for its notes, the
+witness in its property bag).  A file that cannot be read (LB000) is a
+result at its first line; a diagnostic of no file at all, a result without a
+location, which SARIF allows -- dropping either would leave a run that failed
+looking clean.
 """
 
 from __future__ import annotations
@@ -63,8 +66,11 @@ def _result(diagnostic: Diagnostic, index: dict[str, int]) -> dict[str, Any]:
     if diagnostic.help:
         text += f". Help: {diagnostic.help}"
     result: dict[str, Any] = {"ruleId": diagnostic.code, "ruleIndex": index[diagnostic.code],
-                              "level": _LEVEL[diagnostic.severity], "message": {"text": text},
-                              "locations": [_location(diagnostic.span)]}
+                              "level": _LEVEL[diagnostic.severity], "message": {"text": text}}
+    if _in_a_file(diagnostic.span):
+        result["locations"] = [_location(diagnostic.span)]
+    elif isinstance(diagnostic.data, dict) and diagnostic.data.get("path"):  # a file that cannot be read: its first line, where code scanning shows it
+        result["locations"] = [_location(Span(str(diagnostic.data["path"]), 1, 1, 1, 1))]
     related = [_location(n.span, n.message) for n in diagnostic.notes if _in_a_file(n.span)]
     for number, location in enumerate(related):
         location["id"] = number
@@ -77,7 +83,7 @@ def _result(diagnostic: Diagnostic, index: dict[str, int]) -> dict[str, Any]:
 
 def sarif_document(diagnostics: list[Diagnostic]) -> dict[str, Any]:
     rules, index = _rules()
-    results = [_result(d, index) for d in diagnostics if _in_a_file(d.span)]
+    results = [_result(d, index) for d in diagnostics]
     driver = {"name": "lbspec", "version": __version__, "semanticVersion": __version__,
               "informationUri": "https://pypi.org/project/lbspec/", "rules": rules}
     return {"$schema": SCHEMA, "version": "2.1.0", "runs": [{"tool": {"driver": driver}, "results": results}]}

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import TextIO
+
+from lbspec.options import count, witness_directory
 
 __all__ = ["SUMMARY", "DESCRIPTION", "configure", "run"]
 
@@ -45,11 +46,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                          help="clock offset of the backend-side captures (default: estimated)")
     judging.add_argument("--tolerance", type=_milliseconds, default=2.0, metavar="MS",
                          help="clock disagreement allowed between the sides after correction (default: 2)")
-    judging.add_argument("--max-flows", type=_count, default=1_000_000, metavar="N",
+    judging.add_argument("--max-flows", type=count, default=1_000_000, metavar="N",
                          help="flows kept per table before the oldest are evicted (default: 1000000)")
-    judging.add_argument("--max-verdicts", type=_count, default=1000, metavar="N",
+    judging.add_argument("--max-verdicts", type=count, default=1000, metavar="N",
                          help="verdicts listed per property and code; the rest are counted (default: 1000)")
-    judging.add_argument("--jobs", type=_count, default=1, metavar="N",
+    judging.add_argument("--jobs", type=count, default=1, metavar="N",
                          help="above 1: read up to N capture files in processes of their own, one per file; "
                               "judging stays in one process, so the output is the same for every N (default: 1)")
     output = parser.add_argument_group("output")
@@ -78,16 +79,6 @@ def _milliseconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected milliseconds, not {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError("the tolerance cannot be negative")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, not {value}")
     return value
 
 
@@ -143,10 +134,7 @@ def _validate(args, spec) -> None:
         except ValueError:
             raise InputError(f"--skew takes `auto` or a number of seconds, not {args.skew!r}") from None
     if args.witness_dir:
-        try:
-            os.makedirs(args.witness_dir, exist_ok=True)
-        except OSError as error:
-            raise InputError(f"cannot create --witness-dir {args.witness_dir}: {error.strerror}") from None
+        witness_directory(args.witness_dir)
 
 
 def _both_sides(args) -> None:

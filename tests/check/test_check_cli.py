@@ -39,9 +39,24 @@ def test_severity_override(cli):
     assert cli("check", "--severity", "LB105=loud", WEB).code == 2
 
 
-@pytest.mark.parametrize("bad", [["--timeout", "0"], ["--timeout", "soon"], ["--format", "pdf"]])
+@pytest.mark.parametrize("bad", [["--timeout", "0"], ["--timeout", "soon"], ["--format", "pdf"],
+                                 ["--jobs", "0"], ["--jobs", "-3"], ["--rlimit", "-5"], ["--rlimit", "0"]])
 def test_bad_options_exit_2(cli, bad):
     assert cli("check", *bad, WEB).code == 2
+
+
+@pytest.mark.parametrize("bad", [["--select", "foo"], ["--select", "LB9"], ["--select", "LB104,LB1O4"],
+                                 ["--ignore", "LB9"], ["--severity", "LB999=error"]])
+def test_codes_that_name_no_diagnostic_exit_2(cli, bad):
+    # a typo would otherwise hide every finding
+    run = cli("check", *bad, API)
+    assert run.code == 2 and bad[1].split(",")[-1].split("=")[0] in run.err
+
+
+@pytest.mark.parametrize("good", [["--select", "LB1"], ["--select", "LB10"], ["--ignore", "lb0"],
+                                  ["--severity", "LB1=error"]])
+def test_codes_and_prefixes_lbspec_has_are_accepted(cli, good):
+    assert cli("check", *good, API).code == 1
 
 
 def test_json_witness_schema(cli):
@@ -72,6 +87,15 @@ def test_sarif_has_what_code_scanning_requires(cli):
         assert location["artifactLocation"]["uri"].endswith("api.lbspec")
         assert location["region"]["startLine"] >= 1 and location["region"]["startColumn"] >= 1
     assert {"LB100", "LB101", "LB104"} <= {r["ruleId"] for r in sarif_run["results"]}
+
+
+def test_sarif_keeps_a_file_that_cannot_be_read(cli, tmp_path):
+    # code scanning rejects results without a location: the file's first line is one
+    run = cli("check", "--format", "sarif", str(tmp_path / "missing.lbspec"))
+    (result,) = json.loads(run.out)["runs"][0]["results"]
+    location = result["locations"][0]["physicalLocation"]
+    assert run.code == 2 and result["ruleId"] == "LB000"
+    assert location["artifactLocation"]["uri"].endswith("missing.lbspec") and location["region"]["startLine"] == 1
 
 
 def test_junit(cli):
@@ -111,6 +135,13 @@ def test_witness_captures(cli, tmp_path):
     if shutil.which("tshark"):
         done = subprocess.run(["tshark", "-r", str(split)], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and len(done.stdout.splitlines()) == 4
+
+
+def test_witness_dir_that_is_a_file_exits_2(cli, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    run = cli("check", "--witness-dir", str(taken), API)
+    assert run.code == 2 and str(taken) in run.err
 
 
 def test_tunnel_witness_is_encapsulated(cli, tmp_path):

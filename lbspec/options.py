@@ -1,0 +1,30 @@
+"""Option types and checks that more than one subcommand uses, so that each is read the same way."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from lbspec.diagnostics import InputError
+
+__all__ = ["count", "witness_directory"]
+
+
+def count(text: str) -> int:
+    """An argparse type: a whole number, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, not {value}")
+    return value
+
+
+def witness_directory(directory: str) -> None:
+    """Make ``--witness-dir`` before any work: a path that cannot be a directory is an input error up front,
+    not a traceback once the findings are in."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"cannot create --witness-dir {directory}: {error.strerror}") from None
