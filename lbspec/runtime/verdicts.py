@@ -22,9 +22,13 @@ from lbspec.ir import Span
 __all__ = ["PacketRef", "Witness", "Verdict", "VerdictBook", "timestamp"]
 
 
+_YEAR_10000 = 253_402_300_800  # seconds since 1970: what datetime can still show
+
+
 def timestamp(ts: float) -> str:
-    """An ISO 8601 UTC time with microseconds (or the number, for times before 1971)."""
-    if not math.isfinite(ts) or ts < 365 * 86400:
+    """An ISO 8601 UTC time with microseconds (or the number, for times before 1971 or after 9999: a
+    capture's clock can say anything)."""
+    if not math.isfinite(ts) or not 365 * 86400 <= ts < _YEAR_10000:
         return f"{ts:.6f}s"
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 

@@ -7,6 +7,7 @@ link type), so tshark opens every witness.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -38,12 +39,22 @@ def write_witness(directory: str | os.PathLike, name: str, witness: Witness) -> 
         for packet in sorted(packets, key=lambda p: p.time):
             data = packet.data if same else _ip_bytes(packet)
             if data:
-                seconds = int(packet.time)
-                writer.write_packet(data, sec=seconds, usec=int(round((packet.time - seconds) * 1e6)),
-                                    caplen=len(data), wirelen=len(data))
+                seconds, micros = _pcap_time(packet.time)
+                writer.write_packet(data, sec=seconds, usec=micros, caplen=len(data), wirelen=len(data))
     finally:
         writer.close()
     return str(path)
+
+
+def _pcap_time(time: float) -> tuple[int, int]:
+    """Seconds and microseconds as a pcap record holds them: a time it cannot hold (before 1970, after
+    2106 -- a capture's clock can say anything) becomes the nearest one it can."""
+    if not math.isfinite(time):
+        return 0, 0
+    seconds, micros = divmod(round(time * 1e6), 1_000_000)
+    if seconds < 0:
+        return 0, 0
+    return (seconds, micros) if seconds < 1 << 32 else ((1 << 32) - 1, 999_999)
 
 
 def _ip_bytes(packet: PacketRef) -> bytes:

@@ -99,3 +99,25 @@ def test_flow_tables_are_bounded_and_evictions_reported():
     report = scenario.judge(spec(), max_flows=16)
     assert report.summary["evictions"] > 0
     assert [d.code for d in report.diagnostics if d.code == "LB211"] == ["LB211"]
+
+
+@pytest.mark.parametrize("shift", [1e17, -START - 5e9])  # a clock in the year 3 billion, and before 1970
+def test_times_no_calendar_or_pcap_holds_are_judged_shown_and_written(shift, tmp_path):
+    import json
+
+    from scapy.utils import rdpcap
+
+    from lbspec.render.json import diagnostic_to_dict
+    from lbspec.runtime.witness import write_witness
+
+    scenario = Scenario()
+    scenario.flow("10.1.0.11", 0.01, drop={1})
+    for sent in scenario.packets:
+        sent.time += shift
+        sent.packet.time = sent.time
+    report = scenario.judge(spec())
+    assert codes(report) == ["LB200"]
+    (drop,) = [x for x in report.diagnostics if x.code == "LB200"]
+    json.dumps(diagnostic_to_dict(drop), default=str)
+    written = write_witness(tmp_path, "w.pcap", drop.witness)
+    assert len(rdpcap(written)) == len([p for p in drop.witness.packets if p.data])
