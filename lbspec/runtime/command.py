@@ -274,7 +274,12 @@ def _bad_capture(error, args, stdout: TextIO, stderr: TextIO, color: bool) -> in
     from lbspec.render import render_json, render_text
 
     diagnostic = BAD_CAPTURE.at(None, what=str(error), data={"file": error.path, "reason": error.reason})
-    if getattr(args, "format", "text") in ("json", "jsonl"):
+    form = getattr(args, "format", "text")
+    if form == "jsonl":  # one line, like every verdict streamed before it
+        from lbspec.render.json import diagnostic_to_dict
+
+        stdout.write(json.dumps(diagnostic_to_dict(diagnostic)) + "\n")
+    elif form == "json":
         render_json([diagnostic], stdout)
     else:
         render_text([diagnostic], {}, stderr, color)

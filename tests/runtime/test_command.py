@@ -287,6 +287,8 @@ def test_a_bad_capture_is_LB290_and_exit_2(cli, spec_path, tmp_path):
     assert run.code == 2 and "LB290" in run.err and "not a pcap or pcapng file" in run.err
     run = cli("monitor", spec_path, str(tmp_path / "missing.pcap"), "--format", "json")
     assert run.code == 2 and json.loads(run.out)["diagnostics"][0]["code"] == "LB290"
+    run = cli("monitor", spec_path, str(garbage), "--format", "jsonl")
+    assert run.code == 2 and [json.loads(line)["code"] for line in run.out.splitlines()] == ["LB290"]
 
 
 def test_an_invalid_spec_exits_2(cli, spec_file, captures):
