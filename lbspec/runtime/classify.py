@@ -188,26 +188,31 @@ def _copies(p: Packets, role: np.ndarray, rows_mask: np.ndarray, before: int, af
         return
     key = mix([p["sa_lo"][rows], p["da_lo"][rows], p["sport"][rows], p["dport"][rows], p["proto"][rows],
                p["seq"][rows], p["ack"][rows], p["ipid"][rows], p["plen"][rows], p["digest"][rows]])
-    order = np.lexsort((p["ts"][rows], key))
-    key, rows = key[order], rows[order]
-    first = np.r_[True, key[1:] != key[:-1]]
-    head = np.maximum.accumulate(np.where(first, np.arange(len(rows)), 0))
-    lead = rows[head]
-    changed = (p["mac_d"][rows] != p["mac_d"][lead]) | (p["ttl"][rows] < p["ttl"][lead])
-    role[rows[~first & changed]] = after
+    rows, _head, changed = _sightings(p, rows, key)
+    role[rows[changed]] = after
 
 
 def _first_copies(p: Packets, role: np.ndarray, rows_mask: np.ndarray, first: int) -> None:
-    """Packets routed through the LB show twice in a combined capture: the first copy is the client's."""
+    """Packets routed through the LB show twice in a combined capture: the first copy is the client's --
+    where a later copy shows the routing (another destination MAC or a lower TTL).  Copies alike in
+    every byte are one packet the LB sent twice, left as they are to be judged as such."""
     rows = np.nonzero(rows_mask)[0]
     if len(rows) < 2:
         return
-    key = pair_key(p, "dsr", rows)
+    rows, head, changed = _sightings(p, rows, pair_key(p, "dsr", rows))
+    group = np.cumsum(head) - 1
+    role[rows[head & (np.bincount(group, changed, len(rows)) > 0)[group]]] = first
+
+
+def _sightings(p: Packets, rows: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``rows`` grouped by ``key`` in time order; which is the first of its group; and which later ones
+    differ from that first as a packet passing the LB does (another destination MAC, a lower TTL)."""
     order = np.lexsort((p["ts"][rows], key))
     key, rows = key[order], rows[order]
     head = np.r_[True, key[1:] != key[:-1]]
-    later = np.r_[False, key[1:] == key[:-1]]
-    role[rows[head & np.r_[later[1:], False]]] = first
+    lead = rows[np.maximum.accumulate(np.where(head, np.arange(len(rows)), 0))]
+    changed = ~head & ((p["mac_d"][rows] != p["mac_d"][lead]) | (p["ttl"][rows] < p["ttl"][lead]))
+    return rows, head, changed
 
 
 def _egress_backend(p, compiled, egress, dkey, be_d, vip_d) -> np.ndarray:

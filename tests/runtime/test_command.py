@@ -19,7 +19,7 @@ from lbspec.runtime import sources
 from lbspec.runtime.monitor import Monitor
 from lbspec.runtime.session import inputs_from, open_readers, open_streams
 
-from .scenario import Scenario, spec
+from .scenario import CLIENT_MAC, LB_MAC, Scenario, codes, ip, spec
 
 
 @pytest.fixture
@@ -147,6 +147,23 @@ def test_an_lb_that_forwards_nothing_is_no_capture_of_one_side(cli, spec_file, t
     (path,) = scenario.write(tmp_path, combined=True)
     document = json.loads(cli("monitor", spec_file(spec()), str(path), "--format", "json").out)
     assert set(document["monitor"]["verdicts"]) == {"LB200"} and _gaps(document) == []
+
+def test_combined_capture_tells_a_routed_packet_from_one_sent_twice():
+    # seen twice, a routed packet changes (TTL, MAC) and its first copy is the client's; an egress
+    # sent twice does not, and is a duplicate
+    routed = Scenario("nat")
+    routed.flow("10.1.0.11", 0.01)
+    packet = ip("203.0.113.7", "198.51.100.9", ttl=64) / TCP(sport=5555, dport=443, flags="S", seq=1)
+    routed.add(0.2, "client", Ether(src=CLIENT_MAC, dst=LB_MAC) / packet)
+    routed.add(0.2001, "backend", Ether(src=LB_MAC, dst="02:00:00:00:00:77") / ip("203.0.113.7", "198.51.100.9", ttl=63)
+               / packet[TCP].copy())
+    report = routed.judge(spec(), combined=True)
+    assert codes(report) == [] and report.summary["roles"]["transit"] == 1
+    twice = Scenario("nat")
+    twice.flow("10.1.0.11", 0.01, twice={2})
+    report = twice.judge(spec(), combined=True)
+    assert codes(report) == ["LB205"] and "transit" not in report.summary["roles"]
+
 
 def test_combined_capture_sees_an_untranslated_reply_as_the_second_copy(cli, spec_file, tmp_path):
     scenario = Scenario("nat")
