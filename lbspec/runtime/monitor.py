@@ -595,7 +595,7 @@ class Monitor:
         if win["proto"][row] != TCP or win["plen"][row] == 0:
             return False
         rows = self._flow_rows(int(win["ckey"][row]))
-        sent = rows[win["role"][rows] == INGRESS]
+        sent = rows[(win["role"][rows] == INGRESS) & (win["ts"][rows] >= win["ts"][row] - self.horizon)]
         end = (int(win["seq"][row]) + int(win["plen"][row])) & 0xFFFFFFFF
         return bool(((((win["seq"][sent].astype(np.int64) - end) & 0xFFFFFFFF) < 1 << 31)).any())
 
@@ -603,13 +603,29 @@ class Monitor:
         """Until when the captures can show what the LB sent (infinite until the end of the run)."""
         if not self._closed:
             return math.inf
-        ends = [e[2] for source, e in self.counts.per_source.items() if self.sources.sides[source] != 0]
+        ends = [end for _start, end in self._captures(showing=1)]
         return min(ends) if ends else math.inf
 
     def _ingress_seen_since(self) -> float:
         """Since when the captures show what clients sent."""
-        starts = [e[1] for source, e in self.counts.per_source.items() if self.sources.sides[source] != 1]
+        starts = [start for start, _end in self._captures(showing=0)]
         return max(starts) if starts else -math.inf
+
+    def _captures(self, showing: int) -> list[tuple[float, float]]:
+        """The time spans of the captures that show side ``showing`` (0 clients', 1 the LB's): files that
+        follow one another (a capture rotated by ``tcpdump -C`` or ``-G``) are one span; files that
+        overlap were taken at once (another interface), each its own span, and the first to stop
+        (or last to start) bounds what all of them show."""
+        spans = sorted((entry[1], entry[2]) for source, entry in self.counts.per_source.items()
+                       if self.sources.sides[source] != 1 - showing and entry[0])
+        chains: list[list[float]] = []
+        for start, end in spans:
+            chain = next((c for c in chains if c[1] <= start), None)
+            if chain is None:
+                chains.append([start, end])
+            else:
+                chain[1] = end
+        return [(start, end) for start, end in chains]
 
     def _twice(self, service: int) -> CheckPlan | None:
         found = self.compiled.services[service].of_kind("twice")

@@ -10,13 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import TCP, UDP
+from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from lbspec.runtime import capture, session
 from lbspec.runtime.decode import Packets
 from lbspec.runtime.sources import merged
 
-from .scenario import Scenario, spec
+from .scenario import LB_MAC, Scenario, backend_mac, ip, spec
 
 
 def _changed(i, frame):
@@ -190,3 +191,36 @@ def test_merged_spans_are_about_a_batch_long_not_slivers():
     spans = _merge([client, backend], 100)
     assert len(spans) <= 11
     assert sum(len(p) for pieces in spans for p in pieces) == 2000
+
+
+def test_verdicts_do_not_depend_on_where_a_capture_is_cut(cli, spec_file, tmp_path, monkeypatch):
+    """Batches of any size, and one capture rotated into two files (tcpdump -C), give the same verdicts."""
+    from scapy.utils import rdpcap, wrpcap
+
+    scenario = Scenario("nat")
+    _nat(scenario)
+    invented = ip("203.0.113.7", "10.1.0.12") / TCP(sport=4444, dport=8080, flags="PA", seq=9) / Raw(b"made up")
+    scenario.add(0.2, "backend", Ether(src=LB_MAC, dst=backend_mac("10.1.0.12")) / invented)  # in part 0: LB208
+    (whole,) = scenario.write(tmp_path, combined=True)
+    frames = rdpcap(str(whole))
+    halves = [tmp_path / "part0.pcap", tmp_path / "part1.pcap"]
+    wrpcap(str(halves[0]), frames[:len(frames) // 2])
+    wrpcap(str(halves[1]), frames[len(frames) // 2:])
+    text = spec(listen="tcp 80, udp 53", health="health tcp every 1s timeout 500ms fall 2 rise 2",
+                rule="forward tcp 80 to app port 8080\n    forward udp 53 to app")
+
+    def verdicts(paths, batch_frames=None):
+        if batch_frames:
+            monkeypatch.setattr(session, "CaptureReader", lambda path, source: capture.CaptureReader(
+                path, source, batch_frames=batch_frames))
+        document = json.loads(cli("monitor", spec_file(text), *map(str, paths), "--format", "json").out)
+        monkeypatch.undo()
+        return (sorted((x["code"], x["data"].get("flow", "")) for x in document["diagnostics"] if x["code"] != "LB212"),
+                document["monitor"]["unjudged_at_edges"])
+
+    expected = verdicts([whole])
+    assert ("LB208", "TCP 203.0.113.7:4444 -> 10.1.0.12:8080") in expected[0]
+    assert {"LB200", "LB205"} <= {code for code, _flow in expected[0]}
+    assert verdicts(halves) == expected
+    for size in (16, 7):
+        assert verdicts([whole], size) == expected
