@@ -365,8 +365,9 @@ class ServiceFinder:
         if check.origin != "library" and self.queries.satisfiable(check).status == "unsat":
             yield self._contradiction(check)
             return
-        witness = self._witness(check.name, why, answer.steps)
-        clauses = self._clauses(check, answer.steps, replay)
+        steps, replay, why = self._without_idle_failures(check, list(answer.steps), replay, why)
+        witness = self._witness(check.name, why, steps)
+        clauses = self._clauses(check, steps, replay)
         if check.origin == "library":
             where = next((span for _, span in clauses if span is not None), self.service.span)
         notes = [d.Note(f"`{check.name}` is defined here: {check.title}", check.span)] if check.span != where else []
@@ -376,6 +377,20 @@ class ServiceFinder:
             notes += [d.Note(f"would have to change: {text}", span) for text, span in clauses if span != where]
         yield d.NOT_GUARANTEED.at(where, property=f"`{check.name}`", reason=check.title, witness=witness,
                                   label=why, notes=notes, help=_advice(check))
+
+    def _without_idle_failures(self, check: m.Check, steps: list[ev.Step], replay: ev.Replay, why: str
+                               ) -> tuple[list[ev.Step], ev.Replay, str]:
+        """The witness less the backend failures it does not need: the solver is free to fail any backend,
+        and a failure in another pool only makes the trace harder to read.  Each is left out when the
+        trace still replays and still breaks the check -- the LB then seeing that backend up."""
+        for step in [s for s in steps if s.fail and s.packet is None]:
+            fewer = [s if s.view is None else replace(s, view=s.view | set(step.fail))
+                     for s in steps if s is not step]
+            shorter = self._replay(fewer)
+            reason = None if isinstance(shorter, str) else violation(check, self.service, fewer, shorter)
+            if reason is not None:
+                steps, replay, why = fewer, shorter, reason
+        return steps, replay, why
 
     def _contradiction(self, check: m.Check) -> d.Diagnostic:
         core = self.queries.satisfiable(check).core

@@ -62,6 +62,16 @@ def test_the_api_example_yields_the_seeded_gaps():
     assert steps[-1].packet is not None and steps[-1].choice.__class__.__name__ == "Drop"
 
 
+def test_witnesses_show_only_the_failures_they_need():
+    # the solver may fail any backend; a drop in the legacy pool or a flow moving needs none of it
+    found = findings(lbspec.load(EXAMPLES / "api.lbspec"))
+    for broken in [x for x in found if x.code == "LB100"]:
+        assert not [s for s in broken.witness.steps if s.fail], broken.data["property"]
+    # a packet to a dead backend needs its failure
+    (dead,) = [x for x in findings(lbspec.load(FINDINGS / "LB105-no-health.lbspec")) if x.code == "LB100"]
+    assert [s.fail for s in dead.witness.steps if s.fail]
+
+
 @pytest.mark.parametrize("name", ["web", "dns", "tunnel"])
 def test_complete_examples_have_no_findings(name):
     assert serious(findings(lbspec.load(EXAMPLES / f"{name}.lbspec"))) == set()
