@@ -375,7 +375,7 @@ def _summary_line(name: str, loaded: Loaded, found: list[d.Diagnostic]) -> str:
     counts = summary_counts(found)
     problems = ", ".join(_plural(counts[k + "s"], k) for k in ("error", "warning") if counts[k + "s"])
     if not loaded.ok:
-        return f"{name}: not loaded ({problems})"
+        return f"{name}: not loaded ({problems or 'its errors are left out by --select, --ignore or --severity'})"
     services = loaded.spec.services
     checks = sum(len(s.checks) for s in services)
     what = f"{_plural(len(services), 'service')}, {_plural(checks, 'property check')}"
