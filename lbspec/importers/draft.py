@@ -26,7 +26,7 @@ from lbspec.loader import read_source
 __all__ = [
     "Address", "Note", "Options", "ConfigError", "ImportContext", "BackendDraft", "PoolDraft",
     "Line", "ServiceDraft", "Names", "identifier", "duration", "forward_text", "balance_text",
-    "affinity_text", "health_text", "failover_text", "render", "finish", "line_span",
+    "affinity_text", "health_text", "failover_text", "render", "finish", "line_span", "file_span",
 ]
 
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -74,6 +74,12 @@ def line_span(sources: dict[str, str], file: str, line: int | None) -> Span | No
     return Span(file, line, start, line, max(start + 1, len(text.rstrip()) + 1))
 
 
+def file_span(sources: dict[str, str], file: str) -> Span:
+    """The span of a whole file, for what is about the file rather than one of its lines."""
+    lines = sources.get(file, "").split("\n")
+    return Span(file, 1, 1, len(lines), len(lines[-1]) + 1)
+
+
 class ImportContext:
     """The options, the texts read so far and the notes taken, for one `lbspec import` run."""
 
@@ -81,6 +87,7 @@ class ImportContext:
         self.options = options or Options()
         self.sources: dict[str, str] = {}
         self.diagnostics: list[d.Diagnostic] = []
+        self.skipped = False
 
     def read(self, path: str) -> str:
         """The text of a configuration file, or LB300 saying why it cannot be read."""
@@ -105,6 +112,15 @@ class ImportContext:
         if diagnostic not in self.diagnostics:
             self.diagnostics.append(diagnostic)
         return Note(f"{NOT_REPRESENTED} {_where(span)}`{setting}`: {why}")
+
+    def skip(self, span: Span | None, setting: str, why: str) -> Note:
+        """A service the configuration has but the spec cannot express, left out: :meth:`lost`, remembered.
+
+        An import that found services and left them all out has still found
+        something, and says what (LB301); one that found none is an LB300.
+        """
+        self.skipped = True
+        return self.lost(span, setting, why)
 
     def explain(self, span: Span | None, text: str) -> Note:
         """A comment saying how a setting was read."""

@@ -320,8 +320,8 @@ class _ServiceBuilder:
         self.names = Names()
         self._binds(service)
         if not service.vips:
-            self.skipped = self.ctx.explain(self.front.span, f"{self.front.kind} `{self.front.name}` has no "
-                                                             "usable `bind` line: not imported")
+            self.skipped = self.ctx.skip(self.front.span, f"{self.front.kind} {self.front.name}",
+                                         "no usable `bind` line (an IP address and port): not imported")
             return None
         self._mode(service)
         self._rules(service)

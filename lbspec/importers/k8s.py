@@ -60,30 +60,43 @@ class _Object:
     kind: str
     body: _Map
     file: str
+    name: str = ""
+    namespace: str = "default"
 
     @property
-    def name(self) -> str:
-        return str(self.body.get("metadata", {}).get("name", ""))
-
-    @property
-    def namespace(self) -> str:
-        return str(self.body.get("metadata", {}).get("namespace") or "default")
+    def label(self) -> str:
+        return f"{self.kind} {self.name}" if self.name else self.kind
 
 
 def _objects(path: str, ctx: ImportContext) -> list[_Object]:
     out = []
     for number, (document, line) in enumerate(_documents(path, ctx), 1):
-        items = document.get("items", []) if isinstance(document, dict) and document.get("kind", "").endswith(
-            "List") else [document]
-        for item in items:
+        for item in _items(document, path, ctx):
             if item is None:
                 continue
-            if not isinstance(item, dict) or "kind" not in item:
+            if not isinstance(item, dict) or item.get("kind") is None:
                 ctx.fail(line_span(ctx.sources, path, getattr(item, "line", line)),
                          f"not a Kubernetes object: document {number} has no `kind`",
                          help="give Service and EndpointSlice objects (`kubectl get svc,endpointslices -o yaml`)")
-            out.append(_Object(str(item["kind"]), item, path))
+            out.append(_object(item, path, ctx))
     return out
+
+
+def _items(document, path: str, ctx: ImportContext) -> list:
+    """The objects of a document: the document itself, or the `items` of a `kind: List` (`kubectl get` prints one)."""
+    kind = document.get("kind") if isinstance(document, dict) else None
+    if not isinstance(kind, str) or not kind.endswith("List"):
+        return [document]
+    return _list(document, "items", _object(document, path, ctx), ctx)
+
+
+def _object(body: _Map, path: str, ctx: ImportContext) -> _Object:
+    """The object, once `kind` and `metadata`, which every object is read by, have the types the API gives them."""
+    obj = _Object(_field(body, "kind", (str,), _Object("object", body, path), ctx), body, path)
+    metadata = _field(body, "metadata", (dict,), obj, ctx) or _Map()
+    obj.name = _field(metadata, "name", (str,), obj, ctx) or ""
+    obj.namespace = _field(metadata, "namespace", (str,), obj, ctx) or "default"
+    return obj
 
 
 def _documents(path: str, ctx: ImportContext) -> list[tuple[object, int]]:
@@ -122,55 +135,82 @@ def _slice_endpoints(obj: _Object, ctx: ImportContext) -> list[_Endpoint]:
     body = obj.body
     ports = {}
     for port in _list(body, "ports", obj, ctx):
-        if isinstance(port, dict) and port.get("port") is not None:
-            ports[str(port.get("name") or "")] = _int(port.get("port"), port, obj, ctx, "port")
+        number = _port(port, "port", obj, ctx)
+        if number is not None:
+            ports[_field(port, "name", (str,), obj, ctx) or ""] = number
     out = []
     for endpoint in _list(body, "endpoints", obj, ctx):
-        addresses = endpoint.get("addresses") or []
+        addresses = _list(endpoint, "addresses", obj, ctx, str)
         if not addresses:
             continue
         address = _ip(addresses[0], endpoint, obj, ctx)
-        if address is None:
-            continue
-        conditions = endpoint.get("conditions") or {}
-        ready = conditions.get("ready") is not False
-        serving = conditions.get("serving", ready) is not False
-        terminating = conditions.get("terminating") is True
+        conditions = _field(endpoint, "conditions", (dict,), obj, ctx) or _Map()
+        ready = _field(conditions, "ready", (bool,), obj, ctx) is not False
+        serving = _field(conditions, "serving", (bool,), obj, ctx, ready) is not False
+        terminating = _field(conditions, "terminating", (bool,), obj, ctx) is True
         role = "ready" if ready and not terminating else ("terminating" if serving else "unused")
-        name = (endpoint.get("targetRef") or {}).get("name") or str(address)
-        out.append(_Endpoint(address, name, ports, role, endpoint.line, obj.file))
+        out.append(_Endpoint(address, _pod(endpoint, obj, ctx) or str(address), ports, role, endpoint.line,
+                             obj.file))
     return out
 
 
 def _legacy_endpoints(obj: _Object, ctx: ImportContext) -> list[_Endpoint]:
     out = []
     for subset in _list(obj.body, "subsets", obj, ctx):
-        ports = {str(p.get("name") or ""): _int(p.get("port"), p, obj, ctx, "port")
-                 for p in subset.get("ports") or [] if isinstance(p, dict)}
+        ports = {_field(p, "name", (str,), obj, ctx) or "": _port(p, "port", obj, ctx, required=True)
+                 for p in _list(subset, "ports", obj, ctx)}
         for key, role in (("addresses", "ready"), ("notReadyAddresses", "unused")):
-            for entry in subset.get(key) or []:
-                address = _ip(entry.get("ip"), entry, obj, ctx)
-                if address is not None:
-                    name = (entry.get("targetRef") or {}).get("name") or str(address)
-                    out.append(_Endpoint(address, name, ports, role, entry.line, obj.file))
+            for entry in _list(subset, key, obj, ctx):
+                address = _ip(_field(entry, "ip", (str,), obj, ctx), entry, obj, ctx)
+                out.append(_Endpoint(address, _pod(entry, obj, ctx) or str(address), ports, role, entry.line,
+                                     obj.file))
     return out
 
 
-def _list(body: dict, key: str, obj: _Object, ctx: ImportContext) -> list:
-    value = body.get(key)
+def _pod(endpoint: _Map, obj: _Object, ctx: ImportContext) -> str | None:
+    """The name of the object an endpoint belongs to (its pod), which names the backend."""
+    return _field(_field(endpoint, "targetRef", (dict,), obj, ctx) or _Map(), "name", (str,), obj, ctx)
+
+
+# ------------------------------------------------------------------ fields --
+# The importer reads many optional fields; each is checked for the type the
+# Kubernetes API gives it where it is read, so an odd manifest is an LB300 at
+# its line instead of an exception deep inside the importer.
+
+_TYPE_NAMES = {str: "a string", int: "a number", bool: "true or false", list: "a list", dict: "an object"}
+
+
+def _field(mapping: _Map, key: str, types: tuple[type, ...], obj: _Object, ctx: ImportContext, default=None):
+    """``mapping[key]``, ``default`` when it is absent or null, or LB300 when it has none of ``types``."""
+    value = mapping.get(key)
     if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        line = body.at(key) if isinstance(body, _Map) else None
-        ctx.fail(line_span(ctx.sources, obj.file, line), f"`{key}` of {obj.kind} {obj.name} is not a list of objects")
+        return default
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        expected = " or ".join(_TYPE_NAMES[t] for t in types)
+        _fail_at(mapping, key, obj, ctx, f"`{key}` of {obj.label} is not {expected}")
     return value
 
 
-def _int(value, where: dict, obj: _Object, ctx: ImportContext, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        ctx.fail(line_span(ctx.sources, obj.file, getattr(where, "line", None)),
-                 f"`{what}: {value}` of {obj.kind} {obj.name} is not a number")
+def _list(body: _Map, key: str, obj: _Object, ctx: ImportContext, item: type = dict) -> list:
+    """A list field whose entries are all ``item`` (objects by default); absent or null, an empty list."""
+    value = _field(body, key, (list,), obj, ctx) or []
+    if not all(isinstance(v, item) for v in value):
+        what = "objects" if item is dict else "strings"
+        _fail_at(body, key, obj, ctx, f"`{key}` of {obj.label} is not a list of {what}")
     return value
+
+
+def _port(mapping: _Map, key: str, obj: _Object, ctx: ImportContext, required: bool = False) -> int | None:
+    """A port number field: a number out of range would make a spec that does not load."""
+    value = _field(mapping, key, (int,), obj, ctx)
+    if (value is None and required) or (value is not None and not 0 < value < 65536):
+        _fail_at(mapping, key, obj, ctx, f"`{key}: {value}` of {obj.label} is not a port",
+                 help="ports run from 1 to 65535")
+    return value
+
+
+def _fail_at(mapping: _Map, key: str, obj: _Object, ctx: ImportContext, what: str, help: str | None = None):
+    ctx.fail(line_span(ctx.sources, obj.file, mapping.at(key)), what, help=help)
 
 
 def _ip(text, where: dict, obj: _Object, ctx: ImportContext):
@@ -190,8 +230,8 @@ def import_k8s(paths: list[str], ctx: ImportContext) -> tuple[list[ServiceDraft]
     legacy: dict[tuple[str, str], list[_Endpoint]] = {}
     for obj in objects:
         if obj.kind == "EndpointSlice":
-            owner = (obj.body.get("metadata", {}).get("labels") or {}).get(_SLICE_LABEL)
-            if owner and obj.body.get("addressType") in ("IPv4", "IPv6", None):
+            owner = _owner(obj, ctx)
+            if owner and _field(obj.body, "addressType", (str,), obj, ctx) in ("IPv4", "IPv6", None):
                 slices.setdefault((obj.namespace, owner), []).extend(_slice_endpoints(obj, ctx))
         elif obj.kind == "Endpoints":
             legacy.setdefault((obj.namespace, obj.name), []).extend(_legacy_endpoints(obj, ctx))
@@ -204,6 +244,12 @@ def import_k8s(paths: list[str], ctx: ImportContext) -> tuple[list[ServiceDraft]
         base = f"{obj.namespace}-{obj.name}" if obj.name in clashes else obj.name
         services += _Service(obj, endpoints, ctx, header).build(names, base)
     return services, header
+
+
+def _owner(obj: _Object, ctx: ImportContext) -> str | None:
+    """The Service an EndpointSlice belongs to: its `kubernetes.io/service-name` label."""
+    labels = _field(obj.body.get("metadata") or _Map(), "labels", (dict,), obj, ctx) or _Map()
+    return _field(labels, _SLICE_LABEL, (str,), obj, ctx)
 
 
 def _clashing_names(services: list[_Object]) -> set[str]:
@@ -231,7 +277,7 @@ class _Service:
 
     def __init__(self, obj: _Object, endpoints: list[_Endpoint] | None, ctx: ImportContext, header: list[Note]):
         self.obj = obj
-        self.spec = obj.body.get("spec") or _Map()
+        self.spec = _field(obj.body, "spec", (dict,), obj, ctx) or _Map()
         self.endpoints = endpoints
         self.ctx = ctx
         self.header = header
@@ -247,20 +293,24 @@ class _Service:
         line = mapping.at(key) if isinstance(mapping, _Map) and key else getattr(mapping, "line", None)
         return line_span(self.ctx.sources, self.file, line or self.obj.body.line)
 
+    def _get(self, key: str, *types: type, default=None):
+        """A field of the spec, checked for its type."""
+        return _field(self.spec, key, types, self.obj, self.ctx, default)
+
     def build(self, names: Names, base: str) -> list[ServiceDraft]:
-        kind = self.spec.get("type", "ClusterIP")
+        kind = self._get("type", str, default="ClusterIP")
         if kind == "ExternalName":
-            self.header.append(self.ctx.lost(self._span("type"), f"Service {self.obj.name} type: ExternalName",
+            self.header.append(self.ctx.skip(self._span("type"), f"Service {self.obj.name} type: ExternalName",
                                              "a DNS alias; nothing balances: not imported"))
             return []
-        if self.spec.get("clusterIP") == "None":
-            self.header.append(self.ctx.lost(self._span("clusterIP"), f"Service {self.obj.name} clusterIP: None",
+        if self._get("clusterIP", str) == "None":
+            self.header.append(self.ctx.skip(self._span("clusterIP"), f"Service {self.obj.name} clusterIP: None",
                                              "headless: clients get the endpoints' addresses from DNS; nothing "
                                              "balances: not imported"))
             return []
         ports = self._ports()
         if not any(p.protocol in ("TCP", "UDP") for p in ports):
-            self.header.append(self.ctx.lost(self._span("ports") if "ports" in self.spec else self._span(),
+            self.header.append(self.ctx.skip(self._span("ports") if "ports" in self.spec else self._span(),
                                              f"Service {self.obj.name}", "no TCP or UDP port: not imported"))
             return []
         out = [self._cluster(names.take(base), ports)]
@@ -283,20 +333,23 @@ class _Service:
     def _ports(self) -> list[_Port]:
         ports = []
         for port in _list(self.spec, "ports", self.obj, self.ctx):
-            number = _int(port.get("port"), port, self.obj, self.ctx, "port")
-            target = port.get("targetPort", number)
-            node_port = port.get("nodePort")
-            ports.append(_Port(str(port.get("name") or ""), str(port.get("protocol") or "TCP"), number,
-                               target, node_port if isinstance(node_port, int) else None, port))
+            number = _port(port, "port", self.obj, self.ctx, required=True)
+            target = _field(port, "targetPort", (int, str), self.obj, self.ctx, number)
+            if isinstance(target, int):
+                _port(port, "targetPort", self.obj, self.ctx)
+            ports.append(_Port(_field(port, "name", (str,), self.obj, self.ctx) or "",
+                               _field(port, "protocol", (str,), self.obj, self.ctx) or "TCP", number, target,
+                               _port(port, "nodePort", self.obj, self.ctx), port))
         return ports
 
     def _cluster_vips(self, service: ServiceDraft) -> None:
-        texts = [str(t) for t in self.spec.get("clusterIPs") or [self.spec.get("clusterIP")] if t]
+        texts = [t for t in _list(self.spec, "clusterIPs", self.obj, self.ctx, str) or [self._get("clusterIP", str)]
+                 if t]
         for text in texts:
             service.add_vip(_ip(text, self.spec, self.obj, self.ctx))
         if service.vips:
             return
-        families = self.spec.get("ipFamilies") or ["IPv4"]
+        families = _list(self.spec, "ipFamilies", self.obj, self.ctx, str) or ["IPv4"]
         for family in families:
             service.add_vip(ipaddress.ip_address("::" if family == "IPv6" else "0.0.0.0"))
         service.vip_notes.append(self.ctx.lost(self._span(), f"Service {self.obj.name}", "the manifest has no "
@@ -304,15 +357,19 @@ class _Service:
                                                "yaml` to get it"))
 
     def _external_vips(self) -> list:
-        found = [_ip(t, self.spec, self.obj, self.ctx) for t in self.spec.get("externalIPs") or []]
-        status = (self.obj.body.get("status") or {}).get("loadBalancer") or {}
-        for ingress in status.get("ingress") or []:
-            if ingress.get("ip"):
-                found.append(_ip(ingress["ip"], ingress, self.obj, self.ctx))
-            elif ingress.get("hostname"):
-                self.header.append(self.ctx.lost(self._span(None, ingress), f"hostname: {ingress['hostname']}",
+        external = _list(self.spec, "externalIPs", self.obj, self.ctx, str)
+        found = [_ip(t, self.spec, self.obj, self.ctx) for t in external]
+        status = _field(self.obj.body, "status", (dict,), self.obj, self.ctx) or _Map()
+        balancer = _field(status, "loadBalancer", (dict,), self.obj, self.ctx) or _Map()
+        ingresses = _list(balancer, "ingress", self.obj, self.ctx)
+        for ingress in ingresses:
+            address, hostname = (_field(ingress, key, (str,), self.obj, self.ctx) for key in ("ip", "hostname"))
+            if address:
+                found.append(_ip(address, ingress, self.obj, self.ctx))
+            elif hostname:
+                self.header.append(self.ctx.lost(self._span(None, ingress), f"hostname: {hostname}",
                                                  "a load balancer known by name; the spec needs its address"))
-        if not status.get("ingress") and self.spec.get("loadBalancerIP"):
+        if not ingresses and self._get("loadBalancerIP", str):
             found.append(_ip(self.spec["loadBalancerIP"], self.spec, self.obj, self.ctx))
         return list(dict.fromkeys(found))
 
@@ -324,7 +381,7 @@ class _Service:
                                                        "masquerades (source-NATs) clients from outside the pod "
                                                        "network; the spec says `nat` for all of them")])
         self._fill(service, ports, "port")
-        if self.spec.get("internalTrafficPolicy") == "Local":
+        if self._get("internalTrafficPolicy", str) == "Local":
             service.tail.append(self.ctx.lost(self._span("internalTrafficPolicy"), "internalTrafficPolicy: Local",
                                               "each node sends cluster traffic only to its own endpoints"))
         return service
@@ -333,7 +390,7 @@ class _Service:
         service = ServiceDraft(name)
         for vip in vips:
             service.add_vip(vip)
-        policy = self.spec.get("externalTrafficPolicy", "Cluster")
+        policy = self._get("externalTrafficPolicy", str, default="Cluster")
         if policy == "Local":
             service.mode = Line("mode nat", [self.ctx.lost(self._span("externalTrafficPolicy"),
                                                            "externalTrafficPolicy: Local", "each node sends this "
@@ -343,7 +400,7 @@ class _Service:
             service.mode = Line("mode snat", [self.ctx.explain(self._span(), "externalTrafficPolicy: Cluster: "
                                                                "kube-proxy masquerades traffic from outside the "
                                                                "cluster")])
-        ranges = self.spec.get("loadBalancerSourceRanges") or []
+        ranges = _list(self.spec, "loadBalancerSourceRanges", self.obj, self.ctx, str)
         allowed = self._source_ranges(service, ranges) if ranges and which == "port" else None
         self._fill(service, ports, which, allowed)
         return service
@@ -351,7 +408,7 @@ class _Service:
     def _source_ranges(self, service: ServiceDraft, ranges: list) -> list:
         """The allowed source prefixes; the service drops every other source."""
         allowed = []
-        for text in (str(r).strip() for r in ranges):
+        for text in (r.strip() for r in ranges):
             try:
                 allowed.append(ipaddress.ip_network(text, strict=False))
             except ValueError:
@@ -465,19 +522,27 @@ class _Service:
             None, "kube-proxy (iptables and nftables modes) picks an endpoint at random; IPVS mode would be "
                   "round robin")])
         conntrack = self.ctx.explain(None, "conntrack keeps each connection on the endpoint its first packet got")
-        if self.spec.get("sessionAffinity") == "ClientIP":
-            config = ((self.spec.get("sessionAffinityConfig") or {}).get("clientIP") or {})
-            timeout = config.get("timeoutSeconds", 10800)
-            service.affinity = Line(affinity_text("client", float(timeout)), [self.ctx.explain(
+        if self._get("sessionAffinity", str) == "ClientIP":
+            service.affinity = Line(affinity_text("client", float(self._affinity_timeout())), [self.ctx.explain(
                 self._span("sessionAffinity"), "sessionAffinity: ClientIP")])
         else:
             service.affinity = Line(affinity_text("flow"), [conntrack])
         service.health = Line("health none", [self.ctx.explain(
             None, "kube-proxy checks nothing itself: it drops endpoints that stop being ready (readiness probes, "
                   "which the spec cannot express)")])
-        for key in ("trafficDistribution", "healthCheckNodePort"):
-            if self.spec.get(key) is not None:
+        for key, kind in (("trafficDistribution", str), ("healthCheckNodePort", int)):
+            if self._get(key, kind) is not None:
                 service.tail.append(self.ctx.lost(self._span(key), f"{key}: {self.spec[key]}", _K8S_LOST[key]))
+
+    def _affinity_timeout(self) -> int:
+        """`sessionAffinityConfig.clientIP.timeoutSeconds`: kube-proxy's default is 3 hours."""
+        config = self._get("sessionAffinityConfig", dict) or _Map()
+        client = _field(config, "clientIP", (dict,), self.obj, self.ctx) or _Map()
+        timeout = _field(client, "timeoutSeconds", (int,), self.obj, self.ctx, 10800)
+        if timeout <= 0:
+            _fail_at(client, "timeoutSeconds", self.obj, self.ctx, f"`timeoutSeconds: {timeout}` of {self.obj.label} "
+                     "is not a positive number of seconds")
+        return timeout
 
 
 _K8S_LOST = {

@@ -628,7 +628,7 @@ class _Services:
         services += self._closed(turned_away, {v for vips, _ in groups for v in vips})
         for decision in others:
             for kind, text in decision.notes:
-                self.header.append(self.ctx.lost(None, text,
+                self.header.append(self.ctx.skip(None, text,
                                                  f"a `{kind}` the spec cannot express: not imported"))
         return services
 
@@ -698,7 +698,7 @@ class _Services:
             return frozenset(self.ctx.options.vips)
         why = ("NAT for every address of the host (`fib daddr type local`)" if match.local
                else "NAT for any destination address")
-        self.header.append(self.ctx.lost(None, where,
+        self.header.append(self.ctx.skip(None, where,
                                          f"{why}: give the addresses clients use with --vip; not imported"))
         return frozenset()
 

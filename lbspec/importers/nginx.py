@@ -247,8 +247,8 @@ class _ServerBlock:
         service = ServiceDraft(self.context.names.take(self._service_name(directive, upstream), "server"))
         protocols = self._listens(service)
         if not service.vips:
-            self.context.header.append(self.ctx.explain(self.server.span, "a `server` block with no usable "
-                                                                          "`listen`: not imported"))
+            self.context.header.append(self.ctx.skip(self.server.span, f"server {{ {directive.text}; }}",
+                                                     "no usable `listen` (an IP address and port): not imported"))
             return None
         service.tail += tail
         mode_note = self.ctx.explain(self.server.span, "nginx ends each client connection (or UDP session) and "
@@ -282,7 +282,7 @@ class _ServerBlock:
         directive = first[1]
         name = self._upstream_name(directive)
         if name is not None and name.startswith("$"):
-            self.context.header.append(self.ctx.lost(directive.span, directive.text, "the upstream is chosen at "
+            self.context.header.append(self.ctx.skip(directive.span, directive.text, "the upstream is chosen at "
                                                                                      "run time: not imported"))
             return None
         return directive, self.context.upstreams.get(name or ""), tail

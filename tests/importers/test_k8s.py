@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import textwrap
 
 import pytest
@@ -199,3 +200,45 @@ def test_a_document_that_is_not_an_object_is_lb300_at_its_line(tmp_path, text, l
     (diagnostic,) = raised.value.diagnostics
     assert diagnostic.code == "LB300"
     assert diagnostic.span is not None and (diagnostic.span.file, diagnostic.span.line) == (str(path), line)
+
+
+_PORTS = "kind: Service\nmetadata: {name: x}\nspec:\n  clusterIP: 10.96.0.1\n  ports:\n"
+_WITH_ENDPOINTS = ("kind: Service\nmetadata: {name: api, namespace: prod}\nspec:\n  clusterIP: 10.96.1.1\n"
+                   "  selector: {app: api}\n  ports: [{name: http, port: 80}]\n  sessionAffinity: ClientIP\n"
+                   "  sessionAffinityConfig: {clientIP: {timeoutSeconds: TIMEOUT}}\n---\n"
+                   "kind: EndpointSlice\nmetadata: {name: api-1, namespace: prod, labels: "
+                   "{kubernetes.io/service-name: api}}\nports: [{name: http, port: 8080}]\n"
+                   "endpoints:\n  - addresses: [10.244.0.1]\n    conditions: {ready: READY}\n")
+
+
+@pytest.mark.parametrize("text, line", [
+    ("kind: 5\nmetadata: {name: x}\n", 1),
+    ("metadata: {name: x}\nkind: [Service]\n", 2),
+    ("kind: List\nitems: 5\n", 2),
+    ("kind: Service\nmetadata: [x]\n", 2),
+    ("kind: Service\nmetadata: {name: 5}\n", 2),
+    ("kind: Service\nmetadata: {name: x}\nspec: [clusterIP, ports]\n", 3),
+    ("kind: Service\nmetadata: {name: x}\nspec: 5\n", 3),
+    (_PORTS + "    - port: 80\n      nodePort: '30080'\n  type: NodePort\n", 7),
+    (_PORTS + "    - port: 80\n      targetPort: [8080]\n", 7),
+    (_PORTS + "    - port: 80\n      protocol: 6\n", 7),
+    (_PORTS + "    - port: 99999\n", 6),
+    (_PORTS + "    - port: 80\n      targetPort: 0\n", 7),
+    (_PORTS + "    - port: 80\nstatus: [loadBalancer]\n", 7),
+    (_PORTS + "    - port: 80\nstatus:\n  loadBalancer: {ingress: 5}\n", 8),
+    (_WITH_ENDPOINTS.replace("TIMEOUT", "'3h'").replace("READY", "true"), 8),
+    (_WITH_ENDPOINTS.replace("TIMEOUT", "60").replace("READY", "'yes'"), 15),
+], ids=["kind-number", "kind-list", "list-items-number", "metadata-list", "name-number", "spec-list",
+        "spec-number", "node-port-string", "target-port-list", "protocol-number", "port-out-of-range",
+        "target-port-zero", "status-list", "ingress-number", "timeout-string", "ready-string"])
+def test_fields_of_the_wrong_type_are_lb300_at_their_line(tmp_path, text, line):
+    path = tmp_path / "objects.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        import_config("k8s", [str(path)])
+    (diagnostic,) = raised.value.diagnostics
+    assert diagnostic.code == "LB300"
+    assert (diagnostic.span.file, diagnostic.span.line) == (str(path), line)
+    done = cli("import", "k8s", str(path), "--format", "json")
+    assert done.code == 2
+    assert [(d["code"], d["span"]["line"]) for d in json.loads(done.err)["diagnostics"]] == [("LB300", line)]

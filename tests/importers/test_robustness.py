@@ -97,6 +97,29 @@ def test_k8s_objects_import_or_fail_cleanly(tmp_path_factory, spec, endpoints, r
     _import_or_lb300("k8s", path)
 
 
+_ANY = st.recursive(st.none() | st.booleans() | st.integers(-1, 70000) | st.sampled_from(
+    ["", "x", "None", "TCP", "UDP", "IPv4", "ClientIP", "List", "10.96.0.1", "10.0.0.0/8", "http"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(
+        ["kind", "name", "port", "targetPort", "nodePort", "protocol", "ip", "addresses", "ready", "ingress"]),
+        inner, max_size=3), max_leaves=8)
+_ODD = st.dictionaries(st.sampled_from(["kind", "metadata", "spec", "status", "items", "ports", "endpoints",
+                                        "addressType", "subsets"]), _ANY, max_size=4)
+_ODD_SPEC = st.dictionaries(st.sampled_from(
+    ["type", "clusterIP", "clusterIPs", "ipFamilies", "ports", "selector", "externalIPs", "loadBalancerIP",
+     "loadBalancerSourceRanges", "externalTrafficPolicy", "sessionAffinity", "sessionAffinityConfig",
+     "trafficDistribution", "healthCheckNodePort"]), _ANY, max_size=4)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_ODD, _ODD_SPEC, st.sampled_from(["Service", "EndpointSlice", "Endpoints", "List"]))
+def test_k8s_fields_of_any_type_import_or_fail_cleanly(tmp_path_factory, body, spec, kind):
+    service = {"kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}], **spec}}
+    odd = {"kind": kind, "metadata": {"name": "s", "labels": {"kubernetes.io/service-name": "s"}}, **body}
+    path = tmp_path_factory.mktemp("k") / "objects.yaml"
+    path.write_text(json.dumps(service) + "\n---\n" + json.dumps(odd) + "\n")
+    _import_or_lb300("k8s", path)
+
+
 def _import_or_lb300(kind: str, path) -> None:
     try:
         imported = import_config(kind, [str(path)])
