@@ -61,6 +61,7 @@ COLUMNS: dict[str, str] = {
 }
 _IPV6_EXT = np.array([0, 43, 44, 51, 60, 135, 139, 140])
 _VLAN = np.array([0x8100, 0x88A8, 0x9100])
+_MAX_TAGS = 8  # VLAN tags read in a row; a frame with more is not IP to the monitor
 
 
 class Packets:
@@ -466,9 +467,9 @@ class _Decoder:
         known = np.isin(lt, [LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW,
                              LINKTYPE_RAW_OPENBSD, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_NULL, LINKTYPE_LOOP])
         self.fail(np.nonzero(~known)[0], _LINKTYPE)
-        ether = np.nonzero(lt == LINKTYPE_ETHERNET)[0]
-        if len(ether):
-            l3[ether], etype[ether] = self._vlans(l3[ether], etype[ether])
+        typed = np.nonzero(np.isin(lt, [LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2]))[0]
+        if len(typed):  # a cooked header names the ethertype too, and VLAN tags may follow it
+            l3[typed], etype[typed] = self._vlans(l3[typed], etype[typed])
         short = known & (l3 > self.end)
         self.fail(np.nonzero(short)[0], _LINK_SHORT)
         etype[~known | short] = 0
@@ -496,7 +497,7 @@ class _Decoder:
         return np.full(len(rows), -1, np.int64)  # raw IP and loopback: the version nibble says
 
     def _vlans(self, l3: np.ndarray, etype: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        for _ in range(2):  # 802.1Q, and 802.1ad (QinQ) outside it
+        for _ in range(_MAX_TAGS):  # 802.1Q, 802.1ad (QinQ) outside it, and stacks deeper still
             tagged = np.isin(etype, _VLAN)
             if not tagged.any():
                 break

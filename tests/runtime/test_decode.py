@@ -6,6 +6,7 @@ import dataclasses
 import struct
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP
@@ -41,10 +42,14 @@ def _ether(packet):
 
 FRAMES = {
     1: [_ether(p) for p in PACKETS] + [Ether(**MACS) / Dot1Q(vlan=3) / PACKETS[0],
+                                       Ether(**MACS) / Dot1Q(vlan=3, type=0x8100) / Dot1Q(vlan=4, type=0x8100)
+                                       / Dot1Q(vlan=5) / PACKETS[0],
                                        Ether(**MACS) / ARP(psrc="10.0.0.1", pdst="10.0.0.2"),
                                        Ether(type=0x88CC, **MACS) / Raw(b"lldp")],
-    113: [CookedLinux(pkttype=4 * (i % 2), proto=0x0800) / p for i, p in enumerate(PACKETS[:10])],
-    276: [CookedLinuxV2(pkttype=4 * (i % 2), proto=0x0800, ifindex=i) / p for i, p in enumerate(PACKETS[:10])],
+    113: [CookedLinux(pkttype=4 * (i % 2), proto=0x0800) / p for i, p in enumerate(PACKETS[:10])]
+    + [CookedLinux(proto=0x8100) / Dot1Q(vlan=5) / PACKETS[0]],
+    276: [CookedLinuxV2(pkttype=4 * (i % 2), proto=0x0800, ifindex=i) / p for i, p in enumerate(PACKETS[:10])]
+    + [CookedLinuxV2(proto=0x8100) / Dot1Q(vlan=5) / PACKETS[0]],
     101: PACKETS,
     0: [struct.pack("<I", 2) + bytes(p) for p in PACKETS],
 }
@@ -115,3 +120,15 @@ def test_the_last_frame_of_a_buffer(tmp_path):
     assert _assert_paths_agree(path) == 2
     columns = {k: np.concatenate([decode(f)[k] for f in CaptureReader(str(path)).batches()]) for k in COLUMNS}
     assert columns["dport"].tolist() == [80, 2]
+
+
+@pytest.mark.parametrize("linktype, frame", [
+    (113, CookedLinux(proto=0x8100) / Dot1Q(vlan=5) / PACKETS[0]),  # tcpdump -i any on a VLAN trunk
+    (276, CookedLinuxV2(proto=0x8100) / Dot1Q(vlan=5) / PACKETS[0]),
+    (1, Ether(**MACS) / Dot1Q(vlan=3, type=0x8100) / Dot1Q(vlan=4, type=0x8100) / Dot1Q(vlan=5) / PACKETS[0]),
+], ids=["sll", "sll2", "three-tags"])
+def test_vlan_tags_behind_any_link_header_are_read_through(tmp_path, linktype, frame):
+    (frames,) = CaptureReader(str(_write(tmp_path, linktype, [bytes(frame)]))).batches()
+    for general in (False, True):
+        cols = decode(frames, 0, general=general)
+        assert cols["status"].tolist() == [OK] and cols["dport"].tolist() == [PACKETS[0][TCP].dport]
