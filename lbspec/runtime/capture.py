@@ -11,10 +11,12 @@ This reader is ours rather than scapy's ``RawPcapReader`` because that builds a
 Python object per packet and tops out near half a million packets a second;
 scapy still writes witness captures and does live capture.
 
-Damage never stops a read silently: a record header that cannot be right makes
-the reader search forward for the next plausible record (the bytes skipped are
-counted), and a file that ends mid-record is reported.  Only a file that is not
-a capture at all raises :class:`CaptureError`.
+Damage never stops a read silently: the walk is cut at the first record whose
+header cannot be right (or, in pcapng, whose two length copies disagree), and
+the reader searches forward byte by byte for the next plausible record, in bulk;
+the bytes skipped are reported, one entry per damaged stretch.  A file that ends
+mid-record is reported too.  Only a file that is not a capture at all raises
+:class:`CaptureError`.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import array
 import gzip
 import mmap
 import os
+import stat
 import struct
 import zlib
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -50,6 +54,7 @@ PAD = 64  # zero bytes after in-memory batches (reads past a frame's end are cli
 HEAD = 64  # bytes of each frame copied out with its record: link, IPv4 and TCP headers fit
 MAX_RECORD = 262_144 + 65_536  # the longest frame any common writer records
 READ_SIZE = 32 << 20
+BACKWARDS = 1 << 25  # seconds (about a year) a pcap record may be earlier than the one before it
 BATCH_FRAMES = 1 << 15  # frames per batch: a batch's columns stay in cache; larger ones only cost memory
 _PCAP_MAGIC = {b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),
                b"\x4d\x3c\xb2\xa1": ("<", 1e-9), b"\xa1\xb2\x3c\x4d": (">", 1e-9)}
@@ -146,17 +151,27 @@ class _Interface:
 
 
 def open_stream(path: str):
-    """A binary stream of the file's bytes, decompressed if it is gzip'd."""
+    """A binary stream of the file's bytes, decompressed if it is gzip'd.
+
+    Only a regular file: a capture is opened more than once (checked before reading processes start,
+    then read), and each opening of a pipe (``/dev/stdin``, ``<(...)``) would take data the others
+    never see -- so a pipe is refused before anything is read from it, never half read.
+    """
     try:
-        handle = open(path, "rb")
+        mode = os.stat(path).st_mode
+        if stat.S_ISREG(mode):
+            handle = open(path, "rb")
     except FileNotFoundError:
         raise CaptureError(path, "no such file") from None
-    except IsADirectoryError:
-        raise CaptureError(path, "it is a directory") from None
     except PermissionError:
         raise CaptureError(path, "permission denied") from None
     except OSError as error:
         raise CaptureError(path, error.strerror or str(error)) from None
+    if stat.S_ISDIR(mode):
+        raise CaptureError(path, "it is a directory")
+    if not stat.S_ISREG(mode):
+        raise CaptureError(path, "it is not a regular file (a pipe or a device): write the capture to a file "
+                           "first, or capture with --live")
     if handle.read(2) == _GZIP_MAGIC:
         handle.close()
         return gzip.open(path, "rb")
@@ -232,9 +247,9 @@ class CaptureReader:
         """A compressed file: decompress in large pieces and cut them into batches.  Compressed data cut
         short or damaged ends the read there, with every frame before it kept and the damage reported."""
         pending, position = head[walker.start:], walker.start
-        at_end = False
+        at_end, stalled = False, True
         while True:
-            if not at_end and len(pending) < READ_SIZE:
+            if not at_end and (stalled or len(pending) < READ_SIZE):  # a walk that got nowhere needs more
                 data, broken = _read_upto(stream, READ_SIZE)
                 at_end = not data or bool(broken)
                 if broken:
@@ -246,10 +261,19 @@ class CaptureReader:
             frames, used = walker.walk(pending, 0, self.batch_frames, at_end, position)
             if frames is not None:
                 yield self._count(frames)
-            pending, position = pending[used:], position + used
-            if at_end and (used == 0 or not pending):
+            pending, position, stalled = pending[used:], position + used, not used
+            if at_end and (stalled or not pending):
                 break
         self._tail(len(pending), position)
+
+    def skip(self, frame: int, offset: int, size: int, detail: str) -> None:
+        """Report ``size`` bytes stepped over at ``offset``: one damaged stretch is one entry, however many
+        reads its search took."""
+        last = self.damage[-1] if self.damage else None
+        if last is not None and last.what == "skipped" and last.offset + last.size == offset and last.frame == frame:
+            last.size += size
+        elif size:
+            self.damage.append(Damage("skipped", frame, offset, size, detail))
 
     def _count(self, frames: Frames) -> Frames:
         frames.source = self.source
@@ -343,10 +367,70 @@ def _u32(buf: bytes, order: str) -> np.ndarray:
     return np.ndarray((max(len(buf) - 3, 0),), np.dtype(order + "u4"), buf, 0, (1,))
 
 
-class _PcapWalker:
+def _search(buf, start: int, stop: int, candidates, plausible) -> int | None:
+    """The first offset in [start, stop) that ``candidates`` lets through (a test of every offset of a
+    window at once) and ``plausible`` confirms.  Windows start small and grow: damage a few bytes long
+    costs little, and megabytes of garbage are crossed at numpy's pace rather than a Python loop's."""
+    size = 1 << 12
+    while start < stop:
+        end = min(start + size, stop)
+        for at in candidates(buf, start, end):
+            if plausible(buf, at):
+                return at
+        start, size = end, min(2 * size, 1 << 20)
+    return None
+
+
+class _Walker(ABC):
+    """What both formats share: stepping over damage to where records make sense again.
+
+    A subclass gives ``least`` (bytes a record's header takes), ``horizon`` (bytes after a candidate needed
+    to judge it), ``damaged`` (what its damage notes say), :meth:`_candidates` and :meth:`_plausible`.
+    """
+
+    lost = False  # the last walk stopped in the middle of a search, for want of data: the next goes on with it
+    reader: CaptureReader
+    least: int
+    horizon: int
+    damaged: str
+
+    def _step_over(self, buf, at: int, start: int, at_end: bool, base: int, frame: int,
+                   bad: bool = True) -> int | None:
+        """Step over damage at ``at``, searching for records from ``start``; report the bytes skipped and
+        return where reading goes on.  None: the record at ``at`` looked right (``bad`` false) and the file
+        ends inside it with nothing after it making sense -- a truncated file, which the reader reports."""
+        to, found = self._resync(buf, start, at_end)
+        if not (found or bad):
+            return None
+        self.lost = not (found or at_end)
+        self.reader.skip(frame, base + at, to - at, self.damaged)
+        return to
+
+    def _resync(self, buf, start: int, at_end: bool) -> tuple[int, bool]:
+        """Where records make sense again from ``start``, and True; or, none found, where the search
+        stopped, and False: the end of the file, or -- short of it -- where what follows is too short to
+        tell yet."""
+        stop = len(buf) - (self.least - 1 if at_end else self.horizon)
+        found = _search(buf, start, stop, self._candidates, lambda b, at: self._plausible(b, at, at_end))
+        if found is not None:
+            return found, True
+        return (len(buf) if at_end else max(start, stop)), False
+
+    @abstractmethod
+    def _candidates(self, buf, lo: int, hi: int) -> list[int]:
+        """The offsets in [lo, hi) where a record could start, found for all of them at once."""
+
+    @abstractmethod
+    def _plausible(self, buf, pos: int, at_end: bool) -> bool:
+        """Do records really start at ``pos``?"""
+
+
+class _PcapWalker(_Walker):
     """Classic pcap records: a 16-byte header (ts_sec, ts_frac, caplen, origlen), then the frame."""
 
     start = 24
+    least = 16
+    damaged = "corrupt record header"
 
     def __init__(self, reader: CaptureReader, head: bytes):
         if len(head) < 24:
@@ -354,71 +438,119 @@ class _PcapWalker:
         self.reader = reader
         self.order, self.scale = _PCAP_MAGIC[head[:4]]
         snaplen, network = struct.unpack(self.order + "II", head[16:24])
-        self.linktype = network & 0x0FFFFFFF
+        self.linktype = network & 0x03FFFFFF  # libpcap's LT_LINKTYPE: the bits above tell of a frame check sequence
         if self.linktype not in LINKTYPES:
             raise CaptureError(reader.path, f"unsupported link type {self.linktype} (lbspec reads "
                                + ", ".join(sorted(set(LINKTYPES.values()))) + ")")
+        self.fcs = 2 * (network >> 28) if network & 0x04000000 else 0  # LT_FCS_LENGTH, in 16-bit words
         self.limit = max(snaplen, MAX_RECORD) if 0 < snaplen < 1 << 24 else MAX_RECORD
+        self.horizon = 4 * (16 + self.limit)
+        self.ticks = round(1 / self.scale)  # timestamp fraction units in a second
+        self.last: int | None = None  # ts_sec of the last record walked (None: none, or damage since)
         self.header = struct.Struct(self.order + "IIII")
 
     def walk(self, buf, pos: int, most: int, at_end: bool, base: int) -> tuple[Frames | None, int]:
         """Frames from ``pos`` on (``base``: where ``buf`` starts in the file); returns them and where they end."""
-        starts, end = _walk_pcap(buf, pos, most, self.limit, self.order)
-        while len(starts) < most and self._impossible(buf, end):
-            skip = self._resync(buf, end, at_end)
-            if skip is None:
+        pieces: list[tuple[np.ndarray, np.ndarray]] = []
+        count = 0
+        if self.lost:
+            pos, self.last = self._step_over(buf, pos, pos, at_end, base, self.reader.frames + 1), None
+        while not self.lost and count < most:
+            starts, table, end, bad = self._records(buf, pos, most - count)
+            pieces.append((starts, table))
+            count += len(starts)
+            pos = end
+            if count == most or end == len(buf) or not (bad or at_end and len(buf) - end >= 16):
+                break  # done, or more is to be read, or the file ends in a record header
+            resume = self._step_over(buf, end, end + 1, at_end, base, self.reader.frames + count + 1, bad)
+            if resume is None:
                 break
-            self.reader.damage.append(Damage("skipped", self.reader.frames + len(starts) + 1, base + end,
-                                             skip, "corrupt record header"))
-            more, end = _walk_pcap(buf, end + skip, most - len(starts), self.limit, self.order)
-            starts = np.concatenate([starts, more])
-        return self._batch(buf, starts, end), end
+            pos, self.last = resume, None
+        return self._batch(buf, pieces), pos
 
-    def _impossible(self, buf: bytes, pos: int) -> bool:
-        """Is the record at ``pos`` one no writer makes (rather than merely incomplete)?"""
-        if pos + 16 > len(buf):
-            return False
-        _sec, frac, caplen, _wirelen = self.header.unpack_from(buf, pos)
-        return caplen > self.limit or frac * self.scale >= 1.0
+    def _records(self, buf, pos: int, most: int) -> tuple[np.ndarray, np.ndarray, int, bool]:
+        """The records from ``pos`` that can be right: their offsets, their :func:`rows_at` table, where they
+        end, and whether the record there cannot be right (rather than not all there, or not asked for).
 
-    def _plausible(self, buf: bytes, pos: int, at_end: bool) -> bool:
-        """Do four records in a row start at ``pos``?"""
+        The header where the walk stopped is checked with the rest, when it is all there."""
+        bounds = _walk_pcap(buf, pos, most, self.order)
+        checked = bounds if len(buf) - int(bounds[-1]) >= 16 else bounds[:-1]
+        table = rows_at(buf, checked, 16 + HEAD)  # the record header, then the frame's first bytes
+        keep = self._sane(table)
+        bad = keep < len(checked)
+        keep = min(keep, len(bounds) - 1)
+        if keep:
+            self.last = int(field(table, 0, 4, self.order)[keep - 1])
+        return bounds[:keep], table[:keep], int(bounds[keep]), bad
+
+    def _sane(self, table: np.ndarray) -> int:
+        """How many records of a header table, from the first, can be right: fields in range (:meth:`_fits`),
+        and seconds not far before the record before's -- a header read off its place, a few bytes early
+        or late, takes another field (a length, microseconds) for its seconds.
+
+        A record captured longer than it was on the wire is accepted (capture bugs write them: libpcap once
+        added a VLAN tag to the one length only), but when the record after it cannot be right, it is taken
+        for the cause: its length is what put the walk off, and the search starts at it."""
+        word = lambda at: field(table, at, 4, self.order)  # noqa: E731
+        caplen, wirelen = word(8), word(12)
+        bad = ~self._fits(word(4), caplen, wirelen)
+        sec = word(0).astype(np.int64)
+        bad[1:] |= sec[1:] < sec[:-1] - BACKWARDS
+        if self.last is not None and len(sec):
+            bad[0] |= sec[0] < self.last - BACKWARDS
+        if not bad.any():
+            return len(bad)
+        first = int(np.argmax(bad))
+        return first - 1 if first and caplen[first - 1] > wirelen[first - 1] else first
+
+    def _fits(self, frac, caplen, wirelen):
+        """Could a writer have written these header fields (arrays, or single values)?  A fraction of a second
+        under a second, lengths in bounds, and not both lengths 0 -- zero bytes (a file's unwritten tail) are
+        no record."""
+        return (frac < self.ticks) & (caplen <= self.limit) & (wirelen <= 4 * self.limit) & ((caplen | wirelen) != 0)
+
+    def _candidates(self, buf, lo: int, hi: int) -> list[int]:
+        """The offsets in [lo, hi) whose 16 bytes read as a header that :meth:`_fits`."""
+        word = lambda at: np.ndarray((hi - lo,), np.dtype(self.order + "u4"), buf, lo + at, (1,))  # noqa: E731
+        return (np.nonzero(self._fits(word(4), word(8), word(12)))[0] + lo).tolist()
+
+    def _plausible(self, buf, pos: int, at_end: bool) -> bool:
+        """Do four records in a row start at ``pos`` (or fewer, ending where the file does)?  None of them
+        captured longer than it was on the wire, here: a header read 4 bytes late takes the length on the
+        wire for the captured one and the frame's first bytes for the length on the wire."""
         for _ in range(4):
             if pos + 16 > len(buf):
                 return at_end and pos == len(buf)
             _sec, frac, caplen, wirelen = self.header.unpack_from(buf, pos)
-            if caplen > self.limit or caplen > wirelen or wirelen > 4 * self.limit or frac * self.scale >= 1.0:
+            if not self._fits(frac, caplen, wirelen) or caplen > wirelen:
                 return False
             pos += 16 + caplen
         return pos <= len(buf)
 
-    def _resync(self, buf: bytes, pos: int, at_end: bool) -> int | None:
-        """Bytes to skip before records make sense again; None: read more first."""
-        stop = len(buf) if at_end else len(buf) - 4 * (16 + self.limit)
-        for candidate in range(pos + 1, stop):
-            if self._plausible(buf, candidate, at_end):
-                return candidate - pos
-        return len(buf) - pos if at_end else None
-
-    def _batch(self, buf: bytes, starts: np.ndarray, end: int) -> Frames | None:
-        if not len(starts):
+    def _batch(self, buf: bytes, pieces: list[tuple[np.ndarray, np.ndarray]]) -> Frames | None:
+        pieces = [p for p in pieces if len(p[0])]
+        if not pieces:
             return None
-        table = rows_at(buf, starts, 16 + HEAD)  # the record header, then the frame's first bytes
+        starts, table = pieces[0] if len(pieces) == 1 else (np.concatenate([p[i] for p in pieces]) for i in (0, 1))
         word = lambda at: field(table, at, 4, self.order)  # noqa: E731
         ts = word(0).astype(np.float64) + word(4).astype(np.float64) * self.scale
+        caplen, wirelen = word(8).astype(np.int32), word(12).astype(np.int32)
+        if self.fcs:  # each frame ends in its frame check sequence, which is no part of the packet
+            wirelen = np.maximum(wirelen - self.fcs, 0)
+            caplen = np.minimum(caplen, wirelen)
         n = len(starts)
         first = self.reader.frames + 1
-        return Frames(buf, starts + 16, word(8).astype(np.int32), word(12).astype(np.int32), ts,
-                      np.full(n, self.linktype, np.uint16), np.zeros(n, np.int8),
+        return Frames(buf, starts + 16, caplen, wirelen, ts, np.full(n, self.linktype, np.uint16), np.zeros(n, np.int8),
                       np.arange(first, first + n, dtype=np.int64), head=table[:, 16:])
 
 
-def _walk_pcap(buf, pos: int, most: int, limit: int, order: str) -> tuple[np.ndarray, int]:
-    """Record offsets from ``pos``, and where the last whole record ends.
+def _walk_pcap(buf, pos: int, most: int, order: str) -> np.ndarray:
+    """Where records start from ``pos``, then where the walk stopped: after ``most`` records, or at the
+    first that is not all there.
 
     The one per-record Python loop: an unpack and an add, nothing more.  What it does not check -- a
-    length past ``limit``, a record running past the end -- is checked afterwards on every record at
-    once, and the walk is cut before the first bad one.
+    length that cannot be right -- is checked afterwards on every record at once, and the walk is cut
+    before the first bad one.
     """
     unpack = struct.Struct(order + "8xI").unpack_from
     found = array.array("q", [pos])  # C integers: no Python object kept per record, and no copy into numpy
@@ -430,17 +562,18 @@ def _walk_pcap(buf, pos: int, most: int, limit: int, order: str) -> tuple[np.nda
     except struct.error:  # the next record header is not all there
         pass
     bounds = np.frombuffer(found, np.int64)
-    starts, ends = bounds[:-1], bounds[1:]
-    bad = (ends - starts - 16 > limit) | (ends > len(buf))
-    cut = int(np.argmax(bad)) if bad.any() else len(starts)
-    return starts[:cut], int(bounds[cut])
+    return bounds[:-1] if bounds[-1] > len(buf) else bounds  # the last record runs past the end: it stops the walk
 
 
-class _PcapngWalker:
+class _PcapngWalker(_Walker):
     """pcapng blocks: sections (each with its byte order), interfaces, packets, statistics."""
 
     start = 0
+    least = 12
+    horizon = 4 * (MAX_RECORD + 512)
+    damaged = "corrupt block"
     SHB, IDB, OPB, SPB, ISB, EPB = 0x0A0D0D0A, 1, 2, 3, 5, 6
+    KINDS = (IDB, OPB, SPB, ISB, EPB)  # what a search for blocks after damage looks for
 
     def __init__(self, reader: CaptureReader):
         self.reader = reader
@@ -451,82 +584,87 @@ class _PcapngWalker:
         """Frames from ``pos`` on (``base``: where ``buf`` starts in the file); returns them and where they end."""
         parts: list[tuple] = []
         count = 0
-        while count < most:
+        if self.lost:
+            pos = self._step_over(buf, pos, pos, at_end, base, self.reader.frames + 1)
+        while not self.lost and count < most:
             epbs, pos, stop = self._walk(buf, pos, most - count)
             if epbs:
-                parts.append(self._gather(buf, epbs))
-                count += len(parts[-1][0])
+                part, whole = self._gather(buf, epbs)
+                if whole < len(epbs):
+                    pos, stop = epbs[whole], "damage"
+                if whole:
+                    parts.append(part)
+                    count += whole
             if stop == "block":
                 count += self._other(buf, pos, parts)
                 pos += struct.unpack_from(self.order + "I", buf, pos + 4)[0]  # in the section's order
                 continue
-            if stop != "damage":
+            if not (stop == "damage" or stop == "more" and at_end and len(buf) - pos >= 12):
+                break  # done, or more is to be read, or the file ends in a block header
+            resume = self._step_over(buf, pos, pos + 1, at_end, base, self.reader.frames + count + 1,
+                                     stop == "damage")
+            if resume is None:
                 break
-            skip = self._resync(buf, pos, at_end)
-            if skip is None:
-                break
-            self.reader.damage.append(Damage("skipped", self.reader.frames + count + 1, base + pos, skip,
-                                             "corrupt block"))
-            pos += skip
+            pos = resume
         return self._batch(buf, parts, pos), pos
 
     def _walk(self, buf: bytes, pos: int, most: int) -> tuple[list[int], int, str]:
-        """Enhanced packet blocks from ``pos`` until another kind of block, damage, or the end."""
+        """Enhanced packet blocks from ``pos`` until another kind of block ("block"), damage, the end of
+        ``buf`` ("more") or ``most`` of them ("full").  An EPB's length copy at its end is checked later, on
+        all of them at once."""
         unpack = struct.Struct(self.order + "II").unpack_from
         n = len(buf)
         out: list[int] = []
         append = out.append
         while pos + 12 <= n and len(out) < most:
             btype, blen = unpack(buf, pos)
-            if btype == self.SHB:
-                return out, pos, self._section_length(buf, pos)
-            if blen < 12 or blen % 4 or blen > (MAX_RECORD + 512 if btype == self.EPB else 1 << 26):
+            if btype != self.EPB:
+                return out, pos, self._kind(buf, pos, btype, blen)
+            if blen < 32 or blen % 4 or blen > MAX_RECORD + 512:
                 return out, pos, "damage"
             if pos + blen > n:
                 return out, pos, "more"
-            if btype != self.EPB:
-                return out, pos, "block"
             append(pos)
             pos += blen
         return out, pos, "more" if len(out) < most else "full"
 
-    def _section_length(self, buf: bytes, pos: int) -> str:
-        """A section header may switch byte order, so its length is read in its own order."""
-        if pos + 12 > len(buf):
-            return "more"
-        order = "<" if buf[pos + 8:pos + 12] == b"\x4d\x3c\x2b\x1a" else ">"
-        blen = struct.unpack_from(order + "I", buf, pos + 4)[0]
-        if blen < 28 or blen % 4 or blen > 1 << 26:
+    def _kind(self, buf: bytes, pos: int, btype: int, blen: int) -> str:
+        """What a block other than an EPB stops the walk with: "block" (read it), "more" or "damage".  Its
+        length is trusted only where the copy at its end agrees; a section header's is in its own byte order."""
+        order, least = self.order, 12
+        if btype == self.SHB:
+            order = "<" if buf[pos + 8:pos + 12] == b"\x4d\x3c\x2b\x1a" else ">"
+            blen, least = struct.unpack_from(order + "I", buf, pos + 4)[0], 28
+        if blen < least or blen % 4 or blen > 1 << 26:
             return "damage"
-        return "more" if pos + blen > len(buf) else "block"
+        if pos + blen > len(buf):
+            return "more"
+        return "block" if struct.unpack_from(order + "I", buf, pos + blen - 4)[0] == blen else "damage"
 
-    def _resync(self, buf: bytes, pos: int, at_end: bool) -> int | None:
-        stop = len(buf) if at_end else len(buf) - 4 * (MAX_RECORD + 512)
-        for candidate in range(pos + 4, stop, 4):
-            if self._plausible(buf, candidate):
-                return candidate - pos
-        return len(buf) - pos if at_end else None
+    def _candidates(self, buf, lo: int, hi: int) -> list[int]:
+        """The offsets in [lo, hi) where a block of a known type and a possible length could start."""
+        words = _u32(buf, self.order)
+        kind, blen = words[lo:hi], words[lo + 4:hi + 4]
+        return (np.nonzero(np.isin(kind, self.KINDS) & (blen % 4 == 0) & (blen >= 12))[0] + lo).tolist()
 
-    def _plausible(self, buf: bytes, pos: int) -> bool:
-        if pos + 12 > len(buf):
-            return False
+    def _plausible(self, buf, pos: int, at_end: bool) -> bool:
+        """Does a block the walk reads start at ``pos``, its two length copies agreeing?"""
         btype, blen = struct.unpack_from(self.order + "II", buf, pos)
-        if btype not in (self.IDB, self.OPB, self.SPB, self.ISB, self.EPB) or blen < 12 or blen % 4:
+        if btype not in self.KINDS or blen < (32 if btype == self.EPB else 12) or blen % 4:
             return False
         return pos + blen <= len(buf) and struct.unpack_from(self.order + "I", buf, pos + blen - 4)[0] == blen
 
-    def _gather(self, buf: bytes, epbs: list[int]) -> tuple:
-        """Enhanced packet blocks in bulk: offset, caplen, wirelen, ts, linktype, direction."""
+    def _gather(self, buf: bytes, epbs: list[int]) -> tuple[tuple, int]:
+        """Enhanced packet blocks in bulk: offset, caplen, wirelen, ts, linktype, direction, interface -- of
+        those, from the first, that are whole (the length copy at the end agrees, the packet fits); and how
+        many those are."""
         words = _u32(buf, self.order)
         offs = np.asarray(epbs, dtype=np.int64)
         blen = words[offs + 4].astype(np.int64)
         caplen = words[offs + 20].astype(np.int64)
-        good = (words[offs + blen - 4] == blen) & (28 + caplen <= blen - 4)
-        if not good.all():
-            bad = offs[~good]
-            self.reader.damage.append(Damage("skipped", self.reader.frames + 1, int(bad[0]), int(len(bad)),
-                                             f"{len(bad)} packet block(s) with inconsistent lengths"))
-            offs, blen, caplen = offs[good], blen[good], caplen[good]
+        good = (words[offs + blen - 4] == blen) & (caplen <= blen - 32)
+        whole = len(offs) if good.all() else int(np.argmin(good))
+        offs, blen, caplen = offs[:whole], blen[:whole], caplen[:whole]
         iface = words[offs + 8].astype(np.int64)
         ticks = words[offs + 12].astype(np.float64) * 4294967296.0 + words[offs + 16].astype(np.float64)
         direction = np.zeros(len(offs), np.int8)
@@ -535,7 +673,7 @@ class _PcapngWalker:
             direction[i] = _epb_direction(buf, int(offs[i] + padded[i]), int(offs[i] + blen[i] - 4), self.order)
         linktype, scale, shift = self._lookup(iface)
         return (offs + 28, caplen, words[offs + 24].astype(np.int64), ticks * scale + shift, linktype, direction,
-                iface)
+                iface), whole
 
     def _lookup(self, iface: np.ndarray):
         table = self.interfaces or [_Interface(0xFFFF)]

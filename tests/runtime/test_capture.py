@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import zlib
 
@@ -14,6 +15,7 @@ from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 from scapy.utils import RawPcapWriter, wrpcap
 
+from lbspec.runtime import capture
 from lbspec.runtime.capture import CaptureError, CaptureReader, rows_at
 from lbspec.runtime.decode import FRAGMENT, NOT_IP, OK, UNDECODABLE, decode
 
@@ -234,3 +236,135 @@ def test_rows_at_copies_each_offsets_bytes_and_zeros_past_the_end():
         assert bytes(row) == piece + bytes(16 - len(piece))
     assert rows_at(buf, np.zeros(0, np.int64), 16).shape == (0, 16)
     assert bytes(rows_at(b"abc", np.array([0, 2]), 8)[1]) == b"c" + bytes(7)
+
+
+FRAME = bytes(Ether(**MACS) / TCP_PACKET)
+NOW = 1_700_000_000  # damage is told apart from records by, among other things, seconds far before the last
+
+
+def _capture(kind: str, n: int = 8) -> tuple[bytes, list[bytes]]:
+    """A capture's head and its ``n`` records (all of one size), a second apart from ``NOW``."""
+    if kind == "pcap":
+        head = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+        return head, [struct.pack("<IIII", NOW + t, 0, len(FRAME), len(FRAME)) + FRAME for t in range(n)]
+    return pcapng.section() + pcapng.interface(1), [pcapng.packet(0, NOW + t, FRAME) for t in range(n)]
+
+
+def _damage(reader) -> list[tuple]:
+    return [(d.what, d.frame, d.offset, d.size) for d in reader.damage]
+
+
+def _write(tmp_path, data: bytes, name: str = "x.cap"):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["pcap", "pcapng"])
+@pytest.mark.parametrize("garbage", [b"\xff" * 7, b"\x00" * 5, bytes(range(1, 10)), b"\xff" * 3])
+def test_garbage_between_records_is_stepped_over_byte_by_byte(tmp_path, kind, garbage):
+    head, records = _capture(kind)
+    at = len(head) + 4 * len(records[0])
+    cols, reader = _rows(_write(tmp_path, head + b"".join(records[:4]) + garbage + b"".join(records[4:])))
+    assert len(cols["ts"]) == 8
+    assert _damage(reader) == [("skipped", 5, at, len(garbage))]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["pcap", "pcapng"])
+def test_gzipd_garbage_longer_than_a_read_is_stepped_over_as_one_stretch(tmp_path, kind, monkeypatch):
+    monkeypatch.setattr(capture, "READ_SIZE", 1 << 20)  # garbage four reads long, with less to spare than a search needs
+    head, records = _capture(kind)
+    garbage = b"\xff" * (4 << 20)
+    data = head + b"".join(records[:4]) + garbage + b"".join(records[4:])
+    cols, reader = _rows(_write(tmp_path, gzip.compress(data, 1), "x.gz"))
+    assert len(cols["ts"]) == 8
+    assert _damage(reader) == [("skipped", 5, len(head) + 4 * len(records[0]), len(garbage))]
+
+
+def test_a_pcapng_block_too_short_for_a_packet_at_the_end_is_damage(tmp_path):
+    head, records = _capture("pcapng")
+    data = head + b"".join(records)
+    cols, reader = _rows(_write(tmp_path, data + struct.pack("<III", 6, 12, 12)))
+    assert len(cols["ts"]) == 8
+    assert _damage(reader) == [("skipped", 9, len(data), 12)]
+
+
+def test_a_pcapng_block_whose_two_lengths_disagree_is_not_trusted(tmp_path):
+    head, records = _capture("pcapng")
+    swallow = struct.pack("<II", 0x12345678, 8 + 3 * len(records[0]))  # an unknown block "holding" the next three
+    cols, reader = _rows(_write(tmp_path, head + b"".join(records[:4]) + swallow + b"".join(records[4:])))
+    assert len(cols["ts"]) == 8
+    assert _damage(reader) == [("skipped", 5, len(head) + 4 * len(records[0]), 8)]
+
+
+def test_a_pcapng_packet_that_does_not_fit_its_block_is_reported_where_it_is(tmp_path):
+    head, records = _capture("pcapng")
+    bad = bytearray(records[4])
+    struct.pack_into("<I", bad, 20, len(FRAME) + 400)  # the captured length
+    cols, reader = _rows(_write(tmp_path, head + b"".join(records[:4]) + bytes(bad) + b"".join(records[5:])))
+    assert len(cols["ts"]) == 7
+    assert _damage(reader) == [("skipped", 5, len(head) + 4 * len(records[0]), len(bad))]
+
+
+@pytest.mark.parametrize("kind, damage", [("pcap", "length"), ("pcapng", "length"), ("pcapng", "inside")])
+def test_a_length_past_the_end_with_records_after_it_is_skipped_not_truncated(tmp_path, kind, damage):
+    head, records = _capture(kind)
+    bad = bytearray(records[4])
+    if damage == "inside":
+        bad[40:40] = b"\xde\xad\xbe\xef" * 2  # the block's lengths no longer frame it
+    else:  # a length past the end of the file, within what writers write
+        struct.pack_into("<I", bad, 8 if kind == "pcap" else 4, 200_000)
+    cols, reader = _rows(_write(tmp_path, head + b"".join(records[:4]) + bytes(bad) + b"".join(records[5:])))
+    assert len(cols["ts"]) == 7
+    assert _damage(reader) == [("skipped", 5, len(head) + 4 * len(records[0]), len(bad))]
+
+
+def _caplen(record: bytes, caplen: int) -> bytes:
+    return record[:8] + struct.pack("<I", caplen) + record[12:]
+
+
+@pytest.mark.parametrize("damage", ["caplen+4", "caplen 1500", "usec 1500000"])
+def test_a_record_that_puts_the_walk_off_is_skipped(tmp_path, damage):
+    """Each of these reads every later header a few bytes off its place unless the walk is checked."""
+    head, records = _capture("pcap", 40)
+    bad = {"caplen+4": _caplen(records[4], len(FRAME) + 4), "caplen 1500": _caplen(records[4], 1500),
+           "usec 1500000": records[4][:4] + struct.pack("<I", 1_500_000) + records[4][8:]}[damage]
+    cols, reader = _rows(_write(tmp_path, head + b"".join(records[:4]) + bad + b"".join(records[5:])))
+    assert len(cols["ts"]) == 39 and (cols["status"] == OK).all()
+    assert cols["ts"].tolist() == [NOW + t for t in range(40) if t != 4]
+    assert _damage(reader) == [("skipped", 5, len(head) + 4 * len(records[0]), len(records[4]))]
+
+
+def test_zero_bytes_after_the_last_record_are_no_records(tmp_path):
+    head, records = _capture("pcap")
+    data = head + b"".join(records)
+    cols, reader = _rows(_write(tmp_path, data + bytes(4096)))
+    assert len(cols["ts"]) == 8
+    assert _damage(reader) == [("skipped", 9, len(data), 4096)]
+
+
+def test_a_frame_check_sequence_in_the_link_type_field_is_read_and_left_out(tmp_path):
+    head = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1 | 1 << 26 | 2 << 28)  # 2 words of FCS
+    records = [struct.pack("<IIII", NOW + t, 0, len(FRAME) + 4, len(FRAME) + 4) + FRAME + b"\x01\x02\x03\x04"
+               for t in range(3)]
+    cols, reader = _rows(_write(tmp_path, head + b"".join(records)))
+    assert cols["status"].tolist() == [OK] * 3 and cols["lt"].tolist() == [1] * 3
+    assert cols["rlen"].tolist() == [len(FRAME)] * 3 and cols["wlen"].tolist() == [len(FRAME)] * 3
+    assert not reader.damage
+
+
+def test_a_pipe_is_refused_before_anything_is_read_from_it():
+    head, records = _capture("pcap")
+    read, write = os.pipe()
+    try:
+        os.write(write, head + b"".join(records))
+        os.close(write)
+        reader = CaptureReader(f"/dev/fd/{read}")
+        with pytest.raises(CaptureError):
+            reader.check()
+        with pytest.raises(CaptureError):
+            _read(f"/dev/fd/{read}")
+        assert len(os.read(read, 1 << 16)) == len(head) + sum(map(len, records))  # nothing was taken from it
+    finally:
+        os.close(read)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import gzip
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lbspec
-from lbspec.runtime import CaptureError, Monitor, read_captures
+from lbspec.runtime import CaptureError, Monitor, capture, read_captures
+from lbspec.runtime.capture import CaptureReader
 
 from . import pcapng
 from .scenario import Scenario, spec
@@ -105,3 +107,25 @@ def test_garbage_after_a_valid_header_never_crashes(tmp_path, garbage, head):
 def test_mutated_proxy_captures_never_crash(tmp_path, changes):
     """Proxy mode follows byte streams connection by connection: damaged ones must not break it either."""
     _judge(tmp_path, _mutate(PROXIED, changes), PROXY_SPEC)
+
+
+def _frames_and_damage(path) -> tuple[list, list] | None:
+    try:
+        reader = CaptureReader(path, batch_frames=7)
+        frames = [(int(f), int(c)) for batch in reader.batches() for f, c in zip(batch.frame, batch.caplen)]
+    except CaptureError:
+        return None
+    return frames, [(d.what, d.frame, d.offset, d.size) for d in reader.damage]
+
+
+@pytest.mark.timeout(300)
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=mutations, base=st.sampled_from(["pcap", "pcapng"]), read_size=st.sampled_from([1, 7, 100, 4096]))
+def test_a_gzipd_capture_reads_as_the_plain_one_however_small_the_reads(tmp_path, monkeypatch, changes, base,
+                                                                        read_size):
+    """Decompressed piece by piece, damage found before the rest is there must be stepped over just the same."""
+    monkeypatch.setattr(capture, "READ_SIZE", read_size)
+    data = _mutate({"pcap": PCAP, "pcapng": PCAPNG}[base], changes)
+    (tmp_path / "x.cap").write_bytes(data)
+    (tmp_path / "x.gz").write_bytes(gzip.compress(data, 1))
+    assert _frames_and_damage(tmp_path / "x.gz") == _frames_and_damage(tmp_path / "x.cap")
