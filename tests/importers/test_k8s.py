@@ -193,13 +193,19 @@ def test_malformed_objects_are_lb300(tmp_path, text, words):
     ("kind: List\nitems:\n  - kind: Service\n  - metadata: {name: x}\n", 4),
 ], ids=["nginx-config", "second-document-a-list", "list-item-without-kind"])
 def test_a_document_that_is_not_an_object_is_lb300_at_its_line(tmp_path, text, line):
+    path, span = _lb300(tmp_path, text)
+    assert span is not None and (span.file, span.line) == (str(path), line)
+
+
+def _lb300(tmp_path, text: str):
+    """Import ``text`` as a manifest: it must fail with one LB300, whose file and span this returns."""
     path = tmp_path / "objects.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as raised:
         import_config("k8s", [str(path)])
     (diagnostic,) = raised.value.diagnostics
     assert diagnostic.code == "LB300"
-    assert diagnostic.span is not None and (diagnostic.span.file, diagnostic.span.line) == (str(path), line)
+    return path, diagnostic.span
 
 
 _PORTS = "kind: Service\nmetadata: {name: x}\nspec:\n  clusterIP: 10.96.0.1\n  ports:\n"
@@ -232,13 +238,8 @@ _WITH_ENDPOINTS = ("kind: Service\nmetadata: {name: api, namespace: prod}\nspec:
         "spec-number", "node-port-string", "target-port-list", "protocol-number", "port-out-of-range",
         "target-port-zero", "status-list", "ingress-number", "timeout-string", "ready-string"])
 def test_fields_of_the_wrong_type_are_lb300_at_their_line(tmp_path, text, line):
-    path = tmp_path / "objects.yaml"
-    path.write_text(text)
-    with pytest.raises(ConfigError) as raised:
-        import_config("k8s", [str(path)])
-    (diagnostic,) = raised.value.diagnostics
-    assert diagnostic.code == "LB300"
-    assert (diagnostic.span.file, diagnostic.span.line) == (str(path), line)
+    path, span = _lb300(tmp_path, text)
+    assert (span.file, span.line) == (str(path), line)
     done = cli("import", "k8s", str(path), "--format", "json")
     assert done.code == 2
     assert [(d["code"], d["span"]["line"]) for d in json.loads(done.err)["diagnostics"]] == [("LB300", line)]
