@@ -644,13 +644,13 @@ class ProxyTracker:
                 "failed_attempts": dict(self.attempts), "bytes": dict(self.volume)}
 
     def _pair_by_time(self, backend: _Backend) -> bool:
-        """A backend connection that carried nothing: the last client connection opened just before it."""
-        for client in sorted(self.clients.values(), key=lambda c: -c.start):
-            if client.backend is None and 0 <= backend.start - client.start <= _OPEN_WITHIN \
-                    and not client.stream.next:
-                self._pair(client, backend)
-                return True
-        return False
+        """A backend connection that carried nothing: the last client connection opened just before it,
+        of those no backend connection carries yet (a few, where every open client connection is many)."""
+        opened = [c for c in self.free.values() if 0 <= backend.start - c.start <= _OPEN_WITHIN and not c.stream.next]
+        if not opened:
+            return False
+        self._pair(max(opened, key=lambda c: c.start), backend)
+        return True
 
     def _unexplained(self, backend: _Backend) -> None:
         backend.judged = True
