@@ -19,10 +19,10 @@ from typing import TextIO
 from lbspec import __version__
 from lbspec import diagnostics as d
 from lbspec.loader import Loaded, load_path, load_text, read_source
+from lbspec.options import count, witness_directory
 from lbspec.render import render_json, render_text
 from lbspec.render.text import make_console
 from lbspec.render.json import summary_counts
-from lbspec.options import count, witness_directory
 
 __all__ = ["main", "EXIT_OK", "EXIT_FINDINGS", "EXIT_ERROR"]
 

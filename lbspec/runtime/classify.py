@@ -161,8 +161,9 @@ def _combined(p, role, combined, to_vip, dsr, vip_s, be_s, be_d, tunnel, dirn) -
     role[combined & to_vip & dsr & ~outbound] = INGRESS
     role[combined & to_vip & dsr & outbound] = EGRESS
     rest = combined & ~to_vip
-    role[rest & (vip_s >= 0) & ~tunnel & (be_d < 0)] = CREPLY
-    role[rest & (vip_s >= 0) & ~tunnel & (be_d >= 0)] = EGRESS
+    from_vip = rest & (vip_s >= 0) & ~tunnel
+    role[from_vip & (be_d < 0)] = CREPLY
+    role[from_vip & (be_d >= 0)] = EGRESS
     role[rest & (be_s >= 0) & ~tunnel & ~outbound] = BREPLY
     role[rest & (be_s >= 0) & ~tunnel & outbound] = CREPLY
     role[rest & tunnel] = EGRESS

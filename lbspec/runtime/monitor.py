@@ -625,7 +625,7 @@ class Monitor:
                 chains.append([start, end])
             else:
                 chain[1] = end
-        return [(start, end) for start, end in chains]
+        return [tuple(chain) for chain in chains]
 
     def _twice(self, service: int) -> CheckPlan | None:
         found = self.compiled.services[service].of_kind("twice")

@@ -181,6 +181,12 @@ def _common_length(one: bytes, other: bytes) -> int:
     return low
 
 
+def _discard(table: dict, connection) -> None:
+    """Take ``connection`` out of ``table`` -- if it is there, and not a later connection of the same flow."""
+    if table.get(connection.key) is connection:
+        del table[connection.key]
+
+
 def _rank(opened: float):
     """How clients that agree with a backend connection opened at ``opened`` rank: the longest agreement,
     then one opened before it (the latest), then one opened just after it, within the clocks' tolerance
@@ -330,10 +336,8 @@ class ProxyTracker:
     def _drop(self, client: _Client) -> None:
         """A client forgotten, or replaced by a new connection of the same flow."""
         self._unindex(client)
-        if self.unsettled.get(client.key) is client:
-            del self.unsettled[client.key]
-        if self.free.get(client.key) is client:
-            del self.free[client.key]
+        _discard(self.unsettled, client)
+        _discard(self.free, client)
 
     def _to_client(self, p: Packets, row: int) -> None:
         """What the LB sends a client: its SYN-ACK, its bytes, its FIN or RST."""
@@ -388,8 +392,8 @@ class ProxyTracker:
         self._pair_by_bytes(backend)
         if backend.client is None and not backend.judged:
             self.unpaired[backend.key] = backend
-        elif self.unpaired.get(backend.key) is backend:
-            del self.unpaired[backend.key]
+        else:
+            _discard(self.unpaired, backend)
 
     def _retry_unpaired(self) -> None:
         for backend in list(self.unpaired.values()):
@@ -454,8 +458,7 @@ class ProxyTracker:
         self._unindex(client)
         client.backend, backend.client = backend, client
         self._index(client)
-        if self.free.get(client.key) is client:
-            del self.free[client.key]
+        _discard(self.free, client)
         self.paired.append((client, backend))
         self.engine.counts.paired += 1
 
@@ -654,8 +657,7 @@ class ProxyTracker:
 
     def _unexplained(self, backend: _Backend) -> None:
         backend.judged = True
-        if self.unpaired.get(backend.key) is backend:
-            del self.unpaired[backend.key]
+        _discard(self.unpaired, backend)
         if backend.gid < 0:
             return
         plan = self.compiled.services[self.compiled.backends[backend.gid].service]
@@ -681,8 +683,8 @@ class ProxyTracker:
             for key in [k for k, c in table.items() if c.last < idle]:
                 if table is self.clients:
                     self._drop(table[key])
-                elif self.unpaired.get(key) is table[key]:
-                    del self.unpaired[key]
+                else:
+                    _discard(self.unpaired, table[key])
                 del table[key]
 
     def finish(self) -> None:
