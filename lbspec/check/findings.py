@@ -63,7 +63,7 @@ class ServiceFinder:
         return d.INTERNAL.at(span, problem=f"{what} [{trace}]",
                              help="the checker and the evaluator disagree; please report this spec")
 
-    def _witness(self, name: str, summary: str, steps: list[ev.Step]) -> Witness:
+    def _witness(self, name: str | None, summary: str, steps: list[ev.Step]) -> Witness:
         return Witness(name, summary, tuple(steps), self.service.name)
 
     # ------------------------------------------------------------- LB101 --
@@ -80,7 +80,8 @@ class ServiceFinder:
         if isinstance(replay, str) or replay.outcomes[-1].allowed != {ev.Drop("no-rule")}:
             yield self._internal("LB101 witness does not replay", self.service.span, answer.steps)
             return
-        witness = self._witness("coverage", f"{packet}: no rule matches and there is no `otherwise`", answer.steps)
+        broken = "no_drop" if self.service.backends else None  # a drop with a backend up; none to be up
+        witness = self._witness(broken, f"{packet}: no rule matches and there is no `otherwise`", answer.steps)
         yield d.UNCOVERED_TRAFFIC.at(
             self.service.span, witness=witness, label=f"e.g. {packet}",
             help="add a rule for it, or say what happens to it: `otherwise drop` or `otherwise reject`")
@@ -125,7 +126,7 @@ class ServiceFinder:
         packet = both.steps[-1].packet
         if not (first.matches(packet) and second.matches(packet)):
             return self._internal("LB102 witness matches not both rules", second.span, both.steps)
-        witness = self._witness("overlap", f"{packet} matches both; the first sends it to `{first.pool}`",
+        witness = self._witness(None, f"{packet} matches both; the first sends it to `{first.pool}`",
                                 both.steps[-1:])
         return d.OVERLAPPING_RULES.at(
             second.span, witness=witness, label=f"also matched by line {first.span.line}, which goes to `{first.pool}`",
@@ -244,7 +245,7 @@ class ServiceFinder:
             yield self._internal(f"LB104 witness does not replay: {replay}", service.affinity.span, answer.steps)
             return
         first, second = answer.steps[0].choice, answer.steps[-1].choice
-        witness = self._witness("per-packet balancing", f"one TCP connection is split: {first} then {second}",
+        witness = self._witness("flow_affinity", f"one TCP connection is split: {first} then {second}",
                                 answer.steps)
         yield d.PER_PACKET_BALANCING.at(
             service.affinity.span or service.balance.span or service.span, protocol="TCP", witness=witness,

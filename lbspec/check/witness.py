@@ -15,7 +15,7 @@ __all__ = ["Witness", "packet_to_dict", "step_to_dict"]
 class Witness:
     """A trace that shows how a property breaks: backend failures and packets with the LB's choices."""
 
-    property: str
+    property: str | None  # the property the trace breaks; None for a structural finding (LB102)
     summary: str
     steps: tuple[ev.Step, ...]
     service: str = ""

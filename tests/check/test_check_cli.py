@@ -70,6 +70,15 @@ def test_json_witness_schema(cli):
     assert finding["data"]["service"] == "api"
 
 
+def test_json_witness_names_the_property_it_breaks(cli):
+    library = {p["name"] for p in json.loads(cli("properties", "--format", "json").out)["properties"]}
+    document = json.loads(cli("check", "--format", "json", API, str(EXAMPLES / "findings" / "LB102-overlap.lbspec")).out)
+    named = {x["code"]: x["witness"]["property"] for x in document["diagnostics"] if "witness" in x}
+    assert named["LB101"] == "no_drop" and named["LB104"] == "flow_affinity"
+    assert named["LB102"] is None  # two rules overlapping break no property
+    assert {named[code] for code in ("LB100", "LB101", "LB104")} <= library
+
+
 def test_sarif_has_what_code_scanning_requires(cli):
     run = cli("check", "--format", "sarif", API)
     document = json.loads(run.out)
