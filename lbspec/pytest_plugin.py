@@ -96,12 +96,24 @@ def _path(config: pytest.Config, name: str) -> Path | None:
     return None if text is None else (base / os.path.expanduser(text)).resolve()
 
 
+def _directory(config: pytest.Config, name: str) -> Path | None:
+    """A directory option, made now: one that cannot be made would lose a failure's captures at its end."""
+    path = _path(config, name)
+    if path is not None:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise pytest.UsageError(f"--lbspec-{name} (ini lbspec_{name}): cannot make directory {path}: "
+                                    f"{error.strerror or error}") from None
+    return path
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "lbspec(spec=None, *, properties=None, service=None, examples=None, seed=None): test a load "
         "balancer against this spec (path relative to the test file), judging only these properties and services")
     config.stash[_SETTINGS] = _Options(_path(config, "spec"), _number(config, "examples", 1),
-                                       _number(config, "seed", 0), _path(config, "artifacts"))
+                                       _number(config, "seed", 0), _directory(config, "artifacts"))
     config.stash[_LOADED] = {}
 
 

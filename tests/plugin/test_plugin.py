@@ -225,6 +225,12 @@ def test_a_bad_seed_in_the_ini_file_is_a_usage_error(pytester):
     assert_usage_error(pytester.runpytest(), "lbspec_seed", "soon")
 
 
+def test_an_artifacts_directory_that_cannot_be_made_is_a_usage_error(pytester):
+    (pytester.path / "taken").write_text("a file, not a directory")
+    pytester.makepyfile("def test_a(): pass")
+    assert_usage_error(pytester.runpytest("--lbspec-artifacts", "taken"), "--lbspec-artifacts", "taken")
+
+
 def test_a_fixture_without_any_spec_fails_the_test_saying_how_to_give_one(pytester):
     pytester.makepyfile("def test_a(lb_harness): pass")
     result = pytester.runpytest()
