@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import json
 import math
 import queue
 import signal
@@ -187,6 +188,7 @@ def run(args, spec: Spec, stdout: TextIO, stderr: TextIO) -> Report:
         monitor.health_events(read_events(args.events, monitor.compiled))
     packets: queue.Queue = queue.Queue(maxsize=200_000)
     bpf = bpf_filter(spec, args.service)
+    stream = Stream(args, stdout, live_text=args.format == "text")
     sniffers = []
     try:
         for item in map(parse_interface, args.live):
@@ -196,13 +198,26 @@ def run(args, spec: Spec, stdout: TextIO, stderr: TextIO) -> Report:
             sniffer.start()
         stderr.write(f"lbspec monitor: listening on {', '.join(s.interface for s in sniffers)} ({bpf})\n")
         stderr.flush()
-        _loop(monitor, packets, sniffers, Stream(args, stdout, live_text=args.format == "text"), args.duration)
+        _loop(monitor, packets, sniffers, stream, args.duration)
     finally:
         for sniffer in sniffers:
             sniffer.stop()
-    for note in drop_notes(sniffers):
+    return _last(monitor, stream, drop_notes(sniffers))
+
+
+def _last(monitor: Monitor, stream, notes: list) -> Report:
+    """Judge what is still pending and stream it like every verdict before it, with the notes on the capture
+    (text shows notes with the summary)."""
+    for note in notes:
         monitor.note(note)
-    return monitor.close()
+    monitor.close()
+    stream.emit(monitor, final=True)
+    if stream.jsonl:
+        from lbspec.render.json import diagnostic_to_dict
+
+        for note in notes:
+            stream.stdout.write(json.dumps(diagnostic_to_dict(note)) + "\n")
+    return monitor.close()  # the report, naming every witness file
 
 
 def _loop(monitor: Monitor, packets: queue.Queue, sniffers: list[Sniffer], stream, duration: float | None) -> None:

@@ -14,7 +14,7 @@ import lbspec
 from lbspec.diagnostics import InputError
 from lbspec.runtime.live import bpf_filter, kernel_drops, parse_interface
 
-from .scenario import spec
+from .scenario import Scenario, spec
 
 
 def test_the_bpf_filter_names_vips_and_backends():
@@ -94,17 +94,29 @@ def test_kernel_drops_are_read_and_reset():
     assert kernel_drops(object()) == 0  # not an AF_PACKET socket: nothing to read
 
 
-@pytest.mark.parametrize("fmt", ["json", "jsonl"])
-def test_frames_the_kernel_dropped_are_a_note_and_counted_in_the_summary(cli, spec_file, monkeypatch, fmt):
+def _quiet(monkeypatch, *reads: tuple[int, int]):
+    """Every interface a socket that reads nothing, whose kernel counts ``reads`` (see _Counters)."""
     import scapy.arch  # noqa: F401
     from scapy.config import conf
 
+    monkeypatch.setattr(conf, "L2listen", lambda **kwargs: _Listening(_Counters(*reads)))
+
+
+def _jsonl(out: str) -> tuple[list[str], dict]:
+    """The codes of the diagnostics streamed, and the summary."""
+    lines = [json.loads(line) for line in out.splitlines()]
+    return [x["code"] for x in lines[:-1]], lines[-1]["summary"]
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_frames_the_kernel_dropped_are_a_note_and_counted_in_the_summary(cli, spec_file, monkeypatch, fmt):
     # the first read is at start (drops while the socket was set up: not counted), the second at the end
-    monkeypatch.setattr(conf, "L2listen", lambda **kwargs: _Listening(_Counters((5, 2), (900, 7))))
+    _quiet(monkeypatch, (5, 2), (900, 7))
     run = cli("monitor", spec_file(spec()), "--live", "eth0", "--duration", "0.3", "--format", fmt)
     assert run.code == 0, run.err
     if fmt == "jsonl":
-        summary = json.loads(run.out.splitlines()[-1])["summary"]
+        streamed, summary = _jsonl(run.out)
+        assert streamed == ["LB209"]
     else:
         document = json.loads(run.out)
         summary = document["monitor"]
@@ -114,14 +126,35 @@ def test_frames_the_kernel_dropped_are_a_note_and_counted_in_the_summary(cli, sp
 
 
 def test_no_drops_no_note(cli, spec_file, monkeypatch):
-    import scapy.arch  # noqa: F401
-    from scapy.config import conf
-
-    monkeypatch.setattr(conf, "L2listen", lambda **kwargs: _Listening(_Counters()))
+    _quiet(monkeypatch)
     run = cli("monitor", spec_file(spec()), "--live", "eth0", "--duration", "0.2", "--format", "json")
     document = json.loads(run.out)
     assert run.code == 0 and document["monitor"]["capture_drops"] == 0
     assert not [x for x in document["diagnostics"] if x["code"] == "LB209"]
+
+
+def test_what_the_run_finds_as_it_ends_is_streamed_too(cli, spec_file, monkeypatch, tmp_path):
+    """A packet the LB dropped just before the capture stopped is judged at the end: its verdict, and the
+    note on the kernel's drops, are lines of their own and have a witness, like every other verdict."""
+    from lbspec.runtime import live
+
+    scenario = Scenario("nat")
+    scenario.flow("10.1.0.11", proto="udp", segments=3, drop={1})
+    sources = {"client": 0, "backend": 1}
+
+    def at_the_end(monitor, *_args):  # every frame reaches the monitor as the run ends
+        for sent in scenario._ended():
+            monitor.feed_raw(bytes(sent.packet), sent.time, 1, sources[sent.side])
+
+    _quiet(monkeypatch, (0, 0), (50, 4))
+    monkeypatch.setattr(live, "_loop", at_the_end)
+    run = cli("monitor", spec_file(spec(listen="udp 80", rule="forward udp 80 to app port 8080")),
+              "--live", "client:a0", "--live", "backend:b0", "--duration", "1", "--format", "jsonl",
+              "--witness-dir", str(tmp_path / "witnesses"))
+    streamed, summary = _jsonl(run.out)
+    assert run.code == 1 and sorted(streamed) == ["LB200", "LB209", "LB209"], run.err
+    assert summary["verdicts"] == {"LB200": 1} and summary["capture_drops"] == 8
+    assert len(list((tmp_path / "witnesses").iterdir())) == 1
 
 
 FLOOD = """
