@@ -17,6 +17,7 @@ that count) to search settings and an artifacts directory:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
@@ -311,6 +312,14 @@ def _hint(name: str, candidates: list[str]) -> str:
     return f"; {hint}" if hint else ""
 
 
-def safe_name(text: str) -> str:
-    """A file name from a test id: ``tests/test_x.py::test_y[a]`` -> ``test_x.py-test_y-a``."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text.split("/")[-1]).strip("-") or "lbspec"
+def safe_name(text: str, longest: int = 120) -> str:
+    """A file name from a whole test id: ``tests/test_x.py::test_y[a]`` -> ``tests-test_x.py-test_y-a``.
+
+    Tests of the same name in other directories, or with a ``/`` in their
+    parameters, get names of their own; a name too long for a file system
+    is cut and ends with a digest of the id.
+    """
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "lbspec"
+    if len(name) <= longest:
+        return name
+    return f"{name[:longest - 13]}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"

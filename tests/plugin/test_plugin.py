@@ -136,6 +136,42 @@ def test_a_marker_path_is_relative_to_the_test_file(pytester):
     pytester.runpytest().assert_outcomes(passed=1)
 
 
+DROPPING_TESTS = """
+import pytest
+from ipaddress import ip_address
+from lbspec.harness import Segment, Send, Trace
+
+class Drop:
+    def handle(self, packet, time):
+        return []
+
+SYN = Trace((Send(0.0, Segment("tcp", ip_address("198.51.100.1"), ip_address("192.0.2.1"), 1024, 80,
+                              frozenset({"syn"}))),))
+
+@pytest.mark.parametrize("where", ["east/a", "west/a"])
+def test_drop(lb_harness, where):
+    lb_harness.verify(Drop(), SYN)
+"""
+
+
+def test_every_failing_test_keeps_its_own_artifacts(pytester, spec_file):
+    for folder in ("one", "two"):
+        pytester.mkpydir(folder).joinpath("test_same.py").write_text(DROPPING_TESTS)
+    out = pytester.path / "out"
+    result = pytester.runpytest("--lbspec", str(spec_file), "--lbspec-artifacts", str(out), "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=4)
+    verdicts = [json.loads(path.read_text()) for path in out.glob("*/verdict.json")]
+    assert [v["code"] for v in verdicts] == ["LB200"] * 4
+
+
+
+def test_a_long_test_id_gives_a_short_artifacts_name_of_its_own():
+    from lbspec.harness.harness import safe_name
+
+    ids = [f"tests/test_x.py::test_y[{'a' * 300}{n}]" for n in range(2)]
+    names = {safe_name(i) for i in ids}
+    assert len(names) == 2 and all(len(n) <= 120 for n in names)
+
 # ------------------------------------------------------------------ errors --
 
 def assert_usage_error(result, *expected: str) -> None:
