@@ -124,10 +124,9 @@ class ServiceFinder:
         if self.queries.overlap(first.index, second.index, inside=True).status != "sat":
             return None  # the first is a special case of the second: the usual exception-then-default layout
         packet = both.steps[-1].packet
-        if not (first.matches(packet) and second.matches(packet)):
-            return self._internal("LB102 witness matches not both rules", second.span, both.steps)
-        witness = self._witness(None, f"{packet} matches both; the first sends it to `{first.pool}`",
-                                both.steps[-1:])
+        if isinstance(self._replay(both.steps), str) or not (first.matches(packet) and second.matches(packet)):
+            return self._internal("LB102 witness does not replay or matches not both rules", second.span, both.steps)
+        witness = self._witness(None, f"{packet} matches both; the first sends it to `{first.pool}`", both.steps)
         return d.OVERLAPPING_RULES.at(
             second.span, witness=witness, label=f"also matched by line {first.span.line}, which goes to `{first.pool}`",
             notes=[d.Note(f"this rule wins for packets both match, e.g. {packet}", first.span)],

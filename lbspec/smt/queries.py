@@ -412,7 +412,7 @@ class ServiceQueries:
         """Listened packets both rules match; with ``inside``, ones ``first`` matches and ``second`` does not."""
         scenario, _, decision = self._single()
         a, b = decision.matches[first], decision.matches[second]
-        return self._ask(scenario, [a, z3.Not(b)] if inside else [a, b])
+        return self._ask(scenario, [a, z3.Not(b)] if inside else [a, b, *_nothing_fails(scenario)])
 
     def backend_reachable(self, name: str) -> Answer:
         """Can any listened packet, in any health state, be sent to backend ``name``?"""
@@ -423,9 +423,13 @@ class ServiceQueries:
         """Two packets of one TCP flow sent to different backends while nothing fails."""
         scenario, gap = self._pair()
         (p0, d0, _), (p1, d1, _) = scenario.packets
-        nothing_fails = [z3.Not(f) for f in scenario.health.fails.values()]
-        return self._ask(scenario, [*scenario.in_scope(m.Test("proto", ("tcp",))), gap > 0, p0.same_flow(p1), d0.choice >= 0, d1.choice >= 0, d1.choice != d0.choice,
-                                    *nothing_fails])
+        return self._ask(scenario, [*scenario.in_scope(m.Test("proto", ("tcp",))), gap > 0, p0.same_flow(p1),
+                                    d0.choice >= 0, d1.choice >= 0, d1.choice != d0.choice, *_nothing_fails(scenario)])
+
+
+def _nothing_fails(scenario: _Scenario) -> list[z3.BoolRef]:
+    """Every backend stays up: for questions about rules and balancing, where failures only blur the witness."""
+    return [z3.Not(f) for f in scenario.health.fails.values()]
 
 
 def _number(model: z3.ModelRef, term: z3.ArithRef) -> float:

@@ -10,6 +10,7 @@ import pytest
 import lbspec
 from lbspec.check import CheckOptions, check_spec
 from lbspec.diagnostics import Severity
+from lbspec.semantics import evaluate as ev
 
 from conftest import CLEAN, EXAMPLES, service
 
@@ -187,3 +188,31 @@ def test_parallel_and_serial_runs_agree():
     serial = check_spec(doubled, CheckOptions(jobs=1))
     parallel = check_spec(doubled, CheckOptions(jobs=2))
     assert [(x.code, x.message) for x in serial] == [(x.code, x.message) for x in parallel]
+
+
+# --- structural witnesses ----------------------------------------------------
+
+OVERLAP = """
+service shop {
+    vip 192.0.2.60
+    listen tcp 8000-8100
+    pool web {
+        backend w1 10.6.0.1
+    }
+    pool tools {
+        backend t1 10.6.9.1
+    }
+    forward tcp 8000-8100 from 10.0.0.0/8 to tools
+    forward tcp 8000-8050 to web
+    otherwise drop
+    health http "/" every 3s timeout 1s fall 2 rise 2
+}
+"""
+
+
+def test_overlap_witness_replays_and_shows_the_first_rule_taking_the_packet():
+    spec = lbspec.loads(OVERLAP)
+    (overlap,) = [x for x in findings(spec) if x.code == "LB102"]
+    replay = ev.Replay(spec.service("shop")).run(overlap.witness.steps)  # raises if the spec cannot do this
+    assert replay.outcomes[-1].rule.pool == "tools"
+    assert [s.choice.backend for s in overlap.witness.steps] == ["t1"]
