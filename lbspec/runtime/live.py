@@ -40,6 +40,7 @@ from lbspec.semantics.model import Spec
 __all__ = ["run", "bpf_filter", "parse_interface", "Sniffer", "kernel_drops", "drop_notes"]
 
 _TICK = 0.1
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _SOL_PACKET, _PACKET_STATISTICS = 263, 6  # linux/if_packet.h
 _BUFFER = 32 << 20  # bytes of socket receive buffer per sniffed interface
 
@@ -189,20 +190,26 @@ def run(args, spec: Spec, stdout: TextIO, stderr: TextIO) -> Report:
     packets: queue.Queue = queue.Queue(maxsize=200_000)
     bpf = bpf_filter(spec, args.service)
     stream = Stream(args, stdout, live_text=args.format == "text")
-    sniffers = []
-    try:
-        for item in map(parse_interface, args.live):
-            source = monitor.add_source(f"live:{item.name}", item.side)
-            sniffers.append(Sniffer(item.name, source, bpf, packets))
-        for sniffer in sniffers:
-            sniffer.start()
-        stderr.write(f"lbspec monitor: listening on {', '.join(s.interface for s in sniffers)} ({bpf})\n")
-        stderr.flush()
-        _loop(monitor, packets, sniffers, stream, args.duration)
-    finally:
-        for sniffer in sniffers:
-            sniffer.stop()
+    sniffers: list[Sniffer] = []
+    with _stopping() as stop:  # from before the first socket: a signal never lands between two steps
+        try:
+            _listen(args.live, monitor, bpf, packets, sniffers)
+            stderr.write(f"lbspec monitor: listening on {', '.join(s.interface for s in sniffers)} ({bpf})\n")
+            stderr.flush()
+            _loop(monitor, packets, sniffers, stream, args.duration, stop)
+        finally:
+            for sniffer in sniffers:
+                sniffer.stop()
     return _last(monitor, stream, drop_notes(sniffers))
+
+
+def _listen(interfaces: list[str], monitor: Monitor, bpf: str, packets: queue.Queue, sniffers: list[Sniffer]) -> None:
+    """Open a socket on each interface (into ``sniffers``, so that the caller closes what opened), then read."""
+    for item in map(parse_interface, interfaces):
+        source = monitor.add_source(f"live:{item.name}", item.side)
+        sniffers.append(Sniffer(item.name, source, bpf, packets))
+    for sniffer in sniffers:
+        sniffer.start()
 
 
 def _last(monitor: Monitor, stream, notes: list) -> Report:
@@ -220,19 +227,19 @@ def _last(monitor: Monitor, stream, notes: list) -> Report:
     return monitor.close()  # the report, naming every witness file
 
 
-def _loop(monitor: Monitor, packets: queue.Queue, sniffers: list[Sniffer], stream, duration: float | None) -> None:
-    """Feed packets in time order until the duration is over or Ctrl-C; judge and stream as time passes; at
-    the end, read what the sockets still hold."""
+def _loop(monitor: Monitor, packets: queue.Queue, sniffers: list[Sniffer], stream, duration: float | None,
+          stop: threading.Event) -> None:
+    """Feed packets in time order until the duration is over or ``stop`` is set; judge and stream as time
+    passes; at the end, read what the sockets still hold."""
     end = time.monotonic() + duration if duration else float("inf")
     merge = _Merge(monitor, packets)
-    with _interrupted() as stop:
-        while time.monotonic() < end and not stop.is_set():
-            frontier = min((s.frontier for s in sniffers if s.is_alive()), default=time.time())  # before pulling
-            merge.pull(min(_TICK, max(0.0, end - time.monotonic())))
-            upto = min(time.time(), frontier)
-            merge.release(upto)
-            monitor.advance(upto - monitor.options.tolerance)
-            stream.emit(monitor)
+    while time.monotonic() < end and not stop.is_set():
+        frontier = min((s.frontier for s in sniffers if s.is_alive()), default=time.time())  # before pulling
+        merge.pull(min(_TICK, max(0.0, end - time.monotonic())))
+        upto = min(time.time(), frontier)
+        merge.release(upto)
+        monitor.advance(upto - monitor.options.tolerance)
+        stream.emit(monitor)
     for sniffer in sniffers:
         sniffer.finishing.set()
     while any(s.is_alive() for s in sniffers):
@@ -270,16 +277,18 @@ class _Merge:
 
 
 @contextlib.contextmanager
-def _interrupted():
-    """An event Ctrl-C (SIGINT) sets, instead of an exception that could land in the middle of judging."""
+def _stopping():
+    """An event Ctrl-C (SIGINT) or SIGTERM sets, instead of an exception that could land in the middle of
+    judging, or an end without the summary."""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
     try:
         yield stop
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -6,6 +6,7 @@ import json
 import socket
 import struct
 import sys
+import threading
 import time
 
 import pytest
@@ -207,8 +208,6 @@ class _Behind:
     """A sniffer whose socket still holds frames from ``frontier`` on."""
 
     def __init__(self, frontier: float):
-        import threading
-
         self.frontier, self.finishing = frontier, threading.Event()
 
     def is_alive(self) -> bool:
@@ -227,6 +226,6 @@ def test_time_passes_for_the_monitor_only_as_far_as_every_socket_has_delivered()
     packets.put((time.time(), b"frame", 1, 0))
     behind = time.time() - 5.0
     stream = type("Stream", (), {"emit": lambda self, monitor: None})()
-    _loop(monitor, packets, [_Behind(time.time()), _Behind(behind)], stream, 0.25)
+    _loop(monitor, packets, [_Behind(time.time()), _Behind(behind)], stream, 0.25, threading.Event())
     assert monitor.advanced and max(monitor.advanced) <= behind
     assert len(monitor.fed) == 1  # held while the other socket was behind, fed at the end
