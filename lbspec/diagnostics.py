@@ -122,6 +122,8 @@ UNTERMINATED_STRING = kind("LB003", "unterminated-string", E, "unterminated stri
                            "A string has no closing quote on its line.")
 UNEXPECTED_EOF = kind("LB004", "unexpected-end", E, "unexpected end of file",
                       "The file ends in the middle of a statement or block.")
+TOO_DEEP = kind("LB005", "too-deep", E, "this nests more than {limit} levels deep",
+                "A filter (of `not`, `and`, `or` and parentheses) nested deeper than any spec needs.")
 
 # --- LB01x: includes ----------------------------------------------------------
 INCLUDE_MISSING = kind("LB010", "include-missing", E, "cannot include {path}: {reason}",

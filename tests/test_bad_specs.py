@@ -27,6 +27,8 @@ CASES = {
     "unknown health check": ("LB001", S + "    health @smtp\n}"),
     "unknown balance algorithm": ("LB001", S + "    balance @wrr\n}"),
     "a name where a port belongs": ("LB001", "service s { listen tcp @http }"),
+    "filter nested too deep": ("LB005", S + "    waive no_drop for " + "not " * 100 + "@not tcp \"why\"\n}"),
+    "set nested too deep": ("LB005", S + "    waive no_drop for dport in " + "{" * 100 + "@{80" + "}" * 101 + " \"why\"\n}"),
     "missing closing brace": ("LB004", "service s {\n    vip 192.0.2.1@"),
     "unterminated string": ("LB003", S + "    waive balance @\"no closing quote\n}"),
     "semicolon": ("LB002", "service s { vip 192.0.2.1@; }"),
@@ -167,6 +169,14 @@ def test_unreadable_files_give_lb000(tmp_path, make):
     path = make(tmp_path / "spec.lbspec")
     loaded = load_path(path)
     assert not loaded.ok and [x.code for x in loaded.diagnostics] == ["LB000"]
+
+
+@pytest.mark.parametrize("depth", [100, 5000])
+def test_deepest_filter_allowed_and_deeper_ones_rejected_without_a_traceback(cli, tmp_path, depth):
+    path = tmp_path / "deep.lbspec"
+    path.write_text(S + "    waive no_drop for " + "not " * depth + "tcp \"why\"\n}")
+    run = cli("check", "--front-end-only", str(path))
+    assert run.code == (0 if depth == 100 else 2) and ("LB005" in run.out) == (depth > 100)
 
 
 def test_one_run_reports_every_semantic_error():

@@ -14,7 +14,7 @@ from copy import copy
 from functools import lru_cache
 from typing import Any
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from lbspec import diagnostics as d
@@ -92,6 +92,9 @@ def parse_text(text: str, file: str) -> tuple[ir.SpecFile | None, list[d.Diagnos
         return None, [_syntax_error(error, text, file)]
     finally:
         comments, _local.comments = _local.comments, []
+    deepest = _too_deep(tree)
+    if deepest is not None:
+        return None, [d.TOO_DEEP.at(_meta_span(deepest.meta, file), limit=MAX_DEPTH)]
     try:
         items = _ToIR(file).transform(tree)
     except VisitError as error:  # a bug in the transformer, not in the input
@@ -101,7 +104,29 @@ def parse_text(text: str, file: str) -> tuple[ir.SpecFile | None, list[d.Diagnos
     return ir.SpecFile(file, tuple(items), notes, span=_file_span(text, file)), []
 
 
+MAX_DEPTH = 100  # filters inside filters; each level costs stack in every later stage, and specs need a few
+_NESTING = frozenset({"filter", "filter_and", "filter_negation", "value_set"})  # the rules that can nest
+
+
+def _too_deep(tree: Tree) -> Tree | None:
+    """The first filter nested more than MAX_DEPTH deep, found without recursion (the tree may be deep)."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        depth += node.data in _NESTING
+        if depth > MAX_DEPTH:
+            return node
+        stack.extend((child, depth) for child in node.children if isinstance(child, Tree))
+    return None
+
+
 # ------------------------------------------------------------------ spans --
+
+def _meta_span(meta: Any, file: str) -> ir.Span:
+    if getattr(meta, "empty", True):
+        return ir.NO_SPAN
+    return ir.Span(file, meta.line, meta.column, meta.end_line, meta.end_column)
+
 
 def _token_span(token: Token, file: str) -> ir.Span:
     return ir.Span(file, token.line, token.column, token.end_line, token.end_column)
@@ -288,9 +313,7 @@ class _ToIR(Transformer):
         self.file = file
 
     def _span(self, meta: Any) -> ir.Span:
-        if getattr(meta, "empty", True):
-            return ir.NO_SPAN
-        return ir.Span(self.file, meta.line, meta.column, meta.end_line, meta.end_column)
+        return _meta_span(meta, self.file)
 
     def _ident(self, token: Token) -> ir.Ident:
         return ir.Ident(str(token), span=_token_span(token, self.file))
