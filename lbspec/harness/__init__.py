@@ -20,7 +20,7 @@ from __future__ import annotations
 from lbspec.harness.adapter import Clocked, Driver, HealthAware, LoadBalancer, Observed, Recording
 from lbspec.harness.harness import Failure, Harness, Search, SearchSettings
 from lbspec.harness.health import HealthChecks
-from lbspec.harness.inprocess import EPOCH, InProcess, UnsupportedMode
+from lbspec.harness.inprocess import EPOCH, InProcess, LoadBalancerError, UnsupportedMode
 from lbspec.harness.judge import Judgement
 from lbspec.harness.network import LabMismatch, Network, TraceTooLong
 from lbspec.harness.trace import Event, Fault, Send, Trace
@@ -29,6 +29,6 @@ from lbspec.harness.wire import Outer, Segment, decode
 __all__ = [
     "Harness", "SearchSettings", "Search", "Failure", "Judgement",
     "LoadBalancer", "HealthAware", "Clocked", "Driver", "Observed", "Recording", "InProcess", "EPOCH",
-    "UnsupportedMode", "Network", "LabMismatch", "TraceTooLong", "HealthChecks", "Trace", "Send", "Fault", "Event",
+    "UnsupportedMode", "LoadBalancerError", "Network", "LabMismatch", "TraceTooLong", "HealthChecks", "Trace", "Send", "Fault", "Event",
     "Segment", "Outer", "decode",
 ]

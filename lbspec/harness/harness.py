@@ -30,7 +30,7 @@ from typing import Any
 from lbspec.diagnostics import did_you_mean
 from lbspec.harness.adapter import Driver
 from lbspec.harness.artifacts import Artifacts, replay, write_recording, write_summary
-from lbspec.harness.inprocess import InProcess
+from lbspec.harness.inprocess import InProcess, LoadBalancerError
 from lbspec.harness.judge import Judgement, judge
 from lbspec.harness.reduce import reduce_trace
 from lbspec.harness.trace import Trace
@@ -177,7 +177,16 @@ class Harness:
 
     def run(self, lb: Any, trace: Trace) -> Judgement:
         """Play ``trace`` against ``lb`` (an LB, a factory of LBs, or a driver) and judge what crossed it."""
-        recording = as_driver(lb).run(self.spec, trace, self.services)
+        __tracebackhide__ = True
+        return self._judgement(as_driver(lb), trace)
+
+    def _judgement(self, driver: Driver, trace: Trace) -> Judgement:
+        """Play ``trace`` with ``driver`` and judge it; a load balancer's misbehaviour is shown from the test."""
+        __tracebackhide__ = True
+        try:
+            recording = driver.run(self.spec, trace, self.services)
+        except LoadBalancerError as error:
+            raise error.with_traceback(None) from error.__cause__  # lbspec's frames say nothing about the LB
         return judge(self.spec, recording, self.services, self.properties)
 
     def verify(self, lb: Any, trace: Trace) -> Judgement:
@@ -206,6 +215,7 @@ class Harness:
         @self.search.hypothesis(search.seed)
         @given(strategy)
         def play(trace: Trace) -> None:
+            __tracebackhide__ = True
             self._judged(driver, trace, search)
 
         return self._searching(play, search, driver)
@@ -229,8 +239,8 @@ class Harness:
         return self.search.seed if self.search.seed is not None else random.SystemRandom().randrange(1 << 32)
 
     def _judged(self, driver: Driver, trace: Trace, search: Search) -> None:
-        recording = driver.run(self.spec, trace, self.services)
-        judgement = judge(self.spec, recording, self.services, self.properties)
+        __tracebackhide__ = True
+        judgement = self._judgement(driver, trace)
         violation = Violation(trace, judgement) if judgement.failed else None
         search.record(trace, violation)
         if violation is not None:
@@ -253,7 +263,7 @@ class Harness:
 
         def fails(trace: Trace) -> bool:
             nonlocal best
-            judgement = judge(self.spec, driver.run(self.spec, trace, self.services), self.services, self.properties)
+            judgement = self._judgement(driver, trace)
             if judgement.failed and _identity(judgement) == wanted:
                 best = Violation(trace, judgement)
                 return True

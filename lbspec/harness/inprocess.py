@@ -22,19 +22,20 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import reprlib
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from ipaddress import ip_address
 from typing import Any
 
-from lbspec.diagnostics import InputError
+from lbspec.diagnostics import InputError, LbspecError
 from lbspec.harness.adapter import Emitted, LoadBalancer, Observed, Recording
 from lbspec.harness.trace import Fault, Send, Trace
 from lbspec.harness.wire import Segment, decode, destination
 from lbspec.semantics.model import Address, Backend, Response, Service, Spec
 
-__all__ = ["InProcess", "EPOCH", "UnsupportedMode", "MARKERS"]
+__all__ = ["InProcess", "EPOCH", "UnsupportedMode", "LoadBalancerError", "MARKERS"]
 
 EPOCH = 1_700_000_000  # recordings are dated from here (2023-11-14): captures look like captures
 # Capture markers: one datagram between two addresses of the benchmarking range (RFC 2544), seen on both
@@ -46,6 +47,15 @@ _REPLY_THROUGH_LB = ("nat", "snat")
 
 class UnsupportedMode(InputError):
     """A service whose mode an in-process load balancer cannot be tested in."""
+
+
+class LoadBalancerError(LbspecError, AssertionError):
+    """The load balancer under test raised, or returned something that is not IP packets, playing ``trace``."""
+
+    def __init__(self, problem: str, trace: Trace):
+        lines = "".join(f"\n  {event.describe()}" for event in trace)
+        super().__init__(f"{problem}\nwhile playing this trace ({trace.summary()}):{lines}")
+        self.problem, self.trace = problem, trace
 
 
 @dataclass
@@ -135,9 +145,19 @@ class _Run:
     def _tick(self, time: float) -> None:
         if time > self.now:
             self.now = time
-            advance = getattr(self.lb, "advance", None)
-            if advance is not None:
-                self._emitted(advance(time), time)
+            self._call("advance", time, time)
+
+    def _call(self, hook: str, time: float, *args: Any) -> None:
+        """Call the LB's ``hook`` (if it has it) and send on what it emits; a failure names the call and trace."""
+        method = getattr(self.lb, hook, None)
+        if method is None:
+            return
+        where = f"{type(self.lb).__name__}.{hook}({', '.join(map(_shown, args))})"
+        try:
+            emitted = method(*args)
+        except Exception as error:
+            raise LoadBalancerError(f"{where} raised {type(error).__name__}: {error}", self.trace) from error
+        self._emitted(_packets(emitted, where, self.trace), time)
 
     # ---------------------------------------------------------------- events --
 
@@ -145,7 +165,7 @@ class _Run:
         def send(time: float) -> None:
             data = event.segment.encode()
             self.recording.packets.append(Observed(time, "client", data))
-            self._emitted(self.lb.handle(data, time), time)
+            self._call("handle", time, data, time)
         return send
 
     def _fault(self, event: Fault) -> Callable[[float], None]:
@@ -153,14 +173,11 @@ class _Run:
             key = fault_owner(event, self.services)
             (self.backends.down.discard if event.up else self.backends.down.add)(key)
             self.recording.faults.append(Fault(time, event.backend, event.up, key[0]))
-            hook = getattr(self.lb, "backend_health", None)
-            if hook is not None:
-                self._emitted(hook(event.backend, event.up, time), time)
+            self._call("backend_health", time, event.backend, event.up, time)
         return fault
 
-    def _emitted(self, packets: Iterable[Emitted] | None, time: float) -> None:
-        for packet in packets or ():
-            data = bytes(packet)
+    def _emitted(self, packets: list[bytes], time: float) -> None:
+        for data in packets:
             if destination(data) in self.clients:
                 self.recording.packets.append(Observed(time, "client", data))
             else:
@@ -188,10 +205,35 @@ class _Run:
             data = answer.encode()
             if service.mode.kind in _REPLY_THROUGH_LB:
                 self.recording.packets.append(Observed(time, "backend", data))
-                self._emitted(self.lb.handle(data, time), time)
+                self._call("handle", time, data, time)
             else:
                 self.recording.packets.append(Observed(time, "client", data))
         return reply
+
+
+def _shown(argument: Any) -> str:
+    """An argument of a call to the LB as a failure shows it: a packet as the trace shows packets."""
+    if isinstance(argument, bytes):
+        segment = decode(argument)
+        return str(segment) if segment is not None else reprlib.repr(argument)
+    return repr(argument)
+
+
+def _packets(emitted: Any, where: str, trace: Trace) -> list[bytes]:
+    """What a hook returned, as IP packets: None or an iterable of bytes-like things (a scapy packet too)."""
+    if emitted is None:
+        return []
+    if isinstance(emitted, (bytes, bytearray, memoryview, str)) or not isinstance(emitted, Iterable):
+        raise LoadBalancerError(f"{where} returned {reprlib.repr(emitted)}: return a list of the IP packets it "
+                                "sends (each as bytes), [] for none", trace)
+    return [_packet(item, where, trace) for item in emitted]
+
+
+def _packet(item: Emitted, where: str, trace: Trace) -> bytes:
+    if isinstance(item, (bytes, bytearray, memoryview)) or hasattr(type(item), "__bytes__"):
+        return bytes(item)
+    raise LoadBalancerError(f"{where} returned {reprlib.repr(item)} among its packets: each must be an IP packet "
+                            "as bytes, or something bytes() turns into one (a scapy packet)", trace)
 
 
 def fault_owner(fault: Fault, services: list[Service]) -> tuple[str, str]:

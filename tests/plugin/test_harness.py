@@ -15,8 +15,8 @@ from scapy.utils import rdpcap
 
 import lbspec
 from lbspec import strategies
-from lbspec.harness import (Failure, Fault, Harness, HealthChecks, InProcess, Outer, SearchSettings, Segment, Send,
-                            Trace, UnsupportedMode, decode)
+from lbspec.harness import (Failure, Fault, Harness, HealthChecks, InProcess, LoadBalancerError, Outer,
+                            SearchSettings, Segment, Send, Trace, UnsupportedMode, decode)
 from lbspec.harness.artifacts import replay, write_recording
 from lbspec.harness.judge import judge
 from lbspec.harness.reduce import reduce_trace
@@ -153,6 +153,38 @@ def test_unknown_properties_are_named_with_a_suggestion():
     with pytest.raises(ValueError, match="did you mean `no_drop`"):
         Harness(SPEC, properties=["no_drops"])
 
+
+
+class Misbehaving:
+    """A load balancer that forwards nothing and gets its adapter wrong in one way."""
+
+    def __init__(self, wrong: str):
+        self.wrong = wrong
+
+    def handle(self, packet: bytes, time: float):
+        returned = {"raises": None, "bytes": packet, "str": "sent", "ints": [1, 2], "segments": [decode(packet)]}
+        if self.wrong == "raises":
+            raise RuntimeError("table corrupt")
+        return returned.get(self.wrong, [])
+
+    def advance(self, time: float):
+        return 5 if self.wrong == "advance" else None
+
+
+@pytest.mark.parametrize("wrong", ["raises", "bytes", "str", "ints", "segments", "advance"])
+def test_a_misbehaving_adapter_is_an_error_with_the_trace_not_a_verdict(wrong):
+    trace = Trace((syn(0.0),))
+    with pytest.raises(LoadBalancerError) as raised:
+        Harness(SPEC).run(Misbehaving(wrong), trace)
+    assert raised.value.trace == trace
+    assert isinstance(raised.value.__cause__, RuntimeError) == (wrong == "raises")
+
+
+def test_a_search_reports_a_misbehaving_adapter_with_a_trace_it_fails_on():
+    harness = Harness(SPEC, search=SearchSettings(examples=5, seed=1))
+    with pytest.raises(LoadBalancerError) as raised:
+        harness.check(lambda: Misbehaving("raises"), traffic=strategies.traffic(SPEC, max_steps=3))
+    assert len(raised.value.trace) >= 1
 
 # ---------------------------------------------------------------- judging --
 
