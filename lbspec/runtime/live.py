@@ -88,6 +88,7 @@ class Sniffer(threading.Thread):
         kernel_drops(self.socket)  # reading resets the counters: what was dropped while the socket was set up
         self.dropped = 0  # frames the kernel dropped for want of room in the socket's buffer
         self.frontier = time.time()
+        self.until = math.inf  # when capture stopped: what the socket held until then is read, nothing after
 
     def run(self) -> None:
         from scapy.config import conf
@@ -104,13 +105,15 @@ class Sniffer(threading.Thread):
                 continue
             if data:
                 when = when or time.time()
+                if when > self.until:
+                    return  # frames come in time order: everything up to the end has been read
                 self.out.put((when, data, numbers.get(layer, 1), self.source))
                 self.frontier = max(self.frontier, when)
 
-    def finish(self, timeout: float = 10.0) -> None:
-        """Read what the socket still holds, then end (bounded by ``timeout`` seconds)."""
+    def finish(self, until: float) -> None:
+        """Read what the socket still holds of the time before ``until``, then end."""
+        self.until = until
         self.finishing.set()
-        self.join(timeout)
 
     def stop(self) -> None:
         """Stop reading; count the kernel's drops before the socket goes."""
@@ -240,8 +243,9 @@ def _loop(monitor: Monitor, packets: queue.Queue, sniffers: list[Sniffer], strea
         merge.release(upto)
         monitor.advance(upto - monitor.options.tolerance)
         stream.emit(monitor)
+    stopped = time.time()
     for sniffer in sniffers:
-        sniffer.finishing.set()
+        sniffer.finish(stopped)
     while any(s.is_alive() for s in sniffers):
         merge.pull(_TICK)  # the queue is bounded: keep it moving while the sniffers finish
         for sniffer in sniffers:

@@ -89,6 +89,21 @@ class _Listening:
         pass
 
 
+class _Busy(_Listening):
+    """A socket on an interface that never falls quiet: a frame every millisecond, ``frames`` of them."""
+
+    def __init__(self, frames: int):
+        super().__init__(_Counters())
+        self.left = frames
+
+    def recv_raw(self, size):
+        if not self.left:
+            return super().recv_raw(size)
+        self.left -= 1
+        time.sleep(0.001)
+        return None, bytes(60), time.time()
+
+
 def test_kernel_drops_are_read_and_reset():
     counters = _Listening(_Counters((10, 3), (4, 0)))
     assert [kernel_drops(counters) for _ in range(3)] == [3, 0, 0]
@@ -132,6 +147,17 @@ def test_no_drops_no_note(cli, spec_file, monkeypatch):
     document = json.loads(run.out)
     assert run.code == 0 and document["monitor"]["capture_drops"] == 0
     assert not [x for x in document["diagnostics"] if x["code"] == "LB209"]
+
+
+def test_the_duration_ends_the_run_while_traffic_goes_on(cli, spec_file, monkeypatch):
+    """What the socket held when the time was up is read; what came after is not waited for."""
+    import scapy.arch  # noqa: F401
+    from scapy.config import conf
+
+    busy = _Busy(20_000)
+    monkeypatch.setattr(conf, "L2listen", lambda **kwargs: busy)
+    run = cli("monitor", spec_file(spec()), "--live", "eth0", "--duration", "0.3", "--format", "jsonl")
+    assert run.code == 0 and busy.left > 0, run.err
 
 
 def test_what_the_run_finds_as_it_ends_is_streamed_too(cli, spec_file, monkeypatch, tmp_path):
@@ -212,6 +238,9 @@ class _Behind:
 
     def is_alive(self) -> bool:
         return not self.finishing.is_set()
+
+    def finish(self, _until: float) -> None:
+        self.finishing.set()
 
     def join(self, _timeout=None) -> None:
         pass
