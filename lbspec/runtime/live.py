@@ -37,7 +37,7 @@ from lbspec.runtime.health import read_events
 from lbspec.runtime.monitor import Monitor, Report
 from lbspec.semantics.model import Spec
 
-__all__ = ["run", "bpf_filter", "parse_interface", "Sniffer", "kernel_drops", "drop_notes"]
+__all__ = ["run", "bpf_filter", "parse_interface", "interfaces", "Sniffer", "kernel_drops", "drop_notes"]
 
 _TICK = 0.1
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -58,6 +58,17 @@ def parse_interface(text: str) -> Interface:
     if not name:
         raise InputError(f"--live {text}: no interface name")
     return Interface(name, side or None)
+
+
+def interfaces(texts: Iterable[str]) -> list[Interface]:
+    """The ``--live`` arguments, each interface once: a frame read twice would be judged twice."""
+    chosen: dict[str, Interface] = {}
+    for item in map(parse_interface, texts):
+        if item.name in chosen:
+            raise InputError(f"--live: {item.name} is given twice; give it once, without a side "
+                             f"(`--live {item.name}`), when it carries both sides of the load balancer")
+        chosen[item.name] = item
+    return list(chosen.values())
 
 
 def bpf_filter(spec: Spec, services: Iterable[str] | None = None) -> str:
@@ -187,6 +198,7 @@ def _room(raw) -> None:
 def run(args, spec: Spec, stdout: TextIO, stderr: TextIO) -> Report:
     from lbspec.runtime.session import Stream, options_from
 
+    chosen = interfaces(args.live)
     monitor = Monitor(spec, args.service or None, options_from(args))
     if args.events:
         monitor.health_events(read_events(args.events, monitor.compiled))
@@ -196,7 +208,7 @@ def run(args, spec: Spec, stdout: TextIO, stderr: TextIO) -> Report:
     sniffers: list[Sniffer] = []
     with _stopping() as stop:  # from before the first socket: a signal never lands between two steps
         try:
-            _listen(args.live, monitor, bpf, packets, sniffers)
+            _listen(chosen, monitor, bpf, packets, sniffers)
             stderr.write(f"lbspec monitor: listening on {', '.join(s.interface for s in sniffers)} ({bpf})\n")
             stderr.flush()
             _loop(monitor, packets, sniffers, stream, args.duration, stop)
@@ -206,9 +218,9 @@ def run(args, spec: Spec, stdout: TextIO, stderr: TextIO) -> Report:
     return _last(monitor, stream, drop_notes(sniffers))
 
 
-def _listen(interfaces: list[str], monitor: Monitor, bpf: str, packets: queue.Queue, sniffers: list[Sniffer]) -> None:
+def _listen(interfaces: list[Interface], monitor: Monitor, bpf: str, packets: queue.Queue, sniffers: list[Sniffer]) -> None:
     """Open a socket on each interface (into ``sniffers``, so that the caller closes what opened), then read."""
-    for item in map(parse_interface, interfaces):
+    for item in interfaces:
         source = monitor.add_source(f"live:{item.name}", item.side)
         sniffers.append(Sniffer(item.name, source, bpf, packets))
     for sniffer in sniffers:

@@ -160,6 +160,14 @@ def test_the_duration_ends_the_run_while_traffic_goes_on(cli, spec_file, monkeyp
     assert run.code == 0 and busy.left > 0, run.err
 
 
+@pytest.mark.parametrize("given", [("lo", "lo"), ("client:eth0", "backend:eth0", "backend:eth1")])
+def test_an_interface_given_twice_exits_2(cli, spec_file, monkeypatch, given):
+    """Every frame would be judged twice: sent twice, or both sent and received."""
+    _quiet(monkeypatch)
+    run = cli("monitor", spec_file(spec()), *(x for item in given for x in ("--live", item)), "--duration", "0.2")
+    assert run.code == 2 and not run.out
+
+
 def test_what_the_run_finds_as_it_ends_is_streamed_too(cli, spec_file, monkeypatch, tmp_path):
     """A packet the LB dropped just before the capture stopped is judged at the end: its verdict, and the
     note on the kernel's drops, are lines of their own and have a witness, like every other verdict."""
