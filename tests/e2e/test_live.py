@@ -8,14 +8,20 @@ Skipped (with the reason) only where network namespaces cannot be made.
 from __future__ import annotations
 
 import json
+import os
+import selectors
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
+from lbspec.lab import VIP
 from lbspec.lab.fixtures import require_namespaces
 from lbspec.lab.netns import Namespace, Resources, unique_prefix
+
+from .helpers import dnat, dnat_spec
 
 pytestmark = pytest.mark.e2e
 
@@ -48,10 +54,28 @@ def start(resources: Resources, namespace: Namespace, spec: str, *argv: str) -> 
 
 
 def stop(process: subprocess.Popen, sig: int) -> tuple[int, list[dict]]:
-    """Send ``sig``; the exit code and every line the monitor printed, as JSON."""
+    """Send ``sig``; the exit code and every line the monitor printed since :func:`await_code`, as JSON."""
     process.send_signal(sig)
     out, _err = process.communicate(timeout=60)
     return process.returncode, [json.loads(line) for line in out.splitlines()]
+
+
+def await_code(process: subprocess.Popen, code: str, timeout: float = 30.0) -> list[dict]:
+    """The lines the running monitor prints, up to the first verdict ``code`` (within ``timeout`` seconds)."""
+    lines: list[dict] = []
+    pending = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout.fileno(), selectors.EVENT_READ)
+        while not any(line.get("code") == code for line in lines):
+            left = deadline - time.monotonic()
+            assert left > 0 and process.poll() is None, f"no {code} streamed: {lines}"
+            if selector.select(left):
+                pending += os.read(process.stdout.fileno(), 65536)
+                *complete, pending = pending.split(b"\n")
+                lines += [json.loads(line) for line in complete]
+    assert not pending, "a line came in pieces"
+    return lines
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -62,3 +86,21 @@ def test_a_signal_ends_the_run_with_the_summary(resources, tmp_path, sig):
     process = start(resources, namespace, str(spec), "--live", "lo")
     code, lines = stop(process, sig)
     assert code == 0 and "summary" in lines[-1]
+
+
+def test_a_load_balancer_dropping_one_backends_traffic_is_flagged_while_it_runs(lab, tmp_path):
+    lab.install(dnat(lab))
+    lab.lb.run("nft", "-f", "-", input=f"""table ip fault {{
+  chain forward {{ type filter hook forward priority filter; policy accept; ip daddr {lab.address("b2")} drop; }}
+}}
+""")
+    process = start(lab.resources, lab.lb, dnat_spec(tmp_path, lab), "--live", f"client:{lab.client_interface}",
+                    "--live", f"backend:{lab.backend_interface}")
+    results = lab.traffic(tcp=[f"{VIP}:80"], connections=6, messages=1, timeout=0.3)
+    failed = sum(1 for r in results if r["error"] is not None)
+    assert 0 < failed < len(results), results
+    streamed = await_code(process, "LB200")  # before the run ends
+    code, rest = stop(process, signal.SIGINT)
+    verdicts = [line for line in streamed + rest[:-1] if line["severity"] in ("error", "warning")]
+    assert code == 1 and {v["code"] for v in verdicts} == {"LB200"}
+    assert len(verdicts) == failed and rest[-1]["summary"]["verdicts"] == {"LB200": failed}
