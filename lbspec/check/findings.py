@@ -31,7 +31,7 @@ class ServiceFinder:
         self.service = service
         self.options = options
         self.queries = ServiceQueries(service, options.settings)
-        self._reachable_rules: list[int] | None = None
+        self._reachable_rules: dict[int, Answer] | None = None
 
     def run(self) -> list[d.Diagnostic]:
         found: list[d.Diagnostic] = []
@@ -88,15 +88,21 @@ class ServiceFinder:
 
     # ------------------------------------------------------- LB102, LB103 --
     def reachable_rules(self) -> list[int]:
+        """Rules that may take a packet (those the solver could not decide included)."""
+        return [index for index, answer in self._rule_answers().items() if answer.status != "unsat"]
+
+    def _rule_answers(self) -> dict[int, Answer]:
         if self._reachable_rules is None:
-            self._reachable_rules = [r.index for r in self.service.rules
-                                     if self.queries.rule_reachable(r.index).status != "unsat"]
+            self._reachable_rules = {r.index: self.queries.rule_reachable(r.index) for r in self.service.rules}
         return self._reachable_rules
 
     def _rules(self) -> Iterator[d.Diagnostic]:
         rules = self.service.rules
         live = set(self.reachable_rules())
         for rule in rules:
+            answer = self._rule_answers()[rule.index]
+            if answer.status == "unknown":
+                yield self._unknown("whether this rule ever matches", answer, rule.span)
             if rule.index in live:
                 continue
             alone = self.queries.rule_reachable(rule.index, alone=True)
@@ -119,10 +125,12 @@ class ServiceFinder:
 
     def _overlap(self, first: m.Rule, second: m.Rule) -> d.Diagnostic | None:
         both = self.queries.overlap(first.index, second.index, inside=False)
-        if both.status != "sat":
-            return None
-        if self.queries.overlap(first.index, second.index, inside=True).status != "sat":
-            return None  # the first is a special case of the second: the usual exception-then-default layout
+        inside = self.queries.overlap(first.index, second.index, inside=True) if both.status == "sat" else both
+        if "unknown" in (both.status, inside.status):
+            undecided = both if both.status == "unknown" else inside
+            return self._unknown(f"whether this rule and line {first.span.line} overlap", undecided, second.span)
+        if inside.status != "sat":
+            return None  # disjoint, or the first is a special case of the second (the usual exception-then-default)
         packet = both.steps[-1].packet
         if isinstance(self._replay(both.steps), str) or not (first.matches(packet) and second.matches(packet)):
             return self._internal("LB102 witness does not replay or matches not both rules", second.span, both.steps)
@@ -143,6 +151,8 @@ class ServiceFinder:
             answer = self.queries.backend_reachable(backend.name)
             if answer.status == "unsat":
                 unreachable.setdefault(backend.pool, []).append(backend)
+            elif answer.status == "unknown":
+                yield self._unknown(f"whether `{backend.name}` can be selected", answer, backend.span)
         for pool_name, backends in unreachable.items():
             pool = self.service.pool(pool_name)
             reasons = {b.name: self._unreachable_reason(b) for b in backends}
@@ -332,7 +342,13 @@ class ServiceFinder:
             if waiver.property not in self.options.library and waiver.property not in applied:
                 yield d.VACUOUS.at(waiver.span, what=f"this waives `{waiver.property}`, which the service is not held to",
                                    help="remove the waiver")
-            elif waiver.scope is not None and self.queries.scope_possible(waiver.scope).status == "unsat":
+                continue
+            if waiver.scope is None:
+                continue
+            answer = self.queries.scope_possible(waiver.scope)
+            if answer.status == "unknown":
+                yield self._unknown("whether this waiver covers any listened traffic", answer, waiver.span)
+            elif answer.status == "unsat":
                 yield d.VACUOUS.at(waiver.span, what="this waiver covers no listened traffic",
                                    help="check its filter against `listen` and the VIPs, or remove it")
 

@@ -216,3 +216,13 @@ def test_overlap_witness_replays_and_shows_the_first_rule_taking_the_packet():
     replay = ev.Replay(spec.service("shop")).run(overlap.witness.steps)  # raises if the spec cannot do this
     assert replay.outcomes[-1].rule.pool == "tools"
     assert [s.choice.backend for s in overlap.witness.steps] == ["t1"]
+
+
+def test_structural_questions_the_solver_gives_up_on_are_unknown_never_silent():
+    text = OVERLAP.replace("    otherwise drop\n", '    otherwise drop\n    waive healthy_only for dport 8000 "tools"\n')
+    found = findings(lbspec.loads(text), rlimit=1)
+    undecided = {x.span.line for x in found if x.code == "LB111"}
+    lines = text.split("\n")
+    expected = {n for n, line in enumerate(lines, 1) if line.lstrip().startswith(("forward", "backend", "waive"))}
+    assert expected <= undecided  # each rule, backend and scoped waiver whose question ran out
+    assert not {x.code for x in found} & {"LB102", "LB103", "LB106", "LB108"}
