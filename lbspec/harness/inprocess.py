@@ -125,7 +125,8 @@ class _Run:
         for event in self.trace:
             self.at(event.time, self._client(event) if isinstance(event, Send) else self._fault(event))
         self._marker(-_LEAD, b"lbspec: capture starts")
-        while self.queue:
+        end = self.trace.duration + _drain(self.services)  # an LB and a backend answering each other stop here
+        while self.queue and self.queue[0][0] <= end:
             time, _n, action = heapq.heappop(self.queue)
             self._tick(time)
             action(time)

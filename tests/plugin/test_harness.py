@@ -4,6 +4,7 @@ trace reduction, and captures that reproduce what was judged in memory."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
@@ -185,6 +186,20 @@ def test_a_search_reports_a_misbehaving_adapter_with_a_trace_it_fails_on():
     with pytest.raises(LoadBalancerError) as raised:
         harness.check(lambda: Misbehaving("raises"), traffic=strategies.traffic(SPEC, max_steps=3))
     assert len(raised.value.trace) >= 1
+
+
+class PingPong:
+    """Sends every packet it gets, the backend's answers too, to dns1: the two answer each other for ever."""
+
+    def handle(self, packet: bytes, time: float) -> list[bytes]:
+        return [replace(decode(packet), dst=ip_address("10.2.1.1")).encode()]
+
+
+def test_an_lb_and_a_backend_answering_each_other_stop_when_the_capture_ends():
+    query = Send(0.0, Segment("udp", ip_address("10.0.0.7"), VIP, 40000, 53, payload=b"q"), 1)
+    recording = InProcess(PingPong()).run(SPEC, Trace((query,)))
+    assert len(recording.on("backend")) > 100  # it did bounce
+    assert max(p.time for p in recording.packets) < 10.0  # simulated seconds: the bouncing was cut off
 
 # ---------------------------------------------------------------- judging --
 
