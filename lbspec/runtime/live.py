@@ -7,8 +7,9 @@ feeds them to the monitor in time order (a frame waits until every socket has
 delivered up to its time, so a backlog in one socket's buffer is not taken
 for packets that were never sent), lets time pass (so a packet that is never
 forwarded is judged even when traffic stops), and streams verdicts: JSON
-lines with ``--format jsonl``, text otherwise.  Ctrl-C or ``--duration`` ends
-the run with the summary.
+lines with ``--format jsonl``, text otherwise.  Ctrl-C, SIGTERM or
+``--duration`` ends the run: what the sockets held by then is judged and
+streamed too, then the summary.
 
 Packets the kernel dropped because a sniffing socket's buffer was full (the
 monitor fell behind) are read from the socket (``PACKET_STATISTICS``) when
@@ -218,7 +219,8 @@ def run(args, spec: Spec, stdout: TextIO, stderr: TextIO) -> Report:
     return _last(monitor, stream, drop_notes(sniffers))
 
 
-def _listen(interfaces: list[Interface], monitor: Monitor, bpf: str, packets: queue.Queue, sniffers: list[Sniffer]) -> None:
+def _listen(interfaces: list[Interface], monitor: Monitor, bpf: str, packets: queue.Queue,
+            sniffers: list[Sniffer]) -> None:
     """Open a socket on each interface (into ``sniffers``, so that the caller closes what opened), then read."""
     for item in interfaces:
         source = monitor.add_source(f"live:{item.name}", item.side)
