@@ -459,13 +459,9 @@ def _run_properties(args: argparse.Namespace, io: _Streams) -> int:
              "file": p.span.file} for p in library]}, io.out, indent=2)
         io.out.write("\n")
         return EXIT_OK
-    width = max(len(p.name) for p in library)
-    for prop in library:
-        io.out.write(f"{prop.name.ljust(width)}  {prop.title}\n")
-        if args.verbose:
-            io.out.write(f"{' ' * width}    {prop.definition}\n")
-            for line in prop.doc.splitlines():
-                io.out.write(f"{' ' * width}    # {line}\n")
+    from lbspec.render.properties import render_library
+
+    render_library(library, io.out, io.use_color(io.out), args.verbose)
     return EXIT_OK
 
 
@@ -485,14 +481,9 @@ def _run_applied_properties(args: argparse.Namespace, io: _Streams) -> int:
             for s in services]}, io.out, indent=2)
         io.out.write("\n")
         return EXIT_OK
-    for service in services:
-        io.out.write(f"service {service.name}:\n")
-        for check in service.checks:
-            scoped = " (partly waived)" if check.waivers else ""
-            io.out.write(f"  {check.name}  {check.title}  [{check.origin}]{scoped}\n")
-        for waiver in service.waivers:
-            if waiver.scope is None:
-                io.out.write(f"  {waiver.property}  waived: {waiver.reason}\n")
+    from lbspec.render.properties import render_applied
+
+    render_applied(services, io.out, io.use_color(io.out))
     return EXIT_OK
 
 

@@ -155,6 +155,14 @@ def test_properties_of_a_spec(cli):
     assert cli("properties", str(EXAMPLES / "web.lbspec")).code == 0
 
 
+@pytest.mark.parametrize("spec_file", [[], [str(EXAMPLES / "tunnel.lbspec")]], ids=["library", "spec"])
+def test_properties_colour_the_listing_when_asked(cli, spec_file):
+    coloured = cli("properties", "-v", "--color", "always", *spec_file)
+    plain = cli("properties", "-v", "--color", "never", *spec_file)
+    assert coloured.code == plain.code == 0
+    assert "\x1b[" in coloured.out and "\x1b[" not in plain.out
+
+
 def test_properties_of_a_bad_spec_exits_2(cli, spec):
     assert cli("properties", spec("service {")).code == 2
 
