@@ -23,6 +23,7 @@ Fixtures: ``lbspec_spec`` (the loaded spec), ``lb_harness`` (a
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ __all__ = ["pytest_addoption", "pytest_configure", "pytest_sessionstart", "pytes
 MARKER_ARGUMENTS = ("spec", "properties", "service", "examples", "seed")
 FAST = {"examples": 100, "max_steps": 20, "stateful_steps": 20}
 THOROUGH = {"max_steps": 30, "stateful_steps": 50}
+PROFILE_PREFIX = "lbspec-"  # of the hypothesis profiles: lbspec-fast, lbspec-thorough
 _LOADED = pytest.StashKey[dict]()
 _SETTINGS = pytest.StashKey["_Options"]()
 
@@ -108,6 +110,7 @@ def _directory(config: pytest.Config, name: str) -> Path | None:
     return path
 
 
+@pytest.hookimpl(tryfirst=True)  # before hypothesis's plugin loads --hypothesis-profile
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "lbspec(spec=None, *, properties=None, service=None, examples=None, seed=None): test a load "
@@ -115,6 +118,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SETTINGS] = _Options(_path(config, "spec"), _number(config, "examples", 1),
                                        _number(config, "seed", 0), _directory(config, "artifacts"))
     config.stash[_LOADED] = {}
+    if _profiles_wanted(config):
+        _register_profiles(config.stash[_SETTINGS])
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -275,10 +280,16 @@ def _artifacts(request: pytest.FixtureRequest, options: _Options) -> Path:
     return request.getfixturevalue("tmp_path") / "lbspec"
 
 
+def _profiles_wanted(config: pytest.Config) -> bool:
+    """Register the profiles at start only when that costs nothing, or --hypothesis-profile asks for one."""
+    asked = config.getoption("--hypothesis-profile", None)
+    return "hypothesis" in sys.modules or str(asked).startswith(PROFILE_PREFIX)
+
+
 def _register_profiles(options: _Options) -> None:
     """Name the two search profiles in hypothesis, for tests that use lbspec.strategies with @given."""
     from hypothesis import HealthCheck, settings
 
     common = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
-    settings.register_profile("lbspec-fast", max_examples=FAST["examples"], **common)
-    settings.register_profile("lbspec-thorough", max_examples=options.examples or 200, **common)
+    settings.register_profile(f"{PROFILE_PREFIX}fast", max_examples=FAST["examples"], **common)
+    settings.register_profile(f"{PROFILE_PREFIX}thorough", max_examples=options.examples or 200, **common)

@@ -172,6 +172,19 @@ def test_a_long_test_id_gives_a_short_artifacts_name_of_its_own():
     names = {safe_name(i) for i in ids}
     assert len(names) == 2 and all(len(n) <= 120 for n in names)
 
+
+def test_hypothesis_can_load_the_lbspec_profiles_by_name(pytester):
+    pytester.makepyfile("""
+        from hypothesis import given, settings, strategies as st
+
+        @given(st.integers())
+        def test_profile(n):
+            assert settings().max_examples == 7
+    """)
+    result = pytester.runpytest_subprocess("--hypothesis-profile", "lbspec-thorough", "--lbspec-examples", "7",
+                                           "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
 # ------------------------------------------------------------------ errors --
 
 def assert_usage_error(result, *expected: str) -> None:
