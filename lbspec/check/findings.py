@@ -409,10 +409,15 @@ class ServiceFinder:
         return steps, replay, why
 
     def _contradiction(self, check: m.Check) -> d.Diagnostic:
+        """An assertion, or a required property, that every packet it covers breaks: at the line that applies it."""
+        where = check.source or check.span
         core = self.queries.satisfiable(check).core
-        notes = [d.Note("conflicts with this", s) for s in _unique(core) if s != check.span]
-        return d.CONTRADICTION.at(check.span, what=f"`{check.title}` can never hold: every packet it covers breaks it",
-                                  notes=notes, help="change the assertion or the lines it conflicts with")
+        notes = [d.Note("conflicts with this", s) for s in _unique(core) if s not in (where, check.span)]
+        if where != check.span:
+            notes.append(d.Note(f"`{check.name}` is defined here: {check.title}", check.span))
+        return d.CONTRADICTION.at(where, what=f"`{check.title}` can never hold: every packet it covers breaks it",
+                                  notes=notes, help=f"change the {'assertion' if check.origin == 'assert' else 'property'}"
+                                                    " or the lines it conflicts with")
 
     def _clauses(self, check: m.Check, steps: list[ev.Step], replay: ev.Replay) -> list[tuple[str, Span | None]]:
         """The spec clauses the witness went through, most to blame first: what would have to change."""

@@ -231,17 +231,23 @@ class ServiceQueries:
         if isinstance(pattern, m.Absence):
             return self._absent(pattern, scenario, choice), None
         if isinstance(pattern, m.Integrity):
+            # what the mode rewrites, as a constraint of the mode's, so a core names the mode
             fields = preserved_fields(pattern.fields, self.service.mode)
+            rewritten = z3.Bool("rewritten", self.ctx)
             terms = [self._rewrites(name, packet, decision) for name in sorted(fields)]
-            return any_of(*terms, ctx=self.ctx), None
+            return rewritten, self._of_mode(rewritten == any_of(*terms, ctx=self.ctx))
         # Reverse path: in every mode replies leave from the address the client
         # sent to -- the LB translates them back (nat, snat, proxy) or the backend
         # holds the VIP (dsr, tunnel).  Asked anyway, so the core names the mode.
         reply = z3.BitVec("reply.src", 128, self.ctx)
-        keys = (enc.literal("mode", self.service.mode.span),) if self.service.mode.span else ()
-        extra = Tagged()
-        extra.add(reply == packet.dst, *keys)
-        return all_of(choice >= 0, reply != packet.dst), extra
+        return all_of(choice >= 0, reply != packet.dst), self._of_mode(reply == packet.dst)
+
+    def _of_mode(self, constraint: z3.BoolRef) -> Tagged:
+        """``constraint`` tracked as coming from the `mode` statement (if the spec has one)."""
+        keys = (self.enc.literal("mode", self.service.mode.span),) if self.service.mode.span else ()
+        tagged = Tagged()
+        tagged.add(constraint, *keys)
+        return tagged
 
     def _absent(self, pattern: m.Absence, scenario: _Scenario, choice: z3.ArithRef) -> z3.BoolRef:
         enc = self.enc

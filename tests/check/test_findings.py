@@ -226,3 +226,13 @@ def test_structural_questions_the_solver_gives_up_on_are_unknown_never_silent():
     expected = {n for n, line in enumerate(lines, 1) if line.lstrip().startswith(("forward", "backend", "waive"))}
     assert expected <= undecided  # each rule, backend and scoped waiver whose question ran out
     assert not {x.code for x in found} & {"LB102", "LB103", "LB106", "LB108"}
+
+
+def test_a_required_property_that_can_never_hold_points_at_the_require_and_the_mode():
+    text = 'property keep_src "the client address arrives" { preserve src }\n' + \
+        CLEAN.replace("health tcp", "health tcp\n    mode snat\n    require keep_src")
+    (contradiction,) = [x for x in check_text(text) if x.code == "LB107"]
+    lines = text.split("\n")
+    assert lines[contradiction.span.line - 1].strip() == "require keep_src"
+    noted = {lines[n.span.line - 1].strip() for n in contradiction.notes if n.span.file == contradiction.span.file}
+    assert "mode snat" in noted
