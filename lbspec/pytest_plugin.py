@@ -191,7 +191,7 @@ def _names(value: Any, what: str, where: str) -> tuple[str, ...] | None:
     if value is None:
         return None
     names = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, (list, tuple, set)) else None
-    if names is None or not all(isinstance(n, str) for n in names):
+    if not names or not all(isinstance(n, str) for n in names):  # an empty list would quietly mean "all"
         raise pytest.UsageError(f"{where}: {what}= takes a name or a list of names, not {value!r}")
     return names
 

@@ -262,6 +262,18 @@ def test_an_unknown_service_is_a_usage_error(pytester, spec_file):
     assert_usage_error(pytester.runpytest(), "'web'")
 
 
+@pytest.mark.parametrize("argument", ["properties", "service"])
+def test_an_empty_list_of_names_is_a_usage_error_not_all_of_them(pytester, spec_file, argument):
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.lbspec("service.lbspec", {argument}=[])
+        def test_a():
+            pass
+    """)
+    assert_usage_error(pytester.runpytest(), argument)
+
+
 @pytest.mark.parametrize("value", ["many", "0"])
 def test_a_bad_example_count_is_a_usage_error(pytester, value):
     pytester.makepyfile("def test_a(): pass")
