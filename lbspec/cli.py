@@ -18,6 +18,7 @@ from typing import TextIO
 
 from lbspec import __version__
 from lbspec import diagnostics as d
+from lbspec.ir import Span
 from lbspec.loader import Loaded, load_path, load_text, read_source
 from lbspec.options import count, witness_directory
 from lbspec.render import render_json, render_text
@@ -280,7 +281,7 @@ def _run_check(args: argparse.Namespace, io: _Streams) -> int:
         witness_directory(args.witness_dir)
     results = []
     for name in args.files:
-        loaded = load_path(name)
+        loaded = _load_services(name)
         found = list(loaded.diagnostics)
         if loaded.ok and not args.front_end_only:
             with _Progress(io, name, len(loaded.spec.services)) as advance:
@@ -292,6 +293,16 @@ def _run_check(args: argparse.Namespace, io: _Streams) -> int:
     if args.witness_dir:
         _write_witnesses(args.witness_dir, results, io)
     return _exit_code(everything, failed, args.exit_zero)
+
+
+def _load_services(name: str) -> Loaded:
+    """A spec to check: one with no service (an empty file, a file of properties) is an input error."""
+    loaded = load_path(name)
+    if loaded.ok and not loaded.spec.services:
+        missing = d.NO_SERVICE.at(Span(name, 1, 1, 1, 1), path=name,
+                                  help="write a `service` block, or check the spec that includes this file")
+        return Loaded(None, [*loaded.diagnostics, missing], loaded.sources)
+    return loaded
 
 
 class _Progress:

@@ -144,6 +144,8 @@ DUPLICATE_STATEMENT = kind("LB024", "duplicate-statement", E, "`{what}` is given
                            "A statement or option that may appear once appears again.")
 MISSING_STATEMENT = kind("LB025", "missing-statement", E, "service `{service}` has no `{what}`",
                          "A service lacks a statement it cannot do without (vip, listen).")
+NO_SERVICE = kind("LB026", "no-service", E, "{path} declares no service: there is nothing to check",
+                 "A spec given to `lbspec check` that is empty, or holds only properties and includes.")
 
 # --- LB03x: values ------------------------------------------------------------
 INVALID_ADDRESS = kind("LB030", "invalid-address", E, "invalid address `{text}`: {reason}",

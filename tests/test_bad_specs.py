@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from lbspec.loader import load_path, load_text
@@ -115,7 +117,7 @@ def test_there_are_at_least_forty_cases():
 def test_every_syntax_and_semantic_code_has_a_case():
     from lbspec.diagnostics import KINDS
 
-    covered = {code for code, _ in CASES.values()} | {"LB000", "LB011", "LB099"}
+    covered = {code for code, _ in CASES.values()} | {"LB000", "LB011", "LB026", "LB099"}
     assert {c for c in KINDS if c.startswith("LB0")} <= covered
 
 
@@ -177,6 +179,18 @@ def test_deepest_filter_allowed_and_deeper_ones_rejected_without_a_traceback(cli
     path.write_text(S + "    waive no_drop for " + "not " * depth + "tcp \"why\"\n}")
     run = cli("check", "--front-end-only", str(path))
     assert run.code == (0 if depth == 100 else 2) and ("LB005" in run.out) == (depth > 100)
+
+
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", 'property mine "t" { reply from vip }\n'],
+                         ids=["empty", "comment", "properties only"])
+@pytest.mark.parametrize("front_end_only", [[], ["--front-end-only"]], ids=["check", "front-end"])
+def test_checking_a_spec_with_no_service_is_lb026_exit_2(cli, tmp_path, text, front_end_only):
+    path = tmp_path / "nothing.lbspec"
+    path.write_text(text)
+    run = cli("check", "--format", "json", *front_end_only, str(path))
+    document = json.loads(run.out)
+    assert run.code == 2 and [x["code"] for x in document["diagnostics"]] == ["LB026"]
+    assert document["diagnostics"][0]["span"]["line"] == 1
 
 
 def test_one_run_reports_every_semantic_error():
