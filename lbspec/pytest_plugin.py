@@ -221,10 +221,21 @@ def _load(config: pytest.Config, path: Path, where: str):
         import lbspec
 
         try:
-            cache[key] = lbspec.load(key)
+            cache[key] = _with_services(lbspec.load(key), key)
         except lbspec.SpecError as error:
             raise pytest.UsageError(f"{where}: {path} is not a usable spec:\n{_problems(error)}") from None
     return cache[key]
+
+
+def _with_services(spec, path: Path):
+    """``spec``, if it declares a service to send traffic to (else LB026, as `lbspec check` says)."""
+    if spec.services:
+        return spec
+    from lbspec.diagnostics import NO_SERVICE, SpecError
+    from lbspec.ir import Span
+
+    raise SpecError([NO_SERVICE.at(Span(str(path), 1, 1, 1, 1), path=path, help="write a `service` block, or "
+                                   "name the spec that includes this file")])
 
 
 def _problems(error) -> str:

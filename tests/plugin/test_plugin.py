@@ -206,6 +206,12 @@ def test_a_spec_with_a_syntax_error_is_a_usage_error_naming_its_code_and_line(py
     assert_usage_error(pytester.runpytest("--lbspec", "broken.lbspec"), "LB002", "broken.lbspec:3:")
 
 
+def test_a_spec_without_a_service_is_a_usage_error_naming_LB026(pytester):
+    pytester.makefile(".lbspec", properties='property p "t" {\n    never forward twice\n}\n')
+    pytester.makepyfile("def test_a(lb_harness): pass")
+    assert_usage_error(pytester.runpytest("--lbspec", "properties.lbspec"), "LB026", "properties.lbspec")
+
+
 def test_a_marker_naming_a_bad_spec_is_a_usage_error_at_collection(pytester):
     pytester.makefile(".lbspec", unresolved=MINIMAL.replace("to p", "to q"))
     pytester.makepyfile("""
