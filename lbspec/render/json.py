@@ -8,7 +8,7 @@ from typing import Any, TextIO
 from lbspec.diagnostics import Diagnostic, Severity
 from lbspec.ir import Span
 
-__all__ = ["diagnostic_to_dict", "span_to_dict", "render_json", "summary_counts"]
+__all__ = ["diagnostic_to_dict", "span_to_dict", "render_json", "write_line", "summary_counts", "plain"]
 
 SCHEMA_VERSION = 1
 
@@ -46,5 +46,17 @@ def render_json(diagnostics: list[Diagnostic], stream: TextIO, **extra: Any) -> 
     document = {"lbspec": SCHEMA_VERSION, **extra,
                 "diagnostics": [diagnostic_to_dict(x) for x in diagnostics],
                 "summary": summary_counts(diagnostics)}
-    json.dump(document, stream, indent=2)
+    json.dump(document, stream, indent=2, default=plain)
     stream.write("\n")
+
+
+def write_line(item: Diagnostic | dict[str, Any], stream: TextIO) -> None:
+    """One JSON object on a line of its own, flushed at once (``--format jsonl``)."""
+    document = diagnostic_to_dict(item) if isinstance(item, Diagnostic) else item
+    stream.write(json.dumps(document, default=plain) + "\n")
+    stream.flush()
+
+
+def plain(value: Any) -> Any:
+    """JSON for numpy scalars and other stragglers."""
+    return value.item() if hasattr(value, "item") else str(value)

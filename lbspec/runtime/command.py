@@ -7,7 +7,7 @@ numpy nor scapy at the top: the runtime is loaded inside :func:`run`.
 from __future__ import annotations
 
 import argparse
-import json
+import math
 from typing import TextIO
 
 from lbspec.options import count, witness_directory
@@ -67,8 +67,9 @@ def _positive(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text!r}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive, finite number of seconds, not {text!r} "
+                                         "(leave --duration out to run until Ctrl-C)")
     return value
 
 
@@ -164,12 +165,14 @@ def _both_sides(args) -> None:
 def _render(args, outcome, sources: dict[str, str], stdout: TextIO, color: bool) -> None:
     report = outcome.report
     if args.format == "jsonl":
-        stdout.write(json.dumps({"summary": report.summary}, default=_plain) + "\n")
+        from lbspec.render.json import write_line
+
+        write_line({"summary": report.summary}, stdout)
         return
     if args.format == "json":
         from lbspec.render import render_json
 
-        render_json(report.diagnostics, stdout, monitor=json.loads(json.dumps(report.summary, default=_plain)))
+        render_json(report.diagnostics, stdout, monitor=report.summary)
         return
     if args.format == "junit":
         _junit(outcome, stdout)
@@ -195,13 +198,6 @@ def _junit(outcome, stdout: TextIO) -> None:
     rest = [x for x in outcome.report.diagnostics if not (x.data and "property" in x.data)]
     cases.append(("lbspec.monitor", "captures", rest))
     render_junit(cases, stdout, suite="lbspec monitor")
-
-
-def _plain(value):
-    """JSON for numpy scalars and other stragglers."""
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
 
 
 def summary_text(summary: dict) -> str:
@@ -276,9 +272,9 @@ def _bad_capture(error, args, stdout: TextIO, stderr: TextIO, color: bool) -> in
     diagnostic = BAD_CAPTURE.at(None, what=str(error), data={"file": error.path, "reason": error.reason})
     form = getattr(args, "format", "text")
     if form == "jsonl":  # one line, like every verdict streamed before it
-        from lbspec.render.json import diagnostic_to_dict
+        from lbspec.render.json import write_line
 
-        stdout.write(json.dumps(diagnostic_to_dict(diagnostic)) + "\n")
+        write_line(diagnostic, stdout)
     elif form == "json":
         render_json([diagnostic], stdout)
     else:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import json
 import math
 import queue
 import signal
@@ -235,12 +234,7 @@ def _last(monitor: Monitor, stream, notes: list) -> Report:
     for note in notes:
         monitor.note(note)
     monitor.close()
-    stream.emit(monitor, final=True)
-    if stream.jsonl:
-        from lbspec.render.json import diagnostic_to_dict
-
-        for note in notes:
-            stream.stdout.write(json.dumps(diagnostic_to_dict(note)) + "\n")
+    stream.emit(monitor)
     return monitor.close()  # the report, naming every witness file
 
 

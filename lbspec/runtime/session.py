@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 from dataclasses import dataclass
 from typing import TextIO
 
 from lbspec import diagnostics as d
 from lbspec.diagnostics import Diagnostic
+from lbspec.render.json import write_line
 from lbspec.runtime.capture import CaptureReader
 from lbspec.runtime.health import read_events
 from lbspec.runtime.monitor import Monitor, MonitorOptions, Report
@@ -75,7 +75,7 @@ def _run(args, spec: Spec, stdout: TextIO, stderr: TextIO) -> Outcome:
     for note in capture_notes(readers):
         monitor.note(note)
     monitor.close()  # judges everything still pending
-    stream.emit(monitor, final=True)  # witnesses (and JSON lines) of the last verdicts
+    stream.emit(monitor)  # witnesses (and JSON lines) of the last verdicts, and the closing notes
     return Outcome(monitor.close(), spec, args.service)  # the report, naming every witness file
 
 
@@ -134,34 +134,32 @@ def capture_notes(readers: list[CaptureReader]) -> list[Diagnostic]:
 
 
 class Stream:
-    """Writes witnesses as verdicts appear and, with --format jsonl (or text, live), each verdict."""
+    """Writes witnesses as verdicts appear and, with --format jsonl (or text, live), each verdict; with
+    jsonl, the notes on the run (clock skew, damaged files, drops) too, as they are made."""
 
     def __init__(self, args, stdout: TextIO, live_text: bool = False):
         self.jsonl = args.format == "jsonl"
         self.text = live_text
         self.directory = args.witness_dir
         self.stdout = stdout
-        self.sources: dict[str, str] = {}
+        self.noted = 0  # notes of the monitor written so far
 
-    def emit(self, monitor: Monitor, final: bool = False) -> None:
+    def emit(self, monitor: Monitor) -> None:
         for verdict in monitor.book.take_fresh():
             if self.directory and verdict.witness is not None and verdict.witness.packets:
                 name = witness_name(verdict.serial, verdict.kind.code, str(verdict.facts.get("property", "capture")))
                 verdict.witness_file = write_witness(self.directory, name, verdict.witness)
             if self.jsonl:
-                from lbspec.render.json import diagnostic_to_dict
-
-                self.stdout.write(json.dumps(diagnostic_to_dict(verdict.diagnostic()), default=_plain) + "\n")
-                self.stdout.flush()
+                write_line(verdict.diagnostic(), self.stdout)
             elif self.text:
                 from lbspec.render import render_text
 
                 render_text([verdict.diagnostic()], monitor.spec.sources, self.stdout)
                 self.stdout.flush()
-
-
-def _plain(value):
-    return value.item() if hasattr(value, "item") else str(value)
+        if self.jsonl:
+            for note in monitor.notes[self.noted:]:
+                write_line(note, self.stdout)
+            self.noted = len(monitor.notes)
 
 
 class Progress:

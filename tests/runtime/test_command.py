@@ -71,11 +71,16 @@ def test_json(cli, spec_path, captures):
     assert document["monitor"]["verdicts"] == {"LB200": 1}
 
 
-def test_jsonl_streams_verdicts_then_the_summary(cli, spec_path, captures):
-    run = cli("monitor", spec_path, "--client-side", str(captures[0]), "--backend-side", str(captures[1]),
-              "--format", "jsonl")
-    lines = [json.loads(x) for x in run.out.splitlines()]
-    assert lines[0]["code"] == "LB200"
+def test_jsonl_streams_what_json_reports_then_the_summary(cli, spec_path, captures):
+    """Verdicts and notes alike: the clock skew, a damaged file."""
+    client, backend = captures
+    backend.write_bytes(backend.read_bytes()[:-5])  # cut in the middle of the last record
+    argv = ["monitor", spec_path, "--client-side", str(client), "--backend-side", str(backend)]
+    lines = [json.loads(x) for x in cli(*argv, "--format", "jsonl").out.splitlines()]
+    document = json.loads(cli(*argv, "--format", "json").out)
+    streamed = sorted(x["code"] for x in lines[:-1])
+    assert streamed == sorted(x["code"] for x in document["diagnostics"])
+    assert {"LB200", "LB210", "LB212"} <= set(streamed)
     assert set(lines[-1]) == {"summary"} and lines[-1]["summary"]["verdicts"] == {"LB200": 1}
 
 
@@ -279,6 +284,7 @@ def test_bad_events_files_exit_2(cli, spec_path, captures, tmp_path, content, me
     ([], "nothing to read"), (["x.pcap", "--duration", "3"], "--duration only applies to --live"),
     (["x.pcap", "--service", "wbe"], "did you mean `web`"), (["x.pcap", "--skew", "soon"], "--skew"),
     (["x.pcap", "--live", "lo"], "cannot be combined"),
+    pytest.param(["--live", "lo", "--duration", "inf"], "--duration", marks=pytest.mark.timeout(60)),  # else: for ever
     (["--client-side", "x.pcap"], "--backend-side"), (["--backend-side", "x.pcap"], "--client-side"),
     (["--live", "client:lo", "--live", "client:eth0"], "--live backend:"), (["--live", "backend:lo"], "--live client:"),
 ])
