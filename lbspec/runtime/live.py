@@ -57,6 +57,10 @@ def parse_interface(text: str) -> Interface:
         raise InputError(f"--live {text}: the side is `client:` or `backend:`, not `{side}:`")
     if not name:
         raise InputError(f"--live {text}: no interface name")
+    if name == "any":  # tcpdump's pseudo-interface: frames of every interface, some of them twice
+        raise InputError(f"--live {text}: `any` is not an interface lbspec can sniff; name the load balancer's "
+                         "interfaces (`--live client:eth0 --live backend:eth1`), or record with "
+                         "`tcpdump -i any -w FILE` and give lbspec the file")
     return Interface(name, side or None)
 
 

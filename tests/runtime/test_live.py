@@ -168,6 +168,13 @@ def test_an_interface_given_twice_exits_2(cli, spec_file, monkeypatch, given):
     assert run.code == 2 and not run.out
 
 
+def test_the_any_pseudo_interface_exits_2(cli, spec_file, monkeypatch):
+    """Refused before any socket opens (here one would open and read nothing), with what to do instead."""
+    _quiet(monkeypatch)
+    run = cli("monitor", spec_file(spec()), "--live", "any", "--duration", "0.2")
+    assert run.code == 2 and not run.out
+
+
 def test_what_the_run_finds_as_it_ends_is_streamed_too(cli, spec_file, monkeypatch, tmp_path):
     """A packet the LB dropped just before the capture stopped is judged at the end: its verdict, and the
     note on the kernel's drops, are lines of their own and have a witness, like every other verdict."""
