@@ -146,6 +146,9 @@ MISSING_STATEMENT = kind("LB025", "missing-statement", E, "service `{service}` h
                          "A service lacks a statement it cannot do without (vip, listen).")
 NO_SERVICE = kind("LB026", "no-service", E, "{path} declares no service: there is nothing to check",
                  "A spec given to `lbspec check` that is empty, or holds only properties and includes.")
+LISTENER_CONFLICT = kind("LB027", "listener-conflict", E, "{listener} is also claimed by service `{other}`",
+                         "Two services listen on the same VIP, protocol and port: the LB cannot tell which one "
+                         "a packet belongs to.")
 
 # --- LB03x: values ------------------------------------------------------------
 INVALID_ADDRESS = kind("LB030", "invalid-address", E, "invalid address `{text}`: {reason}",

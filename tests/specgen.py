@@ -107,12 +107,13 @@ def patterns(families: list[int], backend_names: list[str]) -> st.SearchStrategy
 # ---------------------------------------------------------------- services --
 
 @st.composite
-def services(draw, name: str = "s1") -> ir.Service:
+def services(draw, name: str = "s1", network: int = 0) -> ir.Service:
+    """A service whose VIPs lie in its own ``network`` (services of one spec may not share a listener)."""
     families = draw(st.sampled_from([[4], [6], [4, 6]]))
-    vips = [draw(ipv4("192.0") if f == 4 else ipv6("2001:db8:ff")) for f in families]
+    vips = [draw(ipv4(f"192.{network}") if f == 4 else ipv6(f"2001:db8:{0xff + network:x}")) for f in families]
     extra_vip = draw(st.booleans())
     if extra_vip:
-        vips.append(draw(ipv4("198.51") if families[0] == 4 else ipv6("2001:db8:fe")))
+        vips.append(draw(ipv4(f"198.{51 + network}") if families[0] == 4 else ipv6(f"2001:db8:{0xfe - network:x}")))
     vips = list(dict.fromkeys(vips))
     body: list = [ir.Vip(tuple(ir.Address(v) for v in vips))]
 
@@ -221,7 +222,7 @@ def services(draw, name: str = "s1") -> ir.Service:
 
 @st.composite
 def spec_files(draw) -> ir.SpecFile:
-    items = [draw(services(f"s{i}")) for i in range(draw(st.integers(1, 2)))]
+    items = [draw(services(f"s{i}", i)) for i in range(draw(st.integers(1, 2)))]
     for i in range(draw(st.integers(0, 2))):
         items.insert(draw(st.integers(0, len(items))), ir.Property(
             ir.Ident(f"user{i}"), draw(st.text(max_size=10)), draw(patterns([4, 6], []))))

@@ -50,6 +50,8 @@ CASES = {
     "two modes": ("LB024", S + "    mode nat\n    @mode dsr\n}"),
     "weight twice": ("LB024", "service s { vip 192.0.2.1 listen tcp 80 pool p { backend b 10.0.0.1 weight 2 @weight 3 } }"),
     "health setting twice": ("LB024", S + "    health tcp every 2s @every 3s\n}"),
+    "two services on one VIP, protocol and port": ("LB027", MINIMAL + "service t { vip 192.0.2.1 listen tcp 443, @80 }"),
+    "a port range overlapping another service's": ("LB027", MINIMAL + "service t { vip 192.0.2.1 listen @tcp 1-100 }"),
     "no vip": ("LB025", "service @s { listen tcp 80 }"),
     "no listen": ("LB025", "service @s { vip 192.0.2.1 }"),
     # --- values
@@ -197,3 +199,16 @@ def test_one_run_reports_every_semantic_error():
     text = service("forward tcp 80 to nowhere\nwaive balance\naffinity flow timeout 5parsecs")
     found = sorted(x.code for x in load_text(text).diagnostics)
     assert found == ["LB020", "LB035", "LB040"]
+
+
+def test_a_listener_conflict_points_at_both_claims():
+    text, line, column = locate(MINIMAL + "service t { vip 192.0.2.1 listen @tcp }")
+    (conflict,) = load_text(text, "bad.lbspec").diagnostics
+    assert conflict.code == "LB027" and (conflict.span.line, conflict.span.column) == (line, column)
+    assert (4, 12) in {(n.span.line, n.span.column) for n in conflict.notes}  # `tcp 80` of service s
+
+
+@pytest.mark.parametrize("other", ["vip 192.0.2.2 listen tcp 80", "vip 192.0.2.1 listen tcp 81-90, udp 80",
+                                   "vip 192.0.2.1 listen icmp"])
+def test_services_sharing_no_listener_do_not_conflict(other):
+    assert [x.code for x in load_text(MINIMAL + f"service t {{ {other} }}").diagnostics] == []

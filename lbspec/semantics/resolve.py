@@ -15,6 +15,7 @@ from lbspec import ir
 from lbspec.semantics import model as m
 from lbspec.semantics import values
 from lbspec.semantics.filters import resolve_filter
+from lbspec.semantics.listeners import Claim, conflicts
 from lbspec.semantics.units import duration, percentage
 from lbspec.syntax.format import format_pattern
 
@@ -30,13 +31,16 @@ def resolve(files: list[ir.SpecFile], library: list[ir.SpecFile],
     seen: dict[str, ir.Span] = {}
     definitions = [*_definitions(library, True, seen, diags), *_definitions(files, False, seen, diags)]
     properties = {p.name: p for p in definitions}
-    services, names = [], {}
+    services, names, vips, claims = [], {}, {}, {}
     for node in (i for f in files for i in f.items if isinstance(i, ir.Service)):
         if node.name.name in names:
             diags.append(_duplicate("service", node.name, names[node.name.name]))
             continue
         names[node.name.name] = node.name.span
-        services.append(_ServiceResolver(node, properties, sources, diags).run())
+        resolver = _ServiceResolver(node, properties, sources, diags)
+        services.append(resolver.run())
+        vips[node.name.name], claims[node.name.name] = resolver.vip_spans, resolver.claims
+    diags.extend(conflicts(vips, claims))
     if any(x.severity is d.Severity.ERROR for x in diags) or None in services:
         return None, diags
     return m.Spec(tuple(services), tuple(definitions), dict(sources), tuple(diags)), diags
@@ -133,6 +137,8 @@ class _ServiceResolver:
         self.sources = sources
         self.diags = diags
         self.errors_before = self._errors()
+        self.vip_spans: dict[m.Address, ir.Span] = {}
+        self.claims: list[Claim] = []
 
     def _errors(self) -> int:
         return sum(1 for x in self.diags if x.severity is d.Severity.ERROR)
@@ -184,6 +190,7 @@ class _ServiceResolver:
                 ).with_severity(d.Severity.WARNING))
                 continue
             found[vip] = node.span
+        self.vip_spans = found
         return tuple(found)
 
     def _listens(self) -> tuple[m.Listen, ...]:
@@ -199,12 +206,10 @@ class _ServiceResolver:
                 if not self._listen_item(item, protocol):
                     continue
                 spans.setdefault(protocol, statement.span)
-                found = ranges.setdefault(protocol, [])
-                if item.ports is None:
-                    found.extend(m.ALL_PORTS)
-                else:
-                    checked = values.port_ranges([item.ports], self.diags)
-                    found.extend(checked or ())
+                checked = m.ALL_PORTS if item.ports is None else values.port_ranges([item.ports], self.diags)
+                ranges.setdefault(protocol, []).extend(checked or ())
+                self.claims += [Claim(self.node.name.name, protocol, low, high, item.span)
+                                for low, high in checked or ()]
         return tuple(m.Listen(p, m.merge_ranges(r), spans[p]) for p, r in ranges.items())
 
     def _listen_item(self, item: ir.ListenItem, protocol: str | None) -> bool:

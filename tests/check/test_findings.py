@@ -182,9 +182,11 @@ def test_solver_giving_up_is_unknown_never_ok():
 
 def test_parallel_and_serial_runs_agree():
     spec = lbspec.load(EXAMPLES / "tunnel.lbspec")
-    doubled = lbspec.loads("\n".join(spec.sources["examples/tunnel.lbspec" if "examples/tunnel.lbspec" in spec.sources
-                                                  else next(iter(spec.sources))].replace("service edge", f"service edge{i}")
-                                     .replace("service metrics", f"service metrics{i}") for i in range(3)))
+    text = spec.sources["examples/tunnel.lbspec" if "examples/tunnel.lbspec" in spec.sources else next(iter(spec.sources))]
+    doubled = lbspec.loads("\n".join(  # each copy on VIPs of its own: services may not share a listener
+        text.replace("service edge", f"service edge{i}").replace("service metrics", f"service metrics{i}")
+            .replace("vip 203.0.113.", f"vip 203.0.{113 + i}.").replace(", 203.0.113.", f", 203.0.{113 + i}.")
+            .replace("vip 10.99.0.1", f"vip 10.{99 - i}.0.1") for i in range(3)))
     serial = check_spec(doubled, CheckOptions(jobs=1))
     parallel = check_spec(doubled, CheckOptions(jobs=2))
     assert [(x.code, x.message) for x in serial] == [(x.code, x.message) for x in parallel]
