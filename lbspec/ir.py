@@ -316,6 +316,7 @@ class Failover(Node):
 class Capacity(Node):
     conns: int
     down: int | None = None
+    down_span: Span | None = field(default=None, compare=False, repr=False)  # where K of `with K down` stands
 
 
 @dataclass(frozen=True, slots=True)

@@ -191,7 +191,8 @@ def services(draw, name: str = "s1", network: int = 0) -> ir.Service:
             source = draw(st.none() | st.just(ir.Ident(pool)))
             body.append(ir.Failover(source, tuple(ir.Ident(n) for n in names), draw(st.integers(1, 3))))
     if draw(st.booleans()):
-        body.append(ir.Capacity(draw(st.integers(1, 100000)), draw(st.none() | st.integers(0, 3))))
+        down = st.integers(0, min(3, len(backend_names) - 1))  # with every backend down, nothing carries the load
+        body.append(ir.Capacity(draw(st.integers(1, 100000)), draw(st.none() | down)))
 
     properties = draw(st.lists(st.sampled_from(LIBRARY), max_size=3, unique=True))
     for prop in properties:

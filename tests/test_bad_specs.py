@@ -75,6 +75,7 @@ CASES = {
                            "service s { vip 192.0.2.1 listen tcp 80 pool p { backend b 10.0.0.1 backend c 10.0.0.2 backup }"
                            " @failover to c when healthy < 0 }"),
     "max_conn of zero": ("LB038", "service s { vip 192.0.2.1 listen tcp 80 pool p { backend b 10.0.0.1 @max_conn 0 } }"),
+    "as many down as there are backends": ("LB038", S + "    forward tcp 80 to p\n    capacity 10 conns with @1 down\n}"),
     "zero deadline": ("LB038", S + "    forward tcp 80 to p\n    require no_drop within @0ms\n}"),
     "icmp with a port": ("LB039", "service s { vip 192.0.2.1 listen tcp 80, @icmp 8 }"),
     "port with no protocol": ("LB039", "service s { vip 192.0.2.1 listen @80 }"),

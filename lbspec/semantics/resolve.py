@@ -162,7 +162,7 @@ class _ServiceResolver:
             self.node.name.name, vips, listens, pools, rules,
             otherwise=self._otherwise(), otherwise_span=self._otherwise_node_span(), mode=self._mode(), balance=self._balance(),
             affinity=self._affinity(), health=self._health(), failovers=self._failovers(pools),
-            capacity=self._capacity(), span=self.node.span)
+            capacity=self._capacity(pools), span=self.node.span)
         waivers = self._waivers()
         checks = self._checks(waivers)
         if self._errors() > self.errors_before:
@@ -467,13 +467,19 @@ class _ServiceResolver:
             return None
         return owners.pop()
 
-    def _capacity(self) -> m.Capacity | None:
+    def _capacity(self, pools: tuple[m.Pool, ...]) -> m.Capacity | None:
         node = self._single(ir.Capacity)
         if node is None:
             return None
         if node.conns < 1:
             self.diags.append(d.OUT_OF_RANGE.at(node.span, what="capacity", value=node.conns,
                                                 reason="declare at least one connection"))
+        backends = sum(len(p.backends) for p in pools)
+        if node.down and node.down >= backends:
+            self.diags.append(d.OUT_OF_RANGE.at(
+                node.down_span or node.span, what="backends down", value=node.down,
+                reason=f"none of the service's {backends} backend{'' if backends == 1 else 's'} would be left",
+                help="count at most one backend fewer than the service has"))
         return m.Capacity(node.conns, node.down or 0, node.span)
 
     # --- properties

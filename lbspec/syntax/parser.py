@@ -435,10 +435,11 @@ class _ToIR(Transformer):
         return self._ident(children[0])
 
     def capacity(self, meta, children):
-        return ir.Capacity(int(children[0]), _one(children, int), span=self._span(meta))
+        down, down_span = _one(children, tuple) or (None, None)
+        return ir.Capacity(int(children[0]), down, down_span, span=self._span(meta))
 
     def capacity_down(self, meta, children):
-        return int(children[0])
+        return int(children[0]), _token_span(children[0], self.file)
 
     def require(self, meta, children):
         return ir.Require(self._ident(children[0]), _one(children, ir.Quantity), span=self._span(meta))
