@@ -310,7 +310,10 @@ class ServiceFinder:
             return  # some backend has no declared limit
         worst = sorted(primaries, key=lambda b: b.max_conn, reverse=True)[:capacity.down]
         alive = [b for b in primaries if b not in worst]
-        total = sum(b.max_conn for b in alive) + self._failover_capacity(alive)
+        extra = self._failover_capacity(alive)
+        if extra is None:
+            return  # a backend taking over has no declared limit
+        total = sum(b.max_conn for b in alive) + extra
         if total >= capacity.conns:
             return
         down = f" with {capacity.down} down" if capacity.down else ""
@@ -321,19 +324,17 @@ class ServiceFinder:
             help="raise `max_conn`, add backends, or lower the declared capacity",
             data={"declared": capacity.conns, "available": total, "down": [b.name for b in worst]})
 
-    def _failover_capacity(self, alive: list[m.Backend]) -> int:
-        extra = 0
+    def _failover_capacity(self, alive: list[m.Backend]) -> int | None:
+        """The connections failover targets add while only ``alive`` primaries are up; None: no limit."""
+        limits = []
         for failover in self.service.failovers:
             healthy = sum(1 for b in alive if b.pool == failover.source)
             if healthy >= failover.below:
                 continue
             names = [b.name for p in failover.targets for b in self.service.pool(p).primaries] \
                 if failover.to_pool else list(failover.targets)
-            limits = [self.service.backend(n).max_conn for n in names]
-            if any(limit is None for limit in limits):
-                return 10 ** 12
-            extra += sum(limits)
-        return extra
+            limits += [self.service.backend(n).max_conn for n in names]
+        return None if None in limits else sum(limits)
 
     # ------------------------------------------------------------- LB108 --
     def _waivers(self) -> Iterator[d.Diagnostic]:

@@ -238,3 +238,29 @@ def test_a_required_property_that_can_never_hold_points_at_the_require_and_the_m
     assert lines[contradiction.span.line - 1].strip() == "require keep_src"
     noted = {lines[n.span.line - 1].strip() for n in contradiction.notes if n.span.file == contradiction.span.file}
     assert "mode snat" in noted
+
+
+# --- capacity ------------------------------------------------------------------
+
+CAPACITY = """
+service web {
+    vip 192.0.2.10
+    listen tcp 80
+    pool app {
+        backend a1 10.0.0.1 max_conn 10
+        backend a2 10.0.0.2 max_conn 10
+        backend spare 10.0.0.3 backup SPARE_LIMIT
+    }
+    forward tcp 80 to app
+    health tcp
+    failover to spare when healthy < 2
+    capacity 2000000000000 conns with 1 down
+}
+"""
+
+
+def test_a_failover_target_without_max_conn_has_no_limit():
+    # a backend without max_conn is not a large limit but none: no load exceeds what it carries
+    assert "LB110" not in serious(check_text(CAPACITY.replace("SPARE_LIMIT", "")))
+    (short,) = [x for x in check_text(CAPACITY.replace("SPARE_LIMIT", "max_conn 5")) if x.code == "LB110"]
+    assert short.data["available"] == 15 and short.span.line == 13
