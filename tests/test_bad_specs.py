@@ -76,6 +76,9 @@ CASES = {
                            " @failover to c when healthy < 0 }"),
     "max_conn of zero": ("LB038", "service s { vip 192.0.2.1 listen tcp 80 pool p { backend b 10.0.0.1 @max_conn 0 } }"),
     "as many down as there are backends": ("LB038", S + "    forward tcp 80 to p\n    capacity 10 conns with @1 down\n}"),
+    "deadline too large to compute with": ("LB038", S + "    forward tcp 80 to p\n    require no_drop within @1e400s\n}"),
+    "a duration of too many digits": ("LB038", S + "    affinity flow timeout @" + "9" * 400 + "s\n}"),
+    "a detection window too long": ("LB038", S + "    @health tcp fall " + "9" * 400 + "\n}"),
     "zero deadline": ("LB038", S + "    forward tcp 80 to p\n    require no_drop within @0ms\n}"),
     "icmp with a port": ("LB039", "service s { vip 192.0.2.1 listen tcp 80, @icmp 8 }"),
     "port with no protocol": ("LB039", "service s { vip 192.0.2.1 listen @80 }"),
@@ -213,3 +216,15 @@ def test_a_listener_conflict_points_at_both_claims():
                                    "vip 192.0.2.1 listen icmp"])
 def test_services_sharing_no_listener_do_not_conflict(other):
     assert [x.code for x in load_text(MINIMAL + f"service t {{ {other} }}").diagnostics] == []
+
+
+def test_a_quantity_too_large_is_reported_whole():
+    text, line, column = locate(S + "    forward tcp 80 to p\n    require no_drop within @1e400s\n}")
+    (error,) = load_text(text).diagnostics
+    assert (error.code, error.span.line, error.span.column, error.span.end_column) == ("LB038", line, column, column + 6)
+
+
+def test_a_quantity_may_have_an_exponent():
+    spec = load_text(S + "    forward tcp 80 to p\n    require no_drop within 1.5e3ms\n}").spec
+    (no_drop,) = [c for c in spec.services[0].checks if c.name == "no_drop"]
+    assert no_drop.pattern.within == 1.5

@@ -8,6 +8,7 @@ property with an error resolves to None.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 
 from lbspec import diagnostics as d
@@ -377,6 +378,10 @@ class _ServiceResolver:
                 node.settings[0].span, problem="`health none` takes no settings"))
         settings = self._health_settings(node)
         health = m.Health(node.kind, node.path, span=node.span, **settings)
+        if health.kind != "none" and not _computable(health):
+            self.diags.append(d.OUT_OF_RANGE.at(
+                node.span, what="detection window", value=f"fall {health.fall} x every {health.every:g}s",
+                reason="it is too long to compute with"))
         if health.kind != "none" and health.timeout > health.every:
             timeout = next((s for s in node.settings if s.name == "timeout"), node)
             self.diags.append(d.OUT_OF_RANGE.at(
@@ -609,6 +614,14 @@ class _ServiceResolver:
                 parts.append(m.Test("dport", ports))
         names = frozenset(t.name for t in node.targets)
         return m.Absence(m.conjoin(*parts), "backends", backends=names, complement=True)
+
+
+def _computable(health: m.Health) -> bool:
+    """Whether the detection window is a finite number of seconds (a huge `fall` overflows)."""
+    try:
+        return math.isfinite(health.detection_time)
+    except OverflowError:
+        return False
 
 
 def _source_text(sources: dict[str, str], span: ir.Span) -> str:

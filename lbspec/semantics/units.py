@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from lbspec import diagnostics as d
 from lbspec import ir
 
@@ -18,7 +20,7 @@ _ALIASES = {"sec": "s", "secs": "s", "second": "s", "seconds": "s", "msec": "ms"
 def _convert(q: ir.Quantity, units: dict[str, float], expected: str, other: dict[str, float],
              diags: list[d.Diagnostic]) -> float | None:
     if q.unit in units:
-        return float(q.number) * units[q.unit]
+        return _finite(q, float(q.number) * units[q.unit], expected, diags)
     if not q.unit:
         example = f"{q.number}s" if "s" in units else f"{q.number}%"
         diags.append(d.UNKNOWN_UNIT.at(q.span, problem="missing unit", text=str(q),
@@ -31,6 +33,14 @@ def _convert(q: ir.Quantity, units: dict[str, float], expected: str, other: dict
         diags.append(d.UNKNOWN_UNIT.at(
             q.span, problem=f"unknown unit `{q.unit}`", text=str(q),
             help=f"did you mean `{q.number}{meant}`?" if meant in units else f"units here: {known}"))
+    return None
+
+
+def _finite(q: ir.Quantity, value: float, expected: str, diags: list[d.Diagnostic]) -> float | None:
+    if math.isfinite(value):
+        return value
+    diags.append(d.OUT_OF_RANGE.at(q.span, what=expected.removeprefix("a "), value=str(q),
+                                   reason="it is too large to compute with"))
     return None
 
 

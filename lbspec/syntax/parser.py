@@ -279,7 +279,7 @@ def _unclosed_brace(text: str) -> tuple[int, int] | None:
 
 # ----------------------------------------------------------- tree building --
 
-_QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]+)?)(.*)")
+_QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)(.*)")
 
 
 def _unquote(token: Token) -> str:
