@@ -23,7 +23,14 @@ def render_github(diagnostics: list[Diagnostic], stream: TextIO) -> None:
         if span is not None and span.line > 0 and not span.file.startswith("<"):
             fields = [f"file={_escape(span.file, True)}", f"line={span.line}", f"col={span.column}",
                       f"endLine={span.end_line}", f"endColumn={span.end_column}", *fields]
-        message = diagnostic.message + (f": {diagnostic.label}" if diagnostic.label else "")
-        if diagnostic.witness is not None and hasattr(diagnostic.witness, "describe"):
-            message += "\n" + "\n".join(diagnostic.witness.describe())
+        message = "\n".join([diagnostic.message + (f": {diagnostic.label}" if diagnostic.label else ""),
+                             *_witness_lines(diagnostic)])
         stream.write(f"::{_COMMAND[diagnostic.severity]} {','.join(fields)}::{_escape(message)}\n")
+
+
+def _witness_lines(diagnostic: Diagnostic) -> list[str]:
+    """The witness, less its summary where the label already says it (LB100's label is the summary)."""
+    if diagnostic.witness is None or not hasattr(diagnostic.witness, "describe"):
+        return []
+    summary, *steps = diagnostic.witness.describe()
+    return steps if summary == diagnostic.label else [summary, *steps]

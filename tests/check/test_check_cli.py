@@ -125,6 +125,15 @@ def test_github_annotations(cli):
     assert all("\n" not in l for l in lines)
 
 
+def test_github_annotations_state_a_witness_summary_once(cli):
+    document = json.loads(cli("check", "--format", "json", "--select", "LB100", API).out)
+    summaries = [x["witness"]["summary"] for x in document["diagnostics"]]
+    lines = cli("check", "--format", "github", "--select", "LB100", API).out.splitlines()
+    assert summaries and len(lines) == len(summaries)
+    for line, summary in zip(lines, summaries):
+        assert line.count(summary) == 1
+
+
 def test_explain_in_text(cli):
     run = cli("check", "--explain", WEB)
     assert run.code == 0 and "LB112" in run.out and "rests on this" in run.out
