@@ -68,6 +68,7 @@ class ServiceQueries:
         self.enc = Encoding(service, self.ctx)
         self.zero = self.enc.real(0)
         self._cache: dict[str, _Scenario] = {}
+        self._source_networks = source_networks(service)
 
     # ------------------------------------------------------------ plumbing --
     def _seal(self, scenario: _Scenario) -> _Scenario:
@@ -130,7 +131,18 @@ class ServiceQueries:
         for v4, v6 in clients:
             address = [z3.If(p.v6, p.src == bv(v6), p.src == bv(v4)) for p, _, _ in scenario.packets]
             tiers.append(address + shape + times)
-        return [*tiers, shape + times, shape, []]
+        hosts, networks = self._client_hosts(scenario), self._no_network_addresses(scenario)
+        return [*tiers, hosts + shape + times, networks + shape + times, shape + times, shape, []]
+
+    def _client_hosts(self, scenario: _Scenario) -> list[z3.BoolRef]:
+        """Each packet from a host of a source prefix the spec names (where the clients above do not fit it)."""
+        hosts = [_host(n) for n in self._source_networks]
+        return [any_of(*(p.address_is("src", h) for h in hosts), ctx=self.ctx) for p, _, _ in scenario.packets]
+
+    def _no_network_addresses(self, scenario: _Scenario) -> list[z3.BoolRef]:
+        """No packet from the network address of a source prefix (with room for hosts) it falls in."""
+        return [z3.Implies(p.address_in("src", n), z3.Not(p.address_is("src", n.network_address)))
+                for p, _, _ in scenario.packets for n in self._source_networks if n.num_addresses > 1]
 
     def _scenario(self, count: int = 1, gaps: list[z3.ArithRef] | None = None) -> _Scenario:
         """``count`` listened packets at times 0, gaps... (decisions come later)."""
@@ -443,3 +455,25 @@ def _number(model: z3.ModelRef, term: z3.ArithRef) -> float:
     if z3.is_int_value(value):
         return float(value.as_long())
     return float(Fraction(value.numerator_as_long(), value.denominator_as_long()))
+
+
+def source_networks(service: m.Service) -> list[m.Network]:
+    """Every source prefix the service names: its rules' `from`, and `src` tests in its checks and waivers."""
+    scopes = [c.scope for c in service.checks] + [w.scope for w in service.waivers if w.scope is not None]
+    found = [n for r in service.rules for n in r.sources] + [n for s in scopes for n in _source_tests(s)]
+    return list(dict.fromkeys(found))
+
+
+def _source_tests(filter_: m.Filter) -> list[m.Network]:
+    if isinstance(filter_, m.Test):
+        return list(filter_.values) if filter_.field == "src" else []
+    if isinstance(filter_, m.Not):
+        return _source_tests(filter_.item)
+    if isinstance(filter_, (m.And, m.Or)):
+        return [n for f in filter_.items for n in _source_tests(f)]
+    return []
+
+
+def _host(network: m.Network) -> m.Address:
+    """A client inside ``network``: the first address after the network address, or the one address of a /32."""
+    return network.network_address + (1 if network.num_addresses > 1 else 0)

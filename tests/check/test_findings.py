@@ -264,3 +264,31 @@ def test_a_failover_target_without_max_conn_has_no_limit():
     assert "LB110" not in serious(check_text(CAPACITY.replace("SPARE_LIMIT", "")))
     (short,) = [x for x in check_text(CAPACITY.replace("SPARE_LIMIT", "max_conn 5")) if x.code == "LB110"]
     assert short.data["available"] == 15 and short.span.line == 13
+
+
+# --- witness clients -----------------------------------------------------------
+
+CLIENTS = """
+service a {
+    vip 192.0.2.1
+    listen tcp 80
+    pool p { backend b1 10.9.9.9 }
+    pool q { backend b2 10.9.9.10 }
+    forward tcp 80 from 10.0.0.0/8 to p
+    forward tcp 80 from 10.1.0.0/16, 172.16.0.0/12 to q
+    forward tcp 80 from 10.2.0.4 to q
+    otherwise drop
+    affinity none
+}
+"""
+
+
+def test_witness_clients_are_hosts_not_network_addresses():
+    spec = lbspec.loads(CLIENTS)
+    rules = spec.services[0].rules
+    networks = {n.network_address for r in rules for n in r.sources if n.num_addresses > 1}
+    witnessed = [x for x in findings(spec) if x.witness is not None]
+    assert "LB102" in {x.code for x in witnessed}
+    for diagnostic in witnessed:
+        for packet in diagnostic.witness.packets:
+            assert packet.src not in networks, (diagnostic.code, str(packet))
