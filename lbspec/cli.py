@@ -56,7 +56,11 @@ class _Streams:
     def use_color(self, stream: TextIO) -> bool:
         if self.color != "auto":
             return self.color == "always"
-        return hasattr(stream, "isatty") and stream.isatty() and "NO_COLOR" not in os.environ
+        return _terminal(stream) and "NO_COLOR" not in os.environ
+
+
+def _terminal(stream: TextIO) -> bool:
+    return hasattr(stream, "isatty") and stream.isatty()
 
 
 # lbspec does no linear algebra: numpy's BLAS need not start a thread per core, which would spin for a
@@ -160,6 +164,7 @@ def _build_parser(stdout: TextIO) -> _Parser:
     check.add_argument("--seed", type=int, default=0, help="solver random seed (default: 0)")
     check.add_argument("--front-end-only", action="store_true",
                        help="only read and resolve the specs (syntax and meaning), without the solver")
+    check.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
 
     fmt = _command(commands, "fmt", _run_fmt, "rewrite specs in canonical layout",
                    "Rewrite each file in canonical layout, keeping comments. `-` reads standard "
@@ -284,7 +289,7 @@ def _run_check(args: argparse.Namespace, io: _Streams) -> int:
         loaded = _load_services(name)
         found = list(loaded.diagnostics)
         if loaded.ok and not args.front_end_only:
-            with _Progress(io, name, len(loaded.spec.services)) as advance:
+            with _Progress(io, name, len(loaded.spec.services), not args.no_progress) as advance:
                 found += check_spec(loaded.spec, options, advance)
         results.append((name, loaded, _filtered(found, args)))
     failed = any(not loaded.ok for _, loaded, _ in results)
@@ -306,10 +311,10 @@ def _load_services(name: str) -> Loaded:
 
 
 class _Progress:
-    """A progress bar on stderr for long checks (terminals only)."""
+    """A progress bar on stderr for long checks: on a terminal, coloured or not, unless turned off."""
 
-    def __init__(self, io: _Streams, name: str, total: int):
-        self.show = total >= 20 and io.use_color(io.err)
+    def __init__(self, io: _Streams, name: str, total: int, wanted: bool = True):
+        self.show = wanted and total >= 20 and _terminal(io.err)
         self.io, self.name, self.total = io, name, total
 
     def __enter__(self):
@@ -317,7 +322,8 @@ class _Progress:
             return None
         from rich.progress import Progress
 
-        self.bar = Progress(console=make_console(self.io.err, True), transient=True)
+        console = make_console(self.io.err, self.io.use_color(self.io.err), terminal=True)
+        self.bar = Progress(console=console, transient=True)
         self.bar.start()
         self.task = self.bar.add_task(f"checking {self.name}", total=self.total)
         return lambda done, total: self.bar.update(self.task, completed=done)

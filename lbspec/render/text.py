@@ -21,10 +21,12 @@ _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "bold yellow", Severity.
 _TAB = 4
 
 
-def make_console(stream: TextIO, color: bool) -> Console:
+def make_console(stream: TextIO, color: bool, terminal: bool | None = None) -> Console:
+    """A console writing to ``stream``: a terminal (for live displays) when told, else when coloured."""
     from rich.console import Console
 
-    return Console(file=stream, force_terminal=color, no_color=not color, color_system="auto" if color else None,
+    return Console(file=stream, force_terminal=color if terminal is None else terminal, no_color=not color,
+                   color_system="auto" if color else None,
                    highlight=False, markup=False, emoji=False, soft_wrap=True, width=10_000)
 
 

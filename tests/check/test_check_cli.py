@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
+
+from lbspec.cli import main
 
 from conftest import EXAMPLES
 
@@ -171,3 +174,31 @@ def test_tunnel_witness_is_encapsulated(cli, tmp_path):
     assert cli("check", "--witness-dir", str(tmp_path / "w"), str(spec)).code == 1
     frames = rdpcap(str(next((tmp_path / "w").glob("*LB104*.pcap"))))
     assert frames[1][UDP].dport == 6080
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _many_services(tmp_path) -> str:
+    blocks = [f"service s{i} {{ vip 192.0.2.{i + 1} listen tcp 80 pool p {{ backend b 10.0.0.1 }} "
+              f"forward tcp 80 to p health tcp }}" for i in range(20)]
+    path = tmp_path / "many.lbspec"
+    path.write_text("\n".join(blocks))
+    return str(path)
+
+
+@pytest.mark.parametrize("no_color", [False, True])
+def test_progress_shows_on_a_terminal_with_or_without_colour(tmp_path, monkeypatch, no_color):
+    if no_color:
+        monkeypatch.setenv("NO_COLOR", "1")
+    out, err = io.StringIO(), _Terminal()
+    assert main(["check", "--jobs", "1", _many_services(tmp_path)], out, err) == 0
+    assert "checking" in err.getvalue()
+
+
+def test_no_progress_turns_the_bar_off(tmp_path):
+    out, err = io.StringIO(), _Terminal()
+    assert main(["check", "--jobs", "1", "--no-progress", _many_services(tmp_path)], out, err) == 0
+    assert err.getvalue() == ""
