@@ -29,7 +29,7 @@ class Loaded:
 
     spec: Spec | None
     diagnostics: list[d.Diagnostic]
-    sources: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict, repr=False)  # whole files: too long to show
 
     @property
     def ok(self) -> bool:

@@ -8,6 +8,7 @@ from ipaddress import ip_address, ip_network
 import pytest
 
 import lbspec
+from lbspec.loader import load_text
 from lbspec.semantics import model as m
 
 from conftest import MINIMAL, service
@@ -231,3 +232,11 @@ def test_load_raises_spec_error_with_diagnostics(tmp_path):
 def test_packet_text():
     assert str(packet(flags={"syn"})) == "TCP 203.0.113.7:40000 -> 192.0.2.1:80 [SYN]"
     assert str(packet(src="2001:db8::9", dst="2001:db8::1")) == "TCP [2001:db8::9]:40000 -> [2001:db8::1]:80"
+
+
+def test_a_spec_and_its_loading_show_their_files_and_services_not_their_text():
+    # a traceback that shows a Spec would otherwise print every source file, the library's too
+    loaded = load_text(MINIMAL, "x.lbspec")
+    for shown in (repr(loaded.spec), repr(loaded)):
+        assert "x.lbspec" in shown and "'s'" in shown
+        assert "vip 192.0.2.1" not in shown and "property" not in shown

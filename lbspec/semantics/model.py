@@ -474,3 +474,9 @@ class Spec:
 
     def property(self, name: str) -> PropertyDef:
         return next(p for p in self.properties if p.name == name)
+
+    def __repr__(self) -> str:
+        # the sources are whole files: a traceback showing a Spec would print pages of them
+        library = {p.span.file for p in self.properties if p.library}
+        files = [f for f in self.sources if f not in library]
+        return f"Spec(files={files!r}, services={[s.name for s in self.services]!r})"
