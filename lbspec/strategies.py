@@ -15,8 +15,8 @@ low client ports, round gaps, the first backend.
   time constants (detection window, rise window, affinity timeout);
 * :func:`health_events` -- backend failures and recoveries alone;
 * :func:`lb_machine` -- a ``RuleBasedStateMachine`` that mixes new flows,
-  long-lived flows, failures, recoveries, bursts and IPv6, and judges the trace
-  it built when it ends.
+  long-lived flows, failures, recoveries, churn, bursts and IPv6, and judges
+  the trace it built when it ends.
 
 ``spec`` is a loaded :class:`~lbspec.Spec` or one of its services; ``service``
 picks services by name (default: all of the spec's).
@@ -477,7 +477,8 @@ class LoadBalancerMachine(RuleBasedStateMachine):
     """The environment of a load balancer as a state machine; :func:`lb_machine` makes one for a spec.
 
     Rules open flows (IPv4 and IPv6), continue long-lived ones, burst new
-    flows, fail and recover backends and let time pass.  The trace they build
+    flows, fail and recover backends (apart, or churned while every flow talks)
+    and let time pass.  The trace they build
     is handed to ``judge`` when the run ends; ``judge`` raises on a violation.
     """
 
@@ -539,6 +540,13 @@ def lb_machine(spec: Spec | Service, judge: Callable[[Trace], Any], *, service: 
         @rule(which=index, settle=st.booleans())
         def recover_backend(self, which: int, settle: bool) -> None:
             self.builder.recover(which, settle)
+
+        # Flows that move when a backend goes and comes back show only if they talk while it is down and
+        # after it is back, each change noticed: four rules in order, rarely drawn so; churn is one.
+        @precondition(lambda self: bool(self.builder.flows) and len(self.builder.down) < len(plan.backends))
+        @rule(which=index)
+        def churn(self, which: int) -> None:
+            self.builder.churn(which)
 
         @rule(gap=gaps)
         def wait(self, gap: float) -> None:
