@@ -40,6 +40,7 @@ __all__ = ["Harness", "SearchSettings", "Failure", "Violation", "Search", "PerTr
            "safe_name"]
 
 FAST_EXAMPLES = 100
+SHRINK_BUDGET = 200  # traces hypothesis may play shrinking a failure (lbspec's reduction has its own)
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,13 @@ class SearchSettings:
     seed: int | None = None  # None: a fresh seed per search, printed on failure
     max_steps: int = 20  # steps of one generated trace (lbspec.strategies.traffic)
     stateful_steps: int = 20  # rules of one state machine run
+    shrink_budget: int = SHRINK_BUDGET  # traces played shrinking a failure, then the smallest so far stands
 
     def __post_init__(self) -> None:
         if self.examples < 1:
             raise ValueError(f"examples must be at least 1, not {self.examples}")
+        if self.shrink_budget < 0:
+            raise ValueError(f"shrink_budget must be at least 0, not {self.shrink_budget}")
 
     def hypothesis(self, seed: int):
         """The hypothesis settings of a search (no database: the seed and the captures replay it)."""
@@ -67,6 +71,14 @@ class SearchSettings:
                                                HealthCheck.filter_too_much])
 
 
+class ShrinkBudgetSpent(BaseException):
+    """Raised inside a search when shrinking has played its budget of traces.
+
+    A ``BaseException``, as ``KeyboardInterrupt`` is: hypothesis takes any
+    ``Exception`` for a failure to shrink, and lets this one end the search.
+    """
+
+
 class Violation(Exception):
     """Raised inside a search when a trace breaks the spec (hypothesis shrinks on it)."""
 
@@ -78,19 +90,40 @@ class Violation(Exception):
 
 @dataclass
 class Search:
-    """What a search did: the seed, the traces run, and the sizes of the first and the minimal failing trace."""
+    """What a search did: the seed, the traces run, and the sizes of the first and the minimal failing trace.
+
+    Every trace is played once: one met again (hypothesis reaches the same
+    trace from other choices, and replays the failure it reports) gets the
+    verdict it got.  Once ``shrink_budget`` traces have been played after the
+    first failure, the next trace not played yet stops the search, and the
+    smallest failure so far is the one reported.
+    """
 
     seed: int
-    runs: int = 0
+    shrink_budget: int = SHRINK_BUDGET
+    runs: int = 0  # traces played
     first_failure: int | None = None  # the run that first failed
     first_size: int | None = None  # events in the first failing trace
     shrunk_size: int | None = None  # events in the trace hypothesis shrank it to (before trace reduction)
+    shrink_stopped: bool = False  # the budget ran out before hypothesis had shrunk the failure all it could
+    smallest: Violation | None = None  # the shortest failing trace played so far
     minimal: Violation | None = None
+    played: dict[Trace, Violation | None] = field(default_factory=dict, repr=False)
 
     def record(self, trace: Trace, violation: Violation | None) -> None:
         self.runs += 1
-        if violation is not None and self.first_failure is None:
+        self.played[trace] = violation
+        if violation is None:
+            return
+        if self.first_failure is None:
             self.first_failure, self.first_size = self.runs, len(trace)
+        if self.smallest is None or _size(trace) < _size(self.smallest.trace):
+            self.smallest = violation
+
+    @property
+    def spent(self) -> bool:
+        """Has shrinking played all the traces it may?"""
+        return self.first_failure is not None and self.runs - self.first_failure >= self.shrink_budget
 
 
 class Failure(AssertionError):
@@ -209,7 +242,7 @@ class Harness:
         driver = _fresh(lb)
         strategy = traffic if traffic is not None else default_traffic(
             self.spec, service=self.services, max_steps=self.search.max_steps)
-        search = Search(self._seed())
+        search = self._search()
 
         @seed(search.seed)
         @self.search.hypothesis(search.seed)
@@ -229,20 +262,26 @@ class Harness:
         from lbspec.strategies import lb_machine
 
         driver = _fresh(lb)
-        search = Search(self._seed())
+        search = self._search()
         machine = lb_machine(self.spec, lambda trace: self._judged(driver, trace, search), service=self.services)
         seeded = seed(search.seed)(machine)
         return self._searching(lambda: run_state_machine_as_test(
             seeded, settings=self.search.hypothesis(search.seed)), search, driver)
 
-    def _seed(self) -> int:
-        return self.search.seed if self.search.seed is not None else random.SystemRandom().randrange(1 << 32)
+    def _search(self) -> Search:
+        seed = self.search.seed if self.search.seed is not None else random.SystemRandom().randrange(1 << 32)
+        return Search(seed, self.search.shrink_budget)
 
     def _judged(self, driver: Driver, trace: Trace, search: Search) -> None:
         __tracebackhide__ = True
-        judgement = self._judgement(driver, trace)
-        violation = Violation(trace, judgement) if judgement.failed else None
-        search.record(trace, violation)
+        if trace in search.played:
+            violation = search.played[trace]
+        elif search.spent:
+            raise ShrinkBudgetSpent()
+        else:
+            judgement = self._judgement(driver, trace)
+            violation = Violation(trace, judgement) if judgement.failed else None
+            search.record(trace, violation)
         if violation is not None:
             raise violation
 
@@ -251,10 +290,14 @@ class Harness:
         try:
             run()
         except Violation as violation:
-            search.shrunk_size = len(violation.trace)
-            search.minimal = self._reduced(driver, violation)
-            raise self.failure(search.minimal, search) from None
-        return search
+            found = violation
+        except ShrinkBudgetSpent:
+            search.shrink_stopped, found = True, search.smallest
+        else:
+            return search
+        search.shrunk_size = len(found.trace)
+        search.minimal = self._reduced(driver, found)
+        raise self.failure(search.minimal, search) from None
 
     def _reduced(self, driver: Driver, found: Violation) -> Violation:
         """Drop flows, faults and packets from the shrunk trace while its first verdict stays the same."""
@@ -296,6 +339,10 @@ class Harness:
         copy = directory / "spec.lbspec"
         copy.write_text(self.spec.sources.get(main, ""), encoding="utf-8")
         return copy
+
+
+def _size(trace: Trace) -> tuple[int, float]:
+    return len(trace), trace.duration
 
 
 def _identity(judgement: Judgement) -> tuple[str, str | None]:

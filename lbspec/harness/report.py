@@ -72,6 +72,8 @@ def _search(search) -> list[str]:
     if search is None:
         return []
     found = f", first failure at trace {search.first_failure}" if search.first_failure else ""
+    if search.shrink_stopped:
+        found += f", shrinking stopped after its budget of {search.shrink_budget} traces"
     return [f"search: seed {search.seed}, {search.runs} traces{found} (--lbspec-seed {search.seed} repeats it)"]
 
 

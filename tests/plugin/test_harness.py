@@ -341,17 +341,38 @@ def test_tunnel_and_snat_balancers_are_driven_and_judged_clean(text, name):
     assert bool(through_lb) == (name == "snat")  # tunnel backends answer the client directly
 
 
+class Recorder:
+    """A driver (as a network driver would be): plays each trace in process against a fresh ``variant`` of
+    the balancer, and keeps the traces it played."""
+
+    def __init__(self, played: list[Trace], variant: str | None = None):
+        self.played, self.variant = played, variant
+
+    def run(self, spec, trace, services=None):
+        self.played.append(trace)
+        lb = pylb.VARIANTS[self.variant](SERVICE) if self.variant else pylb.MaglevLB(SERVICE)
+        return InProcess(lb).run(spec, trace, services)
+
+
 def test_a_factory_may_make_drivers_as_well_as_load_balancers():
     made = []
-
-    class Recorder:
-        """A driver (as a network driver would be): plays the trace in process and says it was used."""
-
-        def run(self, spec, trace, services=None):
-            made.append(trace)
-            return InProcess(pylb.MaglevLB(SERVICE)).run(spec, trace, services)
-
     harness = Harness(SPEC, search=SearchSettings(examples=5, seed=1))
-    search = harness.check(Recorder, traffic=strategies.traffic(SPEC, max_steps=3))
+    search = harness.check(lambda: Recorder(made), traffic=strategies.traffic(SPEC, max_steps=3))
     assert len(made) == search.runs == 5
-    assert harness.run(Recorder(), Trace((syn(0.0),))).codes == []
+    assert harness.run(Recorder(made), Trace((syn(0.0),))).codes == []
+
+
+# --------------------------------------------------------------- searches --
+
+def test_shrinking_stops_at_its_budget_with_a_failure_that_replays(tmp_path):
+    played = []
+    harness = Harness(SPEC, path=SPEC_PATH, artifacts=tmp_path, search=SearchSettings(seed=1, shrink_budget=3))
+    with pytest.raises(Failure) as caught:
+        harness.check(lambda: Recorder(played, "stale-flows"))
+    failure, search = caught.value, caught.value.search
+    assert failure.codes[0] == "LB202" and failure.reproduced
+    assert search.shrink_stopped and search.runs == search.first_failure + 3
+    searched = played[:search.runs]  # then the trace reduction plays its own
+    assert len(set(searched)) == len(searched)  # a trace met again is not played again
+    assert json.loads((tmp_path / "verdict.json").read_text())["search"]["shrink_stopped"]
+
