@@ -37,7 +37,7 @@ from lbspec.harness.wire import Segment
 from lbspec.semantics.model import PORTED_PROTOCOLS, Address, Service, Spec
 
 __all__ = ["Endpoint", "Flow", "packets", "flows", "traffic", "health_events", "endpoints", "lb_machine",
-           "LoadBalancerMachine", "TrafficPlan"]
+           "LoadBalancerMachine", "TrafficPlan", "renumbered"]
 
 # Clients come from the documentation ranges (RFC 5737, RFC 3849) and from the rules' source prefixes.
 CLIENT_NETWORKS = {4: ("198.51.100.0/24", "203.0.113.0/24"), 6: ("2001:db8:c1::/64", "2001:db8:c2::/64")}
@@ -94,9 +94,39 @@ class Flow:
     def _payload(self, index: int) -> bytes:
         return f"flow {self.number} #{index}\n".encode()
 
+    @classmethod
+    def made(cls, send: Send) -> tuple[Flow, int] | None:
+        """The flow (numbered ``send.flow``) and the index of the packet ``send`` is, if a flow made it."""
+        s = send.segment
+        flow = cls(Endpoint("", s.proto, s.src, s.sport, s.dst, s.dport), send.flow)
+        index = _packet_index(s.payload, send.flow) if s.payload or s.proto != "tcp" else 0
+        return (flow, index) if index is not None and flow.segment(index) == s else None
+
     @property
     def segments(self) -> tuple[Segment, ...]:
         return tuple(self.segment(i) for i in range(self.count))
+
+
+def _packet_index(payload: bytes, number: int) -> int | None:
+    prefix = f"flow {number} #".encode()
+    index = payload[len(prefix):-1]
+    return int(index) if payload.startswith(prefix) and index.isdigit() else None
+
+
+def renumbered(trace: Trace) -> Trace:
+    """``trace`` with its flows numbered 1, 2, ... in the order they start.  Packets a :class:`Flow` made
+    (payloads, TCP sequence numbers and ICMP idents follow the number) are made anew under the new one;
+    any other packet is kept as it is."""
+    numbers: dict[int, int] = {}
+    for send in trace.sends:
+        numbers.setdefault(send.flow, len(numbers) + 1)
+    return Trace(tuple(_renumbered(e, numbers[e.flow]) if isinstance(e, Send) else e for e in trace.events))
+
+
+def _renumbered(send: Send, number: int) -> Send:
+    made = Flow.made(send)
+    segment = send.segment if made is None else Flow(made[0].endpoint, number).segment(made[1])
+    return Send(send.time, segment, number)
 
 
 # ------------------------------------------------------------------- plan --

@@ -296,24 +296,42 @@ class Harness:
         else:
             return search
         search.shrunk_size = len(found.trace)
-        search.minimal = self._reduced(driver, found)
+        search.minimal = self._readable(driver, self._reduced(driver, found))
         raise self.failure(search.minimal, search) from None
 
     def _reduced(self, driver: Driver, found: Violation) -> Violation:
         """Drop flows, faults and packets from the shrunk trace while its first verdict stays the same."""
-        wanted = _identity(found.judgement)
         best = found
 
         def fails(trace: Trace) -> bool:
             nonlocal best
-            judgement = self._judgement(driver, trace)
-            if judgement.failed and _identity(judgement) == wanted:
-                best = Violation(trace, judgement)
-                return True
-            return False
+            violation = self._same_failure(driver, trace, found)
+            best = violation or best
+            return violation is not None
 
         reduce_trace(found.trace, fails)
         return best
+
+    def _readable(self, driver: Driver, found: Violation) -> Violation:
+        """The minimal trace with its flows numbered from 1 and its first event at t=0, if it fails the same
+        way so (a load balancer's timers may see the time moved: then only its flows are renumbered)."""
+        from lbspec.strategies import renumbered
+
+        flows = renumbered(found.trace)
+        for candidate in dict.fromkeys((flows.starting_at(0.0), flows)):
+            if candidate == found.trace:
+                return found
+            violation = self._same_failure(driver, candidate, found)
+            if violation is not None:
+                return violation
+        return found
+
+    def _same_failure(self, driver: Driver, trace: Trace, found: Violation) -> Violation | None:
+        """``trace``'s violation, if its first verdict has the code and property of ``found``'s."""
+        judgement = self._judgement(driver, trace)
+        if judgement.failed and _identity(judgement) == _identity(found.judgement):
+            return Violation(trace, judgement)
+        return None
 
     # -------------------------------------------------------------- failure --
 

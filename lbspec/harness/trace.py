@@ -13,7 +13,7 @@ them, one event per line::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Union
 
 from lbspec.harness.wire import Segment
@@ -81,6 +81,11 @@ class Trace:
     @property
     def duration(self) -> float:
         return self.events[-1].time if self.events else 0.0
+
+    def starting_at(self, start: float) -> Trace:
+        """The same events, moved in time so that the first comes at ``start``."""
+        shift = start - (self.events[0].time if self.events else start)
+        return Trace(tuple(replace(e, time=round(e.time + shift, 6)) for e in self.events))
 
     def summary(self) -> str:
         """"5 events: 4 packets in 2 flows, 1 fault, over 2.503s"."""

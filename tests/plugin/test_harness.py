@@ -4,6 +4,7 @@ trace reduction, and captures that reproduce what was judged in memory."""
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
@@ -16,7 +17,7 @@ from scapy.utils import rdpcap
 
 import lbspec
 from lbspec import strategies
-from lbspec.harness import (Failure, Fault, Harness, HealthChecks, InProcess, LoadBalancerError, Outer,
+from lbspec.harness import (EPOCH, Failure, Fault, Harness, HealthChecks, InProcess, LoadBalancerError, Outer,
                             SearchSettings, Segment, Send, Trace, UnsupportedMode, decode)
 from lbspec.harness.artifacts import replay, write_recording
 from lbspec.harness.judge import judge
@@ -376,3 +377,24 @@ def test_shrinking_stops_at_its_budget_with_a_failure_that_replays(tmp_path):
     assert len(set(searched)) == len(searched)  # a trace met again is not played again
     assert json.loads((tmp_path / "verdict.json").read_text())["search"]["shrink_stopped"]
 
+
+def _captured(path) -> set[tuple[float, bytes]]:
+    """(seconds from the start of the trace, IP packet) of every packet in a raw-IP pcap the harness wrote."""
+    data, found, offset = path.read_bytes(), set(), 24
+    while offset < len(data):
+        seconds, micros, length, _ = struct.unpack_from("<IIII", data, offset)
+        found.add((round(seconds - EPOCH + micros / 1e6, 6), data[offset + 16:offset + 16 + length]))
+        offset += 16 + length
+    return found
+
+
+def test_the_minimal_trace_numbers_its_flows_from_1_and_starts_at_0_as_its_captures_show(tmp_path):
+    harness = Harness(SPEC, path=SPEC_PATH, artifacts=tmp_path, search=SearchSettings(seed=1))
+    with pytest.raises(Failure) as caught:
+        harness.check(lambda: pylb.VARIANTS["table-full"](SERVICE))
+    failure = caught.value
+    trace = failure.trace
+    assert failure.codes[0] == "LB200" and failure.reproduced
+    assert trace.events[0].time == 0.0
+    assert list(dict.fromkeys(e.flow for e in trace.sends)) == list(range(1, trace.flows + 1))
+    assert {(e.time, e.segment.encode()) for e in trace.sends} <= _captured(failure.artifacts.client)

@@ -177,3 +177,17 @@ def test_the_state_machine_builds_listened_traces_and_judges_each():
                                                          database=None))
     assert judged and any(t.faults for t in judged) and any(s.segment.family == 6 for t in judged for s in t.sends)
     assert max(t.flows for t in judged) >= 2
+
+
+def test_renumbering_remakes_the_packets_of_each_flow_under_its_new_number():
+    client, vip = ipaddress.ip_address("10.0.0.7"), ipaddress.ip_address("192.0.2.80")
+    late, early = (strategies.Endpoint("pylb", proto, client, 1024, vip, port) for proto, port in (("tcp", 80),
+                                                                                                 ("udp", 53)))
+    foreign = Send(0.003, strategies.Flow(early, 3).segment(0), 12)  # flow 12's label on flow 3's bytes
+    trace = Trace((Send(0.0, strategies.Flow(late, 7).segment(0), 7), foreign,
+                   Send(0.004, strategies.Flow(late, 7).segment(2), 7)))
+    renumbered = strategies.renumbered(trace)
+    assert [e.flow for e in renumbered.sends] == [1, 2, 1]
+    assert [e.segment for e in renumbered.sends] == [strategies.Flow(late, 1).segment(0), foreign.segment,
+                                                     strategies.Flow(late, 1).segment(2)]
+    assert [e.time for e in renumbered] == [e.time for e in trace]
