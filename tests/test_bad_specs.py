@@ -212,6 +212,15 @@ def test_a_listener_conflict_points_at_both_claims():
     assert (4, 12) in {(n.span.line, n.span.column) for n in conflict.notes}  # `tcp 80` of service s
 
 
+def test_two_proxies_sharing_a_listener_are_a_warning():
+    # a proxy may pick the service by what it reads (virtual hosts); the spec cannot say how
+    proxies = MINIMAL.replace("forward tcp 80 to p", "forward tcp 80 to p mode proxy")
+    diagnostics = load_text(proxies + "service t { vip 192.0.2.1 listen tcp 80 mode proxy }").diagnostics
+    assert [(x.code, x.severity.value) for x in diagnostics] == [("LB027", "warning")]
+    half = load_text(proxies + "service t { vip 192.0.2.1 listen tcp 80 }").diagnostics
+    assert [(x.code, x.severity.value) for x in half] == [("LB027", "error")]
+
+
 @pytest.mark.parametrize("other", ["vip 192.0.2.2 listen tcp 80", "vip 192.0.2.1 listen tcp 81-90, udp 80",
                                    "vip 192.0.2.1 listen icmp"])
 def test_services_sharing_no_listener_do_not_conflict(other):

@@ -2,7 +2,10 @@
 
 A load balancer picks the service from the packet's destination alone, so two
 services listening on one VIP, protocol and port leave it no way to choose:
-such a spec cannot be deployed (LB027).
+such a spec cannot be deployed (LB027).  Two proxies are the exception, and
+only a warning: a proxy terminates the connection and may pick the service by
+what it reads (an HTTP Host, a TLS server name), which the spec cannot say --
+name-based virtual hosts, as `lbspec import nginx` writes them.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ class Claim:
     span: Span
 
 
-def conflicts(vips: dict[str, dict[Address, Span]], claims: dict[str, list[Claim]]) -> Iterator[d.Diagnostic]:
+def conflicts(vips: dict[str, dict[Address, Span]], claims: dict[str, list[Claim]],
+              proxies: set[str]) -> Iterator[d.Diagnostic]:
     """LB027 for each claim a later service makes on a VIP, protocol and port an earlier one holds.
 
-    ``vips`` and ``claims`` are keyed by service name, in declaration order.
+    ``vips`` and ``claims`` are keyed by service name, in declaration order; ``proxies`` names the
+    services in `mode proxy`.
     """
     reported: set[tuple[Span, str]] = set()
     holders: dict[Address, list[str]] = {}
@@ -41,7 +46,8 @@ def conflicts(vips: dict[str, dict[Address, Span]], claims: dict[str, list[Claim
                 for claim, held in _overlaps(claims[later], claims[earlier]):
                     if (claim.span, earlier) not in reported:
                         reported.add((claim.span, earlier))
-                        yield _conflict(vip, claim, held, vip_span, vips[earlier][vip])
+                        found = _conflict(vip, claim, held, vip_span, vips[earlier][vip])
+                        yield found.with_severity(d.Severity.WARNING) if {later, earlier} <= proxies else found
             holders.setdefault(vip, []).append(later)
 
 

@@ -32,7 +32,7 @@ def resolve(files: list[ir.SpecFile], library: list[ir.SpecFile],
     seen: dict[str, ir.Span] = {}
     definitions = [*_definitions(library, True, seen, diags), *_definitions(files, False, seen, diags)]
     properties = {p.name: p for p in definitions}
-    services, names, vips, claims = [], {}, {}, {}
+    services, names, vips, claims, proxies = [], {}, {}, {}, set()
     for node in (i for f in files for i in f.items if isinstance(i, ir.Service)):
         if node.name.name in names:
             diags.append(_duplicate("service", node.name, names[node.name.name]))
@@ -41,7 +41,9 @@ def resolve(files: list[ir.SpecFile], library: list[ir.SpecFile],
         resolver = _ServiceResolver(node, properties, sources, diags)
         services.append(resolver.run())
         vips[node.name.name], claims[node.name.name] = resolver.vip_spans, resolver.claims
-    diags.extend(conflicts(vips, claims))
+        if services[-1] is not None and services[-1].mode.kind == "proxy":
+            proxies.add(node.name.name)
+    diags.extend(conflicts(vips, claims, proxies))
     if any(x.severity is d.Severity.ERROR for x in diags) or None in services:
         return None, diags
     return m.Spec(tuple(services), tuple(definitions), dict(sources), tuple(diags)), diags
