@@ -101,14 +101,15 @@ class Search:
 
     seed: int
     shrink_budget: int = SHRINK_BUDGET
-    runs: int = 0  # traces played
+    runs: int = 0  # traces judged, played or remembered
     first_failure: int | None = None  # the run that first failed
     first_size: int | None = None  # events in the first failing trace
     shrunk_size: int | None = None  # events in the trace hypothesis shrank it to (before trace reduction)
     shrink_stopped: bool = False  # the budget ran out before hypothesis had shrunk the failure all it could
     smallest: Violation | None = None  # the shortest failing trace played so far
     minimal: Violation | None = None
-    played: dict[Trace, Violation | None] = field(default_factory=dict, repr=False)
+    played: dict[Trace, Violation | None] = field(default_factory=dict, repr=False)  # each trace played
+    played_to_failure: int | None = None  # traces played up to the first failure
 
     def record(self, trace: Trace, violation: Violation | None) -> None:
         self.runs += 1
@@ -116,14 +117,14 @@ class Search:
         if violation is None:
             return
         if self.first_failure is None:
-            self.first_failure, self.first_size = self.runs, len(trace)
+            self.first_failure, self.first_size, self.played_to_failure = self.runs, len(trace), len(self.played)
         if self.smallest is None or _size(trace) < _size(self.smallest.trace):
             self.smallest = violation
 
     @property
     def spent(self) -> bool:
         """Has shrinking played all the traces it may?"""
-        return self.first_failure is not None and self.runs - self.first_failure >= self.shrink_budget
+        return self.played_to_failure is not None and len(self.played) - self.played_to_failure >= self.shrink_budget
 
 
 class Failure(AssertionError):
@@ -281,7 +282,7 @@ class Harness:
         else:
             judgement = self._judgement(driver, trace)
             violation = Violation(trace, judgement) if judgement.failed else None
-            search.record(trace, violation)
+        search.record(trace, violation)
         if violation is not None:
             raise violation
 
