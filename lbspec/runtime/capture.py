@@ -456,7 +456,7 @@ class _PcapWalker(_Walker):
         if self.lost:
             pos, self.last = self._step_over(buf, pos, pos, at_end, base, self.reader.frames + 1), None
         while not self.lost and count < most:
-            starts, table, end, bad = self._records(buf, pos, most - count)
+            starts, table, end, bad = self._records(buf, pos, most - count, at_end)
             pieces.append((starts, table))
             count += len(starts)
             pos = end
@@ -468,17 +468,21 @@ class _PcapWalker(_Walker):
             pos, self.last = resume, None
         return self._batch(buf, pieces), pos
 
-    def _records(self, buf, pos: int, most: int) -> tuple[np.ndarray, np.ndarray, int, bool]:
+    def _records(self, buf, pos: int, most: int, at_end: bool) -> tuple[np.ndarray, np.ndarray, int, bool]:
         """The records from ``pos`` that can be right: their offsets, their :func:`rows_at` table, where they
         end, and whether the record there cannot be right (rather than not all there, or not asked for).
 
-        The header where the walk stopped is checked with the rest, when it is all there."""
+        The header where the walk stopped is checked with the rest, when it is all there.  When it is not
+        and more is to be read, a last record captured longer than it was on the wire waits for it: that
+        header decides whether the record stands (see :meth:`_sane`)."""
         bounds = _walk_pcap(buf, pos, most, self.order)
         checked = bounds if len(buf) - int(bounds[-1]) >= 16 else bounds[:-1]
         table = rows_at(buf, checked, 16 + HEAD)  # the record header, then the frame's first bytes
         keep = self._sane(table)
         bad = keep < len(checked)
         keep = min(keep, len(bounds) - 1)
+        if keep and keep == len(checked) and not at_end and self._longer(table[keep - 1]):
+            keep -= 1
         if keep:
             self.last = int(field(table, 0, 4, self.order)[keep - 1])
         return bounds[:keep], table[:keep], int(bounds[keep]), bad
@@ -502,6 +506,10 @@ class _PcapWalker(_Walker):
             return len(bad)
         first = int(np.argmax(bad))
         return first - 1 if first and caplen[first - 1] > wirelen[first - 1] else first
+
+    def _longer(self, header: np.ndarray) -> bool:
+        """Was this record (a :func:`rows_at` row) captured longer than it was on the wire?"""
+        return int(field(header[None], 8, 4, self.order)[0]) > int(field(header[None], 12, 4, self.order)[0])
 
     def _fits(self, frac, caplen, wirelen):
         """Could a writer have written these header fields (arrays, or single values)?  A fraction of a second

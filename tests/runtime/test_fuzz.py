@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import lbspec
@@ -121,6 +121,8 @@ def _frames_and_damage(path) -> tuple[list, list] | None:
 @pytest.mark.timeout(300)
 @settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(changes=mutations, base=st.sampled_from(["pcap", "pcapng"]), read_size=st.sampled_from([1, 7, 100, 4096]))
+@example(changes=[("cut", 0.5, bytes(8))] * 3 + [("insert", 0.4375, bytes(4))], base="pcap", read_size=1).via(
+    "a record captured longer than on the wire, cut off from the header after it that condemns it")
 def test_a_gzipd_capture_reads_as_the_plain_one_however_small_the_reads(tmp_path, monkeypatch, changes, base,
                                                                         read_size):
     """Decompressed piece by piece, damage found before the rest is there must be stepped over just the same."""
