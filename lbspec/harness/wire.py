@@ -182,7 +182,9 @@ def decode(data: bytes, gue_ports: tuple[int, ...] = (GUE_PORT,)) -> Segment | N
     src, dst, proto, ttl, body = header
     if proto in (4, 41) or proto == 47 or (proto == 17 and len(body) >= 8 and
                                            struct.unpack_from("!H", body, 2)[0] in gue_ports):
-        return _tunnelled(src, dst, proto, ttl, body)
+        found = _tunnelled(src, dst, proto, ttl, body)
+        if found is not None:
+            return found  # else a datagram to the GUE port that holds no packet: plain UDP
     return _segment(src, dst, proto, ttl, body)
 
 

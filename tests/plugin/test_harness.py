@@ -9,7 +9,7 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
@@ -22,6 +22,7 @@ from lbspec.harness import (EPOCH, Failure, Fault, Harness, HealthChecks, InProc
 from lbspec.harness.artifacts import replay, write_recording
 from lbspec.harness.judge import judge
 from lbspec.harness.reduce import reduce_trace
+from lbspec.harness.wire import GUE_PORT
 from lbspec.semantics.evaluate import detection_bounds
 from lbspec.semantics.model import Health
 
@@ -70,6 +71,7 @@ def segments(draw):
 
 @settings(max_examples=150, deadline=None)
 @given(segments())
+@example(Segment("udp", IPv4Address(1), IPv4Address(1), 1, GUE_PORT)).via("a datagram to the GUE port, no tunnel")
 def test_segments_round_trip_with_the_checksums_scapy_computes(segment):
     data_ = segment.encode()
     assert decode(data_) == segment
