@@ -217,7 +217,7 @@ class Compiled:
         self.weights = np.array([b.backend.weight for b in self.backends], np.float64)
         self.address_table = self._addresses()
         self.gue_ports = sorted({s.service.mode.encap_port or 6080 for s in self.services
-                                 if s.service.mode.encap == "gue"} or {6080})
+                                 if s.service.mode.encap == "gue"})  # none: UDP to 6080 is no tunnel then
         self.modes = sorted({s.mode for s in self.services})
         self.dsr = "dsr" in self.modes
         self._eligible: dict[tuple, tuple[int, ...]] = {}

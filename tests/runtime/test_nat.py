@@ -308,3 +308,14 @@ def test_a_waived_property_gives_no_verdict(nat):
     assert codes(nat.judge(spec('waive no_drop "best effort"'))) == []
     assert codes(nat.judge(spec('waive no_drop for dport 80 "best effort"'))) == []
     assert codes(nat.judge(spec('waive no_drop for dport 443 "best effort"'))) == ["LB200"]
+
+
+def test_udp_to_the_gue_port_is_no_tunnel_without_a_gue_service(nat):
+    """Port 6080 is only GUE's default: a NAT service on it is judged like any other (and its near miss,
+    the same traffic forwarded, is clean)."""
+    text = spec(listen="udp 6080", rule="forward udp 6080 to app")
+    nat.flow("10.1.0.11", 0.0, proto="udp", vport=6080, bport=6080, drop={1})
+    nat.flow("10.1.0.12", 0.1, proto="udp", vport=6080, bport=6080)
+    report = nat.judge(text)
+    assert codes(report) == ["LB200"]
+    assert report.summary["undecodable"] == 0
