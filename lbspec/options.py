@@ -7,15 +7,20 @@ import os
 
 from lbspec.diagnostics import InputError
 
-__all__ = ["count", "witness_directory"]
+__all__ = ["number", "count", "witness_directory"]
+
+
+def number(text: str, kind: type, what: str):
+    """``text`` read as ``kind`` (int, float), or the argparse error that says ``what`` was expected."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, not {text!r}") from None
 
 
 def count(text: str) -> int:
     """An argparse type: a whole number, at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    value = number(text, int, "a whole number")
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected at least 1, not {value}")
     return value

@@ -10,7 +10,7 @@ import argparse
 import math
 from typing import TextIO
 
-from lbspec.options import count, witness_directory
+from lbspec.options import count, number, witness_directory
 
 __all__ = ["SUMMARY", "DESCRIPTION", "configure", "run"]
 
@@ -63,10 +63,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    value = number(text, float, "a number of seconds")
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"expected a positive, finite number of seconds, not {text!r} "
                                          "(leave --duration out to run until Ctrl-C)")
@@ -74,10 +71,7 @@ def _positive(text: str) -> float:
 
 
 def _milliseconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected milliseconds, not {text!r}") from None
+    value = number(text, float, "milliseconds")
     if value < 0:
         raise argparse.ArgumentTypeError("the tolerance cannot be negative")
     return value
