@@ -18,8 +18,7 @@ from typing import TextIO
 
 from lbspec import __version__
 from lbspec import diagnostics as d
-from lbspec.ir import Span
-from lbspec.loader import Loaded, load_path, load_text, read_source
+from lbspec.loader import Loaded, load_path, load_text, no_service, read_source
 from lbspec.options import count, witness_directory
 from lbspec.render import render_json, render_text
 from lbspec.render.text import make_console
@@ -304,9 +303,7 @@ def _load_services(name: str) -> Loaded:
     """A spec to check: one with no service (an empty file, a file of properties) is an input error."""
     loaded = load_path(name)
     if loaded.ok and not loaded.spec.services:
-        missing = d.NO_SERVICE.at(Span(name, 1, 1, 1, 1), path=name,
-                                  help="write a `service` block, or check the spec that includes this file")
-        return Loaded(None, [*loaded.diagnostics, missing], loaded.sources)
+        return Loaded(None, [*loaded.diagnostics, no_service(name)], loaded.sources)
     return loaded
 
 

@@ -18,7 +18,7 @@ from lbspec.semantics.model import Spec
 from lbspec.semantics.resolve import resolve
 from lbspec.syntax.cache import parse_file
 
-__all__ = ["Loaded", "load_path", "load_text", "library_files", "read_source"]
+__all__ = ["Loaded", "load_path", "load_text", "library_files", "read_source", "no_service"]
 
 LIBRARY_PREFIX = "<library>/"
 
@@ -34,6 +34,12 @@ class Loaded:
     @property
     def ok(self) -> bool:
         return self.spec is not None
+
+
+def no_service(path: str | os.PathLike) -> d.Diagnostic:
+    """LB026: a spec to test or check that declares no service (empty, or only properties and includes)."""
+    return d.NO_SERVICE.at(ir.Span(str(path), 1, 1, 1, 1), path=str(path),
+                           help="write a `service` block, or use the spec that includes this file")
 
 
 def read_source(path: str | os.PathLike) -> tuple[str | None, str | None]:

@@ -231,11 +231,10 @@ def _with_services(spec, path: Path):
     """``spec``, if it declares a service to send traffic to (else LB026, as `lbspec check` says)."""
     if spec.services:
         return spec
-    from lbspec.diagnostics import NO_SERVICE, SpecError
-    from lbspec.ir import Span
+    from lbspec.diagnostics import SpecError
+    from lbspec.loader import no_service
 
-    raise SpecError([NO_SERVICE.at(Span(str(path), 1, 1, 1, 1), path=path, help="write a `service` block, or "
-                                   "name the spec that includes this file")])
+    raise SpecError([no_service(path)])
 
 
 def _problems(error) -> str:
