@@ -251,6 +251,22 @@ def test_wildcard_bind_without_and_with_vip(tmp_path):
     assert given.codes == []
 
 
+def test_two_frontends_on_one_bind_load_with_a_warning(tmp_path):
+    # HAProxy binds with SO_REUSEPORT, so two frontends may share an address and port: the kernel
+    # spreads connections between them.  Two proxies on one listener are a warning, not a spec that fails.
+    text = TCP_DEFAULTS + "".join(f"""
+frontend {name}
+    bind 192.0.2.10:80
+    default_backend {name}-pool
+
+backend {name}-pool
+    server s 10.0.1.{index}:80
+""" for index, name in enumerate(("a", "b"), 1))
+    result = haproxy(tmp_path, text)
+    assert [s.name for s in result.spec.services] == ["a", "b"]
+    assert [(x.code, x.severity.value) for x in result.spec.diagnostics] == [("LB027", "warning")]
+
+
 def test_port_ranges_and_ipv6_binds(tmp_path):
     text = frontend_backend("    server a 10.0.1.1\n", bind="10.0.0.1:8000-8010")
     text = text.replace("    bind 10.0.0.1:8000-8010\n", "    bind 10.0.0.1:8000-8010\n    bind [2001:db8::1]:80\n")
