@@ -49,6 +49,24 @@ def test_colour_only_when_asked():
     assert "\x1b[" not in rendered(diagnostic) and "\x1b[" in rendered(diagnostic, color=True)
 
 
+class _Trace:
+    def __init__(self, *lines: str):
+        self.lines = list(lines)
+
+    def describe(self) -> list[str]:
+        return self.lines
+
+
+def test_a_witness_summary_under_the_caret_is_not_repeated():
+    steps = ("t=0s first step", "t=1s second step")
+    same = rendered(UNKNOWN_POOL.at(Span("x.lbspec", 2, 20, 2, 22), name="ap", label="the summary",
+                                    witness=_Trace("the summary", *steps)))
+    assert same.count("the summary") == 1 and all(same.count(step) == 1 for step in steps)
+    other = rendered(UNKNOWN_POOL.at(Span("x.lbspec", 2, 20, 2, 22), name="ap", label="e.g. a packet",
+                                     witness=_Trace("a packet: what became of it", *steps)))
+    assert other.count("what became of it") == 1 and all(other.count(step) == 1 for step in steps)
+
+
 def test_json_document():
     out = io.StringIO()
     render_json([UNKNOWN_POOL.at(Span("x.lbspec", 2, 20, 2, 22), name="ap", help="h")], out, files=["x.lbspec"])

@@ -59,6 +59,8 @@ def format_diagnostic(diagnostic: Diagnostic, sources: dict[str, str]) -> Text:
         out.append(f"help: {diagnostic.help}\n")
     if diagnostic.witness is not None and hasattr(diagnostic.witness, "describe"):
         first, *rest = diagnostic.witness.describe()
+        if first == diagnostic.label and rest:  # the summary is under the caret already
+            first, *rest = (line.strip() for line in rest)
         out.append(f"{' ' * gutter}= ", style="bold blue")
         out.append(f"witness: {first}\n")
         for line in rest:
