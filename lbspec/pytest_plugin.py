@@ -6,14 +6,15 @@ fixtures, so a pytest run that does not use it pays nothing.
 
 Options (group ``lbspec``), each with an ini setting of the same meaning:
 
-=========================  ====================  ==============================================
-option                     ini                   meaning
-=========================  ====================  ==============================================
-``--lbspec SPEC``          ``lbspec_spec``       the spec for tests whose marker names none
-``--lbspec-examples N``    ``lbspec_examples``   the thorough profile: N traces per search
-``--lbspec-seed N``        ``lbspec_seed``       a fixed seed (default: a fresh one, printed)
-``--lbspec-artifacts DIR`` ``lbspec_artifacts``  where failing traces go (default: tmp_path)
-=========================  ====================  ==============================================
+============================  ========================  ============================================
+option                        ini                       meaning
+============================  ========================  ============================================
+``--lbspec SPEC``             ``lbspec_spec``           the spec for tests whose marker names none
+``--lbspec-examples N``       ``lbspec_examples``       the thorough profile: N traces per search
+``--lbspec-seed N``           ``lbspec_seed``           a fixed seed (default: a fresh one, printed)
+``--lbspec-artifacts DIR``    ``lbspec_artifacts``      where failing traces go (default: tmp_path)
+``--lbspec-shrink-budget N``  ``lbspec_shrink_budget``  traces shrinking a failure may play (200)
+============================  ========================  ============================================
 
 Marker: ``@pytest.mark.lbspec("spec.lbspec", properties=[...], service=...)``.
 Fixtures: ``lbspec_spec`` (the loaded spec), ``lb_harness`` (a
@@ -33,7 +34,7 @@ import pytest
 __all__ = ["pytest_addoption", "pytest_configure", "pytest_sessionstart", "pytest_collection_modifyitems",
            "lbspec_spec", "lb_harness", "MARKER_ARGUMENTS"]
 
-MARKER_ARGUMENTS = ("spec", "properties", "service", "examples", "seed")
+MARKER_ARGUMENTS = ("spec", "properties", "service", "examples", "seed", "shrink_budget")
 FAST = {"examples": 100, "max_steps": 20, "stateful_steps": 20}
 THOROUGH = {"max_steps": 30, "stateful_steps": 50}
 PROFILE_PREFIX = "lbspec-"  # of the hypothesis profiles: lbspec-fast, lbspec-thorough
@@ -56,10 +57,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--lbspec-artifacts", dest="lbspec_artifacts", metavar="DIR",
                     help="write failing traces (pcaps, events, replay command) under DIR/<test> "
                          "(default: the test's tmp_path; ini: lbspec_artifacts)")
+    group.addoption("--lbspec-shrink-budget", dest="lbspec_shrink_budget", metavar="N",
+                    help="play at most N traces shrinking a failure, then report the smallest so far "
+                         "(default: 200; 0 reports the first failure as found; ini: lbspec_shrink_budget)")
     parser.addini("lbspec_spec", "spec for tests whose @pytest.mark.lbspec names none (relative to the ini file)")
     parser.addini("lbspec_examples", "traces per search: set it to search thoroughly")
     parser.addini("lbspec_seed", "seed of every search")
     parser.addini("lbspec_artifacts", "directory for failing traces (relative to the ini file)")
+    parser.addini("lbspec_shrink_budget", "traces shrinking a failure may play")
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class _Options:
     examples: int | None
     seed: int | None
     artifacts: Path | None
+    shrink_budget: int | None
 
 
 def _value(config: pytest.Config, name: str) -> tuple[str | None, Path]:
@@ -80,6 +86,11 @@ def _value(config: pytest.Config, name: str) -> tuple[str | None, Path]:
     return (str(ini).strip() or None) if ini else None, base
 
 
+def _named(name: str) -> str:
+    """How a usage error names an option: ``--lbspec-shrink-budget (ini lbspec_shrink_budget)``."""
+    return f"--lbspec-{name.replace('_', '-')} (ini lbspec_{name})"
+
+
 def _number(config: pytest.Config, name: str, least: int) -> int | None:
     text, _base = _value(config, name)
     if text is None:
@@ -87,9 +98,9 @@ def _number(config: pytest.Config, name: str, least: int) -> int | None:
     try:
         value = int(text)
     except ValueError:
-        raise pytest.UsageError(f"--lbspec-{name} (ini lbspec_{name}) takes a whole number, not {text!r}") from None
+        raise pytest.UsageError(f"{_named(name)} takes a whole number, not {text!r}") from None
     if value < least:
-        raise pytest.UsageError(f"--lbspec-{name} (ini lbspec_{name}) must be at least {least}, not {value}")
+        raise pytest.UsageError(f"{_named(name)} must be at least {least}, not {value}")
     return value
 
 
@@ -105,7 +116,7 @@ def _directory(config: pytest.Config, name: str) -> Path | None:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise pytest.UsageError(f"--lbspec-{name} (ini lbspec_{name}): cannot make directory {path}: "
+            raise pytest.UsageError(f"{_named(name)}: cannot make directory {path}: "
                                     f"{error.strerror or error}") from None
     return path
 
@@ -113,10 +124,11 @@ def _directory(config: pytest.Config, name: str) -> Path | None:
 @pytest.hookimpl(tryfirst=True)  # before hypothesis's plugin loads --hypothesis-profile
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "lbspec(spec=None, *, properties=None, service=None, examples=None, seed=None): test a load "
-        "balancer against this spec (path relative to the test file), judging only these properties and services")
+        "markers", "lbspec(spec=None, *, properties=None, service=None, examples=None, seed=None, "
+        "shrink_budget=None): test a load balancer against this spec (path relative to the test file), judging only these properties and services")
     config.stash[_SETTINGS] = _Options(_path(config, "spec"), _number(config, "examples", 1),
-                                       _number(config, "seed", 0), _directory(config, "artifacts"))
+                                       _number(config, "seed", 0), _directory(config, "artifacts"),
+                                       _number(config, "shrink_budget", 0))
     config.stash[_LOADED] = {}
     if _profiles_wanted(config):
         _register_profiles(config.stash[_SETTINGS])
@@ -146,6 +158,7 @@ class _Target:
     services: tuple[str, ...] | None
     examples: int | None
     seed: int | None
+    shrink_budget: int | None
 
 
 def _target(item: pytest.Item, marker) -> _Target:
@@ -166,7 +179,8 @@ def _target(item: pytest.Item, marker) -> _Target:
     target = _Target(spec, path, _names(arguments.get("properties"), "properties", where),
                      _names(arguments.get("service"), "service", where),
                      _positive(arguments.get("examples"), "examples", where, 1),
-                     _positive(arguments.get("seed"), "seed", where, 0))
+                     _positive(arguments.get("seed"), "seed", where, 0),
+                     _positive(arguments.get("shrink_budget"), "shrink_budget", where, 0))
     _check(target, where)
     return target
 
@@ -258,7 +272,7 @@ def _resolve(request: pytest.FixtureRequest) -> _Target:
         pytest.fail("lbspec: no spec for this test: mark it @pytest.mark.lbspec(\"service.lbspec\"), "
                     "or run pytest --lbspec service.lbspec (or set lbspec_spec in the ini file)", pytrace=False)
     spec = _load(request.config, options.spec, "--lbspec")
-    return _Target(spec, options.spec, None, None, None, None)
+    return _Target(spec, options.spec, None, None, None, None, None)
 
 
 @pytest.fixture
@@ -277,6 +291,9 @@ def lb_harness(request: pytest.FixtureRequest):
     examples = target.examples or options.examples
     profile = {**FAST, **(THOROUGH if examples else {}), **({"examples": examples} if examples else {})}
     seed = target.seed if target.seed is not None else options.seed
+    budget = target.shrink_budget if target.shrink_budget is not None else options.shrink_budget
+    if budget is not None:
+        profile["shrink_budget"] = budget
     _register_profiles(options)
     return Harness(target.spec, path=target.path, services=target.services, properties=target.properties,
                    search=SearchSettings(seed=seed, **profile), artifacts=_artifacts(request, options))

@@ -12,6 +12,7 @@ import pytest
 
 import lbspec.runtime.session  # noqa: F401  (numpy loaded once; pytester's in-process runs unload modules)
 from lbspec.harness import SearchSettings
+from lbspec.harness.harness import SHRINK_BUDGET
 
 from conftest import EXAMPLES, MINIMAL
 
@@ -24,6 +25,7 @@ def test_show(lb_harness, lbspec_spec):
     search = lb_harness.search
     print("SETTINGS" + json.dumps({"service": lbspec_spec.services[0].name, "examples": search.examples,
           "steps": search.max_steps, "seed": search.seed, "artifacts": str(lb_harness.artifacts),
+          "shrink_budget": search.shrink_budget,
           "properties": lb_harness.properties, "services": lb_harness.services}))
 """
 
@@ -44,10 +46,12 @@ def test_the_options_are_in_an_lbspec_group(pytester):
     result = pytester.runpytest("--help")
     text = result.stdout.str()
     assert "lbspec:" in text
-    for option in ("--lbspec=SPEC", "--lbspec-examples=N", "--lbspec-seed=N", "--lbspec-artifacts=DIR"):
+    for option in ("--lbspec=SPEC", "--lbspec-examples=N", "--lbspec-seed=N", "--lbspec-artifacts=DIR",
+                   "--lbspec-shrink-budget=N"):
         assert option in text
-    for ini in ("lbspec_spec", "lbspec_examples", "lbspec_seed", "lbspec_artifacts"):
+    for ini in ("lbspec_spec", "lbspec_examples", "lbspec_seed", "lbspec_artifacts", "lbspec_shrink_budget"):
         assert ini in text
+    assert f"default: {SHRINK_BUDGET};" in text  # the help says the harness's default
 
 
 def test_the_marker_is_registered(pytester):
@@ -73,14 +77,16 @@ def test_the_fast_profile_by_default(pytester, spec_file):
         "s", SearchSettings().examples, SearchSettings().max_steps, None)
     assert found["artifacts"].endswith("/lbspec") and "test_show" in found["artifacts"]  # the test's tmp_path
     assert (found["properties"], found["services"]) == (None, None)
+    assert found["shrink_budget"] == SHRINK_BUDGET
 
 
 def test_options_choose_the_thorough_profile_a_seed_and_an_artifacts_directory(pytester, spec_file):
     pytester.makepyfile(test_show=SHOW_SETTINGS)
     out = pytester.path / "out"
     found = shown(pytester.runpytest("-s", "--lbspec", str(spec_file), "--lbspec-examples", "500",
-                                     "--lbspec-seed", "7", "--lbspec-artifacts", str(out)))
-    assert (found["examples"], found["seed"]) == (500, 7)
+                                     "--lbspec-seed", "7", "--lbspec-artifacts", str(out),
+                                     "--lbspec-shrink-budget", "0"))
+    assert (found["examples"], found["seed"], found["shrink_budget"]) == (500, 7, 0)
     assert found["steps"] > SearchSettings().max_steps  # thorough: longer traces too
     assert found["artifacts"] == str(out.resolve() / "test_show.py-test_show")
 
@@ -92,10 +98,11 @@ def test_ini_settings_mean_what_the_options_mean(pytester, spec_file):
         lbspec_examples = 321
         lbspec_seed = 11
         lbspec_artifacts = failures
+        lbspec_shrink_budget = 25
     """)
     pytester.makepyfile(test_show=SHOW_SETTINGS)
     found = shown(pytester.runpytest("-s"))
-    assert (found["service"], found["examples"], found["seed"]) == ("s", 321, 11)
+    assert (found["service"], found["examples"], found["seed"], found["shrink_budget"]) == ("s", 321, 11, 25)
     assert found["artifacts"] == str((pytester.path / "failures").resolve() / "test_show.py-test_show")
 
 
@@ -114,12 +121,12 @@ def test_the_marker_chooses_spec_properties_services_examples_and_seed(pytester)
     (pytester.path / "specs").mkdir()
     (pytester.path / "specs" / "web.lbspec").write_text(MINIMAL)
     marker = ('@pytest.mark.lbspec("specs/web.lbspec", properties=["no_drop", "flow_affinity"], service="s", '
-              'examples=40, seed=3)\n')
+              'examples=40, seed=3, shrink_budget=9)\n')
     pytester.makepyfile("import pytest\n" + SHOW_SETTINGS.replace("def test_show", marker + "def test_show"))
-    result = pytester.runpytest("-s")
+    result = pytester.runpytest("-s", "--lbspec-shrink-budget", "50")  # the marker wins over the option
     result.assert_outcomes(passed=1)
     found = shown(result)
-    assert (found["service"], found["examples"], found["seed"]) == ("s", 40, 3)
+    assert (found["service"], found["examples"], found["seed"], found["shrink_budget"]) == ("s", 40, 3, 9)
     assert (found["properties"], found["services"]) == (["no_drop", "flow_affinity"], ["s"])
 
 
@@ -284,6 +291,23 @@ def test_an_empty_list_of_names_is_a_usage_error_not_all_of_them(pytester, spec_
 def test_a_bad_example_count_is_a_usage_error(pytester, value):
     pytester.makepyfile("def test_a(): pass")
     assert_usage_error(pytester.runpytest("--lbspec-examples", value), "--lbspec-examples", value)
+
+
+@pytest.mark.parametrize("value", ["some", "-1"])
+def test_a_bad_shrink_budget_is_a_usage_error(pytester, value):
+    pytester.makepyfile("def test_a(): pass")
+    assert_usage_error(pytester.runpytest("--lbspec-shrink-budget", value), "--lbspec-shrink-budget", value)
+
+
+def test_a_bad_shrink_budget_in_a_marker_is_a_usage_error(pytester, spec_file):
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.lbspec("service.lbspec", shrink_budget=-5)
+        def test_a(lb_harness):
+            pass
+    """)
+    assert_usage_error(pytester.runpytest(), "shrink_budget", "-5")
 
 
 def test_a_bad_seed_in_the_ini_file_is_a_usage_error(pytester):
