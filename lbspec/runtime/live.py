@@ -15,12 +15,17 @@ Packets the kernel dropped because a sniffing socket's buffer was full (the
 monitor fell behind) are read from the socket (``PACKET_STATISTICS``) when
 capture stops: a note LB209 per interface that dropped any, and
 ``capture_drops`` in the summary.
+
+An interface that goes away (deleted, or its namespace gone) ends the run as
+if it had been stopped then, with a note LB209: the other interfaces alone
+would show every packet that crossed the missing one as dropped or invented.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import math
 import queue
 import signal
@@ -37,12 +42,13 @@ from lbspec.runtime.health import read_events
 from lbspec.runtime.monitor import Monitor, Report
 from lbspec.semantics.model import Spec
 
-__all__ = ["run", "bpf_filter", "parse_interface", "interfaces", "Sniffer", "kernel_drops", "drop_notes"]
+__all__ = ["run", "bpf_filter", "parse_interface", "interfaces", "Sniffer", "kernel_drops", "capture_notes"]
 
 _TICK = 0.1
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _SOL_PACKET, _PACKET_STATISTICS = 263, 6  # linux/if_packet.h
 _BUFFER = 32 << 20  # bytes of socket receive buffer per sniffed interface
+_DOWN = (errno.ENETDOWN, errno.ENODEV, errno.ENXIO)  # what a socket says once when its interface goes
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,8 @@ class Sniffer(threading.Thread):
         super().__init__(daemon=True, name=f"sniff-{interface}")
         self.interface, self.source, self.out = interface, source, out
         self.socket = _open(interface, bpf)
+        self.index = _index(interface)  # the interface the socket is bound to (one made again gets a new index)
+        self.gone: float | None = None  # when the interface was found gone: nothing comes after
         self.stopping = threading.Event()
         self.finishing = threading.Event()
         kernel_drops(self.socket)  # reading resets the counters: what was dropped while the socket was set up
@@ -113,9 +121,12 @@ class Sniffer(threading.Thread):
             mark = time.time()
             try:
                 layer, data, when = self.socket.recv_raw(65535)
-            except (OSError, ValueError):
+            except (OSError, ValueError) as error:
                 if self.stopping.is_set() or self.finishing.is_set():
                     return  # stopped, or read to the end of what the socket held
+                if getattr(error, "errno", None) in _DOWN and _index(self.interface) != self.index:
+                    self.gone = mark  # the frontier stays where it was: the run ends there
+                    return
                 self.frontier = mark  # nothing came since: everything before was read
                 continue
             if data:
@@ -155,14 +166,29 @@ def kernel_drops(sock) -> int:
     return drops
 
 
-def drop_notes(sniffers: Iterable[Sniffer]):
-    """LB209 for each interface whose capture lost frames: missing packets are not LB drops."""
+def capture_notes(sniffers: Iterable[Sniffer]):
+    """LB209 for each interface whose capture lost frames, or that went away: missing packets are not LB drops."""
     from lbspec import diagnostics as d
 
-    return [d.CAPTURE_GAP.at(None, what=f"live:{s.interface}: the kernel dropped {s.dropped} frames the monitor "
-                             "could not read in time: missing packets are not LB drops",
-                             data={"file": f"live:{s.interface}", "dropped": s.dropped})
-            for s in sniffers if s.dropped]
+    notes = []
+    for s in sniffers:
+        if s.dropped:
+            notes.append(d.CAPTURE_GAP.at(None, what=f"live:{s.interface}: the kernel dropped {s.dropped} frames "
+                                          "the monitor could not read in time: missing packets are not LB drops",
+                                          data={"file": f"live:{s.interface}", "dropped": s.dropped}))
+        if s.gone is not None:
+            notes.append(d.CAPTURE_GAP.at(None, what=f"live:{s.interface}: the interface went away; capture "
+                                          "stopped then on every interface",
+                                          data={"file": f"live:{s.interface}", "gone_at": s.gone}))
+    return notes
+
+
+def _index(interface: str) -> int | None:
+    """The interface's index, or None when there is no such interface (any more)."""
+    try:
+        return socket.if_nametoindex(interface)
+    except OSError:
+        return None
 
 
 def _open(interface: str, bpf: str):
@@ -219,7 +245,7 @@ def run(args, spec: Spec, stdout: TextIO, stderr: TextIO) -> Report:
         finally:
             for sniffer in sniffers:
                 sniffer.stop()
-    return _last(monitor, stream, drop_notes(sniffers))
+    return _last(monitor, stream, capture_notes(sniffers))
 
 
 def _listen(interfaces: list[Interface], monitor: Monitor, bpf: str, packets: queue.Queue,
@@ -248,14 +274,16 @@ def _loop(monitor: Monitor, packets: queue.Queue, sniffers: list[Sniffer], strea
     passes; at the end, read what the sockets still hold."""
     end = time.monotonic() + duration if duration else float("inf")
     merge = _Merge(monitor, packets)
-    while time.monotonic() < end and not stop.is_set():
-        frontier = min((s.frontier for s in sniffers if s.is_alive()), default=time.time())  # before pulling
+    gone = lambda: [s.gone for s in sniffers if s.gone is not None]  # noqa: E731
+    while time.monotonic() < end and not stop.is_set() and not gone():
+        frontier = min((s.frontier for s in sniffers if s.is_alive() or s.gone is not None),
+                       default=time.time())  # before pulling
         merge.pull(min(_TICK, max(0.0, end - time.monotonic())))
         upto = min(time.time(), frontier)
         merge.release(upto)
         monitor.advance(upto - monitor.options.tolerance)
         stream.emit(monitor)
-    stopped = time.time()
+    stopped = min([time.time(), *gone()])
     for sniffer in sniffers:
         sniffer.finish(stopped)
     while any(s.is_alive() for s in sniffers):
@@ -263,7 +291,7 @@ def _loop(monitor: Monitor, packets: queue.Queue, sniffers: list[Sniffer], strea
         for sniffer in sniffers:
             sniffer.join(0)
     merge.pull(0.0)
-    merge.release(math.inf)
+    merge.release(stopped)  # frames read after an interface went away are not judged
 
 
 class _Merge:

@@ -13,6 +13,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -104,3 +105,25 @@ def test_a_load_balancer_dropping_one_backends_traffic_is_flagged_while_it_runs(
     verdicts = [line for line in streamed + rest[:-1] if line["severity"] in ("error", "warning")]
     assert code == 1 and {v["code"] for v in verdicts} == {"LB200"}
     assert len(verdicts) == failed and rest[-1]["summary"]["verdicts"] == {"LB200": failed}
+
+
+def test_an_interface_that_goes_away_ends_the_run_without_false_verdicts(lab, tmp_path):
+    lab.install(dnat(lab))
+    lab.serve()
+    process = start(lab.resources, lab.lb, dnat_spec(tmp_path, lab), "--live", f"client:{lab.client_interface}",
+                    "--live", f"backend:{lab.backend_interface}")
+    sending = threading.Thread(target=lab.traffic, kwargs={"udp": [f"{VIP}:53"], "datagrams": 50,
+                                                           "interval": 0.02, "timeout": 0.1})
+    sending.start()
+    try:
+        time.sleep(0.8)  # datagrams flow both ways, then the backend side's interface is deleted under them
+        lab.lb.ip("link", "del", lab.backend_interface)
+        out, _err = process.communicate(timeout=60)  # it ends by itself
+    finally:
+        sending.join(60)
+    lines = [json.loads(line) for line in out.splitlines()]
+    gone = [line for line in lines if line.get("code") == "LB209" and "gone_at" in line.get("data", {})]
+    assert process.returncode == 0 and "summary" in lines[-1]
+    assert [line["data"]["file"] for line in gone] == [f"live:{lab.backend_interface}"]
+    summary = lines[-1]["summary"]
+    assert summary["verdicts"] == {} and summary["packets"] > 0  # no LB200 for what came after
