@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -308,14 +310,9 @@ class ServiceFinder:
         primaries = [b for p in self.service.pools if p.name in pools for b in p.primaries if b.weight > 0]
         if any(b.max_conn is None for b in primaries):
             return  # some backend has no declared limit
-        worst = sorted(primaries, key=lambda b: b.max_conn, reverse=True)[:capacity.down]
-        alive = [b for b in primaries if b not in worst]
-        extra = self._failover_capacity(alive)
-        if extra is None:
-            return  # a backend taking over has no declared limit
-        total = sum(b.max_conn for b in alive) + extra
+        total, worst = self._worst_case(primaries, capacity.down)
         if total >= capacity.conns:
-            return
+            return  # math.inf too: a backend taking over has no declared limit
         down = f" with {capacity.down} down" if capacity.down else ""
         yield d.CAPACITY.at(
             capacity.span,
@@ -324,17 +321,41 @@ class ServiceFinder:
             help="raise `max_conn`, add backends, or lower the declared capacity",
             data={"declared": capacity.conns, "available": total, "down": [b.name for b in worst]})
 
-    def _failover_capacity(self, alive: list[m.Backend]) -> int | None:
-        """The connections failover targets add while only ``alive`` primaries are up; None: no limit."""
-        limits = []
-        for failover in self.service.failovers:
-            healthy = sum(1 for b in alive if b.pool == failover.source)
-            if healthy >= failover.below:
-                continue
-            names = [b.name for p in failover.targets for b in self.service.pool(p).primaries] \
-                if failover.to_pool else list(failover.targets)
-            limits += [self.service.backend(n).max_conn for n in names]
-        return None if None in limits else sum(limits)
+    def _worst_case(self, primaries: list[m.Backend], down: int) -> tuple[float, list[m.Backend]]:
+        """The fewest connections the backends carry with ``down`` primaries down, and which ones.
+
+        The largest limits are not always the worst to lose: losing them may start a failover whose
+        targets carry more than the difference.  So each pool is taken on its own -- losing its k largest,
+        for each k, and what the failovers that starts add -- and the pools' choices are combined (a
+        knapsack over the number down): the exact minimum, in pools x down^2 steps."""
+        by_pool: dict[str, list[m.Backend]] = {}
+        for backend in primaries:
+            by_pool.setdefault(backend.pool, []).append(backend)
+
+        def takeover(pool: str, healthy: int) -> float:
+            return sum(self._takeover(f) for f in self.service.failovers if f.source == pool and healthy < f.below)
+
+        # a failover from a pool none of whose primaries carry this traffic has no healthy primary to wait for
+        best = {0: (sum(takeover(f.source, 0) for f in self.service.failovers if f.source not in by_pool), [])}
+        for pool, members in by_pool.items():
+            members.sort(key=lambda b: b.max_conn, reverse=True)
+            options = [(takeover(pool, len(members) - k) - sum(b.max_conn for b in members[:k]), members[:k])
+                       for k in range(min(len(members), down) + 1)]
+            merged: dict[int, tuple[float, list[m.Backend]]] = {}
+            for taken, (value, lost) in best.items():
+                for k, (more, lost_here) in enumerate(options[:down - taken + 1]):
+                    if taken + k not in merged or value + more < merged[taken + k][0]:
+                        merged[taken + k] = (value + more, lost + lost_here)
+            best = merged
+        value, lost = best[max(best)]  # fewer primaries than ``down``: all of them
+        return sum(b.max_conn for b in primaries) + value, lost
+
+    def _takeover(self, failover: m.Failover) -> float:
+        """The connections a failover's targets carry: math.inf when one has no declared limit."""
+        names = [b.name for p in failover.targets for b in self.service.pool(p).primaries] \
+            if failover.to_pool else list(failover.targets)
+        limits = [self.service.backend(n).max_conn for n in names]
+        return math.inf if None in limits else sum(limits)
 
     # ------------------------------------------------------------- LB108 --
     def _waivers(self) -> Iterator[d.Diagnostic]:

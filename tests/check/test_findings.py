@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import textwrap
 from pathlib import Path
 
@@ -264,6 +266,46 @@ def test_a_failover_target_without_max_conn_has_no_limit():
     assert "LB110" not in serious(check_text(CAPACITY.replace("SPARE_LIMIT", "")))
     (short,) = [x for x in check_text(CAPACITY.replace("SPARE_LIMIT", "max_conn 5")) if x.code == "LB110"]
     assert short.data["available"] == 15 and short.span.line == 13
+
+
+SPILL = """
+service web {
+    vip 192.0.2.10
+    listen tcp 80-81
+    pool p {
+        backend p1 10.0.0.1 max_conn 500
+        backend p2 10.0.0.2 max_conn 100
+        backend f 10.0.0.9 backup max_conn 1000
+    }
+    pool q {
+        backend q1 10.0.1.1 max_conn 400
+    }
+    forward tcp 80 to p
+    forward tcp 81 to q
+    health tcp
+    failover from p to f when healthy < 2
+    capacity 1000 conns with 1 down
+}
+"""
+
+
+def test_the_worst_case_is_not_always_losing_the_largest_limit():
+    # losing p1 (500) starts the failover to f (1000): 1500 carried; losing q1 (400) starts nothing: 600
+    (short,) = [x for x in check_text(SPILL) if x.code == "LB110"]
+    assert (short.data["available"], short.data["down"]) == (600, ["q1"])
+    assert "LB110" not in {x.code for x in check_text(SPILL.replace("capacity 1000", "capacity 600"))}
+
+
+@pytest.mark.parametrize("down", [0, 1, 2])
+def test_the_worst_case_is_the_least_over_every_choice_of_backends_down(down):
+    limits = {"p1": 500, "p2": 100, "q1": 400}
+    def carried(lost) -> int:  # what is left, and f's 1000 while fewer than 2 of p's primaries are up
+        up_in_p = len({"p1", "p2"} - set(lost))
+        return sum(v for k, v in limits.items() if k not in lost) + (1000 if up_in_p < 2 else 0)
+    least = min(carried(lost) for lost in itertools.combinations(limits, down))
+    text = SPILL.replace("with 1 down", f"with {down} down").replace("capacity 1000", "capacity 100000")
+    (short,) = [x for x in check_text(text) if x.code == "LB110"]
+    assert short.data["available"] == least == carried(short.data["down"]) and len(short.data["down"]) == down
 
 
 # --- witness clients -----------------------------------------------------------
