@@ -844,6 +844,10 @@ class Monitor:
         gid = np.maximum(pairs.gid, 0)
         return (pairs.gid >= 0) & table[family, pairs.rule + 1, gid]
 
+    def may_choose(self, service: int, family: int, rule: int, gid: int) -> bool:
+        """Could the evaluator ever pick backend ``gid`` for a packet of ``family`` (4 or 6) that ``rule`` takes?"""
+        return gid >= 0 and bool(self._allowed_table(service)[int(family == 6), rule + 1, gid])
+
     def _allowed_table(self, service: int) -> np.ndarray:
         if service not in self._allowed:
             plan = self.compiled.services[service]

@@ -593,12 +593,20 @@ class ProxyTracker:
         return self.compiled.services[self.compiled.backends[backend.gid].service].service.health.kind
 
     def _made_for(self, backend: _Backend) -> _Client | None:
-        """The latest client connection opened before the attempt, still open, and not yet carried."""
+        """The latest client connection opened before the attempt, still open, and not yet carried.
+
+        Where the LB checks its backends, an attempt that fails may be a check as well as a client's: it
+        is a client's only if the spec lets the LB send that client to this backend.  Otherwise each
+        check of a dead backend of one pool made while a client of another was being connected would
+        be that client sent where its rule does not go."""
         limit = backend.start + self.engine.options.tolerance
+        checked = backend.gid >= 0 and self._health(backend) != "none"
         open_then = [c for c in self.clients.values()
                      if c.start <= limit and (c.closed_at is None or c.closed_at >= backend.start)
                      and (c.backend is None or c.backend.start >= backend.start)
-                     and (backend.gid < 0 or self.compiled.backends[backend.gid].service == c.service)]
+                     and (backend.gid < 0 or self.compiled.backends[backend.gid].service == c.service)
+                     and (not checked or self.engine.may_choose(c.service, int(c.first["fam"][0]), c.rule,
+                                                                backend.gid))]
         return max(open_then, key=lambda c: c.start) if open_then else None
 
     def _judge_attempt(self, client: _Client, backend: _Backend) -> None:

@@ -240,6 +240,26 @@ def test_a_retry_that_comes_late_is_the_failed_attempt_not_a_drop():
     assert _failures(report) == {"backend_timeout": 1, "timeout": 1}
 
 
+TWO_POOLS = dict(mode="proxy", listen="tcp 80-81", rule="forward tcp 80 to app port 8080\n    forward tcp 81 to admin port 8080",
+                 backends="backend b1 10.1.0.11\n        backend b2 10.1.0.12\n    }\n    pool admin {\n"
+                          "        backend b3 10.1.0.13")
+
+
+def test_checks_of_a_dead_backend_of_another_pool_are_not_the_clients_being_connected():
+    """The LB checks b3 (admin, dead) every second, each time while a client of app is being connected:
+    the refused check is no client's.  Near miss: with no health checks there are no checks to make such
+    attempts, so the attempt is the client's, sent where its rule does not go (LB203; and, b3 refusing
+    since the first, to a backend known to be down: LB202)."""
+    scenario = Scenario("proxy")
+    for k in range(4):
+        _attempt(scenario, "10.1.0.13", k + 0.0003, "rst")
+        scenario.proxy_flow(["10.1.0.11", "10.1.0.12"][k % 2], float(k))
+    report = scenario.judge(spec(**TWO_POOLS))
+    assert codes(report) == [] and report.summary["probes"] == 4
+    unchecked = scenario.judge(spec(**TWO_POOLS, health="health none"))
+    assert codes(unchecked).count("LB203") == 4 and {v.data["backend"] for v in unchecked.violations} == {"b3"}
+
+
 def test_the_lb_resetting_a_client_it_never_carried_is_LB200():
     scenario = Scenario("proxy")
     cport = _unserved(scenario, 0.0)
