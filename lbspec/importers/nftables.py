@@ -380,6 +380,8 @@ class _Walker:
             elif "payload" in part and part["payload"].get("field") == "dport":
                 ports = _port_range(value)
                 match = None if ports is None else _narrow(match, dports=(ports,))
+                if match is not None and part["payload"].get("protocol") in _PORTED:  # `tcp dport`: TCP only
+                    match = _narrow(match, protocols=frozenset({part["payload"]["protocol"]}))
             elif "meta" in part and part["meta"].get("key") == "l4proto":
                 match = _narrow(match, protocols=frozenset({str(value)}))
             else:

@@ -116,6 +116,26 @@ def test_two_balance_methods_on_one_vip(tmp_path):
     assert result.lost_mentions("balance round_robin")
 
 
+def test_tcp_dport_as_a_map_key_is_tcp_only(tmp_path):
+    # `ip daddr A tcp dport vmap { 8080 : jump web }` and `dnat to ip daddr . tcp dport map { ... }`: a
+    # `tcp dport` key only matches TCP, as it does in a plain match; UDP to these ports is not translated
+    tcp_dport = {"payload": {"protocol": "tcp", "field": "dport"}}
+    result = ruleset(tmp_path, [
+        nat_chain(),
+        {"chain": {"family": "ip", "table": "t", "name": "web", "handle": 5}},
+        rule(match("ip", "daddr", "192.0.2.1"),
+             {"vmap": {"key": tcp_dport, "data": {"set": [[8080, {"jump": {"target": "web"}}]]}}}),
+        rule({"dnat": {"addr": "10.0.0.1"}}, chain="web", handle=6),
+        rule({"dnat": {"family": "ip", "addr": {"map": {
+            "key": {"concat": [{"payload": {"protocol": "ip", "field": "daddr"}}, tcp_dport]},
+            "data": {"set": [[{"concat": ["192.0.2.2", 80]}, {"concat": ["10.0.0.2", 8080]}]]}}}}}, handle=3),
+    ])
+    by_vip = {str(s.vips[0]): s for s in result.spec.services}
+    assert [(x.protocol, x.ports) for x in by_vip["192.0.2.1"].listens] == [("tcp", ((8080, 8080),))]
+    assert [(x.protocol, x.ports) for x in by_vip["192.0.2.2"].listens] == [("tcp", ((80, 80),))]
+    assert [(r.protocol, r.target_port) for r in by_vip["192.0.2.2"].rules] == [("tcp", 8080)]
+
+
 def test_dnat_for_any_destination_needs_vip(tmp_path):
     items = [nat_chain(), rule(match("tcp", "dport", 80), {"dnat": {"addr": "10.0.0.5"}})]
     result = ruleset(tmp_path, items)
