@@ -255,6 +255,8 @@ class _ServerBlock:
                                                        "opens its own to an upstream server")
         service.mode = Line("mode proxy", [mode_note])
         pool = self._pool(service, directive, upstream)
+        if self.context.http and directive.args[0].lower().startswith("https://"):
+            service.tail.append(self.ctx.lost(directive.span, directive.text, _LOST_WHY["proxy_ssl"]))
         self._forwards(service, pool, protocols)
         if upstream is not None:
             _Upstream(self.ctx, upstream, self.context.http).behaviour(service, self)
@@ -297,7 +299,7 @@ class _ServerBlock:
     def _upstream_name(self, directive: _Directive) -> str | None:
         target = directive.args[0]
         if self.context.http:
-            target = re.sub(r"^https?://", "", target).split("/", 1)[0]
+            target = re.sub(r"^https?://", "", target, flags=re.IGNORECASE).split("/", 1)[0]
         return target if target in self.context.upstreams or target.startswith("$") else None
 
     def _service_name(self, directive: _Directive, upstream: _Directive | None) -> str:
@@ -376,11 +378,13 @@ class _ServerBlock:
         if upstream is not None:
             return _Upstream(self.ctx, upstream, self.context.http).pool(service, self.pool_names)
         target = directive.args[0]
+        default_port = None
         if self.context.http:
-            target = re.sub(r"^https?://", "", target).split("/", 1)[0]
+            default_port = 443 if target.lower().startswith("https://") else 80
+            target = re.sub(r"^https?://", "", target, flags=re.IGNORECASE).split("/", 1)[0]
         parts = addresses.split_host_port(target)
         address = addresses.ip(parts.host)
-        port = addresses.port_number(parts.port) if parts.port else (80 if self.context.http else None)
+        port = addresses.port_number(parts.port) if parts.port else default_port
         name = self.pool_names.take("upstream")
         pool = PoolDraft(name)
         if address is None or port is None:

@@ -149,6 +149,19 @@ def test_ip_hash_is_flagged(tmp_path):
     assert result.lost_mentions("ip_hash", "/24")
 
 
+def test_proxy_pass_https_goes_to_port_443_and_is_tls(tmp_path):
+    # nginx's implicit upstream for `proxy_pass https://ADDR` uses port 443, and speaks TLS to every upstream
+    text = ("events {}\nhttp {\n upstream app { server 10.0.3.1:8443; }\n"
+            " server { listen 10.0.0.9:80; location / { proxy_pass SCHEME://app; } }\n"
+            " server { listen 10.0.0.9:81; location / { proxy_pass SCHEME://10.0.9.9; } }\n}\n")
+    result = nginx(tmp_path, text.replace("SCHEME", "https"))
+    direct = next(s for s in result.spec.services if s.name != "app")
+    assert [(str(b.address), b.port) for b in direct.backends] == [("10.0.9.9", 443)]
+    assert [b.port for b in result.service("app").backends] == [8443]
+    plain = nginx(tmp_path, text.replace("SCHEME", "http"))
+    assert result.codes.count("LB301") == plain.codes.count("LB301") + 2  # TLS to the upstream, in each service
+
+
 # ----------------------------------------------------------- not represented --
 
 @pytest.mark.parametrize("setting", ["listen 192.0.2.80:443 ssl", "proxy_ssl on", "proxy_protocol on",
