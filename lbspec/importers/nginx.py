@@ -292,7 +292,7 @@ class _ServerBlock:
     def _proxy_passes(self, block: _Directive, where: str = "/") -> list[tuple[str, _Directive]]:
         found = [(where, d) for d in block.children("proxy_pass")]
         for location in block.children("location"):
-            path = location.args[-1] if location.args else "/"
+            path = _path(location)
             found += self._proxy_passes(location, path)
         return found
 
@@ -441,8 +441,14 @@ class _ServerBlock:
 
     def _leftovers(self, service: ServiceDraft) -> None:
         """Directives of the server block, its locations and the enclosing block that the spec leaves out."""
-        for block in (self.context.block, self.server, *self._locations(self.server)):
+        locations = self._locations(self.server)
+        for block in (self.context.block, self.server, *locations):
             for directive in block.block or ():
+                if directive.name in ("allow", "deny") and block in locations:
+                    service.tail.append(self.ctx.lost(directive.span, f"location {_path(block)} {directive.text}",
+                                                      "access rules of a location apply to its requests only (and "
+                                                      "replace the server block's there)"))
+                    continue
                 if _ignored(directive.name) or (block is self.context.block and directive.name in _CONTEXT_ONLY):
                     continue
                 why = _LOST_WHY.get(directive.name, "the spec language has no equivalent")
@@ -453,6 +459,10 @@ class _ServerBlock:
     def _locations(self, block: _Directive) -> list[_Directive]:
         found = block.children("location")
         return found + [x for f in found for x in self._locations(f)]
+
+
+def _path(location: _Directive) -> str:
+    return location.args[-1] if location.args else "/"
 
 
 def _allowed_sources(rules: list[_Directive], families: set[int]) -> list[str] | None:

@@ -128,6 +128,16 @@ def test_allow_deny_all_becomes_rules_and_reject():
     assert result.lost_mentions("deny 10.9.9.9")
 
 
+def test_allow_deny_in_a_location_is_not_dropped(tmp_path):
+    # nginx refuses other clients' requests in that location; the spec's rules would let every client through
+    text = ("events {}\nhttp {\n upstream app { server 10.0.3.1:8080 max_fails=0; }\n"
+            " server { listen 10.0.0.9:80; location / { ACCESS proxy_pass http://app; } }\n}\n")
+    result = nginx(tmp_path, text.replace("ACCESS", "allow 10.0.0.0/8; deny all;"))
+    plain = nginx(tmp_path, text.replace("ACCESS", ""))
+    assert rules(result.service("app")) == rules(plain.service("app"))
+    assert result.codes.count("LB301") == plain.codes.count("LB301") + 2
+
+
 # --------------------------------------------------------------------- http --
 
 def test_http_server_with_locations():
