@@ -807,15 +807,25 @@ class _Behaviour:
             self.handled.add(id(rule))
         exchanges = [r for r in rules if r.args and r.args[0].text in ("send", "send-binary", "expect",
                                                                        "send-lf", "send-binary-lf")]
+        notes = self._elsewhere(rules) if tcp_check is not None else []
         if tcp_check is not None and exchanges:
-            return "tcp", None, [self.ctx.lost(exchanges[0].span, exchanges[0].text, "the check sends and "
-                                               "expects data; the spec's `tcp` check only opens a connection")], True
-        return "tcp", None, [], False
+            return "tcp", None, [*notes, self.ctx.lost(exchanges[0].span, exchanges[0].text, "the check sends and "
+                                 "expects data; the spec's `tcp` check only opens a connection")], True
+        return "tcp", None, notes, False
+
+    def _elsewhere(self, rules: list[Statement]) -> list[Note]:
+        """`tcp-check connect port 8081`, `http-check connect addr ...`: the check goes somewhere else."""
+        notes = []
+        for rule in rules:
+            words = [w.text for w in rule.args]
+            if words[:1] == ["connect"] and ("port" in words or "addr" in words):
+                notes.append(self.ctx.lost(rule.span, rule.text, _SERVER_LOST["port" if "port" in words else "addr"]))
+        return notes
 
     def _http_check(self, httpchk: Statement) -> tuple[str, str | None, list[Note], bool]:
         words = [w.text for w in httpchk.args[1:]]
         path = next((w for w in words if w.startswith("/")), "/")
-        notes = []
+        notes = self._elsewhere(self.backend.lines("http-check"))
         for rule in self.backend.lines("http-check"):
             self.handled.add(id(rule))
             rule_words = [w.text for w in rule.args]

@@ -122,6 +122,22 @@ def test_http_check_with_fastinter_spread_and_timeout_check():
     assert result.lost_mentions("mode http")
 
 
+@pytest.mark.parametrize("check", ["    option tcp-check\n    tcp-check connect port 8081\n",
+                                   "    option httpchk\n    http-check connect port 8081\n    http-check send uri /\n",
+                                   "    option tcp-check\n    tcp-check connect addr 10.0.9.9\n"])
+def test_a_check_that_connects_elsewhere_is_not_represented(tmp_path, check):
+    # the servers are checked on another port (or address) than the one traffic goes to
+    text = frontend_backend(check + "    server a 10.0.1.1:80 check\n    server b 10.0.1.2:80 check\n")
+    result = haproxy(tmp_path, text)
+    assert result.service("f").health.kind in ("tcp", "http")
+    assert result.codes == ["LB301"]
+    if shutil.which("haproxy"):
+        (tmp_path / "haproxy.cfg").write_text(text)
+        done = subprocess.run(["haproxy", "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_mixed_checks_give_no_health(tmp_path):
     result = run("haproxy", "mixed-checks.cfg")
     assert result.service("mixed").health.kind == "none"
