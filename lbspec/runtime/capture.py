@@ -582,6 +582,9 @@ class _PcapngWalker(_Walker):
     damaged = "corrupt block"
     SHB, IDB, OPB, SPB, ISB, EPB = 0x0A0D0D0A, 1, 2, 3, 5, 6
     KINDS = (IDB, OPB, SPB, ISB, EPB)  # what a search for blocks after damage looks for
+    # Blocks holding no packet that Wireshark still lists as frames: custom blocks (copiable or not), systemd
+    # journal entries and sysdig events.  Each takes a frame number, so that ours stay Wireshark's.
+    NUMBERED = (0x00000BAD, 0x40000BAD, 0x00000009, 0x00000204, 0x00000216, 0x00000221)
 
     def __init__(self, reader: CaptureReader):
         self.reader = reader
@@ -591,7 +594,7 @@ class _PcapngWalker(_Walker):
     def walk(self, buf, pos: int, most: int, at_end: bool, base: int) -> tuple[Frames | None, int]:
         """Frames from ``pos`` on (``base``: where ``buf`` starts in the file); returns them and where they end."""
         parts: list[tuple] = []
-        count = 0
+        count = numbered = 0  # packets, and frame numbers given: packets and the blocks Wireshark numbers besides
         if self.lost:
             pos = self._step_over(buf, pos, pos, at_end, base, self.reader.frames + 1)
         while not self.lost and count < most:
@@ -601,20 +604,25 @@ class _PcapngWalker(_Walker):
                 if whole < len(epbs):
                     pos, stop = epbs[whole], "damage"
                 if whole:
-                    parts.append(part)
+                    parts.append((*part, numbered + np.arange(whole)))
                     count += whole
+                    numbered += whole
             if stop == "block":
-                count += self._other(buf, pos, parts)
+                packets, numbers = self._other(buf, pos, parts, numbered)
+                count += packets
+                numbered += numbers
                 pos += struct.unpack_from(self.order + "I", buf, pos + 4)[0]  # in the section's order
                 continue
             if not (stop == "damage" or stop == "more" and at_end and len(buf) - pos >= 12):
                 break  # done, or more is to be read, or the file ends in a block header
-            resume = self._step_over(buf, pos, pos + 1, at_end, base, self.reader.frames + count + 1,
+            resume = self._step_over(buf, pos, pos + 1, at_end, base, self.reader.frames + numbered + 1,
                                      stop == "damage")
             if resume is None:
                 break
             pos = resume
-        return self._batch(buf, parts, pos), pos
+        frames = self._batch(buf, parts, pos)
+        self.reader.frames += numbered - count  # the reader counts the packets as it hands them on
+        return frames, pos
 
     def _walk(self, buf: bytes, pos: int, most: int) -> tuple[list[int], int, str]:
         """Enhanced packet blocks from ``pos`` until another kind of block ("block"), damage, the end of
@@ -691,12 +699,13 @@ class _PcapngWalker(_Walker):
         linktype[~known] = 0xFFFF
         return (linktype, np.array([i.scale for i in table])[index], np.array([i.offset for i in table])[index])
 
-    def _other(self, buf: bytes, pos: int, parts: list) -> int:
-        """A block other than an EPB; returns the packets it adds (0 or 1)."""
+    def _other(self, buf: bytes, pos: int, parts: list, numbered: int) -> tuple[int, int]:
+        """A block other than an EPB (``numbered``: frame numbers given so far in this walk); returns the
+        packets it adds and the frame numbers it takes (0 or 1 each)."""
         btype = struct.unpack_from(self.order + "I", buf, pos)[0]
         if btype == self.SHB:
             self._section(buf, pos)
-            return 0
+            return 0, 0
         blen = struct.unpack_from(self.order + "I", buf, pos + 4)[0]
         body = buf[pos + 8:pos + blen - 4]
         if btype == self.IDB:
@@ -704,8 +713,11 @@ class _PcapngWalker(_Walker):
         elif btype == self.ISB:
             self._statistics(body)
         elif btype in (self.SPB, self.OPB):
-            return self._simple(pos, btype, body, parts)
-        return 0
+            packets = self._simple(pos, btype, body, parts, numbered)
+            return packets, packets
+        elif btype in self.NUMBERED:
+            return 0, 1
+        return 0, 0
 
     def _section(self, buf: bytes, pos: int) -> None:
         self.order = "<" if buf[pos + 8:pos + 12] == b"\x4d\x3c\x2b\x1a" else ">"
@@ -735,7 +747,7 @@ class _PcapngWalker(_Walker):
             if code in (5, 7) and len(value) == 8:  # isb_ifdrop, isb_osdrop
                 self.reader.dropped += struct.unpack(self.order + "Q", value)[0]
 
-    def _simple(self, pos: int, btype: int, body: bytes, parts: list) -> int:
+    def _simple(self, pos: int, btype: int, body: bytes, parts: list, numbered: int) -> int:
         if btype == self.SPB and len(body) >= 4:
             origlen = struct.unpack_from(self.order + "I", body, 0)[0]
             snap = self.interfaces[0].snaplen if self.interfaces else 0
@@ -751,18 +763,17 @@ class _PcapngWalker(_Walker):
         linktype, scale, shift = self._lookup(np.array([iface]))
         ts = np.array([np.nan if ticks is None else ticks * scale[0] + shift[0]])
         parts.append((np.array([start]), np.array([caplen]), np.array([origlen]), ts, linktype,
-                      np.zeros(1, np.int8), np.array([iface], np.int64)))
+                      np.zeros(1, np.int8), np.array([iface], np.int64), np.array([numbered])))
         return 1
 
     def _batch(self, buf: bytes, parts: list[tuple], end: int) -> Frames | None:
         if not parts or not sum(len(p[0]) for p in parts):
             return None
-        offs, caplen, wirelen, ts, linktype, direction, iface = (np.concatenate([p[i] for p in parts])
-                                                                 for i in range(7))
-        first = self.reader.frames + 1
+        offs, caplen, wirelen, ts, linktype, direction, iface, index = (np.concatenate([p[i] for p in parts])
+                                                                        for i in range(8))
         return Frames(buf, offs.astype(np.int64), caplen.astype(np.int32), wirelen.astype(np.int32),
                       _fill_missing(ts), linktype.astype(np.uint16), direction,
-                      np.arange(first, first + len(offs), dtype=np.int64), iface=iface.astype(np.int32))
+                      (self.reader.frames + 1 + index).astype(np.int64), iface=iface.astype(np.int32))
 
 
 def _epb_direction(buf: bytes, pos: int, end: int, order: str) -> int:

@@ -368,3 +368,29 @@ def test_a_pipe_is_refused_before_anything_is_read_from_it():
         assert len(os.read(read, 1 << 16)) == len(head) + sum(map(len, records))  # nothing was taken from it
     finally:
         os.close(read)
+
+
+def _block(kind: int, body: bytes) -> bytes:
+    body += b"\x00" * (-len(body) % 4)
+    return struct.pack("<II", kind, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+
+
+@pytest.mark.parametrize("batch", [1, 2, 1000])
+@pytest.mark.parametrize("zipped", [False, True])
+def test_pcapng_blocks_wireshark_lists_as_frames_take_a_frame_number(tmp_path, batch, zipped):
+    """Custom blocks, systemd journal entries and sysdig events hold no packet, but Wireshark numbers each as
+    a frame: the packets after them keep Wireshark's numbers, and so does damage after them."""
+    custom = _block(0x00000BAD, struct.pack("<I", 32473) + b"custom")
+    private = _block(0x40000BAD, struct.pack("<I", 32473) + b"not to be copied")
+    journal = _block(0x00000009, b"__REALTIME_TIMESTAMP=1700000000000000\nMESSAGE=x\n")
+    event = _block(0x00000216, struct.pack("<HQQIHI", 0, 1, 2, 3, 4, 0))
+    unknown = _block(0x00012345, b"no frame")  # neither a packet nor anything Wireshark lists
+    packet = [pcapng.packet(0, NOW + t, FRAME) for t in range(6)]
+    data = (pcapng.section() + custom + pcapng.interface(1) + packet[0] + journal + unknown + packet[1] + packet[2]
+            + event + private + packet[3] + b"\xff" * 7 + packet[4] + custom + packet[5] + journal)
+    path = _write(tmp_path, gzip.compress(data) if zipped else data)
+    reader = CaptureReader(str(path), batch_frames=batch)
+    frames = [f for f in reader.batches()]
+    assert np.concatenate([f.frame for f in frames]).tolist() == [2, 4, 5, 8, 9, 11]
+    assert np.concatenate([f.ts for f in frames]).tolist() == [NOW + t for t in range(6)]
+    assert [(d.what, d.frame) for d in reader.damage] == [("skipped", 9)]
