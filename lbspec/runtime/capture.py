@@ -709,7 +709,7 @@ class _PcapngWalker(_Walker):
         blen = struct.unpack_from(self.order + "I", buf, pos + 4)[0]
         body = buf[pos + 8:pos + blen - 4]
         if btype == self.IDB:
-            self._interface(body)
+            self._interface(body, numbered)
         elif btype == self.ISB:
             self._statistics(body)
         elif btype in (self.SPB, self.OPB):
@@ -723,7 +723,7 @@ class _PcapngWalker(_Walker):
         self.order = "<" if buf[pos + 8:pos + 12] == b"\x4d\x3c\x2b\x1a" else ">"
         self.interfaces = []
 
-    def _interface(self, body: bytes) -> None:
+    def _interface(self, body: bytes, numbered: int) -> None:
         if len(body) < 8:
             return
         linktype, _reserved, snaplen = struct.unpack_from(self.order + "HHI", body, 0)
@@ -738,7 +738,7 @@ class _PcapngWalker(_Walker):
                 iface.name = value.decode("utf-8", "replace")
         self.interfaces.append(iface)
         if linktype not in LINKTYPES:
-            self.reader.damage.append(Damage("linktype", self.reader.frames + 1, 0, 0,
+            self.reader.damage.append(Damage("linktype", self.reader.frames + numbered + 1, 0, 0,
                                              f"interface {len(self.interfaces) - 1} has unsupported link type "
                                              f"{linktype}"))
 

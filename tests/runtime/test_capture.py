@@ -151,6 +151,15 @@ def test_unsupported_interface_link_type_is_counted(tmp_path):
     assert reader.damage[0].what == "linktype"
 
 
+@pytest.mark.parametrize("batch", [2, 1000])
+def test_an_unsupported_link_type_is_reported_before_the_frame_it_comes_before(tmp_path, batch):
+    data = pcapng.section() + pcapng.interface(1) + b"".join(pcapng.packet(0, NOW + t, FRAME) for t in range(5))
+    data += pcapng.interface(147) + pcapng.packet(1, NOW + 5, b"\x01\x02\x03\x04")
+    reader = CaptureReader(str(_write(tmp_path, data, "x.pcapng")), batch_frames=batch)
+    assert sum(len(f) for f in reader.batches()) == 6
+    assert [(d.what, d.frame) for d in reader.damage] == [("linktype", 6)]
+
+
 def test_gzip_and_nanosecond_pcap(tmp_path):
     path = tmp_path / "x.pcap"
     wrpcap(str(path), [Ether(**MACS) / TCP_PACKET], nano=True)
