@@ -45,8 +45,9 @@ __all__ = [
 LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LOOP = 0, 1, 101, 108
 LINKTYPE_LINUX_SLL, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_LINUX_SLL2 = 113, 228, 229, 276
 LINKTYPE_RAW_OPENBSD = 12
+LINKTYPE_RAW_14 = 14  # DLT_RAW's value on OpenBSD and BSD/OS, found in files written there (Wireshark reads it too)
 LINKTYPES = {LINKTYPE_NULL: "BSD loopback", LINKTYPE_ETHERNET: "Ethernet", LINKTYPE_RAW: "raw IP",
-             LINKTYPE_RAW_OPENBSD: "raw IP", LINKTYPE_LOOP: "OpenBSD loopback",
+             LINKTYPE_RAW_OPENBSD: "raw IP", LINKTYPE_RAW_14: "raw IP", LINKTYPE_LOOP: "OpenBSD loopback",
              LINKTYPE_LINUX_SLL: "Linux cooked (SLL)", LINKTYPE_IPV4: "raw IPv4", LINKTYPE_IPV6: "raw IPv6",
              LINKTYPE_LINUX_SLL2: "Linux cooked v2 (SLL2)"}
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from lbspec.runtime.capture import (
     HEAD, LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_LOOP,
-    LINKTYPE_NULL, LINKTYPE_RAW, LINKTYPE_RAW_OPENBSD, Frames, field, rows_at,
+    LINKTYPE_NULL, LINKTYPE_RAW, LINKTYPE_RAW_14, LINKTYPE_RAW_OPENBSD, Frames, field, rows_at,
 )
 
 __all__ = [
@@ -283,7 +283,7 @@ def _general(frames: Frames, cols: dict[str, np.ndarray], ports: np.ndarray, row
 
 
 _LINK_HEADERS = {LINKTYPE_ETHERNET: 14, LINKTYPE_LINUX_SLL: 16, LINKTYPE_LINUX_SLL2: 20, LINKTYPE_RAW: 0,
-                 LINKTYPE_RAW_OPENBSD: 0, LINKTYPE_IPV4: 0, LINKTYPE_IPV6: 0, LINKTYPE_NULL: 4, LINKTYPE_LOOP: 4}
+                 LINKTYPE_RAW_OPENBSD: 0, LINKTYPE_RAW_14: 0, LINKTYPE_IPV4: 0, LINKTYPE_IPV6: 0, LINKTYPE_NULL: 4, LINKTYPE_LOOP: 4}
 
 
 class _Fast:
@@ -456,7 +456,7 @@ class _Decoder:
         lt = c["lt"]
         off = c["roff"]
         for kinds, header in (((LINKTYPE_ETHERNET,), 14), ((LINKTYPE_LINUX_SLL,), 16), ((LINKTYPE_LINUX_SLL2,), 20),
-                              ((LINKTYPE_RAW, LINKTYPE_RAW_OPENBSD, LINKTYPE_IPV4, LINKTYPE_IPV6), 0),
+                              ((LINKTYPE_RAW, LINKTYPE_RAW_OPENBSD, LINKTYPE_RAW_14, LINKTYPE_IPV4, LINKTYPE_IPV6), 0),
                               ((LINKTYPE_NULL, LINKTYPE_LOOP), 4)):
             rows = np.nonzero(np.isin(lt, kinds))[0]
             if not len(rows):
@@ -465,7 +465,8 @@ class _Decoder:
             l3[rows] = o + header
             etype[rows] = self._ethertype(kinds[0], rows, o)
         known = np.isin(lt, [LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW,
-                             LINKTYPE_RAW_OPENBSD, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_NULL, LINKTYPE_LOOP])
+                             LINKTYPE_RAW_OPENBSD, LINKTYPE_RAW_14, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_NULL,
+                             LINKTYPE_LOOP])
         self.fail(np.nonzero(~known)[0], _LINKTYPE)
         typed = np.nonzero(np.isin(lt, [LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2]))[0]
         if len(typed):  # a cooked header names the ethertype too, and VLAN tags may follow it

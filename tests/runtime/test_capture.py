@@ -57,6 +57,7 @@ TCP_PACKET = IP(src="203.0.113.7", dst="192.0.2.10", ttl=61, id=77) / TCP(sport=
     (276, CookedLinuxV2(pkttype=0, proto=0x0800) / TCP_PACKET),
     (101, TCP_PACKET),
     (228, TCP_PACKET),
+    (14, TCP_PACKET),  # raw IP as OpenBSD numbers it
     (0, struct.pack("<I", 2) + bytes(TCP_PACKET)),
     (108, struct.pack(">I", 2) + bytes(TCP_PACKET)),
 ])

@@ -51,6 +51,7 @@ FRAMES = {
     276: [CookedLinuxV2(pkttype=4 * (i % 2), proto=0x0800, ifindex=i) / p for i, p in enumerate(PACKETS[:10])]
     + [CookedLinuxV2(proto=0x8100) / Dot1Q(vlan=5) / PACKETS[0]],
     101: PACKETS,
+    14: PACKETS,
     0: [struct.pack("<I", 2) + bytes(p) for p in PACKETS],
 }
 
