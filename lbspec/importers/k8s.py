@@ -237,12 +237,19 @@ def import_k8s(paths: list[str], ctx: ImportContext) -> tuple[list[ServiceDraft]
             legacy.setdefault((obj.namespace, obj.name), []).extend(_legacy_endpoints(obj, ctx))
     services, header = [], []
     names = Names()
-    clashes = _clashing_names([o for o in objects if o.kind == "Service"])
-    for obj in (o for o in objects if o.kind == "Service"):
+    found = [o for o in objects if o.kind == "Service"]
+    last = {(o.namespace, o.name): o for o in found}
+    clashes = _clashing_names(found)
+    claimed: dict[tuple, str] = {}  # (address, protocol, port) -> the service that listens there
+    for obj in found:
         key = (obj.namespace, obj.name)
+        if last[key] is not obj:
+            header.append(ctx.explain(line_span(ctx.sources, obj.file, obj.body.line), f"Service {obj.namespace}/"
+                                      f"{obj.name} is given again further on: the last one is imported"))
+            continue
         endpoints = slices.get(key) if key in slices else legacy.get(key)
         base = f"{obj.namespace}-{obj.name}" if obj.name in clashes else obj.name
-        services += _Service(obj, endpoints, ctx, header).build(names, base)
+        services += _Service(obj, endpoints, ctx, header, claimed).build(names, base)
     return services, header
 
 
@@ -275,8 +282,10 @@ class _Port:
 class _Service:
     """Builds the services of one Service object."""
 
-    def __init__(self, obj: _Object, endpoints: list[_Endpoint] | None, ctx: ImportContext, header: list[Note]):
+    def __init__(self, obj: _Object, endpoints: list[_Endpoint] | None, ctx: ImportContext, header: list[Note],
+                 claimed: dict[tuple, str]):
         self.obj = obj
+        self.claimed = claimed
         self.spec = _field(obj.body, "spec", (dict,), obj, ctx) or _Map()
         self.endpoints = endpoints
         self.ctx = ctx
@@ -322,12 +331,42 @@ class _Service:
             if self.ctx.options.vips:
                 out.append(self._outside(names.take(f"{base}-nodeport"), node_ports,
                                          list(self.ctx.options.vips), "node_port"))
-            else:
+            elif out[0] is not None:
                 text = ", ".join(f"nodePort: {p.node_port}" for p in node_ports)
                 span = line_span(self.ctx.sources, self.file, node_ports[0].line("nodePort"))
                 out[0].tail.append(self.ctx.lost(span, text, "served on every node's addresses: give "
                                                                              "them with --vip to import it"))
-        return out
+        return [s for s in out if s is not None]
+
+    # --- addresses other Services listen on
+    @staticmethod
+    def _keys(address, ports: list[_Port], which: str) -> list[tuple]:
+        return [(address, p.protocol, getattr(p, which)) for p in ports if p.protocol in ("TCP", "UDP")]
+
+    def _free(self, address, ports: list[_Port], which: str) -> bool:
+        return not any(k in self.claimed for k in self._keys(address, ports, which))
+
+    def _claim(self, service: ServiceDraft, ports: list[_Port], which: str) -> bool:
+        """Takes the service's addresses and ports; one another Service listens on already is left out.
+
+        kube-proxy would send such traffic to one of the two Services, which one the Services do not say.
+        """
+        kept = []
+        for vip in service.vips:
+            keys = self._keys(vip, ports, which)
+            other = next((self.claimed[k] for k in keys if k in self.claimed), None)
+            if other is None:
+                kept.append(vip)
+                self.claimed.update(dict.fromkeys(keys, service.name))
+                continue
+            service.vip_notes.append(self.ctx.lost(self._span(), f"Service {self.obj.name} address {vip}",
+                                                   f"service `{other}` listens on this address and port too; "
+                                                   "only one of them can have the traffic: left out here"))
+        service.vips = kept
+        if not kept:
+            self.header.extend(service.vip_notes)
+            self.ctx.skipped = True
+        return bool(kept)
 
     # --- ports and addresses
     def _ports(self) -> list[_Port]:
@@ -342,7 +381,7 @@ class _Service:
                                _port(port, "nodePort", self.obj, self.ctx), port))
         return ports
 
-    def _cluster_vips(self, service: ServiceDraft) -> None:
+    def _cluster_vips(self, service: ServiceDraft, ports: list[_Port]) -> None:
         texts = [t for t in _list(self.spec, "clusterIPs", self.obj, self.ctx, str) or [self._get("clusterIP", str)]
                  if t]
         for text in texts:
@@ -351,10 +390,22 @@ class _Service:
             return
         families = _list(self.spec, "ipFamilies", self.obj, self.ctx, str) or ["IPv4"]
         for family in families:
-            service.add_vip(ipaddress.ip_address("::" if family == "IPv6" else "0.0.0.0"))
+            service.add_vip(self._placeholder(6 if family == "IPv6" else 4, ports))
         service.vip_notes.append(self.ctx.lost(self._span(), f"Service {self.obj.name}", "the manifest has no "
                                                "clusterIP (the API server assigns one); import `kubectl get svc -o "
                                                "yaml` to get it"))
+
+    def _placeholder(self, family: int, ports: list[_Port]):
+        """An address for a Service without a ClusterIP: `0.0.0.0` (`::`), or the next one no Service on these
+        ports has (`0.0.0.1`...; `100::1`..., the discard prefix), so that Services without one do not clash."""
+        first = ipaddress.ip_address("::" if family == 6 else "0.0.0.0")
+        base = ipaddress.ip_address("100::" if family == 6 else "0.0.0.0")
+        number = 0
+        candidate = first
+        while not self._free(candidate, ports, "port"):
+            number += 1
+            candidate = base + number
+        return candidate
 
     def _external_vips(self) -> list:
         external = _list(self.spec, "externalIPs", self.obj, self.ctx, str)
@@ -374,9 +425,11 @@ class _Service:
         return list(dict.fromkeys(found))
 
     # --- the services
-    def _cluster(self, name: str, ports: list[_Port]) -> ServiceDraft:
+    def _cluster(self, name: str, ports: list[_Port]) -> ServiceDraft | None:
         service = ServiceDraft(name)
-        self._cluster_vips(service)
+        self._cluster_vips(service, ports)
+        if not self._claim(service, ports, "port"):
+            return None
         service.mode = Line("mode nat", [self.ctx.lost(self._span(), f"Service {self.obj.name}", "kube-proxy also "
                                                        "masquerades (source-NATs) clients from outside the pod "
                                                        "network; the spec says `nat` for all of them")])
@@ -386,10 +439,12 @@ class _Service:
                                               "each node sends cluster traffic only to its own endpoints"))
         return service
 
-    def _outside(self, name: str, ports: list[_Port], vips: list, which: str) -> ServiceDraft:
+    def _outside(self, name: str, ports: list[_Port], vips: list, which: str) -> ServiceDraft | None:
         service = ServiceDraft(name)
         for vip in vips:
             service.add_vip(vip)
+        if not self._claim(service, ports, which):
+            return None
         policy = self._get("externalTrafficPolicy", str, default="Cluster")
         if policy == "Local":
             service.mode = Line("mode nat", [self.ctx.lost(self._span("externalTrafficPolicy"),

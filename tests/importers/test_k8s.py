@@ -153,6 +153,32 @@ def test_manifest_without_cluster_ip(tmp_path):
     assert result.lost_mentions("kubectl get svc")
 
 
+def test_manifests_without_cluster_ips_on_one_port_load(tmp_path):
+    # plain manifests: every Service listens on port 80 of an address the API server has not assigned yet
+    other = SERVICE.replace("name: api,", "name: web,").replace("app: api", "app: web")
+    result = k8s(tmp_path, *(s.replace("clusterIP: 10.96.1.1", "type: ClusterIP") for s in (SERVICE, other)))
+    api, web = result.service("api"), result.service("web")
+    unassigned = ipaddress.ip_network("0.0.0.0/8")  # "this network": never a destination, clearly a placeholder
+    assert api.vips != web.vips and all(v in unassigned for v in (*api.vips, *web.vips))
+
+
+def test_an_address_and_port_two_services_claim_goes_to_the_first(tmp_path):
+    # kube-proxy would send the traffic to one of them; the Services do not say which
+    lb = "\n      type: LoadBalancer\n      externalIPs: [192.0.2.9]"
+    first = SERVICE.replace("clusterIP: 10.96.1.1", "clusterIP: 10.96.1.1" + lb)
+    second = first.replace("name: api,", "name: web,").replace("10.96.1.1", "10.96.1.2")
+    result = k8s(tmp_path, first, second)
+    assert [s.name for s in result.spec.services] == ["api", "api-external", "web"]
+    assert [str(v) for v in result.service("web").vips] == ["10.96.1.2"]
+    assert "LB301" in result.codes
+
+
+def test_a_service_given_twice_is_imported_once(tmp_path):
+    result = k8s(tmp_path, SERVICE, endpoint_slice("{addresses: [10.244.0.1]}"), SERVICE)
+    assert [s.name for s in result.spec.services] == ["api"]
+    assert addresses(result.service("api"), "api") == ["10.244.0.1"]
+
+
 def test_same_name_in_two_namespaces(tmp_path):
     other = SERVICE.replace("namespace: prod", "namespace: staging").replace("10.96.1.1", "10.96.1.2")
     result = k8s(tmp_path, SERVICE, other)
