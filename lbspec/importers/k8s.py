@@ -415,12 +415,16 @@ class _Service:
         ingresses = _list(balancer, "ingress", self.obj, self.ctx)
         for ingress in ingresses:
             address, hostname = (_field(ingress, key, (str,), self.obj, self.ctx) for key in ("ip", "hostname"))
-            if address:
+            if address and _field(ingress, "ipMode", (str,), self.obj, self.ctx) == "Proxy":
+                self.header.append(self.ctx.lost(self._span(None, ingress), f"ip: {address} ipMode: Proxy",
+                                                 "kube-proxy leaves this address to the cloud load balancer, which "
+                                                 "delivers its traffic to the nodes: not imported"))
+            elif address:
                 found.append(_ip(address, ingress, self.obj, self.ctx))
             elif hostname:
                 self.header.append(self.ctx.lost(self._span(None, ingress), f"hostname: {hostname}",
                                                  "a load balancer known by name; the spec needs its address"))
-        if not ingresses and self._get("loadBalancerIP", str):
+        if not ingresses and self._get("type", str) == "LoadBalancer" and self._get("loadBalancerIP", str):
             found.append(_ip(self.spec["loadBalancerIP"], self.spec, self.obj, self.ctx))
         return list(dict.fromkeys(found))
 

@@ -179,6 +179,19 @@ def test_a_service_given_twice_is_imported_once(tmp_path):
     assert addresses(result.service("api"), "api") == ["10.244.0.1"]
 
 
+def test_load_balancer_ip_only_for_load_balancers_and_ip_mode_proxy(tmp_path):
+    # `loadBalancerIP` is a request to the cloud for type LoadBalancer only; an ingress with `ipMode: Proxy`
+    # is left to the cloud load balancer (kube-proxy programs nothing for it)
+    cluster = SERVICE.replace("clusterIP: 10.96.1.1", "clusterIP: 10.96.1.1\n      loadBalancerIP: 192.0.2.5")
+    assert [s.name for s in k8s(tmp_path, cluster).spec.services] == ["api"]
+    proxied = SERVICE.replace("clusterIP: 10.96.1.1", "clusterIP: 10.96.1.1\n      type: LoadBalancer") + (
+        "    status:\n      loadBalancer:\n        ingress:\n"
+        "          - {ip: 192.0.2.6, ipMode: Proxy}\n          - {ip: 192.0.2.7, ipMode: VIP}\n")
+    result = k8s(tmp_path, proxied)
+    assert [str(v) for v in result.service("api-external").vips] == ["192.0.2.7"]
+    assert "LB301" in result.codes
+
+
 def test_same_name_in_two_namespaces(tmp_path):
     other = SERVICE.replace("namespace: prod", "namespace: staging").replace("10.96.1.1", "10.96.1.2")
     result = k8s(tmp_path, SERVICE, other)
