@@ -346,6 +346,9 @@ class _Fast:
         ok &= ~tcp | ((caplen >= l3 + 40) & (doff >= 20))
         start = l3 + 20 + np.where(tcp, doff, 8)  # payload, from the frame's start
         ip_end = np.where(total == 0, caplen, l3 + total)
+        if udp.any():  # a datagram shorter than its IP packet ends where UDP's length says (see _transport)
+            datagram = l3 + 20 + field(head, l3 + 24, 2).astype(np.int64)
+            ip_end = np.where(udp & (datagram >= start) & (datagram < ip_end), datagram, ip_end)
         ok &= ip_end >= start
         if not ok.all():
             picked = np.nonzero(ok)[0]
@@ -626,6 +629,11 @@ class _Decoder:
         poff[tcp] = at + np.maximum(doff, 20)
         udp = ok & (proto == UDP)
         poff[udp] = l4[udp] + 8
+        if udp.any():  # a datagram shorter than its IP packet ends where UDP's length says, as receivers trim it
+            datagram = l4[udp] + v.be16(l4[udp] + 4)
+            trim = (datagram >= l4[udp] + 8) & (datagram < ip_end[udp])
+            ip_end = ip_end.copy()
+            ip_end[np.nonzero(udp)[0][trim]] = datagram[trim]
         icmp = ok & ((proto == ICMP) | (proto == ICMP6))
         at = l4[icmp]
         c["icmp"][rows[icmp]] = (v.byte(at).astype(np.int64) << 8) | v.byte(at + 1)

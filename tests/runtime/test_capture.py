@@ -404,3 +404,27 @@ def test_pcapng_blocks_wireshark_lists_as_frames_take_a_frame_number(tmp_path, b
     assert np.concatenate([f.frame for f in frames]).tolist() == [2, 4, 5, 8, 9, 11]
     assert np.concatenate([f.ts for f in frames]).tolist() == [NOW + t for t in range(6)]
     assert [(d.what, d.frame) for d in reader.damage] == [("skipped", 9)]
+
+
+@pytest.mark.parametrize("frame", [
+    Ether(**MACS) / IP(src="203.0.113.7", dst="192.0.2.10") / UDP(sport=5353, dport=53, len=13) / Raw(b"query"),
+    Ether(**MACS) / Dot1Q(vlan=7) / IP(src="203.0.113.7", dst="192.0.2.10") / UDP(sport=5353, dport=53, len=13)
+    / Raw(b"query"),
+    Ether(**MACS) / IPv6(src="2001:db8::1", dst="2001:db8::10") / UDP(sport=5353, dport=53, len=13) / Raw(b"query"),
+], ids=["ipv4", "vlan", "ipv6"])
+def test_a_udp_datagram_ends_where_its_length_says_not_where_its_ip_packet_does(tmp_path, frame):
+    """Bytes after the datagram but inside its IP packet are no payload: a receiver trims them, tshark too."""
+    frame = frame / Raw(b"trailing bytes")  # inside the IP packet (its length counts them), after the datagram
+    path = _pcap(tmp_path, [frame])
+    (frames,) = CaptureReader(str(path)).batches()
+    for general in (False, True):
+        p = decode(frames, general=general)
+        assert p["status"].tolist() == [OK] and p["dport"].tolist() == [53]
+        assert (p["plen"][0], p["pcap"][0], p.payload(0)) == (5, 5, b"query")
+
+
+def test_a_udp_length_that_cannot_be_right_leaves_the_ip_length_in_charge(tmp_path):
+    frames = [Ether(**MACS) / IP(src="203.0.113.7", dst="192.0.2.10") / UDP(sport=1, dport=53, len=length)
+              / Raw(b"query") for length in (100, 7, 0)]  # past the packet, shorter than its header, jumbo-style
+    cols, _ = _rows(_pcap(tmp_path, frames))
+    assert cols["status"].tolist() == [OK] * 3 and cols["plen"].tolist() == [5] * 3

@@ -33,6 +33,7 @@ PACKETS = [
     IP(**ADDRESSES) / IP() / TCP(),
     IPv6(src="2001:db8::1", dst="2001:db8::10") / TCP(sport=4, dport=80) / Raw(b"six"),
     IP(**ADDRESSES) / TCP(sport=5, dport=80, dataofs=3) / Raw(b"bad offset"),
+    IP(**ADDRESSES) / UDP(sport=5353, dport=53, len=13) / Raw(b"query") / Raw(b"after the datagram"),
 ]
 
 
