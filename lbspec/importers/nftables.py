@@ -620,10 +620,14 @@ class _Services:
         dnats, others = self._walk_nat()
         turned_away = self._walk_filter()
         groups: dict[tuple, list[_Decision]] = {}
+        claims: list[tuple] = []  # (address, protocol, low, high, group, where), in the order rules are met
         for decision in dnats:
-            vips = self._vips(decision)
+            vips = self._unclaimed(decision, self._vips(decision), claims)
             if vips:
-                groups.setdefault((vips, decision.match.masquerade), []).append(decision)
+                key = (vips, decision.match.masquerade)
+                groups.setdefault(key, []).append(decision)
+                claims += [(a, p, low, high, key, decision.where) for a in vips
+                           for p, low, high in _listens(decision.match)]
         postrouting = self._postrouting()
         services = [self._service(vips, masq, found, postrouting, turned_away)
                     for (vips, masq), found in groups.items()]
@@ -633,6 +637,25 @@ class _Services:
                 self.header.append(self.ctx.skip(None, text,
                                                  f"a `{kind}` the spec cannot express: not imported"))
         return services
+
+    def _unclaimed(self, decision: _Decision, vips: frozenset, claims: list[tuple]) -> frozenset:
+        """The VIPs whose traffic no earlier rule of another service has already translated.
+
+        The first DNAT a connection meets decides; a later rule for the same address, protocol and port only
+        gets what the earlier one lets through (other sources, say), which a service of its own cannot say.
+        """
+        key = (vips, decision.match.masquerade)
+        taken = {}
+        for protocol, low, high in _listens(decision.match):
+            for address, other, low2, high2, group, where in claims:
+                if address in vips and group != key and other == protocol and address not in taken and (
+                        low is None or low2 is None or max(low, low2) <= min(high, high2)):
+                    taken[address] = where
+        for address, where in taken.items():
+            self.header.append(self.ctx.lost(None, f"{decision.where} for {address}", f"`{where}` comes first for "
+                                                                                      "this address and port: this "
+                                                                                      "rule is left out for it"))
+        return frozenset(v for v in vips if v not in taken)
 
     # --- walking
     def _walk_nat(self) -> tuple[list[_Decision], list[_Decision]]:

@@ -136,6 +136,19 @@ def test_tcp_dport_as_a_map_key_is_tcp_only(tmp_path):
     assert [(r.protocol, r.target_port) for r in by_vip["192.0.2.2"].rules] == [("tcp", 8080)]
 
 
+def test_a_later_rule_for_the_same_address_and_port_is_left_out_for_it(tmp_path):
+    # the first DNAT a connection meets decides: 192.0.2.1:80 goes to 10.0.0.1, never to 10.0.0.2
+    result = ruleset(tmp_path, [
+        nat_chain(),
+        rule(match("ip", "daddr", "192.0.2.1"), match("tcp", "dport", 80), {"dnat": {"addr": "10.0.0.1"}}),
+        rule(match("ip", "daddr", {"set": ["192.0.2.1", "192.0.2.2"]}), match("tcp", "dport", 80),
+             {"dnat": {"addr": "10.0.0.2"}}, handle=3),
+    ])
+    by_vip = {tuple(str(v) for v in s.vips): [str(b.address) for b in s.backends] for s in result.spec.services}
+    assert by_vip == {("192.0.2.1",): ["10.0.0.1"], ("192.0.2.2",): ["10.0.0.2"]}
+    assert "LB301" in result.codes
+
+
 def test_dnat_for_any_destination_needs_vip(tmp_path):
     items = [nat_chain(), rule(match("tcp", "dport", 80), {"dnat": {"addr": "10.0.0.5"}})]
     result = ruleset(tmp_path, items)
