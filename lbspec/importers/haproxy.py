@@ -581,7 +581,7 @@ class _ServiceBuilder:
 
     def _leftover(self, statement: Statement) -> Note | None:
         key = _key(statement) or statement.keyword
-        if statement.keyword == "no":
+        if statement.keyword in ("no", "mode"):  # a backend's mode is its frontend's (HAProxy refuses others)
             return None
         if key in _IGNORED or statement.keyword in _IGNORED:
             return None

@@ -138,6 +138,12 @@ def test_a_check_that_connects_elsewhere_is_not_represented(tmp_path, check):
         assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_a_backend_that_repeats_the_mode_is_fully_represented(tmp_path):
+    result = haproxy(tmp_path, frontend_backend("    mode tcp\n    server a 10.0.1.1:80\n"))
+    assert result.service("f").mode.kind == "proxy"
+    assert result.codes == []
+
+
 def test_mixed_checks_give_no_health(tmp_path):
     result = run("haproxy", "mixed-checks.cfg")
     assert result.service("mixed").health.kind == "none"
