@@ -145,6 +145,7 @@ class Damage:
 class _Interface:
     linktype: int
     scale: float = 1e-6  # seconds per timestamp unit
+    units: int = 1_000_000  # timestamp units in a second, when that is a power of ten (else 0)
     offset: float = 0.0  # if_tsoffset
     snaplen: int = 0
     name: str = ""
@@ -683,14 +684,14 @@ class _PcapngWalker(_Walker):
         whole = len(offs) if good.all() else int(np.argmin(good))
         offs, blen, caplen = offs[:whole], blen[:whole], caplen[:whole]
         iface = words[offs + 8].astype(np.int64)
-        ticks = words[offs + 12].astype(np.float64) * 4294967296.0 + words[offs + 16].astype(np.float64)
+        ticks = (words[offs + 12].astype(np.uint64) << np.uint64(32)) | words[offs + 16].astype(np.uint64)
         direction = np.zeros(len(offs), np.int8)
         padded = 28 + ((caplen + 3) & ~3)
         for i in np.nonzero(padded + 4 < blen)[0].tolist():
             direction[i] = _epb_direction(buf, int(offs[i] + padded[i]), int(offs[i] + blen[i] - 4), self.order)
-        linktype, scale, shift = self._lookup(iface)
-        return (offs + 28, caplen, words[offs + 24].astype(np.int64), ticks * scale + shift, linktype, direction,
-                iface), whole
+        linktype, scale, shift, units = self._lookup(iface)
+        return (offs + 28, caplen, words[offs + 24].astype(np.int64), _seconds(ticks, scale, shift, units), linktype,
+                direction, iface), whole
 
     def _lookup(self, iface: np.ndarray):
         table = self.interfaces or [_Interface(0xFFFF)]
@@ -698,7 +699,8 @@ class _PcapngWalker(_Walker):
         index = np.where(known, iface, 0)
         linktype = np.array([i.linktype for i in table], np.uint16)[index]
         linktype[~known] = 0xFFFF
-        return (linktype, np.array([i.scale for i in table])[index], np.array([i.offset for i in table])[index])
+        return (linktype, np.array([i.scale for i in table])[index], np.array([i.offset for i in table])[index],
+                np.array([i.units for i in table], np.uint64)[index])
 
     def _other(self, buf: bytes, pos: int, parts: list, numbered: int) -> tuple[int, int]:
         """A block other than an EPB (``numbered``: frame numbers given so far in this walk); returns the
@@ -733,6 +735,7 @@ class _PcapngWalker(_Walker):
             if code == 9 and value:
                 raw = value[0]
                 iface.scale = 2.0 ** -(raw & 0x7F) if raw & 0x80 else 10.0 ** -raw
+                iface.units = 10 ** raw if not raw & 0x80 and raw <= 19 else 0  # 10 ** 19 still fits 64 bits
             elif code == 14 and len(value) == 8:
                 iface.offset = float(struct.unpack(self.order + "q", value)[0])
             elif code == 2:
@@ -758,11 +761,11 @@ class _PcapngWalker(_Walker):
             iface, _drops, tsh, tsl, caplen, origlen = struct.unpack_from(self.order + "HHIIII", body, 0)
             if 20 + caplen > len(body):
                 return 0
-            ticks, start = tsh * 4294967296.0 + tsl, pos + 28
+            ticks, start = tsh << 32 | tsl, pos + 28
         else:
             return 0
-        linktype, scale, shift = self._lookup(np.array([iface]))
-        ts = np.array([np.nan if ticks is None else ticks * scale[0] + shift[0]])
+        linktype, scale, shift, units = self._lookup(np.array([iface]))
+        ts = np.array([np.nan]) if ticks is None else _seconds(np.array([ticks], np.uint64), scale, shift, units)
         parts.append((np.array([start]), np.array([caplen]), np.array([origlen]), ts, linktype,
                       np.zeros(1, np.int8), np.array([iface], np.int64), np.array([numbered])))
         return 1
@@ -784,6 +787,19 @@ def _epb_direction(buf: bytes, pos: int, end: int, order: str) -> int:
             bits = struct.unpack(order + "I", value)[0] & 3
             return bits if bits in (1, 2) else 0
     return 0
+
+
+def _seconds(ticks: np.ndarray, scale: np.ndarray, shift: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """Timestamps in seconds from 64-bit tick counts (``units`` a second, or 0 where the resolution is not
+    decimal).  Decimal ones are split into whole seconds and a fraction first, as a pcap record holds them:
+    ``ticks * scale`` would round twice (the tick count itself is past what a float holds exactly), and a
+    packet would get another time than the same packet read from a pcap, or than the one tshark shows."""
+    decimal = units > 0
+    whole, fraction = np.divmod(ticks, np.where(decimal, units, np.uint64(1)))
+    split = (whole.astype(np.float64) + shift) + fraction.astype(np.float64) * scale
+    if decimal.all():
+        return split
+    return np.where(decimal, split, ticks.astype(np.float64) * scale + shift)
 
 
 def _fill_missing(ts: np.ndarray) -> np.ndarray:

@@ -428,3 +428,35 @@ def test_a_udp_length_that_cannot_be_right_leaves_the_ip_length_in_charge(tmp_pa
               / Raw(b"query") for length in (100, 7, 0)]  # past the packet, shorter than its header, jumbo-style
     cols, _ = _rows(_pcap(tmp_path, frames))
     assert cols["status"].tolist() == [OK] * 3 and cols["plen"].tolist() == [5] * 3
+
+
+@pytest.mark.parametrize("digits", [6, 9])
+def test_pcapng_timestamps_are_the_ones_a_pcap_of_the_same_packets_gives(tmp_path, digits):
+    """Each time is the float nearest the exact one, as a pcap's seconds-and-fraction gives it: a tick count
+    since 1970 is past what a float holds exactly, and scaling it rounded many times the other way."""
+    from fractions import Fraction
+
+    units = 10 ** digits
+    ticks = [NOW * units + k * (123_457 if digits == 6 else 123_456_789) for k in range(1, 40)]
+    magic = 0xA1B2C3D4 if digits == 6 else 0xA1B23C4D
+    pcap = struct.pack("<IHHiIII", magic, 2, 4, 0, 0, 65535, 1) + b"".join(
+        struct.pack("<IIII", t // units, t % units, len(FRAME), len(FRAME)) + FRAME for t in ticks)
+    padded = FRAME + bytes(-len(FRAME) % 4)
+    ng = pcapng.section() + pcapng.interface(1, resolution=None if digits == 6 else 9) + b"".join(
+        _block(6, struct.pack("<IIIII", 0, t >> 32, t & 0xFFFFFFFF, len(FRAME), len(FRAME)) + padded) for t in ticks)
+    ng += _block(2, struct.pack("<HHIIII", 0, 0, ticks[0] >> 32, ticks[0] & 0xFFFFFFFF, len(FRAME), len(FRAME))
+                 + padded)  # the obsolete packet block too
+    exact = [float(Fraction(t, units)) for t in ticks]
+    from_pcap, _ = _rows(_write(tmp_path, pcap, "x.pcap"))
+    from_pcapng, _ = _rows(_write(tmp_path, ng, "x.pcapng"))
+    assert from_pcap["ts"].tolist() == exact
+    assert from_pcapng["ts"].tolist() == exact + exact[:1]
+
+
+def test_pcapng_binary_resolutions_and_offsets(tmp_path):
+    frame_at = lambda ticks: _block(6, struct.pack("<IIIII", 0, ticks >> 32, ticks & 0xFFFFFFFF, len(FRAME),  # noqa: E731
+                                                   len(FRAME)) + FRAME + bytes(-len(FRAME) % 4))
+    offset = struct.pack("<HHq", 14, 8, 1000) + struct.pack("<HH", 9, 1) + b"\x94\x00\x00\x00" + bytes(4)
+    idb = _block(1, struct.pack("<HHI", 1, 0, 65535) + offset)  # 2**-20 s ticks, 1000 s later
+    cols, _ = _rows(_write(tmp_path, pcapng.section() + idb + frame_at(NOW << 20 | 1 << 19), "x.pcapng"))
+    assert cols["ts"].tolist() == [NOW + 1000.5]
