@@ -282,10 +282,31 @@ class ServiceDraft:
     health: Line | None = None
     failovers: list[Line] = field(default_factory=list)
     tail: list[Note] = field(default_factory=list)
+    # What the configuration really listens on: (address, or None for every address; protocol, low, high).
+    bound: list[tuple[Address | None, tuple[str, int | None, int | None]]] = field(default_factory=list)
 
     def add_vip(self, address: Address) -> None:
         if address not in self.vips:
             self.vips.append(address)
+
+    def bind(self, address: Address | None, protocol: str, low: int | None = None, high: int | None = None) -> None:
+        """Records a listener as the configuration has it; :meth:`unbound` compares them with the spec's."""
+        self.bound.append((address, (protocol, low, low if high is None else high)))
+
+    def unbound(self) -> list[str]:
+        """VIP, protocol and port pairs the spec says are listened on but no listener of the configuration has.
+
+        The spec listens on every `listen` item at every VIP; a configuration that listens on port 80 of one
+        address and 443 of another does not.
+        """
+        out = []
+        for vip in self.vips:
+            for item in self.listens:
+                if not any(item == bound and address in (None, vip) for address, bound in self.bound):
+                    protocol, low, high = item
+                    port = "" if low is None else f" {low}" + (f"-{high}" if high != low else "")
+                    out.append(f"{vip} {protocol}{port}")
+        return out
 
     def add_listen(self, protocol: str, low: int | None = None, high: int | None = None) -> None:
         item = (protocol, low, low if high is None else high)

@@ -338,6 +338,10 @@ class _ServiceBuilder:
             for text in bind.args[0].text.split(","):
                 self._bind_address(service, bind, text)
             self._bind_options(service, bind)
+        unbound = service.unbound()
+        if unbound:
+            binds = "; ".join(b.text for b in self.front.lines("bind"))
+            service.listen_notes.append(self.ctx.lost(self.front.span, binds, _unbound_why(unbound)))
 
     def _bind_address(self, service: ServiceDraft, bind: Statement, text: str) -> None:
         family, _, rest = text.rpartition("@") if "@" in text else ("", "", text)
@@ -351,9 +355,13 @@ class _ServiceBuilder:
         if ports is None:
             self.ctx.fail(bind.args[0].span, f"`{text}` has no valid port",
                           help="write the address and port as `10.0.0.1:80` or `:80`")
-        for vip in self._vips(service, bind, parts.host, family):
+        vips = self._vips(service, bind, parts.host, family)
+        for vip in vips:
             service.add_vip(vip)
         service.add_listen("tcp", *ports)
+        wildcard = parts.host in ("", "*", "0.0.0.0", "::")
+        for vip in [None] if wildcard else vips:
+            service.bind(vip, "tcp", *ports)
 
     def _vips(self, service: ServiceDraft, bind: Statement, host: str, family: str) -> list:
         if host in ("", "*", "0.0.0.0", "::"):
@@ -863,6 +871,12 @@ class _Behaviour:
         if statement is None or not statement.args or not statement.args[0].text.isdigit():
             return 0.0
         return float(statement.args[0].text)
+
+
+def _unbound_why(unbound: list[str]) -> str:
+    shown = ", ".join(unbound[:4]) + (f" and {len(unbound) - 4} more" if len(unbound) > 4 else "")
+    return (f"not every address listens on every port; the spec listens on each port at each VIP, so it also "
+            f"says {shown}")
 
 
 def _smallest(*values: float | None) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import shutil
 import subprocess
@@ -142,6 +143,17 @@ def test_a_backend_that_repeats_the_mode_is_fully_represented(tmp_path):
     result = haproxy(tmp_path, frontend_backend("    mode tcp\n    server a 10.0.1.1:80\n"))
     assert result.service("f").mode.kind == "proxy"
     assert result.codes == []
+
+
+@pytest.mark.parametrize("binds, lost", [("10.0.0.1:80\n    bind 10.0.0.2:443", True),
+                                          ("10.0.0.1:80,10.0.0.2:80\n    bind 10.0.0.1:443,10.0.0.2:443", False),
+                                          (":80\n    bind 10.0.0.2:443", True), (":80\n    bind 10.0.0.2:80", False)])
+def test_listeners_that_are_not_on_every_address_are_flagged(tmp_path, binds, lost):
+    # the spec listens on each `listen` port at each VIP; HAProxy on 10.0.0.2:443 only does not listen on 10.0.0.1:443
+    result = haproxy(tmp_path, frontend_backend("    server a 10.0.1.1:80\n", bind=binds),
+                     vips=(ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("10.0.0.2")))
+    assert {str(v) for v in result.service("f").vips} == {"10.0.0.1", "10.0.0.2"}
+    assert result.codes == (["LB301"] if lost else [])
 
 
 def test_mixed_checks_give_no_health(tmp_path):

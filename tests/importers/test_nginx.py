@@ -116,6 +116,17 @@ def test_tcp_and_udp_on_one_server_block(tmp_path):
     assert rules(service) == [(None, (), (), "dns", None)]
 
 
+@pytest.mark.parametrize("listens, lost", [("listen 10.0.0.1:80; listen 10.0.0.2:443;", True),
+                                            ("listen 10.0.0.1:80; listen 10.0.0.2:80;", False),
+                                            ("listen 10.0.0.1:80; listen 10.0.0.1:53 udp;", False)])
+def test_listeners_that_are_not_on_every_address_are_flagged(tmp_path, listens, lost):
+    # the spec listens on each `listen` port at each VIP; nginx on 10.0.0.2:443 only does not listen on 10.0.0.1:443
+    result = nginx(tmp_path, stream("upstream u { server 10.0.2.1:80 max_fails=0; }\n"
+                                    f"server {{ {listens} proxy_pass u; }}"))
+    assert result.service("u").vips
+    assert result.codes == (["LB301"] if lost else [])
+
+
 # ------------------------------------------------------------------- access --
 
 def test_allow_deny_all_becomes_rules_and_reject():
