@@ -345,13 +345,19 @@ class _ServiceBuilder:
 
     def _bind_address(self, service: ServiceDraft, bind: Statement, text: str) -> None:
         family, _, rest = text.rpartition("@") if "@" in text else ("", "", text)
-        if family not in ("", "ipv4", "ipv6", "tcp", "tcp4", "tcp6"):
+        if family not in ("", "ipv4", "ipv6", "tcp", "tcp4", "tcp6") or (family == "" and rest.startswith("/")):
             why = ("QUIC (HTTP/3 over UDP) is terminated here; the spec does not listen on it"
                    if family.startswith("quic") else "not an IP listener")
             service.listen_notes.append(self.ctx.lost(bind.span, f"bind {text}", why))
             return
         parts = addresses.split_host_port(rest)
         ports = addresses.port_range(parts.port)
+        if "$" in rest or (parts.host not in ("", "*") and addresses.ip(parts.host) is None and ports is not None):
+            why = ("an environment variable, set when HAProxy starts" if "$" in rest else
+                   "a host name, resolved when HAProxy starts")
+            service.listen_notes.append(self.ctx.lost(bind.span, f"bind {text}", f"{why}: the spec needs the "
+                                                                                  "address and port; left out"))
+            return
         if ports is None:
             self.ctx.fail(bind.args[0].span, f"`{text}` has no valid port",
                           help="write the address and port as `10.0.0.1:80` or `:80`")

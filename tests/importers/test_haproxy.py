@@ -325,6 +325,17 @@ def test_frontend_without_bind_is_not_imported(tmp_path):
     assert result.spec.services == () and "no usable `bind`" in result.text
 
 
+@pytest.mark.parametrize("bind", ["localhost:8001", '"${VIP_ADDR}:8002"', "/run/haproxy/app.sock"])
+def test_a_bind_on_a_host_name_variable_or_path_is_left_out(tmp_path, bind):
+    # HAProxy accepts all three (a name or variable resolved at start, a Unix socket); the spec needs an address
+    text = frontend_backend("    server a 10.0.1.1:80\n", bind=f"{bind}\n    bind 10.0.0.1:80")
+    result = haproxy(tmp_path, text)
+    assert [str(v) for v in result.service("f").vips] == ["10.0.0.1"]
+    assert result.codes == ["LB301"]
+    alone = haproxy(tmp_path, frontend_backend("    server a 10.0.1.1:80\n", bind=bind))
+    assert alone.spec.services == () and set(alone.codes) == {"LB301"}
+
+
 # ----------------------------------------------------------------- defaults --
 
 def test_settings_come_from_the_last_defaults_section(tmp_path):
