@@ -352,7 +352,8 @@ class _ServiceBuilder:
             return
         parts = addresses.split_host_port(rest)
         ports = addresses.port_range(parts.port)
-        if "$" in rest or (parts.host not in ("", "*") and addresses.ip(parts.host) is None and ports is not None):
+        host_name = re.fullmatch(r"[A-Za-z0-9.-]*[A-Za-z-][A-Za-z0-9.-]*", parts.host) is not None
+        if "$" in rest or (host_name and ports is not None):
             why = ("an environment variable, set when HAProxy starts" if "$" in rest else
                    "a host name, resolved when HAProxy starts")
             service.listen_notes.append(self.ctx.lost(bind.span, f"bind {text}", f"{why}: the spec needs the "
