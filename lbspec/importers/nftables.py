@@ -764,7 +764,8 @@ class _Services:
 
         kinds = {k for k, _ in postrouting}
         by_prefix = [covered(p) for k, p in postrouting if k == "daddr"]
-        if "always" in kinds or ("marked" in kinds and masq == "always") or any(all(c) for c in by_prefix):
+        every = bool(by_prefix) and all(any(c) for c in zip(*by_prefix))  # each backend, by one rule or another
+        if "always" in kinds or ("marked" in kinds and masq == "always") or every:
             return Line("mode snat", [self.ctx.explain(None, f"`{where}` and a postrouting `masquerade`: the "
                                                              "backend sees this host as the client")])
         if "marked" in kinds and masq == "some":

@@ -149,6 +149,20 @@ def test_a_later_rule_for_the_same_address_and_port_is_left_out_for_it(tmp_path)
     assert "LB301" in result.codes
 
 
+def test_masquerade_rules_that_together_cover_every_backend_are_snat(tmp_path):
+    # postrouting sees the backend's address as the destination: each backend is masqueraded by one of the rules
+    def masquerade(prefix: str, handle: int) -> dict:
+        return rule(match("ip", "daddr", {"prefix": {"addr": prefix, "len": 24}}), {"masquerade": None},
+                    chain="post", handle=handle)
+    items = [nat_chain(), nat_chain(name="post", hook="postrouting"),
+             rule(match("ip", "daddr", "192.0.2.1"), match("tcp", "dport", 80), spread("random", "10.1.0.1", "10.2.0.1")),
+             masquerade("10.1.0.0", 7)]
+    assert ruleset(tmp_path, items).spec.services[0].mode.kind == "nat"  # one backend is not masqueraded
+    result = ruleset(tmp_path, [*items, masquerade("10.2.0.0", 8)])
+    assert result.spec.services[0].mode.kind == "snat"
+    assert result.codes == []
+
+
 def test_dnat_for_any_destination_needs_vip(tmp_path):
     items = [nat_chain(), rule(match("tcp", "dport", 80), {"dnat": {"addr": "10.0.0.5"}})]
     result = ruleset(tmp_path, items)
