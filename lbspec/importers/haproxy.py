@@ -323,6 +323,11 @@ class _ServiceBuilder:
             self.skipped = self.ctx.skip(self.front.span, f"{self.front.kind} {self.front.name}",
                                          "no usable `bind` line (an IP address and port): not imported")
             return None
+        if self._stats_only():
+            self.skipped = self.ctx.explain(self.front.span, f"{self.front.kind} {self.front.name} serves HAProxy's "
+                                                             "statistics page itself and balances nothing: not "
+                                                             "imported")
+            return None
         self._mode(service)
         self._rules(service)
         primary = next(iter(self.pools.values()), None)
@@ -342,6 +347,13 @@ class _ServiceBuilder:
         if unbound:
             binds = "; ".join(b.text for b in self.front.lines("bind"))
             service.listen_notes.append(self.ctx.lost(self.front.span, binds, _unbound_why(unbound)))
+
+    def _stats_only(self) -> bool:
+        """A `listen stats` section: `stats enable` or `stats uri`, and no server or backend to send traffic to."""
+        front = self.front
+        stats = any(s.args and s.args[0].text in ("enable", "uri") for s in front.lines("stats"))
+        return stats and not (front.lines("server") or front.lines("server-template") or front.lines("use_backend")
+                              or front.setting("default_backend"))
 
     def _bind_address(self, service: ServiceDraft, bind: Statement, text: str) -> None:
         family, _, rest = text.rpartition("@") if "@" in text else ("", "", text)

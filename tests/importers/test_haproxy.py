@@ -336,6 +336,15 @@ def test_a_bind_on_a_host_name_variable_or_path_is_left_out(tmp_path, bind):
     assert alone.spec.services == () and set(alone.codes) == {"LB301"}
 
 
+def test_a_statistics_listener_is_not_a_service(tmp_path):
+    # HAProxy answers on it itself; there is nothing to balance (an empty pool would say connections go nowhere)
+    text = frontend_backend("    server a 10.0.1.1:80\n") + (
+        "\nlisten stats\n    bind 10.0.0.1:8404\n    mode http\n    stats enable\n    stats uri /stats\n")
+    result = haproxy(tmp_path, text)
+    assert [s.name for s in result.spec.services] == ["f"]
+    assert result.codes == []
+
+
 # ----------------------------------------------------------------- defaults --
 
 def test_settings_come_from_the_last_defaults_section(tmp_path):
