@@ -291,8 +291,10 @@ def import_haproxy(paths: list[str], ctx: ImportContext) -> tuple[list[ServiceDr
             header.append(builder.skipped)
         else:
             services.append(service)
+    tables = {words[words.index("table") + 1] for p in proxies for s in p.lines("stick")
+              for words in [[w.text for w in s.args]] if "table" in words[:-1]}
     for name in backends:
-        if name not in used and backends[name].kind == "backend":
+        if name not in used and name not in tables and backends[name].kind == "backend":
             header.append(ctx.explain(backends[name].span, f"backend `{name}` is used by no frontend: not imported"))
     return services, header
 
@@ -543,7 +545,7 @@ class _ServiceBuilder:
 
     # --- balance, affinity, health, failover
     def _behaviour(self, service: ServiceDraft, primary: _Proxy) -> None:
-        lines = {name: _Behaviour(backend, self.global_, self.ctx, self.handled).lines(self.front)
+        lines = {name: _Behaviour(backend, self.global_, self.ctx, self.handled, self.backends).lines(self.front)
                  for name, backend in self.pools.items()}
         chosen = lines[next(iter(self.pools))]
         service.balance, service.affinity, service.health = chosen
@@ -702,8 +704,10 @@ class _Condition:
 class _Behaviour:
     """The balance, affinity and health lines of one backend section."""
 
-    def __init__(self, backend: _Proxy, global_: dict[str, Statement], ctx: ImportContext, handled: set[int]):
+    def __init__(self, backend: _Proxy, global_: dict[str, Statement], ctx: ImportContext, handled: set[int],
+                 sections: dict[str, _Proxy] | None = None):
         self.backend = backend
+        self.sections = sections or {}  # where `stick on src table NAME` finds its table
         self.global_ = global_
         self.ctx = ctx
         self.handled = handled
@@ -783,8 +787,11 @@ class _Behaviour:
     def _client_affinity(self, stick: Statement) -> Line:
         table = self._use("stick-table")
         words = [w.text for w in stick.args]
-        if "table" in words and words.index("table") + 1 < len(words):
-            table = None  # another section's table: its expiry is not read here
+        elsewhere = None
+        if "table" in words and words.index("table") + 1 < len(words):  # another section's table
+            elsewhere = words[words.index("table") + 1]
+            other = self.sections.get(elsewhere)
+            table = other.setting("stick-table") if other is not None else None
         expire = None
         if table is not None:
             table_words = [w.text for w in table.args]
@@ -793,8 +800,9 @@ class _Behaviour:
         notes = [self.ctx.explain(stick.span, f"`{stick.text}`: a client stays on its server while its stick "
                                               "table entry lives")]
         if expire is None:
-            notes.append(self.ctx.lost(stick.span, stick.text, "entries without `expire` last until the table is "
-                                                               "full; the spec takes its default timeout"))
+            why = ("entries without `expire` last until the table is full" if table is not None or elsewhere is None
+                   else f"table `{elsewhere}` is not a backend's: its expiry is not read")
+            notes.append(self.ctx.lost(stick.span, stick.text, f"{why}; the spec takes its default timeout"))
             return Line(affinity_text("client"), notes)
         return Line(affinity_text("client", expire), notes)
 

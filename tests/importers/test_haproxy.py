@@ -214,6 +214,14 @@ def test_stick_on_src_is_client_affinity(tmp_path):
     assert www.affinity.kind == "client" and www.affinity.timeout == 1800
 
 
+def test_stick_on_src_in_another_sections_table_takes_its_expiry(tmp_path):
+    text = frontend_backend("    stick on src table st_src\n    server a 10.0.1.1:80\n") + (
+        "\nbackend st_src\n    stick-table type ip size 1m expire 45m\n")
+    result = haproxy(tmp_path, text)
+    assert (result.service("f").affinity.kind, result.service("f").affinity.timeout) == ("client", 2700)
+    assert result.codes == []
+
+
 def test_timeout_tunnel_decides_the_flow_timeout(tmp_path):
     text = frontend_backend("    timeout tunnel 1h\n    server a 10.0.1.1:80\n")
     assert haproxy(tmp_path, text).service("f").affinity.timeout == 3600
