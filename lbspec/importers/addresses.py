@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from lbspec.importers.draft import Address
 
-__all__ = ["HostPort", "split_host_port", "ip", "port_number", "port_range"]
+__all__ = ["HostPort", "split_host_port", "every_address", "ip", "port_number", "port_range"]
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,11 @@ class HostPort:
 
     host: str
     port: str
+
+
+def every_address(host: str) -> bool:
+    """Does a listener on ``host`` (as :func:`split_host_port` gives it) listen on every address of the host?"""
+    return host in ("", "*", "0.0.0.0", "::")
 
 
 def split_host_port(text: str) -> HostPort:

@@ -293,8 +293,9 @@ class ServiceDraft:
         """Records a listener as the configuration has it; :meth:`unbound` compares them with the spec's."""
         self.bound.append((address, (protocol, low, low if high is None else high)))
 
-    def unbound(self) -> list[str]:
-        """VIP, protocol and port pairs the spec says are listened on but no listener of the configuration has.
+    def unbound(self) -> str | None:
+        """Why the spec's listeners are more than the configuration's (None: they are not), naming the VIP,
+        protocol and port pairs the spec says are listened on but no listener of the configuration has.
 
         The spec listens on every `listen` item at every VIP; a configuration that listens on port 80 of one
         address and 443 of another does not.
@@ -306,7 +307,11 @@ class ServiceDraft:
                     protocol, low, high = item
                     port = "" if low is None else f" {low}" + (f"-{high}" if high != low else "")
                     out.append(f"{vip} {protocol}{port}")
-        return out
+        if not out:
+            return None
+        shown = ", ".join(out[:4]) + (f" and {len(out) - 4} more" if len(out) > 4 else "")
+        return ("not every address listens on every port; the spec listens on each port at each VIP, so it also "
+                f"says {shown}")
 
     def add_listen(self, protocol: str, low: int | None = None, high: int | None = None) -> None:
         item = (protocol, low, low if high is None else high)

@@ -348,7 +348,7 @@ class _ServiceBuilder:
         unbound = service.unbound()
         if unbound:
             binds = "; ".join(b.text for b in self.front.lines("bind"))
-            service.listen_notes.append(self.ctx.lost(self.front.span, binds, _unbound_why(unbound)))
+            service.listen_notes.append(self.ctx.lost(self.front.span, binds, unbound))
 
     def _stats_only(self) -> bool:
         """A `listen stats` section: `stats enable` or `stats uri`, and no server or backend to send traffic to."""
@@ -380,12 +380,11 @@ class _ServiceBuilder:
         for vip in vips:
             service.add_vip(vip)
         service.add_listen("tcp", *ports)
-        wildcard = parts.host in ("", "*", "0.0.0.0", "::")
-        for vip in [None] if wildcard else vips:
+        for vip in [None] if addresses.every_address(parts.host) else vips:
             service.bind(vip, "tcp", *ports)
 
     def _vips(self, service: ServiceDraft, bind: Statement, host: str, family: str) -> list:
-        if host in ("", "*", "0.0.0.0", "::"):
+        if addresses.every_address(host):
             return self._wildcard(service, bind, "::" if host == "::" or family in ("ipv6", "tcp6") else "0.0.0.0")
         address = addresses.ip(host)
         if address is None:
@@ -898,12 +897,6 @@ class _Behaviour:
         if statement is None or not statement.args or not statement.args[0].text.isdigit():
             return 0.0
         return float(statement.args[0].text)
-
-
-def _unbound_why(unbound: list[str]) -> str:
-    shown = ", ".join(unbound[:4]) + (f" and {len(unbound) - 4} more" if len(unbound) > 4 else "")
-    return (f"not every address listens on every port; the spec listens on each port at each VIP, so it also "
-            f"says {shown}")
 
 
 def _smallest(*values: float | None) -> float | None:

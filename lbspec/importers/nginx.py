@@ -325,10 +325,7 @@ class _ServerBlock:
             self._listen_options(service, listen)
         unbound = service.unbound()
         if unbound:
-            shown = ", ".join(unbound[:4]) + (f" and {len(unbound) - 4} more" if len(unbound) > 4 else "")
-            service.listen_notes.append(self.ctx.lost(listens[0].span, "; ".join(x.text for x in listens),
-                                                      "not every address listens on every port; the spec listens "
-                                                      f"on each port at each VIP, so it also says {shown}"))
+            service.listen_notes.append(self.ctx.lost(listens[0].span, "; ".join(x.text for x in listens), unbound))
         return protocols
 
     def _listen_address(self, service: ServiceDraft, listen: _Directive, text: str, protocol: str) -> bool:
@@ -350,12 +347,12 @@ class _ServerBlock:
         for vip in vips:
             service.add_vip(vip)
         service.add_listen(protocol, *ports)
-        for vip in [None] if parts.host in ("", "*", "0.0.0.0", "::") else vips:
+        for vip in [None] if addresses.every_address(parts.host) else vips:
             service.bind(vip, protocol, *ports)
         return True
 
     def _vips(self, service: ServiceDraft, listen: _Directive, host: str, bracketed: bool) -> list:
-        if host in ("", "*", "0.0.0.0", "::"):
+        if addresses.every_address(host):
             if self.ctx.options.vips:
                 service.vip_notes.append(self.ctx.explain(listen.span, f"`{listen.text}` listens on every "
                                                                        "address; the VIPs are the ones given with --vip"))
