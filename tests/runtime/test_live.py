@@ -248,8 +248,9 @@ class _Watermark:
 class _Behind:
     """A sniffer whose socket still holds frames from ``frontier`` on."""
 
-    def __init__(self, frontier: float):
+    def __init__(self, frontier: float, gone: float | None = None):
         self.frontier, self.finishing = frontier, threading.Event()
+        self.gone = gone  # when its interface went away
 
     def is_alive(self) -> bool:
         return not self.finishing.is_set()
@@ -273,3 +274,25 @@ def test_time_passes_for_the_monitor_only_as_far_as_every_socket_has_delivered()
     _loop(monitor, packets, [_Behind(time.time()), _Behind(behind)], stream, 0.25, threading.Event())
     assert monitor.advanced and max(monitor.advanced) <= behind
     assert len(monitor.fed) == 1  # held while the other socket was behind, fed at the end
+
+
+def test_an_interface_gone_ends_the_loop_and_nothing_after_it_is_judged():
+    import queue
+
+    from lbspec.runtime.live import _loop
+
+    monitor, packets = _Watermark(), queue.Queue()
+    gone = time.time() - 1.0
+    for when in (gone - 0.5, gone + 0.5):  # the other interface's frames, from before and after
+        packets.put((when, b"frame", 1, 0))
+    stop = threading.Event()
+    bound = threading.Timer(10.0, stop.set)  # as Ctrl-C would, should the loop not end by itself
+    bound.start()
+    try:
+        _loop(monitor, packets, [_Behind(time.time()), _Behind(gone - 0.1, gone=gone)], type(
+            "Stream", (), {"emit": lambda self, monitor: None})(), None, stop)  # no --duration
+    finally:
+        bound.cancel()
+    assert not stop.is_set()  # it ended by itself
+    assert monitor.fed == [gone - 0.5]
+    assert all(now <= gone for now in monitor.advanced)
