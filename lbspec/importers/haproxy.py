@@ -151,7 +151,16 @@ class _Proxy:
     span: Span
     settings: dict[str, Statement] = field(default_factory=dict)
     listed: list[Statement] = field(default_factory=list)
-    server_defaults: list[ServerOption] = field(default_factory=list)
+    server_defaults: list[ServerOption] = field(default_factory=list)  # every `default-server` line so far
+    defaults_of: dict[int, tuple[ServerOption, ...]] = field(default_factory=dict)  # id(server) -> its defaults
+
+    def server_options(self, server: Statement) -> dict[str, ServerOption]:
+        """A `server` line's options: the `default-server` lines above it (the defaults section's first), then its
+        own.  HAProxy copies the defaults into a server when it reads the server, so later lines do not count."""
+        return _effective([*self.defaults_of.get(id(server), ()), *server.options])
+
+    def servers(self) -> list[_Server]:
+        return [_Server(s, s.args[0].text, self.server_options(s)) for s in self.lines("server")]
 
     def setting(self, key: str) -> Statement | None:
         """The statement that sets ``key``, or None (`no option X` unsets an option)."""
@@ -189,7 +198,10 @@ def _inherit(section: Section, parent: _Proxy | None) -> _Proxy:
     for statement in section.statements:
         if statement.keyword == "default-server":
             proxy.server_defaults.extend(statement.options)
-        elif (key := _key(statement)) is not None:
+            continue
+        if statement.keyword == "server":
+            proxy.defaults_of[id(statement)] = tuple(proxy.server_defaults)
+        if (key := _key(statement)) is not None:
             proxy.settings[key] = statement
         else:
             proxy.listed.append(statement)
@@ -500,7 +512,7 @@ class _ServiceBuilder:
     def _server(self, backend: _Proxy, statement: Statement, pool: PoolDraft) -> _Server | None:
         self.handled.add(id(statement))
         name_word, address_word = statement.args[0], statement.args[1]
-        server = _Server(statement, name_word.text, _effective([*backend.server_defaults, *statement.options]))
+        server = _Server(statement, name_word.text, backend.server_options(statement))
         text = address_word.text
         family, _, rest = text.rpartition("@") if "@" in text else ("", "", text)
         parts = addresses.split_host_port(rest)
@@ -562,10 +574,7 @@ class _ServiceBuilder:
     def _all_servers(self) -> list[tuple[str, _Server]]:
         out = []
         for name, backend in self.pools.items():
-            for statement in backend.lines("server"):
-                server = _Server(statement, statement.args[0].text,
-                                 _effective([*backend.server_defaults, *statement.options]))
-                out.append((name, server))
+            out += [(name, server) for server in backend.servers()]
         return out
 
     def _mixed_checks(self, service: ServiceDraft) -> None:
@@ -807,8 +816,7 @@ class _Behaviour:
 
     # --- health
     def _health(self) -> Line:
-        servers = [_Server(s, s.args[0].text, _effective([*self.backend.server_defaults, *s.options]))
-                   for s in self.backend.lines("server")]
+        servers = self.backend.servers()
         checked = [s for s in servers if s.checked]
         if not checked:
             self._unused_check_settings()

@@ -15,7 +15,7 @@ from lbspec.semantics.model import Affinity
 from importing import CONFIGS, Result, addresses, backends, cli, rules, run
 
 VALID = ["lab-tcp-checks.cfg", "lab-tcp-nocheck.cfg", "backups-weights.cfg", "routing.cfg", "http-checks.cfg",
-         "unrepresented.cfg", "mixed-checks.cfg"]
+         "unrepresented.cfg", "mixed-checks.cfg", "default-server-order.cfg"]
 
 
 def haproxy(tmp_path, text: str, **options) -> Result:
@@ -94,6 +94,15 @@ def test_weights_maxconn_disabled_and_backups():
     (failover,) = pg.failovers
     assert (failover.source, failover.targets, failover.below) == ("pg", ("spare1", "spare2"), 1)
     assert pg.balance.algorithm == "least_conn"
+
+
+def test_default_server_applies_to_the_servers_below_it():
+    # HAProxy copies the `default-server` lines read so far (the defaults section's first) into each server
+    result = run("haproxy", "default-server-order.cfg")
+    found = backends(result.service("f"), "b")
+    assert {n: (b.weight, b.max_conn) for n, b in found.items()} == {"s1": (7, None), "s2": (3, None), "s3": (2, 50)}
+    assert result.service("f").health.kind == "none"  # `s1` comes before `default-server ... check`
+    assert result.codes == ["LB301"]
 
 
 def test_several_backups_without_allbackups_are_flagged(tmp_path):
