@@ -77,6 +77,16 @@ _LOST_WHY = {
     "option prefer-last-server": "HTTP requests prefer the server of the previous request",
 }
 
+# `bind` options that change what reaches the listener or what servers receive.
+_BIND_LOST = {
+    "ssl": "TLS is terminated here: servers receive decrypted bytes",
+    "accept-proxy": "clients must send a PROXY protocol header first",
+    "maxconn": _LOST_WHY["maxconn"],
+    "interface": "only connections that arrive on this network interface reach the listener; the spec's VIPs "
+                 "take traffic from every interface",
+    "namespace": "the listener is in this network namespace: only traffic that reaches that namespace gets to it",
+}
+
 # Server options without a rule in the grammar that take one argument.
 _SERVER_VALUE_OPTIONS = {
     "addr", "agent-addr", "agent-send", "alpn", "ca-file", "check-alpn", "check-proto", "check-sni",
@@ -416,14 +426,9 @@ class _ServiceBuilder:
 
     def _bind_options(self, service: ServiceDraft, bind: Statement) -> None:
         words = [w.text for w in bind.args[1:]]
-        if "ssl" in words:
-            service.listen_notes.append(self.ctx.lost(bind.span, bind.text, "TLS is terminated here: servers "
-                                                                            "receive decrypted bytes"))
-        if "accept-proxy" in words:
-            service.listen_notes.append(self.ctx.lost(bind.span, bind.text, "clients must send a PROXY protocol "
-                                                                            "header first"))
-        if "maxconn" in words:
-            service.listen_notes.append(self.ctx.lost(bind.span, bind.text, _LOST_WHY["maxconn"]))
+        for option, why in _BIND_LOST.items():
+            if option in words:
+                service.listen_notes.append(self.ctx.lost(bind.span, bind.text, why))
 
     # --- mode
     def _mode(self, service: ServiceDraft) -> None:

@@ -154,6 +154,16 @@ def test_a_backend_that_repeats_the_mode_is_fully_represented(tmp_path):
     assert result.codes == []
 
 
+@pytest.mark.parametrize("option", ["interface eth0", "namespace blue"])
+def test_a_listener_on_one_interface_or_namespace_is_not_represented(tmp_path, option):
+    # only traffic arriving on that interface (or in that network namespace) reaches the listener
+    plain = haproxy(tmp_path, frontend_backend("    server a 10.0.1.1:80\n"))
+    assert plain.codes == []
+    result = haproxy(tmp_path, frontend_backend("    server a 10.0.1.1:80\n", bind=f"10.0.0.1:80 {option}"))
+    assert [str(v) for v in result.service("f").vips] == ["10.0.0.1"]
+    assert result.codes == ["LB301"]
+
+
 @pytest.mark.parametrize("binds, lost", [("10.0.0.1:80\n    bind 10.0.0.2:443", True),
                                           ("10.0.0.1:80,10.0.0.2:80\n    bind 10.0.0.1:443,10.0.0.2:443", False),
                                           (":80\n    bind 10.0.0.2:443", True), (":80\n    bind 10.0.0.2:80", False)])
