@@ -319,7 +319,7 @@ class _ServerBlock:
             self._listen_address(service, self.server, "80", "tcp")
             return {"tcp"}
         for listen in listens:
-            protocol = "udp" if "udp" in listen.args[1:] else "tcp"
+            protocol = "udp" if {"udp", "quic"} & set(listen.args[1:]) else "tcp"  # QUIC (HTTP/3) runs over UDP
             if self._listen_address(service, listen, listen.args[0], protocol):
                 protocols.add(protocol)
             self._listen_options(service, listen)
@@ -371,7 +371,7 @@ class _ServerBlock:
 
     def _listen_options(self, service: ServiceDraft, listen: _Directive) -> None:
         for option in listen.args[1:]:
-            if option == "ssl":
+            if option in ("ssl", "quic"):
                 service.listen_notes.append(self.ctx.lost(listen.span, listen.text, "TLS is terminated here: "
                                                                                     "servers receive decrypted bytes"))
             elif option == "proxy_protocol":

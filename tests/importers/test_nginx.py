@@ -116,6 +116,18 @@ def test_tcp_and_udp_on_one_server_block(tmp_path):
     assert rules(service) == [(None, (), (), "dns", None)]
 
 
+def test_quic_listens_on_udp(tmp_path):
+    # HTTP/3 (nginx 1.25+): `listen 443 quic` takes QUIC, over UDP, beside the TCP listener of HTTP/1 and 2
+    text = ("events {}\nhttp {\n upstream app { server 10.0.3.1:8080 max_fails=0; }\n"
+            " server { listen 10.0.0.9:443 ssl; LISTEN ssl_certificate site.pem; ssl_certificate_key site.key;\n"
+            "   location / { proxy_pass http://app; } }\n}\n")
+    both = nginx(tmp_path, text.replace("LISTEN", "listen 10.0.0.9:443 quic;")).service("app")
+    assert sorted((x.protocol, x.ports) for x in both.listens) == [("tcp", ((443, 443),)), ("udp", ((443, 443),))]
+    assert rules(both) == [(None, (), (), "app", None)]
+    alone = nginx(tmp_path, text.replace(" ssl; LISTEN", " quic;")).service("app")
+    assert [(x.protocol, x.ports) for x in alone.listens] == [("udp", ((443, 443),))]
+
+
 @pytest.mark.parametrize("listens, lost", [("listen 10.0.0.1:80; listen 10.0.0.2:443;", True),
                                             ("listen 10.0.0.1:80; listen 10.0.0.2:80;", False),
                                             ("listen 10.0.0.1:80; listen 10.0.0.1:53 udp;", False)])
