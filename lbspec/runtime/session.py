@@ -148,7 +148,7 @@ class Stream:
         for verdict in monitor.book.take_fresh():
             if self.directory and verdict.witness is not None and verdict.witness.packets:
                 name = witness_name(verdict.serial, verdict.kind.code, str(verdict.facts.get("property", "capture")))
-                verdict.witness_file = write_witness(self.directory, name, verdict.witness)
+                verdict.witness.file = write_witness(self.directory, name, verdict.witness)
             if self.jsonl:
                 write_line(verdict.diagnostic(), self.stdout)
             elif self.text:

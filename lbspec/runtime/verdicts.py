@@ -57,9 +57,11 @@ class PacketRef:
 
 @dataclass
 class Witness:
-    """The packets that show a violation (``involved``) and their neighbours."""
+    """The packets that show a violation (``involved``) and their neighbours; ``file``: the pcap they were
+    written to (``--witness-dir``), if they were."""
 
     packets: list[PacketRef]
+    file: str | None = None
 
     def involved(self) -> list[PacketRef]:
         return [p for p in self.packets if p.involved]
@@ -67,8 +69,11 @@ class Witness:
     def describe(self) -> list[str]:
         lines = [p.describe() for p in self.involved()]
         context = len(self.packets) - len(lines)
-        if context:
-            lines.append(f"(+{context} neighbouring packet{'s' if context > 1 else ''} in the witness capture)")
+        neighbours = f"{context} neighbouring packet{'s' if context > 1 else ''}"
+        if self.file:
+            lines.append(f"(written{' with ' + neighbours if context else ''} to {self.file})")
+        elif context:
+            lines.append(f"(and {neighbours})")
         return lines
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,14 +99,13 @@ class Verdict:
     source_span: Span | None = None
     count: int = 1
     serial: int = 0
-    witness_file: str | None = None
 
     def diagnostic(self) -> Diagnostic:
         data = {**self.facts, "time": self.time, "time_utc": timestamp(self.time), "count": self.count}
-        if self.witness_file:
-            data["witness_file"] = self.witness_file
         if self.witness is not None:
             data["frames"] = self.witness.frames()
+            if self.witness.file:
+                data["witness_file"] = self.witness.file
         notes = [Note("tightened or applied by `require` here", self.source_span)] if self.source_span else []
         more = f" (and {self.count - 1} more packet{'s' if self.count > 2 else ''} of this flow)" \
             if self.count > 1 else ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
@@ -100,11 +101,22 @@ def test_witness_captures_open_in_scapy_and_tshark(cli, spec_path, captures, tmp
     drop = next(d for d in json.loads(run.out)["diagnostics"] if d["code"] == "LB200")
     path = drop["data"]["witness_file"]
     packets = rdpcap(path)
-    assert len(packets) >= 3 and any(p[TCP].seq == drop["witness"]["packets"][0]["packet"].count("x") or True
-                                     for p in packets)
+    shown = drop["witness"]["packets"]
+    (dropped,) = [p for p in shown if p["involved"]]
+    seq = int(re.search(r"seq=(\d+)", dropped["packet"]).group(1))
+    assert len(packets) == len(shown) >= 3 and [p[TCP].seq for p in packets].count(seq) >= 1
     if shutil.which("tshark"):
         listing = subprocess.run(["tshark", "-r", path], capture_output=True, text=True, timeout=60)
         assert listing.returncode == 0 and "192.0.2.10" in listing.stdout
+
+
+def test_text_output_names_each_witness_capture(cli, spec_path, captures, tmp_path):
+    argv = ["monitor", spec_path, "--client-side", str(captures[0]), "--backend-side", str(captures[1])]
+    directory = tmp_path / "witnesses"
+    written = cli(*argv, "--witness-dir", str(directory))
+    (path,) = directory.iterdir()
+    assert written.code == 1 and str(path) in written.out
+    assert str(directory) not in cli(*argv).out
 
 
 def test_combined_capture_with_roles_from_addresses(cli, spec_file, tmp_path):
