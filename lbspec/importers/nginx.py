@@ -41,14 +41,15 @@ _IGNORED = {
     "proxy_ssl_trusted_certificate", "proxy_ssl_verify", "proxy_ssl_verify_depth", "proxy_ssl_protocols",
     "proxy_ssl_ciphers", "proxy_ssl_name", "proxy_ssl_server_name", "proxy_ssl_session_reuse",
     "health_check_timeout", "listen", "proxy_pass", "allow", "deny", "proxy_timeout", "proxy_responses",
-    "health_check", "location", "upstream", "server",
+    "health_check", "location", "upstream", "server", "proxy_next_upstream",
 }
 
 _LOST_WHY = {
     "proxy_protocol": "a PROXY protocol header is sent first: the server receives bytes the client never sent",
     "proxy_ssl": "TLS to the upstream: the server receives re-encrypted bytes, not the client's",
     "proxy_bind": "connections to the upstream leave from a chosen (maybe the client's) address",
-    "proxy_next_upstream": "whether a failed connection is retried on the next server",
+    "proxy_next_upstream": "a connection (in `http`, a request) that fails on its server is passed to the next "
+                           "server",
     "proxy_next_upstream_tries": "how many servers a failed connection is tried on",
     "proxy_next_upstream_timeout": "how long a failed connection is retried on other servers",
     "proxy_download_rate": "the download rate is limited",
@@ -265,6 +266,7 @@ class _ServerBlock:
             service.health = Line("health none", [self.ctx.explain(directive.span, "one server, named in "
                                                                                    "`proxy_pass`: nothing checks it")])
             service.affinity = self._affinity(protocols)
+        self._next_upstream(service, upstream)
         self._leftovers(service)
         return service
 
@@ -460,6 +462,21 @@ class _ServerBlock:
                 if directive.name in ("proxy_ssl", "proxy_protocol") and directive.args[:1] == ["off"]:
                     continue
                 service.tail.append(self.ctx.lost(directive.span, directive.text, why))
+
+    def _next_upstream(self, service: ServiceDraft, upstream: _Directive | None) -> None:
+        """`proxy_next_upstream`, which is on unless it is `off`: a failed connection (request) moves to the next
+        server, as with HAProxy's `option redispatch`.  An upstream of one server has no next server."""
+        if upstream is None or len(upstream.children("server")) < 2:
+            return
+        name = "proxy_next_upstream"
+        found = [d for d in (self.context.setting(self.server, name),
+                             *(x.child(name) for x in self._locations(self.server))) if d is not None]
+        if not found:
+            default = f"{name} error timeout" if self.context.http else f"{name} on"
+            service.tail.append(self.ctx.lost(self.server.span, f"{default} (the default)", _LOST_WHY[name]))
+        for directive in found:
+            if directive.args != ["off"]:
+                service.tail.append(self.ctx.lost(directive.span, directive.text, _LOST_WHY[name]))
 
     def _locations(self, block: _Directive) -> list[_Directive]:
         found = block.children("location")

@@ -198,16 +198,41 @@ def test_proxy_pass_https_goes_to_port_443_and_is_tls(tmp_path):
 # ----------------------------------------------------------- not represented --
 
 @pytest.mark.parametrize("setting", ["listen 192.0.2.80:443 ssl", "proxy_ssl on", "proxy_protocol on",
-                                     "proxy_next_upstream off", "limit_conn perclient 10", "slow_start",
+                                     "proxy_next_upstream on", "limit_conn perclient 10", "slow_start",
                                      "server app.internal:8443", "proxy_responses 1"])
 def test_each_unrepresented_setting_has_a_comment(setting):
     assert run("nginx", "unrepresented.conf").lost_mentions(setting), setting
 
 
 def test_settings_of_the_stream_block_count_for_every_server(tmp_path):
-    result = nginx(tmp_path, stream("proxy_next_upstream off;\nupstream u { server 10.0.0.1:80 max_fails=0; }\n"
+    result = nginx(tmp_path, stream("proxy_bind 10.0.0.9;\nupstream u { server 10.0.0.1:80 max_fails=0; }\n"
                                     "server { listen 10.0.0.9:80; proxy_pass u; }"))
-    assert result.lost_mentions("proxy_next_upstream off")
+    assert result.lost_mentions("proxy_bind 10.0.0.9")
+
+
+STREAM_PAIR = "upstream u { server 10.0.0.1:80 max_fails=0; server 10.0.0.2:80 max_fails=0; }\n"
+HTTP_PAIR = ("events {}\nhttp {\n upstream u { server 10.0.0.1:80 max_fails=0; server 10.0.0.2:80 max_fails=0; }\n"
+             " server { listen 10.0.0.9:80; location / { LOCATION proxy_pass http://u; } }\n}\n")
+
+
+@pytest.mark.parametrize("text, lost", [
+    (stream(STREAM_PAIR + "server { listen 10.0.0.9:80; proxy_pass u; }"), True),  # on by default
+    (stream(STREAM_PAIR + "server { listen 10.0.0.9:80; proxy_pass u; proxy_next_upstream off; }"), False),
+    (stream("proxy_next_upstream off;\n" + STREAM_PAIR + "server { listen 10.0.0.9:80; proxy_pass u; }"), False),
+    (stream(STREAM_PAIR.replace(" server 10.0.0.2:80 max_fails=0;", "")
+            + "server { listen 10.0.0.9:80; proxy_pass u; }"), False),  # one server: no next one
+], ids=["default", "off", "off-for-the-stream-block", "one-server"])
+def test_next_upstream_is_not_represented_unless_off(tmp_path, text, lost):
+    # like HAProxy's `option redispatch`, nginx passes a connection that fails on its server to the next server
+    assert nginx(tmp_path, text).codes == (["LB301"] if lost else [])
+
+
+def test_next_upstream_in_http_retries_requests_unless_off(tmp_path):
+    # http's default is `proxy_next_upstream error timeout`
+    default = nginx(tmp_path, HTTP_PAIR.replace("LOCATION", ""))
+    off = nginx(tmp_path, HTTP_PAIR.replace("LOCATION", "proxy_next_upstream off;"))
+    retried = nginx(tmp_path, HTTP_PAIR.replace("LOCATION", "proxy_next_upstream error http_502;"))
+    assert default.codes.count("LB301") == retried.codes.count("LB301") == off.codes.count("LB301") + 1
 
 
 # ------------------------------------------------------------------ includes --
