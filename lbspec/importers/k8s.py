@@ -493,8 +493,7 @@ class _Service:
                 self._span(), f"no EndpointSlice for Service {self.obj.name} in the input: kube-proxy rejects "
                               "traffic to a Service without endpoints")])
             return
-        pools = self._pools(service)
-        for port in usable:
+        for port, pools in zip(usable, self._pools(service, usable)):
             self._forwards(service, port, pools, which, allowed)
         if not service.forwards and service.otherwise is None:
             service.otherwise = Line("otherwise reject", [self.ctx.explain(
@@ -502,27 +501,44 @@ class _Service:
             return
         self._behaviour(service)
 
-    def _pools(self, service: ServiceDraft) -> dict[int, tuple[str, list[_Endpoint]]]:
-        """One pool per address family with a VIP: ready endpoints, and terminating ones as backups."""
-        families = {v.version for v in service.vips}
+    def _pools(self, service: ServiceDraft, ports: list[_Port]) -> list[dict[int, tuple[str, list[_Endpoint]]]]:
+        """For each port, one pool per address family with a VIP: ready endpoints, and terminating ones as backups.
+
+        kube-proxy sends a port only to the endpoints whose EndpointSlice lists a port of that name (all of them
+        when no slice names it); ports that go to the same endpoints share a pool.
+        """
+        everyone = self.endpoints or []
+        families = sorted({v.version for v in service.vips})
+        named = [any(port.name in e.ports for e in everyone) for port in ports]
         names = Names()
-        out: dict[int, tuple[str, list[_Endpoint]]] = {}
-        by_family: dict[int, list[_Endpoint]] = {}
-        for endpoint in self.endpoints or []:
-            by_family.setdefault(endpoint.address.version, []).append(endpoint)
-        for family, endpoints in sorted(by_family.items()):
-            if family not in families:
-                continue
-            suffix = f"-v{family}" if len(families) > 1 else ""
-            pool = PoolDraft(names.take(f"{self.obj.name}{suffix}", "endpoints"))
-            used = self._backends(pool, endpoints, names)
-            service.pools.append(pool)
-            out[family] = (pool.name, used)
-            backups = [b.name for b in pool.backends if b.backup]
-            if backups:
-                service.failovers.append(Line(failover_text(backups, 1, pool.name), [self.ctx.explain(
-                    None, "kube-proxy uses serving endpoints that are terminating only when no endpoint is ready")]))
+        out: list[dict[int, tuple[str, list[_Endpoint]]]] = [{} for _ in ports]
+        for family in families:
+            served = [[e for e in everyone if e.address.version == family and (port.name in e.ports or not listed)]
+                      for port, listed in zip(ports, named)]
+            sets = {tuple(map(id, endpoints)) for endpoints in served if endpoints}
+            pools: dict[tuple, tuple[str, list[_Endpoint]]] = {}
+            for index, (port, endpoints) in enumerate(zip(ports, served)):
+                key = tuple(map(id, endpoints))
+                if not key:
+                    continue
+                if key not in pools:
+                    suffix = f"-v{family}" if len(families) > 1 else ""
+                    suffix += f"-{port.name or port.port}" if len(sets) > 1 else ""
+                    pools[key] = self._pool(service, names.take(f"{self.obj.name}{suffix}", "endpoints"), endpoints,
+                                            names)
+                out[index][family] = pools[key]
         return out
+
+    def _pool(self, service: ServiceDraft, name: str, endpoints: list[_Endpoint],
+              names: Names) -> tuple[str, list[_Endpoint]]:
+        pool = PoolDraft(name)
+        used = self._backends(pool, endpoints, names)
+        service.pools.append(pool)
+        backups = [b.name for b in pool.backends if b.backup]
+        if backups:
+            service.failovers.append(Line(failover_text(backups, 1, pool.name), [self.ctx.explain(
+                None, "kube-proxy uses serving endpoints that are terminating only when no endpoint is ready")]))
+        return pool.name, used
 
     def _backends(self, pool: PoolDraft, endpoints: list[_Endpoint], names: Names) -> list[_Endpoint]:
         used, seen = [], set()

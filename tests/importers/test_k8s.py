@@ -70,6 +70,20 @@ def test_named_target_port_is_resolved_from_the_slice(tmp_path):
     assert rules(result.service("api")) == [("tcp", ((80, 80),), (), "api", 8181)]
 
 
+def test_each_port_goes_to_the_endpoints_whose_slice_lists_it(tmp_path):
+    # kube-proxy sends port 9090 only to the endpoints of the slice that has a `metrics` port
+    service = SERVICE.replace("targetPort: web}",
+                              "targetPort: 8080}\n        - {name: metrics, port: 9090, targetPort: 9100}")
+    both = endpoint_slice("{addresses: [10.244.0.1]}", "{addresses: [10.244.0.2]}").replace(
+        "protocol: TCP}", "protocol: TCP}\n      - {name: metrics, port: 9100, protocol: TCP}")
+    result = k8s(tmp_path, service, both, endpoint_slice("{addresses: [10.244.0.3]}", name="api-2"))
+    api = result.service("api")
+    pools = {r.ports: r.pool for r in api.rules}
+    assert addresses(api, pools[((80, 80),)]) == ["10.244.0.1", "10.244.0.2", "10.244.0.3"]
+    assert addresses(api, pools[((9090, 9090),)]) == ["10.244.0.1", "10.244.0.2"]
+    assert [(r.ports, r.target_port) for r in api.rules] == [(((80, 80),), 8080), (((9090, 9090),), 9100)]
+
+
 def test_endpoint_conditions(tmp_path):
     result = k8s(tmp_path, SERVICE, endpoint_slice(
         "{addresses: [10.244.0.1], conditions: {ready: true}}",
