@@ -96,6 +96,32 @@ def _ranges_meet(a: tuple, b: tuple) -> tuple:
     return tuple(out)
 
 
+def _ranges_without(ranges: tuple, taken: tuple) -> tuple:
+    """The ports of ``ranges`` outside ``taken``."""
+    out = list(ranges)
+    for low2, high2 in taken:
+        out = [piece for low, high in out
+               for piece in ((low, min(high, low2 - 1)), (max(low, high2 + 1), high)) if piece[0] <= piece[1]]
+    return tuple(out)
+
+
+def _untranslated(match: _Match | None, earlier: _Match) -> _Match | None:
+    """The traffic of ``match`` that a translation of ``earlier`` traffic leaves; None when it leaves none.
+
+    Only a translation of all of ``match``'s addresses and protocols, whatever the source, takes ports away.
+    """
+    if match is None or earlier.sources is not None or earlier.extra or earlier.local:
+        return match
+    for key in ("daddrs", "protocols"):
+        mine, theirs = getattr(match, key), getattr(earlier, key)
+        if theirs is not None and (mine is None or not mine <= theirs):
+            return match
+    if earlier.dports is None:
+        return None
+    left = _ranges_without(match.dports or ((1, 65535),), earlier.dports)
+    return replace(match, dports=left) if left else None
+
+
 def _narrow(match: _Match, **changes) -> _Match | None:
     """``match`` further narrowed; None when nothing can match both."""
     for key, value in changes.items():
@@ -659,15 +685,26 @@ class _Services:
 
     # --- walking
     def _walk_nat(self) -> tuple[list[_Decision], list[_Decision]]:
+        """The translations of the NAT base chains of each hook, in the order of their priorities.
+
+        A connection the first chain translates is not translated again: the kernel stops at the first NAT
+        chain of a hook that sets up a translation, so a later chain only gets the traffic the earlier ones
+        let through untranslated.
+        """
         seen, dnats, others = set(), [], []
-        for chain in self.ruleset.base_chains("nat", ("prerouting", "output")):
-            found, _ = self.walker.walk(chain, _Match())
-            for decision in found:
-                key = (decision.point, decision.match, decision.action)
-                if key in seen:
-                    continue
-                seen.add(key)
-                (dnats if decision.action == "dnat" else others).append(decision)
+        for hook in ("prerouting", "output"):
+            earlier: list[_Match] = []  # the traffic the hook's chains so far translate, whatever else it is
+            for chain in self.ruleset.base_chains("nat", (hook,)):
+                found, _ = self.walker.walk(chain, _Match())
+                translated = [d.match for d in found if d.action in ("dnat", "other")]
+                for decision in found:
+                    decision.match = reduce(_untranslated, earlier, decision.match)
+                    key = (decision.point, decision.match, decision.action)
+                    if decision.match is None or key in seen:
+                        continue
+                    seen.add(key)
+                    (dnats if decision.action == "dnat" else others).append(decision)
+                earlier += translated
         return dnats, [d for d in others if d.action == "other"]
 
     def _walk_filter(self) -> list[_Decision]:

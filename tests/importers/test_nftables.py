@@ -163,6 +163,24 @@ def test_masquerade_rules_that_together_cover_every_backend_are_snat(tmp_path):
     assert result.codes == []
 
 
+def test_a_later_nat_chain_of_a_hook_gets_only_what_the_earlier_ones_leave():
+    # the kernel translates a connection once: the first NAT chain (by priority) that translates it decides
+    result = run("nftables", "nat-chains.json")
+    (service,) = result.spec.services
+    by_port = {r.ports: (addresses(service, r.pool), r.target_port) for r in service.rules}
+    assert by_port == {((80, 80),): (["10.0.0.1"], 8001), ((81, 81),): (["10.0.0.2"], 8002)}
+
+
+def test_nat_chains_of_a_hook_are_taken_in_the_order_of_their_priorities(tmp_path):
+    document = json.loads((CONFIGS / "nftables" / "nat-chains.json").read_text())["nftables"]
+    for item in document:
+        if "chain" in item and item["chain"]["table"] == "b":
+            item["chain"]["prio"] = -110  # table b's chain now comes first and takes ports 80 and 81
+    (service,) = ruleset(tmp_path, document[1:]).spec.services
+    assert [str(b.address) for b in service.backends] == ["10.0.0.2"]
+    assert {r.ports for r in service.rules} == {((80, 80),), ((81, 81),)}
+
+
 def test_dnat_for_any_destination_needs_vip(tmp_path):
     items = [nat_chain(), rule(match("tcp", "dport", 80), {"dnat": {"addr": "10.0.0.5"}})]
     result = ruleset(tmp_path, items)
@@ -253,7 +271,7 @@ def _live_reason() -> str | None:
     return None if done.returncode == 0 else "cannot run nft in a user and network namespace here"
 
 
-@pytest.mark.parametrize("name", ["lab-dnat", "weighted", "kube-proxy"])
+@pytest.mark.parametrize("name", ["lab-dnat", "weighted", "kube-proxy", "nat-chains"])
 def test_live_nft_output_imports_the_same(tmp_path, name):
     reason = _live_reason()
     if reason:
