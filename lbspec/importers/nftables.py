@@ -223,6 +223,15 @@ def describe(expr) -> str:
         return f"{kind} {describe(body.get('expr', ''))} mod {body.get('mod')}".replace("  ", " ")
     if kind == "elem":
         return describe(body.get("val"))
+    if kind == "map":
+        return f"{describe(body.get('key'))} map {describe(body.get('data'))}"
+    if kind in ("dnat", "snat", "redirect", "masquerade", "tproxy"):  # `dnat to 10.0.0.1:80`, `redirect to :3128`
+        body = body or {}
+        target = (describe(body["addr"]) if "addr" in body else "") + (
+            f":{describe(body['port'])}" if "port" in body else "")
+        return f"{kind} to {target}" if target else kind
+    if kind == "queue":
+        return "queue" + (f" num {describe(body['num'])}" if isinstance(body, dict) and "num" in body else "")
     return kind if body is None else f"{kind} {json.dumps(body)}"
 
 
@@ -232,6 +241,11 @@ def _rule_text(rule: dict) -> str:
 
 def _where(rule: dict) -> str:
     return f"{rule['family']} {rule['table']} {rule['chain']} handle {rule.get('handle', '?')}"
+
+
+def _note(kind: str, rule: dict) -> tuple[str, str, str]:
+    """A statement the spec cannot express: its kind, its rule as nft text, and where the rule is."""
+    return kind, _rule_text(rule), _where(rule)
 
 
 # ------------------------------------------------------------------- walker --
@@ -294,8 +308,7 @@ class _Walker:
                 updated = self._affinity_update(table, body, before)
                 return _Step(carry=None if conditional else updated)
             elif kind in ("redirect", "masquerade", "snat", "tproxy", "queue"):
-                note = (kind, f"`{_rule_text(rule)}` ({_where(rule)})")
-                return _Step([_Decision(match, "other", _where(rule), notes=[note])], True, conditional)
+                return _Step([_Decision(match, "other", _where(rule), notes=[_note(kind, rule)])], True, conditional)
             elif kind == "accept":
                 return _Step([], True, conditional)
             elif kind == "return":
@@ -452,8 +465,7 @@ class _Walker:
             return self._dnat_map(table, rule, address["map"], port, match)
         target = _target(address, port)
         if target is None:
-            return [_Decision(match, "other", _where(rule), notes=[("dnat", f"`{_rule_text(rule)}` "
-                                                                           f"({_where(rule)})")])]
+            return [_Decision(match, "other", _where(rule), notes=[_note("dnat", rule)])]
         return [_Decision(match, "dnat", _where(rule), point=_where(rule), targets=[(*target, 1)])]
 
     def _dnat_map(self, table: tuple, rule: dict, lookup: dict, port, match: _Match) -> list[_Decision]:
@@ -659,9 +671,9 @@ class _Services:
                     for (vips, masq), found in groups.items()]
         services += self._closed(turned_away, {v for vips, _ in groups for v in vips})
         for decision in others:
-            for kind, text in decision.notes:
-                self.header.append(self.ctx.skip(None, text,
-                                                 f"a `{kind}` the spec cannot express: not imported"))
+            for kind, text, where in decision.notes:
+                self.header.append(self.ctx.skip(None, text, f"a `{kind}` of `{where}` the spec cannot express: "
+                                                             "not imported"))
         return services
 
     def _unclaimed(self, decision: _Decision, vips: frozenset, claims: list[tuple]) -> frozenset:
@@ -787,8 +799,8 @@ class _Services:
             for condition in decision.match.extra:
                 service.tail.append(self.ctx.lost(None, condition, f"a condition of `{decision.where}` the spec "
                                                                    "cannot express"))
-            for kind, text in decision.notes:
-                service.tail.append(self.ctx.lost(None, text, f"a `{kind}` the spec cannot express"))
+            for kind, text, where in decision.notes:
+                service.tail.append(self.ctx.lost(None, text, f"a `{kind}` of `{where}` the spec cannot express"))
         return service
 
     def _mode(self, masq: str | None, postrouting: list[tuple[str, tuple]], decisions: list[_Decision]) -> Line:

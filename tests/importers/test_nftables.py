@@ -195,6 +195,14 @@ def test_redirect_is_not_represented(tmp_path):
     assert result.spec.services == () and result.lost_mentions("redirect")
 
 
+def test_statements_the_spec_cannot_express_are_named_as_nft_writes_them():
+    result = run("nftables", "statements.json")
+    assert result.spec.services == () and result.codes == ["LB301"] * 3
+    written = [line.strip() for line in (CONFIGS / "nftables" / "statements.nft").read_text().splitlines()
+               if " dport " in line]
+    assert len(written) == 3 and all(result.lost_mentions(f"`{line}`") for line in written)
+
+
 # ---------------------------------------------------------------- kube-proxy --
 
 @pytest.fixture(scope="module")
@@ -271,7 +279,7 @@ def _live_reason() -> str | None:
     return None if done.returncode == 0 else "cannot run nft in a user and network namespace here"
 
 
-@pytest.mark.parametrize("name", ["lab-dnat", "weighted", "kube-proxy", "nat-chains"])
+@pytest.mark.parametrize("name", ["lab-dnat", "weighted", "kube-proxy", "nat-chains", "statements"])
 def test_live_nft_output_imports_the_same(tmp_path, name):
     reason = _live_reason()
     if reason:
