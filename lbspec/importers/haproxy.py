@@ -101,7 +101,7 @@ _SERVER_IGNORED = {
     "check", "no-check", "backup", "no-backup", "disabled", "enabled", "weight", "maxconn", "inter",
     "fastinter", "downinter", "fall", "rise", "id", "cookie", "ca-file", "crt", "ciphers", "ciphersuites",
     "sni", "verify", "verifyhost", "check-sni", "alpn", "check-alpn", "ssl-min-ver", "ssl-max-ver",
-    "resolve-prefer", "init-addr", "namespace", "tfo", "no-tls-tickets", "pool-max-conn",
+    "resolve-prefer", "init-addr", "tfo", "no-tls-tickets", "pool-max-conn",
     "pool-purge-delay", "pool-low-conn", "max-reuse", "log-proto", "hash-key", "curves", "sigalgs",
     "client-sigalgs", "crl-file", "no-verifyhost", "guid", "shard", "check-ssl", "no-check-ssl",
 }
@@ -126,6 +126,7 @@ _SERVER_LOST = {
     "maxqueue": "requests waiting for this server are capped; extra requests go elsewhere or fail",
     "source": "connections to the server leave from a chosen (maybe the client's) address",
     "socks4": "connections to the server go through a SOCKS4 proxy",
+    "namespace": "connections to the server leave from another network namespace, with its own addresses and routes",
     "port": "health checks go to another port than the traffic",
     "addr": "health checks go to another address than the traffic",
     "proto": "a different application protocol to the server",

@@ -164,6 +164,16 @@ def test_a_listener_on_one_interface_or_namespace_is_not_represented(tmp_path, o
     assert result.codes == ["LB301"]
 
 
+@pytest.mark.parametrize("body", ["    server a 10.0.1.1:80 namespace blue\n    server b 10.0.1.2:80\n",
+                                  "    default-server namespace blue\n    server a 10.0.1.1:80\n"])
+def test_a_server_reached_from_another_namespace_is_not_represented(tmp_path, body):
+    # connections to the server leave from that network namespace, with its own addresses and routes (`haproxy -c`
+    # accepts these lines only where the namespace exists: it opens it)
+    result = haproxy(tmp_path, frontend_backend(body))
+    assert str(result.service("f").pool("b").backends[0].address) == "10.0.1.1"
+    assert result.codes == ["LB301"]
+
+
 @pytest.mark.parametrize("binds, lost", [("10.0.0.1:80\n    bind 10.0.0.2:443", True),
                                           ("10.0.0.1:80,10.0.0.2:80\n    bind 10.0.0.1:443,10.0.0.2:443", False),
                                           (":80\n    bind 10.0.0.2:443", True), (":80\n    bind 10.0.0.2:80", False)])
