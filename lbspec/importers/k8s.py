@@ -125,7 +125,7 @@ def _documents(path: str, ctx: ImportContext) -> list[tuple[object, int]]:
 class _Endpoint:
     address: ipaddress.IPv4Address | ipaddress.IPv6Address
     name: str  # the pod, or the address
-    ports: dict[str, int]  # port name -> number
+    ports: dict[tuple[str, str], int]  # (port name, protocol) -> number
     role: str  # ready | terminating | unused
     line: int
     file: str
@@ -137,7 +137,7 @@ def _slice_endpoints(obj: _Object, ctx: ImportContext) -> list[_Endpoint]:
     for port in _list(body, "ports", obj, ctx):
         number = _port(port, "port", obj, ctx)
         if number is not None:
-            ports[_field(port, "name", (str,), obj, ctx) or ""] = number
+            ports[_port_key(port, obj, ctx)] = number
     out = []
     for endpoint in _list(body, "endpoints", obj, ctx):
         addresses = _list(endpoint, "addresses", obj, ctx, str)
@@ -157,7 +157,7 @@ def _slice_endpoints(obj: _Object, ctx: ImportContext) -> list[_Endpoint]:
 def _legacy_endpoints(obj: _Object, ctx: ImportContext) -> list[_Endpoint]:
     out = []
     for subset in _list(obj.body, "subsets", obj, ctx):
-        ports = {_field(p, "name", (str,), obj, ctx) or "": _port(p, "port", obj, ctx, required=True)
+        ports = {_port_key(p, obj, ctx): _port(p, "port", obj, ctx, required=True)
                  for p in _list(subset, "ports", obj, ctx)}
         for key, role in (("addresses", "ready"), ("notReadyAddresses", "unused")):
             for entry in _list(subset, key, obj, ctx):
@@ -165,6 +165,12 @@ def _legacy_endpoints(obj: _Object, ctx: ImportContext) -> list[_Endpoint]:
                 out.append(_Endpoint(address, _pod(entry, obj, ctx) or str(address), ports, role, entry.line,
                                      obj.file))
     return out
+
+
+def _port_key(port: _Map, obj: _Object, ctx: ImportContext) -> tuple[str, str]:
+    """A port's name and protocol (the API's defaults: no name, TCP), which kube-proxy matches Service ports to
+    endpoint ports by."""
+    return _field(port, "name", (str,), obj, ctx) or "", _field(port, "protocol", (str,), obj, ctx) or "TCP"
 
 
 def _pod(endpoint: _Map, obj: _Object, ctx: ImportContext) -> str | None:
@@ -278,6 +284,10 @@ class _Port:
     def line(self, key: str) -> int:
         return self.mapping.at(key)
 
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.name, self.protocol
+
 
 class _Service:
     """Builds the services of one Service object."""
@@ -376,8 +386,7 @@ class _Service:
             target = _field(port, "targetPort", (int, str), self.obj, self.ctx, number)
             if isinstance(target, int):
                 _port(port, "targetPort", self.obj, self.ctx)
-            ports.append(_Port(_field(port, "name", (str,), self.obj, self.ctx) or "",
-                               _field(port, "protocol", (str,), self.obj, self.ctx) or "TCP", number, target,
+            ports.append(_Port(*_port_key(port, self.obj, self.ctx), number, target,
                                _port(port, "nodePort", self.obj, self.ctx), port))
         return ports
 
@@ -504,16 +513,16 @@ class _Service:
     def _pools(self, service: ServiceDraft, ports: list[_Port]) -> list[dict[int, tuple[str, list[_Endpoint]]]]:
         """For each port, one pool per address family with a VIP: ready endpoints, and terminating ones as backups.
 
-        kube-proxy sends a port only to the endpoints whose EndpointSlice lists a port of that name (all of them
-        when no slice names it); ports that go to the same endpoints share a pool.
+        kube-proxy sends a port only to the endpoints whose EndpointSlice lists a port of that name and protocol
+        (all of them when no slice lists it); ports that go to the same endpoints share a pool.
         """
         everyone = self.endpoints or []
         families = sorted({v.version for v in service.vips})
-        named = [any(port.name in e.ports for e in everyone) for port in ports]
+        named = [any(port.key in e.ports for e in everyone) for port in ports]
         names = Names()
         out: list[dict[int, tuple[str, list[_Endpoint]]]] = [{} for _ in ports]
         for family in families:
-            served = [[e for e in everyone if e.address.version == family and (port.name in e.ports or not listed)]
+            served = [[e for e in everyone if e.address.version == family and (port.key in e.ports or not listed)]
                       for port, listed in zip(ports, named)]
             sets = {tuple(map(id, endpoints)) for endpoints in served if endpoints}
             pools: dict[tuple, tuple[str, list[_Endpoint]]] = {}
@@ -576,8 +585,8 @@ class _Service:
                                                       target)))
 
     def _target_port(self, port: _Port, endpoints: list[_Endpoint], service: ServiceDraft) -> int | None:
-        """The endpoints' port for a Service port: by the port's name, as the EndpointSlice lists it."""
-        numbers = [e.ports.get(port.name) for e in endpoints if port.name in e.ports]
+        """The endpoints' port for a Service port: by the port's name and protocol, as the EndpointSlice lists it."""
+        numbers = [e.ports[port.key] for e in endpoints if port.key in e.ports]
         if not numbers:
             if isinstance(port.target, int):
                 return port.target

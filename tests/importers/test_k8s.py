@@ -84,6 +84,22 @@ def test_each_port_goes_to_the_endpoints_whose_slice_lists_it(tmp_path):
     assert [(r.ports, r.target_port) for r in api.rules] == [(((80, 80),), 8080), (((9090, 9090),), 9100)]
 
 
+def test_a_port_goes_to_the_endpoints_that_list_its_name_and_protocol(tmp_path):
+    # kube-proxy matches a Service port to the slice ports of the same name *and* protocol: the first slice's `dns`
+    # is TCP, so the UDP port goes only to the second slice's endpoint, on its port 53
+    service = SERVICE.replace("targetPort: web}", "targetPort: 8080}\n        - {name: dns, port: 53, protocol: UDP}")
+    tcp = endpoint_slice("{addresses: [10.244.0.1]}").replace(
+        "protocol: TCP}", "protocol: TCP}\n      - {name: dns, port: 5353, protocol: TCP}")
+    udp = endpoint_slice("{addresses: [10.244.0.2]}", name="api-2").replace(
+        "protocol: TCP}", "protocol: TCP}\n      - {name: dns, port: 53, protocol: UDP}")
+    result = k8s(tmp_path, service, tcp, udp)
+    api = result.service("api")
+    pools = {r.protocol: r.pool for r in api.rules}
+    assert addresses(api, pools["tcp"]) == ["10.244.0.1", "10.244.0.2"]
+    assert addresses(api, pools["udp"]) == ["10.244.0.2"]
+    assert [(r.protocol, r.target_port) for r in api.rules] == [("tcp", 8080), ("udp", 53)]
+
+
 def test_endpoint_conditions(tmp_path):
     result = k8s(tmp_path, SERVICE, endpoint_slice(
         "{addresses: [10.244.0.1], conditions: {ready: true}}",
