@@ -502,28 +502,30 @@ class _Service:
                 self._span(), f"no EndpointSlice for Service {self.obj.name} in the input: kube-proxy rejects "
                               "traffic to a Service without endpoints")])
             return
+        unserved = []
         for port, pools in zip(usable, self._pools(service, usable)):
             self._forwards(service, port, pools, which, allowed)
-        if not service.forwards and service.otherwise is None:
+            if not pools:
+                unserved.append(f"{port.protocol} {getattr(port, which)}")
+        if unserved and service.otherwise is None:
             service.otherwise = Line("otherwise reject", [self.ctx.explain(
-                self._span(), "no endpoint serves these ports: kube-proxy rejects their traffic")])
-            return
+                self._span(), f"no endpoint serves {', '.join(unserved)}: kube-proxy rejects that traffic")])
+            if not service.forwards:
+                return
         self._behaviour(service)
 
     def _pools(self, service: ServiceDraft, ports: list[_Port]) -> list[dict[int, tuple[str, list[_Endpoint]]]]:
         """For each port, one pool per address family with a VIP: ready endpoints, and terminating ones as backups.
 
         kube-proxy sends a port only to the endpoints whose EndpointSlice lists a port of that name and protocol
-        (all of them when no slice lists it); ports that go to the same endpoints share a pool.
+        (none when no slice lists it); ports that go to the same endpoints share a pool.
         """
         everyone = self.endpoints or []
         families = sorted({v.version for v in service.vips})
-        named = [any(port.key in e.ports for e in everyone) for port in ports]
         names = Names()
         out: list[dict[int, tuple[str, list[_Endpoint]]]] = [{} for _ in ports]
         for family in families:
-            served = [[e for e in everyone if e.address.version == family and (port.key in e.ports or not listed)]
-                      for port, listed in zip(ports, named)]
+            served = [[e for e in everyone if e.address.version == family and port.key in e.ports] for port in ports]
             sets = {tuple(map(id, endpoints)) for endpoints in served if endpoints}
             pools: dict[tuple, tuple[str, list[_Endpoint]]] = {}
             for index, (port, endpoints) in enumerate(zip(ports, served)):
@@ -572,9 +574,7 @@ class _Service:
         number = getattr(port, which)
         for family in sorted(pools):
             pool, endpoints = pools[family]
-            target = self._target_port(port, endpoints, service) if endpoints else None
-            if target is None:
-                continue
+            target = self._target_port(port, endpoints, service)
             if allowed is not None:
                 sources = [str(p) for p in allowed if p.version == family]
                 if not sources:
@@ -584,15 +584,9 @@ class _Service:
             service.forwards.append(Line(forward_text(port.protocol.lower(), [(number, number)], pool, sources,
                                                       target)))
 
-    def _target_port(self, port: _Port, endpoints: list[_Endpoint], service: ServiceDraft) -> int | None:
+    def _target_port(self, port: _Port, endpoints: list[_Endpoint], service: ServiceDraft) -> int:
         """The endpoints' port for a Service port: by the port's name and protocol, as the EndpointSlice lists it."""
-        numbers = [e.ports[port.key] for e in endpoints if port.key in e.ports]
-        if not numbers:
-            if isinstance(port.target, int):
-                return port.target
-            service.tail.append(self.ctx.lost(line_span(self.ctx.sources, self.file, port.line("targetPort")),
-                                              f"targetPort: {port.target}", "no endpoint names this port"))
-            return None
+        numbers = [e.ports[port.key] for e in endpoints]
         counts = {n: numbers.count(n) for n in numbers}
         chosen = max(counts, key=lambda n: (counts[n], -n))
         if len(counts) > 1:

@@ -84,6 +84,19 @@ def test_each_port_goes_to_the_endpoints_whose_slice_lists_it(tmp_path):
     assert [(r.ports, r.target_port) for r in api.rules] == [(((80, 80),), 8080), (((9090, 9090),), 9100)]
 
 
+def test_a_port_no_slice_lists_goes_nowhere(tmp_path):
+    # no slice has a `metrics` port: kube-proxy has no endpoints for port 9090 and rejects its traffic, as it does
+    # for a Service without endpoints
+    service = SERVICE.replace("targetPort: web}",
+                              "targetPort: 8080}\n        - {name: metrics, port: 9090, targetPort: 9100}")
+    result = k8s(tmp_path, service, endpoint_slice("{addresses: [10.244.0.1]}"))
+    api = result.service("api")
+    assert [(x.protocol, x.ports) for x in api.listens] == [("tcp", ((80, 80), (9090, 9090)))]
+    assert rules(api) == [("tcp", ((80, 80),), (), "api", 8080)]
+    assert addresses(api, "api") == ["10.244.0.1"]
+    assert api.otherwise == "reject"
+
+
 def test_a_port_goes_to_the_endpoints_that_list_its_name_and_protocol(tmp_path):
     # kube-proxy matches a Service port to the slice ports of the same name *and* protocol: the first slice's `dns`
     # is TCP, so the UDP port goes only to the second slice's endpoint, on its port 53
