@@ -122,6 +122,12 @@ def _untranslated(match: _Match | None, earlier: _Match) -> _Match | None:
     return replace(match, dports=left) if left else None
 
 
+def _meet(a: _Match, b: _Match) -> bool:
+    """Some traffic may match both (sources and other conditions aside)."""
+    return _narrow(a, **{k: getattr(b, k) for k in ("daddrs", "protocols", "dports") if getattr(b, k) is not None}) \
+        is not None
+
+
 def _narrow(match: _Match, **changes) -> _Match | None:
     """``match`` further narrowed; None when nothing can match both."""
     for key, value in changes.items():
@@ -706,8 +712,10 @@ class _Services:
         seen, dnats, others = set(), [], []
         for hook in ("prerouting", "output"):
             earlier: list[_Match] = []  # the traffic the hook's chains so far translate, whatever else it is
-            for chain in self.ruleset.base_chains("nat", (hook,)):
-                found, _ = self.walker.walk(chain, _Match())
+            walked = [(chain, self.walker.walk(chain, _Match())[0])
+                      for chain in self.ruleset.base_chains("nat", (hook,))]
+            self._ties(hook, walked)
+            for chain, found in walked:
                 translated = [d.match for d in found if d.action in ("dnat", "other")]
                 for decision in found:
                     decision.match = reduce(_untranslated, earlier, decision.match)
@@ -718,6 +726,27 @@ class _Services:
                     (dnats if decision.action == "dnat" else others).append(decision)
                 earlier += translated
         return dnats, [d for d in others if d.action == "other"]
+
+    def _ties(self, hook: str, walked: list[tuple[tuple, list[_Decision]]]) -> None:
+        """NAT chains of a hook with the same priority whose decisions can meet, one of them a translation.
+
+        The kernel runs chains of equal priority newest first (each is put before those of its priority already
+        registered), and the first to translate a connection decides; the ruleset does not say which chain was
+        registered last (its listing is by table, then chain, in the order they were made), so the importer's
+        order (by table and chain name) may not be the kernel's.
+        """
+        for index, (chain, found) in enumerate(walked):
+            for other, found2 in walked[index + 1:]:
+                if (self.ruleset.chains[chain].get("prio", 0) != self.ruleset.chains[other].get("prio", 0)
+                        or "inet" not in (chain[0], other[0]) and chain[0] != other[0]):
+                    continue
+                if any({a.action, b.action} & {"dnat", "other"} and _meet(a.match, b.match)
+                       for a in found for b in found2):
+                    self.header.append(self.ctx.lost(
+                        None, f"{' '.join(chain)} and {' '.join(other)}",
+                        f"NAT chains of the {hook} hook with the same priority: the kernel runs the one registered "
+                        "last first, which the ruleset does not record; taken in the order of their table and chain "
+                        "names"))
 
     def _walk_filter(self) -> list[_Decision]:
         out = []

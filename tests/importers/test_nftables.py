@@ -181,6 +181,28 @@ def test_nat_chains_of_a_hook_are_taken_in_the_order_of_their_priorities(tmp_pat
     assert {r.ports for r in service.rules} == {((80, 80),), ((81, 81),)}
 
 
+def test_nat_chains_of_equal_priority_that_translate_the_same_traffic_are_not_represented(tmp_path):
+    # the kernel runs the chain registered last first; `nft -j list ruleset` lists tables and chains in the order
+    # they were made, not in that one, so which of a and b takes port 80 is not in the ruleset
+    document = json.loads((CONFIGS / "nftables" / "nat-chains.json").read_text())["nftables"]
+    for item in document:
+        if "chain" in item and item["chain"]["table"] == "b":
+            item["chain"]["prio"] = -100  # `priority dstnat`, as table a's chain
+    result = ruleset(tmp_path, document[1:])
+    assert {r.ports for r in result.spec.services[0].rules} == {((80, 80),), ((81, 81),)}
+    assert result.codes == ["LB301"]
+
+
+def test_nat_chains_of_equal_priority_that_translate_other_traffic_are_fully_represented(tmp_path):
+    items = [nat_chain(name="pre"), nat_chain(name="pre2"),
+             rule(match("ip", "daddr", "192.0.2.1"), match("tcp", "dport", 80), {"dnat": {"addr": "10.0.0.1"}}),
+             rule(match("ip", "daddr", "192.0.2.1"), match("tcp", "dport", 81), {"dnat": {"addr": "10.0.0.2"}},
+                  chain="pre2")]
+    result = ruleset(tmp_path, items)
+    assert {r.ports for r in result.spec.services[0].rules} == {((80, 80),), ((81, 81),)}
+    assert result.codes == []
+
+
 def test_dnat_for_any_destination_needs_vip(tmp_path):
     items = [nat_chain(), rule(match("tcp", "dport", 80), {"dnat": {"addr": "10.0.0.5"}})]
     result = ruleset(tmp_path, items)
