@@ -505,7 +505,7 @@ class _Service:
         unserved = []
         for port, pools in zip(usable, self._pools(service, usable)):
             self._forwards(service, port, pools, which, allowed)
-            if not pools:
+            if not any(endpoints for _, endpoints in pools.values()):
                 unserved.append(f"{port.protocol} {getattr(port, which)}")
         if unserved and service.otherwise is None:
             service.otherwise = Line("otherwise reject", [self.ctx.explain(
@@ -574,6 +574,8 @@ class _Service:
         number = getattr(port, which)
         for family in sorted(pools):
             pool, endpoints = pools[family]
+            if not endpoints:
+                continue
             target = self._target_port(port, endpoints, service)
             if allowed is not None:
                 sources = [str(p) for p in allowed if p.version == family]

@@ -97,6 +97,19 @@ def test_a_port_no_slice_lists_goes_nowhere(tmp_path):
     assert api.otherwise == "reject"
 
 
+def test_a_port_whose_endpoints_all_stopped_serving_goes_nowhere(tmp_path):
+    # kube-proxy leaves out endpoints that are neither ready nor serving: port 9090 has none left, and is rejected
+    service = SERVICE.replace("targetPort: web}",
+                              "targetPort: 8080}\n        - {name: metrics, port: 9090, targetPort: 9100}")
+    stopped = endpoint_slice("{addresses: [10.244.0.2], conditions: {ready: false, serving: false}}",
+                             name="api-2").replace("{name: http, port: 8080, protocol: TCP}",
+                                                   "{name: metrics, port: 9100, protocol: TCP}")
+    api = k8s(tmp_path, service, endpoint_slice("{addresses: [10.244.0.1]}"), stopped).service("api")
+    assert [(r.ports, r.target_port) for r in api.rules] == [(((80, 80),), 8080)]
+    assert addresses(api, api.rules[0].pool) == ["10.244.0.1"]
+    assert api.otherwise == "reject"
+
+
 def test_a_port_goes_to_the_endpoints_that_list_its_name_and_protocol(tmp_path):
     # kube-proxy matches a Service port to the slice ports of the same name *and* protocol: the first slice's `dns`
     # is TCP, so the UDP port goes only to the second slice's endpoint, on its port 53
