@@ -41,7 +41,8 @@ _IGNORED = {
     "proxy_ssl_trusted_certificate", "proxy_ssl_verify", "proxy_ssl_verify_depth", "proxy_ssl_protocols",
     "proxy_ssl_ciphers", "proxy_ssl_name", "proxy_ssl_server_name", "proxy_ssl_session_reuse",
     "health_check_timeout", "listen", "proxy_pass", "allow", "deny", "proxy_timeout", "proxy_responses",
-    "health_check", "location", "upstream", "server", "proxy_next_upstream",
+    "health_check", "location", "upstream", "server", "proxy_next_upstream", "proxy_next_upstream_tries",
+    "proxy_next_upstream_timeout",
 }
 
 _LOST_WHY = {
@@ -225,9 +226,11 @@ class _Context:
                                                                  "proxies nothing: not imported"))
         return out
 
-    def setting(self, server: _Directive, name: str) -> _Directive | None:
-        """A directive of the server block, or the one it inherits from the `stream`/`http` block."""
-        return server.child(name) or self.block.child(name)
+    def setting(self, server: _Directive, name: str, locations: list[_Directive] | None = None) -> _Directive | None:
+        """A directive of the innermost of ``locations`` that has one, else of the server block, or the one it
+        inherits from the `stream`/`http` block."""
+        return next((b.child(name) for b in (*(locations or ()), server, self.block) if b.child(name) is not None),
+                    None)
 
 
 class _ServerBlock:
@@ -465,18 +468,31 @@ class _ServerBlock:
 
     def _next_upstream(self, service: ServiceDraft, upstream: _Directive | None) -> None:
         """`proxy_next_upstream`, which is on unless it is `off`: a failed connection (request) moves to the next
-        server, as with HAProxy's `option redispatch`.  An upstream of one server has no next server."""
+        server, as with HAProxy's `option redispatch`; `proxy_next_upstream_tries` and `_timeout` limit how far
+        (0, the default, is no limit).  None of them matters when nothing moves: an upstream of one server has
+        no next server, and `proxy_next_upstream_tries 1` allows the first try only."""
         if upstream is None or len(upstream.children("server")) < 2:
             return
         name = "proxy_next_upstream"
-        found = [d for d in (self.context.setting(self.server, name),
-                             *(x.child(name) for x in self._locations(self.server))) if d is not None]
-        if not found:
+        locations = self._locations_of(self.target, self.server)
+        on, tries, timeout = (self.context.setting(self.server, n, locations)
+                              for n in (name, f"{name}_tries", f"{name}_timeout"))
+        if (on is not None and on.args == ["off"]) or (tries is not None and tries.args == ["1"]):
+            return
+        if on is None:
             default = f"{name} error timeout" if self.context.http else f"{name} on"
             service.tail.append(self.ctx.lost(self.server.span, f"{default} (the default)", _LOST_WHY[name]))
-        for directive in found:
-            if directive.args != ["off"]:
-                service.tail.append(self.ctx.lost(directive.span, directive.text, _LOST_WHY[name]))
+        for directive in (on, tries, timeout):
+            if directive is not None and (directive is on or nginx_time(directive.args[0]) != 0):  # 0: no limit
+                service.tail.append(self.ctx.lost(directive.span, directive.text, _LOST_WHY[directive.name]))
+
+    def _locations_of(self, directive: _Directive, block: _Directive) -> list[_Directive]:
+        """The locations of ``block`` that hold ``directive``, innermost first."""
+        for location in block.children("location"):
+            inner = self._locations_of(directive, location)
+            if inner or any(d is directive for d in location.block or ()):
+                return [*inner, location]
+        return []
 
     def _locations(self, block: _Directive) -> list[_Directive]:
         found = block.children("location")

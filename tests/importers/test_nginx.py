@@ -227,12 +227,55 @@ def test_next_upstream_is_not_represented_unless_off(tmp_path, text, lost):
     assert nginx(tmp_path, text).codes == (["LB301"] if lost else [])
 
 
+NEXT_SERVER = "server { listen 10.0.0.9:80; proxy_pass u; LIMITS }"
+
+
+@pytest.mark.parametrize("text, lost", [
+    (stream(STREAM_PAIR + NEXT_SERVER), 3),  # on by default, and its two limits
+    (stream(STREAM_PAIR + NEXT_SERVER.replace("LIMITS", "proxy_next_upstream off; LIMITS")), 0),
+    (stream("proxy_next_upstream off;\n" + STREAM_PAIR + NEXT_SERVER), 0),
+    (stream(STREAM_PAIR.replace(" server 10.0.0.2:80 max_fails=0;", "") + NEXT_SERVER), 0),
+    (stream(STREAM_PAIR + NEXT_SERVER.replace("LIMITS", "proxy_next_upstream_tries 1;")), 0),
+    (stream("proxy_next_upstream_tries 1;\n" + STREAM_PAIR + NEXT_SERVER.replace("LIMITS", "")), 0),
+    (stream(STREAM_PAIR + NEXT_SERVER.replace("LIMITS", "proxy_next_upstream_tries 0; "
+                                                        "proxy_next_upstream_timeout 0s;")), 1),  # 0: no limit
+], ids=["default", "off", "off-for-the-stream-block", "one-server", "one-try", "one-try-for-the-stream-block",
+        "no-limits"])
+def test_next_upstream_limits_are_not_represented_only_when_a_connection_moves(tmp_path, text, lost):
+    # `proxy_next_upstream_tries` and `_timeout` limit how far a failed connection moves on: nothing to limit when
+    # it does not move (`off`, one server, or one try in all, which also makes `proxy_next_upstream` moot)
+    text = text.replace("LIMITS", "proxy_next_upstream_tries 3; proxy_next_upstream_timeout 5s;")
+    assert nginx(tmp_path, text).codes == ["LB301"] * lost
+    if not _can_check_nginx():
+        (tmp_path / "conf").mkdir()
+        (tmp_path / "conf" / "nginx.conf").write_text(text)
+        done = nginx_t(tmp_path, tmp_path / "conf", "nginx.conf")
+        assert done.returncode == 0, done.stderr
+
+
 def test_next_upstream_in_http_retries_requests_unless_off(tmp_path):
     # http's default is `proxy_next_upstream error timeout`
     default = nginx(tmp_path, HTTP_PAIR.replace("LOCATION", ""))
     off = nginx(tmp_path, HTTP_PAIR.replace("LOCATION", "proxy_next_upstream off;"))
     retried = nginx(tmp_path, HTTP_PAIR.replace("LOCATION", "proxy_next_upstream error http_502;"))
     assert default.codes.count("LB301") == retried.codes.count("LB301") == off.codes.count("LB301") + 1
+
+
+def test_next_upstream_limits_in_http_count_where_requests_move(tmp_path):
+    # the location that proxies inherits the server block's settings and may override them
+    counts = {}
+    for case, location in {"off": "proxy_next_upstream off;", "limited": "proxy_next_upstream_tries 3;",
+                           "off-limited": "proxy_next_upstream off; proxy_next_upstream_tries 3;",
+                           "one-try": "proxy_next_upstream_tries 1;"}.items():
+        text = HTTP_PAIR.replace("LOCATION", location)
+        counts[case] = nginx(tmp_path, text).codes.count("LB301")
+        if not _can_check_nginx():
+            (tmp_path / case).mkdir()
+            (tmp_path / case / "nginx.conf").write_text(text.replace("http {", "http {\n access_log off;"))
+            done = nginx_t(tmp_path, tmp_path / case, "nginx.conf")
+            assert done.returncode == 0, done.stderr
+    assert counts["off-limited"] == counts["one-try"] == counts["off"]
+    assert counts["limited"] == counts["off"] + 2  # the default `error timeout`, and the limit
 
 
 # ------------------------------------------------------------------ includes --
@@ -296,16 +339,21 @@ def _can_check_nginx() -> str | None:
     return None if done.returncode == 0 else "cannot create a user and network namespace here"
 
 
+def nginx_t(tmp_path, directory, name: str) -> subprocess.CompletedProcess:
+    """`nginx -t` of ``directory``/``name``, with the modules Debian's nginx.conf loads."""
+    wrapper = directory / "wrapper.conf"
+    wrapper.write_text(f"include /etc/nginx/modules-enabled/*.conf;\ninclude {name};\n")
+    # nginx -t binds the listen addresses: let it, in a network namespace of its own
+    script = ("sysctl -qw net.ipv4.ip_nonlocal_bind=1 net.ipv6.ip_nonlocal_bind=1 && "
+              f"nginx -t -q -e stderr -c {wrapper} -g 'pid {tmp_path}/nginx.pid;'")
+    return subprocess.run(["unshare", "-rn", "sh", "-c", script], capture_output=True, text=True, timeout=30)
+
+
 @pytest.mark.parametrize("name", VALID)
 def test_nginx_accepts_the_test_configs(tmp_path, name):
     reason = _can_check_nginx()
     if reason:
         pytest.skip(reason)
     shutil.copytree(CONFIGS / "nginx", tmp_path / "conf")
-    wrapper = tmp_path / "conf" / "wrapper.conf"
-    wrapper.write_text(f"include /etc/nginx/modules-enabled/*.conf;\ninclude {name};\n")
-    # nginx -t binds the listen addresses: let it, in a network namespace of its own
-    script = ("sysctl -qw net.ipv4.ip_nonlocal_bind=1 net.ipv6.ip_nonlocal_bind=1 && "
-              f"nginx -t -q -e stderr -c {wrapper} -g 'pid {tmp_path}/nginx.pid;'")
-    done = subprocess.run(["unshare", "-rn", "sh", "-c", script], capture_output=True, text=True, timeout=30)
+    done = nginx_t(tmp_path, tmp_path / "conf", name)
     assert done.returncode == 0, done.stderr
