@@ -503,10 +503,13 @@ class _Service:
                               "traffic to a Service without endpoints")])
             return
         unserved = []
+        families = sorted({v.version for v in service.vips})
         for port, pools in zip(usable, self._pools(service, usable)):
             self._forwards(service, port, pools, which, allowed)
-            if not any(endpoints for _, endpoints in pools.values()):
-                unserved.append(f"{port.protocol} {getattr(port, which)}")
+            missing = [f"IPv{f}" for f in families if not pools.get(f, ("", []))[1]]  # a family without endpoints
+            if missing:
+                over = "" if len(missing) == len(families) else f" over {', '.join(missing)}"
+                unserved.append(f"{port.protocol} {getattr(port, which)}{over}")
         if unserved and service.otherwise is None:
             service.otherwise = Line("otherwise reject", [self.ctx.explain(
                 self._span(), f"no endpoint serves {', '.join(unserved)}: kube-proxy rejects that traffic")])

@@ -110,6 +110,21 @@ def test_a_port_whose_endpoints_all_stopped_serving_goes_nowhere(tmp_path):
     assert api.otherwise == "reject"
 
 
+def test_a_dual_stack_service_with_endpoints_of_one_family_rejects_the_other(tmp_path):
+    # kube-proxy has no IPv6 endpoints for the Service's IPv6 address, and rejects what comes to it
+    service = SERVICE.replace("clusterIP: 10.96.1.1", "clusterIPs: [10.96.1.1, 'fd00::1']\n"
+                              "      ipFamilies: [IPv4, IPv6]")
+    result = k8s(tmp_path, service, endpoint_slice("{addresses: [10.244.0.1]}"))
+    api = result.service("api")
+    assert [str(v) for v in api.vips] == ["10.96.1.1", "fd00::1"]
+    assert rules(api) == [("tcp", ((80, 80),), ("0.0.0.0/0",), "api-v4", 8080)]
+    assert api.otherwise == "reject"
+    spec = tmp_path / "imported.lbspec"
+    spec.write_text(result.text)
+    found = json.loads(cli("check", str(spec), "--format", "json").out)["diagnostics"]
+    assert "LB101" not in {x["code"] for x in found}  # the IPv6 traffic is covered: rejected
+
+
 def test_a_port_goes_to_the_endpoints_that_list_its_name_and_protocol(tmp_path):
     # kube-proxy matches a Service port to the slice ports of the same name *and* protocol: the first slice's `dns`
     # is TCP, so the UDP port goes only to the second slice's endpoint, on its port 53
