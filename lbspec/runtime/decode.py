@@ -60,6 +60,8 @@ COLUMNS: dict[str, str] = {
     "roff": "i8", "rlen": "i4", "wlen": "i4", "lt": "u2", "buf": "i4", "digest": "u8",
 }
 _IPV6_EXT = np.array([0, 43, 44, 51, 60, 135, 139, 140])
+_AH = 51
+_IPV4_EXT = np.array([_AH])  # of IPv6's extension headers, the one IPv4 has
 _VLAN = np.array([0x8100, 0x88A8, 0x9100])
 _MAX_TAGS = 8  # VLAN tags read in a row; a frame with more is not IP to the monitor
 
@@ -545,14 +547,19 @@ class _Decoder:
         c["ipid"][rows] = v.be16(l3 + 4)
         frag = v.be16(l3 + 6)
         c["ttl"][rows] = v.byte(l3 + 8)
-        c["proto"][rows] = v.byte(l3 + 9)
+        proto, l4 = v.byte(l3 + 9).astype(np.int64), l3 + ihl
+        later = (frag & 0x1FFF) != 0
+        ah = (proto == _AH) & ~later  # IPsec AH (transport mode): the transport header follows, as after IPv6's
+        if ah.any():
+            proto[ah], l4[ah], _first = self._extensions(rows[ah], proto[ah], l4[ah], end[ah], _IPV4_EXT)
+        c["proto"][rows] = proto
         mapped = np.uint64(V4_MAPPED)
         c["sa_hi"][rows], c["sa_lo"][rows] = 0, v.be32(l3 + 12) | mapped
         c["da_hi"][rows], c["da_lo"][rows] = 0, v.be32(l3 + 16) | mapped
         ip_end = np.where(total == 0, end, l3 + total)  # 0: a segmentation-offloaded giant
-        later = (frag & 0x1FFF) != 0
+        alive = c["status"][rows] == OK  # not an AH header cut short
         c["status"][rows[later]] = FRAGMENT
-        self._transport(rows, l3 + ihl, ip_end, ~later)
+        self._transport(rows[alive], l4[alive], ip_end[alive], ~later[alive])
 
     def _ipv6(self, rows: np.ndarray, l3: np.ndarray) -> None:
         c, v = self.c, self.v
@@ -571,12 +578,13 @@ class _Decoder:
         c["status"][rows[~first & alive]] = FRAGMENT
         self._transport(rows[alive], l4[alive], ip_end[alive], first[alive])
 
-    def _extensions(self, rows, proto, l4, end):
-        """Walk IPv6 extension headers: the transport protocol, where it starts, first fragment or not."""
+    def _extensions(self, rows, proto, l4, end, kinds=None):
+        """Walk extension headers (``kinds``: IPv6's): the transport protocol, where it starts, first fragment
+        or not."""
         v = self.v
         first = np.ones(len(rows), bool)
         for _ in range(8):
-            ext = np.nonzero(np.isin(proto, _IPV6_EXT) & (self.c["status"][rows] == OK))[0]
+            ext = np.nonzero(np.isin(proto, _IPV6_EXT if kinds is None else kinds) & (self.c["status"][rows] == OK))[0]
             if not len(ext):
                 break
             at = l4[ext]

@@ -11,11 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
+from scapy.layers.ipsec import AH
 from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1Q, Ether
 from scapy.packet import Raw
 
 from lbspec.runtime.capture import CaptureReader
-from lbspec.runtime.decode import COLUMNS, OK, decode
+from lbspec.runtime.decode import COLUMNS, FRAGMENT, OK, UNDECODABLE, decode
 
 MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
 ADDRESSES = {"src": "203.0.113.7", "dst": "192.0.2.10"}
@@ -34,6 +35,7 @@ PACKETS = [
     IPv6(src="2001:db8::1", dst="2001:db8::10") / TCP(sport=4, dport=80) / Raw(b"six"),
     IP(**ADDRESSES) / TCP(sport=5, dport=80, dataofs=3) / Raw(b"bad offset"),
     IP(**ADDRESSES) / UDP(sport=5353, dport=53, len=13) / Raw(b"query") / Raw(b"after the datagram"),
+    IP(**ADDRESSES) / AH(nh=6, payloadlen=4, spi=1, seq=1, icv=bytes(12)) / TCP(sport=6, dport=80) / Raw(b"ah"),
 ]
 
 
@@ -134,3 +136,16 @@ def test_vlan_tags_behind_any_link_header_are_read_through(tmp_path, linktype, f
     for general in (False, True):
         cols = decode(frames, 0, general=general)
         assert cols["status"].tolist() == [OK] and cols["dport"].tolist() == [PACKETS[0][TCP].dport]
+
+
+def test_the_transport_header_behind_ipsec_ah_is_read_in_ipv4_as_in_ipv6(tmp_path):
+    ah = AH(nh=6, payloadlen=4, spi=1, seq=1, icv=bytes(12))  # 12 bytes of header, 12 of check value
+    tcp = TCP(sport=40001, dport=80, flags="PA", seq=9) / Raw(b"behind AH")
+    packets = [IP(**ADDRESSES) / ah / tcp, IPv6(src="2001:db8::1", dst="2001:db8::10") / ah / tcp,
+               IP(**ADDRESSES, proto=51) / Raw(bytes(6)),  # cut short inside the AH header
+               IP(**ADDRESSES, proto=51, frag=20) / Raw(bytes(40))]  # a later fragment: no headers in it
+    (frames,) = CaptureReader(str(_write(tmp_path, 101, [bytes(p) for p in packets]))).batches()
+    cols = decode(frames, 0, general=True)
+    assert cols["status"].tolist() == [OK, OK, UNDECODABLE, FRAGMENT]
+    assert cols["proto"].tolist()[:2] == [6, 6] and cols["dport"].tolist()[:2] == [80, 80]
+    assert cols["seq"].tolist()[:2] == [9, 9] and cols["plen"].tolist()[:2] == [9, 9]
