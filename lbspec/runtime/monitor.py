@@ -79,6 +79,10 @@ class MonitorOptions:
     batch: int = 1 << 16  # in-memory packets decoded at a time
     alpha: float = 0.001  # significance of the balance test
 
+    def __post_init__(self) -> None:
+        if self.max_flows < 1:
+            raise ValueError(f"max_flows must be at least 1, not {self.max_flows}")
+
 
 @dataclass
 class Report:

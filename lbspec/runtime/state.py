@@ -20,7 +20,7 @@ class FlowTable:
 
     def __init__(self, cap: int, timeout: float, on_drop: Callable[[int, list], None] | None = None):
         self.items: dict[int, list] = {}
-        self.cap = max(cap, 16)
+        self.cap = cap
         self.timeout = timeout
         self.on_drop = on_drop
         self.evicted = 0

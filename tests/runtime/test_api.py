@@ -96,9 +96,15 @@ def test_flow_tables_are_bounded_and_evictions_reported():
     scenario = Scenario("nat")
     for k in range(40):
         scenario.flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.01, segments=1)
-    report = scenario.judge(spec(), max_flows=16)
-    assert report.summary["evictions"] > 0
-    assert [d.code for d in report.diagnostics if d.code == "LB211"] == ["LB211"]
+    evicted = {}
+    for cap in (1, 16):
+        report = scenario.judge(spec(), max_flows=cap)
+        (note,) = [d for d in report.diagnostics if d.code == "LB211"]
+        assert note.data["max_flows"] == cap
+        evicted[cap] = report.summary["evictions"]
+    assert evicted[1] > evicted[16] > 0  # the cap given is the cap kept
+    with pytest.raises(ValueError):
+        MonitorOptions(max_flows=0)
 
 
 @pytest.mark.parametrize("shift", [1e17, -START - 5e9])  # a clock in the year 3 billion, and before 1970
