@@ -199,7 +199,8 @@ def summary_text(summary: dict) -> str:
     lines = [_reading(summary)]
     for source in summary["sources"]:
         lines.append(f"  {source['file']} ({source['side']} side): {source['packets']:,} packets")
-    lines.append(_pairing(summary))
+    if summary["listened_ingress"] or "proxy" not in summary:  # proxies pair connections: their line says so
+        lines.append(_pairing(summary))
     backends = [b for b in summary["backends"] if b["flows"] or b["expected"]]
     if backends:
         lines.append("backends (flows, share of flows / of weights / of bytes):")
@@ -225,7 +226,8 @@ def _reading(summary: dict) -> str:
 
 def _proxy(proxy: dict) -> str:
     moved = proxy["bytes"]
-    text = (f"proxy: {proxy['client_connections']:,} client connections; bytes client->LB {moved['client_to_lb']:,}, "
+    text = (f"proxy: {proxy['client_connections']:,} client connections, {proxy['carried']:,} carried to a backend; "
+            f"bytes client->LB {moved['client_to_lb']:,}, "
             f"LB->backend {moved['lb_to_backend']:,}, backend->LB {moved['backend_to_lb']:,}, "
             f"LB->client {moved['lb_to_client']:,}")
     failed = {**{k: n for k, n in proxy["failed"].items() if n},

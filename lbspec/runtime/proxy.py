@@ -216,6 +216,7 @@ class ProxyTracker:
         self.forgot = float("-inf")  # when idle connections were last forgotten
         self.backends: dict[int, _Backend] = {}
         self.connections = 0
+        self.carried = 0  # client connections a backend connection carried (the packet counts are other modes')
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self.attempts = {"refused": 0, "timeout": 0}
         self.volume = {"client_to_lb": 0, "lb_to_backend": 0, "backend_to_lb": 0, "lb_to_client": 0}
@@ -460,7 +461,7 @@ class ProxyTracker:
         self._index(client)
         _discard(self.free, client)
         self.paired.append((client, backend))
-        self.engine.counts.paired += 1
+        self.carried += 1
 
     def _judge_pairs(self) -> None:
         """The connections paired since last time, judged together (per service) as the packet pairs of the
@@ -651,7 +652,7 @@ class ProxyTracker:
 
     def summary(self) -> dict:
         """The summary's ``proxy`` entry (docs/monitor.md)."""
-        return {"client_connections": self.connections, "failed": dict(self.outcomes),
+        return {"client_connections": self.connections, "carried": self.carried, "failed": dict(self.outcomes),
                 "failed_attempts": dict(self.attempts), "bytes": dict(self.volume)}
 
     def _pair_by_time(self, backend: _Backend) -> bool:

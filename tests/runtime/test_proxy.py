@@ -84,7 +84,7 @@ def test_concurrent_requests_that_start_alike_pair_by_their_bodies():
     scenario.proxy_flow("10.1.0.12", 0.001, client="203.0.113.8", chunks=(HEADERS, b'{"order": 2}'))
     report = scenario.judge(SPEC)
     assert codes(report) == []
-    assert report.summary["paired"] == 2
+    assert report.summary["proxy"]["carried"] == 2 and report.summary["paired"] == 0  # connections, not packets
 
 
 def test_a_changed_body_among_requests_that_start_alike_is_LB204():
@@ -301,8 +301,10 @@ def test_the_text_summary_shows_connections_bytes_and_failures():
     scenario = Scenario("proxy")
     scenario.proxy_flow("10.1.0.11", chunks=(b"abc", b"defg"))
     summary = scenario.judge(SPEC).summary
-    line = next(x for x in summary_text(summary).splitlines() if x.startswith("proxy:"))
+    lines = summary_text(summary).splitlines()
+    line = next(x for x in lines if x.startswith("proxy:"))
     assert "LB->backend 7" in line and "failed" not in line
+    assert not any(x.startswith("pairing:") for x in lines)  # no packets of other modes: no packet pairing line
     summary["proxy"]["failed_attempts"]["refused"] = 2
     assert "attempt refused 2" in summary_text(summary)
 
