@@ -153,11 +153,11 @@ class _Run:
         method = getattr(self.lb, hook, None)
         if method is None:
             return
-        where = f"{type(self.lb).__name__}.{hook}({', '.join(map(_shown, args))})"
+        where = lambda: f"{type(self.lb).__name__}.{hook}({', '.join(map(_shown, args))})"  # noqa: E731 - for errors
         try:
             emitted = method(*args)
         except Exception as error:
-            raise LoadBalancerError(f"{where} raised {type(error).__name__}: {error}", self.trace) from error
+            raise LoadBalancerError(f"{where()} raised {type(error).__name__}: {error}", self.trace) from error
         self._emitted(_packets(emitted, where, self.trace), time)
 
     # ---------------------------------------------------------------- events --
@@ -220,20 +220,21 @@ def _shown(argument: Any) -> str:
     return repr(argument)
 
 
-def _packets(emitted: Any, where: str, trace: Trace) -> list[bytes]:
-    """What a hook returned, as IP packets: None or an iterable of bytes-like things (a scapy packet too)."""
+def _packets(emitted: Any, where: Callable[[], str], trace: Trace) -> list[bytes]:
+    """What a hook returned, as IP packets: None or an iterable of bytes-like things (a scapy packet too).
+    ``where`` names the call, for an error (naming it decodes the packet: only then)."""
     if emitted is None:
         return []
     if isinstance(emitted, (bytes, bytearray, memoryview, str)) or not isinstance(emitted, Iterable):
-        raise LoadBalancerError(f"{where} returned {reprlib.repr(emitted)}: return a list of the IP packets it "
+        raise LoadBalancerError(f"{where()} returned {reprlib.repr(emitted)}: return a list of the IP packets it "
                                 "sends (each as bytes), [] for none", trace)
     return [_packet(item, where, trace) for item in emitted]
 
 
-def _packet(item: Emitted, where: str, trace: Trace) -> bytes:
+def _packet(item: Emitted, where: Callable[[], str], trace: Trace) -> bytes:
     if isinstance(item, (bytes, bytearray, memoryview)) or hasattr(type(item), "__bytes__"):
         return bytes(item)
-    raise LoadBalancerError(f"{where} returned {reprlib.repr(item)} among its packets: each must be an IP packet "
+    raise LoadBalancerError(f"{where()} returned {reprlib.repr(item)} among its packets: each must be an IP packet "
                             "as bytes, or something bytes() turns into one (a scapy packet)", trace)
 
 
