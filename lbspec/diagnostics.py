@@ -67,6 +67,14 @@ class Diagnostic:
     def with_severity(self, severity: Severity) -> Diagnostic:
         return replace(self, severity=severity)
 
+    def witness_lines(self) -> list[str]:
+        """The witness as lines to print: its summary, then its steps -- less the summary where the label
+        already says it (LB100's label is its witness's summary)."""
+        if self.witness is None or not hasattr(self.witness, "describe"):
+            return []
+        summary, *steps = (line.strip() for line in self.witness.describe())
+        return steps if summary == self.label and steps else [summary, *steps]
+
     def sort_key(self) -> tuple:
         s = self.span
         return (s.file, s.line, s.column, self.code) if s else ("", 0, 0, self.code)

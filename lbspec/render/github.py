@@ -24,13 +24,5 @@ def render_github(diagnostics: list[Diagnostic], stream: TextIO) -> None:
             fields = [f"file={_escape(span.file, True)}", f"line={span.line}", f"col={span.column}",
                       f"endLine={span.end_line}", f"endColumn={span.end_column}", *fields]
         message = "\n".join([diagnostic.message + (f": {diagnostic.label}" if diagnostic.label else ""),
-                             *_witness_lines(diagnostic)])
+                             *diagnostic.witness_lines()])
         stream.write(f"::{_COMMAND[diagnostic.severity]} {','.join(fields)}::{_escape(message)}\n")
-
-
-def _witness_lines(diagnostic: Diagnostic) -> list[str]:
-    """The witness, less its summary where the label already says it (LB100's label is the summary)."""
-    if diagnostic.witness is None or not hasattr(diagnostic.witness, "describe"):
-        return []
-    summary, *steps = diagnostic.witness.describe()
-    return steps if summary == diagnostic.label else [summary, *steps]

@@ -57,14 +57,13 @@ def format_diagnostic(diagnostic: Diagnostic, sources: dict[str, str]) -> Text:
     if diagnostic.help:
         out.append(f"{' ' * gutter}= ", style="bold blue")
         out.append(f"help: {diagnostic.help}\n")
-    if diagnostic.witness is not None and hasattr(diagnostic.witness, "describe"):
-        first, *rest = diagnostic.witness.describe()
-        if first == diagnostic.label and rest:  # the summary is under the caret already
-            first, *rest = (line.strip() for line in rest)
+    witness = diagnostic.witness_lines()
+    if witness:
+        first, *rest = witness
         out.append(f"{' ' * gutter}= ", style="bold blue")
         out.append(f"witness: {first}\n")
         for line in rest:
-            out.append(f"{' ' * gutter}  {' ' * 9}{line.strip()}\n")
+            out.append(f"{' ' * gutter}  {' ' * 9}{line}\n")
     for note in diagnostic.notes:
         if note.span is not None:
             out.append("note", style="bold green")
