@@ -284,8 +284,11 @@ def _general(frames: Frames, cols: dict[str, np.ndarray], ports: np.ndarray, row
         cols[k][rows] = v
 
 
-_LINK_HEADERS = {LINKTYPE_ETHERNET: 14, LINKTYPE_LINUX_SLL: 16, LINKTYPE_LINUX_SLL2: 20, LINKTYPE_RAW: 0,
-                 LINKTYPE_RAW_OPENBSD: 0, LINKTYPE_RAW_14: 0, LINKTYPE_IPV4: 0, LINKTYPE_IPV6: 0, LINKTYPE_NULL: 4, LINKTYPE_LOOP: 4}
+# The link types read, by the bytes of link header before IP (each group read alike; see _Decoder.link).
+_LINK_GROUPS = (((LINKTYPE_ETHERNET,), 14), ((LINKTYPE_LINUX_SLL,), 16), ((LINKTYPE_LINUX_SLL2,), 20),
+                ((LINKTYPE_RAW, LINKTYPE_RAW_OPENBSD, LINKTYPE_RAW_14, LINKTYPE_IPV4, LINKTYPE_IPV6), 0),
+                ((LINKTYPE_NULL, LINKTYPE_LOOP), 4))
+_LINK_HEADERS = {kind: header for kinds, header in _LINK_GROUPS for kind in kinds}
 
 
 class _Fast:
@@ -460,18 +463,14 @@ class _Decoder:
         etype = np.zeros(n, np.int64)
         lt = c["lt"]
         off = c["roff"]
-        for kinds, header in (((LINKTYPE_ETHERNET,), 14), ((LINKTYPE_LINUX_SLL,), 16), ((LINKTYPE_LINUX_SLL2,), 20),
-                              ((LINKTYPE_RAW, LINKTYPE_RAW_OPENBSD, LINKTYPE_RAW_14, LINKTYPE_IPV4, LINKTYPE_IPV6), 0),
-                              ((LINKTYPE_NULL, LINKTYPE_LOOP), 4)):
+        for kinds, header in _LINK_GROUPS:
             rows = np.nonzero(np.isin(lt, kinds))[0]
             if not len(rows):
                 continue
             o = off[rows]
             l3[rows] = o + header
             etype[rows] = self._ethertype(kinds[0], rows, o)
-        known = np.isin(lt, [LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW,
-                             LINKTYPE_RAW_OPENBSD, LINKTYPE_RAW_14, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_NULL,
-                             LINKTYPE_LOOP])
+        known = np.isin(lt, list(_LINK_HEADERS))
         self.fail(np.nonzero(~known)[0], _LINKTYPE)
         typed = np.nonzero(np.isin(lt, [LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2]))[0]
         if len(typed):  # a cooked header names the ethertype too, and VLAN tags may follow it
