@@ -302,9 +302,7 @@ class _ServerBlock:
         return found
 
     def _upstream_name(self, directive: _Directive) -> str | None:
-        target = directive.args[0]
-        if self.context.http:
-            target = re.sub(r"^https?://", "", target, flags=re.IGNORECASE).split("/", 1)[0]
+        target = _authority(directive.args[0]) if self.context.http else directive.args[0]
         return target if target in self.context.upstreams or target.startswith("$") else None
 
     def _service_name(self, directive: _Directive, upstream: _Directive | None) -> str:
@@ -391,7 +389,7 @@ class _ServerBlock:
         default_port = None
         if self.context.http:
             default_port = 443 if target.lower().startswith("https://") else 80
-            target = re.sub(r"^https?://", "", target, flags=re.IGNORECASE).split("/", 1)[0]
+            target = _authority(target)
         parts = addresses.split_host_port(target)
         address = addresses.ip(parts.host)
         port = addresses.port_number(parts.port) if parts.port else default_port
@@ -497,6 +495,11 @@ class _ServerBlock:
     def _locations(self, block: _Directive) -> list[_Directive]:
         found = block.children("location")
         return found + [x for f in found for x in self._locations(f)]
+
+
+def _authority(url: str) -> str:
+    """The host and port of an http `proxy_pass` URL: `http://u/path` -> `u`."""
+    return re.sub(r"^https?://", "", url, flags=re.IGNORECASE).split("/", 1)[0]
 
 
 def _path(location: _Directive) -> str:
