@@ -125,7 +125,8 @@ def _directory(config: pytest.Config, name: str) -> Path | None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "lbspec(spec=None, *, properties=None, service=None, examples=None, seed=None, "
-        "shrink_budget=None): test a load balancer against this spec (path relative to the test file), judging only these properties and services")
+        "shrink_budget=None): test a load balancer against this spec (path relative to the test file), "
+        "judging only these properties and services")
     config.stash[_SETTINGS] = _Options(_path(config, "spec"), _number(config, "examples", 1),
                                        _number(config, "seed", 0), _directory(config, "artifacts"),
                                        _number(config, "shrink_budget", 0))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -33,7 +32,7 @@ class ServiceFinder:
         self.service = service
         self.options = options
         self.queries = ServiceQueries(service, options.settings)
-        self._reachable_rules: dict[int, Answer] | None = None
+        self._rule_answer: dict[int, Answer] | None = None  # per rule: may it take a packet
 
     def run(self) -> list[d.Diagnostic]:
         found: list[d.Diagnostic] = []
@@ -94,9 +93,9 @@ class ServiceFinder:
         return [index for index, answer in self._rule_answers().items() if answer.status != "unsat"]
 
     def _rule_answers(self) -> dict[int, Answer]:
-        if self._reachable_rules is None:
-            self._reachable_rules = {r.index: self.queries.rule_reachable(r.index) for r in self.service.rules}
-        return self._reachable_rules
+        if self._rule_answer is None:
+            self._rule_answer = {r.index: self.queries.rule_reachable(r.index) for r in self.service.rules}
+        return self._rule_answer
 
     def _rules(self) -> Iterator[d.Diagnostic]:
         rules = self.service.rules
