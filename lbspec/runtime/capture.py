@@ -134,9 +134,10 @@ class Damage:
     """Something wrong in a file that the reader stepped over: counted, never fatal."""
 
     what: str  # "skipped" (corrupt record headers), "truncated" (file ends mid-record), "linktype",
-    # "compressed" (gzip'd data cut short or damaged: the rest of the file is lost)
-    frame: int  # the frame number before which it happened
-    offset: int  # byte offset in the (decompressed) file
+    # "compressed" (gzip'd data cut short or damaged: the rest of the file is lost), "order" (frames
+    # too far out of time order to put back)
+    frame: int  # the frame number before which it happened (for "order", the first such frame)
+    offset: int  # byte offset in the (decompressed) file; -1 where none is meaningful
     size: int  # bytes concerned
     detail: str = ""
 

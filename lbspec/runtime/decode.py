@@ -197,13 +197,20 @@ class _Joined:
 
 
 def _common(tables: Sequence[Packets]) -> tuple[list[bytes], list[np.ndarray], list[str]]:
-    """What tables put one after another share: their buffers, each table's buffer numbers shifted into
-    that list, and the columns all of them have."""
+    """What tables put one after another share: their buffers (each once: batches of a mapped file all
+    hold the one mapping), each table's buffer numbers renumbered into that list, and the columns all of
+    them have."""
     buffers: list[bytes] = []
+    number: dict[int, int] = {}  # id of a buffer -> its place in buffers
     shifted = []
     for table in tables:
-        shifted.append((table["buf"] + len(buffers)).astype(np.int32))
-        buffers.extend(table.buffers)
+        places = []
+        for buffer in table.buffers:
+            if id(buffer) not in number:
+                number[id(buffer)] = len(buffers)
+                buffers.append(buffer)
+            places.append(number[id(buffer)])
+        shifted.append(np.array(places, np.int32)[table["buf"]] if places else table["buf"].astype(np.int32))
     return buffers, shifted, [k for k in tables[0].cols if all(k in t.cols for t in tables)]
 
 

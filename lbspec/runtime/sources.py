@@ -21,12 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lbspec.runtime.capture import CaptureReader
+from lbspec.runtime.capture import CaptureReader, Damage
 from lbspec.runtime.classify import BACKEND, BREPLY, COMBINED, CREPLY, EGRESS, INGRESS, classify_rows, mix, pair_key
 from lbspec.runtime.compiled import Compiled
 from lbspec.runtime.decode import TCP, Packets, decode, fill_digests
 
-__all__ = ["Input", "SkewEstimate", "CaptureStream", "batches", "sort_by_time", "merged", "estimate_skew"]
+__all__ = ["Input", "SkewEstimate", "CaptureStream", "batches", "in_time_order", "sort_by_time", "merged",
+           "estimate_skew"]
 
 SAMPLE = 8192  # packets per capture the clock skew is first estimated on: enough pairs, a fraction of the cost
 ENOUGH_PAIRS = 100  # forward and reverse pairs each; with fewer, the whole first batch is looked at
@@ -77,11 +78,49 @@ class CaptureStream:
         self._first = []
 
     def _decoded(self) -> Iterator[Packets]:
+        return in_time_order(self._each_decoded(), self.reader)
+
+    def _each_decoded(self) -> Iterator[Packets]:
         for frames in self.reader.batches():
             packets = decode(frames, self.side, self.compiled.gue_ports, macs=self.compiled.wants_macs(self.side))
             if self.early:
                 classify_rows(packets, self.compiled)
             yield packets
+
+
+def in_time_order(batches: Iterator[Packets], reader: CaptureReader) -> Iterator[Packets]:
+    """The batches, with every row later than the next batch's earliest moved into it: a capture written
+    out of time order (a pcapng of several interfaces, written a buffer of each at a time) is put back in
+    order across batches, where each batch is sorted on its own.  A row earlier than a batch already handed
+    on is too late for that; such rows are counted and reported (``Damage("order")``), and judged where
+    they stand."""
+    held: Packets | None = None
+    shown = -np.inf  # the latest time handed on
+    late = 0
+    first = 0  # the frame number of the first row too late
+    for batch in batches:
+        if len(batch):
+            ts = batch["ts"]
+            behind = ts < shown
+            if behind.any():
+                late += int(np.count_nonzero(behind))
+                first = first or int(batch["frame"][int(np.argmax(behind))])
+            if held is not None and len(held):
+                after = held["ts"] > ts.min()
+                if after.any():
+                    batch = Packets.concat([held.take(np.nonzero(after)[0]), batch])
+                    held = held.take(np.nonzero(~after)[0])
+        if held is not None:
+            if len(held):
+                shown = max(shown, float(held["ts"].max()))
+            yield held
+        held = batch
+    if held is not None:
+        yield held
+    if late:
+        reader.damage.append(Damage("order", first, -1, 0,
+                                    f"{late} frames more than a batch ({reader.batch_frames} frames) out of time "
+                                    "order, judged where they stand (sort the capture first: reordercap)"))
 
 
 def sort_by_time(packets: Packets, skew: float = 0.0) -> Packets:
