@@ -4,8 +4,11 @@
 entry and are flushed and stopped on exit, whatever happens inside.
 Separate captures go to ``client.pcap`` (the LB's client-facing interface) and
 ``backend.pcap`` (its bridge to the backends); ``combined=True`` writes one
-``any.pcap`` of every interface, as ``tcpdump -i any`` does.  The scapy
-fallback is ``python -m lbspec.runtime.sniff`` (scapy stays in lbspec.runtime).
+``any.pcap`` of every interface, as ``tcpdump -i any`` does -- or, with
+``tool="dumpcap"``, one ``both.pcapng`` of the two interfaces, as Wireshark
+records several at once (frames written a buffer of each interface in turn,
+not in time order).  The scapy fallback is ``python -m lbspec.runtime.sniff``
+(scapy stays in lbspec.runtime).
 """
 
 from __future__ import annotations
@@ -29,11 +32,16 @@ class Capture:
         self.processes = []
         self.client_side = self.directory / "client.pcap"
         self.backend_side = self.directory / "backend.pcap"
-        self.both = self.directory / "any.pcap"
+        self.both = self.directory / ("both.pcapng" if self.tool == "dumpcap" else "any.pcap")
 
     def __enter__(self) -> Capture:
-        jobs = [("any", self.both)] if self.combined else [(self.lab.client_interface, self.client_side),
-                                                             (self.lab.backend_interface, self.backend_side)]
+        sides = [(self.lab.client_interface, self.client_side), (self.lab.backend_interface, self.backend_side)]
+        if self.tool == "dumpcap":
+            if not self.combined:
+                raise ValueError("dumpcap records the two interfaces into one file: combined=True")
+            jobs = [((self.lab.client_interface, self.lab.backend_interface), self.both)]
+        else:
+            jobs = [("any", self.both)] if self.combined else sides
         try:
             for interface, path in jobs:
                 self.processes.append(self._start(interface, path))
@@ -45,7 +53,10 @@ class Capture:
     def __exit__(self, *exc) -> None:
         self._stop()
 
-    def _start(self, interface: str, path: Path):
+    def _start(self, interface: str | tuple[str, ...], path: Path):
+        if self.tool == "dumpcap":
+            argv = ["dumpcap", "-q", "-n", "-w", str(path)] + [x for name in interface for x in ("-i", name)]
+            return self.lab.resources.spawn(self.lab.lb.argv(argv), ready="Capturing on", timeout=15)
         if self.tool == "tcpdump":
             argv = ["tcpdump", "-i", interface, "-w", str(path), "-U", "--immediate-mode", "-n", "-s", "0",
                     "-Z", "root"]

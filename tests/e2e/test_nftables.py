@@ -122,3 +122,30 @@ def test_the_spec_imported_from_the_live_ruleset_judges_its_traffic_clean(lab, t
     code, document = monitor(spec, capture)
     assert verdicts(document) == {} and code == 0
     assert document["monitor"]["pairing_rate"] == 1.0
+
+
+def test_the_correct_configuration_in_one_pcapng_of_both_interfaces(lab, tmp_path, monkeypatch):
+    """dumpcap -i A -i B, as Wireshark records two interfaces: one pcapng, two interface blocks, frames
+    written a buffer of each interface in turn -- here the run is short and each interface's frames come
+    in one piece.  Read in batches shorter than the capture, whose frames are put back in time order
+    across batches, the output is the same."""
+    from scapy.utils import rdpcap
+
+    from lbspec.runtime import capture as reading, session
+
+    lab.install(dnat(lab))
+    with lab.capture(tmp_path, combined=True, tool="dumpcap") as capture:
+        lab.traffic(tcp=[f"{VIP}:80"], udp=[f"{VIP}:53"], connections=8, datagrams=8, interval=0.005)
+    spec = dnat_spec(tmp_path, lab)
+    code, document = run_monitor(spec, str(capture.both))
+    assert verdicts(document) == {} and code == 0
+    assert document["monitor"]["pairing_rate"] == 1.0 and document["monitor"]["listened_ingress"] > 40
+    times = [float(frame.time) for frame in rdpcap(str(capture.both))]
+    late = max(sum(1 for t in times[:i] if t > times[i]) for i in range(len(times)))
+    assert late > 16, "dumpcap wrote the frames in time order: nothing to put back"
+    batch = late + 1  # no frame follows a whole batch of later frames
+    assert len(times) > 2 * batch
+    monkeypatch.setattr(session, "CaptureReader", lambda path, source: reading.CaptureReader(path, source,
+                                                                                               batch_frames=batch))
+    again = run_monitor(spec, str(capture.both))
+    assert again == (code, document)
