@@ -8,6 +8,7 @@ made.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import pytest
@@ -124,6 +125,7 @@ def test_the_spec_imported_from_the_live_ruleset_judges_its_traffic_clean(lab, t
     assert document["monitor"]["pairing_rate"] == 1.0
 
 
+@pytest.mark.skipif(shutil.which("dumpcap") is None, reason="dumpcap is not installed (Debian: tshark)")
 def test_the_correct_configuration_in_one_pcapng_of_both_interfaces(lab, tmp_path, monkeypatch):
     """dumpcap -i A -i B, as Wireshark records two interfaces: one pcapng, two interface blocks, frames
     written a buffer of each interface in turn -- here the run is short and each interface's frames come
