@@ -59,7 +59,7 @@ from lbspec.runtime import judge
 from lbspec.runtime.classify import BREPLY, CREPLY, EGRESS, INGRESS, flow_key
 from lbspec.runtime.compiled import CheckPlan, akey
 from lbspec.runtime.decode import TCP, Packets
-from lbspec.runtime.evidence import flow_text, packet_ref
+from lbspec.runtime.evidence import Sources, flow_text, packet_ref
 from lbspec.runtime.verdicts import PacketRef, Witness
 
 __all__ = ["ProxyTracker", "Stream", "OUTCOMES"]
@@ -115,16 +115,68 @@ class Stream:
             del self.partial[:BLOCK]
 
 
+class _Row:
+    """One row of a table: of the batch being read while it is read, then of the copy of the rows the tracker
+    keeps of it (:meth:`ProxyTracker._keep`): a batch's memory is reused once it is judged."""
+
+    __slots__ = ("index", "table")
+
+    def __init__(self, table: Packets, index: int):
+        self.table, self.index = table, index
+
+    def packets(self) -> Packets:
+        """The row as a table of its own (views)."""
+        return self.table.slice(self.index, self.index + 1)
+
+    def value(self, column: str) -> int:
+        return int(self.table[column][self.index])
+
+    def ref(self, sources: Sources) -> PacketRef:
+        return packet_ref(self.table, self.index, sources, True)
+
+
+def _gather(rows: list[_Row]) -> Packets:
+    """The rows, in this order, as a table of their own (a copy): a take from each table they are in."""
+    groups: dict[int, tuple[Packets, list[int], list[int]]] = {}
+    for position, row in enumerate(rows):
+        table, positions, indices = groups.setdefault(id(row.table), (row.table, [], []))
+        positions.append(position)
+        indices.append(row.index)
+    parts = [table.take(np.array(indices)) for table, _positions, indices in groups.values()]
+    if len(parts) == 1:
+        return parts[0]
+    order = np.argsort(np.concatenate([positions for _table, positions, _indices in groups.values()]))
+    return Packets.concat(parts).take(order)
+
+
+class _Batch:
+    """The columns the tracker reads of a batch's rows, as Python values: read once a batch, not a packet."""
+
+    def __init__(self, p: Packets, rows: np.ndarray):
+        self.table, self.rows = p, rows.tolist()
+        self.ts, self.flags, self.seq, self.ckey, self.gid, self.svc = (
+            p[k][rows].tolist() for k in ("ts", "flags", "seq", "ckey", "gid", "svc"))
+        self._buf, self._start, self._size = (p[k][rows].tolist() for k in ("buf", "poff", "pcap"))
+
+    def payload(self, i: int) -> bytes:
+        """As :meth:`Packets.payload` says of the ``i``-th row."""
+        size = self._size[i]
+        if size <= 0:
+            return b""
+        start = self._start[i]
+        return bytes(self.table.buffers[self._buf[i]][start:start + size])
+
+
 @dataclass
 class _Client:
     key: int
     service: int
     rule: int
-    first: Packets  # its first packet (one row)
+    row: _Row  # its first packet
     start: float
     last: float
     stream: Stream = field(default_factory=Stream)
-    waiting: deque = field(default_factory=deque)  # (end offset, time, checks, PacketRef)
+    waiting: deque = field(default_factory=deque)  # (end offset, time, checks, _Row of the packet)
     backend: _Backend | None = None
     compared: int = 0
     mutated: bool = False
@@ -137,18 +189,23 @@ class _Client:
     outcome: str | None = None
     indexed: tuple[bool, bytes] = (False, b"")  # carried yet, and the first bytes of its stream (ProxyTracker._index)
 
+    @property
+    def first(self) -> Packets:
+        """Its first packet (a table of one row)."""
+        return self.row.packets()
+
 
 @dataclass
 class _Backend:
     key: int
     gid: int
-    first: Packets
+    row: _Row  # its first packet
     start: float
     last: float
     stream: Stream = field(default_factory=Stream)
     client: _Client | None = None
     first_data: float | None = None
-    first_ref: PacketRef | None = None
+    first_data_row: _Row | None = None
     judged: bool = False  # found unexplained already
     reply: Stream = field(default_factory=Stream)  # what the backend sent the LB
     answered: bool = False  # the backend answered the SYN with a SYN-ACK
@@ -156,6 +213,11 @@ class _Backend:
     syn: bool = False  # the LB's SYN was seen
 
     attributed: bool = False  # a failed attempt, counted and given to a client (or found to be none's)
+
+    @property
+    def first(self) -> Packets:
+        """Its first packet (a table of one row)."""
+        return self.row.packets()
 
     def failed(self, cutoff: float) -> str | None:
         """``refused`` or ``timeout`` if this is an attempt opened before ``cutoff`` that got no SYN-ACK
@@ -220,6 +282,8 @@ class ProxyTracker:
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self.attempts = {"refused": 0, "timeout": 0}
         self.volume = {"client_to_lb": 0, "lb_to_backend": 0, "backend_to_lb": 0, "lb_to_client": 0}
+        self._kept: list[_Row] = []  # rows of the batch being read that connections keep (first packets, first bytes)
+        self._shown: list[_Row] = []  # ... that verdicts may show (client packets waiting to be passed on)
 
     def wanted(self, p: Packets) -> np.ndarray:
         """Rows this tracker takes: TCP to or from proxy services' connections (replies too: they are
@@ -239,21 +303,40 @@ class ProxyTracker:
 
     def observe(self, p: Packets, rows: np.ndarray) -> None:
         roles = p["role"][rows]
-        checks = self._response_checks(p, rows[roles == INGRESS])
+        checks, rules = self._response_checks(p, rows[roles == INGRESS])
         keys = self._connection_keys(p, rows, roles).tolist()
+        batch = _Batch(p, rows)
         position = 0
-        for row, role, key in zip(rows.tolist(), roles.tolist(), keys):
+        for i, (role, key) in enumerate(zip(roles.tolist(), keys)):
             if role == INGRESS:
-                self._client_packet(p, row, checks[position])
+                self._client_packet(batch, i, checks[position], rules[position])
                 position += 1
             elif role == EGRESS:
-                self._backend_packet(p, row, key)
+                self._backend_packet(batch, i, key)
             elif role == CREPLY:
-                self._to_client(p, row)
+                self._to_client(batch, i)
             else:
-                self._from_backend(p, row, key)
+                self._from_backend(batch, i, key)
+        self._keep(p)
         if self.paired:
             self._judge_pairs()
+
+    def _hold(self, batch: _Batch, i: int, rows: list[_Row]) -> _Row:
+        """A handle on the ``i``-th row of the batch, which :meth:`_keep` points at a copy at its end."""
+        row = _Row(batch.table, batch.rows[i])
+        rows.append(row)
+        return row
+
+    def _keep(self, p: Packets) -> None:
+        """Copy the rows of ``p`` held on to (one take each: connections' first packets, which live as long
+        as their connections, and packets verdicts may show, which live a horizon or two) and point their
+        handles there."""
+        for rows in (self._kept, self._shown):
+            if rows:
+                table = p.take(np.array([row.index for row in rows]))
+                for index, row in enumerate(rows):
+                    row.table, row.index = table, index
+                rows.clear()
 
     @staticmethod
     def _connection_keys(p: Packets, rows: np.ndarray, roles: np.ndarray) -> np.ndarray:
@@ -268,53 +351,54 @@ class ProxyTracker:
         keys[sides] = flow_key(ends)
         return keys
 
-    def _response_checks(self, p: Packets, rows: np.ndarray) -> list[list[CheckPlan]]:
-        """For each row, the response checks it is held to (listened, a rule takes it, in scope)."""
+    def _response_checks(self, p: Packets, rows: np.ndarray) -> tuple[list[list[CheckPlan]], list[int]]:
+        """For each row, the response checks it is held to (listened, a rule takes it, in scope), and the rule
+        of its service that takes it (-1: none)."""
         out: list[list[CheckPlan]] = [[] for _ in rows]
+        rules = np.full(len(rows), -1, np.int64)
         view = {k: p[k][rows] for k in judge.VIEW_COLUMNS}
         for service in self.services:
             plan = self.compiled.services[service]
-            base = (p["svc"][rows] == service) & plan.listened(view) & (plan.rule_index(view) >= 0)
+            mine, rule = p["svc"][rows] == service, plan.rule_index(view)
+            rules[mine] = rule[mine]
+            base = mine & plan.listened(view) & (rule >= 0)
             for check in plan.of_kind("response"):
                 for j in np.nonzero(base & check.scope(view))[0].tolist():
                     out[j].append(check)
-        return out
+        return out, rules.tolist()
 
     # ---------------------------------------------------------- clients --
 
-    def _client_packet(self, p: Packets, row: int, checks: list[CheckPlan]) -> None:
-        key, time, flags = int(p["ckey"][row]), float(p["ts"][row]), int(p["flags"][row])
+    def _client_packet(self, batch: _Batch, i: int, checks: list[CheckPlan], rule: int) -> None:
+        key, time, flags, seq = batch.ckey[i], batch.ts[i], batch.flags[i], batch.seq[i]
         client = self.clients.get(key)
         if client is None or (flags & _SYN and not flags & _ACK and client.stream.next):
-            client = self._open_client(p, row, key, time)
+            client = self._open_client(batch, i, rule)
         client.last = time
         if flags & _SYN:
-            client.stream.isn = int(p["seq"][row])
+            client.stream.isn = seq
             client.syn_checks = client.syn_checks or checks
             return
-        data = p.payload(row)
+        data = batch.payload(i)
         if not data:
             return
-        end = client.stream.offset(int(p["seq"][row])) + len(data)
+        end = client.stream.offset(seq) + len(data)
         before = client.stream.next
-        self.volume["client_to_lb"] += client.stream.add(int(p["seq"][row]), data) - before
+        self.volume["client_to_lb"] += client.stream.add(seq, data) - before
         if len(client.indexed[1]) < ALIKE and client.stream.prefix[:ALIKE] != client.indexed[1]:
             self._unindex(client)
             self._index(client)
             if self.unpaired and client.backend is None:
                 self._retry_unpaired()
         if checks:
-            ref = packet_ref(p, row, self.engine.sources, True)
-            client.waiting.append((end, time, checks, ref))
+            client.waiting.append((end, time, checks, self._hold(batch, i, self._shown)))
             self.unsettled[client.key] = client
         if client.backend is not None:
             self._deliver(client, client.backend.stream.next, client.backend.last)
 
-    def _open_client(self, p: Packets, row: int, key: int, time: float) -> _Client:
-        view = {k: p[k][row:row + 1] for k in judge.VIEW_COLUMNS}
-        service = int(p["svc"][row])
-        rule = int(self.compiled.services[service].rule_index(view)[0])
-        client = _Client(key, service, rule, p.row(row), time, time)
+    def _open_client(self, batch: _Batch, i: int, rule: int) -> _Client:
+        key, time = batch.ckey[i], batch.ts[i]
+        client = _Client(key, batch.svc[i], rule, self._hold(batch, i, self._kept), time, time)
         replaced = self.clients.get(key)
         if replaced is not None:
             self._drop(replaced)
@@ -340,47 +424,47 @@ class ProxyTracker:
         _discard(self.unsettled, client)
         _discard(self.free, client)
 
-    def _to_client(self, p: Packets, row: int) -> None:
+    def _to_client(self, batch: _Batch, i: int) -> None:
         """What the LB sends a client: its SYN-ACK, its bytes, its FIN or RST."""
-        client = self.clients.get(int(p["ckey"][row]))
+        client = self.clients.get(batch.ckey[i])
         if client is None:
             return
-        time, flags = float(p["ts"][row]), int(p["flags"][row])
+        time, flags = batch.ts[i], batch.flags[i]
         if flags & _SYN:
             client.accepted = True
-            client.reply.isn = int(p["seq"][row])
+            client.reply.isn = batch.seq[i]
         if flags & _RST and client.reset_at is None:
             client.reset_at = time
             self.unsettled[client.key] = client
         if flags & (_RST | _FIN) and client.closed_at is None:
             client.closed_at = time
-        data = p.payload(row)
+        data = batch.payload(i)
         if data:
             before = client.reply.next
-            self.volume["lb_to_client"] += client.reply.add(int(p["seq"][row]), data) - before
+            self.volume["lb_to_client"] += client.reply.add(batch.seq[i], data) - before
 
     # --------------------------------------------------------- backends --
 
-    def _backend_packet(self, p: Packets, row: int, key: int) -> None:
-        time, flags = float(p["ts"][row]), int(p["flags"][row])
+    def _backend_packet(self, batch: _Batch, i: int, key: int) -> None:
+        time, flags, seq = batch.ts[i], batch.flags[i], batch.seq[i]
         backend = self.backends.get(key)
         if backend is None or (flags & _SYN and not flags & _ACK and backend.stream.next):
-            backend = _Backend(key, int(p["gid"][row]), p.row(row), time, time)
+            backend = _Backend(key, batch.gid[i], self._hold(batch, i, self._kept), time, time)
             self.backends[key] = backend
             self.unpaired.pop(key, None)  # a connection before it on the same ports, if any, is gone
         backend.last = time
         if flags & _SYN:
-            backend.stream.isn = int(p["seq"][row])
+            backend.stream.isn = seq
             backend.syn = True
             return
-        data = p.payload(row)
+        data = batch.payload(i)
         if not data:
             return
         if backend.first_data is None:
             backend.first_data = time
-            backend.first_ref = packet_ref(p, row, self.engine.sources, True)
+            backend.first_data_row = self._hold(batch, i, self._kept)
         before = backend.stream.next
-        reached = backend.stream.add(int(p["seq"][row]), data)
+        reached = backend.stream.add(seq, data)
         self.volume["lb_to_backend"] += reached - before
         if backend.client is None and not backend.judged:
             self._try_pair(backend)
@@ -402,22 +486,22 @@ class ProxyTracker:
             if backend.client is not None:
                 self._deliver(backend.client, backend.stream.next, backend.last)
 
-    def _from_backend(self, p: Packets, row: int, key: int) -> None:
+    def _from_backend(self, batch: _Batch, i: int, key: int) -> None:
         """What a backend sends the LB: its SYN-ACK or RST to the LB's SYN, its bytes (``key``: the key of the
         LB's packets on this connection)."""
         backend = self.backends.get(key)
         if backend is None:
             return
-        flags = int(p["flags"][row])
+        flags = batch.flags[i]
         if flags & _SYN and flags & _ACK:
             backend.answered = True
-            backend.reply.isn = int(p["seq"][row])
+            backend.reply.isn = batch.seq[i]
         elif flags & _RST and not backend.answered:
             backend.refused = True
-        data = p.payload(row)
+        data = batch.payload(i)
         if data:
             before = backend.reply.next
-            self.volume["backend_to_lb"] += backend.reply.add(int(p["seq"][row]), data) - before
+            self.volume["backend_to_lb"] += backend.reply.add(batch.seq[i], data) - before
 
     def _pair_by_bytes(self, backend: _Backend) -> None:
         """The client connection whose stream starts like this one (at least its first ``ALIKE`` bytes): the
@@ -468,7 +552,7 @@ class ProxyTracker:
         other modes are: one table of their first packets, not a table per connection."""
         for service in sorted({client.service for client, _backend in self.paired}):
             mine = [(c, b) for c, b in self.paired if c.service == service]
-            table = Packets.concat([c.first for c, _b in mine] + [b.first for _c, b in mine])
+            table = _gather([c.row for c, _b in mine] + [b.row for _c, b in mine])
             table["gid"][len(mine):] = [b.gid for _c, b in mine]
             ii, ee = np.arange(len(mine)), np.arange(len(mine), 2 * len(mine))
             pairs = judge.Pairs.gather(table, self.compiled.services[service], ii, ee, 1)
@@ -510,7 +594,7 @@ class ProxyTracker:
     def _checks(self, client: _Client, kind: str) -> list[CheckPlan]:
         return self.compiled.services[client.service].of_kind(kind)
 
-    def _late(self, client: _Client, check: CheckPlan, sent: float, latency: float, ref: PacketRef) -> None:
+    def _late(self, client: _Client, check: CheckPlan, sent: float, latency: float, ref: _Row) -> None:
         name = self.compiled.backends[client.backend.gid].name if client.backend.gid >= 0 else None
         self.engine.verdict(d.DROP, check, client.key, sent, [], lambda: (
             f"{flow_text(client.first, 0)}: bytes reached {name or 'the backend'} after {latency * 1e3:.3f}ms, "
@@ -536,16 +620,18 @@ class ProxyTracker:
                 f"{flow_text(client.first, 0)}", {"flow": flow_text(client.first, 0), "backend": name}),
                 witness=self._witness(client, [], backend))
 
-    def _witness(self, client: _Client, refs: list[PacketRef], backend: _Backend | None = None) -> Witness | None:
+    def _witness(self, client: _Client, rows: list[_Row], backend: _Backend | None = None) -> Witness | None:
+        """The connections' first packets, the backend connection's first bytes and ``rows``."""
         if not self.engine.options.witnesses:
             return None
         backend = backend or client.backend
-        firsts = [packet_ref(client.first, 0, self.engine.sources, True)]
+        shown = [client.row]
         if backend is not None:
-            firsts.append(packet_ref(backend.first, 0, self.engine.sources, True))
-            if backend.first_ref is not None:
-                firsts.append(backend.first_ref)
-        return Witness(sorted(firsts + refs, key=lambda r: r.time))
+            shown.append(backend.row)
+            if backend.first_data_row is not None:
+                shown.append(backend.first_data_row)
+        refs = [row.ref(self.engine.sources) for row in shown + rows]
+        return Witness(sorted(refs, key=lambda r: r.time))
 
     # ------------------------------------------------------------- ageing --
 
@@ -606,14 +692,13 @@ class ProxyTracker:
                      if c.start <= limit and (c.closed_at is None or c.closed_at >= backend.start)
                      and (c.backend is None or c.backend.start >= backend.start)
                      and (backend.gid < 0 or self.compiled.backends[backend.gid].service == c.service)
-                     and (not checked or self.engine.may_choose(c.service, int(c.first["fam"][0]), c.rule,
-                                                                backend.gid))]
+                     and (not checked or self.engine.may_choose(c.service, c.row.value("fam"), c.rule, backend.gid))]
         return max(open_then, key=lambda c: c.start) if open_then else None
 
     def _judge_attempt(self, client: _Client, backend: _Backend) -> None:
         """A failed attempt is a forwarded connection: judged for its destination and the backend's health
         (on what was known just before it: its own silence is evidence recorded at its SYN)."""
-        table = Packets.concat([client.first, backend.first])
+        table = _gather([client.row, backend.row])
         table["gid"][1] = backend.gid
         table["ts"][1] = backend.start - 1e-6
         pairs = judge.Pairs.gather(table, self.compiled.services[client.service], np.array([0]), np.array([1]), 1)
@@ -681,7 +766,7 @@ class ProxyTracker:
             self.engine.verdict(d.EGRESS_WITHOUT_INGRESS, check, backend.key, backend.start, [], lambda: (
                 f"a connection to {name} that no client connection explains",
                 {"flow": flow_text(backend.first, 0), "backend": name}),
-                witness=Witness([packet_ref(backend.first, 0, self.engine.sources, True)]))
+                witness=Witness([backend.row.ref(self.engine.sources)]))
 
     def _forget(self, cutoff: float) -> None:
         if cutoff - self.forgot < 10.0:  # connections idle for 300 s: a look every 10 s of traffic will do
