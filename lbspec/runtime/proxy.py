@@ -269,8 +269,9 @@ class ProxyTracker:
         self.compiled = engine.compiled
         self.services = {s.index for s in self.compiled.services if s.mode == "proxy"}
         self.clients: dict[int, _Client] = {}
-        # clients by whether a backend connection carries them, and the first ALIKE bytes of their streams
-        self.by_prefix: dict[tuple[bool, bytes], dict[int, _Client]] = {}
+        # clients by whether a backend connection carries them, the length of the first bytes of their streams
+        # indexed (up to ALIKE) and those bytes
+        self.by_prefix: dict[bool, dict[int, dict[bytes, dict[int, _Client]]]] = {}
         self.free: dict[int, _Client] = {}  # clients no backend connection carries yet
         self.paired: list[tuple[_Client, _Backend]] = []  # connections paired and not judged yet
         self.unsettled: dict[int, _Client] = {}  # clients with bytes (or a reset SYN) not judged yet
@@ -407,16 +408,22 @@ class ProxyTracker:
         return client
 
     def _index(self, client: _Client) -> None:
-        client.indexed = (client.backend is not None, client.stream.prefix[:ALIKE])
-        if client.indexed[1]:
-            self.by_prefix.setdefault(client.indexed, {})[client.key] = client
+        carried, prefix = client.indexed = (client.backend is not None, client.stream.prefix[:ALIKE])
+        if prefix:
+            by_length = self.by_prefix.setdefault(carried, {})
+            by_length.setdefault(len(prefix), {}).setdefault(prefix, {})[client.key] = client
 
     def _unindex(self, client: _Client) -> None:
-        bucket = self.by_prefix.get(client.indexed)
+        carried, prefix = client.indexed
+        by_length = self.by_prefix.get(carried, {})
+        buckets = by_length.get(len(prefix), {})
+        bucket = buckets.get(prefix)
         if bucket is not None and bucket.get(client.key) is client:
             del bucket[client.key]
             if not bucket:
-                del self.by_prefix[client.indexed]
+                del buckets[prefix]
+                if not buckets:
+                    del by_length[len(prefix)]
 
     def _drop(self, client: _Client) -> None:
         """A client forgotten, or replaced by a new connection of the same flow."""
@@ -525,8 +532,10 @@ class ProxyTracker:
         """Clients (carried by a backend connection or not) that may agree with ``head`` on the bytes the rule
         asks (see :meth:`_matching`), by the first bytes of their streams: every one where ``head`` has ALIKE
         bytes; with a shorter head, those whose streams are no longer than it (and, not carried, the rest)."""
-        found = [c for size in range(1, min(len(head), ALIKE) + 1)
-                 for c in self.by_prefix.get((carried, head[:size]), {}).values()]
+        longest = min(len(head), ALIKE)
+        by_length = self.by_prefix.get(carried, {})
+        found = [c for size in sorted(by_length) if size <= longest
+                 for c in by_length[size].get(head[:size], {}).values()]
         if len(head) < ALIKE and not carried:
             found += [c for c in self.free.values() if len(c.indexed[1]) > len(head)]
         return found
