@@ -50,6 +50,26 @@ def test_changed_bytes_are_LB204():
     assert codes(report) == ["LB204"]
 
 
+def test_a_verdict_shows_the_very_packets_of_both_connections_even_batches_later():
+    """The packets a witness shows are kept as rows of the batches they came in, and found again when the
+    verdict is made, many batches later: the client's SYN, the LB's SYN and first bytes to the backend, and the
+    client packet whose bytes came late (or never), each the very frame captured."""
+    scenario = Scenario("proxy")
+    shown = {}
+    for k in range(12):
+        before = len(scenario.packets)
+        scenario.proxy_flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.05, client=f"203.0.113.{k + 1}",
+                            delay=0.08 if k == 9 else 0.002, lose=1 if k == 4 else None, regroup=k != 4)
+        syn, _syn_ack, backend_syn, first, second, *to_backend = scenario.packets[before:]
+        if k in (4, 9):  # the late bytes are the first chunk; the lost ones the second
+            shown[f"203.0.113.{k + 1}"] = [syn, backend_syn, first if k == 9 else second, to_backend[0]]
+    report = scenario.judge(SPEC, batch=8)
+    assert codes(report) == ["LB200", "LB200"]
+    for verdict in report.violations:
+        expected = sorted(shown[verdict.data["flow"].split()[1].split(":")[0]], key=lambda s: s.time)
+        assert [p.data for p in verdict.witness.packets] == [bytes(s.packet) for s in expected]
+
+
 def test_a_short_request_changed_on_the_way_pairs_with_no_client():
     """Under 64 bytes a stream must agree in full to pair, so the changed one is a connection no client explains
     (LB208), and the client's bytes were never passed on (LB200).  It starts `GET /`, but with TCP health
