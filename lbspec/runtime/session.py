@@ -17,6 +17,8 @@ from lbspec.runtime.sources import CaptureStream, Input, estimate_skew, merged
 from lbspec.runtime.witness import witness_name, write_witness
 from lbspec.semantics.model import Spec
 
+GC_YOUNG = 50_000  # new objects between collections of the youngest generation, while monitoring (Python: 700)
+
 __all__ = ["Outcome", "run", "options_from", "inputs_from", "open_readers", "open_streams", "skew_for", "feed"]
 
 
@@ -40,11 +42,16 @@ def inputs_from(args) -> list[Input]:
 
 def run(args, spec: Spec, stdout: TextIO, stderr: TextIO) -> Outcome:
     # What exists by now (modules, the spec) outlives the run: the collector need not go through it again
-    # (two thirds of its time), nor -- with --jobs -- touch pages the reading processes share.
+    # (two thirds of its time), nor -- with --jobs -- touch pages the reading processes share.  And what the
+    # run makes lives long (connections in proxy mode: several objects each, for minutes): collecting after
+    # every 700 new objects went through them again and again, a third of the time on a long proxy capture.
     gc.freeze()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(max(thresholds[0], GC_YOUNG), *thresholds[1:])
     try:
         return _run(args, spec, stdout, stderr)
     finally:
+        gc.set_threshold(*thresholds)
         gc.unfreeze()  # for callers in the same process (tests): their garbage stays collectable
 
 
