@@ -559,10 +559,31 @@ def _walk_pcap(buf, pos: int, most: int, order: str) -> np.ndarray:
     """Where records start from ``pos``, then where the walk stopped: after ``most`` records, or at the
     first that is not all there.
 
-    The one per-record Python loop: an unpack and an add, nothing more.  What it does not check -- a
-    length that cannot be right -- is checked afterwards on every record at once, and the walk is cut
-    before the first bad one.
+    What it does not check -- a length that cannot be right -- is checked afterwards on every record at
+    once, and the walk is cut before the first bad one.  A long walk goes by :func:`_lanes`, many stretches
+    at once, after a few records one by one (:func:`_visit`) that tell how long records are here.
     """
+    n = len(buf)
+    pieces = [_visit(buf, pos, min(most, PROBE), order)]  # positions visited, each piece from where the last stopped
+    most, pos = most - (len(pieces[0]) - 1), int(pieces[0][-1])
+    if most >= 4 * LANES and len(pieces[0]) > PROBE and pos + 16 <= n and hasattr(buf, "find"):
+        span = int((pos - int(pieces[0][0])) / PROBE * most * 1.25)  # past where ``most`` records of that size end
+        pieces.append(_lanes(buf, pos, min(n, pos + span), most, order))
+        most, pos = most - (len(pieces[-1]) - 1), int(pieces[-1][-1])
+    if most > 0 and pos + 16 <= n:  # the rest, if any: records longer than the first, or a lane's start wrong
+        pieces.append(_visit(buf, pos, most, order))
+    bounds = np.concatenate([piece[:-1] for piece in pieces] + [pieces[-1][-1:]])
+    return bounds[:-1] if bounds[-1] > n else bounds  # the last record runs past the end: it stops the walk
+
+
+PROBE = 256  # records walked one by one before lanes, to size them
+LANES = 256  # stretches walked at once
+
+
+def _visit(buf, pos: int, most: int, order: str) -> np.ndarray:
+    """Positions visited walking record by record from ``pos``: at most ``most`` records; the last is where
+    the walk stopped (a record not walked, or one whose header is not all there).  An unpack and an add
+    per record, nothing more."""
     unpack = struct.Struct(order + "8xI").unpack_from
     found = array.array("q", [pos])  # C integers: no Python object kept per record, and no copy into numpy
     append = found.append
@@ -572,8 +593,76 @@ def _walk_pcap(buf, pos: int, most: int, order: str) -> np.ndarray:
             append(pos)
     except struct.error:  # the next record header is not all there
         pass
-    bounds = np.frombuffer(found, np.int64)
-    return bounds[:-1] if bounds[-1] > len(buf) else bounds  # the last record runs past the end: it stops the walk
+    return np.frombuffer(found, np.int64)
+
+
+def _lanes(buf, pos: int, hi: int, most: int, order: str) -> np.ndarray:
+    """As :func:`_visit`, from the record at ``pos`` to the first position at ``hi`` or past it, walking up to
+    :data:`LANES` stretches of it at once: a step of numpy on every lane is a record of each, where a
+    Python loop takes a record at a time.
+
+    Each stretch but the first starts at a record found near its place: one whose seconds start like
+    those at ``pos`` and that starts four records that could be right.  Only a lane whose walk from the
+    lane before ends exactly there is taken: the walk is the very one record by record, and where a lane's
+    start proves wrong, this walk stops where the lane before it went (and the caller goes on from there,
+    record by record).  Where few lanes could be started, the walk is record by record from the start."""
+    n = len(buf)
+    lanes = max(1, min(LANES, (hi - pos) >> 12))
+    width = (hi - pos) // lanes
+    header = struct.Struct(order + "IIII")
+    seconds = buf[pos + 2:pos + 4] if order == "<" else buf[pos:pos + 2]  # their high half
+    starts = [pos]
+    for k in range(1, lanes):
+        start = _lane_start(buf, header, seconds, order, pos + k * width, pos + (k + 1) * width)
+        if start is not None:
+            starts.append(start)
+    if len(starts) < lanes // 4:  # the seconds' high half changed (every 18 hours), or records are few and long
+        return _visit(buf, pos, most, order)
+    begin = np.array(starts, np.int64)
+    end = np.r_[begin[1:], hi]
+    caplen = np.ndarray((n - 11,), np.dtype(order + "u4"), buf, 8, (1,))  # at every offset, the caplen there
+    top = n - 12
+    at, steps = begin, [begin]
+    while True:  # lanes past their end walk on until the last is done: cheaper than setting them aside
+        for _ in range(8):
+            at = at + caplen[np.minimum(at, top)]
+            at += 16
+            steps.append(at)
+        if (at >= end).all():
+            break
+    visits = np.array(steps).T  # a row per lane: its positions, then those past its end
+    inside = visits < end[:, None]
+    counts = inside.sum(1)
+    stops = visits[np.arange(len(begin)), counts]  # where each lane's walk left its stretch
+    wrong = np.nonzero(stops[:-1] != begin[1:])[0]
+    good = int(wrong[0]) + 1 if len(wrong) else len(begin)
+    chain = visits[:good][inside[:good]]
+    return chain[:most + 1] if len(chain) > most else np.r_[chain, stops[good - 1]]
+
+
+def _lane_start(buf, header: struct.Struct, seconds: bytes, order: str, lo: int, hi: int) -> int | None:
+    """A record in [lo, hi) that starts four records that could be right, or None."""
+    at = 2 if order == "<" else 0  # where the seconds' high half is in a header
+    for _ in range(8):
+        found = buf.find(seconds, lo + at, hi + at)
+        if found < 0:
+            return None
+        lo = found - at
+        if _could_be_records(buf, header, lo):
+            return lo
+        lo += 1
+    return None
+
+
+def _could_be_records(buf, header: struct.Struct, pos: int) -> bool:
+    for _ in range(4):
+        if pos + 16 > len(buf):
+            return False
+        _sec, frac, caplen, wirelen = header.unpack_from(buf, pos)
+        if not 0 < caplen <= min(wirelen, MAX_RECORD) or frac >= 1_000_000_000:
+            return False
+        pos += 16 + caplen
+    return True
 
 
 class _PcapngWalker(_Walker):

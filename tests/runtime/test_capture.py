@@ -9,6 +9,8 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
@@ -460,3 +462,47 @@ def test_pcapng_binary_resolutions_and_offsets(tmp_path):
     idb = _block(1, struct.pack("<HHI", 1, 0, 65535) + offset)  # 2**-20 s ticks, 1000 s later
     cols, _ = _rows(_write(tmp_path, pcapng.section() + idb + frame_at(NOW << 20 | 1 << 19), "x.pcapng"))
     assert cols["ts"].tolist() == [NOW + 1000.5]
+
+
+# ------------------------------------------------------------ the record walk, by lanes --
+
+def _records(rng: np.random.Generator, count: int, order: str, decoys: bool) -> tuple[bytes, list[int]]:
+    """``count`` pcap records (no file header) of random sizes, seconds crossing a 65,536-second boundary
+    (where lanes find no start with the first record's seconds); with ``decoys``, payloads made of record
+    headers (four and more in a row that could be right) where no record starts."""
+    head = struct.Struct(order + "IIII")
+    out, starts, at = bytearray(), [], 0
+    second = 0x6553_FFF0
+    for k in range(count):
+        size = int(rng.choice([0, 1, 60, 64, 1514, int(rng.integers(0, 3000))]))
+        payload = (head.pack(second, 5, 16, 16) * (size // 16 + 1))[:size] if decoys else rng.bytes(size)
+        starts.append(at)
+        out += head.pack(second + k // 64, int(rng.integers(0, 1_000_000)), size, size + int(rng.integers(0, 2)) * 7)
+        out += payload
+        at = len(out)
+    return bytes(out), starts
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from(["<", ">"]), st.booleans(), st.sampled_from([True, True, False]),
+       st.one_of(st.integers(1, 1300), st.integers(1300, 6000)), st.sampled_from(["none", "caplen", "bytes", "cut"]))
+def test_the_walk_by_lanes_visits_what_a_walk_record_by_record_does(seed, order, decoys, at_a_record, most,
+                                                                     damage):
+    """Lanes start at records found by their looks; a start that is none (decoys, damage) is found out, and
+    the walk is still the one record by record."""
+    rng = np.random.default_rng(seed)
+    data, starts = _records(rng, int(rng.integers(1200, 4000)), order, decoys)
+    data = bytearray(data)
+    if damage == "caplen":  # a length that cannot be right sends the walk off
+        where = starts[int(rng.integers(len(starts)))] + 8
+        data[where:where + 4] = struct.pack(order + "I", int(rng.integers(0, 2**32)))
+    elif damage == "bytes":
+        for where in rng.integers(0, len(data), 20).tolist():
+            data[where] = int(rng.integers(0, 256))
+    elif damage == "cut":
+        data = data[:int(rng.integers(len(data) // 2, len(data)))]
+    buf = bytes(data)
+    pos = starts[int(rng.integers(len(starts) // 4))] if at_a_record else int(rng.integers(0, 100))
+    expected = capture._visit(buf, pos, most, order)
+    expected = expected[:-1] if expected[-1] > len(buf) else expected
+    assert capture._walk_pcap(buf, pos, most, order).tolist() == expected.tolist()
