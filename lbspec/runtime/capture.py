@@ -601,27 +601,26 @@ def _lanes(buf, pos: int, hi: int, most: int, order: str) -> np.ndarray:
     :data:`LANES` stretches of it at once: a step of numpy on every lane is a record of each, where a
     Python loop takes a record at a time.
 
-    Each stretch but the first starts at a record found near its place: one whose seconds start like
-    those at ``pos`` and that starts four records that could be right.  Only a lane whose walk from the
-    lane before ends exactly there is taken: the walk is the very one record by record, and where a lane's
-    start proves wrong, this walk stops where the lane before it went (and the caller goes on from there,
-    record by record).  Where few lanes could be started, the walk is record by record from the start."""
+    Each stretch but the first starts at the first place in it where the seconds start like those at
+    ``pos``, if four records that could be right start there (else the lane before takes the stretch).
+    Only a lane whose walk from the lane before ends exactly there is taken: the walk is the very one
+    record by record, and where a lane's start proves wrong, this walk stops where the lane before it went
+    (and the caller goes on from there, record by record).  Where few lanes could be started, the walk is
+    record by record from the start."""
     n = len(buf)
     lanes = max(1, min(LANES, (hi - pos) >> 12))
     width = (hi - pos) // lanes
-    header = struct.Struct(order + "IIII")
-    seconds = buf[pos + 2:pos + 4] if order == "<" else buf[pos:pos + 2]  # their high half
-    starts = [pos]
-    for k in range(1, lanes):
-        start = _lane_start(buf, header, seconds, order, pos + k * width, pos + (k + 1) * width)
-        if start is not None:
-            starts.append(start)
-    if len(starts) < lanes // 4:  # the seconds' high half changed (every 18 hours), or records are few and long
+    word = np.ndarray((n - 3,), np.dtype(order + "u4"), buf, 0, (1,))  # the 32-bit word at every offset
+    high = 2 if order == "<" else 0  # where the seconds' high half is in a header
+    seconds = buf[pos + high:pos + high + 2]
+    found = np.array([buf.find(seconds, lo + high, lo + width + high) - high
+                      for lo in range(pos + width, pos + lanes * width, width)], np.int64)
+    begin = np.r_[pos, found[_could_be_records(word, found)]]
+    if len(begin) < lanes // 4:  # the seconds' high half changed (every 18 hours), or records are few and long
         return _visit(buf, pos, most, order)
-    begin = np.array(starts, np.int64)
     end = np.r_[begin[1:], hi]
-    caplen = np.ndarray((n - 11,), np.dtype(order + "u4"), buf, 8, (1,))  # at every offset, the caplen there
-    top = n - 12
+    caplen = word[8:]
+    top = len(caplen) - 1
     at, steps = begin, [begin]
     while True:  # lanes past their end walk on until the last is done: cheaper than setting them aside
         for _ in range(8):
@@ -640,29 +639,18 @@ def _lanes(buf, pos: int, hi: int, most: int, order: str) -> np.ndarray:
     return chain[:most + 1] if len(chain) > most else np.r_[chain, stops[good - 1]]
 
 
-def _lane_start(buf, header: struct.Struct, seconds: bytes, order: str, lo: int, hi: int) -> int | None:
-    """A record in [lo, hi) that starts four records that could be right, or None."""
-    at = 2 if order == "<" else 0  # where the seconds' high half is in a header
-    for _ in range(8):
-        found = buf.find(seconds, lo + at, hi + at)
-        if found < 0:
-            return None
-        lo = found - at
-        if _could_be_records(buf, header, lo):
-            return lo
-        lo += 1
-    return None
-
-
-def _could_be_records(buf, header: struct.Struct, pos: int) -> bool:
+def _could_be_records(word: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """For each offset (negative: none) into a buffer read as ``word`` (its 32-bit word at every offset),
+    does it start four records that could be right, none captured longer than it was on the wire?"""
+    end = len(word) + 3  # the buffer's length
+    ok = at >= 0
     for _ in range(4):
-        if pos + 16 > len(buf):
-            return False
-        _sec, frac, caplen, wirelen = header.unpack_from(buf, pos)
-        if not 0 < caplen <= min(wirelen, MAX_RECORD) or frac >= 1_000_000_000:
-            return False
-        pos += 16 + caplen
-    return True
+        ok &= at + 16 <= end
+        at = np.where(ok, at, 0)
+        frac, caplen, wirelen = word[at + 4], word[at + 8], word[at + 12]
+        ok &= (caplen > 0) & (caplen <= wirelen) & (caplen <= MAX_RECORD) & (frac < 1_000_000_000)
+        at = at + 16 + caplen
+    return ok
 
 
 class _PcapngWalker(_Walker):
