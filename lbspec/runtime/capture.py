@@ -567,8 +567,11 @@ def _walk_pcap(buf, pos: int, most: int, order: str) -> np.ndarray:
     pieces = [_visit(buf, pos, min(most, PROBE), order)]  # positions visited, each piece from where the last stopped
     most, pos = most - (len(pieces[0]) - 1), int(pieces[0][-1])
     if most >= 4 * LANES and len(pieces[0]) > PROBE and pos + 16 <= n and hasattr(buf, "find"):
-        span = int((pos - int(pieces[0][0])) / PROBE * most * 1.25)  # past where ``most`` records of that size end
-        pieces.append(_lanes(buf, pos, min(n, pos + span), most, order))
+        word = _u32(buf, order)
+        high = 2 if order == "<" else 0  # where the seconds' high half is in a header
+        found = _lane_starts(buf, pos, _span(pieces[0], most, n), buf[pos + high:pos + high + 2], high)
+        chain = _lanes(word, pos, found[_could_be_records(word, found)], _span(pieces[0], most, n), most, 8, 16)
+        pieces.append(_visit(buf, pos, most, order) if chain is None else chain)
         most, pos = most - (len(pieces[-1]) - 1), int(pieces[-1][-1])
     if most > 0 and pos + 16 <= n:  # the rest, if any: records longer than the first, or a lane's start wrong
         pieces.append(_visit(buf, pos, most, order))
@@ -596,43 +599,53 @@ def _visit(buf, pos: int, most: int, order: str) -> np.ndarray:
     return np.frombuffer(found, np.int64)
 
 
-def _lanes(buf, pos: int, hi: int, most: int, order: str) -> np.ndarray:
-    """As :func:`_visit`, from the record at ``pos`` to the first position at ``hi`` or past it, walking up to
-    :data:`LANES` stretches of it at once: a step of numpy on every lane is a record of each, where a
-    Python loop takes a record at a time.
+def _span(probe, most: int, n: int) -> int:
+    """Where to walk lanes to: past where ``most`` more records end, if they are as long as the probe's."""
+    return min(n, int(probe[-1]) + int((int(probe[-1]) - int(probe[0])) / (len(probe) - 1) * most * 1.25))
 
-    Each stretch but the first starts at the first place in it where the seconds start like those at
-    ``pos``, if four records that could be right start there (else the lane before takes the stretch).
-    Only a lane whose walk from the lane before ends exactly there is taken: the walk is the very one
-    record by record, and where a lane's start proves wrong, this walk stops where the lane before it went
-    (and the caller goes on from there, record by record).  Where few lanes could be started, the walk is
-    record by record from the start."""
-    n = len(buf)
+
+def _lane_starts(buf, pos: int, hi: int, mark: bytes, at: int) -> np.ndarray:
+    """For each stretch of [pos, hi) but the first (up to :data:`LANES` of them, 4 KiB at least), the first
+    offset in it where ``mark`` is found ``at`` bytes in (negative: none)."""
     lanes = max(1, min(LANES, (hi - pos) >> 12))
     width = (hi - pos) // lanes
-    word = np.ndarray((n - 3,), np.dtype(order + "u4"), buf, 0, (1,))  # the 32-bit word at every offset
-    high = 2 if order == "<" else 0  # where the seconds' high half is in a header
-    seconds = buf[pos + high:pos + high + 2]
-    found = np.array([buf.find(seconds, lo + high, lo + width + high) - high
-                      for lo in range(pos + width, pos + lanes * width, width)], np.int64)
-    begin = np.r_[pos, found[_could_be_records(word, found)]]
-    if len(begin) < lanes // 4:  # the seconds' high half changed (every 18 hours), or records are few and long
-        return _visit(buf, pos, most, order)
+    return np.array([buf.find(mark, lo + at, lo + width + at) - at
+                     for lo in range(pos + width, pos + lanes * width, width)], np.int64)
+
+
+def _lanes(word: np.ndarray, pos: int, starts: np.ndarray, hi: int, most: int, length_at: int, overhead: int,
+           ) -> np.ndarray | None:
+    """The positions a walk from the record at ``pos`` visits up to the first at ``hi`` or past it (at most
+    ``most`` records, then where it stopped), each record ``overhead`` bytes longer than the length at
+    ``length_at`` in it says; or None where too few lanes could start for them to pay.  ``word`` is the
+    buffer's 32-bit word at every offset (:func:`_u32`).
+
+    Lanes walk stretches of the buffer at once, one record of each per numpy step, where a Python loop
+    takes a record at a time: the first from ``pos``, each other from one of ``starts`` (a record found by
+    its looks near its place).  A lane is taken only where the walk of the one before ends exactly on
+    its start, so the walk is the very one record by record; where a start proves wrong, it stops where
+    the lane before it went, and the caller goes on from there."""
+    lanes = max(1, min(LANES, (hi - pos) >> 12))
+    if len(starts) + 1 < lanes // 4:  # the seconds' high half changed (every 18 hours), or records are long
+        return None
+    begin = np.r_[pos, starts]
     end = np.r_[begin[1:], hi]
-    caplen = word[8:]
-    top = len(caplen) - 1
+    length = word[length_at:]
+    top = len(length) - 1
+    if overhead:
+        step = lambda at: at + length[np.minimum(at, top)] + overhead  # noqa: E731
+    else:  # a length of 0 (garbage, past a lane's end) must not hold its lane where it is
+        step = lambda at: at + np.maximum(length[np.minimum(at, top)], 4)  # noqa: E731
     at, steps = begin, [begin]
     while True:  # lanes past their end walk on until the last is done: cheaper than setting them aside
         for _ in range(8):
-            at = at + caplen[np.minimum(at, top)]
-            at += 16
+            at = step(at)
             steps.append(at)
         if (at >= end).all():
             break
     visits = np.array(steps).T  # a row per lane: its positions, then those past its end
     inside = visits < end[:, None]
-    counts = inside.sum(1)
-    stops = visits[np.arange(len(begin)), counts]  # where each lane's walk left its stretch
+    stops = visits[np.arange(len(begin)), inside.sum(1)]  # where each lane's walk left its stretch
     wrong = np.nonzero(stops[:-1] != begin[1:])[0]
     good = int(wrong[0]) + 1 if len(wrong) else len(begin)
     chain = visits[:good][inside[:good]]
@@ -640,8 +653,8 @@ def _lanes(buf, pos: int, hi: int, most: int, order: str) -> np.ndarray:
 
 
 def _could_be_records(word: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """For each offset (negative: none) into a buffer read as ``word`` (its 32-bit word at every offset),
-    does it start four records that could be right, none captured longer than it was on the wire?"""
+    """For each offset (negative: none) into a buffer read as ``word`` (:func:`_u32`), does it start four
+    pcap records that could be right, none captured longer than it was on the wire?"""
     end = len(word) + 3  # the buffer's length
     ok = at >= 0
     for _ in range(4):
@@ -707,7 +720,49 @@ class _PcapngWalker(_Walker):
     def _walk(self, buf: bytes, pos: int, most: int) -> tuple[list[int], int, str]:
         """Enhanced packet blocks from ``pos`` until another kind of block ("block"), damage, the end of
         ``buf`` ("more") or ``most`` of them ("full").  An EPB's length copy at its end is checked later, on
-        all of them at once."""
+        all of them at once.  A long walk goes by lanes (see :func:`_lanes`) after a few blocks one by one."""
+        out, pos, stop = self._each(buf, pos, min(most, PROBE))
+        if stop == "full" and most - len(out) >= 4 * LANES and hasattr(buf, "find"):
+            more, pos = self._by_lanes(buf, out, pos, most - len(out))
+            out += more
+        if stop == "full" and len(out) < most:
+            more, pos, stop = self._each(buf, pos, most - len(out))
+            out += more
+        return out, pos, stop
+
+    def _by_lanes(self, buf, probe: list[int], pos: int, most: int) -> tuple[list[int], int]:
+        """EPBs from ``pos`` walked by lanes, up to the first block :meth:`_each` would stop at (left to it)."""
+        n, word = len(buf), _u32(buf, self.order)
+        hi = _span(np.array(probe + [pos]), most, n)
+        found = _lane_starts(buf, pos, hi, struct.pack(self.order + "I", self.EPB), 0)
+        chain = _lanes(word, pos, found[self._could_be_blocks(word, found)], hi, most, 4, 0)
+        if chain is None:
+            return [], pos
+        blocks = chain[:-1]
+        ok = self._could_be_blocks(word, blocks, 1, copies=False)  # what _each checks
+        whole = len(blocks) if ok.all() else int(np.argmin(ok))
+        return blocks[:whole].tolist(), int(chain[whole])
+
+    def _could_be_blocks(self, word: np.ndarray, at: np.ndarray, count: int = 4, copies: bool = True
+                         ) -> np.ndarray:
+        """For each offset (negative: none) into a buffer read as ``word`` (:func:`_u32`), does it start
+        ``count`` EPBs in a row that the walk reads whole (and, with ``copies``, whose length copies at
+        their ends agree)?"""
+        end = len(word) + 3  # the buffer's length
+        ok = at >= 0
+        for _ in range(count):
+            ok &= at + 12 <= end
+            at = np.where(ok, at, 0)
+            blen = word[at + 4].astype(np.int64)
+            ok &= (word[at] == self.EPB) & (blen >= 32) & (blen % 4 == 0) & (blen <= MAX_RECORD + 512)
+            ok &= at + blen <= end
+            at = np.where(ok, at + blen, 4)
+            if copies:
+                ok &= word[at - 4] == blen
+        return ok
+
+    def _each(self, buf: bytes, pos: int, most: int) -> tuple[list[int], int, str]:
+        """As :meth:`_walk`, a block at a time."""
         unpack = struct.Struct(self.order + "II").unpack_from
         n = len(buf)
         out: list[int] = []

@@ -506,3 +506,48 @@ def test_the_walk_by_lanes_visits_what_a_walk_record_by_record_does(seed, order,
     expected = capture._visit(buf, pos, most, order)
     expected = expected[:-1] if expected[-1] > len(buf) else expected
     assert capture._walk_pcap(buf, pos, most, order).tolist() == expected.tolist()
+
+
+def _blocks(rng: np.random.Generator, count: int, order: str, decoys: bool) -> tuple[bytes, list[int]]:
+    """``count`` pcapng blocks (no section header): mostly EPBs of random sizes, now and then a statistics
+    or custom block; with ``decoys``, packets made of EPBs whose lengths agree, where no block starts."""
+    out, starts = bytearray(), []
+
+    def block(kind: int, body: bytes) -> bytes:
+        size = 12 + len(body)
+        return struct.pack(order + "II", kind, size) + body + struct.pack(order + "I", size)
+
+    decoy = block(6, bytes(20) + bytes(4)) if decoys else b""
+    for _ in range(count):
+        starts.append(len(out))
+        if rng.random() < 0.002:
+            out += block(int(rng.choice([5, 0xBAD])), bytes(int(rng.integers(0, 5)) * 4))
+            continue
+        size = int(rng.choice([0, 1, 60, 64, 1514, int(rng.integers(0, 3000))]))
+        data = (decoy * (size // max(len(decoy), 1) + 1))[:size] if decoys else rng.bytes(size)
+        out += block(6, struct.pack(order + "IIIII", 0, 1, int(rng.integers(0, 2**32)), size, size)
+                     + data + bytes(-size % 4))
+    return bytes(out), starts
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from(["<", ">"]), st.booleans(), st.sampled_from([True, True, False]),
+       st.one_of(st.integers(1, 1300), st.integers(1300, 6000)), st.sampled_from(["none", "length", "bytes", "cut"]))
+def test_the_pcapng_walk_by_lanes_stops_where_a_walk_block_by_block_does(seed, order, decoys, at_a_block, most,
+                                                                         damage):
+    rng = np.random.default_rng(seed)
+    data, starts = _blocks(rng, int(rng.integers(1200, 4000)), order, decoys)
+    data = bytearray(data)
+    if damage == "length":
+        where = starts[int(rng.integers(len(starts)))] + 4
+        data[where:where + 4] = struct.pack(order + "I", int(rng.integers(0, 2**32)))
+    elif damage == "bytes":
+        for where in rng.integers(0, len(data), 20).tolist():
+            data[where] = int(rng.integers(0, 256))
+    elif damage == "cut":
+        data = data[:int(rng.integers(len(data) // 2, len(data)))]
+    buf = bytes(data)
+    pos = starts[int(rng.integers(len(starts) // 4))] if at_a_block else int(rng.integers(0, 100))
+    walker = capture._PcapngWalker(CaptureReader.__new__(CaptureReader))
+    walker.order = order
+    assert walker._walk(buf, pos, most) == walker._each(buf, pos, most)
