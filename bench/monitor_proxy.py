@@ -27,16 +27,14 @@ together.
 from __future__ import annotations
 
 import argparse
-import shutil
 import struct
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from monitor_throughput import _frame, _with_bytecode, timed  # noqa: E402  (the NAT bench's frames and timing)
+from monitor_throughput import _frame, _with_bytecode, in_directory, timed  # noqa: E402  (the NAT bench's frames and timing)
 
 VIP, VPORT, BPORT = (192 << 24) | (0 << 16) | (2 << 8) | 10, 80, 8080
 LB = (10 << 24) | (1 << 16) | 1  # the LB's own address toward the backends
@@ -132,13 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", metavar="DIR", help="write the captures here and keep them")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each command; the fastest counts")
     args = parser.parse_args(argv)
-    directory = Path(args.keep or tempfile.mkdtemp(prefix="lbspec-bench-"))
-    directory.mkdir(parents=True, exist_ok=True)
-    try:
-        return _run(args, directory)
-    finally:
-        if not args.keep:
-            shutil.rmtree(directory, ignore_errors=True)
+    return in_directory(args.keep, lambda directory: _run(args, directory))
 
 
 def _run(args, directory: Path) -> int:

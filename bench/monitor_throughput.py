@@ -212,12 +212,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time one capture holding both sides (roles inferred), --jobs 1")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each command; the fastest counts")
     args = parser.parse_args(argv)
-    directory = Path(args.keep or tempfile.mkdtemp(prefix="lbspec-bench-"))
+    return in_directory(args.keep, lambda directory: _run(args, directory))
+
+
+def in_directory(keep: str | None, run) -> int:
+    """``run(directory)`` in ``keep`` (made if need be, and kept) or in a temporary directory, removed after."""
+    directory = Path(keep or tempfile.mkdtemp(prefix="lbspec-bench-"))
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        return _run(args, directory)
+        return run(directory)
     finally:
-        if not args.keep:
+        if not keep:
             shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -483,26 +483,35 @@ def _records(rng: np.random.Generator, count: int, order: str, decoys: bool) -> 
     return bytes(out), starts
 
 
-@settings(max_examples=80, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.sampled_from(["<", ">"]), st.booleans(), st.sampled_from([True, True, False]),
-       st.one_of(st.integers(1, 1300), st.integers(1300, 6000)), st.sampled_from(["none", "caplen", "bytes", "cut"]))
-def test_the_walk_by_lanes_visits_what_a_walk_record_by_record_does(seed, order, decoys, at_a_record, most,
-                                                                     damage):
-    """Lanes start at records found by their looks; a start that is none (decoys, damage) is found out, and
-    the walk is still the one record by record."""
-    rng = np.random.default_rng(seed)
-    data, starts = _records(rng, int(rng.integers(1200, 4000)), order, decoys)
+def _damaged(rng: np.random.Generator, data: bytes, starts: list[int], order: str, length_at: int, damage: str,
+             at_a_record: bool) -> tuple[bytes, int]:
+    """The records with ``damage`` done to them ("length": one record's length, which sends the walk off;
+    "bytes": 20 random bytes; "cut": the end), and where to walk from (a record, or not)."""
     data = bytearray(data)
-    if damage == "caplen":  # a length that cannot be right sends the walk off
-        where = starts[int(rng.integers(len(starts)))] + 8
+    if damage == "length":
+        where = starts[int(rng.integers(len(starts)))] + length_at
         data[where:where + 4] = struct.pack(order + "I", int(rng.integers(0, 2**32)))
     elif damage == "bytes":
         for where in rng.integers(0, len(data), 20).tolist():
             data[where] = int(rng.integers(0, 256))
     elif damage == "cut":
         data = data[:int(rng.integers(len(data) // 2, len(data)))]
-    buf = bytes(data)
-    pos = starts[int(rng.integers(len(starts) // 4))] if at_a_record else int(rng.integers(0, 100))
+    return bytes(data), starts[int(rng.integers(len(starts) // 4))] if at_a_record else int(rng.integers(0, 100))
+
+
+WALKS = (st.integers(0, 2**32 - 1), st.sampled_from(["<", ">"]), st.booleans(), st.sampled_from([True, True, False]),
+         st.one_of(st.integers(1, 1300), st.integers(1300, 6000)), st.sampled_from(["none", "length", "bytes", "cut"]))
+
+
+@settings(max_examples=80, deadline=None)
+@given(*WALKS)
+def test_the_walk_by_lanes_visits_what_a_walk_record_by_record_does(seed, order, decoys, at_a_record, most,
+                                                                     damage):
+    """Lanes start at records found by their looks; a start that is none (decoys, damage) is found out, and
+    the walk is still the one record by record."""
+    rng = np.random.default_rng(seed)
+    buf, pos = _damaged(rng, *_records(rng, int(rng.integers(1200, 4000)), order, decoys), order, 8, damage,
+                        at_a_record)
     expected = capture._visit(buf, pos, most, order)
     expected = expected[:-1] if expected[-1] > len(buf) else expected
     assert capture._walk_pcap(buf, pos, most, order).tolist() == expected.tolist()
@@ -531,23 +540,12 @@ def _blocks(rng: np.random.Generator, count: int, order: str, decoys: bool) -> t
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.sampled_from(["<", ">"]), st.booleans(), st.sampled_from([True, True, False]),
-       st.one_of(st.integers(1, 1300), st.integers(1300, 6000)), st.sampled_from(["none", "length", "bytes", "cut"]))
+@given(*WALKS)
 def test_the_pcapng_walk_by_lanes_stops_where_a_walk_block_by_block_does(seed, order, decoys, at_a_block, most,
                                                                          damage):
     rng = np.random.default_rng(seed)
-    data, starts = _blocks(rng, int(rng.integers(1200, 4000)), order, decoys)
-    data = bytearray(data)
-    if damage == "length":
-        where = starts[int(rng.integers(len(starts)))] + 4
-        data[where:where + 4] = struct.pack(order + "I", int(rng.integers(0, 2**32)))
-    elif damage == "bytes":
-        for where in rng.integers(0, len(data), 20).tolist():
-            data[where] = int(rng.integers(0, 256))
-    elif damage == "cut":
-        data = data[:int(rng.integers(len(data) // 2, len(data)))]
-    buf = bytes(data)
-    pos = starts[int(rng.integers(len(starts) // 4))] if at_a_block else int(rng.integers(0, 100))
+    buf, pos = _damaged(rng, *_blocks(rng, int(rng.integers(1200, 4000)), order, decoys), order, 4, damage,
+                        at_a_block)
     walker = capture._PcapngWalker(CaptureReader.__new__(CaptureReader))
     walker.order = order
     assert walker._walk(buf, pos, most) == walker._each(buf, pos, most)
