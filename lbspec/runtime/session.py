@@ -129,9 +129,8 @@ def capture_notes(readers: list[CaptureReader]) -> list[Diagnostic]:
     for reader in readers:
         for damage in reader.damage:
             size = f"; {damage.size} bytes" if damage.size else ""
-            where = (f"at byte {damage.offset} (before frame {damage.frame}{size})" if damage.offset >= 0
-                     else f"(the first: frame {damage.frame})")
-            notes.append(d.UNDECODABLE.at(None, what=f"{reader.path}: {damage.detail} {where}",
+            where = f" at byte {damage.offset} (before frame {damage.frame}{size})" if damage.offset >= 0 else ""
+            notes.append(d.UNDECODABLE.at(None, what=f"{reader.path}: {damage.detail}{where}",
                                           data={"file": reader.path, "damage": damage.what, "offset": damage.offset,
                                                 "bytes": damage.size, "frame": damage.frame}))
         if reader.dropped:

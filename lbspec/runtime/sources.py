@@ -120,7 +120,8 @@ def in_time_order(batches: Iterator[Packets], reader: CaptureReader) -> Iterator
     if late:
         reader.damage.append(Damage("order", first, -1, 0,
                                     f"{late} frames more than a batch ({reader.batch_frames} frames) out of time "
-                                    "order, judged where they stand (sort the capture first: reordercap)"))
+                                    f"order, from frame {first} on, judged where they stand: verdicts near them "
+                                    "may be wrong (reordercap sorts a capture)"))
 
 
 def sort_by_time(packets: Packets, skew: float = 0.0) -> Packets:
