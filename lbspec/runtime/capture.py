@@ -567,10 +567,10 @@ def _walk_pcap(buf, pos: int, most: int, order: str) -> np.ndarray:
     pieces = [_visit(buf, pos, min(most, PROBE), order)]  # positions visited, each piece from where the last stopped
     most, pos = most - (len(pieces[0]) - 1), int(pieces[0][-1])
     if most >= 4 * LANES and len(pieces[0]) > PROBE and pos + 16 <= n and hasattr(buf, "find"):
-        word = _u32(buf, order)
+        word, hi = _u32(buf, order), _span(pieces[0], most, n)
         high = 2 if order == "<" else 0  # where the seconds' high half is in a header
-        found = _lane_starts(buf, pos, _span(pieces[0], most, n), buf[pos + high:pos + high + 2], high)
-        chain = _lanes(word, pos, found[_could_be_records(word, found)], _span(pieces[0], most, n), most, 8, 16)
+        found = _lane_starts(buf, pos, hi, buf[pos + high:pos + high + 2], high)
+        chain = _lanes(word, pos, found, _could_be_records(word, found), hi, most, 8, 16)
         pieces.append(_visit(buf, pos, most, order) if chain is None else chain)
         most, pos = most - (len(pieces[-1]) - 1), int(pieces[-1][-1])
     if most > 0 and pos + 16 <= n:  # the rest, if any: records longer than the first, or a lane's start wrong
@@ -613,22 +613,22 @@ def _lane_starts(buf, pos: int, hi: int, mark: bytes, at: int) -> np.ndarray:
                      for lo in range(pos + width, pos + lanes * width, width)], np.int64)
 
 
-def _lanes(word: np.ndarray, pos: int, starts: np.ndarray, hi: int, most: int, length_at: int, overhead: int,
-           ) -> np.ndarray | None:
+def _lanes(word: np.ndarray, pos: int, found: np.ndarray, ok: np.ndarray, hi: int, most: int, length_at: int,
+           overhead: int) -> np.ndarray | None:
     """The positions a walk from the record at ``pos`` visits up to the first at ``hi`` or past it (at most
     ``most`` records, then where it stopped), each record ``overhead`` bytes longer than the length at
     ``length_at`` in it says; or None where too few lanes could start for them to pay.  ``word`` is the
     buffer's 32-bit word at every offset (:func:`_u32`).
 
     Lanes walk stretches of the buffer at once, one record of each per numpy step, where a Python loop
-    takes a record at a time: the first from ``pos``, each other from one of ``starts`` (a record found by
-    its looks near its place).  A lane is taken only where the walk of the one before ends exactly on
-    its start, so the walk is the very one record by record; where a start proves wrong, it stops where
-    the lane before it went, and the caller goes on from there."""
-    lanes = max(1, min(LANES, (hi - pos) >> 12))
-    if len(starts) + 1 < lanes // 4:  # the seconds' high half changed (every 18 hours), or records are long
+    takes a record at a time: the first from ``pos``, each other from the record ``found`` near its place
+    (:func:`_lane_starts`) where its looks are ``ok``, else the lane before walks its stretch too.  A lane
+    is taken only where the walk of the one before ends exactly on its start, so the walk is the very one
+    record by record; where a start proves wrong, it stops where the lane before it went, and the caller
+    goes on from there."""
+    if np.count_nonzero(ok) < len(found) // 4:  # the seconds' high half changed (every 18 hours), or so
         return None
-    begin = np.r_[pos, starts]
+    begin = np.r_[pos, found[ok]]
     end = np.r_[begin[1:], hi]
     length = word[length_at:]
     top = len(length) - 1
@@ -735,7 +735,7 @@ class _PcapngWalker(_Walker):
         n, word = len(buf), _u32(buf, self.order)
         hi = _span(np.array(probe + [pos]), most, n)
         found = _lane_starts(buf, pos, hi, struct.pack(self.order + "I", self.EPB), 0)
-        chain = _lanes(word, pos, found[self._could_be_blocks(word, found)], hi, most, 4, 0)
+        chain = _lanes(word, pos, found, self._could_be_blocks(word, found), hi, most, 4, 0)
         if chain is None:
             return [], pos
         blocks = chain[:-1]
