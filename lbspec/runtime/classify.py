@@ -20,6 +20,10 @@ an untranslated reply) -- from which copy came first.
 
 Keys are 64-bit hashes of the fields a mode leaves unchanged: equal keys on
 both sides of the LB mean the same packet (:mod:`lbspec.runtime.pairing`).
+An IP fragment after the first carries no transport header: it is keyed on
+its datagram's identification, its offset and its bytes (:func:`fragment_key`),
+and a datagram cut at other boundaries on each side on its bytes as a whole
+(:func:`datagram_key`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from lbspec.runtime.compiled import Compiled, akey
 from lbspec.runtime.decode import ARP, OK, TCP, UDP, Packets, fill_digests
 
 __all__ = ["NONE", "INGRESS", "EGRESS", "BREPLY", "CREPLY", "TRANSIT", "ROLE_NAMES", "classify", "classify_rows",
-           "assign_backends", "mix", "pair_key",
+           "assign_backends", "mix", "pair_key", "fragment_key", "datagram_id", "datagram_key", "later_fragment",
            "weak_keys", "flow_key", "runs_of", "MacTable", "CLIENT", "BACKEND", "COMBINED"]
 
 NONE, INGRESS, EGRESS, BREPLY, CREPLY, TRANSIT = 0, 1, 2, 3, 4, 5
@@ -41,6 +45,8 @@ _SEED = np.uint64(0x243F6A8885A308D3)
 _MUL = np.uint64(0xFF51AFD7ED558CCD)
 _S33 = np.uint64(33)
 _SYN, _ACK = 2, 16
+_FRAGMENT_SALT = np.uint64(0x6A09E667F3BCC909)  # keeps fragments' keys apart from whole packets'
+_DATAGRAM_SALT = np.uint64(0xBB67AE8584CAA73B)
 _BY_MAC = -4  # a dsr packet's backend, to be looked up by MAC
 
 
@@ -188,7 +194,8 @@ def _copies(p: Packets, role: np.ndarray, rows_mask: np.ndarray, before: int, af
     if len(rows) < 2:
         return
     key = mix([p["sa_lo"][rows], p["da_lo"][rows], p["sport"][rows], p["dport"][rows], p["proto"][rows],
-               p["seq"][rows], p["ack"][rows], p["ipid"][rows], p["plen"][rows], p["digest"][rows]])
+               p["seq"][rows], p["ack"][rows], p["ipid"][rows], p["frag"][rows], p["plen"][rows],
+               p["digest"][rows]])
     rows, _head, changed = _sightings(p, rows, key)
     role[rows[changed]] = after
 
@@ -269,10 +276,72 @@ def pair_key(p, mode: str, rows=None) -> np.ndarray:
     return mix(common + ends)
 
 
+def later_fragment(frag: np.ndarray) -> np.ndarray:
+    """Which rows are IP fragments after the first (``frag``: the decoder's column)."""
+    return frag > 1
+
+
+def datagram_id(p, rows, compiled: Compiled) -> np.ndarray:
+    """Which datagram a fragment belongs to, on the side it was seen: its source address, protocol and IP ID,
+    and the side.  Not its destination, as reassembly has it (RFC 791, RFC 8200): an LB may send pieces of
+    one datagram to different backends, and that is what is judged; only whether it is a VIP, which tells a
+    client's datagram from the LB's copy in a capture of both sides."""
+    get = lambda k: p[k][rows]  # noqa: E731
+    to_vip = compiled.vip_of(akey(get("da_hi"), get("da_lo"))) >= 0
+    return mix([get("side"), get("sa_hi"), get("sa_lo"), get("proto"), get("ipid"), to_vip])
+
+
+def _ends(get, mode: str) -> list[np.ndarray]:
+    """The addresses (and ports) ``mode`` keeps: nat the source, snat none, dsr and tunnels both."""
+    if mode in ("snat", "proxy"):
+        return []
+    ends = [get("sa_hi"), get("sa_lo")]
+    return ends + [get("da_hi"), get("da_lo")] if mode in ("dsr", "tunnel") else ends
+
+
+def fragment_key(p, mode: str, rows) -> np.ndarray:
+    """The exact pairing key of fragments after the first: the datagram's IP ID, the offset and the bytes,
+    and the addresses ``mode`` keeps.  Ports are left out: the fragment does not carry them."""
+    get = lambda k: p[k][rows]  # noqa: E731
+    salt = np.full(len(rows), _FRAGMENT_SALT)
+    return mix([salt, _proto_class(get("proto")), get("ipid"), get("frag"), *_payload(p, rows), *_ends(get, mode)])
+
+
+def datagram_key(p, mode: str, rows, length: np.ndarray, digest: np.ndarray) -> np.ndarray:
+    """The key of whole datagrams (``rows``: the first piece of each; ``length`` and ``digest`` of all their
+    transport payload, 0 where a piece was cut short): what ``mode`` keeps of the headers, and the bytes.
+    Neither the IP ID nor the cut into fragments: an LB that reassembles may send the datagram whole, or cut
+    at its own MTU."""
+    get = lambda k: p[k][rows]  # noqa: E731
+    ports = [] if mode in ("snat", "proxy") else [get("sport")] + ([get("dport")] if mode in ("dsr", "tunnel") else [])
+    salt = np.full(len(rows), _DATAGRAM_SALT)
+    return mix([salt, _proto_class(get("proto")), length, digest, *_ends(get, mode), *ports])
+
+
 def weak_keys(p, mode: str, rows) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Keys for packets the LB changed: (what is assumed intact, key, rows it is usable for)."""
-    get = lambda k: p[k][rows]  # noqa: E731
     mode = "snat" if mode == "proxy" else mode
+    keys = _weak_keys(p, mode, rows)
+    frag = p["frag"][rows]
+    if not frag.any():
+        return keys
+    cut_up = frag != 0  # fragments: their headers are the datagram's IP ID and where they lie in it
+    get = lambda k: p[k][rows[cut_up]]  # noqa: E731
+    salt = np.full(int(cut_up.sum()), _FRAGMENT_SALT)
+    (_what, key, usable) = keys[0]
+    key[cut_up] = mix([salt, _proto_class(get("proto")), get("ipid"), get("frag"), *_ends(get, mode)])
+    usable[cut_up] = True
+    later = later_fragment(frag)  # after the first: no transport header; their bytes, where they lie
+    get = lambda k: p[k][rows[later]]  # noqa: E731
+    (_what, key, usable), (_same, _key, tcp) = keys[1], keys[2]
+    key[later] = mix([salt[:int(later.sum())], _proto_class(get("proto")), get("frag"), get("plen"), get("digest")])
+    usable[later] = (get("plen") > 0) & (get("pcap") >= get("plen"))
+    tcp[later] = False
+    return keys
+
+
+def _weak_keys(p, mode: str, rows) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    get = lambda k: p[k][rows]  # noqa: E731
     proto = _proto_class(get("proto"))
     tcp = get("proto") == TCP
     header = [proto, get("flags"), get("seq"), get("ack")]

@@ -14,7 +14,11 @@ row per frame, one array per field.
 Rows carry a ``status``: :data:`OK` (an IP packet with its transport header),
 :data:`NOT_IP` (ARP and other link-layer traffic), :data:`UNDECODABLE` (with
 the reason in ``why``) or :data:`FRAGMENT` (an IP fragment after the first,
-which has no transport header).  Nothing raises on bad bytes.
+which has no transport header: its payload is the IP payload, from ``poff``).
+Nothing raises on bad bytes.  ``frag`` says where a fragment lies in its
+datagram: its offset in bytes, times two, plus 1 if more fragments follow --
+0 for a packet that is not fragmented, 1 for a first fragment; ``ipid`` is
+the datagram's identification (IPv6: the fragment header's).
 
 Addresses are 128-bit: ``*_hi`` and ``*_lo`` halves; IPv4 addresses are stored
 IPv4-mapped (``::ffff:a.b.c.d``), so one comparison serves both families.
@@ -55,7 +59,7 @@ COLUMNS: dict[str, str] = {
     "why": "u1",
     "fam": "u1", "proto": "u1", "sa_hi": "u8", "sa_lo": "u8", "da_hi": "u8", "da_lo": "u8",
     "sport": "i4", "dport": "i4", "flags": "u1", "seq": "u4", "ack": "u4", "ttl": "u1", "ipid": "u4",
-    "icmp": "i4", "echo": "u4", "plen": "i4", "pcap": "i4", "poff": "i8",
+    "icmp": "i4", "echo": "u4", "plen": "i4", "pcap": "i4", "poff": "i8", "frag": "i4",
     "tun": "u1", "os_hi": "u8", "os_lo": "u8", "od_hi": "u8", "od_lo": "u8", "mac_s": "u8", "mac_d": "u8",
     "roff": "i8", "rlen": "i4", "wlen": "i4", "lt": "u2", "buf": "i4", "digest": "u8",
 }
@@ -376,6 +380,7 @@ class _Fast:
         mapped = np.uint64(V4_MAPPED)
         put("fam", 4)
         put("ipid", field(head, l3 + 4, 2))
+        put("frag", (head[:, l3 + 6] >> 5) & 1)  # offset 0 here: a first fragment if more follow
         put("ttl", head[:, l3 + 8])
         put("proto", head[:, l3 + 9])
         put("sa_lo", field(head, l3 + 12, 4).astype(np.uint64) | mapped)
@@ -552,6 +557,7 @@ class _Decoder:
         c["fam"][rows] = 4
         c["ipid"][rows] = v.be16(l3 + 4)
         frag = v.be16(l3 + 6)
+        c["frag"][rows] = ((frag & 0x1FFF) << 4) | ((frag >> 13) & 1)
         c["ttl"][rows] = v.byte(l3 + 8)
         proto, l4 = v.byte(l3 + 9).astype(np.int64), l3 + ihl
         later = (frag & 0x1FFF) != 0
@@ -604,6 +610,7 @@ class _Decoder:
             field = v.be16(at + 2)
             first[ext[fragment]] = (field[fragment] & 0xFFF8) == 0
             self.c["ipid"][rows[ext[fragment]]] = v.be32(at[fragment] + 4)
+            self.c["frag"][rows[ext[fragment]]] = ((field[fragment] & 0xFFF8) << 1) | (field[fragment] & 1)
             size[fragment] = 8
             proto[ext] = v.byte(at)
             l4[ext] = at + size
@@ -683,7 +690,7 @@ class _Decoder:
         for name in ("hi", "lo"):
             c["os_" + name][rows] = c["sa_" + name][rows]
             c["od_" + name][rows] = c["da_" + name][rows]
-        for name in ("sport", "dport", "seq", "ack", "flags", "ipid", "echo"):
+        for name in ("sport", "dport", "seq", "ack", "flags", "ipid", "echo", "frag"):
             c[name][rows] = 0
         c["icmp"][rows] = -1
         short = l3 + 20 > self.end[rows]

@@ -40,8 +40,11 @@ class Pairs:
     rule: np.ndarray
     listened: np.ndarray
     latency: np.ndarray
-    stage: int  # 1: paired on the exact key; 2: on a weaker key (the LB changed the packet)
+    stage: int  # 1: paired on the exact key; 2: on a weaker key (the LB changed the packet); 3: as a whole
+    # datagram cut into other fragments on each side (its bytes are known to be the same)
     gathered: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False)
+    # pieces of fragmented datagrams: the backend the datagram's first paired piece went to (-1: none, or this)
+    datagram_backend: np.ndarray | None = None
 
     @classmethod
     def gather(cls, win: Packets, plan: ServicePlan, ii: np.ndarray, ee: np.ndarray, stage: int) -> Pairs:
@@ -115,12 +118,33 @@ def _backend(engine, gid: int) -> str | None:
 def _response(engine, check: CheckPlan, pairs: Pairs) -> None:
     within = check.pattern.within
     late = np.nonzero(_scoped(check, pairs) & (pairs.rule >= 0) & (pairs.latency > within))[0]
+    if pairs.datagram_backend is not None:
+        _split(engine, check, pairs)
     if len(late):
         _report(engine, d.DROP, check, pairs, late,
                 lambda j: f"forwarded to {_backend(engine, int(pairs.gid[j])) or 'an undeclared destination'} "
                           f"after {pairs.latency[j] * 1e3:.3f}ms, later than the {within * 1e3:g}ms deadline",
                 lambda j: {"backend": _backend(engine, int(pairs.gid[j])), "latency_ms": float(pairs.latency[j] * 1e3),
                            "deadline_ms": within * 1e3, "forwarded": True})
+
+
+def _split(engine, check: CheckPlan, pairs: Pairs) -> None:
+    """A fragment sent to another backend than the rest of its datagram: no backend gets the whole datagram,
+    so the client's packet is lost as surely as if it were dropped."""
+    before = pairs.datagram_backend
+    bad = np.nonzero(_scoped(check, pairs) & (pairs.rule >= 0) & (before >= 0) & (before != pairs.gid))[0]
+    if not len(bad):
+        return
+    win = pairs.table
+    offset = lambda j: int(win["frag"][int(pairs.ii[j])]) >> 1  # noqa: E731
+    _report(engine, d.DROP, check, pairs, bad,
+            lambda j: f"the fragment at offset {offset(j)} of a datagram went to "
+                      f"{_backend(engine, int(pairs.gid[j])) or 'an undeclared destination'}, an earlier fragment of "
+                      f"it to {_backend(engine, int(before[j]))}: no backend gets the whole datagram",
+            lambda j: {"backend": _backend(engine, int(pairs.gid[j])), "forwarded": True,
+                       "deadline_ms": check.pattern.within * 1e3,
+                       "datagram_backend": _backend(engine, int(before[j])),
+                       "fragment": {"offset": offset(j), "ip_id": int(win["ipid"][int(pairs.ii[j])])}})
 
 
 # ----------------------------------------------------------------- absence --
@@ -215,6 +239,8 @@ def _differences(pairs: Pairs, name: str) -> np.ndarray:
         tcp = i("proto") == TCP
         return tcp & ((i("seq") != e("seq")) | (i("ack") != e("ack")) | (i("flags") != e("flags")))
     if name == "payload":
+        if pairs.stage == 3:  # paired as whole datagrams on their bytes
+            return np.zeros(len(pairs), bool)
         cut = (i("pcap") < i("plen")) | (e("pcap") < e("plen"))
         return (i("plen") != e("plen")) | (~cut & (i("digest") != e("digest")))
     return np.zeros(len(pairs), bool)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,11 +46,11 @@ from lbspec.runtime import judge
 from lbspec.runtime.balance import Traffic
 from lbspec.runtime.capture import PAD, Frames
 from lbspec.runtime.classify import (
-    BREPLY, CREPLY, EGRESS, INGRESS, TRANSIT, MacTable, assign_backends, classify, mix, pair_key, runs_of,
-    syn_only, weak_keys,
+    BREPLY, CREPLY, EGRESS, INGRESS, NONE, TRANSIT, MacTable, assign_backends, classify, classify_rows, datagram_id,
+    datagram_key, fragment_key, later_fragment, mix, pair_key, ported, runs_of, syn_only, weak_keys,
 )
 from lbspec.runtime.compiled import CheckPlan, Compiled, akey, compile_spec, model_packet
-from lbspec.runtime.decode import TCP, UDP, WHY, Packets, decode, distinct
+from lbspec.runtime.decode import FRAGMENT, OK, TCP, UDP, WHY, Packets, decode, distinct
 from lbspec.runtime.evidence import Sources, flow_text, witness_of
 from lbspec.runtime.health import HealthTimeline, apply, parse_time
 from lbspec.runtime.inference import HealthInference
@@ -64,6 +65,7 @@ from lbspec.semantics.model import Spec
 __all__ = ["Monitor", "MonitorOptions", "Report", "SIDES"]
 
 SIDES = {"client": 0, "backend": 1, "combined": -1, None: -1}
+FRAGMENT_HOLD = 5.0  # seconds a datagram's first fragment is remembered for the fragments after it
 
 
 @dataclass
@@ -112,6 +114,7 @@ class _Drop:
     what: str
     witness: Witness | None
     flow: str
+    fragment: dict | None = None  # a fragment after the first: its offset and its datagram's IP ID
 
 
 @dataclass
@@ -166,6 +169,14 @@ class Monitor:
         self.client_addresses = FlowTable(cap, idle)  # addresses that sent to a VIP -> [0, last]
         self.traffic = Traffic(self.compiled, cap, idle)
         self.sticks: dict[int, FlowTable] = {}
+        # fragments: each datagram's ports, from its first fragment (side, addresses, protocol, IP ID ->
+        # [sport, last seen, dport]); fragments seen before their first ([serials], last seen), counted
+        # unjudged if it never comes; the backend each client datagram's first piece paired went to
+        self.first_fragments = FlowTable(cap, FRAGMENT_HOLD)
+        self.orphans = FlowTable(cap, FRAGMENT_HOLD, lambda _key, entry: self._orphaned(len(entry[0])))
+        self.datagrams = FlowTable(cap, FRAGMENT_HOLD)
+        self._fragmented = False  # any fragment seen yet (nothing about fragments is done before)
+        self._backend_service = np.array([b.service for b in self.compiled.backends] + [-1])
         self.proxy = ProxyTracker(self)
         self._window: Packets | None = None
         self._pending: list[Packets] = []  # admitted since the window was last put together
@@ -328,6 +339,9 @@ class Monitor:
             assign_backends(new, self.compiled, self.macs)
         else:
             classify(new, self.compiled, self.macs)
+        if new["frag"].any():
+            self._fragmented = True
+            self._fragments(new)
         self._count(new)
         self.watermark = max(self.watermark, float(np.max(new["ts"])))
         self.first_time = min(self.first_time, float(np.min(new["ts"])))
@@ -374,7 +388,8 @@ class Monitor:
         tail = self.window.take(np.nonzero(self.window["ts"] >= new["ts"][0] - 0.001)[0]) \
             if self.window is not None else Packets.empty()
         ident = lambda p: mix([p["role"], p["sa_lo"], p["da_lo"], p["sa_hi"], p["sport"], p["dport"], p["proto"],  # noqa
-                               p["seq"], p["ack"], p["flags"], p["ipid"], p["ttl"], p["plen"], p["icmp"]])
+                               p["seq"], p["ack"], p["flags"], p["ipid"], p["frag"], p["ttl"], p["plen"],
+                               p["icmp"]])
         keys = np.concatenate([ident(tail) if len(tail) else np.zeros(0, np.uint64), ident(new)])
         ts = np.concatenate([tail["ts"], new["ts"]])
         iface = np.concatenate([tail["iface"], new["iface"]])
@@ -386,6 +401,93 @@ class Monitor:
         if len(copies):
             new["role"][copies] = 0
             self.counts.copies += len(copies)
+
+    # ------------------------------------------------------------ fragments --
+
+    def _fragments(self, new: Packets) -> None:
+        """IP fragments after the first carry no ports: each takes those of its datagram's first fragment seen
+        on the same side, and with them a role and keys, and is then paired and judged like any packet.  One
+        seen before its first fragment stays unjudged until that comes (and for good if it never does)."""
+        frag, status = new["frag"], new["status"]
+        firsts = np.nonzero((frag == 1) & (status == OK))[0]
+        first_ids = datagram_id(new, firsts, self.compiled).tolist() if len(firsts) else []
+        if first_ids:
+            entries = zip(new["sport"][firsts].tolist(), new["ts"][firsts].tolist(), new["dport"][firsts].tolist())
+            self.first_fragments.items.update(zip(first_ids, map(list, entries)))
+        later = np.nonzero(status == FRAGMENT)[0]
+        if len(later):
+            ids = datagram_id(new, later, self.compiled).tolist()
+            found = list(map(self.first_fragments.items.get, ids))
+            known = np.array([entry is not None for entry in found], bool)
+            if known.any():
+                ports = np.array([(entry[0], entry[2]) for entry in found if entry is not None], np.int64)
+                self._give_roles(new, later[known], ports[:, 0], ports[:, 1])
+            for key, serial, time in zip(np.array(ids, np.uint64)[~known].tolist(), new["sn"][later[~known]].tolist(),
+                                         new["ts"][later[~known]].tolist()):
+                entry = self.orphans.items.setdefault(key, [[], time])
+                entry[0].append(serial)
+                entry[1] = time
+        if first_ids and self.orphans.items:
+            self._adopt(first_ids)
+
+    def _give_roles(self, table: Packets, rows: np.ndarray, sport: np.ndarray, dport: np.ndarray) -> np.ndarray:
+        """Classify fragments after the first (``rows`` of ``table``) with the ports of their datagrams: the
+        client's packets to a VIP and what the LB sent on are judged; the rest (replies, packets routed past
+        the LB, proxied traffic, which a proxy reassembles) are not.  Returns the roles given."""
+        piece = table.take(rows)
+        piece["status"] = np.full(len(rows), OK, np.uint8)
+        piece["sport"], piece["dport"] = sport, dport
+        classify_rows(piece, self.compiled)
+        assign_backends(piece, self.compiled, self.macs)
+        role = piece["role"]
+        service = np.where(role == INGRESS, piece["svc"], self._backend_service[piece["gid"]])
+        proxied = (service >= 0) & (self._mode_of[service] == self._proxy_mode)
+        judged = ((role == INGRESS) | (role == EGRESS)) & ~proxied
+        role[~judged] = NONE
+        every = np.arange(len(rows))
+        for mode in self.compiled.modes:
+            piece["k_" + mode] = np.where(judged, fragment_key(piece, mode, every), np.uint64(0))
+        for name in ("sport", "dport", "role", "svc", "gid", "unknown", "ckey", "digest",
+                     *("k_" + mode for mode in self.compiled.modes)):
+            table[name][rows] = piece[name]
+        return role
+
+    @property
+    def _proxy_mode(self) -> int:
+        return self.compiled.modes.index("proxy") if "proxy" in self.compiled.modes else -2
+
+    def _adopt(self, first_ids: list[int]) -> None:
+        """Fragments seen before their first fragment, which has now come: classified now, and paired and
+        judged from now on (they are still in the window: a first fragment comes within moments)."""
+        waiting = [(key, self.orphans.items.pop(key)) for key in set(first_ids) if key in self.orphans.items]
+        if not waiting:
+            return
+        serials, sport, dport = [], [], []
+        for key, (found, _time) in waiting:
+            entry = self.first_fragments.items[key]
+            serials += found
+            sport += [entry[0]] * len(found)
+            dport += [entry[2]] * len(found)
+        win = self.window
+        sn = win["sn"]
+        at = np.minimum(np.searchsorted(sn, serials), len(sn) - 1)
+        present = sn[at] == np.array(serials, np.int64)
+        self._orphaned(int((~present).sum()))
+        rows = at[present]
+        if not len(rows):
+            return
+        role = self._give_roles(win, rows, np.array(sport)[present], np.array(dport)[present])
+        win["done"][rows] = (role != INGRESS) & (role != EGRESS)
+        self._index = None
+        roles = self.counts.roles
+        roles[NONE] = roles.get(NONE, 0) - len(rows)
+        for value, count in enumerate(np.bincount(role).tolist()):
+            if count:
+                roles[value] = roles.get(value, 0) + count
+
+    def _orphaned(self, count: int) -> None:
+        """Fragments whose datagram's first fragment the capture never showed: not judged, counted."""
+        self.counts.unjudged += count
 
     def _settle(self) -> None:
         if self.window is None:
@@ -454,12 +556,33 @@ class Monitor:
         for service in distinct(win["svc"][ii]):
             chosen = win["svc"][ii] == service
             pairs = judge.Pairs.gather(win, self.compiled.services[service], ii[chosen], ee[chosen], stage)
+            if self._fragmented:
+                pairs.datagram_backend = self._datagram_backends(pairs)
             self.counts.listened += int(pairs.listened.sum())
             self.counts.paired += int(pairs.listened.sum())
             self.counts.mutated_pairs += len(pairs) if stage == 2 else 0
             judge.run_checks(self, pairs)
             counted = np.nonzero(pairs.listened & (pairs.gid >= 0) & (pairs.rule >= 0))[0]
             self.traffic.account(self, pairs, counted)
+
+    def _datagram_backends(self, pairs: judge.Pairs) -> np.ndarray | None:
+        """For each pair of a piece of a fragmented client datagram: the backend the first of its pieces to be
+        paired went to (-1 for that first one, and for pairs of whole packets); None if there are none."""
+        pieces = np.nonzero(pairs.ingress("frag") != 0)[0]
+        if not len(pieces):
+            return None
+        out = np.full(len(pairs), -1, np.int64)
+        ts = pairs.egress("ts")
+        pieces = pieces[np.argsort(ts[pieces], kind="stable")]
+        table = self.datagrams.items
+        ids = datagram_id(pairs.table, pairs.ii[pieces], self.compiled).tolist()
+        for j, key, gid, time in zip(pieces.tolist(), ids, pairs.gid[pieces].tolist(), ts[pieces].tolist()):
+            entry = table.get(key)
+            if entry is None:
+                table[key] = [gid, time]
+            else:
+                out[j], entry[1] = entry[0], time
+        return out
 
     def _finalize(self, cutoff: float) -> None:
         """Packets older than ``cutoff`` that are still unpaired: last try, then judge them."""
@@ -478,7 +601,10 @@ class Monitor:
             self._unexplained(egress)
 
     def _pair_changed(self, cutoff: float) -> None:
-        """Pair what the LB changed on the way: on the headers alone, or on the payload alone."""
+        """Pair what the LB changed on the way: on the headers alone, or on the payload alone (datagrams the LB
+        cut into other fragments first, as whole datagrams)."""
+        if self._fragmented:
+            self._pair_datagrams(cutoff)
         win = self.window
         for number, mode in enumerate(self.compiled.modes):
             waiting = ~win["done"]
@@ -494,6 +620,69 @@ class Monitor:
                              self.options.tolerance, self.pair_window)
                 keep = (win["ts"][i_rows[a]] < cutoff) | (win["ts"][e_rows[b]] < cutoff)
                 self._commit(i_rows[a][keep], e_rows[b][keep], 2)
+
+    def _pair_datagrams(self, cutoff: float) -> None:
+        """Datagrams the LB reassembled and sent on whole, or cut at other boundaries than the client's (or that
+        it cut, the client having sent them whole): no piece pairs on its own keys, so whole datagrams are
+        paired on what the mode keeps of the headers and all their bytes in order.  Every client piece of a
+        datagram is then paired with the first piece the LB sent on (stage 3: the bytes are known equal)."""
+        win = self.window
+        role, frag = win["role"], win["frag"]
+        waiting = ~win["done"] & ((role == INGRESS) | (role == EGRESS))
+        pieces = waiting & (frag != 0)
+        if not pieces.any():
+            return
+        rows = np.nonzero(pieces | self._may_be_reassembled(pieces, waiting & (frag == 0)))[0]
+        ident = np.where(frag[rows] != 0, mix([role[rows], datagram_id(win, rows, self.compiled), win["gid"][rows]]),
+                         mix([role[rows], win["sn"][rows], np.full(len(rows), 1, np.int64)]))
+        order = np.lexsort((frag[rows], ident))
+        rows, ident = rows[order], ident[order]
+        starts = np.nonzero(np.r_[True, ident[1:] != ident[:-1]])[0]
+        members = np.split(rows, starts[1:])
+        leads = rows[starts]
+        length, digest = _datagram_bytes(win, members)
+        outward = role[leads] == EGRESS
+        for number, mode in enumerate(self.compiled.modes):
+            free = ~win["done"][leads]  # not paired in another mode's turn
+            ins = np.nonzero(free & ~outward & (self._mode_of[win["svc"][leads]] == number))[0]
+            outs = np.nonzero(free & outward)[0]
+            if not len(ins) or not len(outs):
+                continue
+            key = datagram_key(win, mode, leads, length, digest)
+            a, b = match(key[ins], win["ts"][leads[ins]], key[outs], win["ts"][leads[outs]], self.options.tolerance,
+                         self.pair_window)
+            a, b = ins[a], outs[b]
+            cut = (frag[leads[a]] != 0) | (frag[leads[b]] != 0)  # whole packets on both sides pair on their own
+            old = (win["ts"][leads[a]] < cutoff) | (win["ts"][leads[b]] < cutoff)
+            a, b = a[cut & old], b[cut & old]
+            if not len(a):
+                continue
+            for k, m in zip(a.tolist(), b.tolist()):
+                rest = members[m][1:]
+                win["done"][rest], win["mate"][rest] = True, win["sn"][members[k][0]]
+            ii = np.concatenate([members[k] for k in a.tolist()])
+            ee = np.concatenate([np.full(len(members[k]), leads[m]) for k, m in zip(a.tolist(), b.tolist())])
+            self._commit(ii, ee, 3)
+
+    def _may_be_reassembled(self, pieces: np.ndarray, whole: np.ndarray) -> np.ndarray:
+        """Which ``whole`` packets may be a datagram of the waiting ``pieces`` reassembled (or cut only on the
+        other side): of a client some piece on the other side is from, or (where the LB changes the client's
+        end) longer than some piece on the other side."""
+        win = self.window
+        out = np.zeros(len(pieces), bool)
+        role = win["role"]
+        snat = any(mode in ("snat", "proxy") for mode in self.compiled.modes)
+        for mine, theirs in ((INGRESS, EGRESS), (EGRESS, INGRESS)):
+            other = pieces & (role == theirs)
+            if not other.any():
+                continue
+            candidates = np.nonzero(whole & (role == mine))[0]
+            candidates = candidates[ported(win["proto"][candidates])]
+            fits = np.isin(win["ckey"][candidates], win["ckey"][other])
+            if snat:
+                fits |= win["plen"][candidates] > win["plen"][other].min()
+            out[candidates[fits]] = True
+        return out
 
     # ------------------------------------------------------------- unpaired --
 
@@ -524,14 +713,14 @@ class Monitor:
         wanted = self.options.witnesses and any(not self.book.seen((c.index, "LB200", key)) for c in checks)
         witness = self._witness([row]) if wanted else None
         return _Drop(float(win["ts"][row]), service, rule, key, checks, flow_text(win, row), witness,
-                     flow_text(win, row))
+                     flow_text(win, row), fragment_of(win, row) if later_fragment(win["frag"][row]) else None)
 
     def _acknowledged(self, row: int) -> bool:
         """Did the backend acknowledge this TCP segment (bytes, SYN or FIN), though no egress copy was seen?"""
         win = self.window
         flags = int(win["flags"][row])
         length = int(win["plen"][row]) + (flags & 2 != 0) + (flags & 1 != 0)
-        if win["proto"][row] != TCP or length == 0:
+        if win["proto"][row] != TCP or length == 0 or win["frag"][row] > 1:  # a fragment has no sequence number
             return False
         rows = self._flow_rows(int(win["ckey"][row]))
         replies = rows[(win["role"][rows] == BREPLY) & (win["ts"][rows] >= win["ts"][row])
@@ -596,7 +785,7 @@ class Monitor:
 
     def _client_sent_later(self, row: int) -> bool:
         win = self.window
-        if win["proto"][row] != TCP or win["plen"][row] == 0:
+        if win["proto"][row] != TCP or win["plen"][row] == 0 or win["frag"][row] > 1:
             return False
         rows = self._flow_rows(int(win["ckey"][row]))
         sent = rows[(win["role"][rows] == INGRESS) & (win["ts"][rows] >= win["ts"][row] - self.horizon)]
@@ -717,7 +906,8 @@ class Monitor:
                      lambda: (f"{drop.flow} was not forwarded within {within * 1e3:g}ms "
                               f"(healthy: {', '.join(healthy) or 'none known'})",
                               {"flow": drop.flow, "deadline_ms": within * 1e3, "forwarded": False,
-                               "healthy_backends": healthy}), witness=drop.witness)
+                               "healthy_backends": healthy,
+                               **({"fragment": drop.fragment} if drop.fragment else {})}), witness=drop.witness)
 
     # --------------------------------------------------------------- replies --
 
@@ -908,7 +1098,8 @@ class Monitor:
             self._index = None
         else:
             win.own()  # the batches it was joined from are done with (--jobs reuses their memory)
-        for table in (self.clients, self.client_addresses, self.traffic.flows, *self.sticks.values()):
+        for table in (self.clients, self.client_addresses, self.traffic.flows, *self.sticks.values(),
+                      self.first_fragments, self.orphans, self.datagrams):
             table.maintain(self.watermark)
 
     def settle_all(self) -> None:
@@ -921,10 +1112,12 @@ class Monitor:
             self.proxy.finish()
             self.inference.expire(self.watermark)
             self._judge_drops(math.inf)
+        self.orphans.drain()
         self.traffic.finish()
 
     def evictions(self) -> int:
-        tables = (self.clients, self.client_addresses, self.traffic.flows, *self.sticks.values())
+        tables = (self.clients, self.client_addresses, self.traffic.flows, *self.sticks.values(),
+                  self.first_fragments, self.orphans, self.datagrams)
         return sum(t.evicted for t in tables)
 
     def _finish(self) -> None:
@@ -1009,6 +1202,26 @@ def _time_order(ts: np.ndarray, rows: np.ndarray) -> np.ndarray:
     if len(times) > 1 and (times[1:] < times[:-1]).any():
         order = order[np.argsort(times, kind="stable")]
     return order
+
+
+def fragment_of(win: Packets, row: int) -> dict[str, int]:
+    """What a verdict says of a fragment after the first: where it lies in its datagram, and the datagram."""
+    return {"offset": int(win["frag"][row]) >> 1, "ip_id": int(win["ipid"][row])}
+
+
+def _datagram_bytes(win: Packets, members: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The length and CRC-32 of each datagram's transport payload, its pieces (``members``, in order) one
+    after another; the CRC is 0 where a piece was captured cut short."""
+    plen, pcap = win["plen"], win["pcap"]
+    length = np.array([int(plen[rows].sum()) for rows in members], np.int64)
+    digest = np.zeros(len(members), np.uint64)
+    for k, rows in enumerate(members):
+        if (pcap[rows] >= plen[rows]).all():
+            crc = 0
+            for row in rows.tolist():
+                crc = zlib.crc32(win.payload(row), crc)
+            digest[k] = crc
+    return length, digest
 
 
 def _icmp_error(proto: np.ndarray, icmp: np.ndarray) -> np.ndarray:

@@ -17,8 +17,8 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scapy.layers.inet import GRE, IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet import GRE, IP, TCP, UDP, fragment
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, fragment6
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet, Raw
 from scapy.utils import wrpcap
@@ -64,6 +64,7 @@ class Scenario:
     ports: itertools.count = field(default_factory=lambda: itertools.count(40000))
     seqs: itertools.count = field(default_factory=lambda: itertools.count(1_000_000, 7_919_011))
     gue_ports: itertools.count = field(default_factory=lambda: itertools.count(50000, 7))
+    ip_ids: itertools.count = field(default_factory=lambda: itertools.count(4242, 101))
 
     # ------------------------------------------------------------ packets --
 
@@ -139,6 +140,55 @@ class Scenario:
             if reply and self.mode in ("nat", "snat"):
                 self._answer(inner, target, client, cport, vport, bport, lport, t + delay, reply_from, answer, i)
         return {"cport": cport, "seq": seq}
+
+    def datagram(self, backend: str | list[str], start: float = 0.0, *, client: str = "203.0.113.7",
+                 cport: int | None = None, vport: int = 53, bport: int = 53, size: int = 4000, mtu: int = 1500,
+                 backend_mtu: int | None = None, drop: set[int] = frozenset(), change: set[int] = frozenset(),
+                 hidden: set[int] = frozenset(), reverse: str = "", reply: bool = True) -> list[int]:
+        """A UDP datagram of ``size`` bytes cut into fragments for an ``mtu``, and what the LB sends on.
+
+        ``backend`` may be a list: fragment ``i`` goes to ``backend[i]``.  Fragment ``i`` may be dropped,
+        changed (a byte of it), or ``hidden`` from both captures (they started after it went).  The LB sends
+        the fragments at the client's boundaries, or reassembles the datagram and cuts it for
+        ``backend_mtu`` (0: sends it whole).  ``reverse`` ("client", "backend" or "both") sends that side's
+        fragments last first.  Returns the fragments' offsets."""
+        cport = cport or next(self.ports)
+        lport = next(self.ports) + 10000
+        ident = next(self.ip_ids)
+        data = bytes((k * 7 + ident) & 0xFF for k in range(size))
+        six = ":" in self.vip
+        inner = (IPv6(src=client, dst=self.vip, hlim=64) / IPv6ExtHdrFragment(id=ident) if six
+                 else IP(src=client, dst=self.vip, ttl=64, id=ident)) / UDP(sport=cport, dport=vport) / Raw(data)
+        pieces = _cut(inner, mtu)
+        targets = backend if isinstance(backend, list) else [backend] * len(pieces)
+        whole = self._retarget(self.egress(inner.copy(), targets[0], client, cport, lport), bport)
+        if not six:
+            whole[IP].id = ident  # NAT keeps the IP ID
+        if backend_mtu is None and self.mode in ("nat", "snat"):
+            out = [Ether(src=LB_MAC, dst=backend_mac(t)) / p for t, p in zip(targets, _cut(_ip_of(whole), mtu))]
+            for k, frame in enumerate(out):  # each to its own backend
+                frame[IPv6 if six else IP].dst = targets[k]
+                if not six:
+                    del frame[IP].chksum
+        elif backend_mtu is None:
+            out = [self.egress(p, t, client, cport, lport) for p, t in zip(pieces, targets)]
+        else:
+            out = [Ether(src=LB_MAC, dst=backend_mac(targets[0])) / p
+                   for p in (_cut(_ip_of(whole), backend_mtu) if backend_mtu else [_ip_of(whole)])]
+        for k in change:
+            out[k] = Ether(bytes(out[k])[:-1] + bytes([bytes(out[k])[-1] ^ 0xFF]))
+        shown = [k for k in range(len(pieces)) if k not in hidden]
+        for n, k in enumerate(shown[::-1] if reverse in ("client", "both") else shown):
+            self.add(start + n * 0.00001, "client", pieces[k])
+        sent = [k for k in range(len(out)) if k not in drop and k not in hidden]
+        for n, k in enumerate(sent[::-1] if reverse in ("backend", "both") else sent):
+            self.add(start + self.latency + n * 0.00001, "backend", out[k])
+        if reply and self.mode in ("nat", "snat"):
+            small = (IP(src=client, dst=self.vip) if not six else IPv6(src=client, dst=self.vip)) / UDP(
+                sport=cport, dport=vport) / Raw(b"q")
+            self._answer(small, targets[0], client, cport, vport, bport, lport, start + self.latency + 0.001, None,
+                         "synack", 0)
+        return [_offset(p) for p in pieces]
 
     def _client_packets(self, proto, client, cport, vport, seq, segments, payload, handshake) -> list[Packet]:
         packets = []
@@ -251,6 +301,28 @@ class Scenario:
             wrpcap(str(path), [s.packet for s in ordered if s.side == side])
             paths.append(path)
         return paths
+
+
+def _ip_of(frame: Packet) -> Packet:
+    """The IP packet of a frame (its link header taken off)."""
+    return frame.payload.copy() if isinstance(frame, Ether) else frame.copy()
+
+
+def _cut(packet: Packet, mtu: int) -> list[Packet]:
+    """``packet`` cut into fragments for ``mtu``, each with its headers built (as a capture shows them)."""
+    if isinstance(packet, IPv6):
+        if IPv6ExtHdrFragment not in packet:
+            head = packet.copy()
+            head.remove_payload()
+            packet = head / IPv6ExtHdrFragment(id=4242) / packet.payload.copy()
+        pieces = fragment6(packet, mtu)
+    else:
+        pieces = fragment(packet, mtu - 20)
+    return [p.__class__(bytes(p)) for p in pieces]
+
+
+def _offset(packet: Packet) -> int:
+    return packet[IPv6ExtHdrFragment].offset * 8 if IPv6ExtHdrFragment in packet else packet.frag * 8
 
 
 def codes(report: Report) -> list[str]:
