@@ -3,7 +3,7 @@
 :class:`NftablesDnat` is an L4 NAT load balancer made of nftables rules:
 DNAT to backends chosen by ``numgen`` (round robin), conntrack translating
 replies back.  Faults can be switched on to see the monitor catch them:
-random drops, stateless rewriting of one UDP flow.
+random drops, stateless rewriting of one UDP flow, dropping IP fragments after the first.
 
 :class:`Haproxy` (TCP mode) and :class:`NginxStream` (nginx's ``stream``
 module) are proxies: they run as processes in the LB namespace, from a
@@ -47,28 +47,45 @@ class NftablesDnat:
 
     ``drop_percent`` drops that share of packets to the VIP at random (before
     conntrack); ``rewrite_udp_sport`` = (old, new) rewrites the source port of
-    one UDP flow, packet by packet, after NAT.
+    one UDP flow, packet by packet, after NAT; ``drop_later_fragments`` drops
+    IP fragments after the first: ``"ingress"`` those to the VIP, before
+    conntrack reassembles them (its defragmentation hooks in at priority
+    -400), so whole datagrams are lost; ``"egress"`` those on their way to the
+    backends, on ``device`` (the lab's bridge toward them, by default), so
+    only the first fragment of each datagram gets there.
+
+    Conntrack reassembles fragmented datagrams before NAT and cuts them again
+    at the sizes they came in, keeping the IP ID: the backend side shows the
+    client's fragments, translated.
     """
 
     vip: str
     forwards: Sequence[Forward]
     drop_percent: int = 0
     rewrite_udp_sport: tuple[int, int] | None = None
+    drop_later_fragments: str = ""  # "", "ingress" or "egress"
+    device: str = ""  # where "egress" drops them
     table: str = "lbspec"
     script: str = field(default="", init=False)
 
     def install(self, lab) -> None:
+        self.device = self.device or lab.backend_interface
         self.script = self.render()
         run(lab.lb.argv(["nft", "-f", "-"]), input=self.script)
 
     def remove(self, lab) -> None:
         run(lab.lb.argv(["nft", "delete", "table", "ip", self.table]), check=False)
+        if self.drop_later_fragments == "egress":
+            run(lab.lb.argv(["nft", "delete", "table", "netdev", self.table]), check=False)
 
     def render(self) -> str:
         lines = [f"table ip {self.table} {{"]
         if self.drop_percent:
             lines += ["  chain faults {", "    type filter hook prerouting priority raw; policy accept;",
                       f"    ip daddr {self.vip} numgen random mod 100 < {self.drop_percent} drop", "  }"]
+        if self.drop_later_fragments == "ingress":
+            lines += ["  chain fragments {", "    type filter hook prerouting priority -450; policy accept;",
+                      f"    ip daddr {self.vip} ip frag-off & 0x1fff != 0 drop", "  }"]
         lines += ["  chain balance {", "    type nat hook prerouting priority dstnat; policy accept;"]
         for forward in self.forwards:
             choices = ", ".join(f"{i} : {address} . {port}" for i, (address, port) in enumerate(forward.targets))
@@ -80,6 +97,10 @@ class NftablesDnat:
             lines += ["  chain rewrite {", "    type filter hook forward priority filter; policy accept;",
                       f"    udp sport {old} udp sport set {new}", "  }"]
         lines.append("}")
+        if self.drop_later_fragments == "egress":  # after conntrack cut the datagrams again, before the wire
+            lines += [f"table netdev {self.table} {{", "  chain fragments {",
+                      f'    type filter hook egress device "{self.device}" priority 0; policy accept;',
+                      "    ip frag-off & 0x1fff != 0 drop", "  }", "}"]
         return "\n".join(lines) + "\n"
 
 

@@ -222,14 +222,17 @@ class Lab:
 
     def traffic(self, tcp: Sequence[str] = (), udp: Sequence[str] = (), connections: int = 10, messages: int = 2,
                 datagrams: int = 10, interval: float = 0.02, timeout: float = 1.0, deadline: float = 30.0,
-                udp_source_port: int | None = None) -> list[dict]:
-        """Run bounded client traffic (lbspec.lab.traffic) in the client namespace; who answered each."""
+                udp_source_port: int | None = None, udp_size: int = 0) -> list[dict]:
+        """Run bounded client traffic (lbspec.lab.traffic) in the client namespace; who answered each.
+        ``udp_size`` pads datagrams to that many bytes (past 1472, the client sends them as IP fragments)."""
         argv = [sys.executable, "-m", "lbspec.lab.traffic", "--connections", str(connections), "--messages",
                 str(messages), "--datagrams", str(datagrams), "--interval", str(interval), "--timeout", str(timeout),
                 "--deadline", str(deadline)]
         argv += [x for t in tcp for x in ("--tcp", t)] + [x for t in udp for x in ("--udp", t)]
         if udp_source_port:
             argv += ["--udp-source-port", str(udp_source_port)]
+        if udp_size:
+            argv += ["--udp-size", str(udp_size)]
         return json.loads(self.client.run(*argv, timeout=deadline + 30))
 
 

@@ -5,6 +5,9 @@ Run inside the client's namespace; prints one JSON document::
     python -m lbspec.lab.traffic --tcp 192.0.2.10:80 --connections 20 --messages 3 \\
         --udp 192.0.2.10:53 --datagrams 30 --interval 0.02 --deadline 20
 
+``--udp-size BYTES`` pads each datagram to that size: past the path's MTU
+(1500 in the lab), the client's kernel sends it as IP fragments.
+
 Every loop is bounded in count, every socket operation by a timeout, and the
 whole run by ``--deadline`` seconds.
 """
@@ -53,7 +56,7 @@ def _connection(target: tuple[str, int], messages: int, timeout: float, source_p
 
 
 def _datagrams(target: tuple[str, int], count: int, interval: float, timeout: float, source_port: int | None,
-               deadline: float) -> list[dict]:
+               deadline: float, size: int = 0) -> list[dict]:
     sock = socket.socket(_family(target[0]), socket.SOCK_DGRAM)
     sock.settimeout(timeout)
     if source_port:
@@ -62,10 +65,11 @@ def _datagrams(target: tuple[str, int], count: int, interval: float, timeout: fl
     for k in range(count):
         if time.monotonic() > deadline:
             break
-        sock.sendto(b"datagram %d" % k, target)
+        data = b"datagram %d " % k
+        sock.sendto(data + b"." * (size - len(data)), target)
         result = {"proto": "udp", "answered_by": None, "port": sock.getsockname()[1], "error": None}
         try:
-            answer, _ = sock.recvfrom(4096)
+            answer, _ = sock.recvfrom(65536)
             result["answered_by"] = answer.split(b":", 1)[0].decode(errors="replace")
         except OSError as error:
             result["error"] = type(error).__name__
@@ -83,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--udp", type=_target, action="append", default=[])
     parser.add_argument("--datagrams", type=int, default=10)
     parser.add_argument("--udp-source-port", type=int)
+    parser.add_argument("--udp-size", type=int, default=0, help="pad each datagram to this many bytes")
     parser.add_argument("--interval", type=float, default=0.02)
     parser.add_argument("--timeout", type=float, default=1.0)
     parser.add_argument("--deadline", type=float, default=30.0)
@@ -90,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     deadline = time.monotonic() + args.deadline
     results = []
     for target in args.udp:
-        results += _datagrams(target, args.datagrams, args.interval, args.timeout, args.udp_source_port, deadline)
+        results += _datagrams(target, args.datagrams, args.interval, args.timeout, args.udp_source_port, deadline,
+                              args.udp_size)
     for _ in range(args.connections):
         for target in args.tcp:
             if time.monotonic() > deadline:
