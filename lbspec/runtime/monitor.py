@@ -741,11 +741,12 @@ class Monitor:
         for row in rows[dup].tolist():
             self._duplicate(row)
         rest = rows[~dup]
+        unrelated = win["gid"][rest] < 0  # not to a backend (the LB's own traffic, a bridge's multicast)
+        self.counts.unrelated += int(unrelated.sum())
+        rest = rest[~unrelated]
         early = win["ts"][rest] < self._ingress_seen_since() + self.pair_window  # its cause may predate the capture
         self.counts.unjudged += int(early.sum())
-        rest = rest[~early]
-        self.counts.unrelated += int((win["gid"][rest] < 0).sum())
-        for row in rest[win["gid"][rest] >= 0].tolist():
+        for row in rest[~early].tolist():
             if self._probe(row):
                 self.counts.probes += 1
             elif self._client_sent_later(row):

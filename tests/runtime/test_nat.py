@@ -319,3 +319,18 @@ def test_udp_to_the_gue_port_is_no_tunnel_without_a_gue_service(nat):
     report = nat.judge(text)
     assert codes(report) == ["LB200"]
     assert report.summary["undecodable"] == 0
+
+
+def test_traffic_to_no_backend_at_the_start_of_a_capture_is_not_left_unjudged(nat):
+    """A bridge's multicast report before any client packet is no packet of a client's: nothing there was
+    the capture's to show, so it is not counted among the packets left unjudged at the edges."""
+    from scapy.layers.l2 import Ether
+
+    from .scenario import LB_MAC
+
+    nat.add(0.0, "backend", Ether(src=LB_MAC, dst="01:00:5e:00:00:16") / IP(src="10.1.0.1", dst="224.0.0.22", ttl=1, proto=2)
+            / Raw(b"\x22\x00\xfa\x01\x00\x00\x00\x00"))
+    nat.flow("10.1.0.11", 0.01)
+    report = nat.judge(SPEC)
+    assert codes(report) == []
+    assert report.summary["unjudged_at_edges"] == 0
