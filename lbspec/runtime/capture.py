@@ -478,7 +478,7 @@ class _PcapWalker(_Walker):
         The header where the walk stopped is checked with the rest, when it is all there.  When it is not
         and more is to be read, a last record captured longer than it was on the wire waits for it: that
         header decides whether the record stands (see :meth:`_sane`)."""
-        bounds = _walk_pcap(buf, pos, most, self.order)
+        bounds = self._walk(buf, pos, most)
         checked = bounds if len(buf) - int(bounds[-1]) >= 16 else bounds[:-1]
         table = rows_at(buf, checked, 16 + HEAD)  # the record header, then the frame's first bytes
         keep = self._sane(table)
@@ -489,6 +489,45 @@ class _PcapWalker(_Walker):
         if keep:
             self.last = int(field(table, 0, 4, self.order)[keep - 1])
         return bounds[:keep], table[:keep], int(bounds[keep]), bad
+
+    def _walk(self, buf, pos: int, most: int) -> np.ndarray:
+        """Where records start from ``pos``, then where the walk stopped: after ``most`` records, or at the
+        first that is not all there.
+
+        What it does not check -- a length that cannot be right -- is checked afterwards on every record at
+        once, and the walk is cut before the first bad one.  A long walk goes by :func:`_lanes`, many
+        stretches at once, after a few records one by one (:func:`_visit`) that tell how long records are
+        here; a lane starts where the seconds start like those at ``pos`` and four records in a row
+        :meth:`_fits`, none captured longer than it was on the wire.
+        """
+        n, order = len(buf), self.order
+        pieces = [_visit(buf, pos, min(most, PROBE), order)]  # positions visited, each piece from where the last stopped
+        most, pos = most - (len(pieces[0]) - 1), int(pieces[0][-1])
+        if most >= 4 * LANES and len(pieces[0]) > PROBE and pos + 16 <= n and hasattr(buf, "find"):
+            word, hi = _u32(buf, order), _span(pieces[0], most, n)
+            high = 2 if order == "<" else 0  # where the seconds' high half is in a header
+            found = _lane_starts(buf, pos, hi, buf[pos + high:pos + high + 2], high)
+            chain = _lanes(word, pos, found, self._start_records(word, found), hi, most, 8, 16)
+            pieces.append(_visit(buf, pos, most, order) if chain is None else chain)
+            most, pos = most - (len(pieces[-1]) - 1), int(pieces[-1][-1])
+        if most > 0 and pos + 16 <= n:  # the rest, if any: records longer than the first, or a lane's start wrong
+            pieces.append(_visit(buf, pos, most, order))
+        bounds = np.concatenate([piece[:-1] for piece in pieces] + [pieces[-1][-1:]])
+        return bounds[:-1] if bounds[-1] > n else bounds  # the last record runs past the end: it stops the walk
+
+    def _start_records(self, word: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """For each offset (negative: none) into a buffer read as ``word`` (:func:`_u32`), do four records that
+        :meth:`_fits`, none captured longer than it was on the wire, start there (as :meth:`_plausible` asks
+        of one offset)?"""
+        end = len(word) + 3  # the buffer's length
+        ok = at >= 0
+        for _ in range(4):
+            ok &= at + 16 <= end
+            at = np.where(ok, at, 0)
+            frac, caplen, wirelen = word[at + 4], word[at + 8], word[at + 12]
+            ok &= self._fits(frac, caplen, wirelen) & (caplen <= wirelen)
+            at = at + 16 + caplen
+        return ok
 
     def _sane(self, table: np.ndarray) -> int:
         """How many records of a header table, from the first, can be right: fields in range (:meth:`_fits`),
@@ -553,30 +592,6 @@ class _PcapWalker(_Walker):
         first = self.reader.frames + 1
         return Frames(buf, starts + 16, caplen, wirelen, ts, np.full(n, self.linktype, np.uint16), np.zeros(n, np.int8),
                       np.arange(first, first + n, dtype=np.int64), head=table[:, 16:])
-
-
-def _walk_pcap(buf, pos: int, most: int, order: str) -> np.ndarray:
-    """Where records start from ``pos``, then where the walk stopped: after ``most`` records, or at the
-    first that is not all there.
-
-    What it does not check -- a length that cannot be right -- is checked afterwards on every record at
-    once, and the walk is cut before the first bad one.  A long walk goes by :func:`_lanes`, many stretches
-    at once, after a few records one by one (:func:`_visit`) that tell how long records are here.
-    """
-    n = len(buf)
-    pieces = [_visit(buf, pos, min(most, PROBE), order)]  # positions visited, each piece from where the last stopped
-    most, pos = most - (len(pieces[0]) - 1), int(pieces[0][-1])
-    if most >= 4 * LANES and len(pieces[0]) > PROBE and pos + 16 <= n and hasattr(buf, "find"):
-        word, hi = _u32(buf, order), _span(pieces[0], most, n)
-        high = 2 if order == "<" else 0  # where the seconds' high half is in a header
-        found = _lane_starts(buf, pos, hi, buf[pos + high:pos + high + 2], high)
-        chain = _lanes(word, pos, found, _could_be_records(word, found), hi, most, 8, 16)
-        pieces.append(_visit(buf, pos, most, order) if chain is None else chain)
-        most, pos = most - (len(pieces[-1]) - 1), int(pieces[-1][-1])
-    if most > 0 and pos + 16 <= n:  # the rest, if any: records longer than the first, or a lane's start wrong
-        pieces.append(_visit(buf, pos, most, order))
-    bounds = np.concatenate([piece[:-1] for piece in pieces] + [pieces[-1][-1:]])
-    return bounds[:-1] if bounds[-1] > n else bounds  # the last record runs past the end: it stops the walk
 
 
 PROBE = 256  # records walked one by one before lanes, to size them
@@ -652,18 +667,9 @@ def _lanes(word: np.ndarray, pos: int, found: np.ndarray, ok: np.ndarray, hi: in
     return chain[:most + 1] if len(chain) > most else np.r_[chain, stops[good - 1]]
 
 
-def _could_be_records(word: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """For each offset (negative: none) into a buffer read as ``word`` (:func:`_u32`), does it start four
-    pcap records that could be right, none captured longer than it was on the wire?"""
-    end = len(word) + 3  # the buffer's length
-    ok = at >= 0
-    for _ in range(4):
-        ok &= at + 16 <= end
-        at = np.where(ok, at, 0)
-        frac, caplen, wirelen = word[at + 4], word[at + 8], word[at + 12]
-        ok &= (caplen > 0) & (caplen <= wirelen) & (caplen <= MAX_RECORD) & (frac < 1_000_000_000)
-        at = at + 16 + caplen
-    return ok
+def _epb_length(blen):
+    """Could an enhanced packet block be this long (an int, or an array of them)?"""
+    return (blen >= 32) & (blen % 4 == 0) & (blen <= MAX_RECORD + 512)
 
 
 class _PcapngWalker(_Walker):
@@ -754,7 +760,7 @@ class _PcapngWalker(_Walker):
             ok &= at + 12 <= end
             at = np.where(ok, at, 0)
             blen = word[at + 4].astype(np.int64)
-            ok &= (word[at] == self.EPB) & (blen >= 32) & (blen % 4 == 0) & (blen <= MAX_RECORD + 512)
+            ok &= (word[at] == self.EPB) & _epb_length(blen)
             ok &= at + blen <= end
             at = np.where(ok, at + blen, 4)
             if copies:
@@ -771,7 +777,7 @@ class _PcapngWalker(_Walker):
             btype, blen = unpack(buf, pos)
             if btype != self.EPB:
                 return out, pos, self._kind(buf, pos, btype, blen)
-            if blen < 32 or blen % 4 or blen > MAX_RECORD + 512:
+            if not _epb_length(blen):
                 return out, pos, "damage"
             if pos + blen > n:
                 return out, pos, "more"

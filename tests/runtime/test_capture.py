@@ -514,7 +514,9 @@ def test_the_walk_by_lanes_visits_what_a_walk_record_by_record_does(seed, order,
                         at_a_record)
     expected = capture._visit(buf, pos, most, order)
     expected = expected[:-1] if expected[-1] > len(buf) else expected
-    assert capture._walk_pcap(buf, pos, most, order).tolist() == expected.tolist()
+    head = struct.pack(order + "IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1)  # microseconds, Ethernet
+    walker = capture._PcapWalker(CaptureReader.__new__(CaptureReader), head)
+    assert walker._walk(buf, pos, most).tolist() == expected.tolist()
 
 
 def _blocks(rng: np.random.Generator, count: int, order: str, decoys: bool) -> tuple[bytes, list[int]]:
