@@ -10,7 +10,10 @@ import subprocess
 import xml.etree.ElementTree as ET
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import TCP
 from scapy.layers.l2 import CookedLinuxV2, Ether
 from scapy.utils import rdpcap, wrpcap
@@ -264,6 +267,13 @@ def test_skew_falls_back_to_the_whole_first_batch_when_the_first_packets_show_to
     assert estimate.method == "forward and reverse latency"
     assert estimate.seconds == pytest.approx(0.3, abs=0.001)
     assert estimate.forward_pairs > 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-1.0, 1.0), min_size=1, max_size=60), st.sampled_from([0, 10, 50, 99, 100]))
+def test_skew_percentile_is_numpys(values, q):
+    values = np.array(values)
+    assert sources._percentile(values, q) == pytest.approx(float(np.percentile(values, q)), abs=1e-12)
 
 
 def test_events_file(cli, spec_file, tmp_path):
