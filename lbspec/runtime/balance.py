@@ -53,19 +53,19 @@ class Group:
             self.squares["flows"] += count
         self.first, self.last = min(self.first, first), max(self.last, last)
 
-    def add_folded(self, gid: int, amount: float, count: float, time: float) -> None:
-        """``add(gid, (0.0, amount, count), time)``, as the bytes and packets of a flow that ended."""
-        totals, squares = self.totals, self.squares
-        totals["flows"].setdefault(gid, 0.0)
-        in_bytes, in_packets = totals["bytes"], totals["packets"]
-        in_bytes[gid] = in_bytes.get(gid, 0.0) + amount
-        in_packets[gid] = in_packets.get(gid, 0.0) + count
-        squares["bytes"] += amount * amount
-        squares["packets"] += count * count
-        if time < self.first:
-            self.first = time
-        if time > self.last:
-            self.last = time
+    def add_folded(self, gids: list[int], amounts: list[float], counts: list[float], squares: tuple[float, float],
+                   first: float, last: float) -> None:
+        """The bytes and packets of flows that ended (summed per backend ``gids[i]``; ``squares``: the sums
+        of their squares, bytes and packets), between ``first`` and ``last``."""
+        totals = self.totals
+        in_flows, in_bytes, in_packets = totals["flows"], totals["bytes"], totals["packets"]
+        for gid, amount, count in zip(gids, amounts, counts):
+            in_flows.setdefault(gid, 0.0)
+            in_bytes[gid] = in_bytes.get(gid, 0.0) + amount
+            in_packets[gid] = in_packets.get(gid, 0.0) + count
+        self.squares["bytes"] += squares[0]
+        self.squares["packets"] += squares[1]
+        self.first, self.last = min(self.first, first), max(self.last, last)
 
     @property
     def flows(self) -> int:
@@ -162,11 +162,32 @@ class Traffic:
             group = self.groups[full] = Group(service, rule, eligible, weights)
         return group
 
-    def _fold(self, key: int, entry: list) -> None:
-        gid, _last, group, amount, count, bits, time = entry
-        if bits:
-            for position in self._positions(bits):
-                self.groups[(position, *group)].add_folded(gid, amount, float(count), time)
+    def _fold(self, entries: list[list]) -> None:
+        """Flows that ended: their bytes and packets into their groups, summed per group and backend first
+        (a run's end drains every flow at once)."""
+        entries = [e for e in entries if e[5]]
+        if not entries:
+            return
+        gids, _last, groups, amounts, counts, bits, times = zip(*entries)
+        kinds: dict[tuple, int] = {}  # (bits, group) -> its number
+        kind = np.array([kinds.setdefault(k, len(kinds)) for k in zip(bits, groups)])
+        amount, count, time = np.array(amounts, np.float64), np.array(counts, np.float64), np.array(times)
+        width = len(self.backend_flows)
+        pairs, inverse = np.unique(kind * width + np.array(gids), return_inverse=True)  # (kind, backend) pairs
+        inverse = inverse.reshape(-1)
+        byte_sums, packet_sums = np.bincount(inverse, amount).tolist(), np.bincount(inverse, count).tolist()
+        squares = np.bincount(kind, amount * amount).tolist(), np.bincount(kind, count * count).tolist()
+        first, last = np.full(len(kinds), np.inf), np.full(len(kinds), -np.inf)
+        np.minimum.at(first, kind, time)
+        np.maximum.at(last, kind, time)
+        of_kind, backend = (pairs // width).tolist(), (pairs % width).tolist()
+        for (flags, group), number in kinds.items():
+            members = [i for i, k in enumerate(of_kind) if k == number]
+            for position in self._positions(flags):
+                self.groups[(position, *group)].add_folded(
+                    [backend[i] for i in members], [byte_sums[i] for i in members],
+                    [packet_sums[i] for i in members], (squares[0][number], squares[1][number]),
+                    float(first[number]), float(last[number]))
 
     def finish(self) -> None:
         self.flows.drain()

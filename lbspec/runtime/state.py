@@ -16,9 +16,10 @@ LAST = 1  # every entry is a list whose item 1 is the time it was last seen
 
 
 class FlowTable:
-    """A dict of key -> list (``entry[1]`` = last seen), with expiry and a size cap."""
+    """A dict of key -> list (``entry[1]`` = last seen), with expiry and a size cap.  ``on_drop`` is handed
+    the entries that leave together (expired, evicted or drained)."""
 
-    def __init__(self, cap: int, timeout: float, on_drop: Callable[[int, list], None] | None = None):
+    def __init__(self, cap: int, timeout: float, on_drop: Callable[[list[list]], None] | None = None):
         self.items: dict[int, list] = {}
         self.cap = cap
         self.timeout = timeout
@@ -53,7 +54,6 @@ class FlowTable:
         self._drop(list(self.items))
 
     def _drop(self, keys: list[int]) -> None:
-        for key in keys:
-            entry = self.items.pop(key)
-            if self.on_drop is not None:
-                self.on_drop(key, entry)
+        entries = [self.items.pop(key) for key in keys]
+        if entries and self.on_drop is not None:
+            self.on_drop(entries)

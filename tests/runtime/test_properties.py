@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
+from lbspec.runtime.stats import share_test
+
 from .scenario import Scenario, codes, spec
 
 
@@ -70,6 +74,33 @@ def test_balance_by_bytes():
     assert "LB206" not in codes(flows)  # flows are split evenly
     by_bytes = scenario.judge(spec(body="assert balance bytes within 10%"), answer_timeout=1000)
     assert codes(by_bytes) == ["LB206"]
+
+
+def test_balance_by_bytes_is_the_same_whether_flows_end_during_the_run_or_at_its_end():
+    """A flow's bytes are folded into its group when it expires (here 300s idle, every 10s), is evicted
+    (max_flows) or the run ends: whichever it is, the test sees every flow's bytes."""
+    def payload(k: int) -> bytes:
+        return b"x" * (1200 if k % 2 == 0 else 10 + k)
+
+    def verdict(gap: float, **options):
+        scenario = Scenario("nat")
+        for k in range(60):
+            scenario.flow(["10.1.0.11", "10.1.0.12"][k % 2], k * gap, segments=1 + k % 3, reply=False,
+                          payload=payload(k))
+        report = scenario.judge(spec(body="assert balance bytes within 10%"), answer_timeout=1000, **options)
+        found = [v for v in report.violations if v.code == "LB206"]
+        assert len(found) == 1
+        return {k: found[0].data[k] for k in ("backends", "p_value", "p_value_bytes", "p_value_flows", "flows")}
+
+    amounts = [(1 + k % 3) * (len(payload(k)) + 1) for k in range(60)]  # each segment: the payload and a digit
+    totals = [float(sum(amounts[0::2])), float(sum(amounts[1::2]))]
+    wanted = share_test(totals, float(sum(a * a for a in amounts)), (0.5, 0.5))
+    at_the_end = verdict(0.01)
+    assert at_the_end["flows"] == 60
+    assert at_the_end["p_value_bytes"] == pytest.approx(wanted.p_value, rel=1e-9)
+    assert [at_the_end["backends"][b]["share"] for b in ("b1", "b2")] == pytest.approx(wanted.shares)
+    assert verdict(20.0) == at_the_end  # most flows expire while the capture goes on
+    assert verdict(0.01, max_flows=7) == at_the_end  # evicted, a few at a time
 
 
 def test_backup_takes_traffic_only_through_failover():
