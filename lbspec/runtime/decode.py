@@ -476,15 +476,15 @@ class _Decoder:
         lt = c["lt"]
         off = c["roff"]
         for kinds, header in _LINK_GROUPS:
-            rows = np.nonzero(np.isin(lt, kinds))[0]
+            rows = np.nonzero(np.isin(lt, kinds, kind="table"))[0]
             if not len(rows):
                 continue
             o = off[rows]
             l3[rows] = o + header
             etype[rows] = self._ethertype(kinds[0], rows, o)
-        known = np.isin(lt, list(_LINK_HEADERS))
+        known = np.isin(lt, list(_LINK_HEADERS), kind="table")
         self.fail(np.nonzero(~known)[0], _LINKTYPE)
-        typed = np.nonzero(np.isin(lt, [LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2]))[0]
+        typed = np.nonzero(np.isin(lt, [LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2], kind="table"))[0]
         if len(typed):  # a cooked header names the ethertype too, and VLAN tags may follow it
             l3[typed], etype[typed] = self._vlans(l3[typed], etype[typed])
         short = known & (l3 > self.end)
@@ -515,7 +515,7 @@ class _Decoder:
 
     def _vlans(self, l3: np.ndarray, etype: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         for _ in range(_MAX_TAGS):  # 802.1Q, 802.1ad (QinQ) outside it, and stacks deeper still
-            tagged = np.isin(etype, _VLAN)
+            tagged = np.isin(etype, _VLAN, kind="table")
             if not tagged.any():
                 break
             etype[tagged] = self.v.be16(l3[tagged] + 2)
@@ -695,7 +695,7 @@ class _Decoder:
         c["icmp"][rows] = -1
         short = l3 + 20 > self.end[rows]
         self.fail(rows[short], _TUNNEL)
-        keep = ~short & np.isin(etype, (0x0800, 0x86DD))
+        keep = ~short & np.isin(etype, (0x0800, 0x86DD), kind="table")
         c["status"][rows[~short & ~keep]] = NOT_IP
         self.network(rows[keep], l3[keep], etype[keep])
 

@@ -98,7 +98,9 @@ class HealthInference:
     def _established(self, p: Packets, rows: np.ndarray) -> None:
         """The LB acknowledging on a connection it opened: the backend answered its SYN, even where the
         capture does not show the answer (a capture of one direction, or one that lost the SYN-ACK)."""
-        rows = rows[np.isin(p["sport"][rows], [entry[2] for entry in self.syns.values()])]  # few SYNs wait
+        waiting = np.array([entry[2] for entry in self.syns.values()], np.int64)  # few SYNs wait
+        # ports index a table; numpy's other way imports numpy.ma, a sixtieth of a second of a run
+        rows = rows[np.isin(p["sport"][rows], waiting, kind="table")]
         if len(rows):
             collections.deque(map(self.syns.pop, _forward_key(p, rows).tolist(), itertools.repeat(None)), 0)
 

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from types import SimpleNamespace
 
@@ -237,8 +238,8 @@ def test_clock_skew_is_estimated_and_corrected(cli, spec_file, tmp_path):
     assert "LB200" in json.loads(wrong.out)["monitor"]["verdicts"]
 
 
-def _skewed_streams(tmp_path, skew: float):
-    """Client- and backend-side streams of NAT traffic whose backend-side clock is ``skew`` ahead."""
+def _skewed_pair(tmp_path, skew: float):
+    """Client- and backend-side captures of 12 NAT flows whose backend-side clock is ``skew`` ahead."""
     scenario = Scenario("nat")
     for k in range(12):
         scenario.flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.05)
@@ -246,7 +247,12 @@ def _skewed_streams(tmp_path, skew: float):
         if sent.side == "backend":
             sent.time += skew
             sent.packet.time += skew
-    client, backend = scenario.write(tmp_path)
+    return scenario.write(tmp_path)
+
+
+def _skewed_streams(tmp_path, skew: float):
+    """Client- and backend-side streams of NAT traffic whose backend-side clock is ``skew`` ahead."""
+    client, backend = _skewed_pair(tmp_path, skew)
     monitor = Monitor(lbspec.loads(spec()))
     args = SimpleNamespace(captures=[], client_side=[str(client)], backend_side=[str(backend)])
     streams = open_streams(monitor, open_readers(monitor, inputs_from(args)))
@@ -274,6 +280,31 @@ def test_skew_falls_back_to_the_whole_first_batch_when_the_first_packets_show_to
 def test_skew_percentile_is_numpys(values, q):
     values = np.array(values)
     assert sources._percentile(values, q) == pytest.approx(float(np.percentile(values, q)), abs=1e-12)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_monitor_run_does_not_import_numpy_ma(tmp_path, jobs):
+    """numpy 2 imports numpy.ma in np.percentile, np.unique without its indices and np.isin's sort: a
+    sixtieth of a second of each process of a run, which none of them needs."""
+    client, backend = _skewed_pair(tmp_path, 0.3)
+    (tmp_path / "web.lbspec").write_text(spec())
+    argv = ["lbspec", "monitor", str(tmp_path / "web.lbspec"), "--client-side", str(client), "--backend-side",
+            str(backend), "--format", "json", "--jobs", jobs]
+    code = ("import runpy, sys\n"
+            f"sys.argv = {argv!r}\n"
+            "from lbspec.runtime import parallel\n"
+            "read = parallel._read\n"
+            "def _read(*args):\n"
+            "    read(*args)\n"
+            "    if 'numpy.ma' in sys.modules:\n"
+            "        print('a reading process imported numpy.ma', file=sys.stderr)\n"
+            "parallel._read = _read\n"
+            "try:\n    runpy.run_module('lbspec', run_name='__main__')\n"
+            "finally:\n    print('numpy.ma' in sys.modules, file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr.split()[-1:] == ["False"], done.stderr
+    assert "reading process" not in done.stderr
+    assert json.loads(done.stdout)["monitor"]["flows"] == 12
 
 
 def test_events_file(cli, spec_file, tmp_path):
