@@ -21,7 +21,7 @@ from lbspec.runtime.evidence import flow_text
 from lbspec.semantics.judge import grace as semantic_grace
 from lbspec.semantics.model import MODE_REWRITES
 
-__all__ = ["Pairs", "VIEW_COLUMNS", "run_checks", "HEADER_FIELDS"]
+__all__ = ["Pairs", "VIEW_COLUMNS", "run_checks", "HEADER_FIELDS", "late_text", "late_facts"]
 
 VIEW_COLUMNS = ("proto", "fam", "sa_hi", "sa_lo", "da_hi", "da_lo", "sport", "dport", "flags")
 HEADER_FIELDS = ("src", "dst", "sport", "dport", "proto", "ttl", "tcp")
@@ -122,10 +122,18 @@ def _response(engine, check: CheckPlan, pairs: Pairs) -> None:
         _split(engine, check, pairs)
     if len(late):
         _report(engine, d.DROP, check, pairs, late,
-                lambda j: f"forwarded to {_backend(engine, int(pairs.gid[j])) or 'an undeclared destination'} "
-                          f"after {pairs.latency[j] * 1e3:.3f}ms, later than the {within * 1e3:g}ms deadline",
-                lambda j: {"backend": _backend(engine, int(pairs.gid[j])), "latency_ms": float(pairs.latency[j] * 1e3),
-                           "deadline_ms": within * 1e3, "forwarded": True})
+                lambda j: late_text(_backend(engine, int(pairs.gid[j])), float(pairs.latency[j]), within),
+                lambda j: late_facts(_backend(engine, int(pairs.gid[j])), float(pairs.latency[j]), within))
+
+
+def late_text(backend: str | None, latency: float, within: float) -> str:
+    """A packet forwarded after its deadline (LB200)."""
+    return (f"forwarded to {backend or 'an undeclared destination'} after {latency * 1e3:.3f}ms, later than the "
+            f"{within * 1e3:g}ms deadline")
+
+
+def late_facts(backend: str | None, latency: float, within: float) -> dict:
+    return {"backend": backend, "latency_ms": latency * 1e3, "deadline_ms": within * 1e3, "forwarded": True}
 
 
 def _split(engine, check: CheckPlan, pairs: Pairs) -> None:

@@ -115,6 +115,7 @@ class _Drop:
     witness: Witness | None
     flow: str
     fragment: dict | None = None  # a fragment after the first: its offset and its datagram's IP ID
+    pair: tuple[int, int] | None = None  # (mode number, key) its egress copy would pair on (proxy: none)
 
 
 @dataclass
@@ -592,6 +593,7 @@ class Monitor:
         if not (old & ((win["role"] == INGRESS) | (win["role"] == EGRESS))).any():
             return
         self._pair_changed(cutoff)
+        self._pair_late(cutoff)
         old = ~win["done"] & (win["ts"] < cutoff)
         ingress = np.nonzero(old & (win["role"] == INGRESS))[0]
         egress = np.nonzero(old & (win["role"] == EGRESS))[0]
@@ -621,6 +623,23 @@ class Monitor:
                              self.options.tolerance, self.pair_window)
                 keep = (win["ts"][i_rows[a]] < cutoff) | (win["ts"][e_rows[b]] < cutoff)
                 self._commit(i_rows[a][keep], e_rows[b][keep], 2)
+
+    def _pair_late(self, cutoff: float) -> None:
+        """Ingress packets past their pairing window that the window shows forwarded later still: late, not
+        dropped (LB200 with the latency, from the response check).  Forwards later than the window shows
+        are paired with their pending drop as they are judged (:meth:`_forwarded_late`)."""
+        win = self.window
+        for number, mode in enumerate(self.compiled.modes):
+            waiting = ~win["done"]
+            ingress = np.nonzero(waiting & (win["role"] == INGRESS) & (win["ts"] < cutoff)
+                                 & (self._mode_of[win["svc"]] == number))[0]
+            if not len(ingress):
+                continue
+            egress = np.nonzero(waiting & (win["role"] == EGRESS))[0]
+            key = win["k_" + mode]
+            a, b = match(key[ingress], win["ts"][ingress], key[egress], win["ts"][egress], self.options.tolerance,
+                         math.inf)
+            self._commit(ingress[a], egress[b], 1)
 
     def _pair_datagrams(self, cutoff: float) -> None:
         """Datagrams the LB reassembled and sent on whole, or cut at other boundaries than the client's (or that
@@ -713,8 +732,10 @@ class Monitor:
         key = int(win["ckey"][row])
         wanted = self.options.witnesses and any(not self.book.seen((c.index, "LB200", key)) for c in checks)
         witness = self._witness([row]) if wanted else None
+        number = int(self._mode_of[service])
         return _Drop(float(win["ts"][row]), service, rule, key, checks, flow_text(win, row), witness,
-                     flow_text(win, row), fragment_of(win, row) if later_fragment(win["frag"][row]) else None)
+                     flow_text(win, row), fragment_of(win, row) if later_fragment(win["frag"][row]) else None,
+                     (number, int(win["k_" + self.compiled.modes[number]][row])))
 
     def _acknowledged(self, row: int) -> bool:
         """Did the backend acknowledge this TCP segment (bytes, SYN or FIN), though no egress copy was seen?"""
@@ -747,13 +768,45 @@ class Monitor:
         rest = rest[~unrelated]
         early = win["ts"][rest] < self._ingress_seen_since() + self.pair_window  # its cause may predate the capture
         self.counts.unjudged += int(early.sum())
+        pending = {drop.pair: drop for drop in self.drops if drop.pair is not None} if len(rest) else {}
         for row in rest[~early].tolist():
+            if self._forwarded_late(row, pending):
+                continue
             if self._probe(row):
                 self.counts.probes += 1
             elif self._client_sent_later(row):
                 self._gap(row, "the client-side capture misses a segment the client did send")
             else:
                 self._invented(row)
+
+    def _forwarded_late(self, row: int, pending: dict[tuple[int, int], _Drop]) -> bool:
+        """Is this egress packet the forward of a packet judged not forwarded, whose drop waits for health
+        evidence?  Then that packet was forwarded late: LB200 with the latency, where a drop and an LB208
+        would tell two wrong stories."""
+        win = self.window
+        ts = float(win["ts"][row])
+        drop = next((found for number, mode in enumerate(self.compiled.modes)
+                     if (found := pending.get((number, int(win["k_" + mode][row])))) is not None
+                     and found.time <= ts + self.options.tolerance), None)
+        if drop is None:
+            return False
+        del pending[drop.pair]
+        self.drops.remove(drop)
+        latency = max(ts - drop.time, 0.0)
+        self.latency.add(np.array([latency]))
+        self.counts.paired += 1
+        gid = int(win["gid"][row])
+        backend = self.compiled.backends[gid].name if gid >= 0 else None
+        witness = self._witness([row]) if self.options.witnesses else None
+        if witness is not None and drop.witness is not None:
+            witness = drop.witness.joined(witness)
+        for check in drop.checks:  # as the response check reports a pair later than its deadline
+            within = check.pattern.within
+            self.verdict(d.DROP, check, drop.key, ts, [],
+                         lambda within=within: (judge.late_text(backend, latency, within),
+                                                {"flow": drop.flow, **judge.late_facts(backend, latency, within)}),
+                         witness=witness)
+        return True
 
     def _duplicates(self, rows: np.ndarray) -> np.ndarray:
         win = self.window

@@ -66,6 +66,15 @@ class Witness:
     def involved(self) -> list[PacketRef]:
         return [p for p in self.packets if p.involved]
 
+    def joined(self, other: Witness) -> Witness:
+        """Both witnesses' packets, each once (involved if either says so), in time order."""
+        packets: dict[tuple[str, int], PacketRef] = {}
+        for ref in self.packets + other.packets:
+            seen = packets.get((ref.source, ref.frame))
+            if seen is None or (ref.involved and not seen.involved):
+                packets[ref.source, ref.frame] = ref
+        return Witness(sorted(packets.values(), key=lambda r: (r.time, not r.involved)))
+
     def describe(self) -> list[str]:
         lines = [p.describe() for p in self.involved()]
         context = len(self.packets) - len(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from scapy.compat import raw
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.packet import Raw
@@ -48,6 +49,36 @@ def test_forwarded_after_the_deadline_is_LB200(nat):
     assert codes(report) == ["LB200"]
     assert report.violations[0].data["forwarded"] is True
     assert report.violations[0].data["latency_ms"] > 50
+
+
+@pytest.mark.parametrize("late", [0.3, 0.9])
+def test_forwarded_long_after_the_deadline_is_one_LB200_not_a_drop_and_an_LB208(late):
+    """Later than the pairing window (0.1s here): at 0.3s the window still shows the forward when the packet
+    is judged; at 0.9s, with other traffic moving time on, the packet waits as a drop for health evidence when
+    its forward comes.  Either way it is one late forward, not a drop, a capture gap or an invented packet."""
+    scenario = Scenario("nat")
+    scenario.flow("10.1.0.11", late={3: late})  # the last data segment: no later one acknowledges it first
+    for k in range(30):
+        scenario.flow(["10.1.0.11", "10.1.0.12"][k % 2], 0.05 * k, cport=41000 + k, segments=1)
+    report = scenario.judge(SPEC)
+    assert codes(report) == ["LB200"]
+    found = report.violations[0]
+    assert found.data["forwarded"] is True and found.data["backend"] == "b1"
+    assert found.data["latency_ms"] == pytest.approx(late * 1e3, abs=1)
+    assert found.data["flow"] == "TCP 203.0.113.7:40000 -> 192.0.2.10:80"
+    assert [(p.side, p.role) for p in found.witness.involved()] == [("client", "ingress"), ("backend", "egress")]
+
+
+def test_a_forward_later_than_the_drop_is_judged_is_LB200_and_LB208():
+    """Past the wait for health evidence (about a second) the drop is reported; the forward that comes after
+    it is then egress nothing explains."""
+    scenario = Scenario("nat")
+    scenario.flow("10.1.0.11", late={3: 3.0})
+    for k in range(80):
+        scenario.flow(["10.1.0.11", "10.1.0.12"][k % 2], 0.05 * k, cport=41000 + k, segments=1)
+    report = scenario.judge(SPEC)
+    assert sorted(codes(report)) == ["LB200", "LB208"]
+    assert next(v for v in report.violations if v.code == "LB200").data["forwarded"] is False
 
 
 def test_forwarded_within_a_tightened_deadline(nat):
