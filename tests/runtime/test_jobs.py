@@ -33,7 +33,7 @@ def _nat(scenario: Scenario) -> None:
         # acknowledge the late one's bytes before they come (then judged a capture gap or a late forward,
         # depending on whether the forward is in view yet)
         faults = [{"drop": {2}}, {"late": {3: 0.2}}, {"twice": {3}}, {"change": _changed},
-                  {"reply_from": backend}, {"answer": "rst"}, {}, {}][k % 8]
+                  {"reply_from": backend}, {"answer": "rst"}, {}, {"late": {3: 0.6}}][k % 8]
         scenario.flow(backend if k != 6 else [backend, "10.1.0.12"], k * 0.04, **faults)
     scenario.flow("10.9.0.99", 0.6)
     scenario.flow("10.1.0.11", 0.7, proto="udp", vport=53, bport=53, drop={1})
