@@ -180,14 +180,16 @@ class Traffic:
         first, last = np.full(len(kinds), np.inf), np.full(len(kinds), -np.inf)
         np.minimum.at(first, kind, time)
         np.maximum.at(last, kind, time)
-        of_kind, backend = (pairs // width).tolist(), (pairs % width).tolist()
+        members: dict[int, list[int]] = {}  # kind -> its (kind, backend) pairs
+        for i, number in enumerate((pairs // width).tolist()):
+            members.setdefault(number, []).append(i)
+        backend = (pairs % width).tolist()
         for (flags, group), number in kinds.items():
-            members = [i for i, k in enumerate(of_kind) if k == number]
+            mine = members[number]
             for position in self._positions(flags):
                 self.groups[(position, *group)].add_folded(
-                    [backend[i] for i in members], [byte_sums[i] for i in members],
-                    [packet_sums[i] for i in members], (squares[0][number], squares[1][number]),
-                    float(first[number]), float(last[number]))
+                    [backend[i] for i in mine], [byte_sums[i] for i in mine], [packet_sums[i] for i in mine],
+                    (squares[0][number], squares[1][number]), float(first[number]), float(last[number]))
 
     def finish(self) -> None:
         self.flows.drain()

@@ -174,8 +174,7 @@ class Monitor:
         # [sport, last seen, dport]); fragments seen before their first ([serials], last seen), counted
         # unjudged if it never comes; the backend each client datagram's first piece paired went to
         self.first_fragments = FlowTable(cap, FRAGMENT_HOLD)
-        self.orphans = FlowTable(cap, FRAGMENT_HOLD, 
-                                 lambda entries: self._orphaned(sum(len(e[0]) for e in entries)))
+        self.orphans = FlowTable(cap, FRAGMENT_HOLD, lambda entries: self._orphaned(sum(len(e[0]) for e in entries)))
         self.datagrams = FlowTable(cap, FRAGMENT_HOLD)
         self._fragmented = False  # any fragment seen yet (nothing about fragments is done before)
         self._backend_service = np.array([b.service for b in self.compiled.backends] + [-1])
