@@ -521,16 +521,22 @@ class Monitor:
     # -------------------------------------------------------------- pairing --
 
     def _pair(self) -> None:
-        win = self.window
         self._absorb_transit()
+        self._pair_exact(self.pair_window)
+
+    def _pair_exact(self, window: float, before: float = math.inf) -> None:
+        """Pair waiting packets on each mode's exact key, at most ``window`` apart (ingress sent before
+        ``before``)."""
+        win = self.window
         for number, mode in enumerate(self.compiled.modes):
             waiting = ~win["done"]
-            ingress = np.nonzero(waiting & (win["role"] == INGRESS) & (self._mode_of[win["svc"]] == number))[0]
+            ingress = np.nonzero(waiting & (win["role"] == INGRESS) & (win["ts"] < before)
+                                 & (self._mode_of[win["svc"]] == number))[0]
             egress = np.nonzero(waiting & (win["role"] == EGRESS))[0]
             if len(ingress) and len(egress):
                 key = win["k_" + mode]
                 a, b = match(key[ingress], win["ts"][ingress], key[egress], win["ts"][egress],
-                             self.options.tolerance, self.pair_window)
+                             self.options.tolerance, window)
                 self._commit(ingress[a], egress[b], 1)
 
     def _absorb_transit(self) -> None:
@@ -592,7 +598,9 @@ class Monitor:
         if not (old & ((win["role"] == INGRESS) | (win["role"] == EGRESS))).any():
             return
         self._pair_changed(cutoff)
-        self._pair_late(cutoff)
+        # forwarded later than the pairing window, and the window shows it: late, not dropped (LB200 with the
+        # latency, from the response check); a forward later still takes its pending drop (_forwarded_late)
+        self._pair_exact(math.inf, before=cutoff)
         old = ~win["done"] & (win["ts"] < cutoff)
         ingress = np.nonzero(old & (win["role"] == INGRESS))[0]
         egress = np.nonzero(old & (win["role"] == EGRESS))[0]
@@ -622,23 +630,6 @@ class Monitor:
                              self.options.tolerance, self.pair_window)
                 keep = (win["ts"][i_rows[a]] < cutoff) | (win["ts"][e_rows[b]] < cutoff)
                 self._commit(i_rows[a][keep], e_rows[b][keep], 2)
-
-    def _pair_late(self, cutoff: float) -> None:
-        """Ingress packets past their pairing window that the window shows forwarded later still: late, not
-        dropped (LB200 with the latency, from the response check).  Forwards later than the window shows
-        are paired with their pending drop as they are judged (:meth:`_forwarded_late`)."""
-        win = self.window
-        for number, mode in enumerate(self.compiled.modes):
-            waiting = ~win["done"]
-            ingress = np.nonzero(waiting & (win["role"] == INGRESS) & (win["ts"] < cutoff)
-                                 & (self._mode_of[win["svc"]] == number))[0]
-            if not len(ingress):
-                continue
-            egress = np.nonzero(waiting & (win["role"] == EGRESS))[0]
-            key = win["k_" + mode]
-            a, b = match(key[ingress], win["ts"][ingress], key[egress], win["ts"][egress], self.options.tolerance,
-                         math.inf)
-            self._commit(ingress[a], egress[b], 1)
 
     def _pair_datagrams(self, cutoff: float) -> None:
         """Datagrams the LB reassembled and sent on whole, or cut at other boundaries than the client's (or that
@@ -1152,8 +1143,7 @@ class Monitor:
             self._index = None
         else:
             win.own()  # the batches it was joined from are done with (--jobs reuses their memory)
-        for table in (self.clients, self.client_addresses, self.traffic.flows, *self.sticks.values(),
-                      self.first_fragments, self.orphans, self.datagrams):
+        for table in self._tables():
             table.maintain(self.watermark)
 
     def settle_all(self) -> None:
@@ -1170,9 +1160,12 @@ class Monitor:
         self.traffic.finish()
 
     def evictions(self) -> int:
-        tables = (self.clients, self.client_addresses, self.traffic.flows, *self.sticks.values(),
-                  self.first_fragments, self.orphans, self.datagrams)
-        return sum(t.evicted for t in tables)
+        return sum(t.evicted for t in self._tables())
+
+    def _tables(self) -> tuple[FlowTable, ...]:
+        """Every per-flow table: each expires, and is capped."""
+        return (self.clients, self.client_addresses, self.traffic.flows, *self.sticks.values(),
+                self.first_fragments, self.orphans, self.datagrams)
 
     def _finish(self) -> None:
         self.settle_all()
