@@ -21,7 +21,7 @@ from lbspec.runtime.evidence import flow_text
 from lbspec.semantics.judge import grace as semantic_grace
 from lbspec.semantics.model import MODE_REWRITES
 
-__all__ = ["Pairs", "VIEW_COLUMNS", "run_checks", "HEADER_FIELDS", "late_text", "late_facts"]
+__all__ = ["Pairs", "VIEW_COLUMNS", "run_checks", "HEADER_FIELDS", "late_text", "late_facts", "fragment_of"]
 
 VIEW_COLUMNS = ("proto", "fam", "sa_hi", "sa_lo", "da_hi", "da_lo", "sport", "dport", "flags")
 HEADER_FIELDS = ("src", "dst", "sport", "dport", "proto", "ttl", "tcp")
@@ -143,16 +143,19 @@ def _split(engine, check: CheckPlan, pairs: Pairs) -> None:
     bad = np.nonzero(_scoped(check, pairs) & (pairs.rule >= 0) & (before >= 0) & (before != pairs.gid))[0]
     if not len(bad):
         return
-    win = pairs.table
-    offset = lambda j: int(win["frag"][int(pairs.ii[j])]) >> 1  # noqa: E731
+    fragment = lambda j: fragment_of(pairs.table, int(pairs.ii[j]))  # noqa: E731
     _report(engine, d.DROP, check, pairs, bad,
-            lambda j: f"the fragment at offset {offset(j)} of a datagram went to "
+            lambda j: f"the fragment at offset {fragment(j)['offset']} of a datagram went to "
                       f"{_backend(engine, int(pairs.gid[j])) or 'an undeclared destination'}, an earlier fragment of "
                       f"it to {_backend(engine, int(before[j]))}: no backend gets the whole datagram",
             lambda j: {"backend": _backend(engine, int(pairs.gid[j])), "forwarded": True,
                        "deadline_ms": check.pattern.within * 1e3,
-                       "datagram_backend": _backend(engine, int(before[j])),
-                       "fragment": {"offset": offset(j), "ip_id": int(win["ipid"][int(pairs.ii[j])])}})
+                       "datagram_backend": _backend(engine, int(before[j])), "fragment": fragment(j)})
+
+
+def fragment_of(win: Packets, row: int) -> dict[str, int]:
+    """What a verdict says of a fragment after the first: where it lies in its datagram, and the datagram."""
+    return {"offset": int(win["frag"][row]) >> 1, "ip_id": int(win["ipid"][row])}
 
 
 # ----------------------------------------------------------------- absence --

@@ -724,7 +724,7 @@ class Monitor:
         witness = self._witness([row]) if wanted else None
         number = int(self._mode_of[service])
         return _Drop(float(win["ts"][row]), service, rule, key, checks, flow_text(win, row), witness,
-                     flow_text(win, row), fragment_of(win, row) if later_fragment(win["frag"][row]) else None,
+                     flow_text(win, row), judge.fragment_of(win, row) if later_fragment(win["frag"][row]) else None,
                      (number, int(win["k_" + self.compiled.modes[number]][row])))
 
     def _acknowledged(self, row: int) -> bool:
@@ -1249,11 +1249,6 @@ def _time_order(ts: np.ndarray, rows: np.ndarray) -> np.ndarray:
     if len(times) > 1 and (times[1:] < times[:-1]).any():
         order = order[np.argsort(times, kind="stable")]
     return order
-
-
-def fragment_of(win: Packets, row: int) -> dict[str, int]:
-    """What a verdict says of a fragment after the first: where it lies in its datagram, and the datagram."""
-    return {"offset": int(win["frag"][row]) >> 1, "ip_id": int(win["ipid"][row])}
 
 
 def _datagram_bytes(win: Packets, members: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
