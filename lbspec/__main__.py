@@ -1,5 +1,3 @@
-import sys
+from lbspec.cli import entry
 
-from lbspec.cli import main
-
-sys.exit(main())
+entry()

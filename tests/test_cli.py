@@ -174,6 +174,23 @@ def test_entry_point_module_runs():
     assert done.returncode == 0 and "lbspec" in done.stdout
 
 
+@pytest.mark.parametrize("argv, code", [
+    (["properties", "-v", str(EXAMPLES / "web.lbspec")], 0),
+    (["check", "--format", "json", str(EXAMPLES / "findings" / "LB101-uncovered.lbspec")], 1),
+    (["check", "--format", "json", "no-such-file.lbspec"], 2),
+])
+def test_the_command_ends_with_all_its_output_and_its_exit_code(cli, tmp_path, argv, code):
+    """The command ends its process without tearing the interpreter down: what it wrote must be there in
+    full, and its exit code kept, on a file (written in blocks) as in the same run in process."""
+    import subprocess
+    import sys
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        done = subprocess.run([sys.executable, "-m", "lbspec", *argv], stdout=out, stderr=err, timeout=120)
+    same = cli(*argv)
+    assert done.returncode == same.code == code
+    assert (tmp_path / "out").read_text() == same.out and (tmp_path / "err").read_text() == same.err
+
+
 def test_files_may_follow_options(cli, spec):
     first, second = spec(CLEAN, "a.lbspec"), spec(CLEAN, "b.lbspec")
     document = json.loads(cli("check", first, "--format", "json", second).out)
