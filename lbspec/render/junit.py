@@ -6,7 +6,6 @@ show each property as a test that passed or failed.
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from typing import TextIO
 
@@ -23,6 +22,8 @@ def render_junit(cases: Iterable[tuple[str, str, list[Diagnostic]]], stream: Tex
     of its diagnostics is at least ``failing`` severe, and is skipped-free
     otherwise.  Less severe diagnostics are kept as system-out.
     """
+    import xml.etree.ElementTree as ET  # here: every lbspec command imports this module, few write JUnit
+
     root = ET.Element("testsuites", name=suite)
     suites: dict[str, ET.Element] = {}
     totals = {"tests": 0, "failures": 0}
