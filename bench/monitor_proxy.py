@@ -17,8 +17,9 @@ Then, in the same run and on the same files:
   so that figures without it can be printed.
 
 It prints seconds, packets and connections per second, and peak resident
-memory.  lbspec runs with its bytecode cached, as installed (a first run, not
-timed, writes the cache); ``--repeat`` runs of each, the fastest counts.  The
+memory (sampled in one more, untimed run).  lbspec runs with its bytecode
+cached, as installed (a first run, not timed, writes the cache); ``--repeat``
+runs of each, the fastest counts.  The
 capture must yield no violations; the script says so, and exits 1, if lbspec
 exits non-zero on it.  Figures depend on the machine: compare runs made
 together.
@@ -34,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from monitor_throughput import _frame, _with_bytecode, in_directory, timed  # noqa: E402  (the NAT bench's frames and timing)
+from monitor_throughput import _frame, _with_bytecode, best_of, in_directory, timed  # noqa: E402  (the NAT bench's frames and timing)
 
 VIP, VPORT, BPORT = (192 << 24) | (0 << 16) | (2 << 8) | 10, 80, 8080
 LB = (10 << 24) | (1 << 16) | 1  # the LB's own address toward the backends
@@ -148,18 +149,16 @@ def _run(args, directory: Path) -> int:
     nothing = lbspec[:5] + [str(empty)] + lbspec[9:]  # the same command and output format, on no packets
     timed(nothing, env)  # writes the bytecode caches
     startup = min(timed(nothing, env)[0] for _ in range(args.repeat))
-    runs = [timed(lbspec, env) for _ in range(args.repeat)]
-    elapsed, _peak, code, _last = min(runs)
-    peak = max(r[1] for r in runs)
+    elapsed, peak, codes = best_of(lbspec, env, args.repeat)
+    code = max(codes)
     steady = max(elapsed - startup, 1e-9)
     print(f"{'command':30} {'seconds':>8} {'packets/s':>11} {'connections/s':>14} {'peak RSS':>9} {'exit':>5}")
     print(f"{'lbspec monitor (proxy)':30} {elapsed:8.2f} {count / elapsed:11,.0f} "
           f"{args.connections / elapsed:14,.0f} {peak / 2**20:7.0f}MB {code:>5}")
     print(f"(lbspec startup on an empty capture: {startup:.2f}s; without it: {steady:.2f}s, "
           f"{count / steady:,.0f} packets/s, {args.connections / steady:,.0f} connections/s)")
-    codes = sorted({r[2] for r in runs})
-    if codes != [0]:
-        print(f"NOTE: lbspec exited {', '.join(map(str, codes))} on a capture that has no violation "
+    if set(codes) != {0}:
+        print(f"NOTE: lbspec exited {', '.join(map(str, sorted(set(codes))))} on a capture that has no violation "
               f"(run it with --keep DIR and --format text to see why)")
         return 1
     return 0
