@@ -124,15 +124,22 @@ def feed(monitor: Monitor, streams: list[CaptureStream], skew: float, stream, pr
             progress.update(sum(s.reader.bytes_read for s in streams))
 
 
+# Damage that loses frames in the midst of a capture (a damaged stretch stepped over, compressed data after
+# damage) or leaves them judged out of their place: verdicts near it may be wrong.  A record cut off at the
+# end (a capture stopped mid-write) and frames of a link type not read are notes.
+_WARNS = ("skipped", "compressed", "order")
+
+
 def capture_notes(readers: list[CaptureReader]) -> list[Diagnostic]:
     notes = []
     for reader in readers:
         for damage in reader.damage:
             size = f"; {damage.size} bytes" if damage.size else ""
             where = f" at byte {damage.offset} (before frame {damage.frame}{size})" if damage.offset >= 0 else ""
-            notes.append(d.UNDECODABLE.at(None, what=f"{reader.path}: {damage.detail}{where}",
-                                          data={"file": reader.path, "damage": damage.what, "offset": damage.offset,
-                                                "bytes": damage.size, "frame": damage.frame}))
+            note = d.UNDECODABLE.at(None, what=f"{reader.path}: {damage.detail}{where}",
+                                    data={"file": reader.path, "damage": damage.what, "offset": damage.offset,
+                                          "bytes": damage.size, "frame": damage.frame})
+            notes.append(note.with_severity(d.Severity.WARNING) if damage.what in _WARNS else note)
         if reader.dropped:
             notes.append(d.CAPTURE_GAP.at(None, what=f"{reader.path}: the capturing interfaces report "
                                           f"{reader.dropped} dropped packets: missing packets are not LB drops",

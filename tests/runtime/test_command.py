@@ -382,7 +382,7 @@ def test_damage_is_reported_as_LB210_and_the_rest_is_judged(cli, spec_path, capt
               "--format", "json")
     document = json.loads(run.out)
     notes = [d for d in document["diagnostics"] if d["code"] == "LB210"]
-    assert notes and notes[0]["data"]["damage"] == "truncated"
+    assert notes and notes[0]["data"]["damage"] == "truncated" and notes[0]["severity"] == "info"
     assert run.code == 1
 
 
@@ -393,7 +393,8 @@ def test_a_gzip_capture_cut_short_is_judged_up_to_the_cut(cli, spec_path, captur
     run = cli("monitor", spec_path, "--client-side", str(cut), "--backend-side", str(captures[1]),
               "--format", "json")
     document = json.loads(run.out)
-    assert "compressed" in [d["data"].get("damage") for d in document["diagnostics"] if d["code"] == "LB210"]
+    assert ("compressed", "warning") in [(d["data"].get("damage"), d["severity"]) for d in document["diagnostics"]
+                                         if d["code"] == "LB210"]
     assert run.code == 1 and document["monitor"]["paired"] > 0
 
 

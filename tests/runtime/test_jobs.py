@@ -226,7 +226,7 @@ NAT_SPEC = spec(listen="tcp 80, udp 53", health="health tcp every 1s timeout 500
 
 
 def _verdicts(cli, spec_file, monkeypatch, paths, batch_frames=None, *options) -> tuple[list, int, list]:
-    """The verdicts (code and flow), the rows left unjudged at the edges, and the LB210 notes' data."""
+    """The verdicts (code and flow), the rows left unjudged at the edges, and the LB210 notes' severity and data."""
     if batch_frames:
         monkeypatch.setattr(session, "CaptureReader", lambda path, source: capture.CaptureReader(
             path, source, batch_frames=batch_frames))
@@ -234,7 +234,7 @@ def _verdicts(cli, spec_file, monkeypatch, paths, batch_frames=None, *options) -
     monkeypatch.undo()
     found = document["diagnostics"]
     return (sorted((x["code"], x["data"].get("flow", "")) for x in found if x["code"] not in ("LB210", "LB212")),
-            document["monitor"]["unjudged_at_edges"], [x["data"] for x in found if x["code"] == "LB210"])
+            document["monitor"]["unjudged_at_edges"], [(x["severity"], x["data"]) for x in found if x["code"] == "LB210"])
 
 
 def test_verdicts_do_not_depend_on_where_a_capture_is_cut(cli, spec_file, tmp_path, monkeypatch):
@@ -292,5 +292,5 @@ def test_a_capture_written_out_of_time_order_is_judged_in_time_order(cli, spec_f
     written(halves, lambda s: 0)  # the whole backend side first
     found = _verdicts(cli, spec_file, monkeypatch, [halves], 16, "--jobs", jobs)
     assert found[0] != expected[0]
-    (note,) = found[2]
-    assert note["damage"] == "order" and note["frame"] > 16
+    ((severity, note),) = found[2]
+    assert note["damage"] == "order" and note["frame"] > 16 and severity == "warning"
