@@ -22,7 +22,8 @@ from scapy.utils import rdpcap, wrpcap
 import lbspec
 from lbspec.runtime import sources
 from lbspec.runtime.monitor import Monitor
-from lbspec.runtime.session import inputs_from, open_readers, open_streams
+from lbspec.runtime.capture import Damage
+from lbspec.runtime.session import capture_notes, inputs_from, open_readers, open_streams
 
 from .scenario import CLIENT_MAC, LB_MAC, Scenario, codes, ip, spec
 
@@ -384,6 +385,14 @@ def test_damage_is_reported_as_LB210_and_the_rest_is_judged(cli, spec_path, capt
     notes = [d for d in document["diagnostics"] if d["code"] == "LB210"]
     assert notes and notes[0]["data"]["damage"] == "truncated" and notes[0]["severity"] == "info"
     assert run.code == 1
+
+
+@pytest.mark.parametrize("what, severity", [("skipped", "warning"), ("compressed", "warning"), ("order", "warning"),
+                                             ("truncated", "info"), ("linktype", "info")])
+def test_damage_that_loses_frames_in_the_midst_of_a_capture_is_a_warning(what, severity):
+    reader = SimpleNamespace(path="c.pcap", damage=[Damage(what, 5, 100, 20, "detail")], dropped=0)
+    (note,) = capture_notes([reader])
+    assert (note.code, note.severity.value, note.data["damage"]) == ("LB210", severity, what)
 
 
 def test_a_gzip_capture_cut_short_is_judged_up_to_the_cut(cli, spec_path, captures, tmp_path):
