@@ -183,6 +183,7 @@ class _Client:
     reply: Stream = field(default_factory=Stream)  # what the LB sent the client
     syn_checks: list = field(default_factory=list)  # the response checks its SYN is held to
     accepted: bool = False  # the LB answered its SYN
+    first_byte: float | None = None  # when its first byte came
     reset_at: float | None = None  # the LB reset it
     closed_at: float | None = None  # the LB closed it (FIN or RST)
     attempts: list = field(default_factory=list)  # failed backend connection attempts made for it
@@ -383,6 +384,8 @@ class ProxyTracker:
         data = batch.payload(i)
         if not data:
             return
+        if client.first_byte is None:
+            client.first_byte = time
         end = client.stream.offset(seq) + len(data)
         before = client.stream.next
         self.volume["client_to_lb"] += client.stream.add(seq, data) - before
@@ -692,16 +695,21 @@ class ProxyTracker:
         """The latest client connection opened before the attempt, still open, and not yet carried.
 
         Where the LB checks its backends, an attempt that fails may be a check as well as a client's: it
-        is a client's only if the spec lets the LB send that client to this backend.  Otherwise each
-        check of a dead backend of one pool made while a client of another was being connected would
-        be that client sent where its rule does not go."""
+        is a client's only if the spec lets the LB send that client to this backend, and -- its first --
+        only if it came within the pairing window of the client's SYN or first byte (the LB connects as
+        it accepts, or once the first bytes say where to).  Otherwise each check of a dead backend of
+        one pool made while a client of another was being connected would be that client sent where its
+        rule does not go, and a check made while a client waited in vain would be the LB trying for it
+        (hiding the drop).  A retry comes when the attempt before fails, however late."""
         limit = backend.start + self.engine.options.tolerance
         checked = backend.gid >= 0 and self._health(backend) != "none"
+        soon = self.engine.horizon
         open_then = [c for c in self.clients.values()
                      if c.start <= limit and (c.closed_at is None or c.closed_at >= backend.start)
                      and (c.backend is None or c.backend.start >= backend.start)
                      and (backend.gid < 0 or self.compiled.backends[backend.gid].service == c.service)
-                     and (not checked or self.engine.may_choose(c.service, c.row.value("fam"), c.rule, backend.gid))]
+                     and (not checked or (self.engine.may_choose(c.service, c.row.value("fam"), c.rule, backend.gid)
+                                          and (c.attempts or backend.start <= max(c.start, c.first_byte or 0) + soon)))]
         return max(open_then, key=lambda c: c.start) if open_then else None
 
     def _judge_attempt(self, client: _Client, backend: _Backend) -> None:

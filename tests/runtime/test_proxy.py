@@ -280,6 +280,24 @@ def test_checks_of_a_dead_backend_of_another_pool_are_not_the_clients_being_conn
     assert codes(unchecked).count("LB203") == 4 and {v.data["backend"] for v in unchecked.violations} == {"b3"}
 
 
+def test_a_check_of_a_dead_backend_while_a_client_waits_in_vain_is_not_an_attempt_for_it():
+    """The LB never tries to carry a client's bytes; half a second later its health check of b1 (dead) is
+    refused: a check, not the LB trying for the client, so the client's bytes were dropped while b2 was
+    healthy (LB200).  Near misses: an attempt as the LB accepts the client, or as its first bytes come
+    (nginx `ssl_preread` waits for them), is the client's -- the backend refused, not a drop."""
+    scenario = Scenario("proxy")
+    _unserved(scenario, 0.0, ("10.1.0.11", 0.5, "rst"))
+    report = scenario.judge(SPEC)
+    assert codes(report) == ["LB200"] and report.summary["probes"] == 1
+    assert _failures(report) == {"not_relayed": 1, "refused": 1}
+    for first_byte in (0.01, 0.7):
+        scenario = Scenario("proxy")
+        scenario.proxy_flow("10.1.0.11", 0.0, open_backend=False, chunks=(b"GET /\r\n",), gap=first_byte)
+        _attempt(scenario, "10.1.0.11", first_byte + 0.0005, "rst")
+        report = scenario.judge(SPEC)
+        assert codes(report) == [] and _failures(report) == {"backend_refused": 1, "refused": 1}
+
+
 def test_the_lb_resetting_a_client_it_never_carried_is_LB200():
     scenario = Scenario("proxy")
     cport = _unserved(scenario, 0.0)
