@@ -73,8 +73,8 @@ def entry() -> None:
     """The `lbspec` command (its script and ``python -m lbspec``): :func:`main`, then a quick exit.
 
     Once main has returned, what is left is the interpreter freeing every object one by one, which the
-    system does at once when the process ends -- after monitoring a million packets that took 40ms, a
-    sixth of lbspec's start-up.  So the process ends as soon as every exit handler (registered after this
+    system does at once when the process ends -- after monitoring a million packets that took 30-40ms,
+    a fifth of lbspec's start-up.  So the process ends as soon as every exit handler (registered after this
     one, so run before it) has run and the output is flushed.  If main raised, Python exits as usual.
     """
     ending: list[int] = []

@@ -113,8 +113,8 @@ def classify_rows(p: Packets, compiled: Compiled) -> None:
     side, dirn = p["side"], p["dirn"]
     role = np.zeros(n, np.int8)
     to_vip = ok & (vip_d >= 0) & ~tunnel
-    dsr = to_vip & np.isin(vip_d, [s.index for s in compiled.services if s.mode == "dsr"]) if compiled.dsr else \
-        np.zeros(n, bool)  # (numpy's isin of nothing in nothing imports numpy.ma: 10-40ms)
+    dsr_vips = [s.index for s in compiled.services if s.mode == "dsr"]  # (isin of nothing imports numpy.ma)
+    dsr = to_vip & np.isin(vip_d, dsr_vips) if dsr_vips else np.zeros(n, bool)
     near, far, rest = side == 0, side == 1, ok & ~to_vip
     role[to_vip & near] = INGRESS
     role[to_vip & far] = EGRESS
