@@ -20,7 +20,7 @@ import pytest
 
 from lbspec.lab import VIP
 from lbspec.lab.fixtures import require_namespaces
-from lbspec.lab.netns import Namespace, Resources, unique_prefix
+from lbspec.lab.netns import Namespace, Resources, run, unique_prefix
 
 from .helpers import dnat, dnat_spec
 
@@ -127,3 +127,40 @@ def test_an_interface_that_goes_away_ends_the_run_without_false_verdicts(lab, tm
     assert [line["data"]["file"] for line in gone] == [f"live:{lab.backend_interface}"]
     summary = lines[-1]["summary"]
     assert summary["verdicts"] == {} and summary["packets"] > 0  # no LB200 for what came after
+
+
+# What an LB on VLAN trunks sends and receives, written onto veth links: this machine's kernel makes no VLAN
+# interfaces, so the tagged frames are injected -- the sniffing, the filter and the decoding are the real ones.
+_TAGGED = """
+import sys
+from scapy.all import Dot1Q, Ether, IP, UDP, Raw, conf
+client_side, backend_side = conf.L2socket(iface=sys.argv[1]), conf.L2socket(iface=sys.argv[2])
+for k in range(8):
+    body = b"query %d" % k
+    client_side.send(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / Dot1Q(vlan=100)
+                     / IP(src="203.0.113.7", dst="192.0.2.10") / UDP(sport=40000 + k, dport=53) / Raw(body))
+    if k != 3:  # the LB drops this one
+        backend_side.send(Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:03") / Dot1Q(vlan=200)
+                          / IP(src="203.0.113.7", dst="10.0.2.11", ttl=63) / UDP(sport=40000 + k, dport=5353)
+                          / Raw(body))
+"""
+
+
+def test_frames_sniffed_on_vlan_trunks_are_judged_like_untagged_ones(resources, tmp_path):
+    prefix = unique_prefix()
+    monitor, injector = resources.namespace(prefix + "-mon"), resources.namespace(prefix + "-inj")
+    for side in "cb":
+        run(["ip", "link", "add", f"{prefix}{side}", "netns", injector.name, "type", "veth", "peer", "name",
+             f"{prefix}{side.upper()}", "netns", monitor.name])
+        injector.ip("link", "set", f"{prefix}{side}", "up")
+        monitor.ip("link", "set", f"{prefix}{side.upper()}", "up")
+    spec = tmp_path / "web.lbspec"
+    spec.write_text(SPEC)
+    process = start(resources, monitor, str(spec), "--live", f"client:{prefix}C", "--live", f"backend:{prefix}B")
+    injector.run(sys.executable, "-c", _TAGGED, f"{prefix}c", f"{prefix}b")
+    await_code(process, "LB200")
+    code, rest = stop(process, signal.SIGINT)
+    summary = rest[-1]["summary"]
+    assert code == 1 and summary["verdicts"] == {"LB200": 1}
+    assert summary["packets"] == 15 and summary["decoded"] == 15
+
