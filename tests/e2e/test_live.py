@@ -129,8 +129,9 @@ def test_an_interface_that_goes_away_ends_the_run_without_false_verdicts(lab, tm
     assert summary["verdicts"] == {} and summary["packets"] > 0  # no LB200 for what came after
 
 
-# What an LB on VLAN trunks sends and receives, written onto veth links: this machine's kernel makes no VLAN
-# interfaces, so the tagged frames are injected -- the sniffing, the filter and the decoding are the real ones.
+# What an LB on VLAN trunks sends and receives, written onto veth links: a kernel without 802.1Q support (the
+# 8021q module) makes no VLAN interfaces, so the tagged frames are injected -- the sniffing, the filter and the
+# decoding are the real ones.
 _TAGGED = """
 import sys
 from scapy.all import Dot1Q, Ether, IP, UDP, Raw, conf
