@@ -164,4 +164,3 @@ def test_frames_sniffed_on_vlan_trunks_are_judged_like_untagged_ones(resources, 
     summary = rest[-1]["summary"]
     assert code == 1 and summary["verdicts"] == {"LB200": 1}
     assert summary["packets"] == 15 and summary["decoded"] == 15
-
