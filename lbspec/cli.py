@@ -21,7 +21,7 @@ from typing import TextIO
 from lbspec import __version__
 from lbspec import diagnostics as d
 from lbspec.loader import Loaded, load_path, load_text, no_service, read_source
-from lbspec.options import count, witness_directory
+from lbspec.options import count, finite, witness_directory
 from lbspec.render import render_json, render_text
 from lbspec.render.text import make_console
 from lbspec.render.json import summary_counts
@@ -246,10 +246,7 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------- check --
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = finite(text, "a number of seconds")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be above zero: {text!r}")
     return value

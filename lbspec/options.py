@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 from lbspec.diagnostics import InputError
 
-__all__ = ["number", "count", "witness_directory"]
+__all__ = ["number", "finite", "count", "witness_directory"]
 
 
 def number(text: str, kind: type, what: str):
@@ -16,6 +17,15 @@ def number(text: str, kind: type, what: str):
         return kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {what}, not {text!r}") from None
+
+
+def finite(text: str, what: str) -> float:
+    """``text`` read as a finite float: no option of lbspec means anything by nan or an infinity, which
+    would pass every check of a sign and then compare false (or overflow) where the value is used."""
+    value = number(text, float, what)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, not {text!r}")
+    return value
 
 
 def count(text: str) -> int:

@@ -7,10 +7,9 @@ numpy nor scapy at the top: the runtime is loaded inside :func:`run`.
 from __future__ import annotations
 
 import argparse
-import math
 from typing import TextIO
 
-from lbspec.options import count, number, witness_directory
+from lbspec.options import count, finite, witness_directory
 
 __all__ = ["SUMMARY", "DESCRIPTION", "configure", "run"]
 
@@ -42,7 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     inputs.add_argument("--service", action="append", default=[], metavar="NAME",
                         help="judge only this service (repeatable; default: all)")
     judging = parser.add_argument_group("judging")
-    judging.add_argument("--skew", default="auto", metavar="auto|SECONDS",
+    judging.add_argument("--skew", type=_skew, default="auto", metavar="auto|SECONDS",
                          help="clock offset of the backend-side captures (default: estimated)")
     judging.add_argument("--tolerance", type=_milliseconds, default=2.0, metavar="MS",
                          help="clock disagreement allowed between the sides after correction (default: 2)")
@@ -63,18 +62,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _positive(text: str) -> float:
-    value = number(text, float, "a number of seconds")
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a positive, finite number of seconds, not {text!r} "
-                                         "(leave --duration out to run until Ctrl-C)")
+    try:
+        value = finite(text, "a finite number of seconds")
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{error} (leave --duration out to run until Ctrl-C)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text!r}")
     return value
 
 
 def _milliseconds(text: str) -> float:
-    value = number(text, float, "milliseconds")
+    value = finite(text, "a finite number of milliseconds")
     if value < 0:
         raise argparse.ArgumentTypeError("the tolerance cannot be negative")
     return value
+
+
+def _skew(text: str) -> str | float:
+    return text if text == "auto" else finite(text, "`auto` or a finite number of seconds")
 
 
 def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, color: bool) -> int:
@@ -123,11 +128,6 @@ def _validate(args, spec) -> None:
         if name not in names:
             hint = did_you_mean(name, names)
             raise InputError(f"no service named {name!r} in {args.spec}" + (f"; {hint}" if hint else ""))
-    if args.skew != "auto":
-        try:
-            float(args.skew)
-        except ValueError:
-            raise InputError(f"--skew takes `auto` or a number of seconds, not {args.skew!r}") from None
     if args.witness_dir:
         witness_directory(args.witness_dir)
 

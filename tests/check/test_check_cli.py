@@ -42,7 +42,8 @@ def test_severity_override(cli):
     assert cli("check", "--severity", "LB105=loud", WEB).code == 2
 
 
-@pytest.mark.parametrize("bad", [["--timeout", "0"], ["--timeout", "soon"], ["--format", "pdf"],
+@pytest.mark.parametrize("bad", [["--timeout", "0"], ["--timeout", "soon"], ["--timeout", "nan"], ["--timeout", "inf"],
+                                 ["--format", "pdf"],
                                  ["--jobs", "0"], ["--jobs", "-3"], ["--rlimit", "-5"], ["--rlimit", "0"]])
 def test_bad_options_exit_2(cli, bad):
     assert cli("check", *bad, WEB).code == 2

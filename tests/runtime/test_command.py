@@ -329,6 +329,9 @@ def test_events_file(cli, spec_file, tmp_path):
     ('{"time": 1, "backend": "b1", "state": "sideways"}\n', "`state`"), ('{"backend": "b1"}\n', "missing"),
     ('{"time": "yesterday", "backend": "b1", "state": "up"}\n', "ISO 8601"), ("[1, 2]\n", "expected an object"),
     ('{"time": 1, "backend": "b1", "state": "down", "service": "nosuch"}\n', "no service named 'nosuch'"),
+    # Python's json reads these as nan and infinities: a health change never (or always) in effect
+    *[pytest.param(f'{{"time": {t}, "backend": "b1", "state": "down"}}\n', "`time`", id=f"time {t[:10]}")
+      for t in ("NaN", "Infinity", "-1e400", "9" * 400)],
 ])
 def test_bad_events_files_exit_2(cli, spec_path, captures, tmp_path, content, message):
     events = tmp_path / "events.jsonl"
@@ -356,8 +359,11 @@ def test_one_side_is_enough_beside_a_capture_of_both(cli, spec_path, captures):
 
 
 def test_option_type_errors_exit_2(cli, spec_path):
-    for argv in (["--jobs", "0"], ["--max-flows", "many"], ["--tolerance", "-1"], ["--format", "xml"]):
-        assert cli("monitor", spec_path, "x.pcap", *argv).code == 2
+    for argv in (["--jobs", "0"], ["--max-flows", "many"], ["--tolerance", "-1"], ["--format", "xml"],
+                 ["--tolerance", "nan"], ["--tolerance", "inf"], ["--skew", "nan"], ["--skew", "-inf"],
+                 ["--live", "lo", "--duration", "nan"]):
+        run = cli("monitor", spec_path, "x.pcap", *argv)
+        assert run.code == 2 and argv[-2] in run.err
 
 
 def test_a_bad_capture_is_LB290_and_exit_2(cli, spec_path, tmp_path):
