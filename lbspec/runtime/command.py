@@ -62,13 +62,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _positive(text: str) -> float:
-    try:
-        value = finite(text, "a finite number of seconds")
-    except argparse.ArgumentTypeError as error:
-        raise argparse.ArgumentTypeError(f"{error} (leave --duration out to run until Ctrl-C)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text!r}")
-    return value
+    what = "a positive, finite number of seconds (leave --duration out to run until Ctrl-C)"
+    if finite(text, what) <= 0:
+        raise argparse.ArgumentTypeError(f"expected {what}, not {text!r}")
+    return float(text)
 
 
 def _milliseconds(text: str) -> float:

@@ -151,7 +151,10 @@ def parse_time(value, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise InputError(f"{where}: `time` must be seconds since the epoch or an ISO 8601 time, not {value!r}")
     if isinstance(value, (int, float)):
-        seconds = float(value) if abs(value) < 1e300 else math.inf  # (an int too long for a float, too)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too long for a float
+            seconds = math.inf
         if not math.isfinite(seconds):  # JSON may say NaN or Infinity: Python's json reads both
             raise InputError(f"{where}: `time` must be a finite number of seconds, not {value!r:.40}")
         return seconds
