@@ -21,7 +21,7 @@ from typing import TextIO
 from lbspec import __version__
 from lbspec import diagnostics as d
 from lbspec.loader import Loaded, load_path, load_text, no_service, read_source
-from lbspec.options import count, finite, witness_directory
+from lbspec.options import count, positive, witness_directory
 from lbspec.render import render_json, render_text
 from lbspec.render.text import make_console
 from lbspec.render.json import summary_counts
@@ -179,7 +179,7 @@ def _build_parser(stdout: TextIO) -> _Parser:
                             "fails, the clauses that would have to change")
     check.add_argument("--witness-dir", metavar="DIR", help="write each witness as a pcap in DIR")
     check.add_argument("--exit-zero", action="store_true", help="exit 0 even when there are findings")
-    check.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS",
+    check.add_argument("--timeout", type=_seconds, default=10.0, metavar="SECONDS",
                        help="give up on one solver question after this long (default: 10); "
                             "it is then reported as unknown (LB111)")
     check.add_argument("--jobs", type=count, default=0, metavar="N",
@@ -245,11 +245,8 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
 
 # ------------------------------------------------------------------- check --
 
-def _positive_float(text: str) -> float:
-    value = finite(text, "a number of seconds")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be above zero: {text!r}")
-    return value
+def _seconds(text: str) -> float:
+    return positive(text, "a number of seconds above zero")
 
 
 def _known_code(text: str) -> str:

@@ -8,7 +8,7 @@ import os
 
 from lbspec.diagnostics import InputError
 
-__all__ = ["number", "finite", "count", "witness_directory"]
+__all__ = ["number", "finite", "positive", "count", "witness_directory"]
 
 
 def number(text: str, kind: type, what: str):
@@ -24,6 +24,14 @@ def finite(text: str, what: str) -> float:
     would pass every check of a sign and then compare false (or overflow) where the value is used."""
     value = number(text, float, what)
     if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, not {text!r}")
+    return value
+
+
+def positive(text: str, what: str) -> float:
+    """``text`` read as a finite float above zero (``what`` says what was expected, for the error)."""
+    value = finite(text, what)
+    if value <= 0:
         raise argparse.ArgumentTypeError(f"expected {what}, not {text!r}")
     return value
 

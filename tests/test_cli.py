@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -168,8 +170,6 @@ def test_properties_of_a_bad_spec_exits_2(cli, spec):
 
 
 def test_entry_point_module_runs():
-    import subprocess
-    import sys
     done = subprocess.run([sys.executable, "-m", "lbspec", "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "lbspec" in done.stdout
 
@@ -182,8 +182,6 @@ def test_entry_point_module_runs():
 def test_the_command_ends_with_all_its_output_and_its_exit_code(cli, tmp_path, argv, code):
     """The command ends its process without tearing the interpreter down: what it wrote must be there in
     full, and its exit code kept, on a file (written in blocks) as in the same run in process."""
-    import subprocess
-    import sys
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
         done = subprocess.run([sys.executable, "-m", "lbspec", *argv], stdout=out, stderr=err, timeout=120)
     same = cli(*argv)

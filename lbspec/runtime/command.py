@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import TextIO
 
-from lbspec.options import count, finite, witness_directory
+from lbspec.options import count, finite, positive, witness_directory
 
 __all__ = ["SUMMARY", "DESCRIPTION", "configure", "run"]
 
@@ -34,7 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="a capture of the backend side only (repeatable)")
     inputs.add_argument("--live", action="append", default=[], metavar="[client:|backend:]IFACE",
                         help="sniff an interface (repeatable); prefix the side it faces, or leave it to the addresses")
-    inputs.add_argument("--duration", type=_positive, metavar="SECONDS",
+    inputs.add_argument("--duration", type=_duration, metavar="SECONDS",
                         help="with --live: stop after this long (default: until Ctrl-C)")
     inputs.add_argument("--events", metavar="FILE",
                         help='backend health changes, JSON lines: {"time": T, "backend": "app1", "state": "down"}')
@@ -61,11 +61,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
 
 
-def _positive(text: str) -> float:
-    what = "a positive, finite number of seconds (leave --duration out to run until Ctrl-C)"
-    if finite(text, what) <= 0:
-        raise argparse.ArgumentTypeError(f"expected {what}, not {text!r}")
-    return float(text)
+def _duration(text: str) -> float:
+    return positive(text, "a positive, finite number of seconds (leave --duration out to run until Ctrl-C)")
 
 
 def _milliseconds(text: str) -> float:
