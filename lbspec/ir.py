@@ -43,6 +43,8 @@ NO_SPAN = Span("<none>", 0, 0, 0, 0)
 
 @dataclass(frozen=True, slots=True)
 class Node:
+    """The base of every node: where it was written (not part of equality)."""
+
     span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
@@ -57,6 +59,8 @@ class Ident(Node):
 
 @dataclass(frozen=True, slots=True)
 class Address(Node):
+    """An IPv4 or IPv6 address as written, not yet checked."""
+
     text: str
 
 
@@ -70,6 +74,8 @@ class Prefix(Node):
 
 @dataclass(frozen=True, slots=True)
 class PortRange(Node):
+    """`80` (low and high equal) or `8000-8100`."""
+
     low: int
     high: int
 
@@ -87,12 +93,16 @@ class Quantity(Node):
 
 @dataclass(frozen=True, slots=True)
 class Endpoint(Node):
+    """A backend's address and optional port: `10.0.0.1:8080`, `[2001:db8::1]:80`, `2001:db8::1`."""
+
     address: Address
     port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Comment(Node):
+    """A `#` comment, kept so that `lbspec fmt` can write it back."""
+
     text: str
 
 
@@ -100,6 +110,8 @@ class Comment(Node):
 
 @dataclass(frozen=True, slots=True)
 class ValueSet(Node):
+    """`{v, ...}`: a filter value that matches any of its items."""
+
     items: tuple[FilterValue, ...]
 
 
@@ -108,16 +120,22 @@ FilterValue = Union[Prefix, PortRange, Ident, ValueSet]
 
 @dataclass(frozen=True, slots=True)
 class FilterOr(Node):
+    """`F or F ...`"""
+
     items: tuple[Filter, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class FilterAnd(Node):
+    """`F and F ...`"""
+
     items: tuple[Filter, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class FilterNot(Node):
+    """`not F`"""
+
     item: Filter
 
 
@@ -201,6 +219,8 @@ Pattern = Union[Response, Absence, Stickiness, Distribution, Integrity, ReverseP
 
 @dataclass(frozen=True, slots=True)
 class Vip(Node):
+    """`vip ADDRESS, ...`"""
+
     addresses: tuple[Address, ...]
 
 
@@ -218,11 +238,15 @@ class ListenItem(Node):
 
 @dataclass(frozen=True, slots=True)
 class Listen(Node):
+    """`listen ITEM, ...`"""
+
     items: tuple[ListenItem, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Mode(Node):
+    """`mode nat|snat|dsr|proxy` or `mode tunnel ipip|gre|gue [port N]`"""
+
     kind: str  # nat | snat | dsr | proxy | tunnel
     encap: str | None = None  # ipip | gre | gue
     port: int | None = None  # the GUE UDP port
@@ -230,16 +254,20 @@ class Mode(Node):
 
 @dataclass(frozen=True, slots=True)
 class Weight(Node):
+    """`weight N` of a backend."""
+
     value: int
 
 
 @dataclass(frozen=True, slots=True)
 class Backup(Node):
-    pass
+    """`backup`: a backend that gets traffic only once a `failover` hands it over."""
 
 
 @dataclass(frozen=True, slots=True)
 class MaxConn(Node):
+    """`max_conn N` of a backend."""
+
     value: int
 
 
@@ -248,6 +276,8 @@ BackendOption = Union[Weight, Backup, MaxConn]
 
 @dataclass(frozen=True, slots=True)
 class Backend(Node):
+    """`backend NAME ENDPOINT [weight N] [backup] [max_conn N]`"""
+
     name: Ident
     endpoint: Endpoint
     options: tuple[BackendOption, ...] = ()
@@ -255,6 +285,8 @@ class Backend(Node):
 
 @dataclass(frozen=True, slots=True)
 class Pool(Node):
+    """`pool NAME { backend ... }`"""
+
     name: Ident
     backends: tuple[Backend, ...]
 
@@ -269,6 +301,8 @@ class Traffic(Node):
 
 @dataclass(frozen=True, slots=True)
 class Forward(Node):
+    """`forward TRAFFIC [from PREFIXES] to POOL [port N]`"""
+
     traffic: Traffic
     sources: tuple[Prefix, ...]
     pool: Ident
@@ -277,29 +311,39 @@ class Forward(Node):
 
 @dataclass(frozen=True, slots=True)
 class Otherwise(Node):
+    """`otherwise drop|reject`: what happens to listened traffic no rule takes."""
+
     action: str  # drop | reject
 
 
 @dataclass(frozen=True, slots=True)
 class Balance(Node):
+    """`balance ALGORITHM [(FIELDS)]`"""
+
     algorithm: str
     fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Affinity(Node):
+    """`affinity flow|client|none [timeout D]`"""
+
     kind: str  # flow | client | none
     timeout: Quantity | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class HealthSetting(Node):
+    """One option of `health`: `every D`, `timeout D`, `fall N` or `rise N`."""
+
     name: str  # every | timeout | fall | rise
     value: Quantity | int
 
 
 @dataclass(frozen=True, slots=True)
 class Health(Node):
+    """`health KIND ["PATH"] [OPTIONS]`"""
+
     kind: str  # tcp | udp | icmp | http | none
     path: str | None = None
     settings: tuple[HealthSetting, ...] = ()
@@ -307,6 +351,8 @@ class Health(Node):
 
 @dataclass(frozen=True, slots=True)
 class Failover(Node):
+    """`failover [from POOL] to BACKUPS|POOL when healthy < N`"""
+
     source: Ident | None
     targets: tuple[Ident, ...]
     below: int
@@ -314,6 +360,8 @@ class Failover(Node):
 
 @dataclass(frozen=True, slots=True)
 class Capacity(Node):
+    """`capacity N conns [with K down]`"""
+
     conns: int
     down: int | None = None
     down_span: Span | None = field(default=None, compare=False, repr=False)  # where K of `with K down` stands
@@ -321,12 +369,16 @@ class Capacity(Node):
 
 @dataclass(frozen=True, slots=True)
 class Require(Node):
+    """`require PROPERTY [within D]`"""
+
     property: Ident
     within: Quantity | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Waive(Node):
+    """`waive PROPERTY [for F] ["REASON"]`"""
+
     property: Ident
     scope: Filter | None
     reason: str | None
@@ -343,6 +395,8 @@ class OnlyRoute(Node):
 
 @dataclass(frozen=True, slots=True)
 class Assert(Node):
+    """`assert PATTERN` or `assert ... only NAMES`: a property written in the service."""
+
     body: Pattern | OnlyRoute
 
 
@@ -356,6 +410,8 @@ Statement = Union[
 
 @dataclass(frozen=True, slots=True)
 class Service(Node):
+    """`service NAME { ... }`: its statements in the order written."""
+
     name: Ident
     body: tuple[Statement, ...]
 
@@ -366,6 +422,8 @@ class Service(Node):
 
 @dataclass(frozen=True, slots=True)
 class Property(Node):
+    """`property NAME "TITLE" { PATTERN }`"""
+
     name: Ident
     title: str
     pattern: Pattern
@@ -373,6 +431,8 @@ class Property(Node):
 
 @dataclass(frozen=True, slots=True)
 class Include(Node):
+    """`include "PATH"`"""
+
     path: str
 
 

@@ -119,16 +119,22 @@ class Test:
 
 @dataclass(frozen=True, slots=True)
 class Not:
+    """True where ``item`` is false."""
+
     item: Filter
 
 
 @dataclass(frozen=True, slots=True)
 class And:
+    """True where every item is."""
+
     items: tuple[Filter, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Or:
+    """True where any item is."""
+
     items: tuple[Filter, ...]
 
 
@@ -257,6 +263,8 @@ class PropertyDef:
 
 @dataclass(frozen=True, slots=True)
 class Waiver:
+    """`waive`: ``property`` does not hold the service where ``scope`` matches (None: anywhere)."""
+
     property: str
     reason: str
     scope: Filter | None
@@ -292,6 +300,8 @@ class Check:
 
 @dataclass(frozen=True, slots=True)
 class Listen:
+    """One protocol the service listens on, and its ports."""
+
     protocol: str
     ports: PortRanges  # ALL_PORTS for icmp and for a protocol listed without ports
     span: Span = field(default=NO_SPAN, compare=False)
@@ -299,6 +309,8 @@ class Listen:
 
 @dataclass(frozen=True, slots=True)
 class Backend:
+    """A backend of ``pool``; ``port`` None: the rule's `port`, else the port the packet was sent to."""
+
     name: str
     pool: str
     address: Address
@@ -315,6 +327,8 @@ class Backend:
 
 @dataclass(frozen=True, slots=True)
 class Pool:
+    """A named group of backends, primaries and backups in the order written."""
+
     name: str
     backends: tuple[Backend, ...]
     span: Span = field(default=NO_SPAN, compare=False)
@@ -351,6 +365,8 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class Mode:
+    """How the LB passes packets on: nat, snat, dsr, proxy, or tunnel with ``encap`` (and its UDP port)."""
+
     kind: str = "nat"
     encap: str | None = None
     encap_port: int | None = None
@@ -363,6 +379,8 @@ class Mode:
 
 @dataclass(frozen=True, slots=True)
 class Balance:
+    """The algorithm that picks a backend, and the fields a hash reads."""
+
     algorithm: str = "round_robin"
     fields: tuple[str, ...] = ()
     span: Span | None = field(default=None, compare=False)
@@ -370,6 +388,8 @@ class Balance:
 
 @dataclass(frozen=True, slots=True)
 class Affinity:
+    """What keeps its backend (a flow, a client, or nothing) and for how many idle seconds."""
+
     kind: str = "flow"
     timeout: float = 300.0
     span: Span | None = field(default=None, compare=False)
@@ -377,6 +397,8 @@ class Affinity:
 
 @dataclass(frozen=True, slots=True)
 class Health:
+    """The LB's health check: its kind, HTTP path, interval and timeout (seconds), fall and rise."""
+
     kind: str = "none"
     path: str | None = None
     every: float = 2.0
@@ -413,6 +435,8 @@ class Failover:
 
 @dataclass(frozen=True, slots=True)
 class Capacity:
+    """`capacity N conns [with K down]`: the connections the service must carry with ``down`` backends lost."""
+
     conns: int
     down: int = 0
     span: Span = field(default=NO_SPAN, compare=False)
@@ -420,6 +444,8 @@ class Capacity:
 
 @dataclass(frozen=True, slots=True)
 class Service:
+    """One service, resolved: defaults filled in, durations in seconds, checks it is held to."""
+
     name: str
     vips: tuple[Address, ...]
     listens: tuple[Listen, ...]
