@@ -22,6 +22,7 @@ import os
 import random
 import re
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,8 +289,12 @@ class Harness:
 
     def _searching(self, run: Callable[[], None], search: Search, driver: Driver) -> Search:
         __tracebackhide__ = True
+        from hypothesis.errors import HypothesisWarning
+
         try:
-            run()
+            with warnings.catch_warnings():  # hypothesis writes the failing trace out for a report this one replaces
+                warnings.filterwarnings("ignore", "Generating overly large repr", HypothesisWarning)
+                run()
         except Violation as violation:
             found = violation
         except ShrinkBudgetSpent:

@@ -10,6 +10,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
+from hypothesis.errors import HypothesisWarning
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
@@ -189,6 +190,16 @@ def test_a_search_reports_a_misbehaving_adapter_with_a_trace_it_fails_on():
     with pytest.raises(LoadBalancerError) as raised:
         harness.check(lambda: Misbehaving("raises"), traffic=strategies.traffic(SPEC, max_steps=3))
     assert len(raised.value.trace) >= 1
+
+
+def test_a_search_leaves_hypothesis_no_warning_about_a_long_trace(recwarn):
+    """Hypothesis writes a failing example's repr for a report the harness replaces with its own; a trace of
+    hundreds of packets made it warn that the repr is large."""
+    long = Trace(tuple(syn(k / 1000, 1024 + k, k + 1) for k in range(120)))  # a repr of 37 kB
+    harness = Harness(SPEC, search=SearchSettings(examples=5, seed=1))
+    with pytest.raises(Failure):
+        harness.check(lambda: Misbehaving("drops"), traffic=st.just(long))
+    assert [str(w.message) for w in recwarn if issubclass(w.category, HypothesisWarning)] == []
 
 
 class PingPong:
