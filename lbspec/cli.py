@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import difflib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -21,7 +21,7 @@ from typing import TextIO
 from lbspec import __version__
 from lbspec import diagnostics as d
 from lbspec.loader import Loaded, load_path, load_text, no_service, read_source
-from lbspec.options import count, positive, witness_directory
+from lbspec.options import count, positive, replace_file, witness_directory
 from lbspec.render import render_json, render_text
 from lbspec.render.text import make_console
 from lbspec.render.json import summary_counts
@@ -125,6 +125,11 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as error:  # the system's, not lbspec's: output to a full disk, a file that cannot be replaced
+        where = f": {error.filename}" if error.filename else ""
+        with contextlib.suppress(OSError):
+            stderr.write(f"lbspec: error: {error.strerror or error}{where}\n")
+        return EXIT_ERROR
 
 
 # ------------------------------------------------------------------ parser --
@@ -315,8 +320,8 @@ def _run_check(args: argparse.Namespace, io: _Streams) -> int:
     failed = any(not loaded.ok for _, loaded, _ in results)
     everything = [x for _, _, found in results for x in found]
     _render_check(args, io, results, everything)
-    if args.witness_dir:
-        _write_witnesses(args.witness_dir, results, io)
+    if args.witness_dir and not _write_witnesses(args.witness_dir, results, io):
+        return EXIT_ERROR
     return _exit_code(everything, failed, args.exit_zero)
 
 
@@ -382,17 +387,24 @@ def _junit_cases(name: str, loaded: Loaded, found: list[d.Diagnostic]):
         yield (f"{name}:{service.name}", "structure", [x for x in mine if "property" not in x.data])
 
 
-def _write_witnesses(directory: str, results: list, io: _Streams) -> None:
+def _write_witnesses(directory: str, results: list, io: _Streams) -> bool:
+    """Write a capture per counterexample; False (and why, on stderr) if one could not be written."""
     from lbspec.runtime.check_witness import write_witness
 
     written = 0
     for name, loaded, found in results:
         for number, diagnostic in enumerate(x for x in found if x.witness is not None):
             service = loaded.spec.service(diagnostic.witness.service)
-            stem = f"{Path(name).stem}-{service.name}-{diagnostic.code}-{number}"
-            write_witness(os.path.join(directory, f"{stem}.pcap"), service, diagnostic.witness)
+            path = os.path.join(directory, f"{Path(name).stem}-{service.name}-{diagnostic.code}-{number}.pcap")
+            try:
+                write_witness(path, service, diagnostic.witness)
+            except OSError as error:
+                io.err.write(f"lbspec check: error: cannot write {path}: {error.strerror or error} "
+                             f"({written} witness capture{'s' if written != 1 else ''} written before it)\n")
+                return False
             written += 1
     io.err.write(f"wrote {written} witness capture{'s' if written != 1 else ''} to {directory}\n")
+    return True
 
 
 def _file_summary(name: str, loaded: Loaded, found: list[d.Diagnostic]) -> dict:
@@ -463,23 +475,13 @@ def _fmt_output(name: str, text: str, formatted: str, args: argparse.Namespace, 
         if args.check:
             io.err.write(f"{name}: not formatted\n")
         return EXIT_FINDINGS
-    _write_atomically(Path(name), formatted)
+    try:
+        replace_file(name, formatted)
+    except OSError as error:
+        io.err.write(f"lbspec fmt: error: cannot write {name}: {error.strerror or error} (it is unchanged)\n")
+        return EXIT_ERROR
     io.err.write(f"formatted {name}\n")
     return EXIT_OK
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` in one step, keeping its permissions: a crash leaves the old file."""
-    mode = path.stat().st_mode
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        os.chmod(temporary, mode & 0o7777)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 # -------------------------------------------------------------- properties --

@@ -253,6 +253,9 @@ FORBIDDEN_BACKEND = kind("LB213", "forbidden-backend", E, "{what}",
                          "Traffic reached a backend that a property (`assert ... only`, `never forward to`) rules out for it.")
 BAD_CAPTURE = kind("LB290", "bad-capture", E, "{what}",
                    "A capture that cannot be read: missing, truncated header, unknown link type, no permission.")
+WITNESS_UNWRITTEN = kind("LB291", "witness-unwritten", W, "{what}",
+                         "Witness captures could not be written (a full disk, a directory gone): the verdicts "
+                         "stand, without their files; the run exits 2.")
 
 # --- LB3xx: importers (lbspec import) -----------------------------------------
 BAD_CONFIG = kind("LB300", "bad-config", E, "{what}",

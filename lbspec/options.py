@@ -1,14 +1,15 @@
-"""Option types and checks that more than one subcommand uses, so that each is read the same way."""
+"""Option types, checks and file output that more than one subcommand uses, so that each works the same way."""
 
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import tempfile
 
 from lbspec.diagnostics import InputError
 
-__all__ = ["number", "finite", "positive", "count", "witness_directory"]
+__all__ = ["number", "finite", "positive", "count", "witness_directory", "replace_file"]
 
 
 def number(text: str, kind: type, what: str):
@@ -51,3 +52,29 @@ def witness_directory(directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
     except OSError as error:
         raise InputError(f"cannot create --witness-dir {directory}: {error.strerror}") from None
+
+
+def replace_file(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` in one step (a crash or a full disk leaves the old file, and no temporary
+    one): with the permissions of the file it replaces, or those a new file gets from the umask."""
+    directory = os.path.dirname(path) or "."
+    try:
+        mode = os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

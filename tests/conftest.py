@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import resource
+import subprocess
 import sys
 from pathlib import Path
 
@@ -74,6 +76,17 @@ def run_cli(*argv: str) -> Run:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def limited(argv: list[str], limit: int, **streams) -> subprocess.CompletedProcess:
+    """``python -m lbspec ARGV`` unable to write more than ``limit`` bytes to any file: a write past it
+    fails (EFBIG) as one to a full disk does (ENOSPC).  Pipes are not limited."""
+    def preexec():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    streams = streams or {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    env = dict(os.environ, LBSPEC_NO_CACHE="1")
+    return subprocess.run([sys.executable, "-m", "lbspec", *argv], preexec_fn=preexec, text=True, env=env,
+                          timeout=120, **streams)
 
 
 def example_pylb(name: str):

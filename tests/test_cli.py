@@ -10,7 +10,7 @@ import pytest
 
 import lbspec
 
-from conftest import CLEAN, EXAMPLES, service
+from conftest import CLEAN, EXAMPLES, limited, service
 
 
 @pytest.fixture
@@ -194,3 +194,21 @@ def test_files_may_follow_options(cli, spec):
     document = json.loads(cli("check", first, "--format", "json", second).out)
     assert [f["file"] for f in document["files"]] == [first, second]
     assert cli("check", first, "--no-such-option", second).code == 2
+
+
+# ------------------------------------------------------- output the system refuses --
+
+def test_fmt_that_cannot_write_leaves_the_file_as_it_was(spec, tmp_path):
+    text = "service s { vip 192.0.2.1\n listen tcp 80 pool p { backend b 10.0.0.1 }\n forward tcp 80 to p }\n"
+    path = spec(text)
+    done = limited(["fmt", path], 64)
+    assert done.returncode == 2 and path in done.stderr and "Traceback" not in done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["spec.lbspec"] and open(path).read() == text
+
+
+@pytest.mark.parametrize("argv", [["check", "--format", "json", str(EXAMPLES / "api.lbspec")],
+                                  ["check", str(EXAMPLES / "api.lbspec")], ["properties", "-v"]])
+def test_output_to_a_file_that_cannot_take_it_exits_2_without_a_traceback(tmp_path, argv):
+    with open(tmp_path / "out", "w") as out:
+        done = limited(argv, 256, stdout=out, stderr=subprocess.PIPE)
+    assert done.returncode == 2 and done.stderr.startswith("lbspec: error:"), done.stderr

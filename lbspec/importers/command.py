@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import tempfile
-from pathlib import Path
 from typing import TextIO
+
+from lbspec.options import replace_file
 
 __all__ = ["SUMMARY", "DESCRIPTION", "configure", "run"]
 
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, color: bool) -
         raise d.InternalError(f"importing {', '.join(args.files)}: {type(error).__name__}: {error}") from error
     if args.output:
         try:
-            _write(Path(args.output), imported.text)
+            replace_file(args.output, imported.text)
         except OSError as error:
             stderr.write(f"lbspec import: error: cannot write {args.output}: {_write_failure(error)}\n")
             return EXIT_ERROR
@@ -129,15 +129,3 @@ def _write_failure(error: OSError) -> str:
     return (error.strerror or str(error)).lower()
 
 
-def _write(path: Path, text: str) -> None:
-    """Replace ``path`` in one step: a crash leaves the old file."""
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise

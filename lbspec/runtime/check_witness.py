@@ -15,8 +15,9 @@ from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet as ScapyPacket, Raw
-from scapy.utils import wrpcap
+from scapy.utils import PcapWriter
 
+from lbspec.runtime.witness import removed_if_cut
 from lbspec.semantics import evaluate as ev
 from lbspec.semantics.model import Packet, Service
 
@@ -90,5 +91,9 @@ def witness_frames(service: Service, steps) -> list[ScapyPacket]:
 
 
 def write_witness(path: str, service: Service, witness) -> None:
-    """Write ``witness`` (a lbspec.check.Witness) as a pcap at ``path``."""
-    wrpcap(path, witness_frames(service, witness.steps))
+    """Write ``witness`` (a lbspec.check.Witness) as a pcap at ``path``.  Raises OSError (a full disk...),
+    leaving no file cut short behind."""
+    frames = witness_frames(service, witness.steps)
+    writer = PcapWriter(path)
+    with removed_if_cut(path), writer:
+        writer.write(frames)

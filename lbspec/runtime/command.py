@@ -91,6 +91,7 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, color: bool) -
 
 
 def _run(args, stdout: TextIO, stderr: TextIO, color: bool) -> int:
+    from lbspec.diagnostics import WITNESS_UNWRITTEN
     from lbspec.loader import load_path
     from lbspec.render import render_text
 
@@ -104,6 +105,10 @@ def _run(args, stdout: TextIO, stderr: TextIO, color: bool) -> int:
 
     outcome = session.run(args, loaded.spec, stdout, stderr)
     _render(args, outcome, loaded.sources, stdout, color)
+    unwritten = [x for x in outcome.report.diagnostics if x.code == WITNESS_UNWRITTEN.code]
+    if unwritten:  # the report is whole, but not every file asked for was written
+        stderr.write(f"lbspec monitor: error: {unwritten[0].message}\n")
+        return EXIT_ERROR
     return EXIT_VIOLATIONS if outcome.report.violations else EXIT_OK
 
 

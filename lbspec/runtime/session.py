@@ -161,8 +161,7 @@ class Stream:
     def emit(self, monitor: Monitor) -> None:
         for verdict in monitor.book.take_fresh():
             if self.directory and verdict.witness is not None and verdict.witness.packets:
-                name = witness_name(verdict.serial, verdict.kind.code, str(verdict.facts.get("property", "capture")))
-                verdict.witness.file = write_witness(self.directory, name, verdict.witness)
+                self._witness(monitor, verdict)
             if self.jsonl:
                 write_line(verdict.diagnostic(), self.stdout)
             elif self.text:
@@ -174,6 +173,20 @@ class Stream:
             for note in monitor.notes[self.noted:]:
                 write_line(note, self.stdout)
             self.noted = len(monitor.notes)
+
+    def _witness(self, monitor: Monitor, verdict) -> None:
+        """Write the verdict's witness capture; once one cannot be written, note why (LB291) and write no more:
+        the run goes on, its verdicts without their files."""
+        name = witness_name(verdict.serial, verdict.kind.code, str(verdict.facts.get("property", "capture")))
+        try:
+            verdict.witness.file = write_witness(self.directory, name, verdict.witness)
+        except OSError as error:
+            directory, self.directory = self.directory, None
+            reason = error.strerror or str(error)
+            monitor.note(d.WITNESS_UNWRITTEN.at(
+                None, what=f"cannot write witness captures to {directory}: {reason}; verdicts from number "
+                f"{verdict.serial} on have no witness file",
+                data={"directory": directory, "reason": reason, "from_verdict": verdict.serial}))
 
 
 class Progress:

@@ -7,14 +7,16 @@ link type), so tshark opens every witness.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from lbspec.runtime.verdicts import PacketRef, Witness
 
-__all__ = ["write_witness", "witness_name"]
+__all__ = ["write_witness", "witness_name", "removed_if_cut"]
 
 LINKTYPE_RAW = 101
 
@@ -25,7 +27,8 @@ def witness_name(serial: int, code: str, prop: str) -> str:
 
 
 def write_witness(directory: str | os.PathLike, name: str, witness: Witness) -> str:
-    """Write the witness as ``directory/name``; returns the path."""
+    """Write the witness as ``directory/name``; returns the path.  Raises OSError (a full disk...), leaving
+    no file cut short behind."""
     from scapy.utils import RawPcapWriter
 
     path = Path(directory) / name
@@ -34,16 +37,29 @@ def write_witness(directory: str | os.PathLike, name: str, witness: Witness) -> 
     same = len(linktypes) == 1
     linktype = linktypes.pop() if same else LINKTYPE_RAW
     writer = RawPcapWriter(str(path), linktype=linktype, sync=False)
-    try:
-        writer._write_header(None)
-        for packet in sorted(packets, key=lambda p: p.time):
-            data = packet.data if same else _ip_bytes(packet)
-            if data:
-                seconds, micros = _pcap_time(packet.time)
-                writer.write_packet(data, sec=seconds, usec=micros, caplen=len(data), wirelen=len(data))
-    finally:
-        writer.close()
+    with removed_if_cut(path):
+        try:
+            writer._write_header(None)
+            for packet in sorted(packets, key=lambda p: p.time):
+                data = packet.data if same else _ip_bytes(packet)
+                if data:
+                    seconds, micros = _pcap_time(packet.time)
+                    writer.write_packet(data, sec=seconds, usec=micros, caplen=len(data), wirelen=len(data))
+        finally:
+            writer.close()
     return str(path)
+
+
+@contextlib.contextmanager
+def removed_if_cut(path: str | os.PathLike) -> Iterator[None]:
+    """Remove ``path``, opened for writing, if writing it fails: a capture cut short would look like evidence
+    of less."""
+    try:
+        yield
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        raise
 
 
 def _pcap_time(time: float) -> tuple[int, int]:

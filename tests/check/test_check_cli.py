@@ -12,7 +12,7 @@ import pytest
 
 from lbspec.cli import main
 
-from conftest import EXAMPLES
+from conftest import EXAMPLES, limited
 
 API = str(EXAMPLES / "api.lbspec")
 WEB = str(EXAMPLES / "web.lbspec")
@@ -164,6 +164,22 @@ def test_witness_dir_that_is_a_file_exits_2(cli, tmp_path):
     taken.write_text("")
     run = cli("check", "--witness-dir", str(taken), API)
     assert run.code == 2 and str(taken) in run.err
+
+
+def test_a_witness_that_cannot_be_written_exits_2_after_the_report(cli, tmp_path):
+    fine = tmp_path / "fine"
+    assert cli("check", "--witness-dir", str(fine), API).code == 1
+    first = sorted(p.name for p in fine.iterdir())[0]
+    blocked = tmp_path / "blocked"
+    (blocked / first).mkdir(parents=True)  # where the first capture would go
+    run = cli("check", "--witness-dir", str(blocked), "--format", "json", API)
+    assert run.code == 2 and first in run.err
+    assert {"LB100", "LB101", "LB104"} <= {x["code"] for x in json.loads(run.out)["diagnostics"]}
+
+
+def test_a_witness_cut_short_by_a_full_disk_is_removed(tmp_path):
+    done = limited(["check", "--witness-dir", str(tmp_path), "--format", "json", API], 60)
+    assert done.returncode == 2 and "LB100" in done.stdout and list(tmp_path.iterdir()) == []
 
 
 def test_tunnel_witness_is_encapsulated(cli, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -56,6 +57,22 @@ def test_output_file_replaces_the_old_one(tmp_path):
     target.write_text("old")
     assert cli("import", "haproxy", LAB, "--output", str(target)).code == 0
     assert target.read_text().startswith("# Imported from")
+
+
+@pytest.mark.parametrize("umask, existing, mode", [(0o002, None, 0o664), (0o077, None, 0o600), (0o077, 0o644, 0o644)])
+def test_output_file_permissions_are_a_new_file_s_or_the_old_one_s(tmp_path, umask, existing, mode):
+    """As a shell's `>` gives them: a new file's from the umask (a temporary file's are 0600), an old one's
+    kept."""
+    target = tmp_path / "out.lbspec"
+    if existing is not None:
+        target.write_text("old")
+        target.chmod(existing)
+    before = os.umask(umask)
+    try:
+        assert cli("import", "haproxy", LAB, "-o", str(target)).code == 0
+    finally:
+        os.umask(before)
+    assert target.stat().st_mode & 0o777 == mode
 
 
 @pytest.mark.parametrize("target", ["missing/out.lbspec", "existing"])

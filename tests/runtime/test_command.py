@@ -25,6 +25,8 @@ from lbspec.runtime.monitor import Monitor
 from lbspec.runtime.capture import Damage
 from lbspec.runtime.session import capture_notes, inputs_from, open_readers, open_streams
 
+from conftest import limited
+
 from .scenario import CLIENT_MAC, LB_MAC, Scenario, codes, ip, spec
 
 
@@ -122,6 +124,38 @@ def test_text_output_names_each_witness_capture(cli, spec_path, captures, tmp_pa
     (path,) = directory.iterdir()
     assert written.code == 1 and str(path) in written.out
     assert str(directory) not in cli(*argv).out
+
+
+def test_witnesses_that_cannot_be_written_are_LB291_and_exit_2(cli, spec_path, captures, tmp_path):
+    """The run goes on and reports every verdict, and says what could not be written."""
+    argv = ["monitor", spec_path, "--client-side", str(captures[0]), "--backend-side", str(captures[1]),
+            "--format", "json"]
+    (name,) = [p.name for p in _written(cli, argv, tmp_path / "fine")]
+    directory = tmp_path / "blocked"
+    (directory / name).mkdir(parents=True)  # where the witness would go
+    run = cli(*argv, "--witness-dir", str(directory))
+    document = json.loads(run.out)
+    (unwritten,) = [x for x in document["diagnostics"] if x["code"] == "LB291"]
+    assert run.code == 2 and document["monitor"]["verdicts"] == {"LB200": 1}
+    assert unwritten["data"]["from_verdict"] == 1 and unwritten["severity"] == "warning"
+    assert "witness_file" not in next(x for x in document["diagnostics"] if x["code"] == "LB200")["data"]
+
+
+def test_a_witness_cut_short_is_removed(cli, spec_path, captures, tmp_path):
+    """A disk that fills while a witness is written: no capture cut short is left to look like evidence."""
+    argv = ["monitor", spec_path, "--client-side", str(captures[0]), "--backend-side", str(captures[1]),
+            "--format", "json"]
+    (fine,) = _written(cli, argv, tmp_path / "fine")
+    assert fine.stat().st_size > 60
+    directory = tmp_path / "full"
+    done = limited([*argv, "--witness-dir", str(directory)], 60)
+    assert done.returncode == 2 and "LB291" in [x["code"] for x in json.loads(done.stdout)["diagnostics"]]
+    assert list(directory.iterdir()) == []
+
+
+def _written(cli, argv, directory):
+    assert cli(*argv, "--witness-dir", str(directory)).code == 1
+    return list(directory.iterdir())
 
 
 def test_combined_capture_with_roles_from_addresses(cli, spec_file, tmp_path):
