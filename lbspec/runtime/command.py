@@ -21,6 +21,7 @@ DESCRIPTION = (
     "separate --client-side and --backend-side captures (merged by time, their clock offset estimated).")
 
 EXIT_OK, EXIT_VIOLATIONS, EXIT_ERROR = 0, 1, 2
+HEALTH_SHOWN = 20  # health changes the text summary lists
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -195,6 +196,8 @@ def _junit(outcome, stdout: TextIO) -> None:
 
 def summary_text(summary: dict) -> str:
     """The summary as a few lines for people."""
+    from lbspec.runtime.verdicts import timestamp
+
     lines = [_reading(summary)]
     for source in summary["sources"]:
         lines.append(f"  {source['file']} ({source['side']} side): {source['packets']:,} packets")
@@ -208,8 +211,11 @@ def summary_text(summary: dict) -> str:
             name = f"{b['service']}/{b['pool']}/{b['backend']}".ljust(width)
             lines.append(f"  {name}  {b['flows']:>9,}  {_pct(b['share'])} / {_pct(b['expected'])} / "
                          f"{_pct(b['bytes_share'])}")
-    for event in summary["health"][:20]:
-        lines.append(f"health: {event['backend']} {event['state']} at {event['time']:.6f} ({event['evidence']})")
+    for event in summary["health"][:HEALTH_SHOWN]:
+        lines.append(f"health: {event['backend']} {event['state']} at {timestamp(event['time'])} "
+                     f"({event['evidence']})")
+    if len(summary["health"]) > HEALTH_SHOWN:
+        lines.append(f"health: {len(summary['health']) - HEALTH_SHOWN:,} more changes (--format json lists them all)")
     if "proxy" in summary:
         lines.append(_proxy(summary["proxy"]))
     lines.append(_verdicts(summary))

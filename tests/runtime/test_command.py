@@ -358,6 +358,20 @@ def test_events_file(cli, spec_file, tmp_path):
     assert json.loads(run.out)["monitor"]["verdicts"] == {}
 
 
+def test_text_summary_lists_health_changes_with_their_times(cli, spec_path, captures, tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(f'{{"time": {1700000000 + k}, "backend": "b1", "state": "{"down" if k % 2 else "up"}"}}\n'
+                              for k in range(1, 26)))
+    argv = ["monitor", spec_path, "--client-side", str(captures[0]), "--backend-side", str(captures[1]),
+            "--events", str(events)]
+    listed = json.loads(cli(*argv, "--format", "json").out)["monitor"]["health"]
+    shown = [line for line in cli(*argv).out.splitlines() if line.startswith("health:")]
+    assert len(listed) > 20 and len(shown) == 21 and f"{len(listed) - 20:,} more" in shown[-1]
+    assert "health: b1 down at 2023-11-14T22:13:21.000000Z (events)" in shown
+    iso = r"\d{4}-\d\d-\d\dT[\d:]{8}\.\d{6}Z"
+    assert all(re.fullmatch(rf"health: \w+ (up|down) at {iso} \(\w+\)", line) for line in shown[:20])
+
+
 @pytest.mark.parametrize("content, message", [
     ("not json\n", "not JSON"), ('{"time": 1, "backend": "b9", "state": "down"}\n', "no backend named 'b9'"),
     ('{"time": 1, "backend": "b1", "state": "sideways"}\n', "`state`"), ('{"backend": "b1"}\n', "missing"),
