@@ -22,13 +22,14 @@ from lbspec.harness.harness import Failure, Harness, Search, SearchSettings
 from lbspec.harness.health import HealthChecks
 from lbspec.harness.inprocess import EPOCH, InProcess, LoadBalancerError, UnsupportedMode
 from lbspec.harness.judge import Judgement
-from lbspec.harness.network import LabMismatch, Network, TraceTooLong
+from lbspec.harness.network import CaptureLoss, LabMismatch, Network, TraceTooLong
 from lbspec.harness.trace import Event, Fault, Send, Trace
 from lbspec.harness.wire import Outer, Segment, decode
 
 __all__ = [
     "Harness", "SearchSettings", "Search", "Failure", "Judgement",
     "LoadBalancer", "HealthAware", "Clocked", "Driver", "Observed", "Recording", "InProcess", "EPOCH",
-    "UnsupportedMode", "LoadBalancerError", "Network", "LabMismatch", "TraceTooLong", "HealthChecks", "Trace", "Send", "Fault", "Event",
+    "UnsupportedMode", "LoadBalancerError", "Network", "LabMismatch", "TraceTooLong", "CaptureLoss", "HealthChecks",
+    "Trace", "Send", "Fault", "Event",
     "Segment", "Outer", "decode",
 ]

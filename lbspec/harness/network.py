@@ -60,9 +60,10 @@ from lbspec.lab.netns import LabError
 from lbspec.lab.topology import CLIENT
 from lbspec.semantics.model import Service, Spec
 
-__all__ = ["Network", "LabMismatch", "TraceTooLong", "FAULTS"]
+__all__ = ["Network", "LabMismatch", "TraceTooLong", "CaptureLoss", "FAULTS"]
 
 FAULTS = ("kill", "block")  # how a backend fails: its servers killed, or all its traffic dropped
+CAPTURE_TRIES = 3  # plays of a trace whose captures lost packets, before the loss is an error
 _LAB_NETWORKS = [ipaddress.ip_network(n) for n in ("10.0.1.0/24", "10.0.2.0/24", "127.0.0.0/8", "198.18.0.0/15")]
 
 
@@ -72,6 +73,10 @@ class LabMismatch(InputError):
 
 class TraceTooLong(InputError):
     """A trace that would take longer than the driver's ``max_duration`` to play in real time."""
+
+
+class CaptureLoss(LabError):
+    """The lab's captures lost packets (the kernel says so) in every play of a trace."""
 
 
 @dataclass
@@ -111,6 +116,16 @@ class Network:
         hosts = lab_backends(self.lab, chosen)
         self._bounded(trace)
         clients = client_addresses(trace)
+        for _ in range(CAPTURE_TRIES):
+            recording, dropped = self._run_once(chosen, trace, hosts, clients)
+            if not dropped:
+                return recording
+        raise CaptureLoss(f"the lab's captures lost packets in each of {CAPTURE_TRIES} plays of this trace "
+                          f"({dropped} dropped by the kernel in the last): judged, the loss would be the load "
+                          "balancer's")
+
+    def _run_once(self, chosen: list[Service], trace: Trace, hosts: dict[tuple[str, str], str],
+                  clients: list[str]) -> tuple[Recording, int | None]:
         with contextlib.ExitStack() as stack:
             if self.balancer is not None:
                 self.lab.install(self.balancer)
@@ -123,7 +138,7 @@ class Network:
             return self._play(chosen, trace, hosts, faults, directory)
 
     def _play(self, services: list[Service], trace: Trace, hosts: dict[tuple[str, str], str], faults: _Faults,
-              directory: Path) -> Recording:
+              directory: Path) -> tuple[Recording, int | None]:
         events = trace.events
         with self.lab.capture(directory) as capture:
             began = time.time()
@@ -142,7 +157,7 @@ class Network:
         recording.faults += [Fault(when - epoch, f.backend, f.up, f.service) for when, f in faults.injected]
         recording.packets.sort(key=lambda p: p.time)
         self.last_flows = done
-        return recording
+        return recording, capture.dropped
 
     def _plan(self, events: Iterable) -> dict:
         return {"events": [_planned(e, i) for i, e in enumerate(events)], "settle": self.settle,

@@ -14,6 +14,7 @@ not in time order).  The scapy fallback is ``python -m lbspec.runtime.sniff``
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import sys
@@ -23,13 +24,25 @@ from pathlib import Path
 __all__ = ["Capture"]
 
 
+# tcpdump's kernel buffer (KiB) and snapshot length.  On interfaces that offload segmentation (veths and
+# bridges do) libpcap sizes each slot of its ring for the snapshot length, not the MTU: with tcpdump's defaults
+# (2 MiB, 262,144 bytes) the ring holds 8 packets, and a burst of a hundred lost a dozen whenever tcpdump was
+# not running at that moment -- a loss the monitor then saw as the LB's.  Now it holds about 500.
+BUFFER_KIB = 32768
+SNAPLEN = 65535
+
+
 class Capture:
+    """Captures of the lab's load balancer.  After the exit, ``dropped`` is how many packets the kernel
+    says it could not hand the capturing tool (None where the tool does not say: the scapy fallback)."""
+
     def __init__(self, lab, directory: str | os.PathLike, combined: bool = False, tool: str = "auto"):
         self.lab = lab
         self.directory = Path(directory)
         self.combined = combined
         self.tool = ("tcpdump" if shutil.which("tcpdump") else "scapy") if tool == "auto" else tool
         self.processes = []
+        self.dropped: int | None = None
         self.client_side = self.directory / "client.pcap"
         self.backend_side = self.directory / "backend.pcap"
         self.both = self.directory / ("both.pcapng" if self.tool == "dumpcap" else "any.pcap")
@@ -58,8 +71,8 @@ class Capture:
             argv = ["dumpcap", "-q", "-n", "-w", str(path)] + [x for name in interface for x in ("-i", name)]
             return self.lab.resources.spawn(self.lab.lb.argv(argv), ready="Capturing on", timeout=15)
         if self.tool == "tcpdump":
-            argv = ["tcpdump", "-i", interface, "-w", str(path), "-U", "--immediate-mode", "-n", "-s", "0",
-                    "-Z", "root"]
+            argv = ["tcpdump", "-i", interface, "-w", str(path), "-U", "--immediate-mode", "-n", "-s", str(SNAPLEN),
+                    "-B", str(BUFFER_KIB), "-Z", "root"]
             return self.lab.resources.spawn(self.lab.lb.argv(argv), ready="listening on", timeout=15)
         argv = [sys.executable, "-m", "lbspec.runtime.sniff", interface, str(path)]
         return self.lab.resources.spawn(self.lab.lb.argv(argv), ready="listening", timeout=30)
@@ -67,6 +80,15 @@ class Capture:
     def _stop(self) -> None:
         if self.processes:
             time.sleep(0.2)  # let the last packets in flight through the LB reach the capture
-        for process in self.processes:
-            self.lab.resources.stop(process, signal.SIGINT, timeout=10)
+        counts = [_dropped(self.lab.resources.stop(process, signal.SIGINT, timeout=10)) for process in self.processes]
+        if counts and None not in counts:
+            self.dropped = sum(counts)
         self.processes = []
+
+
+def _dropped(said: str) -> int | None:
+    """The packets the kernel dropped, as tcpdump ("N packets dropped by kernel") or dumpcap ("Packets
+    received/dropped on interface 'x': R/D ...", for each interface) tell it at the end; None if not told."""
+    found = (re.findall(r"(\d+) packets? dropped by kernel", said)
+             or re.findall(r"received/dropped on interface .*?: \d+/(\d+)", said))
+    return sum(map(int, found)) if found else None

@@ -119,10 +119,12 @@ class Resources:
             _await(process, ready, timeout, argv)
         return process
 
-    def stop(self, process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
-        _stop(process, sig, timeout)
+    def stop(self, process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 5.0) -> str:
+        """Stop ``process``; returns what it wrote to stderr and nobody read (tcpdump's counts, say)."""
+        said = _stop(process, sig, timeout)
         if process in self.processes:
             self.processes.remove(process)
+        return said
 
     def close(self) -> None:
         if not self.closed:
@@ -174,7 +176,7 @@ def _signal(process: subprocess.Popen, sig: int) -> None:
             pass
 
 
-def _stop(process: subprocess.Popen, sig: int, timeout: float) -> None:
+def _stop(process: subprocess.Popen, sig: int, timeout: float) -> str:
     if process.poll() is None:
         try:
             os.killpg(process.pid, sig)
@@ -188,6 +190,22 @@ def _stop(process: subprocess.Popen, sig: int, timeout: float) -> None:
             except ProcessLookupError:
                 pass
             process.wait(5)
+    said = _leftover(process.stderr) if process.stderr is not None and not process.stderr.closed else ""
     for stream in (process.stdout, process.stderr):
         if stream is not None:
             stream.close()
+    return said
+
+
+def _leftover(stream) -> str:
+    """What a pipe from an ended process still holds -- read without waiting, for a child of it may hold the
+    pipe open still."""
+    fd = stream.fileno()
+    os.set_blocking(fd, False)
+    chunks = []
+    try:
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    except OSError:  # nothing more now (EAGAIN)
+        pass
+    return b"".join(chunks).decode(errors="replace")

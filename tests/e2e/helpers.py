@@ -61,6 +61,7 @@ def run_monitor(*argv: str) -> tuple[int, dict]:
 
 
 def monitor(spec: str, capture) -> tuple[int, dict]:
+    assert not capture.dropped, f"the capture lost {capture.dropped} packets: its verdicts would not be the LB's"
     return run_monitor(spec, "--client-side", str(capture.client_side), "--backend-side", str(capture.backend_side))
 
 

@@ -17,8 +17,8 @@ import pytest
 import lbspec
 import lbspec.runtime.session  # noqa: F401  (numpy loaded once; pytester's in-process runs unload modules)
 from lbspec import strategies
-from lbspec.harness import (Failure, Fault, Harness, LabMismatch, Network, SearchSettings, Segment, Send, Trace,
-                            TraceTooLong)
+from lbspec.harness import (CaptureLoss, Failure, Fault, Harness, LabMismatch, Network, SearchSettings, Segment,
+                            Send, Trace, TraceTooLong)
 from lbspec.lab import VIP, Haproxy
 
 from .helpers import DECLARED, DNAT_SPEC, dnat, dnat_spec, run_monitor
@@ -128,6 +128,30 @@ def test_each_trace_meets_the_balancer_with_no_memory_of_the_traces_before(lab, 
 
     assert backends(trace_of(datagrams(0.0, 1, 2), datagrams(0.05, 2, 2))) == {"b1": 1, "b2": 1}
     assert backends(trace_of(datagrams(0.0, 2, 2))) == {"b1": 1}  # the first flow of a fresh round robin
+
+@pytest.mark.parametrize("losses, plays", [([3, 0], 2), ([3, 1, 2], 3)], ids=["replayed", "given-up"])
+def test_a_trace_whose_capture_lost_packets_is_played_again(lab, tmp_path, monkeypatch, losses, plays):
+    """A packet the capture lost looks exactly like one the LB dropped: such a play is not judged."""
+    from lbspec.lab import capture
+
+    counted = []
+    told = capture._dropped
+
+    def dropped(said: str) -> int:  # what tcpdump said, and the losses of the test on the client side
+        counted.append(told(said))
+        play, side = divmod(len(counted) - 1, 2)
+        return losses[play] if side == 0 else 0
+
+    monkeypatch.setattr(capture, "_dropped", dropped)
+    driver = Network(lab, dnat(lab))
+    trace = trace_of(connection(0.0, 1))
+    if all(losses):
+        with pytest.raises(CaptureLoss, match="3 plays"):
+            Harness(_spec(tmp_path, lab)).run(driver, trace)
+    else:
+        assert Harness(_spec(tmp_path, lab)).run(driver, trace).codes == []
+    assert len(counted) == 2 * plays and set(counted) == {0}  # both sides each play; tcpdump said it lost none
+
 
 def test_haproxy_in_proxy_mode_passes_with_a_backend_killed(lab_factory, tmp_path):
     reason = Haproxy.unavailable()
