@@ -24,10 +24,11 @@ from pathlib import Path
 __all__ = ["Capture"]
 
 
-# tcpdump's kernel buffer (KiB) and snapshot length.  On interfaces that offload segmentation (veths and
-# bridges do) libpcap sizes each slot of its ring for the snapshot length, not the MTU: with tcpdump's defaults
-# (2 MiB, 262,144 bytes) the ring holds 8 packets, and a burst of a hundred lost a dozen whenever tcpdump was
-# not running at that moment -- a loss the monitor then saw as the LB's.  Now it holds about 500.
+# tcpdump's kernel buffer (KiB) and snapshot length.  In immediate mode, on interfaces that offload
+# segmentation (veths and bridges do), libpcap sizes each slot of its ring for the snapshot length, not the MTU:
+# with tcpdump's defaults (2 MiB, 262,144 bytes) the ring holds 8 packets, and a burst of a hundred lost 15-20
+# whenever tcpdump was not running at that moment -- a loss the monitor then saw as the LB's.  Now it holds
+# about 500.
 BUFFER_KIB = 32768
 SNAPLEN = 65535
 
