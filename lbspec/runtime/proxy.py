@@ -8,9 +8,9 @@ then the latest opened before it (with none, the earliest opened just after
 it, within the clocks' tolerance), unpaired ones first -- so requests that
 start alike pair by what follows, and a stream changed on the way still pairs
 with its client (connections that carry no bytes pair by the order they were
-opened).  Clients are found by the first bytes of their streams (an index),
-not by comparing every client: with thousands of connections open, pairing
-costs what the few alike cost.  Then:
+opened, once they are over).  Clients are found by the first bytes of their
+streams (an index), not by comparing every client: with thousands of
+connections open, pairing costs what the few alike cost.  Then:
 
 * every client byte must reach the backend within the response deadline
   (LB200, late or never);
@@ -212,6 +212,7 @@ class _Backend:
     answered: bool = False  # the backend answered the SYN with a SYN-ACK
     refused: bool = False  # ... with a RST
     syn: bool = False  # the LB's SYN was seen
+    closed_at: float | None = None  # the first FIN or RST on it, either way
 
     attributed: bool = False  # a failed attempt, counted and given to a client (or found to be none's)
 
@@ -467,6 +468,8 @@ class ProxyTracker:
             backend.stream.isn = seq
             backend.syn = True
             return
+        if flags & (_FIN | _RST) and backend.closed_at is None:
+            backend.closed_at = time
         data = batch.payload(i)
         if not data:
             return
@@ -508,6 +511,8 @@ class ProxyTracker:
             backend.reply.isn = batch.seq[i]
         elif flags & _RST and not backend.answered:
             backend.refused = True
+        if flags & (_FIN | _RST) and backend.closed_at is None:
+            backend.closed_at = batch.ts[i]
         data = batch.payload(i)
         if data:
             before = backend.reply.next
@@ -655,12 +660,13 @@ class ProxyTracker:
             self._settle_client(client, cutoff - self.engine.horizon)
             if not client.waiting and not self._reset_unjudged(client):
                 del self.unsettled[client.key]
+        ending = cutoff == float("inf")
         for backend in list(self.backends.values()):
             if backend.client is not None or backend.judged:
                 continue
             if backend.first_data is None:
-                if backend.start + _OPEN_WITHIN < cutoff and not self._pair_by_time(backend):
-                    self._unexplained(backend)
+                if ending or (backend.closed_at is not None and backend.closed_at < cutoff):  # a horizon on
+                    self._carried_nothing(backend, ending)
             elif backend.first_data < cutoff:
                 self._unexplained(backend)
         if self.paired:
@@ -757,14 +763,21 @@ class ProxyTracker:
         return {"client_connections": self.connections, "carried": self.carried, "failed": dict(self.outcomes),
                 "failed_attempts": dict(self.attempts), "bytes": dict(self.volume)}
 
-    def _pair_by_time(self, backend: _Backend) -> bool:
-        """A backend connection that carried nothing: the last client connection opened just before it,
-        of those no backend connection carries yet (a few, where every open client connection is many)."""
-        opened = [c for c in self.free.values() if 0 <= backend.start - c.start <= _OPEN_WITHIN and not c.stream.next]
-        if not opened:
-            return False
-        self._pair(max(opened, key=lambda c: c.start), backend)
-        return True
+    def _carried_nothing(self, backend: _Backend, ending: bool) -> None:
+        """A backend connection that is over and carried nothing: paired with the last client connection opened
+        just before it that is over too (``ending``: the run is) and sent nothing -- of those no backend
+        connection carries (a few, where every open client connection is many) -- else unexplained.
+
+        Not sooner: two clients that connect at once get a backend connection each, and which is whose shows
+        only when one of them sends (HAProxy relays a request a client sends seconds later over the connection
+        it opened second as readily as the first).  Paired by time a second in, the connection the request
+        then went over belonged to the other client, and the request looked dropped."""
+        opened = [c for c in self.free.values() if 0 <= backend.start - c.start <= _OPEN_WITHIN and not c.stream.next
+                  and (ending or c.closed_at is not None)]
+        if opened:
+            self._pair(max(opened, key=lambda c: c.start), backend)
+        else:
+            self._unexplained(backend)
 
     def _unexplained(self, backend: _Backend) -> None:
         backend.judged = True
@@ -790,6 +803,9 @@ class ProxyTracker:
             return
         self.forgot = cutoff
         idle = cutoff - 300.0
+        for backend in [b for b in self.backends.values() if b.last < idle and b.client is None and not b.judged
+                        and b.first_data is None]:
+            self._carried_nothing(backend, True)  # over, as its idle clients are
         for table in (self.clients, self.backends):
             for key in [k for k, c in table.items() if c.last < idle]:
                 if table is self.clients:

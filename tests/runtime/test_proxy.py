@@ -153,6 +153,57 @@ def test_connections_that_carry_nothing_pair_by_time():
     assert codes(scenario.judge(SPEC)) == []
 
 
+def test_a_connection_paired_by_time_gives_way_to_the_one_its_bytes_show():
+    """Two clients connect at once and the LB opens a backend connection for each, as HAProxy does; a second
+    and more later the second client sends a request, which goes over the backend connection opened second.
+    Pairing by time alone gave that one to the first client, and the request looked dropped (LB200)."""
+    scenario = Scenario("proxy")
+    first, second = scenario.proxy_flow("10.1.0.11", 0.0, chunks=()), scenario.proxy_flow("10.1.0.12", 0.0001, chunks=())
+    syns = {}
+    for sent in list(scenario.packets):
+        syn = sent.packet.getlayer(TCP)
+        if sent.side == "backend" and syn is not None and syn.flags == "S":
+            backend = sent.packet[IP].dst
+            syns[backend] = syn
+            scenario.add(sent.time - START + 0.0002, "backend", Ether(src=backend_mac(backend), dst=LB_MAC)
+                         / IP(src=backend, dst=LB_ADDRESS) / TCP(sport=syn.dport, dport=syn.sport, flags="SA",
+                                                                 seq=9, ack=syn.seq + 1))
+    client_syn = next(s.packet[TCP] for s in scenario.packets if s.side == "client" and s.packet[TCP].sport == second)
+    request = b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n"
+    scenario.add(2.0, "client", ip("203.0.113.7", "192.0.2.10", ttl=64) / TCP(
+        sport=second, dport=80, flags="PA", seq=client_syn.seq + 1, ack=6) / Raw(request))
+    carrier = syns["10.1.0.12"]
+    scenario.add(2.001, "backend", Ether(src=LB_MAC, dst=backend_mac("10.1.0.12")) / ip(LB_ADDRESS, "10.1.0.12")
+                 / TCP(sport=carrier.sport, dport=8080, flags="PA", seq=carrier.seq + 1, ack=10) / Raw(request))
+    report = scenario.judge(NO_HEALTH)
+    assert codes(report) == [] and report.summary["proxy"]["carried"] == 2 and first != second
+
+
+def test_a_check_that_carried_nothing_is_not_taken_for_a_waiting_client_s_connection():
+    """A client connects and waits seconds before its request; meanwhile the LB checks a backend (connects,
+    is answered, closes).  The check is over long before the client is: it is not the client's connection,
+    and the one that carries the request is (paired by time a second in, it made that one a duplicate)."""
+    scenario = Scenario("proxy")
+    cport = scenario.proxy_flow("10.1.0.11", 0.0, chunks=(), open_backend=False)
+    check = ip(LB_ADDRESS, "10.1.0.12")
+    mac = Ether(src=LB_MAC, dst=backend_mac("10.1.0.12"))
+    answer = Ether(src=backend_mac("10.1.0.12"), dst=LB_MAC) / IP(src="10.1.0.12", dst=LB_ADDRESS)
+    scenario.add(0.001, "backend", mac / check / TCP(sport=40000, dport=8080, flags="S", seq=100))
+    scenario.add(0.0012, "backend", answer / TCP(sport=8080, dport=40000, flags="SA", seq=9, ack=101))
+    scenario.add(0.0014, "backend", mac / check / TCP(sport=40000, dport=8080, flags="R", seq=101))
+    scenario.proxy_flow("10.1.0.11", 1.2, client="203.0.113.8")  # traffic meanwhile: the monitor reads on
+    syn = next(s.packet[TCP] for s in scenario.packets if s.side == "client" and s.packet[TCP].sport == cport)
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    scenario.add(2.0, "client", ip("203.0.113.7", "192.0.2.10", ttl=64) / TCP(sport=cport, dport=80, flags="PA",
+                                                                               seq=syn.seq + 1, ack=6) / Raw(request))
+    link = ip(LB_ADDRESS, "10.1.0.12")
+    scenario.add(2.0005, "backend", mac / link / TCP(sport=40001, dport=8080, flags="S", seq=500))
+    scenario.add(2.0007, "backend", answer / TCP(sport=8080, dport=40001, flags="SA", seq=9, ack=501))
+    scenario.add(2.001, "backend", mac / link / TCP(sport=40001, dport=8080, flags="PA", seq=501, ack=10) / Raw(request))
+    report = scenario.judge(SPEC)
+    assert codes(report) == [] and report.summary["proxy"]["carried"] == 2
+
+
 def test_established_connections_that_carry_nothing_pair_with_the_client_opened_just_before():
     # clients that connect and send nothing, between busy ones: the LB's backend connections for them are
     # answered and carry nothing; without health checks to take them for, only their clients explain them
