@@ -60,14 +60,28 @@ class LoadBalancerError(LbspecError, AssertionError):
 
 @dataclass
 class _Backends:
-    """The simulated backends: where each address is, and which are up."""
+    """The simulated backends: the servers at each address and port, and which are up.  A server may be
+    declared more than once (in several pools or services): it is down when any of them has failed."""
 
-    by_address: dict[Address, tuple[Backend, Service]]
+    servers: dict[tuple[Address, int | None], list[tuple[Backend, Service]]]
     down: set[tuple[str, str]] = field(default_factory=set)  # (service, backend)
 
     @classmethod
     def of(cls, services: Iterable[Service]) -> _Backends:
-        return cls({b.address: (b, s) for s in services for b in s.backends})
+        servers: dict[tuple[Address, int | None], list[tuple[Backend, Service]]] = {}
+        for service in services:
+            for backend in service.backends:
+                servers.setdefault((backend.address, backend.port), []).append((backend, service))
+        return cls(servers)
+
+    def at(self, address: Address, port: int) -> list[tuple[Backend, Service]] | None:
+        """The server a packet to ``address`` and ``port`` reaches: the backend there on that port, else one
+        that names no port, else any at that address (which answers a wrong port as well)."""
+        found = self.servers.get((address, port)) or self.servers.get((address, None))
+        return found or next((v for (a, _p), v in self.servers.items() if a == address), None)
+
+    def up(self, server: list[tuple[Backend, Service]]) -> bool:
+        return not any((service.name, backend.name) in self.down for backend, service in server)
 
 
 
@@ -192,19 +206,19 @@ class _Run:
         if segment is None:
             return
         address = segment.outer.dst if segment.outer is not None else segment.dst
-        found = self.backends.by_address.get(address)
-        if found is None or (found[1].name, found[0].name) in self.backends.down:
+        server = self.backends.at(address, segment.dport)
+        if server is None or not self.backends.up(server):
             return
         answer = _answer(segment)
         if answer is not None:
-            self.at(time + self.delay, self._reply(answer, found[0], found[1]))
+            self.at(time + self.delay, self._reply(answer, server))
 
-    def _reply(self, answer: Segment, backend: Backend, service: Service) -> Callable[[float], None]:
+    def _reply(self, answer: Segment, server: list[tuple[Backend, Service]]) -> Callable[[float], None]:
         def reply(time: float) -> None:
-            if (service.name, backend.name) in self.backends.down:
+            if not self.backends.up(server):
                 return  # it died before it could answer
             data = answer.encode()
-            if service.mode.kind in _REPLY_THROUGH_LB:
+            if server[0][1].mode.kind in _REPLY_THROUGH_LB:
                 self.recording.packets.append(Observed(time, "backend", data))
                 self._call("handle", time, data, time)
             else:

@@ -133,7 +133,7 @@ def classify_rows(p: Packets, compiled: Compiled) -> None:
     egress = role == EGRESS
     gid[egress] = _egress_backend(p, compiled, egress, dkey, be_d, vip_d)
     replies = role == BREPLY
-    gid[replies] = be_s[replies]
+    gid[replies] = compiled.by_port(skey[replies], p["sport"][replies], be_s[replies])
     p["role"], p["svc"], p["gid"] = role, svc, gid
     p["ckey"] = client_key(p, role)
     paired = np.nonzero((role == INGRESS) | (role == EGRESS))[0]  # only these are keyed (0 elsewhere)
@@ -228,7 +228,7 @@ def _egress_backend(p, compiled, egress, dkey, be_d, vip_d) -> np.ndarray:
     """The backend an egress packet goes to: by outer address, by address, or (dsr) marked to be found
     by its MAC."""
     rows = np.nonzero(egress)[0]
-    out = be_d[rows].copy()
+    out = compiled.by_port(dkey[rows], p["dport"][rows], be_d[rows])
     tunnel = p["tun"][rows] != 0
     if tunnel.any():
         outer = rows[tunnel]

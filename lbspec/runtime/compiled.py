@@ -183,6 +183,9 @@ class ServicePlan:
     listened: Predicate
     rules: list[tuple[m.Rule, Predicate]]
     checks: list[CheckPlan] = field(default_factory=list)
+    # backends of other services that are one of this service's (the same address and port): a packet to that
+    # server, found by address as the first of them, is this service's when its traffic is
+    alias: dict[int, int] = field(default_factory=dict)
 
     @property
     def mode(self) -> str:
@@ -216,6 +219,8 @@ class Compiled:
                                                            for b in self.backends])
         self.weights = np.array([b.backend.weight for b in self.backends], np.float64)
         self.address_table = self._addresses()
+        self.shared = self._shared()
+        self.twins = self._twins()
         self.gue_ports = sorted({s.service.mode.encap_port or 6080 for s in self.services
                                  if s.service.mode.encap == "gue"})  # none: UDP to 6080 is no tunnel then
         self.modes = sorted({s.mode for s in self.services})
@@ -272,6 +277,55 @@ class Compiled:
         vips = np.append(self.lookup(keys, self.vip_keys, self.vip_service), -1).astype(np.int32)
         gids = np.append(self.lookup(keys, self.backend_keys, self.backend_gid), -1).astype(np.int32)
         return keys, vips, gids
+
+    def _shared(self) -> dict[int, tuple[int, list[tuple[int, int]]]]:
+        """Addresses that more than one backend has (one server behind several pools, services or ports): per
+        address key, the gid for a port no backend there names (one that names none, else the first), and
+        (port, gid) for each port one names -- the first backend with it."""
+        by_key: dict[int, list[BackendRef]] = {}
+        for ref in self.backends:
+            by_key.setdefault(akey(*address_parts(ref.backend.address)), []).append(ref)
+        shared = {}
+        for key, refs in by_key.items():
+            if len(refs) > 1:
+                ports: dict[int, int] = {}
+                for ref in refs:
+                    if ref.backend.port is not None:
+                        ports.setdefault(ref.backend.port, ref.gid)
+                other = next((r.gid for r in refs if r.backend.port is None), refs[0].gid)
+                shared[key] = (other, sorted(ports.items()))
+        return shared
+
+    def _twins(self) -> dict[int, tuple[int, ...]]:
+        """For each backend declared more than once (the same address and port: one server, in several pools
+        or services), the other gids; and each service's ``alias`` of the others' for its own."""
+        servers: dict[tuple, list[BackendRef]] = {}
+        for ref in self.backends:
+            servers.setdefault((ref.backend.address, ref.backend.port), []).append(ref)
+        twins = {}
+        for refs in (refs for refs in servers.values() if len(refs) > 1):
+            for ref in refs:
+                twins[ref.gid] = tuple(r.gid for r in refs if r is not ref)
+                alias = self.services[ref.service].alias
+                for other in refs:
+                    if other.service != ref.service:
+                        alias.setdefault(other.gid, ref.gid)
+        return twins
+
+    def by_port(self, keys: np.ndarray, ports: np.ndarray, gids: np.ndarray) -> np.ndarray:
+        """``gids`` (backends found by address ``keys``) with each address several backends have told apart by
+        the port on the backend's side (``ports``): the backend there that names that port, else one that
+        names none (it takes the rule's or the packet's port)."""
+        if not self.shared or not len(keys):
+            return gids
+        gids = gids.copy()
+        for key, (other, named) in self.shared.items():
+            here = keys == np.uint64(key)
+            if here.any():
+                gids[here] = other
+                for port, gid in named:
+                    gids[here & (ports == port)] = gid
+        return gids
 
     def wants_macs(self, side: int) -> bool:
         """Does classifying a capture of ``side`` (-1: both sides) look at Ethernet addresses?"""

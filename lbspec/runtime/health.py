@@ -58,6 +58,12 @@ class HealthTimeline:
         self.version = 0  # bumps on every change: a cache key for derived sets
 
     def record(self, gid: int, time: float, up: bool, source: str) -> None:
+        """Evidence that backend ``gid`` was up or down at ``time`` -- and so were its twins, the backends
+        of other services at the same address and port: the same server."""
+        for each in (gid, *self.compiled.twins.get(gid, ())):
+            self._record(each, time, up, source)
+
+    def _record(self, gid: int, time: float, up: bool, source: str) -> None:
         backend = self.backends[gid]
         at = bisect.bisect_right(backend.times, time)
         if at and backend.ups[at - 1] == up and (at == len(backend.times) or backend.ups[at] == up):

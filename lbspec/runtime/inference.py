@@ -131,13 +131,14 @@ class HealthInference:
     def _named(self, p: Packets, row: int) -> set[int]:
         """Backends an ICMP error names: its sender, or the destination of the packet it quotes."""
         found = set()
-        sender = int(self.compiled.backend_of(akey(p["sa_hi"][row:row + 1], p["sa_lo"][row:row + 1]))[0])
+        quoted, port = _quoted_destination(p.payload(row))
+        keys = akey(p["sa_hi"][row:row + 1], p["sa_lo"][row:row + 1])
+        sender = int(self.compiled.by_port(keys, np.array([port]), self.compiled.backend_of(keys))[0])
         if sender >= 0:
             found.add(sender)
-        quoted = _quoted_destination(p.payload(row))
         if quoted is not None:
-            hi, lo = address_parts(quoted)
-            target = int(self.compiled.backend_of(np.array([akey(hi, lo)], np.uint64))[0])
+            keys = np.array([akey(*address_parts(quoted))], np.uint64)
+            target = int(self.compiled.by_port(keys, np.array([port]), self.compiled.backend_of(keys))[0])
             if target >= 0:
                 found.add(target)
         return found
@@ -174,10 +175,14 @@ def _reverse_key(p: Packets, rows: np.ndarray, echo: bool = False) -> np.ndarray
     return mix([p["proto"][rows] % 57, p["da_hi"][rows], p["da_lo"][rows], p["sa_hi"][rows], p["sa_lo"][rows], *extra])
 
 
-def _quoted_destination(data: bytes):
-    """The destination address of the IP packet an ICMP error quotes."""
+def _quoted_destination(data: bytes) -> tuple[IPv4Address | IPv6Address | None, int]:
+    """The destination address of the IP packet an ICMP error quotes, and its TCP or UDP destination port
+    (-1: none quoted)."""
     if len(data) >= 20 and data[0] >> 4 == 4:
-        return IPv4Address(struct.unpack_from("!I", data, 16)[0])
-    if len(data) >= 40 and data[0] >> 4 == 6:
-        return IPv6Address(data[24:40])
-    return None
+        header, proto, address = (data[0] & 15) * 4, data[9], IPv4Address(struct.unpack_from("!I", data, 16)[0])
+    elif len(data) >= 40 and data[0] >> 4 == 6:
+        header, proto, address = 40, data[6], IPv6Address(data[24:40])
+    else:
+        return None, -1
+    ported = proto in (6, 17) and len(data) >= header + 4
+    return address, struct.unpack_from("!H", data, header + 2)[0] if ported else -1

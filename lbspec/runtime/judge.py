@@ -49,7 +49,12 @@ class Pairs:
     @classmethod
     def gather(cls, win: Packets, plan: ServicePlan, ii: np.ndarray, ee: np.ndarray, stage: int) -> Pairs:
         view = {k: win[k][ii] for k in VIEW_COLUMNS}
-        return cls(plan, win, ii, ee, view, win["gid"][ee], plan.rule_index(view), plan.listened(view),
+        gid = win["gid"][ee]
+        if plan.alias:  # a server other services declare too: found as theirs, it is this service's backend here
+            gid = gid.copy()
+            for theirs, mine in plan.alias.items():
+                gid[gid == theirs] = mine
+        return cls(plan, win, ii, ee, view, gid, plan.rule_index(view), plan.listened(view),
                    win["ts"][ee] - win["ts"][ii], stage)
 
     def __len__(self) -> int:

@@ -355,6 +355,22 @@ def test_tunnel_and_snat_balancers_are_driven_and_judged_clean(text, name):
     assert bool(through_lb) == (name == "snat")  # tunnel backends answer the client directly
 
 
+def test_a_server_in_two_pools_fails_for_the_port_whose_backend_failed():
+    """10.3.0.1 is a1 on port 80 and d1 on port 53: d1 failing leaves a1 answering (the driver once knew
+    a server by its address alone, the last declared, and a1 went silent with it)."""
+    text = SNAT.replace("backend a2 10.3.0.2\n    }", "}\n    pool dns {\n        backend d1 10.3.0.1:53\n    }")
+    text = text.replace("backend a1 10.3.0.1", "backend a1 10.3.0.1:80").replace(
+        "forward any 80, 53 to app", "forward tcp 80 to app\n    forward udp 53 to dns")
+    spec = lbspec.loads(text, "shared.lbspec")
+    vip = spec.service("snat").vips[0]
+    trace = Trace((Fault(0.0, "d1", False, "snat"),
+                   Send(0.001, Segment("tcp", CLIENT, vip, 40000, 80, frozenset({"syn"}), seq=7)),
+                   Send(0.002, Segment("udp", CLIENT, vip, 40001, 53, payload=b"query"))))
+    recording = InProcess(lambda: Stateless(spec.service("snat"))).run(spec, trace, ("snat",))
+    answers = [decode(p.data) for p in recording.on("client") if decode(p.data).dst == CLIENT]
+    assert [a.proto for a in answers] == ["tcp"]  # the web server answered; the DNS one, down, did not
+
+
 class Recorder:
     """A driver (as a network driver would be): plays each trace in process against a fresh ``variant`` of
     the balancer, and keeps the traces it played."""

@@ -334,6 +334,47 @@ def test_traffic_to_a_pool_the_rule_does_not_use_is_LB203(nat):
     assert report.violations[0].data["reason"] == "not-for-this-traffic"
 
 
+SHARED_SERVER = spec(backends="backend b1 10.1.0.11:8080\n        backend b2 10.1.0.12:8080", listen="tcp 80, udp 53",
+                     rule="forward tcp 80 to app\n    forward udp 53 to dns",
+                     body="pool dns {\n        backend d1 10.1.0.11:5353\n    }")
+
+
+def test_one_server_in_two_pools_is_told_apart_by_port(nat):
+    """10.1.0.11 is b1 on port 8080 and d1 on 5353: DNS to it went where its rule says (found by address
+    alone, it was b1's, and LB203) -- and a port unreachable quoting a datagram to 5353 says d1 is down,
+    not b1."""
+    nat.flow("10.1.0.11")
+    sent = nat.flow("10.1.0.11", 0.1, proto="udp", vport=53, bport=5353, segments=1, reply=False)
+    quoted = IP(src="203.0.113.7", dst="10.1.0.11") / UDP(sport=sent["cport"], dport=5353) / Raw(b"data")
+    nat.add(0.102, "backend", IP(src="10.1.0.11", dst="203.0.113.7") / ICMP(type=3, code=3) / raw(quoted)[:28])
+    report = nat.judge(SHARED_SERVER)
+    assert codes(report) == []
+    assert {b["backend"]: b["flows"] for b in report.summary["backends"]} == {"b1": 1, "b2": 0, "d1": 1}
+    assert [(e["backend"], e["state"]) for e in report.summary["health"] if e["evidence"] == "icmp"] == [("d1", "down")]
+    wrong = Scenario("nat")
+    wrong.flow("10.1.0.11", proto="udp", vport=53, bport=8080, segments=1)  # DNS sent to the web port
+    assert codes(wrong.judge(SHARED_SERVER)) == ["LB203"]
+
+
+TWO_SERVICES = spec(backends="backend a1 10.1.0.11:8080") + spec(vip="192.0.2.20", backends="backend b1 10.1.0.11:8080"
+                                                              ).replace("service web", "service other")
+
+
+def test_one_server_behind_two_services_is_each_one_s_backend():
+    """10.1.0.11:8080 is a1 of one service and b1 of another: traffic to the second VIP that reaches it went
+    to b1 (found as a1, the first declared, it was LB203), and what it shows of the server's health is b1's
+    too."""
+    other = Scenario("nat", vip="192.0.2.20")
+    other.flow("10.1.0.11")
+    report = other.judge(TWO_SERVICES)
+    assert codes(report) == []
+    assert {b["backend"]: b["flows"] for b in report.summary["backends"]} == {"a1": 0, "b1": 1}
+    assert {e["backend"] for e in report.summary["health"]} == {"a1", "b1"}
+    stray = Scenario("nat", vip="192.0.2.20")
+    stray.flow("10.1.0.12")
+    assert codes(stray.judge(TWO_SERVICES)) == ["LB203"]
+
+
 def test_a_waived_property_gives_no_verdict(nat):
     nat.flow("10.1.0.11", drop={2})
     assert codes(nat.judge(spec('waive no_drop "best effort"'))) == []

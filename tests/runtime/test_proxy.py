@@ -158,7 +158,8 @@ def test_a_connection_paired_by_time_gives_way_to_the_one_its_bytes_show():
     and more later the second client sends a request, which goes over the backend connection opened second.
     Pairing by time alone gave that one to the first client, and the request looked dropped (LB200)."""
     scenario = Scenario("proxy")
-    first, second = scenario.proxy_flow("10.1.0.11", 0.0, chunks=()), scenario.proxy_flow("10.1.0.12", 0.0001, chunks=())
+    first = scenario.proxy_flow("10.1.0.11", 0.0, chunks=())
+    second = scenario.proxy_flow("10.1.0.12", 0.0001, chunks=())
     syns = {}
     for sent in list(scenario.packets):
         syn = sent.packet.getlayer(TCP)
@@ -199,7 +200,8 @@ def test_a_check_that_carried_nothing_is_not_taken_for_a_waiting_client_s_connec
     link = ip(LB_ADDRESS, "10.1.0.12")
     scenario.add(2.0005, "backend", mac / link / TCP(sport=40001, dport=8080, flags="S", seq=500))
     scenario.add(2.0007, "backend", answer / TCP(sport=8080, dport=40001, flags="SA", seq=9, ack=501))
-    scenario.add(2.001, "backend", mac / link / TCP(sport=40001, dport=8080, flags="PA", seq=501, ack=10) / Raw(request))
+    scenario.add(2.001, "backend", mac / link / TCP(sport=40001, dport=8080, flags="PA", seq=501, ack=10)
+                 / Raw(request))
     report = scenario.judge(SPEC)
     assert codes(report) == [] and report.summary["proxy"]["carried"] == 2
 
