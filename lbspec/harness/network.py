@@ -6,10 +6,13 @@ anything with ``install(lab)`` and ``remove(lab)``).  For each trace it:
 
 1. checks that the spec describes the lab (its VIP, backend addresses that
    are the lab's backends, IPv4) -- :class:`LabMismatch` names what differs;
-2. installs the load balancer (when it was given one) and empties the
-   connection-tracking table of the LB's namespace (``conntrack -F``), so
+2. installs the load balancer (when it was given one), aborts every TCP
+   connection the client and the backends still have (``ss -K``) and empties
+   the connection-tracking table of the LB's namespace (``conntrack -F``), so
    that every trace meets it fresh: conntrack remembers a UDP flow for 30 s
-   and more, and would send it where it went in the trace before;
+   and more, and would send it where it went in the trace before; and a
+   backend blocked during a connection keeps it, and resends its end once let
+   through -- into the next trace, past an LB that no longer knows it;
 3. adds the trace's client addresses to the client namespace (and a route
    back to each in the LB namespace), so that packets keep their sources;
 4. captures both sides of the LB (``lab.capture``), plays the trace from the
@@ -130,6 +133,7 @@ class Network:
             if self.balancer is not None:
                 self.lab.install(self.balancer)
                 stack.callback(self._uninstall)
+            self._forget_connections()
             self.lab.lb.run("conntrack", "-F")
             stack.enter_context(_ClientAddresses(self.lab, clients))
             faults = stack.enter_context(_Faults(self.lab, self.faults))
@@ -158,6 +162,13 @@ class Network:
         recording.packets.sort(key=lambda p: p.time)
         self.last_flows = done
         return recording, capture.dropped
+
+    def _forget_connections(self) -> None:
+        """Abort the TCP connections the client and the backends have left from the traces before (a
+        kernel without socket destruction keeps them: then this does nothing)."""
+        hosts = [self.lab.client, *(h.namespace for h in self.lab.backends.values() if h.namespace is not None)]
+        for namespace in hosts:
+            namespace.run("ss", "-K", "-t", "-n", "state", "all", "exclude", "listening", check=False)
 
     def _plan(self, events: Iterable) -> dict:
         return {"events": [_planned(e, i) for i, e in enumerate(events)], "settle": self.settle,

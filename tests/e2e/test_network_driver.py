@@ -129,6 +129,24 @@ def test_each_trace_meets_the_balancer_with_no_memory_of_the_traces_before(lab, 
     assert backends(trace_of(datagrams(0.0, 1, 2), datagrams(0.05, 2, 2))) == {"b1": 1, "b2": 1}
     assert backends(trace_of(datagrams(0.0, 2, 2))) == {"b1": 1}  # the first flow of a fresh round robin
 
+def test_no_connection_of_a_trace_outlives_it_into_the_next(lab, tmp_path):
+    """A backend blocked while a connection to it is open keeps that connection (what the client sent after
+    is lost to the block), and resends its end of it once let through again -- into the next trace, past a
+    load balancer whose connection table has been emptied: untranslated, an LB207 of the lab's making."""
+    harness = Harness(_spec(tmp_path, lab), artifacts=tmp_path / "a")
+    driver = Network(lab, dnat(lab), faults="block")
+    harness.run(driver, trace_of(connection(0.0, 1), [Fault(0.002, "b1", False, "web")]))  # before its bytes
+
+    def kept() -> list[str]:
+        return [line for name in ("b1", "b2") for line in lab.backends[name].namespace.run(
+            "ss", "-t", "-n", "-H", "state", "all", "exclude", "listening", "exclude", "time-wait").splitlines()
+            if "198.51.100.1" in line]
+
+    assert kept(), "the block left no connection behind: nothing to test"
+    assert harness.run(driver, trace_of(datagrams(0.0, 2, 1))).codes == []
+    assert kept() == []
+
+
 @pytest.mark.parametrize("losses, plays", [([3, 0], 2), ([3, 1, 2], 3)], ids=["replayed", "given-up"])
 def test_a_trace_whose_capture_lost_packets_is_played_again(lab, tmp_path, monkeypatch, losses, plays):
     """A packet the capture lost looks exactly like one the LB dropped: such a play is not judged."""
