@@ -144,7 +144,12 @@ def test_no_connection_of_a_trace_outlives_it_into_the_next(lab, tmp_path):
 
     assert kept(), "the block left no connection behind: nothing to test"
     assert harness.run(driver, trace_of(datagrams(0.0, 2, 1))).codes == []
-    assert kept() == []
+    left = kept()
+    if left:  # the driver did not abort it: because it could not (a kernel without CONFIG_INET_DIAG_DESTROY)?
+        lab.backends["b1"].namespace.run("ss", "-K", "-t", "-n", "state", "established")
+        if kept():
+            pytest.skip("this kernel cannot destroy sockets (ss -K): the driver cannot abort old connections")
+    assert left == []
 
 
 @pytest.mark.parametrize("losses, plays", [([3, 0], 2), ([3, 1, 2], 3)], ids=["replayed", "given-up"])
