@@ -312,6 +312,10 @@ class Compiled:
                         alias.setdefault(other.gid, ref.gid)
         return twins
 
+    def backend_at(self, keys: np.ndarray, ports: np.ndarray) -> np.ndarray:
+        """The backend (gid, -1: none) at each address key and port on the backend's side."""
+        return self.by_port(keys, ports, self.backend_of(keys))
+
     def by_port(self, keys: np.ndarray, ports: np.ndarray, gids: np.ndarray) -> np.ndarray:
         """``gids`` (backends found by address ``keys``) with each address several backends have told apart by
         the port on the backend's side (``ports``): the backend there that names that port, else one that

@@ -133,12 +133,12 @@ class HealthInference:
         found = set()
         quoted, port = _quoted_destination(p.payload(row))
         keys = akey(p["sa_hi"][row:row + 1], p["sa_lo"][row:row + 1])
-        sender = int(self.compiled.by_port(keys, np.array([port]), self.compiled.backend_of(keys))[0])
+        sender = int(self.compiled.backend_at(keys, np.array([port]))[0])
         if sender >= 0:
             found.add(sender)
         if quoted is not None:
             keys = np.array([akey(*address_parts(quoted))], np.uint64)
-            target = int(self.compiled.by_port(keys, np.array([port]), self.compiled.backend_of(keys))[0])
+            target = int(self.compiled.backend_at(keys, np.array([port]))[0])
             if target >= 0:
                 found.add(target)
         return found

@@ -1030,8 +1030,8 @@ class Monitor:
                                            "backend": self._backend_name(table, row)}))
 
     def _backend_name(self, win: Packets, row: int) -> str | None:
-        keys = akey(win["sa_hi"][row:row + 1], win["sa_lo"][row:row + 1])
-        gid = int(self.compiled.by_port(keys, win["sport"][row:row + 1], self.compiled.backend_of(keys))[0])
+        gid = int(self.compiled.backend_at(akey(win["sa_hi"][row:row + 1], win["sa_lo"][row:row + 1]),
+                                           win["sport"][row:row + 1])[0])
         return self.compiled.backends[gid].name if gid >= 0 else None
 
     # ---------------------------------------------------------- helpers for judge --
