@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from lbspec.runtime.compiled import Compiled, akey
-from lbspec.runtime.decode import ARP, OK, TCP, UDP, Packets, fill_digests
+from lbspec.runtime.decode import ARP, ICMP6, OK, TCP, UDP, Packets, fill_digests
 
 __all__ = ["NONE", "INGRESS", "EGRESS", "BREPLY", "CREPLY", "TRANSIT", "ROLE_NAMES", "classify", "classify_rows",
            "assign_backends", "mix", "pair_key", "fragment_key", "datagram_id", "datagram_key", "later_fragment",
@@ -48,6 +48,11 @@ _SYN, _ACK = 2, 16
 _FRAGMENT_SALT = np.uint64(0x6A09E667F3BCC909)  # keeps fragments' keys apart from whole packets'
 _DATAGRAM_SALT = np.uint64(0xBB67AE8584CAA73B)
 _BY_MAC = -4  # a dsr packet's backend, to be looked up by MAC
+# ICMPv6 messages that never leave their link -- multicast listener discovery (130-132, 143), neighbour and
+# router discovery (133-137), inverse and secure neighbour discovery (141, 142, 148, 149), multicast router
+# discovery (151-153): a load balancer answers them or sends its own, as with ARP in IPv4, and forwards none.
+_LINK_ONLY = np.zeros(256, bool)
+_LINK_ONLY[[130, 131, 132, 133, 134, 135, 136, 137, 141, 142, 143, 148, 149, 151, 152, 153]] = True
 
 
 def mix(columns: list[np.ndarray]) -> np.ndarray:
@@ -105,7 +110,7 @@ def classify_rows(p: Packets, compiled: Compiled) -> None:
     """All of :func:`classify` that each row's own headers decide; what the MAC table decides (the backend
     of a dsr packet) is left to :func:`assign_backends`.  Reading processes do this part."""
     n = len(p)
-    ok = p["status"] == OK
+    ok = (p["status"] == OK) & ~link_only(p)
     skey, dkey = akey(p["sa_hi"], p["sa_lo"]), akey(p["da_hi"], p["da_lo"])
     vip_d, be_d = compiled.address_of(dkey)
     vip_s, be_s = compiled.address_of(skey)
@@ -139,6 +144,15 @@ def classify_rows(p: Packets, compiled: Compiled) -> None:
     paired = np.nonzero((role == INGRESS) | (role == EGRESS))[0]  # only these are keyed (0 elsewhere)
     for mode in compiled.modes:
         p["k_" + mode] = _scattered(n, paired, pair_key(p, "snat" if mode == "proxy" else mode, paired))
+
+
+def link_only(p: Packets) -> np.ndarray:
+    """Which rows are ICMPv6 messages of their link alone (see :data:`_LINK_ONLY`): no role of their own."""
+    out = np.zeros(len(p), bool)
+    six = np.nonzero(p["proto"] == ICMP6)[0]
+    if len(six):
+        out[six] = _LINK_ONLY[(p["icmp"][six] >> 8) & 0xFF]
+    return out
 
 
 def assign_backends(p: Packets, compiled: Compiled, macs: MacTable) -> None:

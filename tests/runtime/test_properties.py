@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from scapy.layers.inet6 import IPv6, ICMPv6EchoRequest, ICMPv6MLReport2, ICMPv6ND_NA, ICMPv6ND_NS, IPv6ExtHdrHopByHop
+
 from lbspec.runtime.stats import share_test
 
 from .scenario import Scenario, codes, spec
@@ -42,6 +44,39 @@ def test_ipv6_service():
     report = scenario.judge(text)
     assert codes(report) == ["LB200"]
     assert report.violations[0].data["flow"].startswith("TCP [2001:db8:9::7]:")
+
+
+SIX = spec(vip="2001:db8::10", backends="backend b1 2001:db8:1::11\n        backend b2 2001:db8:1::12",
+           listen="tcp 80, icmp", rule="forward tcp 80 to app port 8080\n    forward icmp to app")
+
+
+def _link_control(scenario: Scenario, kind: type, side: str, src: str, dst: str, time: float) -> None:
+    """An ICMPv6 message ``kind`` from ``src`` to ``dst`` (hop limit 255, as neighbour discovery has it; MLD
+    behind a hop-by-hop header, for its router alert)."""
+    message = kind(tgt=dst) if kind in (ICMPv6ND_NS, ICMPv6ND_NA) else IPv6ExtHdrHopByHop() / kind()
+    scenario.add(time, side, IPv6(src=src, dst=dst, hlim=255) / message)
+
+
+def test_neighbour_discovery_and_multicast_listener_reports_are_no_lb_traffic():
+    """Found on a correct nftables DNAT for IPv6: the LB's neighbour advertisement to a backend's address
+    was LB208.  Neighbour discovery and MLD never leave their link: the LB answers them, it does not
+    forward them -- neither the LB's own to a backend nor a client's unicast probe of an on-link VIP."""
+    scenario = Scenario("nat", vip="2001:db8::10")
+    scenario.flow("2001:db8:1::11", 0.0, client="2001:db8:9::7")
+    scenario.flow("2001:db8:1::12", 2.0, client="2001:db8:9::7")
+    for k, kind in enumerate((ICMPv6ND_NS, ICMPv6ND_NA)):
+        _link_control(scenario, kind, "backend", "2001:db8:1::1", "2001:db8:1::11", 1.0 + k * 0.001)
+        _link_control(scenario, kind, "client", "2001:db8:9::7", "2001:db8::10", 1.1 + k * 0.001)
+    _link_control(scenario, ICMPv6MLReport2, "backend", "2001:db8:1::1", "2001:db8:1::12", 1.2)
+    assert codes(scenario.judge(SIX)) == []
+
+
+def test_an_icmpv6_echo_from_the_lb_to_a_backend_is_still_LB208():
+    scenario = Scenario("nat", vip="2001:db8::10")
+    scenario.flow("2001:db8:1::11", 0.0, client="2001:db8:9::7")
+    scenario.flow("2001:db8:1::12", 2.0, client="2001:db8:9::7")
+    scenario.add(1.0, "backend", IPv6(src="2001:db8:1::1", dst="2001:db8:1::11") / ICMPv6EchoRequest())
+    assert codes(scenario.judge(SIX)) == ["LB208"]
 
 
 def test_two_services_are_judged_apart():
