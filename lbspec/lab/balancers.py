@@ -43,7 +43,7 @@ class Forward:
 
 @dataclass
 class NftablesDnat:
-    """Destination NAT with nftables, round robin over the targets.
+    """Destination NAT with nftables, round robin over the targets, in the VIP's family (``ip`` or ``ip6``).
 
     ``drop_percent`` drops that share of packets to the VIP at random (before
     conntrack); ``rewrite_udp_sport`` = (old, new) rewrites the source port of
@@ -74,22 +74,29 @@ class NftablesDnat:
         run(lab.lb.argv(["nft", "-f", "-"]), input=self.script)
 
     def remove(self, lab) -> None:
-        run(lab.lb.argv(["nft", "delete", "table", "ip", self.table]), check=False)
+        run(lab.lb.argv(["nft", "delete", "table", self.family, self.table]), check=False)
         if self.drop_later_fragments == "egress":
             run(lab.lb.argv(["nft", "delete", "table", "netdev", self.table]), check=False)
 
+    @property
+    def family(self) -> str:
+        """nftables' name for the VIP's address family."""
+        return "ip6" if ":" in self.vip else "ip"
+
     def render(self) -> str:
-        lines = [f"table ip {self.table} {{"]
+        ip = self.family
+        later = "frag frag-off != 0" if ip == "ip6" else "ip frag-off & 0x1fff != 0"  # a fragment after the first
+        lines = [f"table {ip} {self.table} {{"]
         if self.drop_percent:
             lines += ["  chain faults {", "    type filter hook prerouting priority raw; policy accept;",
-                      f"    ip daddr {self.vip} numgen random mod 100 < {self.drop_percent} drop", "  }"]
+                      f"    {ip} daddr {self.vip} numgen random mod 100 < {self.drop_percent} drop", "  }"]
         if self.drop_later_fragments == "ingress":
             lines += ["  chain fragments {", "    type filter hook prerouting priority -450; policy accept;",
-                      f"    ip daddr {self.vip} ip frag-off & 0x1fff != 0 drop", "  }"]
+                      f"    {ip} daddr {self.vip} {later} drop", "  }"]
         lines += ["  chain balance {", "    type nat hook prerouting priority dstnat; policy accept;"]
         for forward in self.forwards:
             choices = ", ".join(f"{i} : {address} . {port}" for i, (address, port) in enumerate(forward.targets))
-            lines.append(f"    ip daddr {self.vip} {forward.proto} dport {forward.port} dnat ip addr . port to "
+            lines.append(f"    {ip} daddr {self.vip} {forward.proto} dport {forward.port} dnat {ip} addr . port to "
                          f"numgen inc mod {len(forward.targets)} map {{ {choices} }}")
         lines.append("  }")
         if self.rewrite_udp_sport:
@@ -100,7 +107,7 @@ class NftablesDnat:
         if self.drop_later_fragments == "egress":  # after conntrack cut the datagrams again, before the wire
             lines += [f"table netdev {self.table} {{", "  chain fragments {",
                       f'    type filter hook egress device "{self.device}" priority 0; policy accept;',
-                      "    ip frag-off & 0x1fff != 0 drop", "  }", "}"]
+                      f"    {later} drop", "  }", "}"]
         return "\n".join(lines) + "\n"
 
 

@@ -4,8 +4,9 @@
 
 ``lab`` is a built :class:`~lbspec.lab.Lab` with backends b1..b4 serving TCP
 8080 and UDP 5353; tests that cannot make network namespaces are skipped with
-the reason.  ``lab_factory(backends=..., serve=...)`` builds others.  Each lab
-is torn down after its test, passed or failed.
+the reason.  ``lab_factory(backends=..., serve=..., family=6)`` builds others
+(an IPv6 lab with ``family=6``).  Each lab is torn down after its test, passed
+or failed.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ def lab_factory():
     require_namespaces()
     made: list[Lab] = []
 
-    def make(backends=("b1", "b2", "b3", "b4"), serve: bool = True, tcp=(8080,), udp=(5353,)) -> Lab:
-        built = Lab(backends).__enter__()
+    def make(backends=("b1", "b2", "b3", "b4"), serve: bool = True, tcp=(8080,), udp=(5353,), family: int = 4) -> Lab:
+        built = Lab(backends, family=family).__enter__()
         made.append(built)
         if serve:
             built.serve(tcp=tcp, udp=udp)

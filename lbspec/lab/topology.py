@@ -7,8 +7,10 @@
 
 The client routes everything (the VIP included) through the LB; backends
 route their replies through it too.  Addresses live inside the namespaces, so
-nothing reaches the host's network.  IPv6 is switched off to keep captures
-free of neighbour discovery chatter.
+nothing reaches the host's network.  ``Lab(family=6)`` builds the same lab in
+IPv6 (``fd00:1::2``, ``fd00:2::11``..., the VIP ``2001:db8::10``), its
+captures with the neighbour discovery and multicast listener chatter of a
+real IPv6 network; an IPv4 lab has IPv6 switched off.
 
 ::
 
@@ -32,7 +34,7 @@ from typing import Protocol
 
 from lbspec.lab.netns import LabError, Namespace, Resources, run, unique_prefix
 
-__all__ = ["Lab", "BackendHost", "LoadBalancer"]
+__all__ = ["Lab", "BackendHost", "LoadBalancer", "Addressing", "IPV4", "IPV6"]
 
 _BLOCK = """table inet lbspec_block {
   chain input { type filter hook input priority -10; policy drop; }
@@ -41,6 +43,28 @@ _BLOCK = """table inet lbspec_block {
 """
 
 CLIENT, LB_CLIENT_SIDE, LB_BACKEND_SIDE, VIP = "10.0.1.2", "10.0.1.1", "10.0.2.1", "192.0.2.10"
+
+
+@dataclass(frozen=True)
+class Addressing:
+    """A lab's addresses in one family: the client's, the LB's on each side, the VIP, and the backends'
+    (``backend_base`` followed by 11, 12, ...) on networks of ``length`` bits."""
+
+    family: int
+    client: str
+    lb_client_side: str
+    lb_backend_side: str
+    vip: str
+    backend_base: str
+    length: int
+    any: str  # where servers listen
+
+    def backend(self, index: int) -> str:
+        return f"{self.backend_base}{11 + index}"
+
+
+IPV4 = Addressing(4, CLIENT, LB_CLIENT_SIDE, LB_BACKEND_SIDE, VIP, "10.0.2.", 24, "0.0.0.0")
+IPV6 = Addressing(6, "fd00:1::2", "fd00:1::1", "fd00:2::1", "2001:db8::10", "fd00:2::", 64, "::")
 
 
 class LoadBalancer(Protocol):
@@ -63,9 +87,12 @@ class BackendHost:
 class Lab:
     """Namespaces for a client, an LB and backends; see the module docstring.  Always use ``with``."""
 
-    def __init__(self, backends: Sequence[str] = ("b1", "b2"), vip: str = VIP):
+    def __init__(self, backends: Sequence[str] = ("b1", "b2"), vip: str | None = None, family: int = 4):
+        if family not in (4, 6):
+            raise ValueError(f"family {family}: a lab is IPv4 (4) or IPv6 (6)")
         self.prefix = unique_prefix()
-        self.vip = vip
+        self.addressing = IPV6 if family == 6 else IPV4
+        self.vip = vip or self.addressing.vip
         self.names = list(backends)
         self.resources = Resources()
         self.backends: dict[str, BackendHost] = {}
@@ -98,21 +125,35 @@ class Lab:
         return f"{self.prefix}br"
 
     def _build(self) -> None:
-        r, p = self.resources, self.prefix
+        r, p, a = self.resources, self.prefix, self.addressing
         self.client, self.lb = r.namespace(f"{p}-client"), r.namespace(f"{p}-lb")
         for namespace in (self.client, self.lb):
-            _quiet(namespace)
-        self.lb.sysctl("net.ipv4.ip_forward", "1")
+            self._family_only(namespace)
+        self.lb.sysctl("net.ipv6.conf.all.forwarding" if a.family == 6 else "net.ipv4.ip_forward", "1")
         self._veth(self.client, f"{p}c", self.lb, self.client_interface)
-        self.client.ip("addr", "add", f"{CLIENT}/24", "dev", f"{p}c")
-        self.client.ip("route", "add", "default", "via", LB_CLIENT_SIDE)
-        self.lb.ip("addr", "add", f"{LB_CLIENT_SIDE}/24", "dev", self.client_interface)
+        self._address(self.client, a.client, f"{p}c")
+        self.client.ip("route", "add", "default", "via", a.lb_client_side)
+        self._address(self.lb, a.lb_client_side, self.client_interface)
         # a fixed address: a bridge otherwise takes its ports' lowest, and a change flushes its neighbours
         self.lb.ip("link", "add", self.backend_interface, "address", "02:00:00:00:02:01", "type", "bridge")
-        self.lb.ip("addr", "add", f"{LB_BACKEND_SIDE}/24", "dev", self.backend_interface)
+        self._address(self.lb, a.lb_backend_side, self.backend_interface)
         self.lb.ip("link", "set", self.backend_interface, "up")
         for index, name in enumerate(self.names):
             self._backend(index, name)
+
+    def _address(self, namespace: Namespace, address: str, device: str) -> None:
+        namespace.ip("addr", "add", f"{address}/{self.addressing.length}", "dev", device)
+
+    def _family_only(self, namespace: Namespace) -> None:
+        """An IPv4 lab switches IPv6 off, to keep its captures free of neighbour discovery chatter.  An IPv6
+        lab's interfaces skip duplicate address detection: it would keep each address -- the link-local
+        ones too, which neighbour discovery needs -- unusable for a second or so, and the first packets
+        through the LB would be lost."""
+        if self.addressing.family == 4:
+            _quiet(namespace)
+        else:
+            for key in ("net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"):
+                namespace.sysctl(key, "0")
 
     def _veth(self, one: Namespace, one_end: str, other: Namespace, other_end: str) -> None:
         run(["ip", "link", "add", one_end, "netns", one.name, "type", "veth", "peer", "name", other_end,
@@ -123,13 +164,13 @@ class Lab:
     def _backend(self, index: int, name: str) -> None:
         p = self.prefix
         namespace = self.resources.namespace(f"{p}-{name}")
-        _quiet(namespace)
-        address = f"10.0.2.{11 + index}"
+        self._family_only(namespace)
+        address = self.addressing.backend(index)
         inside, outside = f"{p}b{index}", f"{p}B{index}"
         self._veth(namespace, inside, self.lb, outside)
         self.lb.ip("link", "set", outside, "master", self.backend_interface)
-        namespace.ip("addr", "add", f"{address}/24", "dev", inside)
-        namespace.ip("route", "add", "default", "via", LB_BACKEND_SIDE)
+        self._address(namespace, address, inside)
+        namespace.ip("route", "add", "default", "via", self.addressing.lb_backend_side)
         mac = json.loads(namespace.ip("-j", "link", "show", inside))[0]["address"]
         self.backends[name] = BackendHost(name, address, namespace, outside, mac)
 
@@ -154,7 +195,8 @@ class Lab:
         slowed backend (:meth:`slow_backend`) answers."""
         for name in names or self.names:
             host = self.backends[name]
-            argv = [sys.executable, "-m", "lbspec.lab.servers", "--name", name, "--slow", str(slow)]
+            argv = [sys.executable, "-m", "lbspec.lab.servers", "--name", name, "--slow", str(slow),
+                    "--address", self.addressing.any]
             argv += [x for port in tcp for x in ("--tcp", str(port))]
             argv += [x for port in udp for x in ("--udp", str(port))]
             process = self.resources.spawn(host.namespace.argv(argv), ready="ready", timeout=15)

@@ -15,7 +15,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "importers" / "configs"
 TARGET = f"{VIP}:80"
 DNAT_SPEC = """
 service web {{
-    vip 192.0.2.10
+    vip {vip}
     listen tcp 80, udp 53
     pool app {{
         {backends}
@@ -31,16 +31,21 @@ DECLARED = ("b1", "b2")
 
 def dnat_spec(directory: Path, lab, names=DECLARED, text: str = DNAT_SPEC) -> str:
     """A spec file for the DNAT balancer over backends ``names`` (``text``: the template)."""
-    backends = "\n        ".join(f"backend {n} {lab.address(n)}:8080" for n in names)
+    backends = "\n        ".join(f"backend {n} {endpoint(lab.address(n), 8080)}" for n in names)
     path = directory / "web.lbspec"
-    path.write_text(text.format(backends=backends))
+    path.write_text(text.format(vip=lab.vip, backends=backends))
     return str(path)
+
+
+def endpoint(address: str, port: int) -> str:
+    """``address:port``, the address in brackets if it is IPv6."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def dnat(lab, names=DECLARED, **faults) -> NftablesDnat:
     """The nftables DNAT balancer over backends ``names``: TCP 80 to 8080, UDP 53 to 5353."""
-    return NftablesDnat(VIP, [Forward("tcp", 80, [(lab.address(n), 8080) for n in names]),
-                              Forward("udp", 53, [(lab.address(n), 5353) for n in names])], **faults)
+    return NftablesDnat(lab.vip, [Forward("tcp", 80, [(lab.address(n), 8080) for n in names]),
+                                  Forward("udp", 53, [(lab.address(n), 5353) for n in names])], **faults)
 
 
 def imported(kind: str, config: Path, directory: Path, name: str = "imported.lbspec") -> str:

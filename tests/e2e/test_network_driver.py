@@ -233,10 +233,10 @@ def test_a_failed_backend_still_in_the_map_is_LB202_after_detection(lab, tmp_pat
 # ------------------------------------------------------------------ refusals --
 
 def test_a_spec_that_does_not_describe_the_lab_is_refused(lab, tmp_path):
-    other_backend = Harness(lbspec.loads(SPEC.format(backends="backend b1 10.1.0.11:8080")))
+    other_backend = Harness(lbspec.loads(SPEC.format(vip=VIP, backends="backend b1 10.1.0.11:8080")))
     with pytest.raises(LabMismatch):
         other_backend.run(Network(lab), MIXED)
-    other_vip = Harness(lbspec.loads(SPEC.format(backends="backend b1 10.0.2.11:8080").replace(VIP, "192.0.2.99")))
+    other_vip = Harness(lbspec.loads(SPEC.format(vip="192.0.2.99", backends="backend b1 10.0.2.11:8080")))
     with pytest.raises(LabMismatch):
         other_vip.run(Network(lab), MIXED)
     ours = Harness(_spec(tmp_path, lab))

@@ -1,0 +1,63 @@
+"""End to end in IPv6: nftables DNAT in a lab whose every address is IPv6.
+
+An IPv6 network talks to itself: neighbour discovery (the LB answering a
+backend's solicitation, unicast, to the backend's address), router
+solicitations, multicast listener reports.  None of it is the LB's traffic,
+and the correct configuration must give no verdict amid it; a fault must
+still give its code.
+"""
+
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, IPv6
+from scapy.utils import rdpcap
+
+from .helpers import dnat, dnat_spec, monitor, verdicts
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def lab6(lab_factory):
+    return lab_factory(("b1", "b2"), family=6)
+
+
+def test_a_correct_dnat_has_no_violation_amid_neighbour_discovery(lab6, tmp_path):
+    lab6.install(dnat(lab6))
+    with lab6.capture(tmp_path) as capture:
+        results = lab6.traffic(tcp=[f"[{lab6.vip}]:80"], udp=[f"[{lab6.vip}]:53"], connections=10, datagrams=10)
+    assert all(r["error"] is None for r in results)
+    assert {r["answered_by"] for r in results if r["proto"] == "tcp"} == {"b1", "b2"}
+    backends = {lab6.address("b1"), lab6.address("b2")}
+    chatter = [f for f in rdpcap(str(capture.backend_side))
+               if (ICMPv6ND_NA in f or ICMPv6ND_NS in f) and f[IPv6].dst in backends]
+    assert chatter, "no neighbour discovery to a backend's address: the test shows nothing"
+    code, document = monitor(dnat_spec(tmp_path, lab6), capture)
+    assert verdicts(document) == {} and code == 0
+    summary = document["monitor"]
+    assert summary["pairing_rate"] == 1.0 and summary["listened_ingress"] > 50
+
+
+def test_large_udp_datagrams_in_fragments_have_no_violation(lab6, tmp_path):
+    """4000-byte datagrams leave the client in three fragments, each behind a fragment header."""
+    lab6.install(dnat(lab6))
+    with lab6.capture(tmp_path) as capture:
+        results = lab6.traffic(udp=[f"[{lab6.vip}]:53"], datagrams=8, udp_size=4000, interval=0.01, timeout=0.5)
+    assert all(r["error"] is None for r in results)
+    code, document = monitor(dnat_spec(tmp_path, lab6), capture)
+    assert verdicts(document) == {} and code == 0
+    assert document["monitor"]["fragments"] >= 2 * 8
+
+
+def test_random_drops_are_LB200(lab6, tmp_path):
+    lab6.install(dnat(lab6, drop_percent=25))
+    with lab6.capture(tmp_path) as capture:
+        results = lab6.traffic(udp=[f"[{lab6.vip}]:53"], datagrams=40, interval=0.01, timeout=0.2)
+    lost = sum(1 for r in results if r["error"] is not None)
+    assert lost > 0, "nftables dropped nothing: the fault was not injected"
+    code, document = monitor(dnat_spec(tmp_path, lab6), capture)
+    found = verdicts(document)
+    assert set(found) == {"LB200"} and code == 1
+    at_edge = results[-1]["error"] is not None  # nothing after the last datagram shows its deadline passed
+    assert sum(v["data"]["count"] for v in found["LB200"]) == lost - at_edge
