@@ -5,7 +5,8 @@ balancer running in a :class:`lbspec.lab.Lab` (nftables, HAProxy, nginx, or
 anything with ``install(lab)`` and ``remove(lab)``).  For each trace it:
 
 1. checks that the spec describes the lab (its VIP, backend addresses that
-   are the lab's backends, IPv4) -- :class:`LabMismatch` names what differs;
+   are the lab's backends, the lab's address family) -- :class:`LabMismatch`
+   names what differs;
 2. installs the load balancer (when it was given one), aborts every TCP
    connection the client and the backends still have (``ss -K``) and empties
    the connection-tracking table of the LB's namespace (``conntrack -F``), so
@@ -60,14 +61,14 @@ from lbspec.harness.inprocess import MARKERS, fault_owner, response_deadline
 from lbspec.harness.trace import Fault, Trace
 from lbspec.harness.wire import Segment
 from lbspec.lab.netns import LabError
-from lbspec.lab.topology import CLIENT
 from lbspec.semantics.model import Service, Spec
 
 __all__ = ["Network", "LabMismatch", "TraceTooLong", "CaptureLoss", "FAULTS"]
 
 FAULTS = ("kill", "block")  # how a backend fails: its servers killed, or all its traffic dropped
 CAPTURE_TRIES = 3  # plays of a trace whose captures lost packets, before the loss is an error
-_LAB_NETWORKS = [ipaddress.ip_network(n) for n in ("10.0.1.0/24", "10.0.2.0/24", "127.0.0.0/8", "198.18.0.0/15")]
+_LAB_NETWORKS = [ipaddress.ip_network(n) for n in ("10.0.1.0/24", "10.0.2.0/24", "127.0.0.0/8", "198.18.0.0/15",
+                                                    "fd00:1::/64", "fd00:2::/64", "::1/128")]
 
 
 class LabMismatch(InputError):
@@ -118,7 +119,7 @@ class Network:
         chosen = [s for s in spec.services if services is None or s.name in services]
         hosts = lab_backends(self.lab, chosen)
         self._bounded(trace)
-        clients = client_addresses(trace)
+        clients = client_addresses(trace, self.lab.addressing.family)
         for _ in range(CAPTURE_TRIES):
             recording, dropped = self._run_once(chosen, trace, hosts, clients)
             if not dropped:
@@ -213,13 +214,15 @@ def lab_backends(lab, services: list[Service]) -> dict[tuple[str, str], str]:
     return found
 
 
-def client_addresses(trace: Trace) -> list[str]:
-    """The trace's client addresses, which the client namespace must own; LabMismatch for those it cannot."""
+def client_addresses(trace: Trace, family: int = 4) -> list[str]:
+    """The trace's client addresses, which the client namespace must own; LabMismatch for those it cannot
+    (the lab's own, or of the other family than the lab's)."""
     found = sorted({e.segment.src for e in trace.sends}, key=lambda a: (a.version, a))
     for address in found:
-        if address.version != 4:
-            raise LabMismatch(f"the trace sends from {address}, but the lab is IPv4 only: generate IPv4 "
-                              "traffic (a spec whose VIPs are IPv4)")
+        if address.version != family:
+            raise LabMismatch(f"the trace sends from {address}, but the lab is IPv{family}: generate IPv{family} "
+                              f"traffic (a spec whose VIPs are IPv{family}), or build the lab with family="
+                              f"{address.version}")
         if any(address in network for network in _LAB_NETWORKS):
             raise LabMismatch(f"the trace sends from {address}, an address the lab uses itself "
                               f"({', '.join(map(str, _LAB_NETWORKS))}): use clients outside them")
@@ -241,10 +244,11 @@ class _ClientAddresses:
 
     def __enter__(self) -> _ClientAddresses:
         if self.addresses:
-            self.device = _device_with(self.lab.client, CLIENT)
+            client = self.lab.addressing.client
+            self.device = _device_with(self.lab.client, client)
             try:
-                _batch(self.lab.client, [f"address add {a}/32 dev {self.device}" for a in self.addresses])
-                _batch(self.lab.lb, [f"route add {a}/32 via {CLIENT}" for a in self.addresses])
+                _batch(self.lab.client, [f"address add {a}/{self.length} dev {self.device}" for a in self.addresses])
+                _batch(self.lab.lb, [f"route add {a}/{self.length} via {client}" for a in self.addresses])
             except BaseException:
                 self.__exit__()
                 raise
@@ -252,8 +256,14 @@ class _ClientAddresses:
 
     def __exit__(self, *exc) -> None:
         if self.addresses:
-            _batch(self.lab.lb, [f"route del {a}/32" for a in self.addresses], check=False)
-            _batch(self.lab.client, [f"address del {a}/32 dev {self.device}" for a in self.addresses], check=False)
+            _batch(self.lab.lb, [f"route del {a}/{self.length}" for a in self.addresses], check=False)
+            _batch(self.lab.client, [f"address del {a}/{self.length} dev {self.device}" for a in self.addresses],
+                   check=False)
+
+    @property
+    def length(self) -> int:
+        """Each address a host of its own (/32, /128)."""
+        return 128 if self.lab.addressing.family == 6 else 32
 
 
 def _device_with(namespace, address: str) -> str:

@@ -75,7 +75,7 @@ class _Player:
         self.plan, self.out = plan, out
         self.selector = selectors.DefaultSelector()
         self.flows: dict[int, _Flow] = {}
-        self.raw: socket.socket | None = None
+        self.raw: dict[int, socket.socket] = {}  # a raw socket per address family, each made when first needed
 
     # ------------------------------------------------------------ the clock --
 
@@ -190,10 +190,12 @@ class _Player:
             flow.error = errno.errorcode.get(error.errno, str(error))
 
     def _raw(self, packet: str, dst: str) -> None:
-        if self.raw is None:
-            self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        """Send an IP packet as it is (header and all: IPPROTO_RAW says so in IPv6 too)."""
+        family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+        if family not in self.raw:
+            self.raw[family] = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
         try:
-            self.raw.sendto(bytes.fromhex(packet), (dst, 0))
+            self.raw[family].sendto(bytes.fromhex(packet), (dst, 0))
         except OSError:
             pass
 
@@ -270,8 +272,8 @@ class _Player:
     def shutdown(self) -> None:
         for flow in self.flows.values():
             self.forget(flow, None, abort=flow.proto == "tcp" and flow.connected)
-        if self.raw is not None:
-            self.raw.close()
+        for raw in self.raw.values():
+            raw.close()
         self.selector.close()
 
 

@@ -4,16 +4,21 @@ An IPv6 network talks to itself: neighbour discovery (the LB answering a
 backend's solicitation, unicast, to the backend's address), router
 solicitations, multicast listener reports.  None of it is the LB's traffic,
 and the correct configuration must give no verdict amid it; a fault must
-still give its code.
+still give its code.  The harness's network driver plays IPv6 traces there.
 """
 
 from __future__ import annotations
+
+from ipaddress import ip_address
 
 import pytest
 from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, IPv6
 from scapy.utils import rdpcap
 
-from .helpers import dnat, dnat_spec, monitor, verdicts
+from lbspec import strategies
+from lbspec.harness import Harness, LabMismatch, Network, SearchSettings, Segment, Send, Trace
+
+from .helpers import DNAT_SPEC, dnat, dnat_spec, monitor, verdicts
 
 pytestmark = pytest.mark.e2e
 
@@ -61,3 +66,30 @@ def test_random_drops_are_LB200(lab6, tmp_path):
     assert set(found) == {"LB200"} and code == 1
     at_edge = results[-1]["error"] is not None  # nothing after the last datagram shows its deadline passed
     assert sum(v["data"]["count"] for v in found["LB200"]) == lost - at_edge
+
+
+def _trace(lab, client: str) -> Trace:
+    """Two TCP connections and three datagrams from ``client``."""
+    vip, events = ip_address(lab.vip), []
+    for flow, start in ((1, 0.0), (2, 0.002)):
+        sport = 41000 + flow
+        events.append(Send(start, Segment("tcp", ip_address(client), vip, sport, 80, frozenset({"syn"})), flow))
+        events.append(Send(start + 0.005, Segment("tcp", ip_address(client), vip, sport, 80, frozenset({"psh", "ack"}),
+                                                  payload=b"flow %d" % flow), flow))
+    events += [Send(0.004 + 0.01 * k, Segment("udp", ip_address(client), vip, 5003, 53, payload=b"query %d" % k), 3)
+               for k in range(3)]
+    return Trace(tuple(sorted(events, key=lambda e: e.time)))
+
+
+def test_the_network_driver_plays_ipv6_traces_and_a_search(lab6, tmp_path):
+    spec = dnat_spec(tmp_path, lab6, text=DNAT_SPEC.replace("    health tcp", "    affinity flow timeout 30s\n    health tcp"))
+    harness = Harness(spec, search=SearchSettings(examples=3, seed=20241125), artifacts=tmp_path / "a")
+    driver = Network(lab6, dnat(lab6))
+    judgement = harness.verify(driver, _trace(lab6, "2001:db8:c1::7"))
+    assert judgement.codes == [] and judgement.report.summary["pairing_rate"] == 1.0
+    assert all(f["error"] is None and f["answers"] for f in driver.last_flows.values())
+    search = harness.check(lambda: Network(lab6, dnat(lab6), max_duration=1.5),
+                           traffic=strategies.traffic(harness.spec, faults=False, max_steps=3, max_burst=4))
+    assert search.minimal is None and search.runs >= 3
+    with pytest.raises(LabMismatch):
+        harness.verify(driver, _trace(lab6, "198.51.100.7"))  # an IPv4 client in an IPv6 lab
