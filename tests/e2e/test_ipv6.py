@@ -9,6 +9,8 @@ still give its code.  The harness's network driver plays IPv6 traces there.
 
 from __future__ import annotations
 
+import json
+import sys
 from ipaddress import ip_address
 
 import pytest
@@ -18,7 +20,7 @@ from scapy.utils import rdpcap
 from lbspec import strategies
 from lbspec.harness import Harness, LabMismatch, Network, SearchSettings, Segment, Send, Trace
 
-from .helpers import DNAT_SPEC, dnat, dnat_spec, monitor, verdicts
+from .helpers import DNAT_SPEC, dnat, dnat_spec, imported, monitor, verdicts
 
 pytestmark = pytest.mark.e2e
 
@@ -66,6 +68,25 @@ def test_random_drops_are_LB200(lab6, tmp_path):
     assert set(found) == {"LB200"} and code == 1
     at_edge = results[-1]["error"] is not None  # nothing after the last datagram shows its deadline passed
     assert sum(v["data"]["count"] for v in found["LB200"]) == lost - at_edge
+
+
+def test_live_monitoring_with_the_spec_imported_from_the_live_ruleset(lab6, tmp_path):
+    """`nft -j list ruleset` of the IPv6 DNAT, imported; then `lbspec monitor --live` on both of the LB's
+    interfaces (a BPF filter of IPv6 hosts) while clients talk: no verdict, every packet paired."""
+    lab6.install(dnat(lab6))
+    ruleset = tmp_path / "ruleset.json"
+    ruleset.write_text(lab6.lb.run("nft", "-j", "list", "ruleset"))
+    spec = imported("nftables", ruleset, tmp_path)
+    argv = [sys.executable, "-m", "lbspec", "monitor", spec, "--live", f"client:{lab6.client_interface}",
+            "--live", f"backend:{lab6.backend_interface}", "--duration", "4", "--format", "jsonl"]
+    process = lab6.resources.spawn(lab6.lb.argv(argv), ready="listening on", timeout=30)
+    results = lab6.traffic(tcp=[f"[{lab6.vip}]:80"], udp=[f"[{lab6.vip}]:53"], connections=6, datagrams=6)
+    out, _err = process.communicate(timeout=30)
+    assert all(r["error"] is None for r in results)
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert process.returncode == 0 and len(lines) == 1  # the summary alone
+    summary = lines[0]["summary"]
+    assert summary["pairing_rate"] == 1.0 and summary["listened_ingress"] > 30
 
 
 def _trace(lab, client: str) -> Trace:
