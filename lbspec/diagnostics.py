@@ -251,6 +251,10 @@ CLOCK_SKEW = kind("LB212", "clock-skew", Severity.INFO, "{what}",
                   "The estimated clock offset between the client-side and backend-side captures.")
 FORBIDDEN_BACKEND = kind("LB213", "forbidden-backend", E, "{what}",
                          "Traffic reached a backend that a property (`assert ... only`, `never forward to`) rules out for it.")
+UNATTRIBUTED = kind("LB214", "unattributed", Severity.INFO, "{what}",
+                    "dsr packets to MAC addresses nothing in the capture tied to a backend: which backend got "
+                    "them is not known, so they are judged as packets (drops, duplicates, changes) but not per "
+                    "backend.")
 BAD_CAPTURE = kind("LB290", "bad-capture", E, "{what}",
                    "A capture that cannot be read: missing, truncated header, unknown link type, no permission.")
 WITNESS_UNWRITTEN = kind("LB291", "witness-unwritten", W, "{what}",

@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from lbspec.runtime.compiled import Compiled, akey
-from lbspec.runtime.decode import ARP, ICMP6, OK, TCP, UDP, Packets, fill_digests
+from lbspec.runtime.decode import ARP, ICMP6, OK, TCP, UDP, V4_MAPPED, Packets, fill_digests
 
 __all__ = ["NONE", "INGRESS", "EGRESS", "BREPLY", "CREPLY", "TRANSIT", "ROLE_NAMES", "classify", "classify_rows",
            "assign_backends", "mix", "pair_key", "fragment_key", "datagram_id", "datagram_key", "later_fragment",
@@ -80,12 +80,14 @@ class MacTable:
     def learn(self, p: Packets, compiled: Compiled) -> None:
         if not compiled.dsr:
             return
-        rows = np.nonzero(((p["status"] == ARP) | (p["status"] == OK)) & (p["mac_s"] != 0) & (p["tun"] == 0))[0]
+        rows = np.nonzero(((p["status"] == ARP) | (p["status"] == OK)) & (p["mac_s"] != 0) & (p["tun"] == 0)
+                          & _own(p["sa_hi"], p["sa_lo"]))[0]
         if not len(rows):
             return
-        gid = compiled.backend_of(akey(p["sa_hi"][rows], p["sa_lo"][rows]))
-        gid[(gid < 0) & (compiled.vip_of(akey(p["sa_hi"][rows], p["sa_lo"][rows])) >= 0)] = self.UNKNOWN
-        gid[gid == -1] = self.STRANGER
+        source = akey(p["sa_hi"][rows], p["sa_lo"][rows])
+        gid = compiled.backend_of(source)
+        gid[gid < 0] = self.STRANGER
+        gid[(gid < 0) & (compiled.vip_of(source) >= 0)] = self.UNKNOWN  # a dsr backend's answer: whose is not said
         macs, first = np.unique(p["mac_s"][rows], return_index=True)
         for mac, backend in zip(macs.tolist(), gid[first].tolist()):
             if backend != self.UNKNOWN and self.table.get(mac, self.STRANGER) == self.STRANGER:
@@ -98,6 +100,14 @@ class MacTable:
         unique, inverse = np.unique(macs, return_inverse=True)
         values = np.array([self.table.get(m, self.UNKNOWN) for m in unique.tolist()], np.int32)
         return values[inverse]
+
+
+def _own(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Which source addresses say who a host is: not the unspecified address (IPv4 or IPv6; an ARP probe,
+    an IGMP report), nor an IPv6 link-local one -- every IPv6 host speaks from its link-local address on
+    its link (router solicitations, listener reports), whatever else it holds."""
+    link_local = (hi >> np.uint64(54)) == np.uint64(0x3FA)  # fe80::/10
+    return ~link_local & ~((hi == 0) & ((lo == 0) | (lo == np.uint64(V4_MAPPED))))
 
 
 def classify(p: Packets, compiled: Compiled, macs: MacTable) -> None:
@@ -247,7 +257,9 @@ def _egress_backend(p, compiled, egress, dkey, be_d, vip_d) -> np.ndarray:
     if tunnel.any():
         outer = rows[tunnel]
         out[tunnel] = compiled.backend_of(akey(p["od_hi"][outer], p["od_lo"][outer]))
-    dsr = ~tunnel & (out < 0) & ((p["mac_d"][rows] != 0) | (vip_d[rows] >= 0))
+    mac = p["mac_d"][rows]
+    host = (mac != 0) & ((mac >> np.uint64(40)) & np.uint64(1) == 0)  # a group's MAC (multicast) is no host's
+    dsr = ~tunnel & (out < 0) & (host | (vip_d[rows] >= 0))
     if dsr.any() and compiled.dsr:
         out[dsr] = _BY_MAC
     return out

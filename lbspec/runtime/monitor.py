@@ -66,6 +66,7 @@ __all__ = ["Monitor", "MonitorOptions", "Report", "SIDES"]
 
 SIDES = {"client": 0, "backend": 1, "combined": -1, None: -1}
 FRAGMENT_HOLD = 5.0  # seconds a datagram's first fragment is remembered for the fragments after it
+MACS_NAMED = 8  # MAC addresses an LB214 note names
 
 
 @dataclass
@@ -130,7 +131,8 @@ class _Counts:
     mutated_pairs: int = 0
     unrelated: int = 0
     probes: int = 0
-    unattributed: int = 0
+    unattributed: int = 0  # dsr packets to a MAC nothing tied to a backend
+    unattributed_macs: set[int] = field(default_factory=set)  # the first few of those MACs
     replies: int = 0
     new_flows: int = 0
     copies: int = 0
@@ -513,6 +515,11 @@ class Monitor:
             entry = c.per_source.setdefault(source, [0, math.inf, -math.inf])
             entry[0] += len(ts)
             entry[1], entry[2] = min(entry[1], float(ts.min())), max(entry[2], float(ts.max()))
+        unattributed = np.nonzero(p["unknown"] & (p["role"] == EGRESS))[0]
+        if len(unattributed):
+            c.unattributed += len(unattributed)
+            if len(c.unattributed_macs) < MACS_NAMED:
+                c.unattributed_macs.update(distinct(p["mac_d"][unattributed])[:MACS_NAMED])
         bad = np.nonzero(p["status"] == 2)[0]
         for row in bad.tolist():
             entry = c.undecodable.setdefault((int(p["source"][row]), int(p["why"][row])), [0, int(p["frame"][row])])
@@ -1192,10 +1199,23 @@ class Monitor:
                                           data={"file": name, "count": total,
                                                 "reasons": {w: {"count": c, "first_frame": f}
                                                             for w, (c, f) in reasons.items()}}))
+        if self.counts.unattributed:
+            notes.append(self._unattributed())
         one_side = self._one_side()
         if one_side is not None:
             notes.append(one_side)
         return notes
+
+    def _unattributed(self) -> Diagnostic:
+        count = self.counts.unattributed
+        macs = sorted(self.counts.unattributed_macs)
+        named = ", ".join(_mac_text(m) for m in macs[:MACS_NAMED])
+        what = (f"{count} packet{'s' if count > 1 else ''} went (dsr) to MAC addresses nothing in the capture tied "
+                f"to a backend ({named}{', ...' if len(macs) > MACS_NAMED else ''}): which backend got them is not "
+                "known, so they were judged as packets (drops, duplicates, changes) but not per backend (affinity, "
+                "health, balance, declared destinations). A backend is known by its MAC from its ARP, or from any packet it sends "
+                "from its own address (an IPv6 neighbour advertisement for it, say): capture those too")
+        return d.UNATTRIBUTED.at(None, what=what, data={"packets": count, "macs": [_mac_text(m) for m in macs]})
 
     def _one_side(self) -> Diagnostic | None:
         """Captures that show one side of the LB only, whatever the files were given as: packets to it and
@@ -1265,6 +1285,10 @@ def _datagram_bytes(win: Packets, members: list[np.ndarray]) -> tuple[np.ndarray
                 crc = zlib.crc32(win.payload(row), crc)
             digest[k] = crc
     return length, digest
+
+
+def _mac_text(mac: int) -> str:
+    return ":".join(f"{b:02x}" for b in mac.to_bytes(6, "big"))
 
 
 def _icmp_error(proto: np.ndarray, icmp: np.ndarray) -> np.ndarray:

@@ -36,6 +36,7 @@ def summarize(monitor) -> dict[str, Any]:
         "probes": c.probes,
         "unjudged_at_edges": c.unjudged,
         "capture_copies": c.copies,
+        "unattributed": c.unattributed,
         "latency_ms": _latency(monitor),
         "backends": _backends(monitor),
         "health": _health(monitor),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import ICMPv6MLReport2, IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import Ether
+from scapy.packet import Raw
 
 from .scenario import Scenario, backend_mac, codes, spec
 
@@ -128,9 +130,15 @@ def test_dsr_backend_known_only_by_its_mac():
     scenario.flow("10.1.0.11", 0.01)
     unknown = Scenario("dsr")
     unknown.flow("10.1.0.11", 0.01)  # nothing says which backend has this MAC
+    unknown.add(0.02, "backend", Ether(src="02:00:00:00:00:fe", dst="01:00:5e:00:00:16")  # a group's MAC: no host's
+                / IP(src="0.0.0.0", dst="224.0.0.22", proto=2) / Raw(b"\x22\x00\xfa\x02\x00\x00\x00\x00"))
     assert codes(scenario.judge(_spec("dsr"))) == []
     report = unknown.judge(_spec("dsr"))
-    assert codes(report) == []  # unattributed: no verdict on what cannot be known
+    assert codes(report) == []  # unattributed: no verdict on what cannot be known, but a note that says so
+    note = next(x for x in report.diagnostics if x.code == "LB214")
+    assert note.data == {"packets": 4, "macs": [backend_mac("10.1.0.11")]}  # the SYN and three segments
+    assert report.summary["unattributed"] == 4
+    assert "LB214" not in {x.code for x in scenario.judge(_spec("dsr")).diagnostics}
 
 
 def test_dsr_to_an_unknown_mac_is_not_pinned_on_a_backend():
@@ -142,6 +150,29 @@ def test_dsr_to_an_unknown_mac_is_not_pinned_on_a_backend():
             sent.packet[Ether].dst = backend_mac("10.1.0.12")
     report = scenario.judge(_spec("dsr"))
     assert codes(report) == []
+
+
+def test_dsr_backends_heard_only_from_link_local_addresses_and_the_vip_are_not_strangers():
+    """In IPv6 a host speaks for itself on the link from its link-local address (router solicitations,
+    multicast listener reports, neighbour solicitations for its gateway), and a dsr backend answers
+    clients from the VIP: neither says it is no backend.  Found with a correct IPv6 dsr in the lab, where
+    nothing else came from the backends: every flow was LB203."""
+    scenario = Scenario("dsr", vip="2001:db8::10")
+    six = spec(mode="dsr", vip="2001:db8::10", rule="forward tcp 80 to app",
+               backends="backend b1 2001:db8:1::11\n        backend b2 2001:db8:1::12")
+    for k, backend in enumerate(("2001:db8:1::11", "2001:db8:1::12")):
+        mac = backend_mac(backend)
+        scenario.add(0.001 * k, "backend", Ether(src=mac, dst="33:33:00:00:00:16")
+                     / IPv6(src=f"fe80::{k + 1}", dst="ff02::16") / IPv6ExtHdrHopByHop() / ICMPv6MLReport2())
+        flow = scenario.flow(backend, 0.01 + 0.01 * k, client="2001:db8:9::7")
+        answer = IPv6(src="2001:db8::10", dst="2001:db8:9::7") / TCP(sport=80, dport=flow["cport"], flags="SA")
+        scenario.add(0.0112 + 0.01 * k, "backend", Ether(src=mac, dst="02:00:00:00:00:fe") / answer)  # via the LB
+    assert codes(scenario.judge(six)) == []
+    stranger = Scenario("dsr", vip="2001:db8::10")  # a host that speaks from an address of its own: no backend
+    stranger.add(0.0, "backend", Ether(src=backend_mac("2001:db8:1::13"), dst="33:33:00:00:00:16")
+                 / IPv6(src="2001:db8:1::13", dst="ff02::16") / IPv6ExtHdrHopByHop() / ICMPv6MLReport2())
+    stranger.flow("2001:db8:1::13", 0.01, client="2001:db8:9::7")
+    assert codes(stranger.judge(six)) == ["LB203"]
 
 
 def test_ipv6_in_ipv4_gre_and_ipv6_clients():
