@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lbspec.lab.netns import LabError, run
+from lbspec.lab.topology import BRIDGE_MAC
 
-__all__ = ["Forward", "NftablesDnat", "Haproxy", "NginxStream", "STREAM_MODULE"]
+__all__ = ["Forward", "NftablesDnat", "NftablesDsr", "Haproxy", "NginxStream", "STREAM_MODULE"]
 
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")  # Debian's libnginx-mod-stream
 
@@ -108,6 +109,43 @@ class NftablesDnat:
             lines += [f"table netdev {self.table} {{", "  chain fragments {",
                       f'    type filter hook egress device "{self.device}" priority 0; policy accept;',
                       f"    {later} drop", "  }", "}"]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class NftablesDsr:
+    """Direct server return with nftables: each frame to the VIP gets the MAC address of one of
+    ``backends`` (the lab's names for them), picked by a hash of the client's address and port, and goes on
+    to the backends' bridge otherwise unchanged (the netdev family, at the ingress of the LB's client-side
+    interface).  The backends must hold the VIP (:meth:`Lab.hold_vip`); their answers go to the client
+    untranslated, routed (not balanced) by the LB's namespace.
+
+    ``drop_percent`` drops that share of frames to the VIP at random.
+    """
+
+    vip: str
+    backends: Sequence[str]
+    drop_percent: int = 0
+    table: str = "lbspec_dsr"
+    script: str = field(default="", init=False)
+
+    def install(self, lab) -> None:
+        self.script = self.render(lab.client_interface, lab.backend_interface, [lab.backends[n].mac for n in
+                                                                                 self.backends])
+        run(lab.lb.argv(["nft", "-f", "-"]), input=self.script)
+
+    def remove(self, lab) -> None:
+        run(lab.lb.argv(["nft", "delete", "table", "netdev", self.table]), check=False)
+
+    def render(self, ingress: str, egress: str, macs: Sequence[str]) -> str:
+        ip = "ip6" if ":" in self.vip else "ip"
+        choices = ", ".join(f"{i} : {mac}" for i, mac in enumerate(macs))
+        lines = [f"table netdev {self.table} {{", "  chain dsr {",
+                 f'    type filter hook ingress device "{ingress}" priority 0; policy accept;']
+        if self.drop_percent:
+            lines.append(f"    {ip} daddr {self.vip} numgen random mod 100 < {self.drop_percent} drop")
+        lines += [f"    {ip} daddr {self.vip} ether saddr set {BRIDGE_MAC} ether daddr set jhash {ip} saddr . th sport "
+                  f'mod {len(macs)} map {{ {choices} }} fwd to "{egress}"', "  }", "}"]
         return "\n".join(lines) + "\n"
 
 

@@ -35,9 +35,9 @@ def _handlers(name: bytes, delay: list[float]):
 
     class Datagram(socketserver.BaseRequestHandler):
         def handle(self) -> None:
-            data, sock = self.request
+            data, sock, asked = self.request
             time.sleep(delay[0])
-            sock.sendto(name + b":" + data, self.client_address)
+            sock.sendmsg([name + b":" + data], asked, 0, self.client_address)
 
     return Stream, Datagram
 
@@ -48,9 +48,34 @@ class _TCP(socketserver.ThreadingTCPServer):
     request_queue_size = 256  # socketserver's 5 drops SYNs under a benchmark's load: a fault nobody injected
 
 
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python 3.11 does not name it
+
+
 class _UDP(socketserver.ThreadingUDPServer):
+    """Answers each datagram from the address it was sent to, as a server bound to each of its addresses
+    would: with the VIP on a backend (dsr), from the VIP, not from the address its route would pick."""
+
     allow_reuse_address = True
     daemon_threads = True
+
+    def server_bind(self) -> None:
+        super().server_bind()
+        if self.address_family == socket.AF_INET6:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        else:
+            self.socket.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+
+    def get_request(self):
+        data, ancillary, _flags, client = self.socket.recvmsg(self.max_packet_size, socket.CMSG_SPACE(20))
+        return (data, self.socket, [_source(level, kind, value) for level, kind, value in ancillary]), client
+
+
+def _source(level: int, kind: int, value: bytes) -> tuple[int, int, bytes]:
+    """The packet-info a datagram came with, turned into the one that sends the answer from the address
+    it was sent to (by any interface: the interface index zeroed)."""
+    if level == socket.IPPROTO_IPV6:  # struct in6_pktinfo: the address, then the interface
+        return level, socket.IPV6_PKTINFO, value[:16] + bytes(4)
+    return level, kind, bytes(4) + value[4:8] + bytes(4)  # struct in_pktinfo: interface, local address, to
 
 
 def _family(address: str) -> socket.AddressFamily:

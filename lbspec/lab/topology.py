@@ -34,7 +34,7 @@ from typing import Protocol
 
 from lbspec.lab.netns import LabError, Namespace, Resources, run, unique_prefix
 
-__all__ = ["Lab", "BackendHost", "LoadBalancer", "Addressing", "IPV4", "IPV6"]
+__all__ = ["Lab", "BackendHost", "LoadBalancer", "Addressing", "IPV4", "IPV6", "BRIDGE_MAC"]
 
 _BLOCK = """table inet lbspec_block {
   chain input { type filter hook input priority -10; policy drop; }
@@ -43,6 +43,7 @@ _BLOCK = """table inet lbspec_block {
 """
 
 CLIENT, LB_CLIENT_SIDE, LB_BACKEND_SIDE, VIP = "10.0.1.2", "10.0.1.1", "10.0.2.1", "192.0.2.10"
+BRIDGE_MAC = "02:00:00:00:02:01"  # the LB's bridge toward the backends
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ class Lab:
         self.client.ip("route", "add", "default", "via", a.lb_client_side)
         self._address(self.lb, a.lb_client_side, self.client_interface)
         # a fixed address: a bridge otherwise takes its ports' lowest, and a change flushes its neighbours
-        self.lb.ip("link", "add", self.backend_interface, "address", "02:00:00:00:02:01", "type", "bridge")
+        self.lb.ip("link", "add", self.backend_interface, "address", BRIDGE_MAC, "type", "bridge")
         self._address(self.lb, a.lb_backend_side, self.backend_interface)
         self.lb.ip("link", "set", self.backend_interface, "up")
         for index, name in enumerate(self.names):
@@ -232,6 +233,19 @@ class Lab:
         """The backend's servers answer ``slow`` seconds late (see :meth:`serve`), or on time again."""
         for process in self.servers.get(name, []):
             os.killpg(process.pid, signal.SIGUSR1 if slow else signal.SIGUSR2)
+
+    def hold_vip(self, names: Sequence[str] | None = None) -> None:
+        """The backends (all, or ``names``) hold the VIP, on ``lo``, as direct server return needs: they
+        take packets to it and answer from it, but do not claim it on their link (IPv4: no ARP replies
+        for it, nor it as the source of their own ARP requests; IPv6 answers neighbour solicitations
+        only for addresses of the interface asked)."""
+        length = 128 if ":" in self.vip else 32
+        for name in names or self.names:
+            namespace = self._host_namespace(name)
+            if ":" not in self.vip:
+                namespace.sysctl("net.ipv4.conf.all.arp_ignore", "1")
+                namespace.sysctl("net.ipv4.conf.all.arp_announce", "2")
+            namespace.run("ip", "addr", "add", f"{self.vip}/{length}", "dev", "lo")
 
     def _host_namespace(self, name: str) -> Namespace:
         namespace = self.backends[name].namespace
