@@ -81,8 +81,7 @@ class NftablesDnat:
 
     @property
     def family(self) -> str:
-        """nftables' name for the VIP's address family."""
-        return "ip6" if ":" in self.vip else "ip"
+        return _family(self.vip)
 
     def render(self) -> str:
         ip = self.family
@@ -138,7 +137,7 @@ class NftablesDsr:
         run(lab.lb.argv(["nft", "delete", "table", "netdev", self.table]), check=False)
 
     def render(self, ingress: str, egress: str, macs: Sequence[str]) -> str:
-        ip = "ip6" if ":" in self.vip else "ip"
+        ip = _family(self.vip)
         choices = ", ".join(f"{i} : {mac}" for i, mac in enumerate(macs))
         lines = [f"table netdev {self.table} {{", "  chain dsr {",
                  f'    type filter hook ingress device "{ingress}" priority 0; policy accept;']
@@ -147,6 +146,11 @@ class NftablesDsr:
         lines += [f"    {ip} daddr {self.vip} ether saddr set {BRIDGE_MAC} ether daddr set jhash {ip} saddr . th sport "
                   f'mod {len(macs)} map {{ {choices} }} fwd to "{egress}"', "  }", "}"]
         return "\n".join(lines) + "\n"
+
+
+def _family(vip: str) -> str:
+    """nftables' name for the VIP's address family."""
+    return "ip6" if ":" in vip else "ip"
 
 
 class _Proxy(abc.ABC):

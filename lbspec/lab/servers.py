@@ -74,7 +74,7 @@ def _source(level: int, kind: int, value: bytes) -> tuple[int, int, bytes]:
     """The packet-info a datagram came with, turned into the one that sends the answer from the address
     it was sent to (by any interface: the interface index zeroed)."""
     if level == socket.IPPROTO_IPV6:  # struct in6_pktinfo: the address, then the interface
-        return level, socket.IPV6_PKTINFO, value[:16] + bytes(4)
+        return level, kind, value[:16] + bytes(4)
     return level, kind, bytes(4) + value[4:8] + bytes(4)  # struct in_pktinfo: interface, local address, to
 
 
