@@ -124,6 +124,7 @@ def classify_rows(p: Packets, compiled: Compiled) -> None:
     skey, dkey = akey(p["sa_hi"], p["sa_lo"]), akey(p["da_hi"], p["da_lo"])
     vip_d, be_d = compiled.address_of(dkey)
     vip_s, be_s = compiled.address_of(skey)
+    vip_d = compiled.service_at(p["da_hi"], p["da_lo"], p["proto"], p["dport"], vip_d)  # services may share a VIP
     tunnel = p["tun"] != 0
     side, dirn = p["side"], p["dirn"]
     role = np.zeros(n, np.int8)

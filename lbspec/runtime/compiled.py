@@ -219,6 +219,7 @@ class Compiled:
                                                            for b in self.backends])
         self.weights = np.array([b.backend.weight for b in self.backends], np.float64)
         self.address_table = self._addresses()
+        self.shared_vips = self._shared_vips()
         self.shared = self._shared()
         self.twins = self._twins()
         self.gue_ports = sorted({s.service.mode.encap_port or 6080 for s in self.services
@@ -277,6 +278,34 @@ class Compiled:
         vips = np.append(self.lookup(keys, self.vip_keys, self.vip_service), -1).astype(np.int32)
         gids = np.append(self.lookup(keys, self.backend_keys, self.backend_gid), -1).astype(np.int32)
         return keys, vips, gids
+
+    def _shared_vips(self) -> dict[int, list[int]]:
+        """VIPs more than one service has (each on its own protocols and ports): per address key, the services."""
+        by_key: dict[int, list[int]] = {}
+        for plan in self.services:
+            for key in plan.vips.tolist():
+                by_key.setdefault(key, []).append(plan.index)
+        return {key: services for key, services in by_key.items() if len(services) > 1}
+
+    def service_at(self, hi: np.ndarray, lo: np.ndarray, proto: np.ndarray, ports: np.ndarray,
+                   services: np.ndarray) -> np.ndarray:
+        """The service of each packet to (or, the address and ports being its source's, from) a VIP:
+        ``services`` (the first service with that VIP, as :meth:`vip_of` says), except where services share
+        the VIP -- there, the one that listens on the packet's protocol and port (the first, if none does)."""
+        if not self.shared_vips or not len(hi):
+            return services
+        keys = akey(hi, lo)
+        out = services.copy()
+        for key, sharing in self.shared_vips.items():
+            rows = np.nonzero(keys == np.uint64(key))[0]
+            if not len(rows):
+                continue
+            chosen = out[rows]
+            listening = {"proto": proto[rows], "dport": ports[rows], "da_hi": hi[rows], "da_lo": lo[rows]}
+            for index in reversed(sharing):  # the first service that listens wins
+                chosen[self.services[index].listened(listening)] = index
+            out[rows] = chosen
+        return out
 
     def _shared(self) -> dict[int, tuple[int, list[tuple[int, int]]]]:
         """Addresses that more than one backend has (one server behind several pools, services or ports): per

@@ -1010,7 +1010,9 @@ class Monitor:
         out = {"known": known[inverse], "hi": np.array(hi, np.uint64)[inverse], "lo": np.array(lo, np.uint64)[inverse],
                "port": np.array(port, np.int64)[inverse]}
         svc = np.array(svc, np.int64)[inverse]
-        by_vip, by_backend = self.compiled.address_of(akey(table["sa_hi"][rows], table["sa_lo"][rows]))
+        hi, lo = table["sa_hi"][rows], table["sa_lo"][rows]
+        by_vip, by_backend = self.compiled.address_of(akey(hi, lo))
+        by_vip = self.compiled.service_at(hi, lo, table["proto"][rows], table["sport"][rows], by_vip)
         backend_service = np.array([b.service for b in self.compiled.backends] + [-1])[by_backend]
         out["svc"] = np.where(out["known"], svc, np.where(by_vip >= 0, by_vip, backend_service))
         out["from_backend"] = by_backend >= 0

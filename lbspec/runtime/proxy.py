@@ -298,7 +298,10 @@ class ProxyTracker:
         ingress = (p["role"] == INGRESS) & np.isin(p["svc"], services)
         replies = np.nonzero(tcp & (p["role"] == CREPLY))[0]
         to_client = np.zeros(len(p), bool)
-        to_client[replies] = np.isin(self.compiled.vip_of(akey(p["sa_hi"][replies], p["sa_lo"][replies])), services)
+        hi, lo = p["sa_hi"][replies], p["sa_lo"][replies]
+        vips = self.compiled.service_at(hi, lo, p["proto"][replies], p["sport"][replies],
+                                        self.compiled.vip_of(akey(hi, lo)))
+        to_client[replies] = np.isin(vips, services)
         backend_service = np.array([b.service for b in self.compiled.backends] + [-1])[p["gid"]]
         ours = np.isin(backend_service, services)
         egress = (p["role"] == EGRESS) & (ours | ((p["gid"] < 0) & ~self.engine.known_clients(p)))

@@ -39,6 +39,11 @@ def test_the_lab_config_has_no_violation_and_every_byte_is_relayed(lab, tmp_path
     moved = proxy["bytes"]
     assert moved["client_to_lb"] == moved["lb_to_backend"] > 0
     assert moved["backend_to_lb"] == moved["lb_to_client"] > 0
+    # the datagrams are the udp service's (it shares the VIP with the tcp one): each judged, each forwarded
+    datagrams = sum(1 for r in first + then if r["proto"] == "udp")
+    assert document["monitor"]["listened_ingress"] == document["monitor"]["paired"] == datagrams
+    udp_flows = sum(b["flows"] for b in document["monitor"]["backends"] if b["service"] == "udp_echo")
+    assert udp_flows == 1  # one client port
 
 
 def test_a_killed_backend_is_retried_on_the_next_server(lab, tmp_path):

@@ -99,6 +99,32 @@ service api {
     assert codes(report) == ["LB200"] and report.violations[0].data["service"] == "api"
 
 
+SHARED_VIP = spec() + """
+service dns {
+    vip 192.0.2.10
+    listen udp 53
+    pool resolvers {
+        backend r1 10.1.0.21
+    }
+    forward udp 53 to resolvers
+    health none
+}
+"""
+
+
+@pytest.mark.parametrize("dropped", ["web", "dns"])
+def test_services_sharing_a_vip_each_judge_their_own_ports(dropped):
+    """One VIP, a service per protocol and port (HAProxy frontends, nginx `stream` servers on one address):
+    each packet is the service's that listens on its port.  The second service's traffic was taken for the
+    first's, which does not listen there: nothing of it was judged, a drop went unseen."""
+    scenario = Scenario("nat")
+    scenario.flow("10.1.0.11", 0.0, drop={2} if dropped == "web" else set())
+    scenario.flow("10.1.0.21", 0.1, proto="udp", vport=53, bport=53, drop={1} if dropped == "dns" else set())
+    report = scenario.judge(SHARED_VIP)
+    assert codes(report) == ["LB200"] and report.violations[0].data["service"] == dropped
+    assert {b["backend"]: b["flows"] for b in report.summary["backends"]} == {"b1": 1, "b2": 0, "r1": 1}
+
+
 def test_balance_by_bytes():
     scenario = Scenario("nat")
     for k in range(60):
