@@ -1,7 +1,12 @@
 """Who got the load: new flows, bytes and packets per backend, against the weights.
 
 Each new flow is put in a *group*: its service, rule, address family and the
-backends seen up when it arrived.  Within a group the evaluator's eligible
+backends seen up when it arrived.  Where a client keeps one backend for all
+its connections -- the balance hashes fields that leave out the source port
+(HAProxy's ``balance source``), or affinity is per client -- flows are not
+picked one by one: the unit is then what is picked (the client, the hashed
+fields), and the groups count those, their bytes and packets summed per unit;
+the summary still counts flows.  Within a group the evaluator's eligible
 backends and their weights give the expected shares.  A flow's bytes and
 packets are added up while it lives and folded into its group when it expires
 (or at the end).  :meth:`Traffic.verdicts` runs the share test of
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lbspec import diagnostics as d
+from lbspec.runtime.classify import mix
 from lbspec.runtime.compiled import CheckPlan, Compiled
 from lbspec.runtime.state import FlowTable
 from lbspec.runtime.stats import share_test
@@ -24,6 +30,20 @@ __all__ = ["Traffic", "Group"]
 
 UNITS = ("flows", "bytes", "packets")
 MIN_EXPECTED = 5.0  # the chi-square approximation needs about this many per backend
+_COLUMNS = {"src": ("sa_hi", "sa_lo"), "dst": ("da_hi", "da_lo"), "sport": ("sport",), "dport": ("dport",),
+            "proto": ("proto",)}
+
+
+def picked(service) -> tuple[str, tuple[str, ...]]:
+    """What the service's LB picks a backend for -- "flows", "clients" or "hash keys" -- and, unless flows, the
+    columns of the packet that make one (the fields a hash reads, or the client's address)."""
+    balance, affinity = service.balance, service.affinity
+    if balance.algorithm in ("hash", "maglev") and "sport" not in balance.fields:
+        columns = tuple(c for name in balance.fields for c in _COLUMNS[name])
+        return ("clients" if balance.fields == ("src",) else "hash keys"), columns
+    if affinity.kind == "client":
+        return "clients", _COLUMNS["src"]
+    return "flows", ()
 
 
 @dataclass
@@ -34,6 +54,7 @@ class Group:
     rule: int
     eligible: tuple[int, ...]
     weights: tuple[float, ...]
+    counted: str = "flows"  # what the "flows" unit counts: flows, or clients or hash keys (see picked)
     totals: dict[str, dict[int, float]] = field(default_factory=lambda: {u: {} for u in UNITS})
     squares: dict[str, float] = field(default_factory=lambda: {u: 0.0 for u in UNITS})
     first: float = float("inf")
@@ -83,6 +104,8 @@ class Traffic:
         self.compiled = compiled
         self.checks = [c for c in compiled.checks if c.kind == "balance"]
         self.flows = FlowTable(cap, timeout, on_drop=self._fold)
+        self.units = FlowTable(cap, timeout, on_drop=self._fold)  # what is picked, where it is not flows
+        self.picked = [picked(plan.service) for plan in compiled.services]
         self.groups: dict[tuple, Group] = {}
         self.backend_flows = np.zeros(len(compiled.backends), np.int64)
         self.backend_bytes = np.zeros(len(compiled.backends), np.float64)
@@ -92,44 +115,56 @@ class Traffic:
         """Pairs ``rows`` (forwarded, listened, to a known backend) of one service."""
         if not len(rows):
             return
-        ordered = pairs.by_flow(rows)
-        keys = pairs.flows[ordered]
-        starts = np.nonzero(np.r_[True, keys[1:] != keys[:-1]])[0]
-        first = ordered[starts]  # each flow's first pair
         payload = pairs.ingress("plen")
-        byte_sums = np.add.reduceat(payload[ordered].astype(np.float64), starts)  # whole bytes: exact in any order
-        counts = np.diff(np.r_[starts, len(rows)])
-        ts = pairs.egress("ts")[first]
         self.backend_bytes += np.bincount(pairs.gid[rows], payload[rows], len(self.backend_bytes))
+        counted, columns = self.picked[pairs.plan.index]
+        self._tally(engine, pairs, pairs.by_flow(rows), pairs.flows, self.flows, grouped=not columns)
+        if columns:  # the groups count what is picked
+            keys = mix([np.full(len(pairs), pairs.plan.index, np.int64), *(pairs.view[c] for c in columns)])
+            self._tally(engine, pairs, rows[np.argsort(keys[rows], kind="stable")], keys, self.units, grouped=True)
+
+    def _tally(self, engine, pairs, ordered: np.ndarray, all_keys: np.ndarray, table: FlowTable,
+               grouped: bool) -> None:
+        """Pairs ``ordered`` (by their ``all_keys``: flows, or units) into ``table``: each new key opened, the
+        bytes and packets of each added to its entry.  Flows are counted in the summary; a ``grouped`` key
+        in the groups of the balance checks too."""
+        keys = all_keys[ordered]
+        starts = np.nonzero(np.r_[True, keys[1:] != keys[:-1]])[0]
+        first = ordered[starts]  # each key's first pair
+        byte_sums = np.add.reduceat(pairs.ingress("plen")[ordered].astype(np.float64), starts)  # whole bytes: exact
+        counts = np.diff(np.r_[starts, len(ordered)])
+        ts = pairs.egress("ts")[first]
         keys = keys[starts]
-        flows = keys.tolist()
-        known = self.flows.items
-        fresh = [i for i, k in enumerate(flows) if k not in known]
+        listed = keys.tolist()
+        known = table.items
+        fresh = [i for i, k in enumerate(listed) if k not in known]
         if fresh:
-            self._open(engine, pairs, first[fresh], keys[fresh], ts[fresh])
-        for entry, amount, count, time in zip(map(known.__getitem__, flows), byte_sums.tolist(), counts.tolist(),
+            self._open(engine, pairs, first[fresh], keys[fresh], ts[fresh], table, grouped)
+        for entry, amount, count, time in zip(map(known.__getitem__, listed), byte_sums.tolist(), counts.tolist(),
                                               ts.tolist()):
             if time > entry[1]:
                 entry[1] = time
             entry[3] += amount
             entry[4] += count
 
-    def _open(self, engine, pairs, rows: np.ndarray, keys: np.ndarray, ts: np.ndarray) -> None:
+    def _open(self, engine, pairs, rows: np.ndarray, keys: np.ndarray, ts: np.ndarray, table: FlowTable,
+              grouped: bool) -> None:
         service = pairs.plan.index
         masks = engine.up_masks(service, ts)
-        bits = np.zeros(len(rows), np.int64)
-        for position, check in enumerate(self.checks):
+        bits = np.zeros(len(rows), np.int64)  # the balance checks whose groups count it (none: the summary only)
+        for position, check in enumerate(self.checks if grouped else ()):
             if check.service == service:
                 inside = check.scope({k: v[rows] for k, v in pairs.view.items()})
                 bits |= inside.astype(np.int64) << position
         gids = pairs.gid[rows]
-        np.add.at(self.backend_flows, gids, 1)
+        if table is self.flows:
+            np.add.at(self.backend_flows, gids, 1)
         rules, families = pairs.rule[rows], pairs.view["fam"][rows].astype(np.int64)
         groups = list(zip(itertools.repeat(service), rules.tolist(), families.tolist(), masks.tolist()))
         times = ts.tolist()
         entries = map(list, zip(gids.tolist(), times, groups, itertools.repeat(0.0), itertools.repeat(0),
                                 bits.tolist(), times))
-        self.flows.items.update(zip(keys.tolist(), entries))
+        table.items.update(zip(keys.tolist(), entries))
         if bits.any():
             self._count_new(engine, np.stack([rules, families, masks, bits], axis=1), groups, gids, ts)
 
@@ -159,7 +194,7 @@ class Traffic:
             up = frozenset(b.name for i, b in enumerate(self.compiled.services[service].backends) if mask >> i & 1)
             eligible = self.compiled.eligible(service, rule, family, up)
             weights = tuple(float(self.compiled.backends[g].backend.weight) for g in eligible)
-            group = self.groups[full] = Group(service, rule, eligible, weights)
+            group = self.groups[full] = Group(service, rule, eligible, weights, self.picked[service][0])
         return group
 
     def _fold(self, entries: list[list]) -> None:
@@ -193,6 +228,7 @@ class Traffic:
 
     def finish(self) -> None:
         self.flows.drain()
+        self.units.drain()
 
     # ------------------------------------------------------------ verdicts --
 
@@ -214,8 +250,8 @@ class Traffic:
         worst = max(range(len(names)), key=lambda i: abs(test.shares[i] - test.expected[i]))
         what = (f"{names[worst]} got {test.shares[worst]:.1%} of {unit} where its weight gives "
                 f"{test.expected[worst]:.1%} (tolerance {check.pattern.tolerance:.0%}, p={test.p_value:.2g}, "
-                f"{group.flows} flows)")
-        facts = {"unit": unit, "flows": group.flows, "tolerance": check.pattern.tolerance,
+                f"{group.flows} {group.counted})")
+        facts = {"unit": unit, "flows": group.flows, "counted": group.counted, "tolerance": check.pattern.tolerance,
                  "backends": {n: {"share": s, "expected": e} for n, s, e in zip(names, test.shares, test.expected)},
                  "p_value": test.p_value, "p_value_flows": _p(tests["flows"]), "p_value_bytes": _p(tests["bytes"]),
                  "p_value_packets": _p(tests["packets"]), "until": group.last,

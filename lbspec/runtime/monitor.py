@@ -1174,7 +1174,7 @@ class Monitor:
 
     def _tables(self) -> tuple[FlowTable, ...]:
         """Every per-flow table: each expires, and is capped."""
-        return (self.clients, self.client_addresses, self.traffic.flows, *self.sticks.values(),
+        return (self.clients, self.client_addresses, self.traffic.flows, self.traffic.units, *self.sticks.values(),
                 self.first_fragments, self.orphans, self.datagrams)
 
     def _finish(self) -> None:

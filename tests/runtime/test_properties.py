@@ -125,6 +125,24 @@ def test_services_sharing_a_vip_each_judge_their_own_ports(dropped):
     assert {b["backend"]: b["flows"] for b in report.summary["backends"]} == {"b1": 1, "b2": 0, "r1": 1}
 
 
+@pytest.mark.parametrize("keeps", ["balance hash(src)", "affinity client timeout 300s"])
+def test_where_each_client_keeps_one_backend_the_balance_is_of_clients_not_flows(keeps):
+    """Hashing on the client's address (HAProxy `balance source`), or client affinity, sends every
+    connection of a client where its first went: flows are not picked one by one, clients are.  Two clients
+    with thirty connections each on one backend are two picks, too few to test -- not sixty (LB206 was
+    reported on a correct HAProxy with one client).  Twelve clients all on one backend are an imbalance."""
+    few = Scenario("nat")
+    for k in range(60):
+        few.flow("10.1.0.11", k * 0.01, client=f"203.0.113.{k % 2 + 1}", segments=1, reply=False)
+    assert codes(few.judge(spec(body=keeps), answer_timeout=1000)) == []
+    many = Scenario("nat")
+    for k in range(60):
+        many.flow("10.1.0.11", k * 0.01, client=f"203.0.113.{k % 12 + 1}", segments=1, reply=False)
+    report = many.judge(spec(body=keeps), answer_timeout=1000)
+    assert codes(report) == ["LB206"]
+    assert report.violations[0].data["flows"] == 12  # the clients: the units the test counts
+
+
 def test_balance_by_bytes():
     scenario = Scenario("nat")
     for k in range(60):
