@@ -90,3 +90,16 @@ def test_a_slowed_backend_is_no_drop_by_the_LB(lab, tmp_path):
     code, document = monitor(imported("haproxy", CHECKS, tmp_path), capture)
     assert verdicts(document) == {} and code == 0  # HAProxy passed the bytes on in time; b2 answered late
     assert set(document["monitor"]["proxy"]["failed"].values()) == {0}
+
+
+def test_balance_source_sends_a_client_to_one_backend_which_is_no_imbalance(lab, tmp_path):
+    """`balance source`: every connection of the lab's one client goes to the backend its address hashes to.
+    That is one pick, not 24 (LB206 before the balance test counted clients)."""
+    config = tmp_path / "source.cfg"
+    config.write_text(CHECKS.read_text().replace("balance roundrobin", "balance source\n    hash-type consistent"))
+    lab.install(Haproxy(config))
+    first, then, capture = around(lab, tmp_path)
+    assert len(set(answered(first + then))) == 1
+    code, document = monitor(imported("haproxy", config, tmp_path), capture)
+    assert verdicts(document) == {} and code == 0
+    assert sum(b["flows"] for b in document["monitor"]["backends"]) == len(first + then)  # the summary: flows
