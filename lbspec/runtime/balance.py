@@ -117,7 +117,7 @@ class Traffic:
             return
         payload = pairs.ingress("plen")
         self.backend_bytes += np.bincount(pairs.gid[rows], payload[rows], len(self.backend_bytes))
-        counted, columns = self.picked[pairs.plan.index]
+        columns = self.picked[pairs.plan.index][1]
         self._tally(engine, pairs, pairs.by_flow(rows), pairs.flows, self.flows, grouped=not columns)
         if columns:  # the groups count what is picked
             keys = mix([np.full(len(pairs), pairs.plan.index, np.int64), *(pairs.view[c] for c in columns)])

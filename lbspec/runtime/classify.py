@@ -120,7 +120,7 @@ def classify_rows(p: Packets, compiled: Compiled) -> None:
     """All of :func:`classify` that each row's own headers decide; what the MAC table decides (the backend
     of a dsr packet) is left to :func:`assign_backends`.  Reading processes do this part."""
     n = len(p)
-    ok = (p["status"] == OK) & ~link_only(p)
+    ok = (p["status"] == OK) & ~_link_only(p)
     skey, dkey = akey(p["sa_hi"], p["sa_lo"]), akey(p["da_hi"], p["da_lo"])
     vip_d, be_d = compiled.address_of(dkey)
     vip_s, be_s = compiled.address_of(skey)
@@ -157,7 +157,7 @@ def classify_rows(p: Packets, compiled: Compiled) -> None:
         p["k_" + mode] = _scattered(n, paired, pair_key(p, "snat" if mode == "proxy" else mode, paired))
 
 
-def link_only(p: Packets) -> np.ndarray:
+def _link_only(p: Packets) -> np.ndarray:
     """Which rows are ICMPv6 messages of their link alone (see :data:`_LINK_ONLY`): no role of their own."""
     out = np.zeros(len(p), bool)
     six = np.nonzero(p["proto"] == ICMP6)[0]

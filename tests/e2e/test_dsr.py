@@ -30,6 +30,7 @@ service web {{
     balance hash(src, sport)
     health none
     waive healthy_only "the hash is static: nothing takes a dead backend out"
+    waive balance "a hash of a few flows: their shares are chance"
 }}
 """
 
@@ -56,21 +57,21 @@ def test_the_correct_configuration_has_no_violation(lab_factory, tmp_path):
     lab = _dsr(lab_factory)
     lab.install(NftablesDsr(lab.vip, ["b1", "b2"]))
     with lab.capture(tmp_path) as capture:
-        results = _traffic(lab, connections=12, datagrams=8)
+        results = _traffic(lab, connections=20, datagrams=8)
     assert all(r["error"] is None for r in results)
-    assert {r["answered_by"] for r in results if r["proto"] == "tcp"} == {"b1", "b2"}
+    assert {r["answered_by"] for r in results if r["proto"] == "tcp"} == {"b1", "b2"}  # but once in a million
     code, document = monitor(dsr_spec(tmp_path, lab), capture)
     assert verdicts(document) == {} and code == 0
     summary = document["monitor"]
     assert summary["pairing_rate"] == 1.0 and summary["unattributed"] == 0
-    assert sum(b["flows"] for b in summary["backends"]) == 12 + 1  # the datagrams share one client port
+    assert sum(b["flows"] for b in summary["backends"]) == 20 + 1  # the datagrams share one client port
 
 
 def test_a_backend_the_spec_does_not_declare_is_LB203(lab_factory, tmp_path):
     lab = _dsr(lab_factory)
-    lab.install(NftablesDsr(lab.vip, ["b1", "b2", "b3"]))
+    lab.install(NftablesDsr(lab.vip, ["b1", "b3"]))  # b3 in the place of b2: about half the flows
     with lab.capture(tmp_path) as capture:
-        results = _traffic(lab, connections=12, datagrams=4)
+        results = _traffic(lab, connections=20, datagrams=4)
     to_b3 = [r for r in results if r["answered_by"] == "b3"]
     assert to_b3, "the hash sent nothing to b3: the fault was not injected"
     code, document = monitor(dsr_spec(tmp_path, lab), capture)
