@@ -27,6 +27,8 @@ service web {{
 }}
 """
 DECLARED = ("b1", "b2")
+# what the network driver's traces need said too: a connection keeps its backend while it is idle up to 30 s
+DRIVER_SPEC = DNAT_SPEC.replace("    health tcp", "    affinity flow timeout 30s\n    health tcp")
 
 
 def dnat_spec(directory: Path, lab, names=DECLARED, text: str = DNAT_SPEC) -> str:
@@ -68,6 +70,21 @@ def run_monitor(*argv: str) -> tuple[int, dict]:
 def monitor(spec: str, capture) -> tuple[int, dict]:
     assert not capture.dropped, f"the capture lost {capture.dropped} packets: its verdicts would not be the LB's"
     return run_monitor(spec, "--client-side", str(capture.client_side), "--backend-side", str(capture.backend_side))
+
+
+def random_drops_are_LB200(lab, directory: Path, spec: str) -> None:
+    """UDP datagrams through ``lab``'s LB, installed to drop some at random: each one lost is an LB200, and
+    there is nothing else to say.  The lost are counted by the client, which sent them and got no answer."""
+    with lab.capture(directory) as capture:
+        results = lab.traffic(udp=[endpoint(lab.vip, 53)], datagrams=40, interval=0.01, timeout=0.2)
+    lost = sum(1 for r in results if r["error"] is not None)
+    assert lost > 0, "nothing was dropped: the fault was not injected"
+    code, document = monitor(spec, capture)
+    found = verdicts(document)
+    assert set(found) == {"LB200"} and code == 1
+    # a drop of the very last datagram is at the capture's edge: nothing after it shows the deadline passed
+    at_edge = results[-1]["error"] is not None
+    assert sum(v["data"]["count"] for v in found["LB200"]) == lost - at_edge
 
 
 def verdicts(document: dict) -> dict[str, list[dict]]:

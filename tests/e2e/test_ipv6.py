@@ -20,7 +20,7 @@ from scapy.utils import rdpcap
 from lbspec import strategies
 from lbspec.harness import Harness, LabMismatch, Network, SearchSettings, Segment, Send, Trace
 
-from .helpers import DNAT_SPEC, dnat, dnat_spec, imported, monitor, verdicts
+from .helpers import DRIVER_SPEC, dnat, dnat_spec, endpoint, imported, monitor, random_drops_are_LB200, verdicts
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,7 @@ def lab6(lab_factory):
 def test_a_correct_dnat_has_no_violation_amid_neighbour_discovery(lab6, tmp_path):
     lab6.install(dnat(lab6))
     with lab6.capture(tmp_path) as capture:
-        results = lab6.traffic(tcp=[f"[{lab6.vip}]:80"], udp=[f"[{lab6.vip}]:53"], connections=10, datagrams=10)
+        results = lab6.traffic(tcp=[endpoint(lab6.vip, 80)], udp=[endpoint(lab6.vip, 53)], connections=10, datagrams=10)
     assert all(r["error"] is None for r in results)
     assert {r["answered_by"] for r in results if r["proto"] == "tcp"} == {"b1", "b2"}
     backends = {lab6.address("b1"), lab6.address("b2")}
@@ -50,7 +50,7 @@ def test_large_udp_datagrams_in_fragments_have_no_violation(lab6, tmp_path):
     """4000-byte datagrams leave the client in three fragments, each behind a fragment header."""
     lab6.install(dnat(lab6))
     with lab6.capture(tmp_path) as capture:
-        results = lab6.traffic(udp=[f"[{lab6.vip}]:53"], datagrams=8, udp_size=4000, interval=0.01, timeout=0.5)
+        results = lab6.traffic(udp=[endpoint(lab6.vip, 53)], datagrams=8, udp_size=4000, interval=0.01, timeout=0.5)
     assert all(r["error"] is None for r in results)
     code, document = monitor(dnat_spec(tmp_path, lab6), capture)
     assert verdicts(document) == {} and code == 0
@@ -59,15 +59,7 @@ def test_large_udp_datagrams_in_fragments_have_no_violation(lab6, tmp_path):
 
 def test_random_drops_are_LB200(lab6, tmp_path):
     lab6.install(dnat(lab6, drop_percent=25))
-    with lab6.capture(tmp_path) as capture:
-        results = lab6.traffic(udp=[f"[{lab6.vip}]:53"], datagrams=40, interval=0.01, timeout=0.2)
-    lost = sum(1 for r in results if r["error"] is not None)
-    assert lost > 0, "nftables dropped nothing: the fault was not injected"
-    code, document = monitor(dnat_spec(tmp_path, lab6), capture)
-    found = verdicts(document)
-    assert set(found) == {"LB200"} and code == 1
-    at_edge = results[-1]["error"] is not None  # nothing after the last datagram shows its deadline passed
-    assert sum(v["data"]["count"] for v in found["LB200"]) == lost - at_edge
+    random_drops_are_LB200(lab6, tmp_path, dnat_spec(tmp_path, lab6))
 
 
 def test_live_monitoring_with_the_spec_imported_from_the_live_ruleset(lab6, tmp_path):
@@ -80,7 +72,7 @@ def test_live_monitoring_with_the_spec_imported_from_the_live_ruleset(lab6, tmp_
     argv = [sys.executable, "-m", "lbspec", "monitor", spec, "--live", f"client:{lab6.client_interface}",
             "--live", f"backend:{lab6.backend_interface}", "--duration", "4", "--format", "jsonl"]
     process = lab6.resources.spawn(lab6.lb.argv(argv), ready="listening on", timeout=30)
-    results = lab6.traffic(tcp=[f"[{lab6.vip}]:80"], udp=[f"[{lab6.vip}]:53"], connections=6, datagrams=6)
+    results = lab6.traffic(tcp=[endpoint(lab6.vip, 80)], udp=[endpoint(lab6.vip, 53)], connections=6, datagrams=6)
     out, _err = process.communicate(timeout=30)
     assert all(r["error"] is None for r in results)
     lines = [json.loads(x) for x in out.splitlines()]
@@ -103,8 +95,8 @@ def _trace(lab, client: str) -> Trace:
 
 
 def test_the_network_driver_plays_ipv6_traces_and_a_search(lab6, tmp_path):
-    spec = dnat_spec(tmp_path, lab6, text=DNAT_SPEC.replace("    health tcp", "    affinity flow timeout 30s\n    health tcp"))
-    harness = Harness(spec, search=SearchSettings(examples=3, seed=20241125), artifacts=tmp_path / "a")
+    harness = Harness(dnat_spec(tmp_path, lab6, text=DRIVER_SPEC), search=SearchSettings(examples=3, seed=20241125),
+                      artifacts=tmp_path / "a")
     driver = Network(lab6, dnat(lab6))
     judgement = harness.verify(driver, _trace(lab6, "2001:db8:c1::7"))
     assert judgement.codes == [] and judgement.report.summary["pairing_rate"] == 1.0

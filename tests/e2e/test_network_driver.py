@@ -21,11 +21,10 @@ from lbspec.harness import (CaptureLoss, Failure, Fault, Harness, LabMismatch, N
                             Send, Trace, TraceTooLong)
 from lbspec.lab import VIP, Haproxy
 
-from .helpers import DECLARED, DNAT_SPEC, dnat, dnat_spec, run_monitor
+from .helpers import DECLARED, DRIVER_SPEC, dnat, dnat_spec, run_monitor
 
 pytestmark = pytest.mark.e2e
 
-SPEC = DNAT_SPEC.replace("    health tcp", "    affinity flow timeout 30s\n    health tcp")
 PROXY_SPEC = """
 service lab {
     vip 192.0.2.10
@@ -63,7 +62,7 @@ SEED = 20240601
 
 
 def _spec(tmp_path, lab, names=DECLARED) -> str:
-    return dnat_spec(tmp_path, lab, names, SPEC)
+    return dnat_spec(tmp_path, lab, names, DRIVER_SPEC)
 
 
 def _segment(proto: str, client: str, sport: int, dport: int, flags=(), payload=b"") -> Segment:
@@ -233,10 +232,10 @@ def test_a_failed_backend_still_in_the_map_is_LB202_after_detection(lab, tmp_pat
 # ------------------------------------------------------------------ refusals --
 
 def test_a_spec_that_does_not_describe_the_lab_is_refused(lab, tmp_path):
-    other_backend = Harness(lbspec.loads(SPEC.format(vip=VIP, backends="backend b1 10.1.0.11:8080")))
+    other_backend = Harness(lbspec.loads(DRIVER_SPEC.format(vip=VIP, backends="backend b1 10.1.0.11:8080")))
     with pytest.raises(LabMismatch):
         other_backend.run(Network(lab), MIXED)
-    other_vip = Harness(lbspec.loads(SPEC.format(vip="192.0.2.99", backends="backend b1 10.0.2.11:8080")))
+    other_vip = Harness(lbspec.loads(DRIVER_SPEC.format(vip="192.0.2.99", backends="backend b1 10.0.2.11:8080")))
     with pytest.raises(LabMismatch):
         other_vip.run(Network(lab), MIXED)
     ours = Harness(_spec(tmp_path, lab))

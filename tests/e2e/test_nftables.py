@@ -15,7 +15,7 @@ import pytest
 
 from lbspec.lab import VIP
 
-from .helpers import dnat, dnat_spec, imported, monitor, run_monitor, verdicts
+from .helpers import dnat, dnat_spec, imported, monitor, random_drops_are_LB200, run_monitor, verdicts
 
 pytestmark = pytest.mark.e2e
 
@@ -43,16 +43,7 @@ def test_the_correct_configuration_in_one_tcpdump_any_capture(lab, tmp_path):
 
 def test_random_drops_are_LB200(lab, tmp_path):
     lab.install(dnat(lab, drop_percent=25))
-    with lab.capture(tmp_path) as capture:
-        results = lab.traffic(udp=[f"{VIP}:53"], datagrams=40, interval=0.01, timeout=0.2)
-    lost = sum(1 for r in results if r["error"] is not None)
-    assert lost > 0, "nftables dropped nothing: the fault was not injected"
-    code, document = monitor(dnat_spec(tmp_path, lab), capture)
-    found = verdicts(document)
-    assert set(found) == {"LB200"} and code == 1
-    # a drop of the very last datagram is at the capture's edge: nothing after it shows the deadline passed
-    at_edge = results[-1]["error"] is not None
-    assert sum(v["data"]["count"] for v in found["LB200"]) == lost - at_edge
+    random_drops_are_LB200(lab, tmp_path, dnat_spec(tmp_path, lab))
 
 
 def test_large_udp_datagrams_in_fragments_have_no_violation(lab, tmp_path):
