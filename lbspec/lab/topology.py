@@ -58,7 +58,7 @@ class Addressing:
     vip: str
     backend_base: str
     length: int
-    any: str  # where servers listen
+    wildcard: str  # the address servers listen on: every address of the host
 
     def backend(self, index: int) -> str:
         return f"{self.backend_base}{11 + index}"
@@ -197,7 +197,7 @@ class Lab:
         for name in names or self.names:
             host = self.backends[name]
             argv = [sys.executable, "-m", "lbspec.lab.servers", "--name", name, "--slow", str(slow),
-                    "--address", self.addressing.any]
+                    "--address", self.addressing.wildcard]
             argv += [x for port in tcp for x in ("--tcp", str(port))]
             argv += [x for port in udp for x in ("--udp", str(port))]
             process = self.resources.spawn(host.namespace.argv(argv), ready="ready", timeout=15)

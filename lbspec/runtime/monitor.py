@@ -515,7 +515,7 @@ class Monitor:
             entry = c.per_source.setdefault(source, [0, math.inf, -math.inf])
             entry[0] += len(ts)
             entry[1], entry[2] = min(entry[1], float(ts.min())), max(entry[2], float(ts.max()))
-        unattributed = np.nonzero(p["unknown"] & (p["role"] == EGRESS))[0]
+        unattributed = np.nonzero(p["unknown"] & (p["role"] == EGRESS))[0] if self.compiled.dsr else ()
         if len(unattributed):
             c.unattributed += len(unattributed)
             if len(c.unattributed_macs) < MACS_NAMED:
