@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -343,10 +345,24 @@ def nginx_t(tmp_path, directory, name: str) -> subprocess.CompletedProcess:
     """`nginx -t` of ``directory``/``name``, with the modules Debian's nginx.conf loads."""
     wrapper = directory / "wrapper.conf"
     wrapper.write_text(f"include /etc/nginx/modules-enabled/*.conf;\ninclude {name};\n")
-    # nginx -t binds the listen addresses: let it, in a network namespace of its own
-    script = ("sysctl -qw net.ipv4.ip_nonlocal_bind=1 net.ipv6.ip_nonlocal_bind=1 && "
-              f"nginx -t -q -e stderr -c {wrapper} -g 'pid {tmp_path}/nginx.pid;'")
-    return subprocess.run(["unshare", "-rn", "sh", "-c", script], capture_output=True, text=True, timeout=30)
+    # nginx -t binds the listen addresses: let it, in a network namespace of its own.  For an http block it
+    # also makes its temporary directories and gives them to its user; in a user namespace only root is
+    # there to give them to, so it runs as root on empty directories mounted over where they go.
+    mounts = ""
+    for number, parent in enumerate(_temp_parents()):
+        empty = directory / f"temp-{number}"
+        empty.mkdir(exist_ok=True)
+        mounts += f"mount --bind {empty} {parent} && "
+    script = (f"{mounts}sysctl -qw net.ipv4.ip_nonlocal_bind=1 net.ipv6.ip_nonlocal_bind=1 && "
+              f"nginx -t -q -e stderr -c {wrapper} -g 'pid {tmp_path}/nginx.pid; user root;'")
+    return subprocess.run(["unshare", "-rnm", "sh", "-c", script], capture_output=True, text=True, timeout=30)
+
+
+def _temp_parents() -> set[str]:
+    """The existing directories that hold the temporary directories nginx was built to use."""
+    built = subprocess.run(["nginx", "-V"], capture_output=True, text=True, timeout=10).stderr
+    paths = re.findall(r"--http-[a-z-]+-temp-path=(\S+)", built)
+    return {str(Path(p).parent) for p in paths if Path(p).parent.is_dir()}
 
 
 @pytest.mark.parametrize("name", VALID)
