@@ -756,7 +756,8 @@ class _Services:
         return out
 
     def _postrouting(self) -> list[tuple[str, tuple]]:
-        """The masquerade (or snat) rules of postrouting: ("always" | "marked" | "daddr" | "some", prefixes)."""
+        """The masquerade (or snat) rules of postrouting: ("always" | "marked" | "daddr" | "interface" | "some",
+        prefixes or interface names)."""
         found = []
         for chain in self.ruleset.base_chains("nat", ("postrouting",)):
             found += self._masquerades(chain, False, 0)
@@ -776,7 +777,8 @@ class _Services:
             elif "jump" in kinds or "goto" in kinds:
                 target = next(e.get("jump") or e.get("goto") for e in exprs if "jump" in e or "goto" in e)
                 inner = self._masquerades((*chain[:2], target["target"]), marked, depth + 1)
-                found += [("some", ()) if conditions and k in ("always", "daddr") else (k, p) for k, p in inner]
+                found += [("some", ()) if conditions and k in ("always", "daddr", "interface") else (k, p)
+                          for k, p in inner]
         return found
 
     def _masquerade_kind(self, rule: dict, conditions: list[dict], marked: bool) -> tuple[str, tuple]:
@@ -784,6 +786,12 @@ class _Services:
             return "marked", ()
         if not conditions:
             return "always", ()
+        # `oifname "eth1" masquerade`: what leaves through an interface (beside a destination, it says no more)
+        interfaces = [c for c in conditions if describe(c["left"]) in ("meta oifname", "meta oif")
+                      and c.get("op") == "==" and isinstance(c["right"], str)]
+        conditions = [c for c in conditions if c not in interfaces]
+        if not conditions:
+            return "interface", tuple(c["right"] for c in interfaces)
         prefixes = []
         for condition in conditions:
             if condition["left"].get("payload", {}).get("field") != "daddr" or condition.get("op") not in ("==", "in"):
@@ -846,6 +854,15 @@ class _Services:
         if "always" in kinds or ("marked" in kinds and masq == "always") or every:
             return Line("mode snat", [self.ctx.explain(None, f"`{where}` and a postrouting `masquerade`: the "
                                                              "backend sees this host as the client")])
+        if "interface" in kinds:
+            # a ruleset does not say which interface reaches the backends.  Taken for theirs: an LB that does
+            # not masquerade to them is judged by `mode snat` without a false verdict, and one that does would
+            # have every packet a mutation under `mode nat`
+            names = ", ".join(dict.fromkeys(n for k, p in postrouting if k == "interface" for n in p))
+            return Line("mode snat", [self.ctx.explain(None, f"`{where}` and a postrouting `masquerade` of what "
+                                                             f"leaves through {names}: taken for the way to the "
+                                                             "backends, which then see this host as the client "
+                                                             "(if they are reached another way, say `mode nat`)")])
         if "marked" in kinds and masq == "some":
             reasons = list(dict.fromkeys(r for d in decisions for r in d.match.masquerade_by))
             setting = "masquerade when " + " or ".join(reasons)

@@ -163,6 +163,25 @@ def test_masquerade_rules_that_together_cover_every_backend_are_snat(tmp_path):
     assert result.codes == []
 
 
+def test_a_masquerade_of_what_leaves_through_an_interface_is_snat_and_says_so(tmp_path):
+    # `oifname "eth1" masquerade`: the ruleset does not say eth1 reaches the backends; taken for it, as a nat
+    # LB judged by `mode snat` gets no false verdict where a full-NAT LB judged by `mode nat` gets nothing else
+    def masquerade(*conditions: dict) -> dict:
+        return rule(*conditions, {"masquerade": None}, chain="post", handle=7)
+    out = {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "eth1"}}
+    come = {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "eth0"}}
+    balance = spread("random", "10.1.0.1", "10.2.0.1")
+    items = [nat_chain(), nat_chain(name="post", hook="postrouting"),
+             rule(match("ip", "daddr", "192.0.2.1"), match("tcp", "dport", 80), balance)]
+    result = ruleset(tmp_path, [*items, masquerade(out)])
+    assert result.spec.services[0].mode.kind == "snat" and result.codes == []
+    assert "eth1" in result.text
+    assert ruleset(tmp_path, [*items, masquerade(come)]).spec.services[0].mode.kind == "nat"
+    # beside a destination, the interface says no more than the destination does
+    covering = match("ip", "daddr", {"prefix": {"addr": "10.1.0.0", "len": 24}})
+    assert ruleset(tmp_path, [*items, masquerade(out, covering)]).spec.services[0].mode.kind == "nat"
+
+
 def test_a_later_nat_chain_of_a_hook_gets_only_what_the_earlier_ones_leave():
     # the kernel translates a connection once: the first NAT chain (by priority) that translates it decides
     result = run("nftables", "nat-chains.json")
