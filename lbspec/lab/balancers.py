@@ -53,7 +53,10 @@ class NftablesDnat:
     conntrack reassembles them (its defragmentation hooks in at priority
     -400), so whole datagrams are lost; ``"egress"`` those on their way to the
     backends, on ``device`` (the lab's bridge toward them, by default), so
-    only the first fragment of each datagram gets there.
+    only the first fragment of each datagram gets there.  ``masquerade``
+    also rewrites the source of what goes to the backends to the LB's own
+    address there (full NAT: ``mode snat``), as an LB in front of backends
+    that do not route back through it must.
 
     Conntrack reassembles fragmented datagrams before NAT and cuts them again
     at the sizes they came in, keeping the IP ID: the backend side shows the
@@ -65,6 +68,7 @@ class NftablesDnat:
     drop_percent: int = 0
     rewrite_udp_sport: tuple[int, int] | None = None
     drop_later_fragments: str = ""  # "", "ingress" or "egress"
+    masquerade: bool = False
     device: str = ""  # where "egress" drops them
     table: str = "lbspec"
     script: str = field(default="", init=False)
@@ -99,6 +103,9 @@ class NftablesDnat:
             lines.append(f"    {ip} daddr {self.vip} {forward.proto} dport {forward.port} dnat {ip} addr . port to "
                          f"numgen inc mod {len(forward.targets)} map {{ {choices} }}")
         lines.append("  }")
+        if self.masquerade:
+            lines += ["  chain source {", "    type nat hook postrouting priority srcnat; policy accept;",
+                      f'    oifname "{self.device}" masquerade', "  }"]
         if self.rewrite_udp_sport:
             old, new = self.rewrite_udp_sport
             lines += ["  chain rewrite {", "    type filter hook forward priority filter; policy accept;",

@@ -131,6 +131,7 @@ class Lab:
         for namespace in (self.client, self.lb):
             self._family_only(namespace)
         self.lb.sysctl("net.ipv6.conf.all.forwarding" if a.family == 6 else "net.ipv4.ip_forward", "1")
+        self._plain_bridge()
         self._veth(self.client, f"{p}c", self.lb, self.client_interface)
         self._address(self.client, a.client, f"{p}c")
         self.client.ip("route", "add", "default", "via", a.lb_client_side)
@@ -141,6 +142,15 @@ class Lab:
         self.lb.ip("link", "set", self.backend_interface, "up")
         for index, name in enumerate(self.names):
             self._backend(index, name)
+
+    def _plain_bridge(self) -> None:
+        """Where br_netfilter is loaded (Docker loads it), the LB's bridge passes what its ports receive
+        through the IP hooks before the bridge -- and a capture on it -- sees it: a full-NAT LB's replies
+        from the backends would be captured with the client's address already put back, as no capture on
+        an LB's own interface shows them.  Off in the LB's namespace, the bridge is its interface."""
+        if os.path.isdir("/proc/sys/net/bridge"):
+            for key in ("iptables", "ip6tables", "arptables"):
+                self.lb.sysctl(f"net.bridge.bridge-nf-call-{key}", "0")
 
     def _address(self, namespace: Namespace, address: str, device: str) -> None:
         namespace.ip("addr", "add", f"{address}/{self.addressing.length}", "dev", device)
