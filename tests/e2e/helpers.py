@@ -82,9 +82,10 @@ def random_drops_are_LB200(lab, directory: Path, spec: str) -> None:
     code, document = monitor(spec, capture)
     found = verdicts(document)
     assert set(found) == {"LB200"} and code == 1
-    # a drop of the very last datagram is at the capture's edge: nothing after it shows the deadline passed
+    # a drop of the very last datagram is at the capture's edge: it is judged only if something captured
+    # after it (IPv6 neighbour discovery, say) shows its deadline passed
     at_edge = results[-1]["error"] is not None
-    assert sum(v["data"]["count"] for v in found["LB200"]) == lost - at_edge
+    assert lost - at_edge <= sum(v["data"]["count"] for v in found["LB200"]) <= lost
 
 
 def verdicts(document: dict) -> dict[str, list[dict]]:
