@@ -195,6 +195,15 @@ def forward_text(protocol: str, ports: list[tuple[int, int]] | tuple[tuple[int, 
     return text + (f" port {target_port}" if target_port is not None else "")
 
 
+def quoted(text: str) -> str:
+    """``text`` as a string of the spec language."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# why a balance that hashes what the monitor cannot see (HTTP headers, URIs, variables) is waived
+UNSEEN_HASH = "`{}` hashes data a capture does not show: how many keys there are, and so the shares, is chance"
+
+
 def balance_text(algorithm: str, fields: tuple[str, ...] = ()) -> str:
     return f"balance {algorithm}" + (f"({', '.join(fields)})" if fields else "")
 
@@ -207,7 +216,7 @@ def health_text(kind: str, path: str | None = None, every: float | None = None, 
                 fall: int | None = None, rise: int | None = None) -> str:
     text = f"health {kind}"
     if path is not None:
-        text += ' "' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        text += " " + quoted(path)
     for name, value in (("every", every), ("timeout", timeout)):
         if value is not None:
             text += f" {name} {duration(value)}"
@@ -230,6 +239,7 @@ class Line:
 
     text: str
     notes: list[Note] = field(default_factory=list)
+    waiver: str = ""  # why the property this statement sets is waived: a `waive` follows it
 
 
 @dataclass
@@ -334,7 +344,8 @@ def _comments(notes: list[Note], depth: int) -> list[str]:
 def _line(line: Line | None, depth: int = 1) -> list[str]:
     if line is None:
         return []
-    return [*_comments(line.notes, depth), _INDENT * depth + line.text]
+    waiver = [f"{_INDENT * depth}waive {line.text.split()[0]} {quoted(line.waiver)}"] if line.waiver else []
+    return [*_comments(line.notes, depth), _INDENT * depth + line.text, *waiver]
 
 
 def _listen_text(listens: list[tuple[str, int | None, int | None]]) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from lbspec.importers import addresses
 from lbspec.importers.draft import (
     NOT_REPRESENTED, BackendDraft, ConfigError, ImportContext, Line, Names, Note, PoolDraft, ServiceDraft, affinity_text,
-    balance_text, duration, failover_text, forward_text, health_text,
+    UNSEEN_HASH, balance_text, duration, failover_text, forward_text, health_text,
 )
 from lbspec.ir import Span
 from lbspec.syntax.haproxy import Config, Section, ServerOption, Statement, parse_haproxy
@@ -755,10 +755,12 @@ class _Behaviour:
             return self._random(statement, algorithm)
         if algorithm == "first":
             return Line(balance_text("round_robin"), [self.ctx.lost(
-                statement.span, statement.text, "fills the first server up to its `maxconn` before the next")])
+                statement.span, statement.text, "fills the first server up to its `maxconn` before the next")],
+                waiver=f"HAProxy's `{statement.text}` fills one server before the next: no share is meant")
         return Line(balance_text("random"), [self.ctx.lost(
             statement.span, statement.text, "hashes HTTP or session data the spec cannot see; balanced as "
-                                            "`random`, which is how it looks from the network")])
+                                            "`random`, which is how it looks from the network")],
+            waiver=UNSEEN_HASH.format(statement.text))
 
     def _hash_notes(self, hash_type: Statement | None) -> list[Note]:
         if hash_type is None:

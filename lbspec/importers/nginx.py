@@ -16,7 +16,7 @@ from typing import NoReturn
 from lbspec.importers import addresses
 from lbspec.importers.draft import (
     BackendDraft, ImportContext, Line, Names, Note, PoolDraft, ServiceDraft, affinity_text, balance_text,
-    failover_text, forward_text, health_text, line_span,
+    failover_text, forward_text, health_text, line_span, UNSEEN_HASH,
 )
 from lbspec.ir import Span
 
@@ -635,7 +635,8 @@ class _Upstream:
         if fields is None:
             return Line(balance_text("random"), [self.ctx.lost(
                 directive.span, directive.text, "hashes data the spec cannot see; balanced as `random`, which "
-                                                "is how it looks from the network")])
+                                                "is how it looks from the network")],
+                waiver=UNSEEN_HASH.format(directive.text))
         what = "ketama consistent hashing" if consistent else "a hash modulo the servers' weights"
         return Line(balance_text(kind, fields), [self.ctx.explain(directive.span, f"`{directive.text}`: {what}")])
 

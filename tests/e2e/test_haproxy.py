@@ -92,11 +92,14 @@ def test_a_slowed_backend_is_no_drop_by_the_LB(lab, tmp_path):
     assert set(document["monitor"]["proxy"]["failed"].values()) == {0}
 
 
-def test_balance_source_sends_a_client_to_one_backend_which_is_no_imbalance(lab, tmp_path):
+@pytest.mark.parametrize("balance", ["balance source\n    hash-type consistent", "balance first"])
+def test_a_balance_that_sends_the_lab_s_traffic_to_one_backend_is_no_imbalance(lab, tmp_path, balance):
     """`balance source`: every connection of the lab's one client goes to the backend its address hashes to.
-    That is one pick, not 24 (LB206 before the balance test counted clients)."""
-    config = tmp_path / "source.cfg"
-    config.write_text(CHECKS.read_text().replace("balance roundrobin", "balance source\n    hash-type consistent"))
+    That is one pick, not 24 (LB206 before the balance test counted clients).  `balance first`: every
+    connection goes to the first server, which has no `maxconn` to fill; no share is meant, and the imported
+    spec waives the balance property (LB206 before it did)."""
+    config = tmp_path / "balance.cfg"
+    config.write_text(CHECKS.read_text().replace("balance roundrobin", balance))
     lab.install(Haproxy(config))
     first, then, capture = around(lab, tmp_path)
     assert len(set(answered(first + then))) == 1
