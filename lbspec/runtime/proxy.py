@@ -48,6 +48,7 @@ but not judged.
 
 from __future__ import annotations
 
+import ipaddress
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ from lbspec.runtime.decode import TCP, Packets
 from lbspec.runtime.evidence import Sources, flow_text, packet_ref
 from lbspec.runtime.verdicts import PacketRef, Witness
 
-__all__ = ["ProxyTracker", "Stream", "OUTCOMES"]
+__all__ = ["ProxyTracker", "Stream", "OUTCOMES", "proxy_header"]
 
 OUTCOMES = ("backend_refused", "backend_timeout", "lb_reset", "not_relayed")
 
@@ -215,6 +216,8 @@ class _Backend:
     closed_at: float | None = None  # the first FIN or RST on it, either way
 
     attributed: bool = False  # a failed attempt, counted and given to a client (or found to be none's)
+    framed: bool | None = None  # its stream began with a PROXY protocol header (None: its first byte not seen)
+    named: tuple[int, int, int, int, int] | None = None  # the connection the header names (see proxy_header)
 
     @property
     def first(self) -> Packets:
@@ -227,6 +230,59 @@ class _Backend:
         if not self.syn or self.answered or self.first_data is not None or self.start >= cutoff:
             return None
         return "refused" if self.refused else "timeout"
+
+
+_V2 = b"\r\n\r\n\x00\r\nQUIT\n"  # a version 2 header's signature
+
+
+def proxy_header(data: bytes) -> tuple[int, tuple[int, int, int, int, int] | None] | None:
+    """The PROXY protocol header (version 1 or 2) ``data`` starts with: its length and the connection it names
+    -- (family, source, source port, destination, destination port), addresses as integers -- or None where
+    it names none (v1 ``UNKNOWN``, v2 ``LOCAL``: a health check's).  None if ``data`` does not start with a
+    whole header: it is then the relayed bytes.  (HAProxy's ``send-proxy``, nginx's ``proxy_protocol on``;
+    the LB writes the header in one piece ahead of the client's bytes.)"""
+    if data.startswith(b"PROXY "):
+        end = data.find(b"\r\n", 0, 107)  # a v1 header is at most 107 bytes
+        words = data[6:end].split(b" ") if end > 0 else []
+        if words[:1] == [b"UNKNOWN"]:
+            return end + 2, None
+        if len(words) != 5 or words[0] not in (b"TCP4", b"TCP6"):
+            return None
+        try:
+            source, destination = (ipaddress.ip_address(w.decode("ascii")) for w in words[1:3])
+            sport, dport = int(words[3]), int(words[4])
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if {source.version, destination.version} != {4 if words[0] == b"TCP4" else 6} or max(sport, dport) > 65535:
+            return None
+        return end + 2, (source.version, int(source), sport, int(destination), dport)
+    if not data.startswith(_V2) or len(data) < 16 or data[12] >> 4 != 2:
+        return None
+    length = 16 + int.from_bytes(data[14:16], "big")
+    if len(data) < length:
+        return None
+    command, family, body = data[12] & 0xF, data[13] >> 4, data[16:length]
+    size = {1: 4, 2: 16}.get(family)
+    if command == 0 or size is None or len(body) < 2 * size + 4:  # LOCAL, or not TCP/UDP over IP
+        return length, None
+    sport, dport = int.from_bytes(body[2 * size:2 * size + 2], "big"), int.from_bytes(body[2 * size + 2:][:2], "big")
+    return length, (4 if size == 4 else 6, int.from_bytes(body[:size], "big"), sport,
+                    int.from_bytes(body[size:2 * size], "big"), dport)
+
+
+def _ends(row: _Row) -> tuple[int, int, int, int, int]:
+    """A client connection's ends as :func:`proxy_header` names them."""
+    v4 = row.value("fam") == 4
+    source = row.value("sa_lo") & 0xFFFFFFFF if v4 else row.value("sa_hi") << 64 | row.value("sa_lo")
+    destination = row.value("da_lo") & 0xFFFFFFFF if v4 else row.value("da_hi") << 64 | row.value("da_lo")
+    return 4 if v4 else 6, source, row.value("sport"), destination, row.value("dport")
+
+
+def _ends_text(ends: tuple[int, int, int, int, int]) -> str:
+    family, source, sport, destination, dport = ends
+    text = [str(ipaddress.ip_address(a)) if family == 4 else f"[{ipaddress.IPv6Address(a)}]"
+            for a in (source, destination)]
+    return f"{text[0]}:{sport} -> {text[1]}:{dport}"
 
 
 def _outcome(client: _Client) -> str:
@@ -282,6 +338,7 @@ class ProxyTracker:
         self.backends: dict[int, _Backend] = {}
         self.connections = 0
         self.carried = 0  # client connections a backend connection carried (the packet counts are other modes')
+        self.framed = 0  # backend connections that began with a PROXY protocol header
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self.attempts = {"refused": 0, "timeout": 0}
         self.volume = {"client_to_lb": 0, "lb_to_backend": 0, "backend_to_lb": 0, "lb_to_client": 0}
@@ -474,6 +531,8 @@ class ProxyTracker:
         if flags & (_FIN | _RST) and backend.closed_at is None:
             backend.closed_at = time
         data = batch.payload(i)
+        if backend.framed is None and data and backend.stream.offset(seq) == 0:
+            data, seq = self._unframe(backend, data, seq)
         if not data:
             return
         if backend.first_data is None:
@@ -486,6 +545,21 @@ class ProxyTracker:
             self._try_pair(backend)
         if backend.client is not None and backend.client.backend is backend:
             self._deliver(backend.client, reached, time)
+
+    def _unframe(self, backend: _Backend, data: bytes, seq: int) -> tuple[bytes, int]:
+        """The first bytes of a backend connection without the PROXY protocol header they may start with (the
+        LB's word on whose connection it is, which the relayed bytes follow), and where the rest starts.
+        The stream is counted from after the header."""
+        found = proxy_header(data)
+        backend.framed = found is not None
+        if found is None:
+            return data, seq
+        length, backend.named = found
+        stream = backend.stream
+        stream.isn = (stream.isn + length) & 0xFFFFFFFF
+        stream.pending = {offset - length: chunk for offset, chunk in stream.pending.items() if offset >= length}
+        self.framed += 1
+        return data[length:], (seq + length) & 0xFFFFFFFF
 
     def _try_pair(self, backend: _Backend) -> None:
         """Pair a backend connection with the client whose bytes it carries.  One whose bytes no client has
@@ -566,6 +640,8 @@ class ProxyTracker:
         _discard(self.free, client)
         self.paired.append((client, backend))
         self.carried += 1
+        if backend.named is not None and backend.named != _ends(client.row):
+            self._misnamed(client, backend)
 
     def _judge_pairs(self) -> None:
         """The connections paired since last time, judged together (per service) as the packet pairs of the
@@ -631,6 +707,18 @@ class ProxyTracker:
                     f"the bytes {name or 'the backend'} got differ from what the client sent, from byte {offset}",
                     {"flow": flow_text(client.first, 0), "backend": name, "fields": ["payload"],
                      "offset": offset}), witness=self._witness(client, []))
+
+    def _misnamed(self, client: _Client, backend: _Backend) -> None:
+        """A PROXY protocol header that names another connection than the client's: the backend is told a
+        wrong client (or VIP)."""
+        name = self.compiled.backends[backend.gid].name if backend.gid >= 0 else None
+        named = _ends_text(backend.named)
+        for check in self._checks(client, "integrity"):
+            if "headers" in check.pattern.fields:
+                self.engine.verdict(d.MUTATION, check, client.key, backend.first_data or backend.start, [], lambda: (
+                    f"the PROXY protocol header {name or 'the backend'} got names {named}, not the client's "
+                    f"connection", {"flow": flow_text(client.first, 0), "backend": name, "fields": ["proxy_header"],
+                                    "named": named}), witness=self._witness(client, []))
 
     def _duplicate(self, client: _Client, backend: _Backend) -> None:
         name = self.compiled.backends[backend.gid].name if backend.gid >= 0 else None
@@ -764,7 +852,7 @@ class ProxyTracker:
     def summary(self) -> dict:
         """The summary's ``proxy`` entry (docs/monitor.md)."""
         return {"client_connections": self.connections, "carried": self.carried, "failed": dict(self.outcomes),
-                "failed_attempts": dict(self.attempts), "bytes": dict(self.volume)}
+                "failed_attempts": dict(self.attempts), "bytes": dict(self.volume), "proxy_protocol": self.framed}
 
     def _carried_nothing(self, backend: _Backend, ending: bool) -> None:
         """A backend connection that is over and carried nothing: paired with the last client connection opened

@@ -235,11 +235,12 @@ class Scenario:
     def proxy_flow(self, backend: str, start: float = 0.0, *, client: str = "203.0.113.7", vport: int = 80,
                    bport: int = 8080, chunks: tuple[bytes, ...] = (b"GET / HTTP/1.1\r\n", b"Host: x\r\n\r\n"),
                    gap: float = 0.01, regroup: bool = True, lose: int | None = None, alter: bool = False,
-                   delay: float = 0.002, open_backend: bool = True) -> int:
+                   delay: float = 0.002, open_backend: bool = True, header=None) -> int:
         """A client connection the LB terminates, and its own connection to ``backend`` carrying the bytes.
 
         ``regroup`` sends the client's chunks to the backend as one segment; ``lose`` leaves a chunk out;
-        ``alter`` changes a byte on the way.
+        ``alter`` changes a byte on the way; ``header(client, cport, vip, vport)`` is what the LB sends the
+        backend ahead of them (a PROXY protocol header), in a segment of its own.
         """
         cport, lport = next(self.ports), next(self.ports) + 20000
         cseq, bseq = next(self.seqs) % (1 << 32), next(self.seqs) % (1 << 32)
@@ -259,6 +260,8 @@ class Scenario:
         if alter and sent:
             sent[-1] = sent[-1][:-1] + bytes([sent[-1][-1] ^ 0xFF])
         pieces = [b"".join(sent)] if regroup else sent
+        if header is not None:
+            pieces.insert(0, header(client, cport, self.vip, vport))
         boffset = 1
         for piece in pieces if open_backend else []:
             self.add(t + delay, "backend", Ether(src=LB_MAC, dst=backend_mac(backend)) / ip(LB_ADDRESS, backend)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
+import struct
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
+
+from lbspec.runtime.proxy import proxy_header
 
 from .scenario import LB_ADDRESS, LB_MAC, START, Scenario, backend_mac, codes, ip, spec
 
@@ -137,6 +143,84 @@ def test_health_checks_of_the_proxy_are_not_LB208():
     scenario.packets += [p for p in probe.packets if p.side == "backend"]
     text = spec(mode="proxy", health='health http "/healthz" every 1s timeout 500ms')
     assert codes(scenario.judge(text)) == []
+
+
+# ------------------------------------------------------- PROXY protocol --
+
+def _v1(client: str, cport: int, vip: str, vport: int) -> bytes:
+    return f"PROXY TCP4 {client} {vip} {cport} {vport}\r\n".encode()
+
+
+def _v2(client: str, cport: int, vip: str, vport: int) -> bytes:
+    body = ipaddress.ip_address(client).packed + ipaddress.ip_address(vip).packed + struct.pack("!HH", cport, vport)
+    tlv = b"\x04\x00\x02ab"  # a TLV after the addresses (PP2_TYPE_NOOP)
+    return V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", len(body) + len(tlv)) + body + tlv
+
+
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+@pytest.mark.parametrize("header", [_v1, _v2], ids=["v1", "v2"])
+def test_a_proxy_protocol_header_ahead_of_the_bytes_is_the_lb_s_word_not_a_mutation(header):
+    """HAProxy's `send-proxy`, nginx's `proxy_protocol on`: the backend gets a header naming the client's
+    connection, then the client's bytes.  They pair and compare from after it."""
+    scenario = Scenario("proxy")
+    for k in range(3):
+        scenario.proxy_flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.1, header=header)
+    report = scenario.judge(SPEC)
+    assert codes(report) == []
+    proxy = report.summary["proxy"]
+    assert proxy["proxy_protocol"] == proxy["carried"] == 3
+    assert proxy["bytes"]["client_to_lb"] == proxy["bytes"]["lb_to_backend"]
+
+
+@pytest.mark.parametrize("header", [_v1, _v2], ids=["v1", "v2"])
+def test_a_proxy_protocol_header_that_names_another_connection_is_LB204(header):
+    scenario = Scenario("proxy")
+    scenario.proxy_flow("10.1.0.11", header=lambda client, cport, vip, vport: header("10.9.9.9", cport, vip, vport))
+    scenario.proxy_flow("10.1.0.12", 0.1, header=lambda client, cport, vip, vport: header(client, cport + 1, vip,
+                                                                                           vport))
+    report = scenario.judge(SPEC)
+    assert codes(report) == ["LB204", "LB204"]
+    assert {v.data["fields"][0] for v in report.violations} == {"proxy_header"}
+    assert report.violations[0].data["named"].startswith("10.9.9.9:")
+
+
+def test_a_health_check_that_sends_only_a_proxy_protocol_header_is_a_check():
+    """HAProxy's checks of `send-proxy` servers send a header naming their own connection (v2: LOCAL), and
+    nothing more."""
+    scenario = Scenario("proxy")
+    scenario.proxy_flow("10.1.0.11")
+    probe = Scenario("proxy")
+    for k, header in enumerate((b"PROXY TCP4 10.0.0.1 10.1.0.12 40000 8080\r\n",
+                                V2_SIGNATURE + b"\x20\x00\x00\x00", b"PROXY UNKNOWN\r\n")):
+        probe.proxy_flow("10.1.0.12", 0.3 + k * 0.1, chunks=(header,))
+    scenario.packets += [p for p in probe.packets if p.side == "backend"]
+    report = scenario.judge(SPEC)
+    assert codes(report) == [] and report.summary["proxy"]["proxy_protocol"] == 3
+    assert report.summary["probes"] == 3
+    # where nothing checks the backends, such a connection is no check
+    assert codes(scenario.judge(spec(mode="proxy", health="health none"))) == ["LB208"] * 3
+
+
+@pytest.mark.parametrize("data", [
+    b"PROXY TCP4 10.0.0.1 10.0.0.2 1 2",  # no CRLF
+    b"PROXY TCP4 10.0.0.1 ::1 1 2\r\n",  # mixed families
+    b"PROXY TCP6 10.0.0.1 10.0.0.2 1 2\r\n",
+    b"PROXY TCP4 10.0.0.1 10.0.0.2 1 99999\r\n",
+    b"PROXY TCP4 10.0.0.1 10.0.0.2 x 2\r\n",
+    b"PROXY " + b"A" * 200 + b"\r\n",  # longer than a v1 header may be
+    V2_SIGNATURE + b"\x21\x11\x00\x0c" + b"\x00" * 8,  # shorter than it says
+    V2_SIGNATURE + b"\x31\x11\x00\x00",  # version 3
+])
+def test_what_is_not_a_whole_proxy_protocol_header_is_relayed_bytes(data):
+    assert proxy_header(data) is None
+
+
+@given(st.binary(max_size=300), st.sampled_from([b"", b"PROXY ", V2_SIGNATURE]))
+def test_reading_a_proxy_protocol_header_never_fails_on_any_bytes(data, start):
+    found = proxy_header(start + data)
+    assert found is None or 0 < found[0] <= len(start + data)
 
 
 def test_a_client_connection_the_proxy_never_serves_is_LB200():
