@@ -200,6 +200,11 @@ def quoted(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# what an LB that sends a PROXY protocol header ahead of a client's bytes (HAProxy `send-proxy`, nginx
+# `proxy_protocol on`) does that a spec cannot say
+PROXY_HEADER = ("a PROXY protocol header is sent first: the monitor reads it (and checks it names the client), "
+                "the spec cannot ask for it")
+
 # why a balance that hashes what the monitor cannot see (HTTP headers, URIs, variables) is waived
 UNSEEN_HASH = "`{}` hashes data a capture does not show: how many keys there are, and so the shares, is chance"
 

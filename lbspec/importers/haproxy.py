@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from lbspec.importers import addresses
 from lbspec.importers.draft import (
-    NOT_REPRESENTED, BackendDraft, ConfigError, ImportContext, Line, Names, Note, PoolDraft, ServiceDraft, affinity_text,
-    UNSEEN_HASH, balance_text, duration, failover_text, forward_text, health_text,
+    NOT_REPRESENTED, PROXY_HEADER, UNSEEN_HASH, BackendDraft, ConfigError, ImportContext, Line, Names, Note,
+    PoolDraft, ServiceDraft, affinity_text, balance_text, duration, failover_text, forward_text, health_text,
 )
 from lbspec.ir import Span
 from lbspec.syntax.haproxy import Config, Section, ServerOption, Statement, parse_haproxy
@@ -107,11 +107,10 @@ _SERVER_IGNORED = {
 }
 _SERVER_LOST = {
     "ssl": "TLS to the server: the server receives re-encrypted bytes, not the client's",
-    "send-proxy": "a PROXY protocol header is sent first: the server receives bytes the client never sent",
-    "send-proxy-v2": "a PROXY protocol header is sent first: the server receives bytes the client never sent",
-    "send-proxy-v2-ssl": "a PROXY protocol header is sent first: the server receives bytes the client never sent",
-    "send-proxy-v2-ssl-cn": "a PROXY protocol header is sent first: the server receives bytes the client "
-                            "never sent",
+    "send-proxy": PROXY_HEADER,
+    "send-proxy-v2": PROXY_HEADER,
+    "send-proxy-v2-ssl": PROXY_HEADER,
+    "send-proxy-v2-ssl-cn": PROXY_HEADER,
     "slowstart": "a server that comes back takes traffic gradually; its weight grows over this time",
     "agent-check": "an agent on the server may change its weight or state at run time",
     "agent-port": "an agent on the server may change its weight or state at run time",

@@ -15,8 +15,8 @@ from typing import NoReturn
 
 from lbspec.importers import addresses
 from lbspec.importers.draft import (
-    BackendDraft, ImportContext, Line, Names, Note, PoolDraft, ServiceDraft, affinity_text, balance_text,
-    failover_text, forward_text, health_text, line_span, UNSEEN_HASH,
+    PROXY_HEADER, UNSEEN_HASH, BackendDraft, ImportContext, Line, Names, Note, PoolDraft, ServiceDraft,
+    affinity_text, balance_text, failover_text, forward_text, health_text, line_span,
 )
 from lbspec.ir import Span
 
@@ -46,7 +46,7 @@ _IGNORED = {
 }
 
 _LOST_WHY = {
-    "proxy_protocol": "a PROXY protocol header is sent first: the server receives bytes the client never sent",
+    "proxy_protocol": PROXY_HEADER,
     "proxy_ssl": "TLS to the upstream: the server receives re-encrypted bytes, not the client's",
     "proxy_bind": "connections to the upstream leave from a chosen (maybe the client's) address",
     "proxy_next_upstream": "a connection (in `http`, a request) that fails on its server is passed to the next "

@@ -106,3 +106,18 @@ def test_a_balance_that_sends_the_lab_s_traffic_to_one_backend_is_no_imbalance(l
     code, document = monitor(imported("haproxy", config, tmp_path), capture)
     assert verdicts(document) == {} and code == 0
     assert sum(b["flows"] for b in document["monitor"]["backends"]) == len(first + then)  # the summary: flows
+
+
+@pytest.mark.parametrize("option", ["send-proxy", "send-proxy-v2"])
+def test_a_proxy_protocol_header_ahead_of_each_connection_is_no_violation(lab, tmp_path, option):
+    """`send-proxy`: HAProxy tells each server whose connection it is, in a header ahead of the client's
+    bytes -- its checks send one too.  Every connection was LB200 and LB208 before the monitor read them."""
+    config = tmp_path / "proxied.cfg"
+    config.write_text(CHECKS.read_text().replace("rise 1", f"rise 1 {option}"))
+    lab.install(Haproxy(config))
+    first, then, capture = around(lab, tmp_path)
+    code, document = monitor(imported("haproxy", config, tmp_path), capture)
+    assert verdicts(document) == {} and code == 0
+    proxy = document["monitor"]["proxy"]
+    assert proxy["carried"] == len(first + then) and proxy["proxy_protocol"] > proxy["carried"]  # and checks'
+    assert proxy["bytes"]["client_to_lb"] == proxy["bytes"]["lb_to_backend"]
