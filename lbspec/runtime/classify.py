@@ -32,6 +32,7 @@ import numpy as np
 
 from lbspec.runtime.compiled import Compiled, akey
 from lbspec.runtime.decode import ARP, ICMP6, OK, TCP, UDP, V4_MAPPED, Packets, fill_digests
+from lbspec.runtime.proxy_protocol import unframe_datagrams
 
 __all__ = ["NONE", "INGRESS", "EGRESS", "BREPLY", "CREPLY", "TRANSIT", "ROLE_NAMES", "classify", "classify_rows",
            "assign_backends", "mix", "pair_key", "fragment_key", "datagram_id", "datagram_key", "later_fragment",
@@ -150,6 +151,8 @@ def classify_rows(p: Packets, compiled: Compiled) -> None:
     gid[egress] = _egress_backend(p, compiled, egress, dkey, be_d, vip_d)
     replies = role == BREPLY
     gid[replies] = compiled.by_port(skey[replies], p["sport"][replies], be_s[replies])
+    if "proxy" in compiled.modes:
+        unframe_datagrams(p, np.nonzero(egress & (p["proto"] == UDP) & compiled.proxied[gid])[0])
     p["role"], p["svc"], p["gid"] = role, svc, gid
     p["ckey"] = client_key(p, role)
     paired = np.nonzero((role == INGRESS) | (role == EGRESS))[0]  # only these are keyed (0 elsewhere)

@@ -61,9 +61,10 @@ from lbspec.runtime.classify import BREPLY, CREPLY, EGRESS, INGRESS, flow_key
 from lbspec.runtime.compiled import CheckPlan, akey
 from lbspec.runtime.decode import TCP, Packets
 from lbspec.runtime.evidence import Sources, flow_text, packet_ref
+from lbspec.runtime.proxy_protocol import proxy_header
 from lbspec.runtime.verdicts import PacketRef, Witness
 
-__all__ = ["ProxyTracker", "Stream", "OUTCOMES", "proxy_header"]
+__all__ = ["ProxyTracker", "Stream", "OUTCOMES"]
 
 OUTCOMES = ("backend_refused", "backend_timeout", "lb_reset", "not_relayed")
 
@@ -230,44 +231,6 @@ class _Backend:
         if not self.syn or self.answered or self.first_data is not None or self.start >= cutoff:
             return None
         return "refused" if self.refused else "timeout"
-
-
-_V2 = b"\r\n\r\n\x00\r\nQUIT\n"  # a version 2 header's signature
-
-
-def proxy_header(data: bytes) -> tuple[int, tuple[int, int, int, int, int] | None] | None:
-    """The PROXY protocol header (version 1 or 2) ``data`` starts with: its length and the connection it names
-    -- (family, source, source port, destination, destination port), addresses as integers -- or None where
-    it names none (v1 ``UNKNOWN``, v2 ``LOCAL``: a health check's).  None if ``data`` does not start with a
-    whole header: it is then the relayed bytes.  (HAProxy's ``send-proxy``, nginx's ``proxy_protocol on``;
-    the LB writes the header in one piece ahead of the client's bytes.)"""
-    if data.startswith(b"PROXY "):
-        end = data.find(b"\r\n", 0, 107)  # a v1 header is at most 107 bytes
-        words = data[6:end].split(b" ") if end > 0 else []
-        if words[:1] == [b"UNKNOWN"]:
-            return end + 2, None
-        if len(words) != 5 or words[0] not in (b"TCP4", b"TCP6"):
-            return None
-        try:
-            source, destination = (ipaddress.ip_address(w.decode("ascii")) for w in words[1:3])
-            sport, dport = int(words[3]), int(words[4])
-        except (ValueError, UnicodeDecodeError):
-            return None
-        if {source.version, destination.version} != {4 if words[0] == b"TCP4" else 6} or max(sport, dport) > 65535:
-            return None
-        return end + 2, (source.version, int(source), sport, int(destination), dport)
-    if not data.startswith(_V2) or len(data) < 16 or data[12] >> 4 != 2:
-        return None
-    length = 16 + int.from_bytes(data[14:16], "big")
-    if len(data) < length:
-        return None
-    command, family, body = data[12] & 0xF, data[13] >> 4, data[16:length]
-    size = {1: 4, 2: 16}.get(family)
-    if command == 0 or size is None or len(body) < 2 * size + 4:  # LOCAL, or not TCP/UDP over IP
-        return length, None
-    sport, dport = int.from_bytes(body[2 * size:2 * size + 2], "big"), int.from_bytes(body[2 * size + 2:][:2], "big")
-    return length, (4 if size == 4 else 6, int.from_bytes(body[:size], "big"), sport,
-                    int.from_bytes(body[size:2 * size], "big"), dport)
 
 
 def _ends(row: _Row) -> tuple[int, int, int, int, int]:

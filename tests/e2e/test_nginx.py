@@ -74,14 +74,15 @@ def test_a_slowed_backend_is_no_drop_by_the_LB(lab, tmp_path):
 
 def test_a_proxy_protocol_header_ahead_of_each_connection_is_no_violation(lab_factory, tmp_path):
     """`proxy_protocol on`: nginx tells each server whose connection it is, in a header ahead of the
-    client's bytes."""
+    client's bytes -- for udp, ahead of the first datagram of each client's session."""
     config = tmp_path / "proxied.conf"
-    config.write_text(CONFIG.read_text().replace("proxy_connect_timeout 1s;", "proxy_connect_timeout 1s;\n"
-                                                 "        proxy_protocol on;"))
+    config.write_text(CONFIG.read_text().replace("proxy_timeout", "proxy_protocol on;\n        proxy_timeout"))
     lab = lab_factory(backends=("b1", "b2", "b3"))
     lab.install(NginxStream(config))
-    first, then, capture = around(lab, tmp_path)
+    first, then, capture = around(lab, tmp_path, udp=True)
     code, document = monitor(imported("nginx", config, tmp_path), capture)
     assert verdicts(document) == {} and code == 0
     proxy = document["monitor"]["proxy"]
-    assert proxy["carried"] == proxy["proxy_protocol"] == len(first + then)
+    assert proxy["carried"] == proxy["proxy_protocol"] == len(answered(first + then))
+    datagrams = sum(1 for r in first + then if r["proto"] == "udp")
+    assert document["monitor"]["listened_ingress"] == document["monitor"]["paired"] == datagrams

@@ -8,11 +8,11 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import IP, TCP
-from scapy.layers.l2 import Ether
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from lbspec.runtime.proxy import proxy_header
+from lbspec.runtime.proxy_protocol import proxy_header
 
 from .scenario import LB_ADDRESS, LB_MAC, START, Scenario, backend_mac, codes, ip, spec
 
@@ -201,6 +201,32 @@ def test_a_health_check_that_sends_only_a_proxy_protocol_header_is_a_check():
     assert report.summary["probes"] == 3
     # where nothing checks the backends, such a connection is no check
     assert codes(scenario.judge(spec(mode="proxy", health="health none"))) == ["LB208"] * 3
+
+
+@pytest.mark.parametrize("framed", [True, False])
+def test_a_proxy_protocol_header_ahead_of_a_udp_session_s_first_datagram_is_the_lb_s_word(framed):
+    """nginx `proxy_protocol on` in a udp server puts the header ahead of the first datagram of each client's
+    session only.  That datagram pairs with the client's on what follows the header; with bytes that are no
+    header ahead of it, it is not the client's (LB200, and LB208 for what went)."""
+    scenario = Scenario("proxy")
+    for side in ("client", "backend"):  # the captures start before the session: its first datagram is no edge
+        scenario.add(0.0, side, Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(psrc="10.9.9.9", pdst="10.9.9.8"))
+    client, cport, lport = "203.0.113.7", 40000, 50000
+    ahead = _v1(client, cport, scenario.vip, 53) if framed else b"PROXY TCP4 junk\r\n"
+    for k in range(3):
+        query, answer = b"query %d" % k, b"answer %d" % k
+        t = 0.2 + k * 0.05
+        scenario.add(t, "client", ip(client, scenario.vip, ttl=64) / UDP(sport=cport, dport=53) / Raw(query))
+        scenario.add(t + 0.001, "backend", Ether(src=LB_MAC, dst=backend_mac("10.1.0.11"))
+                     / ip(LB_ADDRESS, "10.1.0.11") / UDP(sport=lport, dport=5353) / Raw((ahead if k == 0 else b"")
+                                                                                         + query))
+        scenario.add(t + 0.002, "backend", Ether(src=backend_mac("10.1.0.11"), dst=LB_MAC)
+                     / ip("10.1.0.11", LB_ADDRESS) / UDP(sport=5353, dport=lport) / Raw(answer))
+        scenario.add(t + 0.003, "client", ip(scenario.vip, client) / UDP(sport=53, dport=cport) / Raw(answer))
+    text = spec(mode="proxy", listen="udp 53", rule="forward udp 53 to app port 5353")
+    report = scenario.judge(text)
+    assert codes(report) == ([] if framed else ["LB200", "LB208"])
+    assert report.summary["paired"] == (3 if framed else 2)
 
 
 @pytest.mark.parametrize("data", [
