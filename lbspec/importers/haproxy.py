@@ -80,7 +80,8 @@ _LOST_WHY = {
 # `bind` options that change what reaches the listener or what servers receive.
 _BIND_LOST = {
     "ssl": "TLS is terminated here: servers receive decrypted bytes",
-    "accept-proxy": "clients must send a PROXY protocol header first",
+    "accept-proxy": "clients must send a PROXY protocol header first (the monitor reads it as the name of the "
+                    "client behind them)",
     "maxconn": _LOST_WHY["maxconn"],
     "interface": "only connections that arrive on this network interface reach the listener; the spec's VIPs "
                  "take traffic from every interface",

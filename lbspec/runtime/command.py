@@ -235,8 +235,10 @@ def _proxy(proxy: dict) -> str:
             f"bytes client->LB {moved['client_to_lb']:,}, "
             f"LB->backend {moved['lb_to_backend']:,}, backend->LB {moved['backend_to_lb']:,}, "
             f"LB->client {moved['lb_to_client']:,}")
-    if proxy["proxy_protocol"]:
-        text += f"; {proxy['proxy_protocol']:,} backend connections began with a PROXY protocol header"
+    framed = proxy["proxy_protocol"]
+    if any(framed.values()):
+        text += (f"; PROXY protocol headers from clients {framed['from_clients']:,}, "
+                 f"to backends {framed['to_backends']:,}")
     failed = {**{k: n for k, n in proxy["failed"].items() if n},
               **{f"attempt {k}": n for k, n in proxy["failed_attempts"].items() if n}}
     return text + (f"; failed: {', '.join(f'{k} {n:,}' for k, n in failed.items())}" if failed else "")

@@ -191,6 +191,8 @@ class _Client:
     attempts: list = field(default_factory=list)  # failed backend connection attempts made for it
     outcome: str | None = None
     indexed: tuple[bool, bytes] = (False, b"")  # carried yet, and the first bytes of its stream (ProxyTracker._index)
+    framed: bool | None = None  # its stream began with a PROXY protocol header (a proxy before the LB sent it)
+    named: tuple[int, int, int, int, int] | None = None  # the connection that header names
 
     @property
     def first(self) -> Packets:
@@ -301,7 +303,7 @@ class ProxyTracker:
         self.backends: dict[int, _Backend] = {}
         self.connections = 0
         self.carried = 0  # client connections a backend connection carried (the packet counts are other modes')
-        self.framed = 0  # backend connections that began with a PROXY protocol header
+        self.framed = {"from_clients": 0, "to_backends": 0}  # connections that began with a PROXY protocol header
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self.attempts = {"refused": 0, "timeout": 0}
         self.volume = {"client_to_lb": 0, "lb_to_backend": 0, "backend_to_lb": 0, "lb_to_client": 0}
@@ -406,6 +408,8 @@ class ProxyTracker:
             client.syn_checks = client.syn_checks or checks
             return
         data = batch.payload(i)
+        if client.framed is None and data and client.stream.offset(seq) == 0:
+            data, seq = self._unframe(client, data, seq)
         if not data:
             return
         if client.first_byte is None:
@@ -509,19 +513,19 @@ class ProxyTracker:
         if backend.client is not None and backend.client.backend is backend:
             self._deliver(backend.client, reached, time)
 
-    def _unframe(self, backend: _Backend, data: bytes, seq: int) -> tuple[bytes, int]:
-        """The first bytes of a backend connection without the PROXY protocol header they may start with (the
-        LB's word on whose connection it is, which the relayed bytes follow), and where the rest starts.
-        The stream is counted from after the header."""
+    def _unframe(self, connection: _Client | _Backend, data: bytes, seq: int) -> tuple[bytes, int]:
+        """The first bytes of a connection without the PROXY protocol header they may start with -- the LB's
+        word to a backend on whose connection it is (or a proxy's before it, to the LB) -- and where the
+        rest, the relayed bytes, starts.  The stream is counted from after the header."""
         found = proxy_header(data)
-        backend.framed = found is not None
+        connection.framed = found is not None
         if found is None:
             return data, seq
-        length, backend.named = found
-        stream = backend.stream
+        length, connection.named = found
+        stream = connection.stream
         stream.isn = (stream.isn + length) & 0xFFFFFFFF
         stream.pending = {offset - length: chunk for offset, chunk in stream.pending.items() if offset >= length}
-        self.framed += 1
+        self.framed["to_backends" if isinstance(connection, _Backend) else "from_clients"] += 1
         return data[length:], (seq + length) & 0xFFFFFFFF
 
     def _try_pair(self, backend: _Backend) -> None:
@@ -603,7 +607,7 @@ class ProxyTracker:
         _discard(self.free, client)
         self.paired.append((client, backend))
         self.carried += 1
-        if backend.named is not None and backend.named != _ends(client.row):
+        if backend.named is not None and backend.named != (client.named or _ends(client.row)):
             self._misnamed(client, backend)
 
     def _judge_pairs(self) -> None:
@@ -672,8 +676,8 @@ class ProxyTracker:
                      "offset": offset}), witness=self._witness(client, []))
 
     def _misnamed(self, client: _Client, backend: _Backend) -> None:
-        """A PROXY protocol header that names another connection than the client's: the backend is told a
-        wrong client (or VIP)."""
+        """A PROXY protocol header that names another connection than the client's (or than the one the
+        client's own header named): the backend is told a wrong client (or VIP)."""
         name = self.compiled.backends[backend.gid].name if backend.gid >= 0 else None
         named = _ends_text(backend.named)
         for check in self._checks(client, "integrity"):
@@ -815,7 +819,7 @@ class ProxyTracker:
     def summary(self) -> dict:
         """The summary's ``proxy`` entry (docs/monitor.md)."""
         return {"client_connections": self.connections, "carried": self.carried, "failed": dict(self.outcomes),
-                "failed_attempts": dict(self.attempts), "bytes": dict(self.volume), "proxy_protocol": self.framed}
+                "failed_attempts": dict(self.attempts), "bytes": dict(self.volume), "proxy_protocol": dict(self.framed)}
 
     def _carried_nothing(self, backend: _Backend, ending: bool) -> None:
         """A backend connection that is over and carried nothing: paired with the last client connection opened

@@ -170,7 +170,7 @@ def test_a_proxy_protocol_header_ahead_of_the_bytes_is_the_lb_s_word_not_a_mutat
     report = scenario.judge(SPEC)
     assert codes(report) == []
     proxy = report.summary["proxy"]
-    assert proxy["proxy_protocol"] == proxy["carried"] == 3
+    assert proxy["proxy_protocol"] == {"from_clients": 0, "to_backends": 3} and proxy["carried"] == 3
     assert proxy["bytes"]["client_to_lb"] == proxy["bytes"]["lb_to_backend"]
 
 
@@ -186,6 +186,21 @@ def test_a_proxy_protocol_header_that_names_another_connection_is_LB204(header):
     assert report.violations[0].data["named"].startswith("10.9.9.9:")
 
 
+def test_a_proxy_before_the_lb_names_the_client_and_the_lb_passes_that_name_on():
+    """HAProxy `accept-proxy` behind a load balancer that speaks the PROXY protocol (`send-proxy` on): the
+    client connection starts with a header naming the first client, which is what the LB's header to the
+    backend must name, and which the LB does not relay as bytes."""
+    first = ("198.51.100.9", 51000, "192.0.2.10", 80)
+    scenario = Scenario("proxy")
+    # the client's first chunk, its header, is not relayed (`lose`)
+    scenario.proxy_flow("10.1.0.11", chunks=(_v1(*first), b"GET / HTTP/1.1\r\n", b"Host: x\r\n\r\n"), lose=0,
+                        header=lambda *_ends: _v1(*first))
+    scenario.proxy_flow("10.1.0.12", 0.1, chunks=(_v1(*first), b"GET / HTTP/1.1\r\n"), lose=0, header=_v1)
+    report = scenario.judge(SPEC)
+    assert codes(report) == ["LB204"]  # the second LB named the proxy before it, not the client it was told of
+    assert report.summary["proxy"]["proxy_protocol"] == {"from_clients": 2, "to_backends": 2}
+
+
 def test_a_health_check_that_sends_only_a_proxy_protocol_header_is_a_check():
     """HAProxy's checks of `send-proxy` servers send a header naming their own connection (v2: LOCAL), and
     nothing more."""
@@ -197,7 +212,7 @@ def test_a_health_check_that_sends_only_a_proxy_protocol_header_is_a_check():
         probe.proxy_flow("10.1.0.12", 0.3 + k * 0.1, chunks=(header,))
     scenario.packets += [p for p in probe.packets if p.side == "backend"]
     report = scenario.judge(SPEC)
-    assert codes(report) == [] and report.summary["proxy"]["proxy_protocol"] == 3
+    assert codes(report) == [] and report.summary["proxy"]["proxy_protocol"]["to_backends"] == 3
     assert report.summary["probes"] == 3
     # where nothing checks the backends, such a connection is no check
     assert codes(scenario.judge(spec(mode="proxy", health="health none"))) == ["LB208"] * 3
