@@ -205,6 +205,11 @@ def quoted(text: str) -> str:
 PROXY_HEADER = ("a PROXY protocol header is sent first: the monitor reads it (and checks it names the client), "
                 "the spec cannot ask for it")
 
+# ... and one that takes a PROXY protocol header from its clients (HAProxy `accept-proxy`, nginx `listen ...
+# proxy_protocol`)
+ACCEPT_PROXY = "clients must send a PROXY protocol header first: the monitor reads it as the name of the client " \
+               "behind them"
+
 # why a balance that hashes what the monitor cannot see (HTTP headers, URIs, variables) is waived
 UNSEEN_HASH = "`{}` hashes data a capture does not show: how many keys there are, and so the shares, is chance"
 

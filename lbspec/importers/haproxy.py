@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from lbspec.importers import addresses
 from lbspec.importers.draft import (
-    NOT_REPRESENTED, PROXY_HEADER, UNSEEN_HASH, BackendDraft, ConfigError, ImportContext, Line, Names, Note,
-    PoolDraft, ServiceDraft, affinity_text, balance_text, duration, failover_text, forward_text, health_text,
+    ACCEPT_PROXY, NOT_REPRESENTED, PROXY_HEADER, UNSEEN_HASH, BackendDraft, ConfigError, ImportContext, Line, Names,
+    Note, PoolDraft, ServiceDraft, affinity_text, balance_text, duration, failover_text, forward_text, health_text,
 )
 from lbspec.ir import Span
 from lbspec.syntax.haproxy import Config, Section, ServerOption, Statement, parse_haproxy
@@ -80,8 +80,7 @@ _LOST_WHY = {
 # `bind` options that change what reaches the listener or what servers receive.
 _BIND_LOST = {
     "ssl": "TLS is terminated here: servers receive decrypted bytes",
-    "accept-proxy": "clients must send a PROXY protocol header first (the monitor reads it as the name of the "
-                    "client behind them)",
+    "accept-proxy": ACCEPT_PROXY,
     "maxconn": _LOST_WHY["maxconn"],
     "interface": "only connections that arrive on this network interface reach the listener; the spec's VIPs "
                  "take traffic from every interface",

@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from lbspec.importers import addresses
 from lbspec.importers.draft import (
-    PROXY_HEADER, UNSEEN_HASH, BackendDraft, ImportContext, Line, Names, Note, PoolDraft, ServiceDraft,
+    ACCEPT_PROXY, PROXY_HEADER, UNSEEN_HASH, BackendDraft, ImportContext, Line, Names, Note, PoolDraft, ServiceDraft,
     affinity_text, balance_text, failover_text, forward_text, health_text, line_span,
 )
 from lbspec.ir import Span
@@ -378,8 +378,7 @@ class _ServerBlock:
                 service.listen_notes.append(self.ctx.lost(listen.span, listen.text, "TLS is terminated here: "
                                                                                     "servers receive decrypted bytes"))
             elif option == "proxy_protocol":
-                service.listen_notes.append(self.ctx.lost(listen.span, listen.text, "clients must send a PROXY "
-                                                                                    "protocol header first"))
+                service.listen_notes.append(self.ctx.lost(listen.span, listen.text, ACCEPT_PROXY))
 
     # --- pool and rules
     def _pool(self, service: ServiceDraft, directive: _Directive, upstream: _Directive | None) -> str:
