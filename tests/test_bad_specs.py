@@ -91,7 +91,7 @@ CASES = {
     "within on a stickiness property": ("LB042", S + "    require flow_affinity within @5s\n}"),
     "hash fields on round robin": ("LB042", S + "    @balance round_robin(src)\n}"),
     "timeout on affinity none": ("LB042", S + "    affinity none timeout @5s\n}"),
-    "path on a tcp health check": ("LB042", S + "    @health tcp \"/x\"\n}"),
+    "string on a udp health check": ("LB042", S + "    @health udp \"/x\"\n}"),
     "unknown filter word": ("LB043", S + "    waive no_drop for @tpc \"why\"\n}"),
     "port field with an address": ("LB043", S + "    waive no_drop for sport in @10.0.0.0/8 \"why\"\n}"),
     "order on an address": ("LB043", S + "    waive no_drop for @src < 10.0.0.1 \"why\"\n}"),

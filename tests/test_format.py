@@ -126,3 +126,9 @@ def test_comments_survive_formatting_anywhere(tree, data):
     assert sorted(c.text for c in lbspec.parse(formatted).comments) == sorted(c.text for c in lbspec.parse(text).comments)
     assert lbspec.parse(formatted).items == tree.items
     assert fmt(formatted) == formatted
+
+
+def test_a_string_s_carriage_return_line_feed_and_tab_are_written_back_escaped():
+    text = 'service a {\n    vip 192.0.2.1\n    health tcp "PING\\r\\n\\t\\"x\\"" every 1s\n}\n'
+    assert 'health tcp "PING\\r\\n\\t\\"x\\""' in fmt(text)
+    assert fmt(fmt(text)) == fmt(text)

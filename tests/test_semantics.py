@@ -37,6 +37,10 @@ def test_health_settings_default_individually_and_convert_units():
     assert health.detection_time == pytest.approx(5 * 0.5 + 1.0)
 
 
+def test_a_tcp_check_s_string_is_what_it_sends_with_its_escapes():
+    assert one(service('health tcp "PING\\r\\n\\t\\"x\\"" every 1s')).health.path == 'PING\r\n\t"x"'
+
+
 @pytest.mark.parametrize("text, seconds", [("250us", 250e-6), ("20ms", 0.02), ("1.5s", 1.5), ("2m", 120), ("1h", 3600)])
 def test_duration_units(text, seconds):
     assert one(service(f"affinity flow timeout {text}")).affinity.timeout == pytest.approx(seconds)

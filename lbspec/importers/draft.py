@@ -22,6 +22,7 @@ from typing import NoReturn, Union
 from lbspec import diagnostics as d
 from lbspec.ir import Span
 from lbspec.loader import read_source
+from lbspec.syntax.format import quote
 
 __all__ = [
     "Address", "Note", "Options", "ConfigError", "ImportContext", "BackendDraft", "PoolDraft",
@@ -195,11 +196,6 @@ def forward_text(protocol: str, ports: list[tuple[int, int]] | tuple[tuple[int, 
     return text + (f" port {target_port}" if target_port is not None else "")
 
 
-def quoted(text: str) -> str:
-    """``text`` as a string of the spec language."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 # what an LB that sends a PROXY protocol header ahead of a client's bytes (HAProxy `send-proxy`, nginx
 # `proxy_protocol on`) does that a spec cannot say
 PROXY_HEADER = ("a PROXY protocol header is sent first: the monitor reads it (and checks it names the client), "
@@ -226,7 +222,7 @@ def health_text(kind: str, path: str | None = None, every: float | None = None, 
                 fall: int | None = None, rise: int | None = None) -> str:
     text = f"health {kind}"
     if path is not None:
-        text += " " + quoted(path)
+        text += " " + quote(path)
     for name, value in (("every", every), ("timeout", timeout)):
         if value is not None:
             text += f" {name} {duration(value)}"
@@ -354,7 +350,7 @@ def _comments(notes: list[Note], depth: int) -> list[str]:
 def _line(line: Line | None, depth: int = 1) -> list[str]:
     if line is None:
         return []
-    waiver = [f"{_INDENT * depth}waive {line.text.split()[0]} {quoted(line.waiver)}"] if line.waiver else []
+    waiver = [f"{_INDENT * depth}waive {line.text.split()[0]} {quote(line.waiver)}"] if line.waiver else []
     return [*_comments(line.notes, depth), _INDENT * depth + line.text, *waiver]
 
 

@@ -250,6 +250,16 @@ def _ends_text(ends: tuple[int, int, int, int, int]) -> str:
     return f"{text[0]}:{sport} -> {text[1]}:{dport}"
 
 
+def _check_bytes(health) -> bytes | None:
+    """What the LB's checks send first, where the spec says (a check may also carry nothing): an HTTP GET of
+    the health path, or the bytes of ``health tcp "..."``."""
+    if health.kind == "http":
+        return f"GET {health.path or '/'}".encode()
+    if health.kind == "tcp" and health.path:
+        return health.path.encode()
+    return None
+
+
 def _outcome(client: _Client) -> str:
     return "backend_refused" if any(c == "refused" for _b, c in client.attempts) else "backend_timeout"
 
@@ -844,8 +854,8 @@ class ProxyTracker:
             return
         plan = self.compiled.services[self.compiled.backends[backend.gid].service]
         health = plan.service.health
-        probe = backend.first_data is None or (  # what the LB's own checks send: nothing, or an HTTP GET
-            health.kind == "http" and backend.stream.prefix.startswith(f"GET {health.path or '/'}".encode()))
+        sent = _check_bytes(health)
+        probe = backend.first_data is None or (sent is not None and backend.stream.prefix.startswith(sent))
         if health.kind != "none" and probe:
             self.engine.counts.probes += 1
             return

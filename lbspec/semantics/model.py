@@ -400,7 +400,7 @@ class Health:
     """The LB's health check: its kind, HTTP path, interval and timeout (seconds), fall and rise."""
 
     kind: str = "none"
-    path: str | None = None
+    path: str | None = None  # http: the path it asks for; tcp: the bytes it sends first (None: none)
     every: float = 2.0
     timeout: float = 1.0
     fall: int = 3

@@ -371,10 +371,11 @@ class _ServiceResolver:
         node = self._single(ir.Health)
         if node is None:
             return m.Health()
-        if node.path is not None and node.kind != "http":
+        if node.path is not None and node.kind not in ("http", "tcp"):
             self.diags.append(d.PARAMETER_NOT_APPLICABLE.at(
-                node.span, problem=f"a `{node.kind}` health check takes no path",
-                help="only `health http \"/path\"` takes a path"))
+                node.span, problem=f"a `{node.kind}` health check takes no string",
+                help="`health http \"/path\"` takes the path it asks for, `health tcp \"PING\\r\\n\"` the bytes it "
+                     "sends"))
         if node.kind == "none" and node.settings:
             self.diags.append(d.PARAMETER_NOT_APPLICABLE.at(
                 node.settings[0].span, problem="`health none` takes no settings"))

@@ -264,6 +264,20 @@ def test_reading_a_proxy_protocol_header_never_fails_on_any_bytes(data, start):
     assert found is None or 0 < found[0] <= len(start + data)
 
 
+def test_tcp_checks_that_send_what_the_spec_says_are_not_LB208():
+    """HAProxy's `tcp-check send`, `option redis-check`...: `health tcp "PING\\r\\n"` says what the checks send."""
+    scenario = Scenario("proxy")
+    scenario.proxy_flow("10.1.0.11")
+    probe = Scenario("proxy")
+    for k in range(3):
+        probe.proxy_flow("10.1.0.12", 0.3 + k * 0.1, chunks=(b"PING\r\n",))
+    scenario.packets += [p for p in probe.packets if p.side == "backend"]
+    assert codes(scenario.judge(spec(mode="proxy", health='health tcp "PING\\r\\n" every 1s timeout 500ms'))) == []
+    assert codes(scenario.judge(spec(mode="proxy", health='health tcp "QUIT\\r\\n" every 1s timeout 500ms'))) == [
+        "LB208"] * 3
+    assert codes(scenario.judge(SPEC)) == ["LB208"] * 3  # a tcp check that says nothing sends nothing
+
+
 def test_a_client_connection_the_proxy_never_serves_is_LB200():
     scenario = Scenario("proxy")
     scenario.proxy_flow("10.1.0.11", open_backend=False)
