@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import string
 from dataclasses import dataclass, field
 
 from lbspec.importers import addresses
@@ -139,6 +140,26 @@ _APP_CHECKS = {
     "pgsql-check": "a PostgreSQL handshake", "redis-check": "a Redis PING", "ldap-check": "an LDAP bind",
     "spop-check": "an SPOP hello", "external-check": "an external command",
 }
+
+# what the checks that send text send first (the spec's `health tcp "..."`); the others send binary
+_APP_SENDS = {"redis-check": "PING\r\n"}
+
+
+def _sent(rule: Statement) -> str | None:
+    """What `tcp-check send DATA` (or `send-binary HEX`) sends, if it is text the spec can write (a log-format
+    `send-lf` is not: its text is made per check)."""
+    words = [w.text for w in rule.args]
+    if len(words) < 2 or words[0] not in ("send", "send-binary"):
+        return None
+    if words[0] == "send":
+        return words[1]
+    try:
+        data = bytes.fromhex(words[1])
+    except ValueError:
+        return None
+    text = data.decode("latin-1")
+    return text if all(c in string.printable for c in text) else None
+
 
 _TIME = re.compile(r"([0-9]+)(us|ms|s|m|h|d)?")
 _TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1e-3}
@@ -847,6 +868,9 @@ class _Behaviour:
             return self._http_check(httpchk)
         for option, what in _APP_CHECKS.items():
             found = self._use(f"option {option}")
+            if found is not None and option in _APP_SENDS:
+                return "tcp", _APP_SENDS[option], [self.ctx.explain(found.span, f"`{found.text}`: the check sends "
+                                                                                f"{what}")], True
             if found is not None:
                 return "tcp", None, [self.ctx.lost(found.span, found.text, f"the check sends {what}; the spec's "
                                                                           "`tcp` check only opens a connection")], True
@@ -857,10 +881,17 @@ class _Behaviour:
         exchanges = [r for r in rules if r.args and r.args[0].text in ("send", "send-binary", "expect",
                                                                        "send-lf", "send-binary-lf")]
         notes = self._elsewhere(rules) if tcp_check is not None else []
-        if tcp_check is not None and exchanges:
-            return "tcp", None, [*notes, self.ctx.lost(exchanges[0].span, exchanges[0].text, "the check sends and "
-                                 "expects data; the spec's `tcp` check only opens a connection")], True
-        return "tcp", None, notes, False
+        if tcp_check is None or not exchanges:
+            return "tcp", None, notes, False
+        # what the LB sends a backend starts with the first `send`, whatever it expects before or after
+        sends = [r for r in exchanges if r.args[0].text != "expect"]
+        sent = _sent(sends[0]) if sends else None
+        if sends and sent is None:
+            return "tcp", None, [*notes, self.ctx.lost(sends[0].span, sends[0].text, "the check sends data the "
+                                 "spec cannot write; its `tcp` check only opens a connection")], True
+        notes += [self.ctx.lost(r.span, r.text, "the spec's `tcp` check does not say which answers pass")
+                  for r in exchanges if r.args[0].text == "expect"][:1]
+        return "tcp", sent, notes, True
 
     def _elsewhere(self, rules: list[Statement]) -> list[Note]:
         """`tcp-check connect port 8081`, `http-check connect addr ...`: the check goes somewhere else."""

@@ -89,14 +89,27 @@ _WORD = re.compile(r"""(?:[^\s#"'\\]|\\.|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')+""")
 _TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "": 1e-3}
 
 
+_ESCAPES = {" ": " ", "#": "#", "\\": "\\", "'": "'", '"': '"', "r": "\r", "n": "\n", "t": "\t"}
+_HEX = re.compile(r"x([0-9a-fA-F]{2})")
+
+
 def unquote(text: str) -> str:
-    """HAProxy's reading of a word: quotes removed, `\\x` escapes resolved."""
+    """HAProxy's reading of a word: quotes removed, escapes resolved (`\\ `, `\\#`, `\\\\`, quotes, `\\r`, `\\n`,
+    `\\t`, `\\xNN`); any other backslash is kept, as HAProxy keeps it (a regex's `\\.`)."""
     out, quote, index = [], None, 0
     while index < len(text):
         char = text[index]
         if char == "\\" and quote != "'" and index + 1 < len(text):
-            out.append(text[index + 1])
-            index += 2
+            escaped, hexa = text[index + 1], _HEX.match(text, index + 1)
+            if hexa is not None:
+                out.append(chr(int(hexa.group(1), 16)))
+                index += 4
+            elif escaped in _ESCAPES:
+                out.append(_ESCAPES[escaped])
+                index += 2
+            else:
+                out.append(char)
+                index += 1
             continue
         if char in "\"'" and quote in (None, char):
             quote = None if quote else char

@@ -121,3 +121,18 @@ def test_a_proxy_protocol_header_ahead_of_each_connection_is_no_violation(lab, t
     proxy = document["monitor"]["proxy"]
     assert proxy["carried"] == len(first + then) and proxy["proxy_protocol"]["to_backends"] > proxy["carried"]  # checks
     assert proxy["bytes"]["client_to_lb"] == proxy["bytes"]["lb_to_backend"]
+
+
+def test_checks_that_send_data_are_checks_not_connections_no_client_explains(lab, tmp_path):
+    """`tcp-check send hello\\n`: each check carries bytes to its server; the imported spec says which
+    (`health tcp "hello\\n"`).  Every check was LB208 before the spec could say it."""
+    config = tmp_path / "tcp-check.cfg"
+    config.write_text(CHECKS.read_text().replace("    balance roundrobin\n", "    balance roundrobin\n"
+                                                 "    option tcp-check\n    tcp-check send hello\\n\n"
+                                                 "    tcp-check expect rstring .\n"))
+    lab.install(Haproxy(config))
+    first, then, capture = around(lab, tmp_path)
+    assert set(answered(first + then)) == {"b1", "b2", "b3"}  # the checks pass: every server takes traffic
+    code, document = monitor(imported("haproxy", config, tmp_path), capture)
+    assert verdicts(document) == {} and code == 0
+    assert document["monitor"]["probes"] > 0

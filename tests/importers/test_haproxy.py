@@ -132,6 +132,31 @@ def test_http_check_with_fastinter_spread_and_timeout_check():
     assert result.lost_mentions("mode http")
 
 
+@pytest.mark.parametrize("check, sent, lost", [
+    ("option tcp-check\n    tcp-check send PING\\r\\n\n    tcp-check expect string +PONG", "PING\r\n", ["expect"]),
+    ("option tcp-check\n    tcp-check expect string 220\n    tcp-check send HELO\\ lb\\r\\n", "HELO lb\r\n",
+     ["expect"]),  # the server speaks first: what the LB sends still starts with the first send
+    ("option tcp-check\n    tcp-check send-binary 50494e470d0a", "PING\r\n", []),
+    ("option tcp-check\n    tcp-check send-binary 00ff00", None, ["send-binary"]),
+    ("option tcp-check\n    tcp-check send-lf %[src]", None, ["send-lf"]),
+    ("option redis-check", "PING\r\n", []),
+    ("option mysql-check user lb", None, ["mysql-check"]),
+])
+def test_what_a_tcp_check_sends_is_the_spec_s_tcp_check_string(tmp_path, check, sent, lost):
+    """`health tcp "PING\\r\\n"`: what the LB's checks send (the monitor takes such connections for checks, not
+    for LB208); binary it cannot write stays `not represented`."""
+    text = frontend_backend(f"    {check}\n    server a 10.0.1.1:80 check\n    server b 10.0.1.2:80 check\n")
+    result = haproxy(tmp_path, text)
+    health = result.service("f").health
+    assert (health.kind, health.path) == ("tcp", sent)
+    assert [word for word in ("expect", "send-binary", "send-lf", "mysql-check") if result.lost_mentions(word)] == lost
+    if shutil.which("haproxy"):
+        (tmp_path / "haproxy.cfg").write_text(text)
+        done = subprocess.run(["haproxy", "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
 @pytest.mark.parametrize("check", ["    option tcp-check\n    tcp-check connect port 8081\n",
                                    "    option httpchk\n    http-check connect port 8081\n    http-check send uri /\n",
                                    "    option tcp-check\n    tcp-check connect addr 10.0.9.9\n"])
