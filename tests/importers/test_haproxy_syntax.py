@@ -81,6 +81,14 @@ def test_quotes_escapes_and_hashes():
     assert unquote('"a"b\'c d\'') == "abc d"
 
 
+@pytest.mark.parametrize("word, read", [
+    ("PING\\r\\n", "PING\r\n"), ('"a\\tb"', "a\tb"), ("\\x41\\x0a", "A\n"), ("'\\n'", "\\n"),
+    ("^/api\\.v1", "^/api\\.v1"),  # a backslash HAProxy does not read as an escape stays (a regex's)
+])
+def test_escapes_are_read_as_haproxy_reads_them(word, read):
+    assert unquote(word) == read
+
+
 def test_use_backend_condition():
     statement = parse("frontend f\n  use_backend b if { src 10.0.0.0/8 } || admin\n").sections[0].statements[0]
     assert [w.text for w in statement.args] == ["b"]
