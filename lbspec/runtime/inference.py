@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import re
 import struct
 from ipaddress import IPv4Address, IPv6Address
 
@@ -41,7 +42,7 @@ class HealthInference:
         self.probes: dict[int, float] = {}  # HTTP probe flows -> when seen
         routed = [compiled.services[b.service].mode in _REPLY_MODES for b in compiled.backends]
         self.routed = np.array(routed or [False])
-        self.paths = {s.index: (s.service.health.path or "/") for s in compiled.services
+        self.paths = {s.index: http_check(s.service.health.path) for s in compiled.services
                       if s.service.health.kind == "http"}
 
     def observe(self, p: Packets) -> None:
@@ -149,8 +150,8 @@ class HealthInference:
         tcp_data = (p["proto"] == TCP) & (p["pcap"] >= 5)
         for row in np.nonzero(out & tcp_data)[0].tolist():
             service = self.compiled.backends[int(p["gid"][row])].service
-            path = self.paths.get(service)
-            if path is not None and p.payload(row).startswith(f"GET {path} ".encode()):
+            check = self.paths.get(service)
+            if check is not None and check.match(p.payload(row)):
                 self.probes[int(_forward_key(p, np.array([row]))[0])] = float(p["ts"][row])
         if not self.probes:
             return
@@ -163,6 +164,12 @@ class HealthInference:
         if head.startswith(b"HTTP/1.") and len(head) >= 12 and head[9:12].isdigit():
             good = int(head[9:12]) < 400
             self.timeline.record(int(p["gid"][row]), float(p["ts"][row]), good, "probe")
+
+
+def http_check(path: str | None) -> re.Pattern[bytes]:
+    """The request line of an HTTP check of ``path`` (`health http "PATH"`), whatever its method: HAProxy's
+    `option httpchk` asks `OPTIONS / HTTP/1.0` unless told otherwise, others `GET` or `HEAD`."""
+    return re.compile(rb"[A-Z]{3,10} " + re.escape((path or "/").encode()) + rb"[ ?]")
 
 
 def _forward_key(p: Packets, rows: np.ndarray, echo: bool = False) -> np.ndarray:

@@ -61,6 +61,7 @@ from lbspec.runtime.classify import BREPLY, CREPLY, EGRESS, INGRESS, flow_key
 from lbspec.runtime.compiled import CheckPlan, akey
 from lbspec.runtime.decode import TCP, Packets
 from lbspec.runtime.evidence import Sources, flow_text, packet_ref
+from lbspec.runtime.inference import http_check
 from lbspec.runtime.proxy_protocol import proxy_header
 from lbspec.runtime.verdicts import PacketRef, Witness
 
@@ -250,14 +251,12 @@ def _ends_text(ends: tuple[int, int, int, int, int]) -> str:
     return f"{text[0]}:{sport} -> {text[1]}:{dport}"
 
 
-def _check_bytes(health) -> bytes | None:
-    """What the LB's checks send first, where the spec says (a check may also carry nothing): an HTTP GET of
-    the health path, or the bytes of ``health tcp "..."``."""
+def _checks(health, head: bytes) -> bool:
+    """Whether a connection's first bytes are what the LB's checks send, where the spec says (a check may
+    also carry nothing): a request of the health path, or the bytes of ``health tcp "..."``."""
     if health.kind == "http":
-        return f"GET {health.path or '/'}".encode()
-    if health.kind == "tcp" and health.path:
-        return health.path.encode()
-    return None
+        return http_check(health.path).match(head) is not None
+    return health.kind == "tcp" and bool(health.path) and head.startswith(health.path.encode())
 
 
 def _outcome(client: _Client) -> str:
@@ -854,8 +853,7 @@ class ProxyTracker:
             return
         plan = self.compiled.services[self.compiled.backends[backend.gid].service]
         health = plan.service.health
-        sent = _check_bytes(health)
-        probe = backend.first_data is None or (sent is not None and backend.stream.prefix.startswith(sent))
+        probe = backend.first_data is None or _checks(health, backend.stream.prefix)
         if health.kind != "none" and probe:
             self.engine.counts.probes += 1
             return

@@ -135,14 +135,23 @@ def test_a_backend_connection_no_client_explains_is_LB208():
     assert codes(scenario.judge(SPEC)) == ["LB208"]
 
 
-def test_health_checks_of_the_proxy_are_not_LB208():
+@pytest.mark.parametrize("method", [b"GET", b"HEAD", b"OPTIONS"])  # HAProxy's `option httpchk`: OPTIONS
+def test_health_checks_of_the_proxy_are_not_LB208_and_their_answers_are_health_evidence(method):
     scenario = Scenario("proxy")
     scenario.proxy_flow("10.1.0.11")
     probe = Scenario("proxy")
-    probe.proxy_flow("10.1.0.12", 0.3, chunks=(b"GET /healthz HTTP/1.0\r\n\r\n",))
+    probe.proxy_flow("10.1.0.12", 0.3, chunks=(method + b" /healthz HTTP/1.0\r\n\r\n",))
+    request = next(p.packet for p in probe.packets if p.side == "backend" and Raw in p.packet)
     scenario.packets += [p for p in probe.packets if p.side == "backend"]
+    scenario.add(0.32, "backend", Ether(src=backend_mac("10.1.0.12"), dst=LB_MAC) / ip("10.1.0.12", LB_ADDRESS)
+                 / TCP(sport=8080, dport=request[TCP].sport, flags="PA", seq=100, ack=request[TCP].seq + 30)
+                 / Raw(b"HTTP/1.0 503 Service Unavailable\r\n\r\n"))
     text = spec(mode="proxy", health='health http "/healthz" every 1s timeout 500ms')
-    assert codes(scenario.judge(text)) == []
+    report = scenario.judge(text)
+    assert codes(report) == []
+    assert [(e["backend"], e["state"], e["evidence"]) for e in report.summary["health"]] == [("b2", "down", "probe")]
+    assert codes(scenario.judge(spec(mode="proxy", health='health http "/other" every 1s timeout 500ms'))) == [
+        "LB208"]
 
 
 # ------------------------------------------------------- PROXY protocol --
