@@ -7,11 +7,15 @@ Run inside a backend's namespace::
 It prints ``ready`` once listening and stops on SIGTERM.  The answer names the
 backend, so a client can tell which one the load balancer chose.  SIGUSR1 makes
 it answer ``--slow`` seconds late (a slowed backend), SIGUSR2 on time again.
+A TCP connection that starts with an HTTP request line (an LB's HTTP health
+check: HAProxy's ``option httpchk``) gets ``200 OK`` naming the backend, and is
+closed.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import socket
 import socketserver
@@ -22,6 +26,9 @@ import time
 __all__ = ["main"]
 
 
+_REQUEST_LINE = re.compile(rb"[A-Z]{3,10} /\S* HTTP/1\.[01]\r\n")
+
+
 def _handlers(name: bytes, delay: list[float]):
     class Stream(socketserver.BaseRequestHandler):
         def handle(self) -> None:
@@ -29,6 +36,11 @@ def _handlers(name: bytes, delay: list[float]):
             try:
                 while data := self.request.recv(65536):
                     time.sleep(delay[0])
+                    if _REQUEST_LINE.match(data):
+                        body = name + b"\n"
+                        self.request.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                                             % len(body) + body)
+                        return
                     self.request.sendall(name + b":" + data)
             except OSError:
                 pass

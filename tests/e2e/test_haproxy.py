@@ -136,3 +136,17 @@ def test_checks_that_send_data_are_checks_not_connections_no_client_explains(lab
     code, document = monitor(imported("haproxy", config, tmp_path), capture)
     assert verdicts(document) == {} and code == 0
     assert document["monitor"]["probes"] > 0
+
+
+def test_http_checks_that_ask_options_are_checks(lab, tmp_path):
+    """`option httpchk`: HAProxy asks each server `OPTIONS / HTTP/1.0` (the lab's servers answer 200).  Each
+    check was LB208 while the monitor knew HTTP checks by `GET` alone."""
+    config = tmp_path / "httpchk.cfg"
+    config.write_text(CHECKS.read_text().replace("    balance roundrobin\n", "    balance roundrobin\n"
+                                                 "    option httpchk\n"))
+    lab.install(Haproxy(config))
+    first, then, capture = around(lab, tmp_path)
+    assert set(answered(first + then)) == {"b1", "b2", "b3"}  # the checks pass: every server takes traffic
+    code, document = monitor(imported("haproxy", config, tmp_path), capture)
+    assert verdicts(document) == {} and code == 0
+    assert document["monitor"]["probes"] > 0
