@@ -244,6 +244,20 @@ def _ends(row: _Row) -> tuple[int, int, int, int, int]:
     return 4 if v4 else 6, source, row.value("sport"), destination, row.value("dport")
 
 
+def _named_by(backend: _Backend, client: _Client) -> bool:
+    """Whether the backend connection's PROXY protocol header names the client's connection (or the one the
+    client's own header named)."""
+    return backend.named == (client.named or _ends(client.row))
+
+
+def _named(backend: _Backend, matches: list[tuple[int, float, _Client]]) -> list[tuple[int, float, _Client]]:
+    """Of the clients a backend connection's bytes match, the one its PROXY protocol header names, if it
+    names one of them (requests alike, a millisecond apart, are told apart by it); else all."""
+    if backend.named is None or len(matches) < 2:
+        return matches
+    return [m for m in matches if _named_by(backend, m[2])] or matches
+
+
 def _ends_text(ends: tuple[int, int, int, int, int]) -> str:
     family, source, sport, destination, dport = ends
     text = [str(ipaddress.ip_address(a)) if family == 4 else f"[{ipaddress.IPv6Address(a)}]"
@@ -578,7 +592,7 @@ class ProxyTracker:
         if not head:
             return
         limit = backend.start + self.engine.options.tolerance
-        free = self._matching(head, limit, self._candidates(head, False))
+        free = _named(backend, self._matching(head, limit, self._candidates(head, False)))
         if free:
             self._pair(max(free, key=_rank(backend.start))[2], backend)
             return
@@ -616,7 +630,7 @@ class ProxyTracker:
         _discard(self.free, client)
         self.paired.append((client, backend))
         self.carried += 1
-        if backend.named is not None and backend.named != (client.named or _ends(client.row)):
+        if backend.named is not None and not _named_by(backend, client):
             self._misnamed(client, backend)
 
     def _judge_pairs(self) -> None:
@@ -841,6 +855,8 @@ class ProxyTracker:
         then went over belonged to the other client, and the request looked dropped."""
         opened = [c for c in self.free.values() if 0 <= backend.start - c.start <= _OPEN_WITHIN and not c.stream.next
                   and (ending or c.closed_at is not None)]
+        if backend.named is not None:  # a PROXY protocol header says whose it is (a check's names none of them)
+            opened = [c for c in opened if _named_by(backend, c)]
         if opened:
             self._pair(max(opened, key=lambda c: c.start), backend)
         else:

@@ -210,6 +210,32 @@ def test_a_proxy_before_the_lb_names_the_client_and_the_lb_passes_that_name_on()
     assert report.summary["proxy"]["proxy_protocol"] == {"from_clients": 2, "to_backends": 2}
 
 
+def test_a_check_with_a_proxy_protocol_header_is_not_taken_for_a_silent_client_s_connection():
+    """A client that sent nothing and closed, and just after it a check that carried nothing but its header
+    (naming its own connection): paired by time, the check would be the client's, and its header a lie
+    (LB204).  The header says whose it is: nobody's here."""
+    scenario = Scenario("proxy")
+    scenario.proxy_flow("10.1.0.11", chunks=(), open_backend=False)
+    syn_of_client, accept = (p.packet for p in scenario.packets if p.side == "client")
+    for t, packet in ((0.05, syn_of_client), (0.051, accept)):  # each end closes
+        fin = packet.copy()
+        fin[TCP].flags, fin[TCP].seq = "FA", packet[TCP].seq + 1
+        scenario.add(t, "client", fin)
+    probe = Scenario("proxy")
+    probe.proxy_flow("10.1.0.12", 0.1, chunks=(b"PROXY TCP4 10.1.0.1 10.1.0.12 60001 8080\r\n",))
+    syn, header = (p.packet for p in probe.packets if p.side == "backend")
+    scenario.packets += [p for p in probe.packets if p.side == "backend"]
+    scenario.add(0.1007, "backend", Ether(src=backend_mac("10.1.0.12"), dst=LB_MAC) / ip("10.1.0.12", LB_ADDRESS)
+                 / TCP(sport=8080, dport=syn[TCP].sport, flags="SA", seq=7, ack=syn[TCP].seq + 1))
+    closing = header.copy()
+    closing[TCP].flags, closing[TCP].seq = "FA", header[TCP].seq + len(header[Raw].load)
+    del closing[Raw]
+    scenario.add(0.113, "backend", closing)
+    report = scenario.judge(SPEC)
+    assert codes(report) == []  # the client is not served: the LB did not say it was
+    assert report.summary["probes"] == 1 and report.summary["proxy"]["carried"] == 0
+
+
 def test_a_health_check_that_sends_only_a_proxy_protocol_header_is_a_check():
     """HAProxy's checks of `send-proxy` servers send a header naming their own connection (v2: LOCAL), and
     nothing more."""
