@@ -460,8 +460,10 @@ class _ServiceBuilder:
         span = statement.span if statement is not None else self.front.span
         if mode == "http":
             note = self.ctx.lost(span, "mode http", "HAProxy balances each HTTP request, so the requests of one "
-                                                    "client connection may reach different servers, and it may "
-                                                    "rewrite them")
+                                                    "client connection may reach different servers, and rewrites "
+                                                    "them (header names in lower case, at least); `lbspec monitor` "
+                                                    "pairs connections by their bytes, and finds none of these "
+                                                    "alike: it is for `lbspec check` only")
         else:
             note = self.ctx.explain(span, f"`mode {mode}`: HAProxy ends each client connection and opens "
                                           "its own to the server")
