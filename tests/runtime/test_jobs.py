@@ -48,9 +48,11 @@ def _tunnel(scenario: Scenario) -> None:
 
 
 def _proxy(scenario: Scenario) -> None:
-    for k in range(6):
+    for k in range(6):  # one with a PROXY protocol header naming its client, one naming another
+        named = (lambda client, cport, vip, vport, k=k: f"PROXY TCP4 {client} {vip} {cport + (k == 5)} {vport}\r\n"
+                 .encode()) if k in (1, 5) else None
         scenario.proxy_flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.05, lose=0 if k == 2 else None,
-                            alter=k == 4)
+                            alter=k == 4, header=named)
 
 
 CASES = {
