@@ -206,6 +206,11 @@ PROXY_HEADER = ("a PROXY protocol header is sent first: the monitor reads it (an
 ACCEPT_PROXY = "clients must send a PROXY protocol header first: the monitor reads it as the name of the client " \
                "behind them"
 
+# what an HTTP proxy does that `mode proxy` does not say, and what it means for monitoring
+HTTP_REQUESTS = ("{} balances each HTTP request, so the requests of one client connection may reach different "
+                 "servers, and rewrites them ({}); `lbspec monitor` pairs connections by their bytes and finds none "
+                 "of these alike: this spec is for `lbspec check`")
+
 # why a balance that hashes what the monitor cannot see (HTTP headers, URIs, variables) is waived
 UNSEEN_HASH = "`{}` hashes data a capture does not show: how many keys there are, and so the shares, is chance"
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 from lbspec.importers import addresses
 from lbspec.importers.draft import (
-    ACCEPT_PROXY, NOT_REPRESENTED, PROXY_HEADER, UNSEEN_HASH, BackendDraft, ConfigError, ImportContext, Line, Names,
-    Note, PoolDraft, ServiceDraft, affinity_text, balance_text, duration, failover_text, forward_text, health_text,
+    ACCEPT_PROXY, HTTP_REQUESTS, NOT_REPRESENTED, PROXY_HEADER, UNSEEN_HASH, BackendDraft, ConfigError,
+    ImportContext, Line, Names, Note, PoolDraft, ServiceDraft, affinity_text, balance_text, duration, failover_text,
+    forward_text, health_text,
 )
 from lbspec.ir import Span
 from lbspec.syntax.haproxy import Config, Section, ServerOption, Statement, parse_haproxy
@@ -459,11 +460,8 @@ class _ServiceBuilder:
             self.handled.add(id(statement))
         span = statement.span if statement is not None else self.front.span
         if mode == "http":
-            note = self.ctx.lost(span, "mode http", "HAProxy balances each HTTP request, so the requests of one "
-                                                    "client connection may reach different servers, and rewrites "
-                                                    "them (header names in lower case, at least); `lbspec monitor` "
-                                                    "pairs connections by their bytes, and finds none of these "
-                                                    "alike: it is for `lbspec check` only")
+            note = self.ctx.lost(span, "mode http", HTTP_REQUESTS.format("HAProxy", "header names in lower case, "
+                                                                                     "at least"))
         else:
             note = self.ctx.explain(span, f"`mode {mode}`: HAProxy ends each client connection and opens "
                                           "its own to the server")

@@ -15,8 +15,8 @@ from typing import NoReturn
 
 from lbspec.importers import addresses
 from lbspec.importers.draft import (
-    ACCEPT_PROXY, PROXY_HEADER, UNSEEN_HASH, BackendDraft, ImportContext, Line, Names, Note, PoolDraft, ServiceDraft,
-    affinity_text, balance_text, failover_text, forward_text, health_text, line_span,
+    ACCEPT_PROXY, HTTP_REQUESTS, PROXY_HEADER, UNSEEN_HASH, BackendDraft, ImportContext, Line, Names, Note,
+    PoolDraft, ServiceDraft, affinity_text, balance_text, failover_text, forward_text, health_text, line_span,
 )
 from lbspec.ir import Span
 
@@ -429,9 +429,8 @@ class _ServerBlock:
                                                     "one upstream connection: it never moves")]
         if self.context.http:
             directive = self.target
-            notes.append(self.ctx.lost(directive.span, directive.text, "nginx balances each HTTP request, so the "
-                                                                       "requests of one client connection may "
-                                                                       "reach different servers"))
+            notes.append(self.ctx.lost(directive.span, directive.text, HTTP_REQUESTS.format(
+                "nginx", "by default as HTTP/1.0, with its own `Host` and `Connection` headers")))
             return Line(affinity_text("flow"), notes)
         timeout = self.context.setting(self.server, "proxy_timeout")
         seconds = 600.0
