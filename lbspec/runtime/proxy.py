@@ -265,7 +265,7 @@ def _ends_text(ends: tuple[int, int, int, int, int]) -> str:
     return f"{text[0]}:{sport} -> {text[1]}:{dport}"
 
 
-def _checks(health, head: bytes) -> bool:
+def _is_check(health, head: bytes) -> bool:
     """Whether a connection's first bytes are what the LB's checks send, where the spec says (a check may
     also carry nothing): a request of the health path, or the bytes of ``health tcp "..."``."""
     if health.kind == "http":
@@ -869,7 +869,7 @@ class ProxyTracker:
             return
         plan = self.compiled.services[self.compiled.backends[backend.gid].service]
         health = plan.service.health
-        probe = backend.first_data is None or _checks(health, backend.stream.prefix)
+        probe = backend.first_data is None or _is_check(health, backend.stream.prefix)
         if health.kind != "none" and probe:
             self.engine.counts.probes += 1
             return
