@@ -128,7 +128,7 @@ def test_comments_survive_formatting_anywhere(tree, data):
     assert fmt(formatted) == formatted
 
 
-def test_a_string_s_carriage_return_line_feed_and_tab_are_written_back_escaped():
-    text = 'service a {\n    vip 192.0.2.1\n    health tcp "PING\\r\\n\\t\\"x\\"" every 1s\n}\n'
-    assert 'health tcp "PING\\r\\n\\t\\"x\\""' in fmt(text)
+def test_a_string_s_control_characters_are_written_back_escaped_and_other_text_as_it_is():
+    text = 'service a {\n    vip 192.0.2.1\n    health tcp "PING\\r\\n\\t\\"x\\"\\x00\\x16\\x80é" every 1s\n}\n'
+    assert 'health tcp "PING\\r\\n\\t\\"x\\"\\x00\\x16\\x80é"' in fmt(text)
     assert fmt(fmt(text)) == fmt(text)

@@ -38,7 +38,8 @@ def test_health_settings_default_individually_and_convert_units():
 
 
 def test_a_tcp_check_s_string_is_what_it_sends_with_its_escapes():
-    assert one(service('health tcp "PING\\r\\n\\t\\"x\\"" every 1s')).health.path == 'PING\r\n\t"x"'
+    health = one(service('health tcp "PING\\r\\n\\t\\"x\\"\\x00\\xFF\\q" every 1s')).health
+    assert health.path == 'PING\r\n\t"x"\x00\xffq'
 
 
 @pytest.mark.parametrize("text, seconds", [("250us", 250e-6), ("20ms", 0.02), ("1.5s", 1.5), ("2m", 120), ("1h", 3600)])

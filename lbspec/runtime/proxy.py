@@ -270,7 +270,15 @@ def _is_check(health, head: bytes) -> bool:
     also carry nothing): a request of the health path, or the bytes of ``health tcp "..."``."""
     if health.kind == "http":
         return http_check(health.path).match(head) is not None
-    return health.kind == "tcp" and bool(health.path) and head.startswith(health.path.encode())
+    return health.kind == "tcp" and bool(health.path) and head.startswith(_check_bytes(health.path))
+
+
+def _check_bytes(text: str) -> bytes:
+    """The bytes of ``health tcp "..."``: a character each (``\\xNN`` any byte), or UTF-8 beyond them."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode()
 
 
 def _outcome(client: _Client) -> str:

@@ -17,10 +17,14 @@ __all__ = ["format_tree", "format_filter", "format_pattern", "quote"]
 _INDENT = "    "
 
 
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def quote(text: str) -> str:
-    escaped = (text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-               .replace("\t", "\\t"))
-    return f'"{escaped}"'
+    """``text`` as a string of the language: escapes for a backslash, a quote, a line feed, carriage return
+    and tab, and ``\\xNN`` for any other control character (a check's bytes may hold any)."""
+    return '"' + "".join(_ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 else c)
+                         for c in text) + '"'
 
 
 # ------------------------------------------------------------------ values --

@@ -284,7 +284,14 @@ _QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)(.*)")
 
 def _unquote(token: Token) -> str:
     body = token.value[1:-1]
-    return re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r", "t": "\t"}.get(m.group(1), m.group(1)), body)
+    return re.sub(r"\\(x[0-9a-fA-F]{2}|.)", _escaped, body)
+
+
+def _escaped(match: re.Match) -> str:
+    """What a string's escape stands for: a line feed, carriage return, tab, the character of code ``\\xNN``,
+    or the character after the backslash."""
+    text = match.group(1)
+    return chr(int(text[1:], 16)) if len(text) == 3 else {"n": "\n", "r": "\r", "t": "\t"}.get(text, text)
 
 
 class _Flag(str):

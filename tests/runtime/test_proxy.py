@@ -299,15 +299,21 @@ def test_reading_a_proxy_protocol_header_never_fails_on_any_bytes(data, start):
     assert found is None or 0 < found[0] <= len(start + data)
 
 
-def test_tcp_checks_that_send_what_the_spec_says_are_not_LB208():
-    """HAProxy's `tcp-check send`, `option redis-check`...: `health tcp "PING\\r\\n"` says what the checks send."""
+@pytest.mark.parametrize("says, sent", [
+    ("PING\\r\\n", b"PING\r\n"),  # HAProxy's redis-check, a tcp-check send
+    ("\\x16\\x03\\x00", b"\x16\x03\x00\x00\x79\x01\x00\x00\x75\x03\x00HAPROXYSSLCHK"),  # ssl-hello-chk
+    ("0\\x0c\\x02\\x01\\x01`\\x07\\x02\\x01\\x03\\x04\\x00\\x80\\x00",
+     bytes.fromhex("300c020101600702010304008000")),  # ldap-check: a byte above 0x7f is one byte
+])
+def test_tcp_checks_that_send_what_the_spec_says_are_not_LB208(says, sent):
+    """`health tcp "..."` says what the LB's checks send first: a character a byte, `\\xNN` any."""
     scenario = Scenario("proxy")
     scenario.proxy_flow("10.1.0.11")
     probe = Scenario("proxy")
     for k in range(3):
-        probe.proxy_flow("10.1.0.12", 0.3 + k * 0.1, chunks=(b"PING\r\n",))
+        probe.proxy_flow("10.1.0.12", 0.3 + k * 0.1, chunks=(sent,))
     scenario.packets += [p for p in probe.packets if p.side == "backend"]
-    assert codes(scenario.judge(spec(mode="proxy", health='health tcp "PING\\r\\n" every 1s timeout 500ms'))) == []
+    assert codes(scenario.judge(spec(mode="proxy", health=f'health tcp "{says}" every 1s timeout 500ms'))) == []
     assert codes(scenario.judge(spec(mode="proxy", health='health tcp "QUIT\\r\\n" every 1s timeout 500ms'))) == [
         "LB208"] * 3
     assert codes(scenario.judge(SPEC)) == ["LB208"] * 3  # a tcp check that says nothing sends nothing
