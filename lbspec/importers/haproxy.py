@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import string
 from dataclasses import dataclass, field
 
 from lbspec.importers import addresses
@@ -142,24 +141,34 @@ _APP_CHECKS = {
     "spop-check": "an SPOP hello", "external-check": "an external command",
 }
 
-# what the checks that send text send first (the spec's `health tcp "..."`); the others send binary
-_APP_SENDS = {"redis-check": "PING\r\n"}
+def _app_sent(option: str, words: list[str]) -> str | None:
+    """What an application check sends first (the spec's `health tcp "..."`, a character a byte), where it is
+    known: the others' first bytes depend on what the server says first (`mysql-check`, `smtpchk`)."""
+    if option == "redis-check":
+        return "PING\r\n"
+    if option == "ssl-hello-chk":
+        return "\x16\x03\x00"  # an SSLv3 record of a handshake: the hello that follows has a time in it
+    if option == "ldap-check":
+        return "\x30\x0c\x02\x01\x01\x60\x07\x02\x01\x03\x04\x00\x80\x00"  # an anonymous simple bind
+    if option == "pgsql-check" and words[:1] == ["user"] and len(words) >= 2:
+        user = words[1].encode()  # a startup message: its length, protocol 3.0, and "user" NAME
+        body = b"\x00\x03\x00\x00user\x00" + user + b"\x00\x00"
+        return (len(body) + 4).to_bytes(4, "big").decode("latin-1") + body.decode("latin-1")
+    return None
 
 
 def _sent(rule: Statement) -> str | None:
-    """What `tcp-check send DATA` (or `send-binary HEX`) sends, if it is text the spec can write (a log-format
-    `send-lf` is not: its text is made per check)."""
+    """What `tcp-check send DATA` (or `send-binary HEX`) sends, as the spec's string (a character a byte); None
+    for a log-format `send-lf`, whose text is made per check."""
     words = [w.text for w in rule.args]
     if len(words) < 2 or words[0] not in ("send", "send-binary"):
         return None
     if words[0] == "send":
         return words[1]
     try:
-        data = bytes.fromhex(words[1])
+        return bytes.fromhex(words[1]).decode("latin-1")
     except ValueError:
         return None
-    text = data.decode("latin-1")
-    return text if all(c in string.printable for c in text) else None
 
 
 _TIME = re.compile(r"([0-9]+)(us|ms|s|m|h|d)?")
@@ -868,9 +877,9 @@ class _Behaviour:
             return self._http_check(httpchk)
         for option, what in _APP_CHECKS.items():
             found = self._use(f"option {option}")
-            if found is not None and option in _APP_SENDS:
-                return "tcp", _APP_SENDS[option], [self.ctx.explain(found.span, f"`{found.text}`: the check sends "
-                                                                                f"{what}")], True
+            sent = _app_sent(option, [w.text for w in found.args[1:]]) if found is not None else None
+            if sent is not None:
+                return "tcp", sent, [self.ctx.explain(found.span, f"`{found.text}`: the check sends {what}")], True
             if found is not None:
                 return "tcp", None, [self.ctx.lost(found.span, found.text, f"the check sends {what}; the spec's "
                                                                           "`tcp` check only opens a connection")], True

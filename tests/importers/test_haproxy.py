@@ -137,10 +137,14 @@ def test_http_check_with_fastinter_spread_and_timeout_check():
     ("option tcp-check\n    tcp-check expect string 220\n    tcp-check send HELO\\ lb\\r\\n", "HELO lb\r\n",
      ["expect"]),  # the server speaks first: what the LB sends still starts with the first send
     ("option tcp-check\n    tcp-check send-binary 50494e470d0a", "PING\r\n", []),
-    ("option tcp-check\n    tcp-check send-binary 00ff00", None, ["send-binary"]),
+    ("option tcp-check\n    tcp-check send-binary 00ff00", "\x00\xff\x00", []),
     ("option tcp-check\n    tcp-check send-lf %[src]", None, ["send-lf"]),
     ("option redis-check", "PING\r\n", []),
-    ("option mysql-check user lb", None, ["mysql-check"]),
+    # the first bytes of these checks as HAProxy 2.6 sent them in the lab
+    ("option ssl-hello-chk", "\x16\x03\x00", []),
+    ("option ldap-check", "\x30\x0c\x02\x01\x01\x60\x07\x02\x01\x03\x04\x00\x80\x00", []),
+    ("option pgsql-check user x", "\x00\x00\x00\x10\x00\x03\x00\x00user\x00x\x00\x00", []),
+    ("option mysql-check user lb", None, ["mysql-check"]),  # it answers the server's greeting
 ])
 def test_what_a_tcp_check_sends_is_the_spec_s_tcp_check_string(tmp_path, check, sent, lost):
     """`health tcp "PING\\r\\n"`: what the LB's checks send (the monitor takes such connections for checks, not
@@ -149,7 +153,8 @@ def test_what_a_tcp_check_sends_is_the_spec_s_tcp_check_string(tmp_path, check, 
     result = haproxy(tmp_path, text)
     health = result.service("f").health
     assert (health.kind, health.path) == ("tcp", sent)
-    assert [word for word in ("expect", "send-binary", "send-lf", "mysql-check") if result.lost_mentions(word)] == lost
+    assert [word for word in ("expect", "send-binary", "send-lf", "mysql-check", "ssl-hello-chk", "ldap-check",
+                              "pgsql-check") if result.lost_mentions(word)] == lost
     if shutil.which("haproxy"):
         (tmp_path / "haproxy.cfg").write_text(text)
         done = subprocess.run(["haproxy", "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True,
