@@ -142,14 +142,19 @@ _APP_CHECKS = {
 }
 
 def _app_sent(option: str, words: list[str]) -> str | None:
-    """What an application check sends first (the spec's `health tcp "..."`, a character a byte), where it is
-    known: the others' first bytes depend on what the server says first (`mysql-check`, `smtpchk`)."""
+    """What an application check sends first (the spec's `health tcp "..."`, a character a byte), as HAProxy
+    2.6 sends it, where it is known: `smtpchk` answers the server's banner with its name."""
     if option == "redis-check":
         return "PING\r\n"
     if option == "ssl-hello-chk":
         return "\x16\x03\x00"  # an SSLv3 record of a handshake: the hello that follows has a time in it
     if option == "ldap-check":
         return "\x30\x0c\x02\x01\x01\x60\x07\x02\x01\x03\x04\x00\x80\x00"  # an anonymous simple bind
+    if option == "mysql-check" and words[:1] == ["user"] and len(words) >= 2:
+        user = words[1].encode()  # after the server's greeting, a login packet (number 1) of the user
+        body = (b"\x80\x00\x00\x00\x01" if words[2:3] == ["pre-41"]
+                else b"\x00\x82\x00\x00\x00\x80\x00\x01\x21" + bytes(23)) + user + b"\x00\x00"
+        return (len(body).to_bytes(3, "little") + b"\x01" + body).decode("latin-1")
     if option == "pgsql-check" and words[:1] == ["user"] and len(words) >= 2:
         user = words[1].encode()  # a startup message: its length, protocol 3.0, and "user" NAME
         body = b"\x00\x03\x00\x00user\x00" + user + b"\x00\x00"

@@ -144,7 +144,10 @@ def test_http_check_with_fastinter_spread_and_timeout_check():
     ("option ssl-hello-chk", "\x16\x03\x00", []),
     ("option ldap-check", "\x30\x0c\x02\x01\x01\x60\x07\x02\x01\x03\x04\x00\x80\x00", []),
     ("option pgsql-check user x", "\x00\x00\x00\x10\x00\x03\x00\x00user\x00x\x00\x00", []),
-    ("option mysql-check user lb", None, ["mysql-check"]),  # it answers the server's greeting
+    ("option mysql-check user lb", "\x24\x00\x00\x01\x00\x82\x00\x00\x00\x80\x00\x01\x21" + "\x00" * 23 + "lb\x00\x00",
+     []),
+    ("option mysql-check user lb pre-41", "\x09\x00\x00\x01\x80\x00\x00\x00\x01lb\x00\x00", []),
+    ("option smtpchk", None, ["smtpchk"]),
 ])
 def test_what_a_tcp_check_sends_is_the_spec_s_tcp_check_string(tmp_path, check, sent, lost):
     """`health tcp "PING\\r\\n"`: what the LB's checks send (the monitor takes such connections for checks, not
@@ -154,7 +157,7 @@ def test_what_a_tcp_check_sends_is_the_spec_s_tcp_check_string(tmp_path, check, 
     health = result.service("f").health
     assert (health.kind, health.path) == ("tcp", sent)
     assert [word for word in ("expect", "send-binary", "send-lf", "mysql-check", "ssl-hello-chk", "ldap-check",
-                              "pgsql-check") if result.lost_mentions(word)] == lost
+                              "pgsql-check", "smtpchk") if result.lost_mentions(word)] == lost
     if shutil.which("haproxy"):
         (tmp_path / "haproxy.cfg").write_text(text)
         done = subprocess.run(["haproxy", "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True,
