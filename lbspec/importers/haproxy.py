@@ -142,14 +142,19 @@ _APP_CHECKS = {
 }
 
 def _app_sent(option: str, words: list[str]) -> str | None:
-    """What an application check sends first (the spec's `health tcp "..."`, a character a byte), as HAProxy
-    2.6 sends it, where it is known: `smtpchk` answers the server's banner with its name."""
+    """What an application check sends first (the spec's `health tcp "..."`, a character a byte; "": nothing),
+    as HAProxy 2.6 sends it, where it is known."""
     if option == "redis-check":
         return "PING\r\n"
     if option == "ssl-hello-chk":
         return "\x16\x03\x00"  # an SSLv3 record of a handshake: the hello that follows has a time in it
     if option == "ldap-check":
         return "\x30\x0c\x02\x01\x01\x60\x07\x02\x01\x03\x04\x00\x80\x00"  # an anonymous simple bind
+    if option == "smtpchk":  # after the server's banner
+        hello, domain = words[:2] if len(words) >= 2 else ("HELO", "localhost")
+        return f"{hello} {domain}\r\n"
+    if option == "mysql-check" and not words:
+        return ""
     if option == "mysql-check" and words[:1] == ["user"] and len(words) >= 2:
         user = words[1].encode()  # after the server's greeting, a login packet (number 1) of the user
         body = (b"\x80\x00\x00\x00\x01" if words[2:3] == ["pre-41"]
@@ -884,7 +889,8 @@ class _Behaviour:
             found = self._use(f"option {option}")
             sent = _app_sent(option, [w.text for w in found.args[1:]]) if found is not None else None
             if sent is not None:
-                return "tcp", sent, [self.ctx.explain(found.span, f"`{found.text}`: the check sends {what}")], True
+                does = f"sends {what}" if sent else "reads the server's greeting, and sends nothing"
+                return "tcp", sent or None, [self.ctx.explain(found.span, f"`{found.text}`: the check {does}")], True
             if found is not None:
                 return "tcp", None, [self.ctx.lost(found.span, found.text, f"the check sends {what}; the spec's "
                                                                           "`tcp` check only opens a connection")], True

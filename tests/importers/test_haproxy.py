@@ -147,7 +147,9 @@ def test_http_check_with_fastinter_spread_and_timeout_check():
     ("option mysql-check user lb", "\x24\x00\x00\x01\x00\x82\x00\x00\x00\x80\x00\x01\x21" + "\x00" * 23 + "lb\x00\x00",
      []),
     ("option mysql-check user lb pre-41", "\x09\x00\x00\x01\x80\x00\x00\x00\x01lb\x00\x00", []),
-    ("option smtpchk", None, ["smtpchk"]),
+    ("option mysql-check", None, []),  # it reads the server's greeting and sends nothing
+    ("option smtpchk", "HELO localhost\r\n", []),
+    ("option smtpchk EHLO lb.example", "EHLO lb.example\r\n", []),
 ])
 def test_what_a_tcp_check_sends_is_the_spec_s_tcp_check_string(tmp_path, check, sent, lost):
     """`health tcp "PING\\r\\n"`: what the LB's checks send (the monitor takes such connections for checks, not
