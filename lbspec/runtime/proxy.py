@@ -48,7 +48,6 @@ but not judged.
 
 from __future__ import annotations
 
-import ipaddress
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
@@ -60,9 +59,9 @@ from lbspec.runtime import judge
 from lbspec.runtime.classify import BREPLY, CREPLY, EGRESS, INGRESS, flow_key
 from lbspec.runtime.compiled import CheckPlan, akey
 from lbspec.runtime.decode import TCP, Packets
-from lbspec.runtime.evidence import Sources, flow_text, packet_ref
+from lbspec.runtime.evidence import Sources, endpoint, flow_text, packet_ref
 from lbspec.runtime.inference import http_check
-from lbspec.runtime.proxy_protocol import proxy_header
+from lbspec.runtime.proxy_protocol import Ends, proxy_header
 from lbspec.runtime.verdicts import PacketRef, Witness
 
 __all__ = ["ProxyTracker", "Stream", "OUTCOMES"]
@@ -193,7 +192,7 @@ class _Client:
     outcome: str | None = None
     indexed: tuple[bool, bytes] = (False, b"")  # carried yet, and the first bytes of its stream (ProxyTracker._index)
     framed: bool | None = None  # its stream began with a PROXY protocol header (a proxy before the LB sent it)
-    named: tuple[int, int, int, int, int] | None = None  # the connection that header names
+    named: Ends | None = None  # the connection that header names
 
     @property
     def first(self) -> Packets:
@@ -221,7 +220,7 @@ class _Backend:
 
     attributed: bool = False  # a failed attempt, counted and given to a client (or found to be none's)
     framed: bool | None = None  # its stream began with a PROXY protocol header (None: its first byte not seen)
-    named: tuple[int, int, int, int, int] | None = None  # the connection the header names (see proxy_header)
+    named: Ends | None = None  # the connection the header names (see proxy_header)
 
     @property
     def first(self) -> Packets:
@@ -236,12 +235,9 @@ class _Backend:
         return "refused" if self.refused else "timeout"
 
 
-def _ends(row: _Row) -> tuple[int, int, int, int, int]:
+def _ends(row: _Row) -> Ends:
     """A client connection's ends as :func:`proxy_header` names them."""
-    v4 = row.value("fam") == 4
-    source = row.value("sa_lo") & 0xFFFFFFFF if v4 else row.value("sa_hi") << 64 | row.value("sa_lo")
-    destination = row.value("da_lo") & 0xFFFFFFFF if v4 else row.value("da_hi") << 64 | row.value("da_lo")
-    return 4 if v4 else 6, source, row.value("sport"), destination, row.value("dport")
+    return tuple(row.value(column) for column in ("sa_hi", "sa_lo", "sport", "da_hi", "da_lo", "dport"))
 
 
 def _named_by(backend: _Backend, client: _Client) -> bool:
@@ -258,11 +254,8 @@ def _named(backend: _Backend, matches: list[tuple[int, float, _Client]]) -> list
     return [m for m in matches if _named_by(backend, m[2])] or matches
 
 
-def _ends_text(ends: tuple[int, int, int, int, int]) -> str:
-    family, source, sport, destination, dport = ends
-    text = [str(ipaddress.ip_address(a)) if family == 4 else f"[{ipaddress.IPv6Address(a)}]"
-            for a in (source, destination)]
-    return f"{text[0]}:{sport} -> {text[1]}:{dport}"
+def _ends_text(ends: Ends) -> str:
+    return f"{endpoint(*ends[:3])} -> {endpoint(*ends[3:])}"
 
 
 def _is_check(health, head: bytes) -> bool:

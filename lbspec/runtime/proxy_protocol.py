@@ -9,17 +9,20 @@ import zlib
 
 import numpy as np
 
+from lbspec.runtime.compiled import address_parts
 from lbspec.runtime.decode import Packets
 
-__all__ = ["proxy_header", "unframe_datagrams"]
+__all__ = ["Ends", "proxy_header", "unframe_datagrams"]
 
 _V2 = b"\r\n\r\n\x00\r\nQUIT\n"  # a version 2 header's signature
 
 
-def proxy_header(data: bytes) -> tuple[int, tuple[int, int, int, int, int] | None] | None:
+Ends = tuple[int, int, int, int, int, int]  # source hi, lo, port, destination hi, lo, port, as the decoder has them
+
+
+def proxy_header(data: bytes) -> tuple[int, Ends | None] | None:
     """The PROXY protocol header (version 1 or 2) ``data`` starts with: its length and the connection it names
-    -- (family, source, source port, destination, destination port), addresses as integers -- or None where
-    it names none (v1 ``UNKNOWN``, v2 ``LOCAL``: a health check's).  None if ``data`` does not start with a
+    (:data:`Ends`), or None where it names none (v1 ``UNKNOWN``, v2 ``LOCAL``: a health check's).  None if ``data`` does not start with a
     whole header: it is then the relayed bytes.  (HAProxy's ``send-proxy``, nginx's ``proxy_protocol on``;
     the LB writes the header in one piece ahead of the client's bytes.)"""
     if data.startswith(b"PROXY "):
@@ -36,7 +39,7 @@ def proxy_header(data: bytes) -> tuple[int, tuple[int, int, int, int, int] | Non
             return None
         if {source.version, destination.version} != {4 if words[0] == b"TCP4" else 6} or max(sport, dport) > 65535:
             return None
-        return end + 2, (source.version, int(source), sport, int(destination), dport)
+        return end + 2, (*address_parts(source), sport, *address_parts(destination), dport)
     if not data.startswith(_V2) or len(data) < 16 or data[12] >> 4 != 2:
         return None
     length = 16 + int.from_bytes(data[14:16], "big")
@@ -46,9 +49,10 @@ def proxy_header(data: bytes) -> tuple[int, tuple[int, int, int, int, int] | Non
     size = {1: 4, 2: 16}.get(family)
     if command == 0 or size is None or len(body) < 2 * size + 4:  # LOCAL, or not TCP/UDP over IP
         return length, None
-    sport, dport = int.from_bytes(body[2 * size:2 * size + 2], "big"), int.from_bytes(body[2 * size + 2:][:2], "big")
-    return length, (4 if size == 4 else 6, int.from_bytes(body[:size], "big"), sport,
-                    int.from_bytes(body[size:2 * size], "big"), dport)
+    source, destination = ipaddress.ip_address(body[:size]), ipaddress.ip_address(body[size:2 * size])
+    ports = body[2 * size:2 * size + 4]
+    return length, (*address_parts(source), int.from_bytes(ports[:2], "big"),
+                    *address_parts(destination), int.from_bytes(ports[2:], "big"))
 
 
 def unframe_datagrams(p: Packets, rows: np.ndarray) -> None:
