@@ -59,6 +59,26 @@ def imported(kind: str, config: Path, directory: Path, name: str = "imported.lbs
     return str(path)
 
 
+def imported_ruleset(lab, directory: Path) -> str:
+    """The spec `lbspec import nftables` makes of the LB's live ruleset (`nft -j list ruleset` there)."""
+    ruleset = directory / "ruleset.json"
+    ruleset.write_text(lab.lb.run("nft", "-j", "list", "ruleset"))
+    return imported("nftables", ruleset, directory)
+
+
+def judged_clean(lab, directory: Path, spec: str):
+    """TCP connections and UDP datagrams through ``lab``'s LB, all answered, judged by ``spec``: no verdict,
+    every packet paired.  Returns the capture."""
+    with lab.capture(directory) as capture:
+        results = lab.traffic(tcp=[endpoint(lab.vip, 80)], udp=[endpoint(lab.vip, 53)], connections=8, datagrams=8,
+                              messages=2)
+    assert all(r["error"] is None for r in results)
+    code, document = monitor(spec, capture)
+    assert verdicts(document) == {} and code == 0
+    assert document["monitor"]["pairing_rate"] == 1.0
+    return capture
+
+
 def run_monitor(*argv: str) -> tuple[int, dict]:
     """`lbspec monitor ARGV --format json`: its exit code (0 or 1) and document."""
     out, err = io.StringIO(), io.StringIO()

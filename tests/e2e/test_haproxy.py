@@ -92,61 +92,47 @@ def test_a_slowed_backend_is_no_drop_by_the_LB(lab, tmp_path):
     assert set(document["monitor"]["proxy"]["failed"].values()) == {0}
 
 
+def clean_with(lab, tmp_path, old: str, new: str) -> tuple[list[dict], dict]:
+    """The lab config with ``old`` made ``new``, run and judged with the spec imported from it: no violation.
+    Returns the traffic and the monitor's document."""
+    config = tmp_path / "variant.cfg"
+    config.write_text(CHECKS.read_text().replace(old, new))
+    lab.install(Haproxy(config))
+    first, then, capture = around(lab, tmp_path)
+    code, document = monitor(imported("haproxy", config, tmp_path), capture)
+    assert verdicts(document) == {} and code == 0
+    return first + then, document
+
+
 @pytest.mark.parametrize("balance", ["balance source\n    hash-type consistent", "balance first"])
 def test_a_balance_that_sends_the_lab_s_traffic_to_one_backend_is_no_imbalance(lab, tmp_path, balance):
     """`balance source`: every connection of the lab's one client goes to the backend its address hashes to.
     That is one pick, not 24 (LB206 before the balance test counted clients).  `balance first`: every
     connection goes to the first server, which has no `maxconn` to fill; no share is meant, and the imported
     spec waives the balance property (LB206 before it did)."""
-    config = tmp_path / "balance.cfg"
-    config.write_text(CHECKS.read_text().replace("balance roundrobin", balance))
-    lab.install(Haproxy(config))
-    first, then, capture = around(lab, tmp_path)
-    assert len(set(answered(first + then))) == 1
-    code, document = monitor(imported("haproxy", config, tmp_path), capture)
-    assert verdicts(document) == {} and code == 0
-    assert sum(b["flows"] for b in document["monitor"]["backends"]) == len(first + then)  # the summary: flows
+    traffic, document = clean_with(lab, tmp_path, "balance roundrobin", balance)
+    assert len(set(answered(traffic))) == 1
+    assert sum(b["flows"] for b in document["monitor"]["backends"]) == len(traffic)  # the summary: flows
 
 
 @pytest.mark.parametrize("option", ["send-proxy", "send-proxy-v2"])
 def test_a_proxy_protocol_header_ahead_of_each_connection_is_no_violation(lab, tmp_path, option):
     """`send-proxy`: HAProxy tells each server whose connection it is, in a header ahead of the client's
     bytes -- its checks send one too.  Every connection was LB200 and LB208 before the monitor read them."""
-    config = tmp_path / "proxied.cfg"
-    config.write_text(CHECKS.read_text().replace("rise 1", f"rise 1 {option}"))
-    lab.install(Haproxy(config))
-    first, then, capture = around(lab, tmp_path)
-    code, document = monitor(imported("haproxy", config, tmp_path), capture)
-    assert verdicts(document) == {} and code == 0
+    traffic, document = clean_with(lab, tmp_path, "rise 1", f"rise 1 {option}")
     proxy = document["monitor"]["proxy"]
-    assert proxy["carried"] == len(first + then) and proxy["proxy_protocol"]["to_backends"] > proxy["carried"]  # checks
+    assert proxy["carried"] == len(traffic) and proxy["proxy_protocol"]["to_backends"] > proxy["carried"]  # checks
     assert proxy["bytes"]["client_to_lb"] == proxy["bytes"]["lb_to_backend"]
 
 
-def test_checks_that_send_data_are_checks_not_connections_no_client_explains(lab, tmp_path):
-    """`tcp-check send hello\\n`: each check carries bytes to its server; the imported spec says which
-    (`health tcp "hello\\n"`).  Every check was LB208 before the spec could say it."""
-    config = tmp_path / "tcp-check.cfg"
-    config.write_text(CHECKS.read_text().replace("    balance roundrobin\n", "    balance roundrobin\n"
-                                                 "    option tcp-check\n    tcp-check send hello\\n\n"
-                                                 "    tcp-check expect rstring .\n"))
-    lab.install(Haproxy(config))
-    first, then, capture = around(lab, tmp_path)
-    assert set(answered(first + then)) == {"b1", "b2", "b3"}  # the checks pass: every server takes traffic
-    code, document = monitor(imported("haproxy", config, tmp_path), capture)
-    assert verdicts(document) == {} and code == 0
-    assert document["monitor"]["probes"] > 0
-
-
-def test_http_checks_that_ask_options_are_checks(lab, tmp_path):
-    """`option httpchk`: HAProxy asks each server `OPTIONS / HTTP/1.0` (the lab's servers answer 200).  Each
-    check was LB208 while the monitor knew HTTP checks by `GET` alone."""
-    config = tmp_path / "httpchk.cfg"
-    config.write_text(CHECKS.read_text().replace("    balance roundrobin\n", "    balance roundrobin\n"
-                                                 "    option httpchk\n"))
-    lab.install(Haproxy(config))
-    first, then, capture = around(lab, tmp_path)
-    assert set(answered(first + then)) == {"b1", "b2", "b3"}  # the checks pass: every server takes traffic
-    code, document = monitor(imported("haproxy", config, tmp_path), capture)
-    assert verdicts(document) == {} and code == 0
+@pytest.mark.parametrize("checks", [
+    "option tcp-check\n    tcp-check send hello\\n\n    tcp-check expect rstring .",  # `health tcp "hello\n"`
+    "option httpchk",  # `OPTIONS / HTTP/1.0`, which the lab's servers answer 200
+])
+def test_checks_that_send_data_are_checks_not_connections_no_client_explains(lab, tmp_path, checks):
+    """Each check carries bytes to its server: for `tcp-check send`, the imported spec says which; an HTTP
+    check of any method asks for the health path.  Every check was LB208 before (the monitor knew HTTP
+    checks by `GET` alone, and a tcp check by its carrying nothing)."""
+    traffic, document = clean_with(lab, tmp_path, "    balance roundrobin\n", f"    balance roundrobin\n    {checks}\n")
+    assert set(answered(traffic)) == {"b1", "b2", "b3"}  # the checks pass: every server takes traffic
     assert document["monitor"]["probes"] > 0

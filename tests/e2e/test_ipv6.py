@@ -20,7 +20,7 @@ from scapy.utils import rdpcap
 from lbspec import strategies
 from lbspec.harness import Harness, LabMismatch, Network, SearchSettings, Segment, Send, Trace
 
-from .helpers import DRIVER_SPEC, dnat, dnat_spec, endpoint, imported, monitor, random_drops_are_LB200, verdicts
+from .helpers import DRIVER_SPEC, dnat, dnat_spec, endpoint, imported_ruleset, monitor, random_drops_are_LB200, verdicts
 
 pytestmark = pytest.mark.e2e
 
@@ -66,9 +66,7 @@ def test_live_monitoring_with_the_spec_imported_from_the_live_ruleset(lab6, tmp_
     """`nft -j list ruleset` of the IPv6 DNAT, imported; then `lbspec monitor --live` on both of the LB's
     interfaces (a BPF filter of IPv6 hosts) while clients talk: no verdict, every packet paired."""
     lab6.install(dnat(lab6))
-    ruleset = tmp_path / "ruleset.json"
-    ruleset.write_text(lab6.lb.run("nft", "-j", "list", "ruleset"))
-    spec = imported("nftables", ruleset, tmp_path)
+    spec = imported_ruleset(lab6, tmp_path)
     argv = [sys.executable, "-m", "lbspec", "monitor", spec, "--live", f"client:{lab6.client_interface}",
             "--live", f"backend:{lab6.backend_interface}", "--duration", "4", "--format", "jsonl"]
     process = lab6.resources.spawn(lab6.lb.argv(argv), ready="listening on", timeout=30)

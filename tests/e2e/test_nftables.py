@@ -15,7 +15,8 @@ import pytest
 
 from lbspec.lab import VIP
 
-from .helpers import dnat, dnat_spec, imported, monitor, random_drops_are_LB200, run_monitor, verdicts
+from .helpers import (dnat, dnat_spec, imported_ruleset, judged_clean, monitor, random_drops_are_LB200, run_monitor,
+                      verdicts)
 
 pytestmark = pytest.mark.e2e
 
@@ -139,15 +140,7 @@ def test_live_monitoring_streams_verdicts(lab, tmp_path):
 def test_the_spec_imported_from_the_live_ruleset_judges_its_traffic_clean(lab, tmp_path):
 
     lab.install(dnat(lab))
-    ruleset = tmp_path / "ruleset.json"
-    ruleset.write_text(lab.lb.run("nft", "-j", "list", "ruleset"))  # what `nft -j list ruleset` shows there
-    spec = imported("nftables", ruleset, tmp_path)
-    with lab.capture(tmp_path) as capture:
-        results = lab.traffic(tcp=[f"{VIP}:80"], udp=[f"{VIP}:53"], connections=8, datagrams=8, messages=2)
-    assert all(r["error"] is None for r in results)
-    code, document = monitor(spec, capture)
-    assert verdicts(document) == {} and code == 0
-    assert document["monitor"]["pairing_rate"] == 1.0
+    judged_clean(lab, tmp_path, imported_ruleset(lab, tmp_path))
 
 
 @pytest.mark.skipif(shutil.which("dumpcap") is None, reason="dumpcap is not installed (Debian: tshark)")

@@ -12,9 +12,11 @@ import pytest
 from scapy.layers.inet import IP
 from scapy.utils import rdpcap
 
+import lbspec
 from lbspec.lab import VIP
 
-from .helpers import DNAT_SPEC, dnat, dnat_spec, imported, monitor, random_drops_are_LB200, verdicts
+from .helpers import (DNAT_SPEC, dnat, dnat_spec, imported_ruleset, judged_clean, monitor, random_drops_are_LB200,
+                      verdicts)
 
 pytestmark = pytest.mark.e2e
 
@@ -23,16 +25,9 @@ SNAT_SPEC = DNAT_SPEC.replace("    balance", "    mode snat\n    balance")
 
 def test_the_spec_imported_from_the_live_ruleset_says_snat_and_judges_its_traffic_clean(lab, tmp_path):
     lab.install(dnat(lab, masquerade=True))
-    ruleset = tmp_path / "ruleset.json"
-    ruleset.write_text(lab.lb.run("nft", "-j", "list", "ruleset"))
-    spec = imported("nftables", ruleset, tmp_path)
-    assert "mode snat" in open(spec).read()
-    with lab.capture(tmp_path) as capture:
-        results = lab.traffic(tcp=[f"{VIP}:80"], udp=[f"{VIP}:53"], connections=8, datagrams=8, messages=2)
-    assert all(r["error"] is None for r in results)
-    code, document = monitor(spec, capture)
-    assert verdicts(document) == {} and code == 0
-    assert document["monitor"]["pairing_rate"] == 1.0
+    spec = imported_ruleset(lab, tmp_path)
+    assert lbspec.load(spec).services[0].mode.kind == "snat"
+    capture = judged_clean(lab, tmp_path, spec)
     # the backends answered the LB, as a capture on an LB's interface shows it (nothing put back early)
     backend_side = {ipaddress.ip_address(lab.address(n)) for n in ("b1", "b2")}
     answers = [p[IP] for p in rdpcap(str(capture.backend_side))
