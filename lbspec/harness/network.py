@@ -61,14 +61,17 @@ from lbspec.harness.inprocess import MARKERS, fault_owner, response_deadline
 from lbspec.harness.trace import Fault, Trace
 from lbspec.harness.wire import Segment
 from lbspec.lab.netns import LabError
+from lbspec.lab.topology import IPV4, IPV6
 from lbspec.semantics.model import Service, Spec
 
 __all__ = ["Network", "LabMismatch", "TraceTooLong", "CaptureLoss", "FAULTS"]
 
 FAULTS = ("kill", "block")  # how a backend fails: its servers killed, or all its traffic dropped
 CAPTURE_TRIES = 3  # plays of a trace whose captures lost packets, before the loss is an error
-_LAB_NETWORKS = [ipaddress.ip_network(n) for n in ("10.0.1.0/24", "10.0.2.0/24", "127.0.0.0/8", "198.18.0.0/15",
-                                                    "fd00:1::/64", "fd00:2::/64", "::1/128")]
+# the lab's own networks, each side of the LB in each family, loopback, and the benchmarking range
+_LAB_NETWORKS = [ipaddress.ip_network(f"{address}/{a.length}", strict=False) for a in (IPV4, IPV6)
+                 for address in (a.client, a.lb_backend_side)] + [
+                 ipaddress.ip_network(n) for n in ("127.0.0.0/8", "::1/128", "198.18.0.0/15")]
 
 
 class LabMismatch(InputError):
