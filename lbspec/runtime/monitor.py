@@ -1215,8 +1215,9 @@ class Monitor:
         what = (f"{count} packet{'s' if count > 1 else ''} went (dsr) to MAC addresses nothing in the capture tied "
                 f"to a backend ({named}{', ...' if len(macs) > MACS_NAMED else ''}): which backend got them is not "
                 "known, so they were judged as packets (drops, duplicates, changes) but not per backend (affinity, "
-                "health, balance, declared destinations). A backend is known by its MAC from its ARP, or from any packet it sends "
-                "from its own address (an IPv6 neighbour advertisement for it, say): capture those too")
+                "health, balance, declared destinations). A backend is known by its MAC from its ARP, or from any "
+                "packet it sends from its own address (an IPv6 neighbour advertisement for it, say): capture those "
+                "too")
         return d.UNATTRIBUTED.at(None, what=what, data={"packets": count, "macs": [_mac_text(m) for m in macs]})
 
     def _one_side(self) -> Diagnostic | None:
