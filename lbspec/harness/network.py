@@ -61,7 +61,7 @@ from lbspec.harness.inprocess import MARKERS, fault_owner, response_deadline
 from lbspec.harness.trace import Fault, Trace
 from lbspec.harness.wire import Segment
 from lbspec.lab.netns import LabError
-from lbspec.lab.topology import IPV4, IPV6
+from lbspec.lab.topology import IPV4, IPV6, host_prefix
 from lbspec.semantics.model import Service, Spec
 
 __all__ = ["Network", "LabMismatch", "TraceTooLong", "CaptureLoss", "FAULTS"]
@@ -250,8 +250,8 @@ class _ClientAddresses:
             client = self.lab.addressing.client
             self.device = _device_with(self.lab.client, client)
             try:
-                _batch(self.lab.client, [f"address add {a}/{self.length} dev {self.device}" for a in self.addresses])
-                _batch(self.lab.lb, [f"route add {a}/{self.length} via {client}" for a in self.addresses])
+                _batch(self.lab.client, [f"address add {host_prefix(a)} dev {self.device}" for a in self.addresses])
+                _batch(self.lab.lb, [f"route add {host_prefix(a)} via {client}" for a in self.addresses])
             except BaseException:
                 self.__exit__()
                 raise
@@ -259,14 +259,9 @@ class _ClientAddresses:
 
     def __exit__(self, *exc) -> None:
         if self.addresses:
-            _batch(self.lab.lb, [f"route del {a}/{self.length}" for a in self.addresses], check=False)
-            _batch(self.lab.client, [f"address del {a}/{self.length} dev {self.device}" for a in self.addresses],
+            _batch(self.lab.lb, [f"route del {host_prefix(a)}" for a in self.addresses], check=False)
+            _batch(self.lab.client, [f"address del {host_prefix(a)} dev {self.device}" for a in self.addresses],
                    check=False)
-
-    @property
-    def length(self) -> int:
-        """Each address a host of its own (/32, /128)."""
-        return 128 if self.lab.addressing.family == 6 else 32
 
 
 def _device_with(namespace, address: str) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lbspec.lab.netns import LabError, run
-from lbspec.lab.topology import BRIDGE_MAC
+from lbspec.lab.topology import BRIDGE_MAC, host_prefix
 
 __all__ = ["Forward", "NftablesDnat", "NftablesDsr", "Haproxy", "NginxStream", "STREAM_MODULE"]
 
@@ -237,7 +237,7 @@ class _Proxy(abc.ABC):
             raise LabError(f"{self.program} refuses its configuration: {(done.stderr or done.stdout).strip()}")
 
     def _add_vip(self, lab) -> None:
-        vip = f"{lab.vip}/{128 if ':' in lab.vip else 32}"
+        vip = host_prefix(lab.vip)
         present = lab.lb.run("ip", "-o", "addr", "show", "dev", "lo")
         if f" {vip} " not in present:
             lab.lb.run("ip", "addr", "add", vip, "dev", "lo")

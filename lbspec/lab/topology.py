@@ -34,7 +34,7 @@ from typing import Protocol
 
 from lbspec.lab.netns import LabError, Namespace, Resources, run, unique_prefix
 
-__all__ = ["Lab", "BackendHost", "LoadBalancer", "Addressing", "IPV4", "IPV6", "BRIDGE_MAC"]
+__all__ = ["Lab", "BackendHost", "LoadBalancer", "Addressing", "IPV4", "IPV6", "BRIDGE_MAC", "host_prefix"]
 
 _BLOCK = """table inet lbspec_block {
   chain input { type filter hook input priority -10; policy drop; }
@@ -62,6 +62,11 @@ class Addressing:
 
     def backend(self, index: int) -> str:
         return f"{self.backend_base}{11 + index}"
+
+
+def host_prefix(address: str) -> str:
+    """``address`` as a network of its own: ``/32`` (IPv4) or ``/128`` (IPv6)."""
+    return f"{address}/{128 if ':' in address else 32}"
 
 
 IPV4 = Addressing(4, CLIENT, LB_CLIENT_SIDE, LB_BACKEND_SIDE, VIP, "10.0.2.", 24, "0.0.0.0")
@@ -249,13 +254,12 @@ class Lab:
         take packets to it and answer from it, but do not claim it on their link (IPv4: no ARP replies
         for it, nor it as the source of their own ARP requests; IPv6 answers neighbour solicitations
         only for addresses of the interface asked)."""
-        length = 128 if ":" in self.vip else 32
         for name in names or self.names:
             namespace = self._host_namespace(name)
             if ":" not in self.vip:
                 namespace.sysctl("net.ipv4.conf.all.arp_ignore", "1")
                 namespace.sysctl("net.ipv4.conf.all.arp_announce", "2")
-            namespace.run("ip", "addr", "add", f"{self.vip}/{length}", "dev", "lo")
+            namespace.run("ip", "addr", "add", host_prefix(self.vip), "dev", "lo")
 
     def _host_namespace(self, name: str) -> Namespace:
         namespace = self.backends[name].namespace
