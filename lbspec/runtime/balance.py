@@ -117,11 +117,36 @@ class Traffic:
             return
         payload = pairs.ingress("plen")
         self.backend_bytes += np.bincount(pairs.gid[rows], payload[rows], len(self.backend_bytes))
-        columns = self.picked[pairs.plan.index][1]
-        self._tally(engine, pairs, pairs.by_flow(rows), pairs.flows, self.flows, grouped=not columns)
-        if columns:  # the groups count what is picked
-            keys = mix([np.full(len(pairs), pairs.plan.index, np.int64), *(pairs.view[c] for c in columns)])
+        self._tally(engine, pairs, pairs.by_flow(rows), pairs.flows, self.flows, grouped=not self._columns(pairs))
+        keys = self._unit_keys(pairs)
+        if keys is not None:  # the groups count what is picked
             self._tally(engine, pairs, rows[np.argsort(keys[rows], kind="stable")], keys, self.units, grouped=True)
+
+    def entries(self, pairs, rows: np.ndarray) -> list[list | None]:
+        """The entries that pairs ``rows`` (accounted) count in the groups: their flows', or what is picked's.
+        A proxy's connection carries its bytes after the packet that opened it: see :meth:`carried`."""
+        keys = self._unit_keys(pairs)
+        table = self.flows if keys is None else self.units
+        keys = pairs.flows if keys is None else keys
+        return [table.get(k) for k in keys[rows].tolist()]
+
+    def carried(self, entry: list | None, gid: int, amount: int, time: float) -> None:
+        """``amount`` bytes more toward backend ``gid`` at ``time`` on a connection counted in ``entry`` (None:
+        it has left the table, and only the summary counts them)."""
+        self.backend_bytes[gid] += amount
+        if entry is not None:
+            entry[3] += amount
+            entry[1] = max(entry[1], time)
+
+    def _columns(self, pairs) -> tuple[str, ...]:
+        return self.picked[pairs.plan.index][1]
+
+    def _unit_keys(self, pairs) -> np.ndarray | None:
+        """What each pair's LB picks a backend for (see :func:`picked`), where that is not its flow."""
+        columns = self._columns(pairs)
+        if not columns:
+            return None
+        return mix([np.full(len(pairs), pairs.plan.index, np.int64), *(pairs.view[c] for c in columns)])
 
     def _tally(self, engine, pairs, ordered: np.ndarray, all_keys: np.ndarray, table: FlowTable,
                grouped: bool) -> None:

@@ -221,6 +221,8 @@ class _Backend:
     attributed: bool = False  # a failed attempt, counted and given to a client (or found to be none's)
     framed: bool | None = None  # its stream began with a PROXY protocol header (None: its first byte not seen)
     named: Ends | None = None  # the connection the header names (see proxy_header)
+    counted: bool = False  # its client's connection is in the traffic accounting: the bytes it carries count
+    entry: list | None = None  # ... in this entry of it (see Traffic.entries), while the entry lives
 
     @property
     def first(self) -> Packets:
@@ -532,6 +534,8 @@ class ProxyTracker:
         before = backend.stream.next
         reached = backend.stream.add(seq, data)
         self.volume["lb_to_backend"] += reached - before
+        if backend.counted:
+            self.engine.traffic.carried(backend.entry, backend.gid, reached - before, time)
         if backend.client is None and not backend.judged:
             self._try_pair(backend)
         if backend.client is not None and backend.client.backend is backend:
@@ -645,7 +649,12 @@ class ProxyTracker:
             pairs = judge.Pairs.gather(table, self.compiled.services[service], ii, ee, 1)
             judge.run_checks(self.engine, pairs, ("undeclared", "backends", "down", "stick"))
             counted = np.nonzero(pairs.listened & (pairs.gid >= 0) & (pairs.rule >= 0))[0]
-            self.engine.traffic.account(self.engine, pairs, counted)
+            traffic = self.engine.traffic
+            traffic.account(self.engine, pairs, counted)
+            for row, entry in zip(counted.tolist(), traffic.entries(pairs, counted)):
+                backend = mine[row][1]
+                backend.counted, backend.entry = True, entry
+                traffic.carried(entry, backend.gid, backend.stream.next, backend.last)  # what it carried so far
         self.paired = []
 
     def _deliver(self, client: _Client, reached: int, time: float) -> None:

@@ -566,6 +566,32 @@ def test_bytes_are_counted_each_way():
     assert moved["client_to_lb"] == moved["lb_to_backend"] == 7
 
 
+def test_each_backend_is_counted_the_bytes_relayed_to_it_not_those_of_checks_or_headers():
+    """The per-backend bytes of the summary: in proxy mode, the bytes each backend connection carried for its
+    client (they come after the packet that paired it; they were all 0)."""
+    scenario = Scenario("proxy")
+    scenario.proxy_flow("10.1.0.11", chunks=(b"a" * 100, b"b" * 50))
+    scenario.proxy_flow("10.1.0.11", 0.1, chunks=(b"c" * 30,), regroup=False, header=_v1)
+    scenario.proxy_flow("10.1.0.12", 0.2, chunks=(b"d" * 20,))
+    check = Scenario("proxy")
+    check.proxy_flow("10.1.0.12", 0.3, chunks=(b"PING\r\n",))
+    scenario.packets += [p for p in check.packets if p.side == "backend"]
+    report = scenario.judge(spec(mode="proxy", health='health tcp "PING\\r\\n" every 1s timeout 500ms'))
+    assert codes(report) == []
+    backends = {b["backend"]: (b["bytes"], b["bytes_share"]) for b in report.summary["backends"]}
+    assert backends == {"b1": (180, 0.9), "b2": (20, 0.1)}
+
+
+def test_a_backend_given_more_bytes_than_its_weight_is_LB206_by_bytes():
+    scenario = Scenario("proxy")
+    for k in range(40):
+        scenario.proxy_flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.05, chunks=(b"x" * (900 if k % 2 else 10),))
+    assert codes(scenario.judge(SPEC)) == []  # connections are split evenly
+    by_bytes = scenario.judge(spec(mode="proxy", body="assert balance bytes within 10%"))
+    assert codes(by_bytes) == ["LB206"]
+    assert by_bytes.violations[0].data["backends"]["b2"]["share"] > 0.95
+
+
 def test_the_text_summary_shows_connections_bytes_and_failures():
     from lbspec.runtime.command import summary_text
 
