@@ -48,6 +48,8 @@ but not judged.
 
 from __future__ import annotations
 
+import collections
+import math
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
@@ -66,7 +68,7 @@ from lbspec.runtime.verdicts import PacketRef, Witness
 
 __all__ = ["ProxyTracker", "Stream", "OUTCOMES"]
 
-OUTCOMES = ("backend_refused", "backend_timeout", "lb_reset", "not_relayed")
+OUTCOMES = ("backend_refused", "backend_timeout", "lb_reset", "not_relayed", "backends_full")
 
 BLOCK = 1024
 PREFIX = BLOCK  # the first bytes kept of each stream, to pair connections on
@@ -327,6 +329,7 @@ class ProxyTracker:
         self.unpaired: dict[int, _Backend] = {}  # backend connections with bytes no client has shown yet
         self.forgot = float("-inf")  # when idle connections were last forgotten
         self.backends: dict[int, _Backend] = {}
+        self.occupying: dict[int, list[_Backend]] = {}  # per backend with `max_conn`: the connections it carried
         self.connections = 0
         self.carried = 0  # client connections a backend connection carried (the packet counts are other modes')
         self.framed = {"from_clients": 0, "to_backends": 0}  # connections that began with a PROXY protocol header
@@ -634,6 +637,8 @@ class ProxyTracker:
         self._index(client)
         _discard(self.free, client)
         self.paired.append((client, backend))
+        if backend.gid >= 0 and self.compiled.backends[backend.gid].backend.max_conn is not None:
+            self.occupying.setdefault(backend.gid, []).append(backend)
         self.carried += 1
         if backend.named is not None and not _named_by(backend, client):
             self._misnamed(client, backend)
@@ -662,6 +667,9 @@ class ProxyTracker:
         while client.waiting and client.waiting[0][0] <= reached:
             end, sent, checks, ref = client.waiting.popleft()
             late = [c for c in checks if time - sent > c.pattern.within]
+            if late:
+                room = self._room(client, sent, time)
+                late = [c for c in late if room > c.pattern.within]
             if late and self._failed_before(client, time):
                 continue  # late because the attempts before this one failed: judged as attempts
             for check in late:
@@ -827,16 +835,48 @@ class ProxyTracker:
     def _settle_client(self, client: _Client, cutoff: float) -> None:
         """Client bytes (or a SYN the LB reset) older than ``cutoff`` and never delivered."""
         while client.waiting and client.waiting[0][1] < cutoff:
-            end, sent, checks, ref = client.waiting.popleft()
+            end, sent, checks, ref = client.waiting[0]
+            now = self.engine.watermark
+            room = self._room(client, sent, now)
+            held = room < now - sent and room <= max(c.pattern.within for c in checks)  # full a while, and since
+            if held and cutoff < math.inf and not client.attempts:
+                break  # every backend it could go to is full: the LB may hold it until one has room
+            client.waiting.popleft()
             if client.attempts:
                 self._fail(client, _outcome(client))
-                continue
-            self._fail(client, "lb_reset" if client.reset_at is not None else "not_relayed")
-            self.engine.proxy_drop(client, sent, checks, self._witness(client, [ref]))
+            elif held:
+                self._fail(client, "backends_full")
+            else:
+                self._fail(client, "lb_reset" if client.reset_at is not None else "not_relayed")
+                self.engine.proxy_drop(client, sent, checks, self._witness(client, [ref]))
         if self._reset_unjudged(client) and client.reset_at < cutoff:
             self._fail(client, "lb_reset")  # refused at once: its SYN is what was dropped
             self.engine.proxy_drop(client, client.start, client.syn_checks,
                                    self._witness(client, []))
+
+    def _room(self, client: _Client, start: float, end: float) -> float:
+        """Seconds of [start, end] in which a backend the spec lets the LB send ``client`` to had room for it:
+        all of them, unless those backends have `max_conn`.  A proxy holds a client while every one of them
+        carries as many connections as it may (HAProxy queues it): the deadline runs only while one has room."""
+        capped = {gid: self.compiled.backends[gid].backend.max_conn
+                  for gid in self.compiled.candidates(client.service, client.rule)}
+        if end <= start or not any(capped.values()):
+            return max(end - start, 0.0)
+        carried = [b for gid in capped for b in self.occupying.get(gid, ())
+                   if b.start < end and (b.closed_at is None or b.closed_at > start)]
+        edges = sorted({start, end, *(t for b in carried for t in (b.start, b.closed_at)
+                                      if t is not None and start < t < end)})
+        plan, family = self.compiled.services[client.service], client.row.value("fam")
+        room = 0.0
+        for lo, hi in zip(edges, edges[1:]):
+            at = (lo + hi) / 2
+            up = frozenset(r.name for r in plan.backends if self.engine.timeline.down_at(r.gid, at) is None)
+            open_then = collections.Counter(b.gid for b in carried
+                                            if b.start <= at and (b.closed_at is None or at < b.closed_at))
+            if any(capped[gid] is None or open_then[gid] < capped[gid]
+                   for gid in self.compiled.eligible(client.service, client.rule, family, up)):
+                room += hi - lo
+        return room
 
     @staticmethod
     def _reset_unjudged(client: _Client) -> bool:
@@ -898,6 +938,8 @@ class ProxyTracker:
         for backend in [b for b in self.backends.values() if b.last < idle and b.client is None and not b.judged
                         and b.first_data is None]:
             self._carried_nothing(backend, True)  # over, as its idle clients are
+        for gid, carried in self.occupying.items():
+            self.occupying[gid] = [b for b in carried if b.closed_at is None or b.closed_at >= idle]
         for table in (self.clients, self.backends):
             for key in [k for k, c in table.items() if c.last < idle]:
                 if table is self.clients:

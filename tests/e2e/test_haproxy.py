@@ -7,11 +7,14 @@ connections HAProxy sends to the dead backend within the detection window are al
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import pytest
 
 from lbspec.lab import Haproxy
 
-from .helpers import CONFIGS, answered, around, imported, monitor, verdicts
+from .helpers import CONFIGS, TARGET, answered, around, imported, monitor, verdicts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(Haproxy.unavailable() is not None,
                                                   reason=Haproxy.unavailable() or "")]
@@ -136,3 +139,30 @@ def test_checks_that_send_data_are_checks_not_connections_no_client_explains(lab
     traffic, document = clean_with(lab, tmp_path, "    balance roundrobin\n", f"    balance roundrobin\n    {checks}\n")
     assert set(answered(traffic)) == {"b1", "b2", "b3"}  # the checks pass: every server takes traffic
     assert document["monitor"]["probes"] > 0
+
+
+def test_clients_queued_while_every_server_is_at_its_maxconn_are_no_drop(lab, tmp_path):
+    """`maxconn 1` on each server, the servers slowed (0.5 s), four clients at once: HAProxy holds the fourth
+    connection in its queue (for up to `timeout queue`) until a server has room, and the imported spec
+    (`max_conn 1`) allows that wait.  The same capture judged without the limit is LB200: the wait did happen.
+    Each held connection was LB200."""
+    config = tmp_path / "maxconn.cfg"
+    config.write_text(CHECKS.read_text().replace("rise 1", "rise 1 maxconn 1")
+                      .replace("timeout connect 1s", "timeout connect 1s\n    timeout queue 10s"))
+    lab.install(Haproxy(config))
+    with lab.capture(tmp_path) as capture:
+        lab.traffic(tcp=[TARGET], connections=6, interval=0.25)  # until HAProxy has its servers fully up (around)
+        for name in ("b1", "b2", "b3"):
+            lab.slow_backend(name)
+        with ThreadPoolExecutor(4) as pool:
+            runs = list(pool.map(lambda _: lab.traffic(tcp=[TARGET], connections=3, interval=0.05, timeout=5.0),
+                                 range(4)))
+    traffic = [r for run in runs for r in run]
+    assert None not in answered(traffic) and len(traffic) == 12
+    spec = imported("haproxy", config, tmp_path)
+    code, document = monitor(spec, capture)
+    assert verdicts(document) == {} and code == 0
+    unlimited = Path(spec).with_name("unlimited.lbspec")
+    unlimited.write_text(Path(spec).read_text().replace(" max_conn 1", ""))
+    code, document = monitor(str(unlimited), capture)
+    assert set(verdicts(document)) == {"LB200"} and code == 1

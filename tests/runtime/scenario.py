@@ -235,12 +235,15 @@ class Scenario:
     def proxy_flow(self, backend: str, start: float = 0.0, *, client: str = "203.0.113.7", vport: int = 80,
                    bport: int = 8080, chunks: tuple[bytes, ...] = (b"GET / HTTP/1.1\r\n", b"Host: x\r\n\r\n"),
                    gap: float = 0.01, regroup: bool = True, lose: int | None = None, alter: bool = False,
-                   delay: float = 0.002, open_backend: bool = True, header=None) -> int:
+                   delay: float = 0.002, open_backend: bool = True, header=None, connect: float = 0.0005,
+                   close: float | None = None) -> int:
         """A client connection the LB terminates, and its own connection to ``backend`` carrying the bytes.
 
         ``regroup`` sends the client's chunks to the backend as one segment; ``lose`` leaves a chunk out;
         ``alter`` changes a byte on the way; ``header(client, cport, vip, vport)`` is what the LB sends the
-        backend ahead of them (a PROXY protocol header), in a segment of its own.
+        backend ahead of them (a PROXY protocol header), in a segment of its own.  The LB connects to the
+        backend ``connect`` seconds after the client's SYN (its bytes follow each chunk by ``delay``), and
+        ``close`` seconds after it ends that connection (a FIN to the backend).
         """
         cport, lport = next(self.ports), next(self.ports) + 20000
         cseq, bseq = next(self.seqs) % (1 << 32), next(self.seqs) % (1 << 32)
@@ -248,7 +251,7 @@ class Scenario:
         self.add(start + 0.0002, "client", ip(self.vip, client) / TCP(sport=vport, dport=cport, flags="SA", seq=5,
                                                                        ack=cseq + 1))
         if open_backend:
-            self.add(start + 0.0005, "backend", Ether(src=LB_MAC, dst=backend_mac(backend)) / ip(LB_ADDRESS, backend)
+            self.add(start + connect, "backend", Ether(src=LB_MAC, dst=backend_mac(backend)) / ip(LB_ADDRESS, backend)
                      / TCP(sport=lport, dport=bport, flags="S", seq=bseq))
         offset, t = 1, start
         for k, chunk in enumerate(chunks):
@@ -267,6 +270,9 @@ class Scenario:
             self.add(t + delay, "backend", Ether(src=LB_MAC, dst=backend_mac(backend)) / ip(LB_ADDRESS, backend)
                      / TCP(sport=lport, dport=bport, flags="PA", seq=bseq + boffset, ack=9) / Raw(piece))
             boffset += len(piece)
+        if open_backend and close is not None:
+            self.add(start + close, "backend", Ether(src=LB_MAC, dst=backend_mac(backend)) / ip(LB_ADDRESS, backend)
+                     / TCP(sport=lport, dport=bport, flags="FA", seq=bseq + boffset, ack=9))
         return cport
 
     # --------------------------------------------------------------- runs --

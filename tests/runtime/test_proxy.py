@@ -592,6 +592,42 @@ def test_a_backend_given_more_bytes_than_its_weight_is_LB206_by_bytes():
     assert by_bytes.violations[0].data["backends"]["b2"]["share"] > 0.95
 
 
+CAPPED = spec(mode="proxy", backends="backend b1 10.1.0.11 max_conn 1\n        backend b2 10.1.0.12 max_conn 1")
+
+
+def _held(scenario: Scenario, freed: float, served: float | None) -> None:
+    """b1 and b2 each carry a connection (`max_conn 1`), b1's until ``freed`` (None: to the end), b2's to the end;
+    a third client's bytes come at 0.03 s, and the LB passes them on to b1 at ``served`` (None: never)."""
+    scenario.proxy_flow("10.1.0.11", 0.0, close=freed)
+    scenario.proxy_flow("10.1.0.12", 0.01)
+    if served is None:
+        scenario.proxy_flow("10.1.0.11", 0.02, open_backend=False)
+    else:
+        scenario.proxy_flow("10.1.0.11", 0.02, connect=served - 0.021, delay=served - 0.03 - 0.02, chunks=(b"q",))
+
+
+def test_a_client_held_while_every_backend_is_at_its_max_conn_is_no_drop():
+    """HAProxy queues a client while each server it may go to has `maxconn` connections: the deadline runs
+    only while one has room.  Each queued client was LB200 before."""
+    scenario = Scenario("proxy")
+    _held(scenario, freed=0.5, served=0.502)
+    assert codes(scenario.judge(CAPPED)) == []
+    assert codes(scenario.judge(SPEC)) == ["LB200"]  # no max_conn: the backends had room all along
+    assert codes(scenario.judge(CAPPED.replace("max_conn 1", "max_conn 2"))) == ["LB200"]
+    early = Scenario("proxy")
+    _held(early, freed=0.1, served=0.502)  # b1 had room from 0.1 s on
+    assert codes(early.judge(CAPPED)) == ["LB200"]
+
+
+def test_a_client_the_lb_never_had_room_for_is_no_drop_but_is_counted():
+    scenario = Scenario("proxy")
+    _held(scenario, freed=None, served=None)
+    report = scenario.judge(CAPPED)
+    assert codes(report) == []
+    assert _failures(report) == {"backends_full": 1}
+    assert codes(scenario.judge(SPEC)) == ["LB200"]
+
+
 def test_the_text_summary_shows_connections_bytes_and_failures():
     from lbspec.runtime.command import summary_text
 
