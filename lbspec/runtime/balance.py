@@ -102,7 +102,10 @@ class Traffic:
 
     def __init__(self, compiled: Compiled, cap: int, timeout: float):
         self.compiled = compiled
-        self.checks = [c for c in compiled.checks if c.kind == "balance"]
+        # `least_conn` picks the backend with the fewest open connections: how many new flows each gets follows
+        # how long its connections last, not the weights, so its services' shares are not tested
+        self.checks = [c for c in compiled.checks if c.kind == "balance"
+                       and compiled.services[c.service].service.balance.algorithm != "least_conn"]
         self.flows = FlowTable(cap, timeout, on_drop=self._fold)
         self.units = FlowTable(cap, timeout, on_drop=self._fold)  # what is picked, where it is not flows
         self.picked = [picked(plan.service) for plan in compiled.services]

@@ -150,14 +150,7 @@ def test_clients_queued_while_every_server_is_at_its_maxconn_are_no_drop(lab, tm
     config.write_text(CHECKS.read_text().replace("rise 1", "rise 1 maxconn 1")
                       .replace("timeout connect 1s", "timeout connect 1s\n    timeout queue 10s"))
     lab.install(Haproxy(config))
-    with lab.capture(tmp_path) as capture:
-        lab.traffic(tcp=[TARGET], connections=6, interval=0.25)  # until HAProxy has its servers fully up (around)
-        for name in ("b1", "b2", "b3"):
-            lab.slow_backend(name)
-        with ThreadPoolExecutor(4) as pool:
-            runs = list(pool.map(lambda _: lab.traffic(tcp=[TARGET], connections=3, interval=0.05, timeout=5.0),
-                                 range(4)))
-    traffic = [r for run in runs for r in run]
+    traffic, capture = at_once(lab, tmp_path, ("b1", "b2", "b3"), clients=4, connections=3)
     assert None not in answered(traffic) and len(traffic) == 12
     spec = imported("haproxy", config, tmp_path)
     code, document = monitor(spec, capture)
@@ -166,3 +159,29 @@ def test_clients_queued_while_every_server_is_at_its_maxconn_are_no_drop(lab, tm
     unlimited.write_text(Path(spec).read_text().replace(" max_conn 1", ""))
     code, document = monitor(str(unlimited), capture)
     assert set(verdicts(document)) == {"LB200"} and code == 1
+
+
+def test_least_conn_gives_a_slow_server_fewer_connections_and_that_is_no_imbalance(lab, tmp_path):
+    """`balance leastconn`, b1 slowed, three clients at once: b1 holds its connections longer, so it gets
+    fewer new ones -- as least_conn means.  The share test holds round_robin and random to the weights, not
+    least_conn (LB206 before)."""
+    config = tmp_path / "leastconn.cfg"
+    config.write_text(CHECKS.read_text().replace("balance roundrobin", "balance leastconn"))
+    lab.install(Haproxy(config))
+    traffic, capture = at_once(lab, tmp_path, ("b1",), clients=3, connections=25)
+    assert None not in answered(traffic) and answered(traffic).count("b1") < len(traffic) / 5
+    code, document = monitor(imported("haproxy", config, tmp_path), capture)
+    assert verdicts(document) == {} and code == 0
+
+
+def at_once(lab, directory: Path, slowed: tuple[str, ...], clients: int, connections: int) -> tuple[list[dict], object]:
+    """HAProxy's servers fully up (see `around`), then ``slowed`` answering late and ``clients`` clients each
+    making ``connections`` connections at once, in one capture.  Returns the connections and the capture."""
+    with lab.capture(directory) as capture:
+        lab.traffic(tcp=[TARGET], connections=6, interval=0.25)
+        for name in slowed:
+            lab.slow_backend(name)
+        with ThreadPoolExecutor(clients) as pool:
+            runs = list(pool.map(lambda _: lab.traffic(tcp=[TARGET], connections=connections, interval=0.02,
+                                                       timeout=5.0), range(clients)))
+    return [r for run in runs for r in run], capture

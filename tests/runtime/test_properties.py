@@ -143,6 +143,16 @@ def test_where_each_client_keeps_one_backend_the_balance_is_of_clients_not_flows
     assert report.violations[0].data["flows"] == 12  # the clients: the units the test counts
 
 
+def test_least_conn_shares_are_not_held_to_the_weights():
+    """`least_conn` sends new flows where fewest are open: a backend whose connections last longer gets fewer
+    of them (HAProxy `leastconn` with one slow server gave it 14% of 81 flows: LB206 before)."""
+    scenario = Scenario("nat")
+    for k in range(60):
+        scenario.flow(["10.1.0.11", "10.1.0.12", "10.1.0.12", "10.1.0.12"][k % 4], k * 0.01, segments=1, reply=False)
+    assert codes(scenario.judge(spec(), answer_timeout=1000)) == ["LB206"]
+    assert codes(scenario.judge(spec(body="balance least_conn"), answer_timeout=1000)) == []
+
+
 def test_balance_by_bytes():
     scenario = Scenario("nat")
     for k in range(60):
