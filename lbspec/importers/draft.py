@@ -214,6 +214,9 @@ HTTP_REQUESTS = ("{} balances each HTTP request, so the requests of one client c
 # why a balance that hashes what the monitor cannot see (HTTP headers, URIs, variables) is waived
 UNSEEN_HASH = "`{}` hashes data a capture does not show: how many keys there are, and so the shares, is chance"
 
+# ... and one that picks among a few servers drawn at random by their load (power of two choices)
+LOAD_AWARE = "balanced as `least_conn`, which follows load, not weights, as this does"
+
 
 def balance_text(algorithm: str, fields: tuple[str, ...] = ()) -> str:
     return f"balance {algorithm}" + (f"({', '.join(fields)})" if fields else "")

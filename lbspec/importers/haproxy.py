@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from lbspec.importers import addresses
 from lbspec.importers.draft import (
-    ACCEPT_PROXY, HTTP_REQUESTS, NOT_REPRESENTED, PROXY_HEADER, UNSEEN_HASH, BackendDraft, ConfigError,
+    ACCEPT_PROXY, HTTP_REQUESTS, LOAD_AWARE, NOT_REPRESENTED, PROXY_HEADER, UNSEEN_HASH, BackendDraft, ConfigError,
     ImportContext, Line, Names, Note, PoolDraft, ServiceDraft, affinity_text, balance_text, duration, failover_text,
     forward_text, health_text,
 )
@@ -812,9 +812,9 @@ class _Behaviour:
         draws = int(match.group(1)) if match and match.group(1) else 2
         if draws <= 1:
             return Line(balance_text("random"))
-        return Line(balance_text("random"), [self.ctx.lost(
+        return Line(balance_text("least_conn"), [self.ctx.lost(
             statement.span, statement.text, f"HAProxy draws {draws} servers at random and takes the less "
-                                            "loaded (the default is 2)")])
+                                            f"loaded (the default is 2): {LOAD_AWARE}")])
 
     # --- affinity
     def _affinity(self, front: _Proxy) -> Line:

@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from lbspec.importers import addresses
 from lbspec.importers.draft import (
-    ACCEPT_PROXY, HTTP_REQUESTS, PROXY_HEADER, UNSEEN_HASH, BackendDraft, ImportContext, Line, Names, Note,
+    ACCEPT_PROXY, HTTP_REQUESTS, LOAD_AWARE, PROXY_HEADER, UNSEEN_HASH, BackendDraft, ImportContext, Line, Names, Note,
     PoolDraft, ServiceDraft, affinity_text, balance_text, failover_text, forward_text, health_text, line_span,
 )
 from lbspec.ir import Span
@@ -623,8 +623,8 @@ class _Upstream:
     def _random(self, directive: _Directive) -> Line:
         if "two" not in directive.args:
             return Line(balance_text("random"))
-        return Line(balance_text("random"), [self.ctx.lost(directive.span, directive.text, "draws two servers "
-                                                           "at random and takes the less loaded")])
+        return Line(balance_text("least_conn"), [self.ctx.lost(
+            directive.span, directive.text, f"draws two servers at random and takes the less loaded: {LOAD_AWARE}")])
 
     def _hash(self, directive: _Directive) -> Line:
         consistent = "consistent" in directive.args[1:]

@@ -262,7 +262,8 @@ backend web
     ("balance source", "hash", ("src",), False, False),
     ("balance source\n    hash-type consistent", "maglev", ("src",), False, False),
     ("balance random(1)", "random", (), False, False),
-    ("balance random", "random", (), True, False),
+    ("balance random", "least_conn", (), True, False),  # the less loaded of two drawn: load, not weights
+    ("balance random(3)", "least_conn", (), True, False),
     ("balance first", "round_robin", (), True, True),
     ("balance uri", "random", (), True, True),
     ("balance hdr(host)", "random", (), True, True),

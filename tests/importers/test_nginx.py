@@ -75,7 +75,7 @@ def test_hash_methods():
 
 def test_random_two_and_least_conn():
     result = run("nginx", "hashing.conf")
-    assert result.service("two_choices").balance.algorithm == "random"
+    assert result.service("two_choices").balance.algorithm == "least_conn"  # by load, not by weight
     assert result.lost_mentions("random two least_conn")
     assert result.service("limited").balance.algorithm == "least_conn"
 
