@@ -31,7 +31,7 @@ def read_captures(monitor: Monitor, client: Paths = (), backend: Paths = (), com
         far = [s for s in streams if s.side == 1]
         estimate = estimate_skew(monitor.compiled, near, far)
         skew = estimate.seconds if estimate is not None else 0.0
-    for parts in merged([s.batches(skew) for s in streams]):
+    for parts in merged([s.batches(skew) for s in streams], monitor.started, monitor.stopped):
         monitor.feed_parts(parts)
     for note in capture_notes(readers):
         monitor.note(note)

@@ -185,6 +185,8 @@ class Monitor:
         self._pending: list[Packets] = []  # admitted since the window was last put together
         self._rows = 0  # rows in the window and pending
         self.watermark = -math.inf
+        self.first_answer = math.inf  # the first reply with data the LB sent a client (see seen_since)
+        self._stopped: set[int] = set()  # sources whose last packet is known (see stopped)
         self.first_time = math.inf
         self.drops: list[_Drop] = []
         self.notes: list[Diagnostic] = []
@@ -509,6 +511,9 @@ class Monitor:
             for value, count in enumerate(np.bincount(p[column]).tolist()):
                 if count:
                     table[value] = table.get(value, 0) + count
+        if self.first_answer == math.inf:
+            answers = p["ts"][(p["role"] == CREPLY) & (p["plen"] > 0)]
+            self.first_answer = float(answers.min()) if len(answers) else math.inf
         sources = distinct(p["source"])
         for source in sources:
             ts = p["ts"] if len(sources) == 1 else p["ts"][p["source"] == source]
@@ -713,8 +718,9 @@ class Monitor:
             listened = plan.listened(view)
             self.counts.listened += int(listened.sum())
             rule = plan.rule_index(view)
-            seen = win["ts"][mine] + np.array([c.pattern.within for c in plan.of_kind("response")] or [0]).max() \
-                <= self._egress_seen_until()  # a capture that stopped too soon cannot show the forward
+            ts = win["ts"][mine]  # a capture that stopped too soon, or started too late, cannot show the forward
+            seen = (ts + np.array([c.pattern.within for c in plan.of_kind("response")] or [0]).max()
+                    <= self.seen_until(1)) & (ts >= self.seen_since(1))
             self.counts.unjudged += int((listened & ~seen).sum())
             checks = [(c, listened & seen & (rule >= 0) & c.scope(view)) for c in plan.of_kind("response")]
             for j in np.nonzero(np.logical_or.reduce([m for _c, m in checks]) if checks else [])[0].tolist():
@@ -763,7 +769,8 @@ class Monitor:
         unrelated = win["gid"][rest] < 0  # not to a backend (the LB's own traffic, a bridge's multicast)
         self.counts.unrelated += int(unrelated.sum())
         rest = rest[~unrelated]
-        early = win["ts"][rest] < self._ingress_seen_since() + self.pair_window  # its cause may predate the capture
+        ts = win["ts"][rest]  # its cause may predate the client-side capture, or follow its end
+        early = (ts < self.seen_since(0) + self.pair_window) | (ts > self.seen_until(0))
         self.counts.unjudged += int(early.sum())
         pending = {drop.pair: drop for drop in self.drops if drop.pair is not None} if len(rest) else {}
         for row in rest[~early].tolist():
@@ -844,32 +851,54 @@ class Monitor:
         end = (int(win["seq"][row]) + int(win["plen"][row])) & 0xFFFFFFFF
         return bool(((((win["seq"][sent].astype(np.int64) - end) & 0xFFFFFFFF) < 1 << 31)).any())
 
-    def _egress_seen_until(self) -> float:
-        """Until when the captures can show what the LB sent (infinite until the end of the run)."""
-        if not self._closed:
-            return math.inf
-        ends = [end for _start, end in self._captures(showing=1)]
+    def seen_since(self, showing: int) -> float:
+        """Since when the captures show side ``showing`` (0: what clients sent, 1: what the LB sent): a packet
+        of the other side from before then may have its counterpart before the capture started.
+
+        A capture's first packet is taken for its start.  For what the LB sent, only where the client side
+        shows the LB answering clients before it: then the LB was at work and the backend-side capture had
+        not started (captures started by hand, one after the other).  Otherwise a backend side quiet at first
+        is the LB forwarding nothing, and what clients sent then is judged."""
+        starts = [start for start, _end, _stopped in self._captures(showing)]
+        since = max(starts) if starts else -math.inf
+        return since if showing == 0 or self.first_answer < since else -math.inf
+
+    def seen_until(self, showing: int) -> float:
+        """Until when the captures show side ``showing`` (infinite while none of them is known to have
+        stopped: until the end of the run, or until a file is read to its end)."""
+        ends = [end for _start, end, stopped in self._captures(showing) if stopped or self._closed]
         return min(ends) if ends else math.inf
 
-    def _ingress_seen_since(self) -> float:
-        """Since when the captures show what clients sent."""
-        starts = [start for start, _end in self._captures(showing=0)]
-        return max(starts) if starts else -math.inf
+    def started(self, source: int, time: float) -> None:
+        """A capture's first packet is at ``time``: told before its packets are judged (by the merge of
+        files, :func:`~lbspec.runtime.sources.merged`), so that the capture bounds what is judged from the
+        start, also while none of its packets has been fed yet (a capture started seconds after another:
+        the other's packets of those seconds cannot be judged)."""
+        entry = self.counts.per_source.setdefault(source, [0, math.inf, -math.inf])
+        entry[1] = min(entry[1], time)
 
-    def _captures(self, showing: int) -> list[tuple[float, float]]:
-        """The time spans of the captures that show side ``showing`` (0 clients', 1 the LB's): files that
-        follow one another (a capture rotated by ``tcpdump -C`` or ``-G``) are one span; files that
-        overlap were taken at once (another interface), each its own span, and the first to stop
-        (or last to start) bounds what all of them show."""
-        spans = sorted((entry[1], entry[2]) for source, entry in self.counts.per_source.items()
-                       if self.sources.sides[source] != 1 - showing and entry[0])
-        chains: list[list[float]] = []
-        for start, end in spans:
+    def stopped(self, source: int, time: float) -> None:
+        """A capture's last packet is at ``time``: what the other side's captures show after it cannot be
+        judged, even before the run ends."""
+        entry = self.counts.per_source.setdefault(source, [0, math.inf, -math.inf])
+        entry[2] = max(entry[2], time)
+        self._stopped.add(source)
+
+    def _captures(self, showing: int) -> list[tuple[float, float, bool]]:
+        """The time spans of the captures that show side ``showing`` (0 clients', 1 the LB's), each with
+        whether it is known to have stopped: files that follow one another (a capture rotated by ``tcpdump
+        -C`` or ``-G``) are one span; files that overlap were taken at once (another interface), each its
+        own span, and the first to stop (or last to start) bounds what all of them show."""
+        spans = sorted((entry[1], max(entry[1], entry[2]), source in self._stopped)
+                       for source, entry in self.counts.per_source.items()
+                       if self.sources.sides[source] != 1 - showing and entry[1] < math.inf)
+        chains: list[list] = []
+        for start, end, stopped in spans:
             chain = next((c for c in chains if c[1] <= start), None)
             if chain is None:
-                chains.append([start, end])
+                chains.append([start, end, stopped])
             else:
-                chain[1] = end
+                chain[1:] = end, stopped
         return [tuple(chain) for chain in chains]
 
     def _twice(self, service: int) -> CheckPlan | None:

@@ -836,6 +836,11 @@ class ProxyTracker:
         """Client bytes (or a SYN the LB reset) older than ``cutoff`` and never delivered."""
         while client.waiting and client.waiting[0][1] < cutoff:
             end, sent, checks, ref = client.waiting[0]
+            if not self.engine.seen_since(1) <= sent <= self.engine.seen_until(1) - max(c.pattern.within
+                                                                                        for c in checks):
+                client.waiting.popleft()  # the backend-side capture started after them, or stopped too soon
+                self.engine.counts.unjudged += 1
+                continue
             now = self.engine.watermark
             room = self._room(client, sent, now)
             held = room < now - sent and room <= max(c.pattern.within for c in checks)  # full a while, and since
@@ -922,6 +927,9 @@ class ProxyTracker:
         probe = backend.first_data is None or _is_check(health, backend.stream.prefix)
         if health.kind != "none" and probe:
             self.engine.counts.probes += 1
+            return
+        if (backend.start if backend.first_data is None else backend.first_data) > self.engine.seen_until(0):
+            self.engine.counts.unjudged += 1  # its client may have come after the client-side capture stopped
             return
         name = self.compiled.backends[backend.gid].name
         for check in plan.of_kind("twice"):

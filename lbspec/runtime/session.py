@@ -118,7 +118,7 @@ def skew_for(args, monitor: Monitor, streams: list[CaptureStream]) -> float:
 
 def feed(monitor: Monitor, streams: list[CaptureStream], skew: float, stream, progress) -> None:
     with progress:
-        for parts in merged([s.batches(skew) for s in streams]):
+        for parts in merged([s.batches(skew) for s in streams], monitor.started, monitor.stopped):
             monitor.feed_parts(parts)
             stream.emit(monitor)
             progress.update(sum(s.reader.bytes_read for s in streams))

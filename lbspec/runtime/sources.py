@@ -16,7 +16,7 @@ all that can be corrected.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,9 +139,13 @@ def batches(reader: CaptureReader, side: int, compiled: Compiled, skew: float = 
     return CaptureStream(reader, side, compiled).batches(skew)
 
 
-def merged(streams: list[Iterator[Packets]]) -> Iterator[list[Packets]]:
+def merged(streams: list[Iterator[Packets]], first: Callable[[int, float], None] | None = None,
+           last: Callable[[int, float], None] | None = None) -> Iterator[list[Packets]]:
     """Merge time-sorted batch streams into lists of time-sorted pieces covering the same span, left for
-    the monitor to take together (no copy, no sort).
+    the monitor to take together (no copy, no sort).  ``first(source, time)`` is told when each stream's
+    first packet is, as soon as its first batch is read (before any piece is yielded); ``last(source,
+    time)`` when its last is, as soon as the stream is found to end (pieces of it may follow): when each
+    capture starts and stops is known before what is in it is judged.
 
     A span ends where the first stream's data read so far ends.  A stream cut short of its batch's end
     by another's has its next batch read too when what is left is under half a batch, so that spans
@@ -152,13 +156,25 @@ def merged(streams: list[Iterator[Packets]]) -> Iterator[list[Packets]]:
     """
     queues: list[list[Packets]] = [[] for _ in streams]
     sizes = [0] * len(streams)  # rows of each stream's latest batch
+    ends: list[tuple[int, float] | None] = [None] * len(streams)  # its source and its latest time so far
+    over = [False] * len(streams)
     while True:
         for index, queue in enumerate(queues):
-            if not queue or (len(queue) == 1 and 2 * len(queue[0]) < sizes[index]):
-                batch = _next(streams[index])
-                if batch is not None:
-                    queue.append(batch)
-                    sizes[index] = len(batch)
+            if over[index] or not (not queue or (len(queue) == 1 and 2 * len(queue[0]) < sizes[index])):
+                continue
+            batch = _next(streams[index])
+            if batch is None:
+                over[index] = True
+                if last is not None and ends[index] is not None:
+                    last(*ends[index])
+                continue
+            if first is not None or last is not None:
+                source = int(batch["source"][0])
+                if first is not None and ends[index] is None:
+                    first(source, float(batch["ts"][0]))
+                ends[index] = source, float(batch["ts"][-1])
+            queue.append(batch)
+            sizes[index] = len(batch)
         if not any(queues):
             return
         cut = min(float(q[-1]["ts"][-1]) for q in queues if q)

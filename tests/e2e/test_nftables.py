@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -32,6 +34,23 @@ def test_the_correct_configuration_has_no_violation(lab, tmp_path):
     summary = document["monitor"]
     assert summary["pairing_rate"] == 1.0 and summary["listened_ingress"] > 50
     assert {b["backend"]: b["flows"] for b in summary["backends"]} == {"b1": 7, "b2": 6}
+
+
+def test_captures_taken_while_traffic_flows_have_no_violation(lab, tmp_path):
+    """Captures started and stopped on a busy LB, as an operator takes them: the two tcpdumps start and stop
+    a moment apart, amid connections.  What only one side's capture could show is not judged (LB200s,
+    LB208s and capture gaps at both ends before)."""
+    lab.install(dnat(lab))
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(lab.traffic, tcp=[f"{VIP}:80"], connections=150, messages=3, interval=0.01)
+        time.sleep(0.8)
+        with lab.capture(tmp_path) as capture:
+            time.sleep(0.8)
+        results = running.result()
+    assert all(r["error"] is None for r in results)
+    code, document = monitor(dnat_spec(tmp_path, lab), capture)
+    assert verdicts(document) == {} and code == 0
+    assert document["monitor"]["paired"] > 100
 
 
 def test_the_correct_configuration_in_one_tcpdump_any_capture(lab, tmp_path):

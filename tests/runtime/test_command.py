@@ -27,7 +27,7 @@ from lbspec.runtime.session import capture_notes, inputs_from, open_readers, ope
 
 from conftest import limited
 
-from .scenario import CLIENT_MAC, LB_MAC, Scenario, codes, ip, spec
+from .scenario import CLIENT_MAC, LB_MAC, START, Scenario, codes, ip, spec
 
 
 @pytest.fixture
@@ -484,3 +484,61 @@ def test_jobs_read_compressed_captures_too(cli, spec_path, captures, tmp_path):
     run = cli("monitor", spec_path, "--client-side", str(zipped), "--backend-side", str(captures[1]),
               "--format", "json", "--jobs", "2")
     assert json.loads(run.out)["monitor"]["verdicts"] == {"LB200": 1}
+
+
+# ------------------------------------------------------- captures started apart --
+
+def _apart(scenario: Scenario, directory, started: float, stopped: float) -> list[str]:
+    """The scenario's two captures as if started and stopped by hand: the backend-side one from ``started``
+    seconds in, the client-side one until ``stopped``."""
+    client, backend = scenario.write(directory)
+    wrpcap(str(backend), [f for f in rdpcap(str(backend)) if f.time >= START + started])
+    wrpcap(str(client), [f for f in rdpcap(str(client)) if f.time <= START + stopped])
+    return ["--client-side", str(client), "--backend-side", str(backend)]
+
+
+def test_captures_started_and_stopped_apart_judge_only_what_both_show(cli, spec_file, tmp_path):
+    """Before the backend-side capture started, the LB was at work (the client side shows it answering):
+    what clients sent then may have gone on unseen; after the client-side capture stopped, what the LB sent
+    may answer what clients sent unseen.  Neither is a drop or LB208 -- they were before -- and a drop while
+    both ran still is."""
+    scenario = Scenario("nat")
+    for k in range(20):
+        scenario.flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.05, proto="udp", vport=53, bport=53,
+                      drop={1} if k == 10 else set())
+    run = cli("monitor", spec_file(spec(listen="udp 53", rule="forward udp 53 to app")),
+              *_apart(scenario, tmp_path, 0.3, 0.7), "--format", "json")
+    document = json.loads(run.out)
+    assert [d["code"] for d in document["diagnostics"] if d["severity"] == "error"] == ["LB200"]
+    assert document["monitor"]["unjudged_at_edges"] > 0
+
+
+def test_a_backend_side_quiet_until_the_lb_first_forwards_is_judged_from_the_start(cli, spec_file, tmp_path):
+    """The near miss: the LB forwards nothing (and so answers nothing) for the first 0.3 s.  The backend-side
+    capture's first packet comes then, but nothing says it started late: those drops are LB200."""
+    scenario = Scenario("nat")
+    for k in range(20):
+        scenario.flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.05, proto="udp", vport=53, bport=53, segments=1,
+                      drop={0} if k * 0.05 < 0.3 else set(), reply=k * 0.05 >= 0.3)
+    run = cli("monitor", spec_file(spec(listen="udp 53", rule="forward udp 53 to app")),
+              *_apart(scenario, tmp_path, 0.0, 1.0), "--format", "json")
+    document = json.loads(run.out)
+    drops = [d for d in document["diagnostics"] if d["code"] == "LB200"]
+    assert sum(d["data"]["count"] for d in drops) == 6
+
+
+def test_proxied_connections_in_captures_started_and_stopped_apart(cli, spec_file, tmp_path):
+    """The same in proxy mode: a client's bytes from before the backend-side capture started, and backend
+    connections opened after the client-side capture stopped, are left unjudged (LB200 and LB208 before)."""
+    from scapy.layers.inet import TCP as Segment
+    from scapy.packet import Raw
+
+    scenario = Scenario("proxy")
+    for k in range(20):
+        cport = scenario.proxy_flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.05, chunks=(b"request %02d" % k,))
+        scenario.add(k * 0.05 + 0.02, "client", ip(scenario.vip, "203.0.113.7")
+                     / Segment(sport=80, dport=cport, flags="PA", seq=6, ack=1) / Raw(b"answer"))
+    run = cli("monitor", spec_file(spec(mode="proxy")), *_apart(scenario, tmp_path, 0.3, 0.7), "--format", "json")
+    document = json.loads(run.out)
+    assert [d["code"] for d in document["diagnostics"] if d["severity"] == "error"] == []
+    assert document["monitor"]["unjudged_at_edges"] > 0
