@@ -185,7 +185,8 @@ class Monitor:
         self._pending: list[Packets] = []  # admitted since the window was last put together
         self._rows = 0  # rows in the window and pending
         self.watermark = -math.inf
-        self.first_answer = math.inf  # the first reply with data the LB sent a client (see seen_since)
+        # the first and last answer with data seen on each side: the LB's to clients, the backends' to it
+        self.answers = [[math.inf, -math.inf], [math.inf, -math.inf]]
         self._stopped: set[int] = set()  # sources whose last packet is known (see stopped)
         self.first_time = math.inf
         self.drops: list[_Drop] = []
@@ -511,9 +512,10 @@ class Monitor:
             for value, count in enumerate(np.bincount(p[column]).tolist()):
                 if count:
                     table[value] = table.get(value, 0) + count
-        if self.first_answer == math.inf:
-            answers = p["ts"][(p["role"] == CREPLY) & (p["plen"] > 0)]
-            self.first_answer = float(answers.min()) if len(answers) else math.inf
+        for span, role in zip(self.answers, (CREPLY, BREPLY)):
+            answers = p["ts"][(p["role"] == role) & (p["plen"] > 0)]
+            if len(answers):
+                span[:] = min(span[0], float(answers[0])), max(span[1], float(answers[-1]))
         sources = distinct(p["source"])
         for source in sources:
             ts = p["ts"] if len(sources) == 1 else p["ts"][p["source"] == source]
@@ -855,19 +857,23 @@ class Monitor:
         """Since when the captures show side ``showing`` (0: what clients sent, 1: what the LB sent): a packet
         of the other side from before then may have its counterpart before the capture started.
 
-        A capture's first packet is taken for its start.  For what the LB sent, only where the client side
-        shows the LB answering clients before it: then the LB was at work and the backend-side capture had
-        not started (captures started by hand, one after the other).  Otherwise a backend side quiet at first
+        A capture starts with its first packet.  For what the LB sent, only where the client side shows
+        the LB answering clients before that: the LB was at work, and the backend-side capture had not
+        started (captures started by hand, one after the other).  Otherwise a backend side quiet at first
         is the LB forwarding nothing, and what clients sent then is judged."""
         starts = [start for start, _end, _stopped in self._captures(showing)]
         since = max(starts) if starts else -math.inf
-        return since if showing == 0 or self.first_answer < since else -math.inf
+        return since if showing == 0 or self.answers[0][0] < since else -math.inf
 
     def seen_until(self, showing: int) -> float:
-        """Until when the captures show side ``showing`` (infinite while none of them is known to have
-        stopped: until the end of the run, or until a file is read to its end)."""
+        """Until when the captures show side ``showing``: infinite until one of them is known to have stopped
+        (with its last packet).  At the end of the run that bounds the last packets; before, only where the
+        other side shows answers well after it (a pairing window: not the relay of the capture's last) --
+        the LB was at work, and the capture was stopped while it was (a quiet capture's last packet may
+        come long before the LB's last)."""
         ends = [end for _start, end, stopped in self._captures(showing) if stopped or self._closed]
-        return min(ends) if ends else math.inf
+        until = min(ends) if ends else math.inf
+        return until if self._closed or self.answers[1 - showing][1] > until + self.pair_window else math.inf
 
     def started(self, source: int, time: float) -> None:
         """A capture's first packet is at ``time``: told before its packets are judged (by the merge of

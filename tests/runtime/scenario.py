@@ -236,14 +236,15 @@ class Scenario:
                    bport: int = 8080, chunks: tuple[bytes, ...] = (b"GET / HTTP/1.1\r\n", b"Host: x\r\n\r\n"),
                    gap: float = 0.01, regroup: bool = True, lose: int | None = None, alter: bool = False,
                    delay: float = 0.002, open_backend: bool = True, header=None, connect: float = 0.0005,
-                   close: float | None = None) -> int:
+                   close: float | None = None, answer: bytes = b"") -> int:
         """A client connection the LB terminates, and its own connection to ``backend`` carrying the bytes.
 
         ``regroup`` sends the client's chunks to the backend as one segment; ``lose`` leaves a chunk out;
         ``alter`` changes a byte on the way; ``header(client, cport, vip, vport)`` is what the LB sends the
         backend ahead of them (a PROXY protocol header), in a segment of its own.  The LB connects to the
         backend ``connect`` seconds after the client's SYN (its bytes follow each chunk by ``delay``), and
-        ``close`` seconds after it ends that connection (a FIN to the backend).
+        ``close`` seconds after it ends that connection (a FIN to the backend).  The backend sends ``answer``
+        (if any) once the bytes are there, and the LB relays it to the client.
         """
         cport, lport = next(self.ports), next(self.ports) + 20000
         cseq, bseq = next(self.seqs) % (1 << 32), next(self.seqs) % (1 << 32)
@@ -270,6 +271,11 @@ class Scenario:
             self.add(t + delay, "backend", Ether(src=LB_MAC, dst=backend_mac(backend)) / ip(LB_ADDRESS, backend)
                      / TCP(sport=lport, dport=bport, flags="PA", seq=bseq + boffset, ack=9) / Raw(piece))
             boffset += len(piece)
+        if answer and open_backend:
+            self.add(t + delay + 0.001, "backend", Ether(src=backend_mac(backend), dst=LB_MAC) / ip(backend, LB_ADDRESS)
+                     / TCP(sport=bport, dport=lport, flags="PA", seq=9, ack=bseq + boffset) / Raw(answer))
+            self.add(t + delay + 0.0015, "client", ip(self.vip, client) / TCP(sport=vport, dport=cport, flags="PA",
+                                                                              seq=6, ack=cseq + offset) / Raw(answer))
         if open_backend and close is not None:
             self.add(start + close, "backend", Ether(src=LB_MAC, dst=backend_mac(backend)) / ip(LB_ADDRESS, backend)
                      / TCP(sport=lport, dport=bport, flags="FA", seq=bseq + boffset, ack=9))

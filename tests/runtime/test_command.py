@@ -488,13 +488,13 @@ def test_jobs_read_compressed_captures_too(cli, spec_path, captures, tmp_path):
 
 # ------------------------------------------------------- captures started apart --
 
-def _apart(scenario: Scenario, directory, started: float, stopped: float) -> list[str]:
-    """The scenario's two captures as if started and stopped by hand: the backend-side one from ``started``
-    seconds in, the client-side one until ``stopped``."""
-    client, backend = scenario.write(directory)
-    wrpcap(str(backend), [f for f in rdpcap(str(backend)) if f.time >= START + started])
-    wrpcap(str(client), [f for f in rdpcap(str(client)) if f.time <= START + stopped])
-    return ["--client-side", str(client), "--backend-side", str(backend)]
+def _apart(scenario: Scenario, directory, client=(0.0, 9.0), backend=(0.0, 9.0)) -> list[str]:
+    """The scenario's two captures as if started and stopped by hand: each side's from and until the times
+    given (seconds in)."""
+    paths = scenario.write(directory)
+    for path, (start, stop) in zip(paths, (client, backend)):
+        wrpcap(str(path), [f for f in rdpcap(str(path)) if START + start <= f.time <= START + stop])
+    return ["--client-side", str(paths[0]), "--backend-side", str(paths[1])]
 
 
 def test_captures_started_and_stopped_apart_judge_only_what_both_show(cli, spec_file, tmp_path):
@@ -507,7 +507,7 @@ def test_captures_started_and_stopped_apart_judge_only_what_both_show(cli, spec_
         scenario.flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.05, proto="udp", vport=53, bport=53,
                       drop={1} if k == 10 else set())
     run = cli("monitor", spec_file(spec(listen="udp 53", rule="forward udp 53 to app")),
-              *_apart(scenario, tmp_path, 0.3, 0.7), "--format", "json")
+              *_apart(scenario, tmp_path, client=(0, 0.7), backend=(0.3, 9)), "--format", "json")
     document = json.loads(run.out)
     assert [d["code"] for d in document["diagnostics"] if d["severity"] == "error"] == ["LB200"]
     assert document["monitor"]["unjudged_at_edges"] > 0
@@ -521,24 +521,34 @@ def test_a_backend_side_quiet_until_the_lb_first_forwards_is_judged_from_the_sta
         scenario.flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.05, proto="udp", vport=53, bport=53, segments=1,
                       drop={0} if k * 0.05 < 0.3 else set(), reply=k * 0.05 >= 0.3)
     run = cli("monitor", spec_file(spec(listen="udp 53", rule="forward udp 53 to app")),
-              *_apart(scenario, tmp_path, 0.0, 1.0), "--format", "json")
+              *_apart(scenario, tmp_path), "--format", "json")
     document = json.loads(run.out)
     drops = [d for d in document["diagnostics"] if d["code"] == "LB200"]
     assert sum(d["data"]["count"] for d in drops) == 6
 
 
+def test_a_backend_side_quiet_after_the_lb_last_forwards_is_judged_to_the_end(cli, spec_file, tmp_path):
+    """And at the other end: the LB forwards nothing after 0.5 s.  The backend-side capture's last packet comes
+    then, long before the client side's; nothing says it was stopped early: those drops are LB200."""
+    scenario = Scenario("nat")
+    for k in range(20):
+        scenario.flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.05, proto="udp", vport=53, bport=53, segments=1,
+                      drop={0} if k * 0.05 >= 0.5 else set(), reply=k * 0.05 < 0.5)
+    run = cli("monitor", spec_file(spec(listen="udp 53", rule="forward udp 53 to app")),
+              *_apart(scenario, tmp_path, backend=(0, 0.5)), "--format", "json")
+    drops = [d for d in json.loads(run.out)["diagnostics"] if d["code"] == "LB200"]
+    assert sum(d["data"]["count"] for d in drops) == 10
+
+
 def test_proxied_connections_in_captures_started_and_stopped_apart(cli, spec_file, tmp_path):
     """The same in proxy mode: a client's bytes from before the backend-side capture started, and backend
     connections opened after the client-side capture stopped, are left unjudged (LB200 and LB208 before)."""
-    from scapy.layers.inet import TCP as Segment
-    from scapy.packet import Raw
-
     scenario = Scenario("proxy")
     for k in range(20):
-        cport = scenario.proxy_flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.05, chunks=(b"request %02d" % k,))
-        scenario.add(k * 0.05 + 0.02, "client", ip(scenario.vip, "203.0.113.7")
-                     / Segment(sport=80, dport=cport, flags="PA", seq=6, ack=1) / Raw(b"answer"))
-    run = cli("monitor", spec_file(spec(mode="proxy")), *_apart(scenario, tmp_path, 0.3, 0.7), "--format", "json")
+        scenario.proxy_flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.05, chunks=(b"request %02d" % k,),
+                            answer=b"answer")
+    run = cli("monitor", spec_file(spec(mode="proxy")), *_apart(scenario, tmp_path, client=(0, 0.7), backend=(0.3, 9)),
+              "--format", "json")
     document = json.loads(run.out)
     assert [d["code"] for d in document["diagnostics"] if d["severity"] == "error"] == []
     assert document["monitor"]["unjudged_at_edges"] > 0
