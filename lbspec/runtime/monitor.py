@@ -1238,6 +1238,12 @@ class Monitor:
                                                             for w, (c, f) in reasons.items()}}))
         if self.counts.unattributed:
             notes.append(self._unattributed())
+        if self.proxy.cut:
+            notes.append(d.CAPTURE_GAP.at(None, what=f"{self.proxy.cut} proxied connection"
+                                          f"{'s' if self.proxy.cut > 1 else ''} carried bytes the capture cut short "
+                                          "(its snapshot length is under their segments' size): what reached the "
+                                          "backends, and when, was not judged; capture whole packets (tcpdump -s 0)",
+                                          data={"cut_connections": self.proxy.cut}))
         one_side = self._one_side()
         if one_side is not None:
             notes.append(one_side)

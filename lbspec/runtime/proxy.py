@@ -161,6 +161,7 @@ class _Batch:
         self.ts, self.flags, self.seq, self.ckey, self.gid, self.svc = (
             p[k][rows].tolist() for k in ("ts", "flags", "seq", "ckey", "gid", "svc"))
         self._buf, self._start, self._size = (p[k][rows].tolist() for k in ("buf", "poff", "pcap"))
+        self.cut = (p["pcap"][rows] < p["plen"][rows]).tolist()  # the capture's snapshot length cut its payload
 
     def payload(self, i: int) -> bytes:
         """As :meth:`Packets.payload` says of the ``i``-th row."""
@@ -195,6 +196,7 @@ class _Client:
     indexed: tuple[bool, bytes] = (False, b"")  # carried yet, and the first bytes of its stream (ProxyTracker._index)
     framed: bool | None = None  # its stream began with a PROXY protocol header (a proxy before the LB sent it)
     named: Ends | None = None  # the connection that header names
+    cut: bool = False  # the capture cut short a segment of its bytes, or of its backend connection's: not judged
 
     @property
     def first(self) -> Packets:
@@ -224,6 +226,7 @@ class _Backend:
     framed: bool | None = None  # its stream began with a PROXY protocol header (None: its first byte not seen)
     named: Ends | None = None  # the connection the header names (see proxy_header)
     counted: bool = False  # its client's connection is in the traffic accounting: the bytes it carries count
+    cut: bool = False  # the capture cut short a segment of its bytes
     entry: list | None = None  # ... in this entry of it (see Traffic.entries), while the entry lives
 
     @property
@@ -332,6 +335,7 @@ class ProxyTracker:
         self.occupying: dict[int, list[_Backend]] = {}  # per backend with `max_conn`: the connections it carried
         self.connections = 0
         self.carried = 0  # client connections a backend connection carried (the packet counts are other modes')
+        self.cut = 0  # client connections whose bytes (or their backend connection's) the capture cut short
         self.framed = {"from_clients": 0, "to_backends": 0}  # connections that began with a PROXY protocol header
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self.attempts = {"refused": 0, "timeout": 0}
@@ -437,6 +441,8 @@ class ProxyTracker:
             client.syn_checks = client.syn_checks or checks
             return
         data = batch.payload(i)
+        if batch.cut[i]:
+            self._blind(client)
         if client.framed is None and data and client.stream.offset(seq) == 0:
             data, seq = self._unframe(client, data, seq)
         if not data:
@@ -451,7 +457,7 @@ class ProxyTracker:
             self._index(client)
             if self.unpaired and client.backend is None:
                 self._retry_unpaired()
-        if checks:
+        if checks and not client.cut:
             client.waiting.append((end, time, checks, self._hold(batch, i, self._shown)))
             self.unsettled[client.key] = client
         if client.backend is not None:
@@ -527,6 +533,10 @@ class ProxyTracker:
         if flags & (_FIN | _RST) and backend.closed_at is None:
             backend.closed_at = time
         data = batch.payload(i)
+        if batch.cut[i] and not backend.cut:
+            backend.cut = True
+            if backend.client is not None:
+                self._blind(backend.client)
         if backend.framed is None and data and backend.stream.offset(seq) == 0:
             data, seq = self._unframe(backend, data, seq)
         if not data:
@@ -640,6 +650,8 @@ class ProxyTracker:
         if backend.gid >= 0 and self.compiled.backends[backend.gid].backend.max_conn is not None:
             self.occupying.setdefault(backend.gid, []).append(backend)
         self.carried += 1
+        if backend.cut:
+            self._blind(client)
         if backend.named is not None and not _named_by(backend, client):
             self._misnamed(client, backend)
 
@@ -684,6 +696,8 @@ class ProxyTracker:
         return bool(client.attempts)
 
     def _compare(self, client: _Client) -> None:
+        if client.cut:
+            return
         backend = client.backend
         mine, theirs = client.stream.blocks, backend.stream.blocks
         upto = min(len(mine), len(theirs))
@@ -889,6 +903,17 @@ class ProxyTracker:
         return bool(client.syn_checks) and client.reset_at is not None and not client.accepted \
             and client.outcome is None and not client.attempts
 
+    def _blind(self, client: _Client) -> None:
+        """The capture cut short bytes of ``client``'s connection or its backend connection (its snapshot length
+        is under the segments' size): what reached the backend, and when, cannot be told; nothing more of
+        it is judged, and it is counted."""
+        if client.cut:
+            return
+        client.cut = True
+        self.cut += 1
+        self.engine.counts.unjudged += len(client.waiting)
+        client.waiting.clear()
+
     def _fail(self, client: _Client, outcome: str) -> None:
         if client.outcome is None:
             client.outcome = outcome
@@ -897,7 +922,8 @@ class ProxyTracker:
     def summary(self) -> dict:
         """The summary's ``proxy`` entry (docs/monitor.md)."""
         return {"client_connections": self.connections, "carried": self.carried, "failed": dict(self.outcomes),
-                "failed_attempts": dict(self.attempts), "bytes": dict(self.volume), "proxy_protocol": dict(self.framed)}
+                "failed_attempts": dict(self.attempts), "bytes": dict(self.volume), "proxy_protocol": dict(self.framed),
+                "cut": self.cut}
 
     def _carried_nothing(self, backend: _Backend, ending: bool) -> None:
         """A backend connection that is over and carried nothing: paired with the last client connection opened
@@ -928,8 +954,9 @@ class ProxyTracker:
         if health.kind != "none" and probe:
             self.engine.counts.probes += 1
             return
-        if (backend.start if backend.first_data is None else backend.first_data) > self.engine.seen_until(0):
-            self.engine.counts.unjudged += 1  # its client may have come after the client-side capture stopped
+        if backend.cut or (backend.start if backend.first_data is None else backend.first_data) > \
+                self.engine.seen_until(0):
+            self.engine.counts.unjudged += 1  # its bytes are cut short, or its client came after the capture
             return
         name = self.compiled.backends[backend.gid].name
         for check in plan.of_kind("twice"):
@@ -964,6 +991,8 @@ class ProxyTracker:
 
     def _final_compare(self, client: _Client) -> None:
         """The last partial block: compare the bytes both sides have."""
+        if client.cut:
+            return
         mine, theirs = client.stream, client.backend.stream
         if len(mine.blocks) != len(theirs.blocks):
             return

@@ -628,6 +628,31 @@ def test_a_client_the_lb_never_had_room_for_is_no_drop_but_is_counted():
     assert codes(scenario.judge(SPEC)) == ["LB200"]
 
 
+def _snapped(scenario: Scenario, length: int) -> Scenario:
+    """The scenario as a capture with snapshot length ``length`` shows it: each frame cut after that many bytes."""
+    for sent in scenario.packets:
+        sent.packet = Ether(bytes(sent.packet)[:length])
+        sent.packet.time = sent.time
+    return scenario
+
+
+def test_bytes_the_capture_cut_short_are_not_judged_but_counted():
+    """`tcpdump -s 80`: no segment's bytes are all there, so a proxy's streams cannot be put together.  Every
+    client's bytes looked never relayed (LB200) before; now they are not judged, and a note says why."""
+    def lossy() -> Scenario:
+        scenario = Scenario("proxy")
+        for k in range(4):
+            scenario.proxy_flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.1, chunks=(b"x" * 200, b"y" * 200),
+                                regroup=False, lose=1 if k == 3 else None)
+        return scenario
+
+    assert codes(lossy().judge(SPEC)) == ["LB200"]  # whole packets: the lost chunk is seen lost
+    report = _snapped(lossy(), 80).judge(SPEC)
+    assert codes(report) == ["LB209"]
+    assert report.summary["proxy"]["cut"] == 4 and report.summary["proxy"]["carried"] == 4
+    assert _snapped(lossy(), 2000).judge(SPEC).summary["proxy"]["cut"] == 0
+
+
 def test_the_text_summary_shows_connections_bytes_and_failures():
     from lbspec.runtime.command import summary_text
 
