@@ -226,8 +226,8 @@ class _Backend:
     framed: bool | None = None  # its stream began with a PROXY protocol header (None: its first byte not seen)
     named: Ends | None = None  # the connection the header names (see proxy_header)
     counted: bool = False  # its client's connection is in the traffic accounting: the bytes it carries count
-    cut: bool = False  # the capture cut short a segment of its bytes
     entry: list | None = None  # ... in this entry of it (see Traffic.entries), while the entry lives
+    cut: bool = False  # the capture cut short a segment of its bytes
 
     @property
     def first(self) -> Packets:
@@ -850,14 +850,14 @@ class ProxyTracker:
         """Client bytes (or a SYN the LB reset) older than ``cutoff`` and never delivered."""
         while client.waiting and client.waiting[0][1] < cutoff:
             end, sent, checks, ref = client.waiting[0]
-            if not self.engine.seen_since(1) <= sent <= self.engine.seen_until(1) - max(c.pattern.within
-                                                                                        for c in checks):
+            within = max(c.pattern.within for c in checks)
+            if not self.engine.seen_since(1) <= sent <= self.engine.seen_until(1) - within:
                 client.waiting.popleft()  # the backend-side capture started after them, or stopped too soon
                 self.engine.counts.unjudged += 1
                 continue
             now = self.engine.watermark
             room = self._room(client, sent, now)
-            held = room < now - sent and room <= max(c.pattern.within for c in checks)  # full a while, and since
+            held = room < now - sent and room <= within  # the backends were full, with room no longer than that
             if held and cutoff < math.inf and not client.attempts:
                 break  # every backend it could go to is full: the LB may hold it until one has room
             client.waiting.popleft()
@@ -973,8 +973,8 @@ class ProxyTracker:
         for backend in [b for b in self.backends.values() if b.last < idle and b.client is None and not b.judged
                         and b.first_data is None]:
             self._carried_nothing(backend, True)  # over, as its idle clients are
-        for gid, carried in self.occupying.items():
-            self.occupying[gid] = [b for b in carried if b.closed_at is None or b.closed_at >= idle]
+        for gid, carried in self.occupying.items():  # over, or idle as long: a close the capture missed
+            self.occupying[gid] = [b for b in carried if b.last >= idle]
         for table in (self.clients, self.backends):
             for key in [k for k, c in table.items() if c.last < idle]:
                 if table is self.clients:
