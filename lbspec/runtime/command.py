@@ -239,6 +239,8 @@ def _proxy(proxy: dict) -> str:
     if any(framed.values()):
         text += (f"; PROXY protocol headers from clients {framed['from_clients']:,}, "
                  f"to backends {framed['to_backends']:,}")
+    if proxy.get("cut"):
+        text += f"; {proxy['cut']:,} with bytes the capture cut short (not judged)"
     failed = {**{k: n for k, n in proxy["failed"].items() if n},
               **{f"attempt {k}": n for k, n in proxy["failed_attempts"].items() if n}}
     return text + (f"; failed: {', '.join(f'{k} {n:,}' for k, n in failed.items())}" if failed else "")
