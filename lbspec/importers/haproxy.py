@@ -135,6 +135,9 @@ _SERVER_LOST = {
     "error-limit": "live traffic marks the server down too (passive checks)",
 }
 
+# server options that make a server's weight change at run time: the shares the weights give do not hold
+_WEIGHT_CHANGING = ("slowstart", "agent-check")
+
 _APP_CHECKS = {
     "ssl-hello-chk": "an SSLv3 hello", "smtpchk": "an SMTP HELO", "mysql-check": "a MySQL handshake",
     "pgsql-check": "a PostgreSQL handshake", "redis-check": "a Redis PING", "ldap-check": "an LDAP bind",
@@ -776,6 +779,16 @@ class _Behaviour:
 
     # --- balance
     def _balance(self) -> Line:
+        line = self._algorithm()
+        if not line.waiver:
+            changing = sorted({o.name for server in self.backend.servers() for o in server.options.values()
+                               if o.name in _WEIGHT_CHANGING})
+            if changing:
+                line.waiver = (f"HAProxy changes the servers' weights at run time (`{'`, `'.join(changing)}`): "
+                               "shares do not follow the weights the spec gives")
+        return line
+
+    def _algorithm(self) -> Line:
         statement = self._use("balance")
         hash_type = self._use("hash-type")
         consistent = hash_type is not None and "consistent" in [w.text for w in hash_type.args]

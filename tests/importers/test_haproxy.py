@@ -277,6 +277,18 @@ def test_balance(tmp_path, lines, algorithm, fields, lost, waived):
     assert [w.property for w in service.waivers] == (["balance"] if waived else [])
 
 
+@pytest.mark.parametrize("option", ["slowstart 10s", "agent-check agent-port 9999"])
+def test_servers_whose_weights_change_at_run_time_waive_the_balance_property(tmp_path, option):
+    """`slowstart`: a server back from down takes traffic gradually (HAProxy gave one 12% of 156 connections
+    where its weight gives 33%: LB206 under the spec imported before); an agent sets weights at run time."""
+    result = haproxy(tmp_path, frontend_backend(f"    balance roundrobin\n    server a 10.0.1.1:80 check {option}\n"
+                                                "    server b 10.0.1.2:80 check\n"))
+    service = result.service("f")
+    assert service.balance.algorithm == "round_robin"
+    assert [w.property for w in service.waivers] == ["balance"]
+    assert result.lost_mentions(option.split()[0])
+
+
 def test_stick_on_src_is_client_affinity(tmp_path):
     result = run("haproxy", "unrepresented.cfg")
     www = result.service("www")
