@@ -386,6 +386,7 @@ class _ServiceBuilder:
     def build(self, names: Names) -> ServiceDraft | None:
         service = ServiceDraft(names.take(self.front.name, "frontend"))
         self.names = Names()
+        self.admitted: list[str] | None = None  # the clients `tcp-request` rules let in (None: all)
         self._binds(service)
         if not service.vips:
             self.skipped = self.ctx.skip(self.front.span, f"{self.front.kind} {self.front.name}",
@@ -515,7 +516,8 @@ class _ServiceBuilder:
         return found
 
     def _rules(self, service: ServiceDraft) -> None:
-        """`use_backend` rules in order, then the default; the default backend's pool comes first."""
+        """`use_backend` rules in order, then the default; the default backend's pool comes first.  Where
+        `tcp-request` rules admit some clients only, every rule takes those alone, and the rest are rejected."""
         default = self.front.setting("default_backend")
         target = None
         if default is not None:
@@ -523,16 +525,20 @@ class _ServiceBuilder:
             target = self._pool(service, self._backend_section(default.args[0]))
         elif self.front.kind == "listen":
             target = self._pool(service, self.front)
+        self.admitted = self._admitted(service)
         for statement in self.front.lines("use_backend"):
             self._use_backend(service, statement)
         if target is not None:
-            service.forwards.append(Line(forward_text("tcp", [], target)))
+            self._forward(service, [], target, None)
+        if self.admitted is not None:
+            why = "HAProxy's `tcp-request` rules reject every other client"
+        elif target is not None:
+            return
         elif not service.forwards:
             why = "no `default_backend` and no `use_backend`: HAProxy closes every connection"
-            service.otherwise = Line("otherwise reject", [self.ctx.explain(self.front.span, why)])
         else:
             why = "with no `default_backend`, HAProxy closes connections no `use_backend` takes"
-            service.otherwise = Line("otherwise reject", [self.ctx.explain(self.front.span, why)])
+        service.otherwise = Line("otherwise reject", [self.ctx.explain(self.front.span, why)])
 
     def _use_backend(self, service: ServiceDraft, statement: Statement) -> None:
         self.handled.add(id(statement))
@@ -541,7 +547,7 @@ class _ServiceBuilder:
             return
         pool = self._pool(service, self._backend_section(statement.args[0]))
         if not statement.condition:
-            service.forwards.append(Line(forward_text("tcp", [], pool)))
+            self._forward(service, [], pool, None)
             return
         match = _Condition(self.front, service, self.handled).read(statement.condition)
         if match is None:
@@ -554,7 +560,39 @@ class _ServiceBuilder:
             service.tail.append(self.ctx.explain(statement.span, f"`{statement.text}` can never match a VIP's "
                                                                  "address family: no rule"))
             return
+        self._forward(service, ports, pool, sources)
+
+    def _forward(self, service: ServiceDraft, ports: list[tuple[int, int]], pool: str, sources: list[str] | None
+                 ) -> None:
+        """A rule to ``pool`` for ``sources`` (None: any client), of the clients the `tcp-request` rules admit."""
+        if self.admitted is not None:
+            sources = _overlap(sources, self.admitted)
+            if not sources:
+                return  # no client it takes is admitted
         service.forwards.append(Line(forward_text("tcp", ports, pool, sources or ())))
+
+    def _admitted(self, service: ServiceDraft) -> list[str] | None:
+        """The client prefixes `tcp-request` rules admit, where they are a list of clients let in -- `accept
+        if` source conditions, then a `reject` of the rest, all of one kind (`connection`, `session` or
+        `content`) -- else None (no such rules, or rules that do more: they stay `not represented`)."""
+        rules = self.front.lines("tcp-request")
+        if not rules:
+            return None
+        *accepts, last = [[w for w in rule.args] for rule in rules]
+        if len({words[0].text for words in [*accepts, last]}) != 1 or last[0].text not in _ADMITTING \
+                or [w.text for w in last[1:]] != ["reject"]:
+            return None
+        admitted = []
+        for words in accepts:
+            if len(words) < 4 or words[1].text != "accept" or words[2].text != "if":
+                return None
+            match = _Condition(self.front, service, self.handled).read(words[2:])
+            if match is None or match[0] or match[1] is None:  # a port, or no source, decides
+                return None
+            admitted += match[1]
+        for rule in rules:
+            self.handled.add(id(rule))
+        return admitted
 
     # --- servers
     def _server(self, backend: _Proxy, statement: Statement, pool: PoolDraft) -> _Server | None:
@@ -674,6 +712,23 @@ class _ServiceBuilder:
             return self.ctx.lost(statement.span, statement.text, _LOST_WHY["maxconn"])
         why = _LOST_WHY.get(key) or _LOST_WHY.get(statement.keyword) or "the spec language has no equivalent"
         return self.ctx.lost(statement.span, statement.text, why)
+
+
+_ADMITTING = ("connection", "session", "content")  # `tcp-request` rules that accept or reject a client
+
+
+def _overlap(sources: list[str] | None, admitted: list[str]) -> list[str]:
+    """The prefixes in both lists (None: every address), each as the narrower of two that overlap."""
+    if sources is None:
+        return list(admitted)
+    out = []
+    for one in map(ipaddress.ip_network, sources):
+        for other in map(ipaddress.ip_network, admitted):
+            if one.version == other.version and (one.subnet_of(other) or other.subnet_of(one)):
+                narrower = one if one.prefixlen >= other.prefixlen else other
+                out.append(str(narrower) if narrower.prefixlen != narrower.max_prefixlen
+                           else str(narrower.network_address))
+    return list(dict.fromkeys(out))
 
 
 class _Condition:

@@ -928,14 +928,17 @@ class ProxyTracker:
     def _carried_nothing(self, backend: _Backend, ending: bool) -> None:
         """A backend connection that is over and carried nothing: paired with the last client connection opened
         just before it that is over too (``ending``: the run is) and sent nothing -- of those no backend
-        connection carries (a few, where every open client connection is many) -- else unexplained.
+        connection carries (a few, where every open client connection is many), and whose rule may send it
+        to that backend (a client the LB rejects is not the client of a check made just after) -- else
+        unexplained.
 
         Not sooner: two clients that connect at once get a backend connection each, and which is whose shows
         only when one of them sends (HAProxy relays a request a client sends seconds later over the connection
         it opened second as readily as the first).  Paired by time a second in, the connection the request
         then went over belonged to the other client, and the request looked dropped."""
         opened = [c for c in self.free.values() if 0 <= backend.start - c.start <= _OPEN_WITHIN and not c.stream.next
-                  and (ending or c.closed_at is not None)]
+                  and (ending or c.closed_at is not None)
+                  and (backend.gid < 0 or self.engine.may_choose(c.service, c.row.value("fam"), c.rule, backend.gid))]
         if backend.named is not None:  # a PROXY protocol header says whose it is (a check's names none of them)
             opened = [c for c in opened if _named_by(backend, c)]
         if opened:

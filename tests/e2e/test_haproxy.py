@@ -185,3 +185,13 @@ def at_once(lab, directory: Path, slowed: tuple[str, ...], clients: int, connect
             runs = list(pool.map(lambda _: lab.traffic(tcp=[TARGET], connections=connections, interval=0.02,
                                                        timeout=5.0), range(clients)))
     return [r for run in runs for r in run], capture
+
+
+@pytest.mark.parametrize("admitted, served", [("10.0.1.0/24", True), ("10.9.0.0/16", False)])
+def test_clients_admitted_by_source_are_served_and_the_others_rejected_is_no_drop(lab, tmp_path, admitted, served):
+    """`tcp-request connection accept if { src NET }` then `reject`: the imported spec forwards from NET alone
+    and rejects the rest.  The lab's client (10.0.1.2) is let in, or not: either way no violation (each
+    rejected connection was LB200 before)."""
+    rules = f"    tcp-request connection accept if {{ src {admitted} }}\n    tcp-request connection reject\n"
+    traffic, _document = clean_with(lab, tmp_path, "    default_backend app\n", rules + "    default_backend app\n")
+    assert set(answered(traffic)) == ({"b1", "b2", "b3"} if served else {None})

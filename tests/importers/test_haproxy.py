@@ -362,6 +362,48 @@ backend b
     assert rules(haproxy(tmp_path, text).service("f")) == [("tcp", (), (), "b", None)]
 
 
+def _admitting(rules_text: str) -> str:
+    return TCP_DEFAULTS + f"""
+frontend f
+    bind 10.0.0.1:80
+    acl office src 10.0.0.0/8 192.168.0.0/16
+{rules_text}
+    use_backend admin if {{ src 10.1.0.0/16 }}
+    use_backend admin if {{ src 172.16.0.0/12 }}
+    default_backend b
+
+backend b
+    server a 10.0.1.1:80
+
+backend admin
+    server x 10.0.2.1:80
+"""
+
+
+def test_tcp_request_rules_that_admit_clients_by_source_are_rules_from_them_and_a_reject(tmp_path):
+    """`accept if` source conditions then `reject`: every rule takes the admitted clients alone (narrowed to
+    its own sources), and the rest are rejected.  Not imported, HAProxy's rejections were LB200s."""
+    text = _admitting("    tcp-request connection accept if office\n    tcp-request connection accept if "
+                      "{ src 203.0.113.7 }\n    tcp-request connection reject")
+    result = haproxy(tmp_path, text)
+    service = result.service("f")
+    assert rules(service) == [("tcp", (), ("10.1.0.0/16",), "admin", None),  # within the office: narrowed
+                              ("tcp", (), ("10.0.0.0/8", "192.168.0.0/16", "203.0.113.7/32"), "b", None)]
+    assert service.otherwise == "reject"  # 172.16.0.0/12 is not admitted: its rule is gone
+    assert not result.lost_mentions("tcp-request")
+
+
+@pytest.mark.parametrize("rules_text", [
+    "    tcp-request connection reject if office",  # a deny list: the spec has no rule for "all but these"
+    "    tcp-request connection accept if office\n    tcp-request content reject",  # two kinds of rule
+    "    tcp-request connection accept if { dst_port 80 }\n    tcp-request connection reject",  # not a source
+])
+def test_tcp_request_rules_beyond_a_list_of_admitted_clients_stay_not_represented(tmp_path, rules_text):
+    result = haproxy(tmp_path, _admitting(rules_text))
+    assert result.service("f").otherwise is None
+    assert result.lost_mentions("tcp-request")
+
+
 # ---------------------------------------------------------------- listeners --
 
 def test_wildcard_bind_without_and_with_vip(tmp_path):

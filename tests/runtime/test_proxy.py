@@ -386,6 +386,23 @@ def test_a_check_that_carried_nothing_is_not_taken_for_a_waiting_client_s_connec
     assert codes(report) == [] and report.summary["proxy"]["carried"] == 2
 
 
+def test_a_check_just_after_a_client_the_lb_rejects_is_not_that_client_s_connection():
+    """The spec rejects clients outside 10.9.0.0/16 (HAProxy `tcp-request connection reject`); one connects
+    and is closed at once, and a check that carries nothing follows.  Paired by time, the check was the
+    rejected client sent to a backend its rule does not allow (LB203)."""
+    scenario = Scenario("proxy")
+    cport = scenario.proxy_flow("10.1.0.11", 0.0, chunks=(), open_backend=False)
+    scenario.add(0.0003, "client", ip("192.0.2.10", "203.0.113.7") / TCP(sport=80, dport=cport, flags="R", seq=6))
+    mac, check = Ether(src=LB_MAC, dst=backend_mac("10.1.0.12")), ip(LB_ADDRESS, "10.1.0.12")
+    answer = Ether(src=backend_mac("10.1.0.12"), dst=LB_MAC) / IP(src="10.1.0.12", dst=LB_ADDRESS)
+    scenario.add(0.001, "backend", mac / check / TCP(sport=40000, dport=8080, flags="S", seq=100))
+    scenario.add(0.0012, "backend", answer / TCP(sport=8080, dport=40000, flags="SA", seq=9, ack=101))
+    scenario.add(0.0014, "backend", mac / check / TCP(sport=40000, dport=8080, flags="R", seq=101))
+    admitting = spec(mode="proxy", rule="forward tcp 80 from 10.9.0.0/16 to app port 8080\n    otherwise reject")
+    report = scenario.judge(admitting)
+    assert codes(report) == [] and report.summary["probes"] == 1
+
+
 def test_established_connections_that_carry_nothing_pair_with_the_client_opened_just_before():
     # clients that connect and send nothing, between busy ones: the LB's backend connections for them are
     # answered and carry nothing; without health checks to take them for, only their clients explain them
@@ -493,7 +510,8 @@ def test_a_retry_that_comes_late_is_the_failed_attempt_not_a_drop():
     assert _failures(report) == {"backend_timeout": 1, "timeout": 1}
 
 
-TWO_POOLS = dict(mode="proxy", listen="tcp 80-81", rule="forward tcp 80 to app port 8080\n    forward tcp 81 to admin port 8080",
+TWO_POOLS = dict(mode="proxy", listen="tcp 80-81",
+                 rule="forward tcp 80 to app port 8080\n    forward tcp 81 to admin port 8080",
                  backends="backend b1 10.1.0.11\n        backend b2 10.1.0.12\n    }\n    pool admin {\n"
                           "        backend b3 10.1.0.13")
 
