@@ -31,6 +31,7 @@ follows the window and the live flows, never the capture's length.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 import zlib
@@ -51,7 +52,7 @@ from lbspec.runtime.classify import (
 )
 from lbspec.runtime.compiled import CheckPlan, Compiled, akey, compile_spec, model_packet
 from lbspec.runtime.decode import FRAGMENT, OK, TCP, UDP, WHY, Packets, decode, distinct
-from lbspec.runtime.evidence import Sources, flow_text, witness_of
+from lbspec.runtime.evidence import Sources, endpoint, flow_text, witness_of
 from lbspec.runtime.health import HealthTimeline, apply, parse_time
 from lbspec.runtime.inference import HealthInference
 from lbspec.runtime.pairing import match
@@ -188,6 +189,7 @@ class Monitor:
         # the first and last answer with data seen on each side: the LB's to clients, the backends' to it
         self.answers = [[math.inf, -math.inf], [math.inf, -math.inf]]
         self._stopped: set[int] = set()  # sources whose last packet is known (see stopped)
+        self._elsewhere: collections.Counter = collections.Counter()  # transit destinations while none to a VIP
         self.first_time = math.inf
         self.drops: list[_Drop] = []
         self.notes: list[Diagnostic] = []
@@ -512,6 +514,9 @@ class Monitor:
             for value, count in enumerate(np.bincount(p[column]).tolist()):
                 if count:
                     table[value] = table.get(value, 0) + count
+        if not c.roles.get(INGRESS) and len(self._elsewhere) < 64:  # where clients went, while none to a VIP
+            transit = np.nonzero(p["role"] == TRANSIT)[0][:4096]
+            self._elsewhere.update(zip(*(p[k][transit].tolist() for k in ("da_hi", "da_lo", "dport"))))
         for span, role in zip(self.answers, (CREPLY, BREPLY)):
             answers = p["ts"][(p["role"] == role) & (p["plen"] > 0)]
             if len(answers):
@@ -1275,12 +1280,20 @@ class Monitor:
                     "the drops reported are the capture's, not the LB's (capture the backend side too)")
             return d.CAPTURE_GAP.at(None, what=what, data={"side_missing": "backend"})
         if not roles.get(INGRESS) and (roles.get(EGRESS) or roles.get(TRANSIT)):
-            vips = ", ".join(str(v) for s in self.spec.services for v in s.vips)
-            what = (f"no client packet to a VIP of the spec ({vips}) was seen, so nothing was judged for clients; "
-                    f"{roles.get(EGRESS, 0)} packets went toward backends and {roles.get(TRANSIT, 0)} to other "
-                    "addresses: the captures hold the backend side only, the clients used other VIPs, or the "
-                    "sides were swapped (verdicts about those packets are then the capture's, not the LB's)")
-            return d.CAPTURE_GAP.at(None, what=what, data={"side_missing": "client"})
+            vips = [v for s in self.spec.services for v in s.vips]
+            most = [(endpoint(*key), count) for key, count in self._elsewhere.most_common(3)]
+            what = (f"no client packet to a VIP of the spec ({', '.join(map(str, vips))}) was seen, so nothing was "
+                    f"judged for clients; {roles.get(EGRESS, 0)} packets went toward backends and "
+                    f"{roles.get(TRANSIT, 0)} to other addresses"
+                    + (f" (most to {', '.join(f'{e} ({n})' for e, n in most)})" if most else "")
+                    + ": the captures hold the backend side only, the clients used other VIPs, or the sides were "
+                    "swapped (verdicts about those packets are then the capture's, not the LB's)")
+            if any(v.is_unspecified for v in vips):
+                what += ("; a VIP of 0.0.0.0 or :: (an LB listening on every address: `bind *:80`) matches no "
+                         "packet: give the addresses clients use (`lbspec import ... --vip ADDRESS`, or `vip` "
+                         "in the spec)")
+            return d.CAPTURE_GAP.at(None, what=what, data={"side_missing": "client",
+                                                          "destinations": {e: n for e, n in most}})
         return None
 
     def note(self, diagnostic: Diagnostic) -> None:

@@ -172,7 +172,8 @@ def test_combined_capture_with_roles_from_addresses(cli, spec_file, tmp_path):
 
 
 def _gaps(document) -> list:
-    return [x["data"] for x in document["diagnostics"] if x["code"] == "LB209"]
+    """The side each LB209 note says is missing."""
+    return [x["data"]["side_missing"] for x in document["diagnostics"] if x["code"] == "LB209"]
 
 
 @pytest.mark.parametrize("argv, missing", [
@@ -182,15 +183,18 @@ def _gaps(document) -> list:
 ])
 def test_captures_of_one_side_are_LB209(cli, spec_file, captures, argv, missing):
     run = cli("monitor", spec_file(spec()), *argv(*map(str, captures)), "--format", "json")
-    assert _gaps(json.loads(run.out)) == [{"side_missing": missing}]
+    assert _gaps(json.loads(run.out)) == [missing]
 
 
-def test_a_spec_whose_vip_the_clients_did_not_use_is_LB209_not_a_silent_pass(cli, spec_file, captures):
+@pytest.mark.parametrize("vip", ["192.0.2.99", "0.0.0.0"])  # another address; every address (`bind *:80`)
+def test_a_spec_whose_vip_the_clients_did_not_use_is_LB209_not_a_silent_pass(cli, spec_file, captures, vip):
     client, backend = map(str, captures)
-    run = cli("monitor", spec_file(spec(vip="192.0.2.99")), "--client-side", client, "--backend-side", backend,
+    run = cli("monitor", spec_file(spec(vip=vip)), "--client-side", client, "--backend-side", backend,
               "--format", "json")
     document = json.loads(run.out)
-    assert _gaps(document) == [{"side_missing": "client"}] and document["monitor"]["listened_ingress"] == 0
+    assert _gaps(document) == ["client"] and document["monitor"]["listened_ingress"] == 0
+    (note,) = [x["data"] for x in document["diagnostics"] if x["code"] == "LB209"]
+    assert next(iter(note["destinations"])) == "192.0.2.10:80"  # where the clients went, to give as the VIP
     right = json.loads(cli("monitor", spec_file(spec()), "--client-side", client, "--backend-side", backend,
                            "--format", "json").out)
     assert _gaps(right) == []
