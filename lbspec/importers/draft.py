@@ -27,7 +27,7 @@ from lbspec.syntax.format import quote
 __all__ = [
     "Address", "Note", "Options", "ConfigError", "ImportContext", "BackendDraft", "PoolDraft",
     "Line", "ServiceDraft", "Names", "identifier", "duration", "forward_text", "balance_text",
-    "affinity_text", "health_text", "failover_text", "render", "finish", "line_span", "file_span",
+    "affinity_text", "conntrack_affinity", "health_text", "failover_text", "render", "finish", "line_span", "file_span",
 ]
 
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -224,6 +224,21 @@ def balance_text(algorithm: str, fields: tuple[str, ...] = ()) -> str:
 
 def affinity_text(kind: str, timeout: float | None = None) -> str:
     return f"affinity {kind}" + (f" timeout {duration(timeout)}" if timeout is not None else "")
+
+
+CONNTRACK_UDP_TIMEOUT = 30.0  # `nf_conntrack_udp_timeout`'s default: the least time conntrack keeps an idle UDP flow
+
+
+def conntrack_affinity(service: ServiceDraft, ctx: ImportContext, why: str) -> Line:
+    """`affinity flow` as conntrack keeps flows (``why`` says so): a service that takes UDP keeps a flow only as
+    long as conntrack keeps an idle UDP one, far less than the language's default; TCP connections it keeps
+    for days."""
+    note = ctx.explain(None, why)
+    if not any(protocol == "udp" for protocol, _low, _high in service.listens):
+        return Line(affinity_text("flow"), [note])
+    return Line(affinity_text("flow", CONNTRACK_UDP_TIMEOUT), [note, ctx.explain(
+        None, "conntrack forgets an idle UDP flow after `nf_conntrack_udp_timeout` (30s by default; 120s, "
+              "`_stream`, once it has seen replies): its next datagram is balanced anew")])
 
 
 def health_text(kind: str, path: str | None = None, every: float | None = None, timeout: float | None = None,

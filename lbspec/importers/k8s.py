@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from lbspec.importers.draft import (
     BackendDraft, ImportContext, Line, Names, Note, PoolDraft, ServiceDraft, affinity_text, balance_text,
-    failover_text, forward_text, line_span,
+    conntrack_affinity, failover_text, forward_text, line_span,
 )
 from lbspec.ir import Span
 
@@ -604,12 +604,12 @@ class _Service:
         service.balance = Line(balance_text("random"), [self.ctx.explain(
             None, "kube-proxy (iptables and nftables modes) picks an endpoint at random; IPVS mode would be "
                   "round robin")])
-        conntrack = self.ctx.explain(None, "conntrack keeps each connection on the endpoint its first packet got")
         if self._get("sessionAffinity", str) == "ClientIP":
             service.affinity = Line(affinity_text("client", float(self._affinity_timeout())), [self.ctx.explain(
                 self._span("sessionAffinity"), "sessionAffinity: ClientIP")])
         else:
-            service.affinity = Line(affinity_text("flow"), [conntrack])
+            service.affinity = conntrack_affinity(service, self.ctx, "conntrack keeps each connection on the "
+                                                                     "endpoint its first packet got")
         service.health = Line("health none", [self.ctx.explain(
             None, "kube-proxy checks nothing itself: it drops endpoints that stop being ready (readiness probes, "
                   "which the spec cannot express)")])

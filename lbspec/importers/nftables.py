@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 from functools import reduce
 
 from lbspec.importers.draft import (
-    Address, BackendDraft, ImportContext, Line, Names, Note, PoolDraft, ServiceDraft, affinity_text,
-    balance_text, forward_text, line_span,
+    Address, BackendDraft, ImportContext, Line, Names, Note, PoolDraft, ServiceDraft, affinity_text, balance_text,
+    conntrack_affinity, forward_text, line_span,
 )
 
 __all__ = ["import_nftables"]
@@ -883,10 +883,9 @@ class _Services:
                 notes.append(self.ctx.explain(None, "`jhash ... mod N`: a hash modulo the number of backends"))
             service.balance = Line(balance_text(algorithm, fields), notes)
         timeouts = {d.match.affinity for d in decisions}
-        conntrack = self.ctx.explain(None, "conntrack keeps each connection on the backend its first packet got "
-                                           "(idle timeouts are the nf_conntrack sysctls)")
         if timeouts == {None}:
-            service.affinity = Line(affinity_text("flow"), [conntrack])
+            service.affinity = conntrack_affinity(service, self.ctx, "conntrack keeps each connection on the backend "
+                                                                     "its first packet got")
         else:
             timeout = max(t for t in timeouts if t is not None)
             notes = [self.ctx.explain(None, "a client stays on its backend while its entry in the affinity set "

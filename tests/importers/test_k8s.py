@@ -58,7 +58,7 @@ def test_cluster_ip_with_tcp_and_udp_ports():
     assert addresses(echo, "echo") == ["10.244.1.11", "10.244.2.12", "10.244.3.13"]
     assert [b.name for b in echo.backends] == ["echo-5f7c9-a1", "echo-5f7c9-b2", "echo-5f7c9-c3"]
     assert rules(echo) == [("tcp", ((8080, 8080),), (), "echo", 8080), ("udp", ((9000, 9000),), (), "echo", 9000)]
-    assert echo.balance.algorithm == "random" and echo.affinity.kind == "flow"
+    assert echo.balance.algorithm == "random" and (echo.affinity.kind, echo.affinity.timeout) == ("flow", 30.0)  # UDP
     assert echo.health.kind == "none"
     assert result.lost_mentions("masquerades")
 

@@ -57,7 +57,9 @@ def test_lab_dnat_map():
     assert addresses(service, pools["udp"]) == ["10.0.1.11", "10.0.1.12"]
     assert all(b.port is None and b.weight == 1 for b in service.backends)
     assert service.balance.algorithm == "random"
-    assert service.affinity.kind == "flow"  # conntrack
+    # conntrack keeps an idle UDP flow 30s (`nf_conntrack_udp_timeout`), not the language's default 300s: a
+    # datagram after a minute's pause is balanced anew, and held to 300s it was an affinity break (LB201)
+    assert (service.affinity.kind, service.affinity.timeout) == ("flow", 30.0)
     assert service.health.kind == "none"
     assert result.codes == []
 
@@ -256,7 +258,7 @@ def test_kube_proxy_cluster_ip(kube):
     assert [str(v) for v in web.vips] == ["10.96.0.20"]
     assert addresses(web, "http") == ["10.244.1.5", "10.244.2.7", "10.244.3.9"]
     assert rules(web) == [("tcp", ((80, 80),), (), "http", 8080)]
-    assert web.balance.algorithm == "random" and web.affinity.kind == "flow"
+    assert web.balance.algorithm == "random" and (web.affinity.kind, web.affinity.timeout) == ("flow", 300.0)  # TCP
     assert web.mode.kind == "nat" and web.otherwise == "reject"
     assert kube.lost_mentions("masquerade", "10.244.0.0/16")
 
