@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lbspec.importers.draft import Address
 
-__all__ = ["HostPort", "split_host_port", "every_address", "ip", "port_number", "port_range"]
+__all__ = ["HostPort", "split_host_port", "every_address", "ip", "port_number", "port_range", "prefix_text",
+           "overlap"]
 
 
 @dataclass(frozen=True)
@@ -67,3 +69,21 @@ def port_range(text: str) -> tuple[int, int] | None:
     if first is None or last is None or last < first:
         return None
     return first, last
+
+
+def prefix_text(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
+    """A prefix as a spec writes it: ``10.0.0.0/8``, and a single address without its length."""
+    return str(network) if network.prefixlen != network.max_prefixlen else str(network.network_address)
+
+
+def overlap(sources: Sequence[str] | None, allowed: Sequence[str]) -> list[str]:
+    """The addresses in both lists of prefixes (``sources`` None: every address), each as the narrower of two
+    prefixes that overlap: a rule's sources of the clients a firewall lets in."""
+    if sources is None:
+        return list(allowed)
+    out = []
+    for one in map(ipaddress.ip_network, sources):
+        for other in map(ipaddress.ip_network, allowed):
+            if one.version == other.version and (one.subnet_of(other) or other.subnet_of(one)):
+                out.append(prefix_text(one if one.prefixlen >= other.prefixlen else other))
+    return list(dict.fromkeys(out))

@@ -566,7 +566,7 @@ class _ServiceBuilder:
                  ) -> None:
         """A rule to ``pool`` for ``sources`` (None: any client), of the clients the `tcp-request` rules admit."""
         if self.admitted is not None:
-            sources = _overlap(sources, self.admitted)
+            sources = addresses.overlap(sources, self.admitted)
             if not sources:
                 return  # no client it takes is admitted
         service.forwards.append(Line(forward_text("tcp", ports, pool, sources or ())))
@@ -717,20 +717,6 @@ class _ServiceBuilder:
 _ADMITTING = ("connection", "session", "content")  # `tcp-request` rules that accept or reject a client
 
 
-def _overlap(sources: list[str] | None, admitted: list[str]) -> list[str]:
-    """The prefixes in both lists (None: every address), each as the narrower of two that overlap."""
-    if sources is None:
-        return list(admitted)
-    out = []
-    for one in map(ipaddress.ip_network, sources):
-        for other in map(ipaddress.ip_network, admitted):
-            if one.version == other.version and (one.subnet_of(other) or other.subnet_of(one)):
-                narrower = one if one.prefixlen >= other.prefixlen else other
-                out.append(str(narrower) if narrower.prefixlen != narrower.max_prefixlen
-                           else str(narrower.network_address))
-    return list(dict.fromkeys(out))
-
-
 class _Condition:
     """Reads `if A B`, `if { src 10.0.0.0/8 }`: ports and source prefixes, or None if beyond the spec."""
 
@@ -808,7 +794,7 @@ class _Condition:
             except ValueError:
                 return None
             if network.version in families:
-                out.append(str(network) if network.prefixlen != network.max_prefixlen else str(network.network_address))
+                out.append(addresses.prefix_text(network))
         return out
 
 

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field, replace
 from functools import reduce
 
+from lbspec.importers import addresses
 from lbspec.importers.draft import (
     Address, BackendDraft, ImportContext, Line, Names, Note, PoolDraft, ServiceDraft, affinity_text, balance_text,
     conntrack_affinity, forward_text, line_span,
@@ -578,7 +579,7 @@ def _prefix(value) -> str | None:
         network = ipaddress.ip_network(str(value), strict=False)
     except ValueError:
         return None
-    return str(network) if network.prefixlen != network.max_prefixlen else str(network.network_address)
+    return addresses.prefix_text(network)
 
 
 def _port_range(value) -> tuple[int, int] | None:
@@ -979,6 +980,11 @@ class _Pools:
         self.by_backends: dict[tuple, str] = {}
 
     def add(self, decision: _Decision, allowed: list[str] | None = None) -> None:
+        sources = decision.match.sources
+        if allowed is not None:  # of the rule's clients, those the firewall lets in
+            sources = addresses.overlap(sources, allowed)
+            if not sources:
+                return
         weights = _weights([s for _, _, s in decision.targets])
         ports = {p for _, p, _ in decision.targets}
         uniform = len(ports) == 1
@@ -991,8 +997,7 @@ class _Pools:
         for protocol, low, high in _listens(decision.match):
             ports_text = [] if low is None else [(low, high)]
             target = port if uniform else None
-            sources = allowed if allowed is not None else (decision.match.sources or ())
-            self.service.forwards.append(Line(forward_text(protocol, ports_text, name, sources, target)))
+            self.service.forwards.append(Line(forward_text(protocol, ports_text, name, sources or (), target)))
 
     def _pool(self, decision: _Decision, identity: tuple) -> str:
         label = decision.label.split("/")[-1] if decision.label else _ports_label(decision.match)

@@ -519,7 +519,7 @@ def _allowed_sources(rules: list[_Directive], families: set[int]) -> list[str] |
         except ValueError:
             return None
         if network.version in families:
-            out.append(str(network) if network.prefixlen != network.max_prefixlen else str(network.network_address))
+            out.append(addresses.prefix_text(network))
     return out
 
 

@@ -165,6 +165,26 @@ def test_masquerade_rules_that_together_cover_every_backend_are_snat(tmp_path):
     assert result.codes == []
 
 
+def test_a_firewall_narrows_the_sources_of_a_dnat_rule_that_has_its_own(tmp_path):
+    """`ip saddr != 10.0.0.0/8 drop` before DNAT rules, one of them for 10.1.0.0/16 alone: that rule's clients
+    are still 10.1.0.0/16 (the firewall's list took their place: a rule taking all of 10.0.0.0/8), and one for
+    192.168.0.0/16, which the firewall lets none of through, is no rule."""
+    drop = {"rule": {"family": "ip", "table": "t", "chain": "fw", "handle": 5, "expr": [
+        match("ip", "daddr", "192.0.2.1"),
+        {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                   "right": {"prefix": {"addr": "10.0.0.0", "len": 8}}}}, {"drop": None}]}}
+    firewall = {"chain": {"family": "ip", "table": "t", "name": "fw", "handle": 4, "type": "filter",
+                          "hook": "prerouting", "prio": -110, "policy": "accept"}}
+    def dnat(source: str, target: str, handle: int) -> dict:
+        return rule(match("ip", "saddr", {"prefix": {"addr": source, "len": 16}}), match("ip", "daddr", "192.0.2.1"),
+                    match("tcp", "dport", 80), {"dnat": {"addr": target}}, handle=handle)
+    result = ruleset(tmp_path, [nat_chain(), firewall, drop, dnat("10.1.0.0", "10.0.9.1", 2),
+                                dnat("192.168.0.0", "10.0.9.2", 3)])
+    (service,) = result.spec.services
+    assert [(r.protocol, tuple(str(s) for s in r.sources), r.pool) for r in service.rules] == [
+        ("tcp", ("10.1.0.0/16",), service.rules[0].pool)]
+
+
 def test_a_masquerade_of_what_leaves_through_an_interface_is_snat_and_says_so(tmp_path):
     # `oifname "eth1" masquerade`: the ruleset does not say eth1 reaches the backends; taken for it, as a nat
     # LB judged by `mode snat` gets no false verdict where a full-NAT LB judged by `mode nat` gets nothing else
