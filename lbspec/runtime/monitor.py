@@ -517,8 +517,9 @@ class Monitor:
         if not c.roles.get(INGRESS) and len(self._elsewhere) < 64:  # where clients went, while none to a VIP
             transit = np.nonzero(p["role"] == TRANSIT)[0][:4096]
             self._elsewhere.update(zip(*(p[k][transit].tolist() for k in ("da_hi", "da_lo", "dport"))))
+        carrying = p["plen"] > 0
         for span, role in zip(self.answers, (CREPLY, BREPLY)):
-            answers = p["ts"][(p["role"] == role) & (p["plen"] > 0)]
+            answers = p["ts"][(p["role"] == role) & carrying]
             if len(answers):
                 span[:] = min(span[0], float(answers[0])), max(span[1], float(answers[-1]))
         sources = distinct(p["source"])

@@ -23,8 +23,8 @@ Ends = tuple[int, int, int, int, int, int]  # source hi, lo, port, destination h
 def proxy_header(data: bytes) -> tuple[int, Ends | None] | None:
     """The PROXY protocol header (version 1 or 2) ``data`` starts with: its length and the connection it names
     (:data:`Ends`), or None where it names none (v1 ``UNKNOWN``, v2 ``LOCAL``: a health check's).  None if
-    ``data`` does not start with a whole header: it is then the relayed bytes.  (HAProxy's ``send-proxy``, nginx's ``proxy_protocol on``;
-    the LB writes the header in one piece ahead of the client's bytes.)"""
+    ``data`` does not start with a whole header: it is then the relayed bytes.  (HAProxy's ``send-proxy``,
+    nginx's ``proxy_protocol on``; the LB writes the header in one piece ahead of the client's bytes.)"""
     if data.startswith(b"PROXY "):
         end = data.find(b"\r\n", 0, 107)  # a v1 header is at most 107 bytes
         words = data[6:end].split(b" ") if end > 0 else []

@@ -160,7 +160,8 @@ def merged(streams: list[Iterator[Packets]], first: Callable[[int, float], None]
     over = [False] * len(streams)
     while True:
         for index, queue in enumerate(queues):
-            if over[index] or not (not queue or (len(queue) == 1 and 2 * len(queue[0]) < sizes[index])):
+            short = not queue or (len(queue) == 1 and 2 * len(queue[0]) < sizes[index])
+            if over[index] or not short:
                 continue
             batch = _next(streams[index])
             if batch is None:
