@@ -197,6 +197,9 @@ class _Client:
     framed: bool | None = None  # its stream began with a PROXY protocol header (a proxy before the LB sent it)
     named: Ends | None = None  # the connection that header names
     cut: bool = False  # the capture cut short a segment of its bytes, or of its backend connection's: not judged
+    moved: float = -math.inf  # when bytes last went either way on it
+    expired: bool = False  # the LB closed it once it had been idle for the service's timeout
+    sent_after: bool = False  # ... and the client sent bytes after that
 
     @property
     def first(self) -> Packets:
@@ -336,6 +339,7 @@ class ProxyTracker:
         self.connections = 0
         self.carried = 0  # client connections a backend connection carried (the packet counts are other modes')
         self.cut = 0  # client connections whose bytes (or their backend connection's) the capture cut short
+        self.expired = 0  # client connections the LB closed when idle for their timeout, that sent bytes after it
         self.framed = {"from_clients": 0, "to_backends": 0}  # connections that began with a PROXY protocol header
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self.attempts = {"refused": 0, "timeout": 0}
@@ -447,6 +451,10 @@ class ProxyTracker:
             data, seq = self._unframe(client, data, seq)
         if not data:
             return
+        if client.expired and client.closed_at < time:
+            self._after_expiry(client)
+            return
+        client.moved = time
         if client.first_byte is None:
             client.first_byte = time
         end = client.stream.offset(seq) + len(data)
@@ -465,7 +473,7 @@ class ProxyTracker:
 
     def _open_client(self, batch: _Batch, i: int, rule: int) -> _Client:
         key, time = batch.ckey[i], batch.ts[i]
-        client = _Client(key, batch.svc[i], rule, self._hold(batch, i, self._kept), time, time)
+        client = _Client(key, batch.svc[i], rule, self._hold(batch, i, self._kept), time, time, moved=time)
         replaced = self.clients.get(key)
         if replaced is not None:
             self._drop(replaced)
@@ -511,8 +519,12 @@ class ProxyTracker:
             self.unsettled[client.key] = client
         if flags & (_RST | _FIN) and client.closed_at is None:
             client.closed_at = time
+            affinity = self.compiled.services[client.service].service.affinity
+            idle = affinity.timeout if affinity.kind != "none" else math.inf
+            client.expired = time - client.moved >= idle - self.engine.options.tolerance
         data = batch.payload(i)
         if data:
+            client.moved = time
             before = client.reply.next
             self.volume["lb_to_client"] += client.reply.add(batch.seq[i], data) - before
 
@@ -914,6 +926,14 @@ class ProxyTracker:
         self.engine.counts.unjudged += len(client.waiting)
         client.waiting.clear()
 
+    def _after_expiry(self, client: _Client) -> None:
+        """Bytes a client sent after the LB closed its connection for being idle as long as the spec lets it
+        keep an idle connection (its flow timeout: HAProxy's `timeout client`, nginx's `proxy_timeout`): the
+        connection is over, and there is nothing to pass them on to.  Not judged; the connection is counted."""
+        if not client.sent_after:
+            client.sent_after = True
+            self.expired += 1
+
     def _fail(self, client: _Client, outcome: str) -> None:
         if client.outcome is None:
             client.outcome = outcome
@@ -923,7 +943,7 @@ class ProxyTracker:
         """The summary's ``proxy`` entry (docs/monitor.md)."""
         return {"client_connections": self.connections, "carried": self.carried, "failed": dict(self.outcomes),
                 "failed_attempts": dict(self.attempts), "bytes": dict(self.volume), "proxy_protocol": dict(self.framed),
-                "cut": self.cut}
+                "cut": self.cut, "closed_idle": self.expired}
 
     def _carried_nothing(self, backend: _Backend, ending: bool) -> None:
         """A backend connection that is over and carried nothing: paired with the last client connection opened

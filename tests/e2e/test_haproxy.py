@@ -7,6 +7,7 @@ connections HAProxy sends to the dead backend within the detection window are al
 
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -195,3 +196,33 @@ def test_clients_admitted_by_source_are_served_and_the_others_rejected_is_no_dro
     rules = f"    tcp-request connection accept if {{ src {admitted} }}\n    tcp-request connection reject\n"
     traffic, _document = clean_with(lab, tmp_path, "    default_backend app\n", rules + "    default_backend app\n")
     assert set(answered(traffic)) == ({"b1", "b2", "b3"} if served else {None})
+
+
+IDLE_CLIENT = """
+import socket, sys, time
+connection = socket.create_connection((sys.argv[1], 80), timeout=5)
+connection.sendall(b"hello\\n")
+first = connection.recv(100)
+time.sleep(2.5)  # HAProxy closes the connection after 1 s of this
+try:
+    connection.sendall(b"again\\n")
+    second = connection.recv(100)
+except OSError:
+    second = b""
+print(first.decode().split(":")[0], repr(second))
+"""
+
+
+def test_bytes_a_client_sends_after_haproxy_closed_it_at_its_idle_timeout_are_not_a_drop(lab, tmp_path):
+    """`timeout client 1s`: the imported spec says `affinity flow timeout 1s`; HAProxy closes the idle
+    connection, and what the client sends after that is answered with a RST (LB200 before)."""
+    config = tmp_path / "idle.cfg"
+    config.write_text(CHECKS.read_text().replace("timeout client 30s", "timeout client 1s"))
+    lab.install(Haproxy(config))
+    with lab.capture(tmp_path) as capture:
+        first = lab.traffic(tcp=[TARGET], connections=6, interval=0.25)
+        served, second = lab.client.run(sys.executable, "-c", IDLE_CLIENT, lab.vip, timeout=30).split()
+    assert None not in answered(first) and served in ("b1", "b2", "b3") and second == "b''"
+    code, document = monitor(imported("haproxy", config, tmp_path), capture)
+    assert verdicts(document) == {} and code == 0
+    assert document["monitor"]["proxy"]["closed_idle"] == 1

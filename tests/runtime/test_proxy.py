@@ -568,6 +568,37 @@ def test_the_lb_refusing_a_connection_outright_is_LB200_unless_no_backend_is_hea
     assert codes(excused) == [] and _failures(excused) == {"lb_reset": 1}
 
 
+IDLE_1S = spec(mode="proxy", body="affinity flow timeout 1s")
+
+
+def _closed_then_sent(idle: float) -> Scenario:
+    """A connection that carries a request and its answer; ``idle`` seconds after the answer the LB closes it
+    (a FIN to the client, as HAProxy does at `timeout client`), and a second later the client sends more,
+    which the LB answers with a RST."""
+    scenario = Scenario("proxy")
+    cport = scenario.proxy_flow("10.1.0.11", 0.0, chunks=(b"hello\n",), answer=b"hi\n")
+    syn = next(s.packet for s in scenario.packets if s.side == "client" and s.packet[TCP].sport == cport)
+    seq, answered = syn[TCP].seq + 1 + 6, max(s.time for s in scenario.packets) - START
+    scenario.add(answered + idle, "client", ip(scenario.vip, "203.0.113.7")
+                 / TCP(sport=80, dport=cport, flags="FA", seq=9, ack=seq))
+    scenario.add(answered + idle + 1.0, "client", ip("203.0.113.7", scenario.vip, ttl=64)
+                 / TCP(sport=cport, dport=80, flags="PA", seq=seq, ack=10) / Raw(b"again\n"))
+    _reset(scenario, cport, answered + idle + 1.0002)
+    return scenario
+
+
+def test_bytes_sent_after_the_lb_closed_an_idle_connection_at_its_timeout_are_not_judged_but_counted():
+    """HAProxy's `timeout client` (nginx's `proxy_timeout`) is the spec's flow timeout: the LB closes a connection
+    idle that long, and what the client sends after has nowhere to go.  It was LB200 (lb_reset)."""
+    report = _closed_then_sent(idle=1.05).judge(IDLE_1S)
+    assert codes(report) == [] and _failures(report) == {}
+    assert report.summary["proxy"]["closed_idle"] == 1
+    # near misses: closed before the connection was idle that long, or a spec that keeps idle connections longer
+    for idle, text in ((0.5, IDLE_1S), (1.05, SPEC)):
+        report = _closed_then_sent(idle).judge(text)
+        assert codes(report) == ["LB200"] and report.summary["proxy"]["closed_idle"] == 0
+
+
 def test_an_accepted_attempt_that_carries_nothing_is_the_LB_not_relaying():
     """Near miss: the backend answered, so the LB, not the backend, kept the bytes."""
     scenario = Scenario("proxy")
