@@ -241,8 +241,8 @@ def _proxy(proxy: dict) -> str:
                  f"to backends {framed['to_backends']:,}")
     if proxy.get("cut"):
         text += f"; {proxy['cut']:,} with bytes the capture cut short (not judged)"
-    if proxy.get("closed_idle"):
-        text += f"; {proxy['closed_idle']:,} sent bytes after the LB closed them when idle (not judged)"
+    if proxy.get("sent_after_close"):
+        text += f"; {proxy['sent_after_close']:,} sent bytes after the LB closed them when over (not judged)"
     failed = {**{k: n for k, n in proxy["failed"].items() if n},
               **{f"attempt {k}": n for k, n in proxy["failed_attempts"].items() if n}}
     return text + (f"; failed: {', '.join(f'{k} {n:,}' for k, n in failed.items())}" if failed else "")

@@ -198,8 +198,7 @@ class _Client:
     named: Ends | None = None  # the connection that header names
     cut: bool = False  # the capture cut short a segment of its bytes, or of its backend connection's: not judged
     moved: float = -math.inf  # when bytes last went either way on it
-    expired: bool = False  # the LB closed it once it had been idle for the service's timeout
-    sent_after: bool = False  # ... and the client sent bytes after that
+    sent_after: bool = False  # the client sent bytes after the LB closed it, when it was over
 
     @property
     def first(self) -> Packets:
@@ -224,6 +223,7 @@ class _Backend:
     refused: bool = False  # ... with a RST
     syn: bool = False  # the LB's SYN was seen
     closed_at: float | None = None  # the first FIN or RST on it, either way
+    ended_at: float | None = None  # the backend's first FIN or RST on it
 
     attributed: bool = False  # a failed attempt, counted and given to a client (or found to be none's)
     framed: bool | None = None  # its stream began with a PROXY protocol header (None: its first byte not seen)
@@ -339,7 +339,7 @@ class ProxyTracker:
         self.connections = 0
         self.carried = 0  # client connections a backend connection carried (the packet counts are other modes')
         self.cut = 0  # client connections whose bytes (or their backend connection's) the capture cut short
-        self.expired = 0  # client connections the LB closed when idle for their timeout, that sent bytes after it
+        self.sent_after = 0  # client connections that sent bytes after the LB closed them when they were over
         self.framed = {"from_clients": 0, "to_backends": 0}  # connections that began with a PROXY protocol header
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self.attempts = {"refused": 0, "timeout": 0}
@@ -451,10 +451,8 @@ class ProxyTracker:
             data, seq = self._unframe(client, data, seq)
         if not data:
             return
-        if client.expired and client.closed_at < time:
-            self._after_expiry(client)
-            return
-        client.moved = time
+        if client.closed_at is None:
+            client.moved = time
         if client.first_byte is None:
             client.first_byte = time
         end = client.stream.offset(seq) + len(data)
@@ -519,9 +517,6 @@ class ProxyTracker:
             self.unsettled[client.key] = client
         if flags & (_RST | _FIN) and client.closed_at is None:
             client.closed_at = time
-            affinity = self.compiled.services[client.service].service.affinity
-            idle = affinity.timeout if affinity.kind != "none" else math.inf
-            client.expired = time - client.moved >= idle - self.engine.options.tolerance
         data = batch.payload(i)
         if data:
             client.moved = time
@@ -608,8 +603,11 @@ class ProxyTracker:
             backend.reply.isn = batch.seq[i]
         elif flags & _RST and not backend.answered:
             backend.refused = True
-        if flags & (_FIN | _RST) and backend.closed_at is None:
-            backend.closed_at = batch.ts[i]
+        if flags & (_FIN | _RST):
+            if backend.closed_at is None:
+                backend.closed_at = batch.ts[i]
+            if backend.ended_at is None:
+                backend.ended_at = batch.ts[i]
         data = batch.payload(i)
         if data:
             before = backend.reply.next
@@ -867,6 +865,10 @@ class ProxyTracker:
                 client.waiting.popleft()  # the backend-side capture started after them, or stopped too soon
                 self.engine.counts.unjudged += 1
                 continue
+            if client.closed_at is not None and client.closed_at < sent and self._over(client):
+                client.waiting.popleft()
+                self._sent_after_close(client)
+                continue
             now = self.engine.watermark
             room = self._room(client, sent, now)
             held = room < now - sent and room <= within  # the backends were full, with room no longer than that
@@ -926,13 +928,24 @@ class ProxyTracker:
         self.engine.counts.unjudged += len(client.waiting)
         client.waiting.clear()
 
-    def _after_expiry(self, client: _Client) -> None:
-        """Bytes a client sent after the LB closed its connection for being idle as long as the spec lets it
-        keep an idle connection (its flow timeout: HAProxy's `timeout client`, nginx's `proxy_timeout`): the
-        connection is over, and there is nothing to pass them on to.  Not judged; the connection is counted."""
+    def _over(self, client: _Client) -> bool:
+        """Was ``client``'s connection over when the LB closed it: had the backend ended the connection carrying
+        it (a server that closed, or died), or had it been idle as long as the spec lets the LB keep an idle
+        connection (its flow timeout: HAProxy's `timeout client`, nginx's `proxy_timeout`)?  Asked when bytes the
+        client sent after the close are judged: by then the backend's end, seen on the other side, has been read."""
+        tolerance, closed = self.engine.options.tolerance, client.closed_at
+        backend = client.backend
+        if backend is not None and backend.ended_at is not None and backend.ended_at <= closed + tolerance:
+            return True
+        affinity = self.compiled.services[client.service].service.affinity
+        return affinity.kind != "none" and closed - client.moved >= affinity.timeout - tolerance
+
+    def _sent_after_close(self, client: _Client) -> None:
+        """Bytes a client sent after the LB closed its connection once it was over (:meth:`_over`): there is
+        nothing to pass them on to.  Not judged; the connection is counted."""
         if not client.sent_after:
             client.sent_after = True
-            self.expired += 1
+            self.sent_after += 1
 
     def _fail(self, client: _Client, outcome: str) -> None:
         if client.outcome is None:
@@ -943,7 +956,7 @@ class ProxyTracker:
         """The summary's ``proxy`` entry (docs/monitor.md)."""
         return {"client_connections": self.connections, "carried": self.carried, "failed": dict(self.outcomes),
                 "failed_attempts": dict(self.attempts), "bytes": dict(self.volume), "proxy_protocol": dict(self.framed),
-                "cut": self.cut, "closed_idle": self.expired}
+                "cut": self.cut, "sent_after_close": self.sent_after}
 
     def _carried_nothing(self, backend: _Backend, ending: bool) -> None:
         """A backend connection that is over and carried nothing: paired with the last client connection opened

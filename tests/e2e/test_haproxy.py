@@ -225,4 +225,48 @@ def test_bytes_a_client_sends_after_haproxy_closed_it_at_its_idle_timeout_are_no
     assert None not in answered(first) and served in ("b1", "b2", "b3") and second == "b''"
     code, document = monitor(imported("haproxy", config, tmp_path), capture)
     assert verdicts(document) == {} and code == 0
-    assert document["monitor"]["proxy"]["closed_idle"] == 1
+    assert document["monitor"]["proxy"]["sent_after_close"] == 1
+
+
+HELD_CLIENTS = """
+import socket, sys, time
+connections = [socket.create_connection((sys.argv[1], 80), timeout=5) for _ in range(3)]
+served = []
+for k, connection in enumerate(connections):
+    connection.sendall(b"first %d\\n" % k)
+    served.append(connection.recv(100).split(b":")[0].decode())
+print("ready", flush=True)
+time.sleep(1.0)  # b2 is killed meanwhile
+after = []
+for round in range(3):  # HAProxy relays the first bytes after the backend's FIN: a half-close
+    for k, connection in enumerate(connections):
+        try:
+            connection.sendall(b"more %d\\n" % k)
+            after.append(connection.recv(100).split(b":")[0].decode() or "closed")
+        except OSError:
+            after.append("error")
+    time.sleep(0.2)
+with open(sys.argv[2], "w") as out:
+    out.write(" ".join(served) + "\\n" + " ".join(after))
+"""
+
+
+def test_bytes_a_client_sends_after_haproxy_closed_it_as_its_backend_died_are_not_a_drop(lab, tmp_path):
+    """A backend killed under established connections: HAProxy closes the client connection its backend
+    connection carried, and what the client sends after that cannot go anywhere (LB200 before)."""
+    lab.install(Haproxy(CHECKS))
+    results = tmp_path / "held.txt"
+    with lab.capture(tmp_path) as capture:
+        lab.traffic(tcp=[TARGET], connections=6, interval=0.25)
+        clients = lab.resources.spawn(lab.client.argv([sys.executable, "-c", HELD_CLIENTS, lab.vip, str(results)]),
+                                      ready="ready", timeout=15)
+        lab.kill_backend("b2")
+        clients.wait(timeout=30)
+    served, after = (line.split() for line in results.read_text().splitlines())
+    assert sorted(served) == ["b1", "b2", "b3"]
+    cut_off = served.index("b2")
+    assert {after[cut_off + 3 * k] for k in range(3)} <= {"closed", "error"}
+    assert "closed" in after and "b2" not in after
+    code, document = monitor(imported("haproxy", CHECKS, tmp_path), capture)
+    assert verdicts(document) == {} and code == 0
+    assert document["monitor"]["proxy"]["sent_after_close"] == 1

@@ -571,14 +571,19 @@ def test_the_lb_refusing_a_connection_outright_is_LB200_unless_no_backend_is_hea
 IDLE_1S = spec(mode="proxy", body="affinity flow timeout 1s")
 
 
-def _closed_then_sent(idle: float) -> Scenario:
+def _closed_then_sent(idle: float, backend_ends: bool = False) -> Scenario:
     """A connection that carries a request and its answer; ``idle`` seconds after the answer the LB closes it
-    (a FIN to the client, as HAProxy does at `timeout client`), and a second later the client sends more,
-    which the LB answers with a RST."""
+    (a FIN to the client: HAProxy at `timeout client`, or, with ``backend_ends``, relaying the FIN the backend
+    sent just before), and a second later the client sends more, which the LB answers with a RST."""
     scenario = Scenario("proxy")
     cport = scenario.proxy_flow("10.1.0.11", 0.0, chunks=(b"hello\n",), answer=b"hi\n")
     syn = next(s.packet for s in scenario.packets if s.side == "client" and s.packet[TCP].sport == cport)
     seq, answered = syn[TCP].seq + 1 + 6, max(s.time for s in scenario.packets) - START
+    if backend_ends:
+        lb = next(s.packet for s in scenario.packets if s.side == "backend" and s.packet[TCP].flags == "S")
+        scenario.add(answered + idle - 0.0005, "backend", Ether(src=backend_mac("10.1.0.11"), dst=LB_MAC)
+                     / ip("10.1.0.11", LB_ADDRESS) / TCP(sport=8080, dport=lb[TCP].sport, flags="FA", seq=12,
+                                                         ack=lb[TCP].seq + 1 + 6))
     scenario.add(answered + idle, "client", ip(scenario.vip, "203.0.113.7")
                  / TCP(sport=80, dport=cport, flags="FA", seq=9, ack=seq))
     scenario.add(answered + idle + 1.0, "client", ip("203.0.113.7", scenario.vip, ttl=64)
@@ -592,11 +597,18 @@ def test_bytes_sent_after_the_lb_closed_an_idle_connection_at_its_timeout_are_no
     idle that long, and what the client sends after has nowhere to go.  It was LB200 (lb_reset)."""
     report = _closed_then_sent(idle=1.05).judge(IDLE_1S)
     assert codes(report) == [] and _failures(report) == {}
-    assert report.summary["proxy"]["closed_idle"] == 1
+    assert report.summary["proxy"]["sent_after_close"] == 1
     # near misses: closed before the connection was idle that long, or a spec that keeps idle connections longer
     for idle, text in ((0.5, IDLE_1S), (1.05, SPEC)):
         report = _closed_then_sent(idle).judge(text)
-        assert codes(report) == ["LB200"] and report.summary["proxy"]["closed_idle"] == 0
+        assert codes(report) == ["LB200"] and report.summary["proxy"]["sent_after_close"] == 0
+
+
+def test_bytes_sent_after_the_lb_closed_a_connection_its_backend_ended_are_not_judged_but_counted():
+    """A backend that dies (or closes) ends the connection carrying a client: the LB closes the client's too,
+    and bytes the client sends after that cannot go anywhere (HAProxy and nginx in the lab: LB200 before)."""
+    report = _closed_then_sent(idle=0.5, backend_ends=True).judge(SPEC)
+    assert codes(report) == [] and report.summary["proxy"]["sent_after_close"] == 1
 
 
 def test_an_accepted_attempt_that_carries_nothing_is_the_LB_not_relaying():
