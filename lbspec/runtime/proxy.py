@@ -18,7 +18,11 @@ connections open, pairing costs what the few alike cost.  Then:
 * the backend connection is judged like a forwarded packet: declared backend
   and port (LB203), down backend (LB202), assertions (LB213), balance;
 * a backend connection no client connection explains is LB208 (unless it is a
-  health check), and a second one carrying the same client bytes LB205.
+  health check), and a second one carrying the same client bytes LB205;
+* once the LB has closed the client's connection, bytes the backend sent back
+  that never reached the client are LB215 (`reply from vip`: replies reach the
+  client), unless the client or the backend had reset its connection, or the
+  LB closed it idle at its timeout before they came.
 
 Connection failures are attributed.  A backend connection the LB opened that
 never got a SYN-ACK is a *failed attempt*: ``refused`` (the backend answered
@@ -158,8 +162,8 @@ class _Batch:
 
     def __init__(self, p: Packets, rows: np.ndarray):
         self.table, self.rows = p, rows.tolist()
-        self.ts, self.flags, self.seq, self.ckey, self.gid, self.svc = (
-            p[k][rows].tolist() for k in ("ts", "flags", "seq", "ckey", "gid", "svc"))
+        self.ts, self.flags, self.seq, self.ack, self.ckey, self.gid, self.svc = (
+            p[k][rows].tolist() for k in ("ts", "flags", "seq", "ack", "ckey", "gid", "svc"))
         self._buf, self._start, self._size = (p[k][rows].tolist() for k in ("buf", "poff", "pcap"))
         self.cut = (p["pcap"][rows] < p["plen"][rows]).tolist()  # the capture's snapshot length cut its payload
 
@@ -199,6 +203,8 @@ class _Client:
     cut: bool = False  # the capture cut short a segment of its bytes, or of its backend connection's: not judged
     moved: float = -math.inf  # when bytes last went either way on it
     sent_after: bool = False  # the client sent bytes after the LB closed it, when it was over
+    ack: int | None = None  # the acknowledgement number of its latest packet
+    aborted_at: float | None = None  # the client reset it
 
     @property
     def first(self) -> Packets:
@@ -224,6 +230,8 @@ class _Backend:
     syn: bool = False  # the LB's SYN was seen
     closed_at: float | None = None  # the first FIN or RST on it, either way
     ended_at: float | None = None  # the backend's first FIN or RST on it
+    reset_at: float | None = None  # the backend's first RST on it
+    replies: deque = field(default_factory=deque)  # (end offset, time) of its bytes back not yet relayed
 
     attributed: bool = False  # a failed attempt, counted and given to a client (or found to be none's)
     framed: bool | None = None  # its stream began with a PROXY protocol header (None: its first byte not seen)
@@ -333,6 +341,7 @@ class ProxyTracker:
         self.paired: list[tuple[_Client, _Backend]] = []  # connections paired and not judged yet
         self.unsettled: dict[int, _Client] = {}  # clients with bytes (or a reset SYN) not judged yet
         self.unpaired: dict[int, _Backend] = {}  # backend connections with bytes no client has shown yet
+        self.unrelayed: dict[int, _Client] = {}  # clients whose backend sent bytes the LB has not relayed yet
         self.forgot = float("-inf")  # when idle connections were last forgotten
         self.backends: dict[int, _Backend] = {}
         self.occupying: dict[int, list[_Backend]] = {}  # per backend with `max_conn`: the connections it carried
@@ -444,6 +453,10 @@ class ProxyTracker:
             client.stream.isn = seq
             client.syn_checks = client.syn_checks or checks
             return
+        if flags & _RST and client.aborted_at is None:
+            client.aborted_at = time
+        if flags & _ACK:
+            client.ack = batch.ack[i]
         data = batch.payload(i)
         if batch.cut[i]:
             self._blind(client)
@@ -502,6 +515,7 @@ class ProxyTracker:
         self._unindex(client)
         _discard(self.unsettled, client)
         _discard(self.free, client)
+        _discard(self.unrelayed, client)
 
     def _to_client(self, batch: _Batch, i: int) -> None:
         """What the LB sends a client: its SYN-ACK, its bytes, its FIN or RST."""
@@ -522,6 +536,8 @@ class ProxyTracker:
             client.moved = time
             before = client.reply.next
             self.volume["lb_to_client"] += client.reply.add(batch.seq[i], data) - before
+            if client.key in self.unrelayed:
+                self._relayed(client)
 
     # --------------------------------------------------------- backends --
 
@@ -608,10 +624,18 @@ class ProxyTracker:
                 backend.closed_at = batch.ts[i]
             if backend.ended_at is None:
                 backend.ended_at = batch.ts[i]
+            if flags & _RST and backend.reset_at is None:
+                backend.reset_at = batch.ts[i]
         data = batch.payload(i)
         if data:
             before = backend.reply.next
-            self.volume["backend_to_lb"] += backend.reply.add(batch.seq[i], data) - before
+            after = backend.reply.add(batch.seq[i], data)
+            self.volume["backend_to_lb"] += after - before
+            client = backend.client
+            if after > before and (client is None or client.reply.next < after):  # (the client's side may be read
+                backend.replies.append((after, batch.ts[i]))  # first: the bytes relayed already)
+                if client is not None:
+                    self.unrelayed[client.key] = client
 
     def _pair_by_bytes(self, backend: _Backend) -> None:
         """The client connection whose stream starts like this one (at least its first ``ALIKE`` bytes): the
@@ -660,6 +684,8 @@ class ProxyTracker:
         if backend.gid >= 0 and self.compiled.backends[backend.gid].backend.max_conn is not None:
             self.occupying.setdefault(backend.gid, []).append(backend)
         self.carried += 1
+        if backend.replies:
+            self._relayed(client)
         if backend.cut:
             self._blind(client)
         if backend.named is not None and not _named_by(backend, client):
@@ -794,6 +820,8 @@ class ProxyTracker:
                 self._unexplained(backend)
         if self.paired:
             self._judge_pairs()
+        if self.unrelayed:
+            self._judge_replies(cutoff)
         self._forget(cutoff)
 
     def _attribute(self, cutoff: float) -> None:
@@ -933,12 +961,73 @@ class ProxyTracker:
         it (a server that closed, or died), or had it been idle as long as the spec lets the LB keep an idle
         connection (its flow timeout: HAProxy's `timeout client`, nginx's `proxy_timeout`)?  Asked when bytes the
         client sent after the close are judged: by then the backend's end, seen on the other side, has been read."""
-        tolerance, closed = self.engine.options.tolerance, client.closed_at
         backend = client.backend
-        if backend is not None and backend.ended_at is not None and backend.ended_at <= closed + tolerance:
+        if backend is not None and backend.ended_at is not None and \
+                backend.ended_at <= client.closed_at + self.engine.options.tolerance:
             return True
+        return self._idle_at_close(client)
+
+    def _idle_at_close(self, client: _Client) -> bool:
+        """Had no byte gone either way on ``client``'s connection for its flow timeout when the LB closed it?"""
         affinity = self.compiled.services[client.service].service.affinity
-        return affinity.kind != "none" and closed - client.moved >= affinity.timeout - tolerance
+        return affinity.kind != "none" and \
+            client.closed_at - client.moved >= affinity.timeout - self.engine.options.tolerance
+
+    def _relayed(self, client: _Client, got: int | None = None) -> None:
+        """Take off what the client has got of its backend's bytes back (``got``: that many, else what the capture
+        shows relayed); a client with some not relayed yet waits in ``unrelayed``."""
+        replies = client.backend.replies
+        got = client.reply.next if got is None else got
+        while replies and replies[0][0] <= got:
+            replies.popleft()
+        if replies:
+            self.unrelayed[client.key] = client
+        else:
+            _discard(self.unrelayed, client)
+
+    @staticmethod
+    def _got(client: _Client) -> int:
+        """How many of the LB's bytes the client got: those seen on their way, or acknowledged (where the
+        capture missed some)."""
+        acked = client.reply.offset(client.ack) if client.ack is not None and client.reply.isn is not None else 0
+        return max(client.reply.next, acked if acked < 1 << 31 else 0)
+
+    def _judge_replies(self, cutoff: float) -> None:
+        """Clients the LB closed before ``cutoff`` with bytes of their backend's, sent before it too, never relayed:
+        LB215, unless the client was gone first (it reset the connection), the backend reset its own (which
+        discards what it sent), the LB closed an idle connection at its timeout before they came, or the
+        client-side capture started after them.  A connection still open is not judged: a client that reads
+        slowly holds the LB's bytes back as long as it likes."""
+        for client in list(self.unrelayed.values()):
+            backend = client.backend
+            if client.closed_at is None or client.closed_at >= cutoff or backend.replies[0][1] >= cutoff:
+                continue
+            self._relayed(client, self._got(client))  # what the client acknowledged, too
+            if not backend.replies:
+                continue
+            _discard(self.unrelayed, client)
+            sent, lost = backend.replies[0][1], backend.reply.next - self._got(client)
+            backend.replies.clear()
+            soon = sent + self.engine.horizon
+            if client.cut or backend.cut or sent < self.engine.seen_since(0):
+                self.engine.counts.unjudged += 1  # (once the LB closed the connection, nothing more can come)
+            elif (client.aborted_at is not None and client.aborted_at <= soon) or \
+                    (backend.reset_at is not None and backend.reset_at <= soon) or \
+                    (client.closed_at <= sent and self._idle_at_close(client)):
+                continue
+            else:
+                self._unrelayed(client, sent, lost)
+
+    def _unrelayed(self, client: _Client, sent: float, lost: int) -> None:
+        name = self.compiled.backends[client.backend.gid].name if client.backend.gid >= 0 else None
+        closed = client.closed_at
+        for check in self._checks(client, "reverse"):
+            self.engine.verdict(d.REPLY_NOT_RELAYED, check, client.key, sent, [], lambda: (
+                f"{flow_text(client.first, 0)}: {lost} bytes {name or 'the backend'} sent back were never relayed; "
+                f"the LB closed the client's connection {abs(closed - sent) * 1e3:.3f}ms "
+                f"{'after' if closed >= sent else 'before'} they came",
+                {"flow": flow_text(client.first, 0), "backend": name, "bytes": lost, "sent": sent,
+                 "closed": closed}), witness=self._witness(client, []))
 
     def _sent_after_close(self, client: _Client) -> None:
         """Bytes a client sent after the LB closed its connection once it was over (:meth:`_over`): there is

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from pathlib import Path
 
 from lbspec.cli import main
@@ -133,3 +134,31 @@ def around(lab, directory: Path, fault=None, before: int = 6, after: int = 18, t
 
 def answered(results: list[dict]) -> list[str | None]:
     return [r["answered_by"] for r in results if r["proto"] == "tcp"]
+
+
+HALF_CLOSING_CLIENT = """
+import socket, sys
+answers = []
+for k in range(4):
+    connection = socket.create_connection((sys.argv[1], 80), timeout=5)
+    connection.sendall(b"hello %d\\n" % k)
+    connection.shutdown(socket.SHUT_WR)  # a FIN: no more to send, but the answer is still awaited
+    answer = b""
+    while True:
+        piece = connection.recv(4096)
+        if not piece:
+            break
+        answer += piece
+    connection.close()
+    answers.append(answer.split(b":")[0].decode() or "-")
+print(" ".join(answers))
+"""
+
+
+def half_closing(lab, directory: Path) -> tuple[list[str], object]:
+    """Four TCP connections whose client sends a line, half-closes (FIN) and reads the answer to the end,
+    after a first round of ordinary traffic: who answered each ("-": nothing came), and the capture."""
+    with lab.capture(directory) as capture:
+        lab.traffic(tcp=[TARGET], connections=6, interval=0.25)
+        answers = lab.client.run(sys.executable, "-c", HALF_CLOSING_CLIENT, lab.vip, timeout=60).split()
+    return answers, capture

@@ -12,7 +12,7 @@ import pytest
 
 from lbspec.lab import NginxStream
 
-from .helpers import CONFIGS, answered, around, imported, monitor, verdicts
+from .helpers import CONFIGS, answered, around, half_closing, imported, monitor, verdicts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(NginxStream.unavailable() is not None,
                                                   reason=NginxStream.unavailable() or "")]
@@ -86,3 +86,25 @@ def test_a_proxy_protocol_header_ahead_of_each_connection_is_no_violation(lab_fa
     assert proxy["carried"] == proxy["proxy_protocol"]["to_backends"] == len(answered(first + then))
     datagrams = sum(1 for r in first + then if r["proto"] == "udp")
     assert document["monitor"]["listened_ingress"] == document["monitor"]["paired"] == datagrams
+
+
+def test_answers_to_half_closing_clients_that_nginx_never_relays_are_LB215(lab, tmp_path):
+    """Without `proxy_half_close on`, nginx ends the whole session when the client half-closes: the answer the
+    backend sends after never reaches the client, which was still reading."""
+    answers, capture = half_closing(lab, tmp_path)
+    assert answers == ["-"] * 4
+    code, document = monitor(imported("nginx", CONFIG, tmp_path), capture)
+    assert set(verdicts(document)) == {"LB215"} and code == 1
+    assert len(verdicts(document)["LB215"]) == 4
+
+
+def test_with_proxy_half_close_on_the_answers_are_relayed_and_no_violation(lab_factory, tmp_path):
+    config = tmp_path / "half-close.conf"
+    config.write_text(CONFIG.read_text().replace("proxy_timeout 30s;",
+                                                 "proxy_timeout 30s;\n        proxy_half_close on;"))
+    lab = lab_factory(backends=("b1", "b2", "b3"))
+    lab.install(NginxStream(config))
+    answers, capture = half_closing(lab, tmp_path)
+    assert sorted(answers) == ["b1", "b1", "b2", "b3"]
+    code, document = monitor(imported("nginx", config, tmp_path), capture)
+    assert verdicts(document) == {} and code == 0

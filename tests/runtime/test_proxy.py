@@ -611,6 +611,81 @@ def test_bytes_sent_after_the_lb_closed_a_connection_its_backend_ended_are_not_j
     assert codes(report) == [] and report.summary["proxy"]["sent_after_close"] == 1
 
 
+def _half_closed(relay: bool = False, lb_fin: float = 0.0115, client_reset: float | None = None,
+                 backend_reset: float | None = None, client_acks: bool = False, lb_closes: bool = True,
+                 timeout: str = "") -> tuple[Scenario, str]:
+    """A client sends a request and half-closes (FIN); the LB passes both on; the backend answers at 13 ms.
+    With ``relay`` the LB relays the answer and then closes (HAProxy); else it closes the client's connection
+    at ``lb_fin`` (nginx without `proxy_half_close`: as the client's FIN comes) and resets the backend's as
+    the answer comes.  ``client_reset``/``backend_reset``: when that end resets its connection;
+    ``client_acks``: the client acknowledges the answer (which the capture then missed);
+    ``lb_closes=False``: the LB never closes the client's connection.  Returns the scenario and its spec."""
+    scenario = Scenario("proxy")
+    client, backend = "203.0.113.7", "10.1.0.11"
+    cport, lport, c, b, s0, r0 = 41000, 61000, 1000, 5000, 9000, 7000
+
+    def send(t: float, side: str, frame, data: bytes = b"") -> None:
+        scenario.add(t, side, frame / Raw(data) if data else frame)
+
+    def client_side(t, outward: bool, data: bytes = b"", **kw):
+        ends = (ip(client, scenario.vip, ttl=64), cport, 80) if outward else (ip(scenario.vip, client), 80, cport)
+        send(t, "client", ends[0] / TCP(sport=ends[1], dport=ends[2], **kw), data)
+
+    def backend_side(t, outward: bool, data: bytes = b"", **kw):
+        macs, ends = ((LB_MAC, backend_mac(backend)), (LB_ADDRESS, backend, lport, 8080)) if outward else \
+            ((backend_mac(backend), LB_MAC), (backend, LB_ADDRESS, 8080, lport))
+        send(t, "backend", Ether(src=macs[0], dst=macs[1]) / ip(ends[0], ends[1])
+             / TCP(sport=ends[2], dport=ends[3], **kw), data)
+
+    client_side(0.0, True, flags="S", seq=c)
+    client_side(0.0002, False, flags="SA", seq=s0, ack=c + 1)
+    backend_side(0.0005, True, flags="S", seq=b)
+    backend_side(0.0006, False, flags="SA", seq=r0, ack=b + 1)
+    client_side(0.010, True, b"req", flags="PA", seq=c + 1, ack=s0 + 1)
+    client_side(0.011, True, flags="FA", seq=c + 4, ack=s0 + 1)
+    backend_side(0.012, True, b"req", flags="PA", seq=b + 1, ack=r0 + 1)
+    backend_side(0.0121, True, flags="FA", seq=b + 4, ack=r0 + 1)
+    backend_side(0.013, False, b"answer!", flags="PA", seq=r0 + 1, ack=b + 5)
+    if relay:
+        client_side(0.0135, False, b"answer!", flags="PA", seq=s0 + 1, ack=c + 5)
+        client_side(0.014, False, flags="FA", seq=s0 + 8, ack=c + 5)
+    else:
+        if lb_closes:
+            client_side(lb_fin, False, flags="FA", seq=s0 + 1, ack=c + 5)
+        backend_side(0.0131, True, flags="R", seq=b + 5)
+    if client_acks:
+        client_side(0.0142, True, flags="A", seq=c + 5, ack=s0 + 8)
+    if client_reset is not None:
+        client_side(client_reset, True, flags="R", seq=c + 5)
+    if backend_reset is not None:
+        backend_side(backend_reset, False, flags="R", seq=r0 + 8)
+    return scenario, spec(mode="proxy", body=timeout)
+
+
+def test_an_answer_the_lb_never_relays_as_it_closed_the_client_too_soon_is_LB215():
+    """nginx `stream` without `proxy_half_close` ends the whole session when a client half-closes: the
+    backend's answer, sent after, never reaches the client, which was waiting for it (found in the lab)."""
+    scenario, text = _half_closed()
+    report = scenario.judge(text)
+    assert codes(report) == ["LB215"]
+    facts = report.violations[0].data
+    assert facts["property"] == "reverse_path" and facts["bytes"] == 7 and facts["backend"] == "b1"
+
+
+@pytest.mark.parametrize("case", ["relayed", "client reset first", "backend reset its own", "acknowledged",
+                                  "still open", "closed idle"])
+def test_answers_that_were_relayed_or_had_nowhere_to_go_are_no_LB215(case):
+    scenario, text = _half_closed(**{
+        "relayed": {"relay": True},
+        "client reset first": {"client_reset": 0.0125},
+        "backend reset its own": {"backend_reset": 0.0132},
+        "acknowledged": {"client_acks": True},  # the capture missed the LB's segment; the client did not
+        "still open": {"lb_closes": False},  # a client that reads slowly may hold the answer back for ever
+        "closed idle": {"lb_fin": 0.0128, "timeout": "affinity flow timeout 2ms"},
+    }[case])
+    assert codes(scenario.judge(text)) == []
+
+
 def test_an_accepted_attempt_that_carries_nothing_is_the_LB_not_relaying():
     """Near miss: the backend answered, so the LB, not the backend, kept the bytes."""
     scenario = Scenario("proxy")
