@@ -43,6 +43,9 @@ _IGNORED = {
     "health_check_timeout", "listen", "proxy_pass", "allow", "deny", "proxy_timeout", "proxy_responses",
     "health_check", "location", "upstream", "server", "proxy_next_upstream", "proxy_next_upstream_tries",
     "proxy_next_upstream_timeout",
+    # on, the LB does what a spec takes for granted; off (the default), answers to clients that half-close are
+    # lost, which `lbspec monitor` reports (LB215)
+    "proxy_half_close",
 }
 
 _LOST_WHY = {

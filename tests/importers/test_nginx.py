@@ -232,6 +232,13 @@ def test_next_upstream_is_not_represented_unless_off(tmp_path, text, lost):
     assert nginx(tmp_path, text).codes == (["LB301"] if lost else [])
 
 
+def test_half_close_changes_nothing_a_spec_says(tmp_path):
+    # on, the session outlives the client's FIN as a spec takes for granted; off, the monitor reports lost answers
+    for value in ("on", "off"):
+        server = f"server {{ listen 10.0.0.9:80; proxy_pass u; proxy_next_upstream off; proxy_half_close {value}; }}"
+        assert nginx(tmp_path, stream(STREAM_PAIR + server)).codes == []
+
+
 NEXT_SERVER = "server { listen 10.0.0.9:80; proxy_pass u; LIMITS }"
 
 
