@@ -1002,15 +1002,18 @@ class ProxyTracker:
             backend = client.backend
             if client.closed_at is None or client.closed_at >= cutoff or backend.replies[0][1] >= cutoff:
                 continue
-            self._relayed(client, self._got(client))  # what the client acknowledged, too
+            got = self._got(client)
+            self._relayed(client, got)  # what the client acknowledged, too
             if not backend.replies:
                 continue
             _discard(self.unrelayed, client)
-            sent, lost = backend.replies[0][1], backend.reply.next - self._got(client)
+            sent, lost = backend.replies[0][1], backend.reply.next - got
             backend.replies.clear()
             soon = sent + self.engine.horizon
+            # before the client-side capture started, where they went is not shown (the capture's end needs no such
+            # care: once the LB has closed the connection, nothing more can reach the client)
             if client.cut or backend.cut or sent < self.engine.seen_since(0):
-                self.engine.counts.unjudged += 1  # (once the LB closed the connection, nothing more can come)
+                self.engine.counts.unjudged += 1
             elif (client.aborted_at is not None and client.aborted_at <= soon) or \
                     (backend.reset_at is not None and backend.reset_at <= soon) or \
                     (client.closed_at <= sent and self._idle_at_close(client)):
