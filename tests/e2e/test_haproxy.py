@@ -238,7 +238,7 @@ for k, connection in enumerate(connections):
 print("ready", flush=True)
 time.sleep(1.0)  # b2 is killed meanwhile
 after = []
-for round in range(3):  # HAProxy relays the first bytes after the backend's FIN: a half-close
+for _ in range(3):  # HAProxy relays the first bytes after the backend's FIN: a half-close
     for k, connection in enumerate(connections):
         try:
             connection.sendall(b"more %d\\n" % k)
