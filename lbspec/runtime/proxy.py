@@ -204,6 +204,7 @@ class _Client:
     moved: float = -math.inf  # when bytes last went either way on it
     sent_after: bool = False  # the client sent bytes after the LB closed it, when it was over
     ack: int | None = None  # the acknowledgement number of its latest packet
+    fin: int | None = None  # the sequence number of the LB's FIN to it
     aborted_at: float | None = None  # the client reset it
 
     @property
@@ -232,6 +233,7 @@ class _Backend:
     ended_at: float | None = None  # the backend's first FIN or RST on it
     reset_at: float | None = None  # the backend's first RST on it
     replies: deque = field(default_factory=deque)  # (end offset, time) of its bytes back not yet relayed
+    reply_row: _Row | None = None  # the packet that brought the first of them
 
     attributed: bool = False  # a failed attempt, counted and given to a client (or found to be none's)
     framed: bool | None = None  # its stream began with a PROXY protocol header (None: its first byte not seen)
@@ -531,6 +533,8 @@ class ProxyTracker:
             self.unsettled[client.key] = client
         if flags & (_RST | _FIN) and client.closed_at is None:
             client.closed_at = time
+        if flags & _FIN:
+            client.fin = batch.seq[i] + len(batch.payload(i))
         data = batch.payload(i)
         if data:
             client.moved = time
@@ -633,7 +637,9 @@ class ProxyTracker:
             self.volume["backend_to_lb"] += after - before
             client = backend.client
             if after > before and (client is None or client.reply.next < after):  # (the client's side may be read
-                backend.replies.append((after, batch.ts[i]))  # first: the bytes relayed already)
+                if not backend.replies:  # first: the bytes relayed already)
+                    backend.reply_row = self._hold(batch, i, self._kept)
+                backend.replies.append((after, batch.ts[i]))
                 if client is not None:
                     self.unrelayed[client.key] = client
 
@@ -988,8 +994,12 @@ class ProxyTracker:
     @staticmethod
     def _got(client: _Client) -> int:
         """How many of the LB's bytes the client got: those seen on their way, or acknowledged (where the
-        capture missed some)."""
-        acked = client.reply.offset(client.ack) if client.ack is not None and client.reply.isn is not None else 0
+        capture missed some) -- up to the LB's FIN, which takes a sequence number of its own."""
+        if client.ack is None or client.reply.isn is None:
+            return client.reply.next
+        acked = client.reply.offset(client.ack)
+        if client.fin is not None:
+            acked = min(acked, client.reply.offset(client.fin))
         return max(client.reply.next, acked if acked < 1 << 31 else 0)
 
     def _judge_replies(self, cutoff: float) -> None:
@@ -1030,7 +1040,7 @@ class ProxyTracker:
                 f"the LB closed the client's connection {abs(closed - sent) * 1e3:.3f}ms "
                 f"{'after' if closed >= sent else 'before'} they came",
                 {"flow": flow_text(client.first, 0), "backend": name, "bytes": lost, "sent": sent,
-                 "closed": closed}), witness=self._witness(client, []))
+                 "closed": closed}), witness=self._witness(client, [client.backend.reply_row]))
 
     def _sent_after_close(self, client: _Client) -> None:
         """Bytes a client sent after the LB closed its connection once it was over (:meth:`_over`): there is

@@ -618,7 +618,8 @@ def _half_closed(relay: bool = False, lb_fin: float = 0.0115, client_reset: floa
     With ``relay`` the LB relays the answer and then closes (HAProxy); else it closes the client's connection
     at ``lb_fin`` (nginx without `proxy_half_close`: as the client's FIN comes) and resets the backend's as
     the answer comes.  ``client_reset``/``backend_reset``: when that end resets its connection;
-    ``client_acks``: the client acknowledges the answer (which the capture then missed);
+    ``client_acks``: the LB relays the answer and closes, but the capture misses the answer -- the client's
+    acknowledgement says it came;
     ``lb_closes=False``: the LB never closes the client's connection.  Returns the scenario and its spec."""
     scenario = Scenario("proxy")
     client, backend = "203.0.113.7", "10.1.0.11"
@@ -646,15 +647,16 @@ def _half_closed(relay: bool = False, lb_fin: float = 0.0115, client_reset: floa
     backend_side(0.012, True, b"req", flags="PA", seq=b + 1, ack=r0 + 1)
     backend_side(0.0121, True, flags="FA", seq=b + 4, ack=r0 + 1)
     backend_side(0.013, False, b"answer!", flags="PA", seq=r0 + 1, ack=b + 5)
-    if relay:
-        client_side(0.0135, False, b"answer!", flags="PA", seq=s0 + 1, ack=c + 5)
+    if relay or client_acks:
+        if not client_acks:
+            client_side(0.0135, False, b"answer!", flags="PA", seq=s0 + 1, ack=c + 5)
         client_side(0.014, False, flags="FA", seq=s0 + 8, ack=c + 5)
     else:
         if lb_closes:
             client_side(lb_fin, False, flags="FA", seq=s0 + 1, ack=c + 5)
         backend_side(0.0131, True, flags="R", seq=b + 5)
     if client_acks:
-        client_side(0.0142, True, flags="A", seq=c + 5, ack=s0 + 8)
+        client_side(0.0142, True, flags="A", seq=c + 5, ack=s0 + 9)
     if client_reset is not None:
         client_side(client_reset, True, flags="R", seq=c + 5)
     if backend_reset is not None:
@@ -670,6 +672,8 @@ def test_an_answer_the_lb_never_relays_as_it_closed_the_client_too_soon_is_LB215
     assert codes(report) == ["LB215"]
     facts = report.violations[0].data
     assert facts["property"] == "reverse_path" and facts["bytes"] == 7 and facts["backend"] == "b1"
+    answer = next(s.packet for s in scenario.packets if Raw in s.packet and s.packet[Raw].load == b"answer!")
+    assert bytes(answer) in [p.data for p in report.violations[0].witness.packets]  # the answer itself is shown
 
 
 @pytest.mark.parametrize("case", ["relayed", "client reset first", "backend reset its own", "acknowledged",
