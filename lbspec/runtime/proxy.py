@@ -21,8 +21,9 @@ connections open, pairing costs what the few alike cost.  Then:
   health check), and a second one carrying the same client bytes LB205;
 * once the LB has closed the client's connection, bytes the backend sent back
   that never reached the client are LB215 (`reply from vip`: replies reach the
-  client), unless the client or the backend had reset its connection, or the
-  LB closed it idle at its timeout before they came.
+  client), unless the client or the backend had reset its connection, the
+  client had closed it having sent nothing (a probe), or the LB closed it idle
+  at its timeout before they came.
 
 Connection failures are attributed.  A backend connection the LB opened that
 never got a SYN-ACK is a *failed attempt*: ``refused`` (the backend answered
@@ -206,6 +207,7 @@ class _Client:
     ack: int | None = None  # the acknowledgement number of its latest packet
     fin: int | None = None  # the sequence number of the LB's FIN to it
     aborted_at: float | None = None  # the client reset it
+    done_at: float | None = None  # ... or closed it having sent nothing: a probe, which waits for no answer
 
     @property
     def first(self) -> Packets:
@@ -457,6 +459,8 @@ class ProxyTracker:
             return
         if flags & _RST and client.aborted_at is None:
             client.aborted_at = time
+        if flags & _FIN and client.done_at is None and not client.stream.next:
+            client.done_at = time
         if flags & _ACK:
             client.ack = batch.ack[i]
         data = batch.payload(i)
@@ -1004,9 +1008,10 @@ class ProxyTracker:
 
     def _judge_replies(self, cutoff: float) -> None:
         """Clients the LB closed before ``cutoff`` with bytes of their backend's, sent before it too, never relayed:
-        LB215, unless the client was gone first (it reset the connection), the backend reset its own (which
-        discards what it sent), the LB closed an idle connection at its timeout before they came, or the
-        client-side capture started after them.  A connection still open is not judged: a client that reads
+        LB215, unless the client was gone first (it reset the connection, or closed it having sent nothing: a
+        probe that connects and leaves, before a server's greeting), the backend reset its own (which discards
+        what it sent), the LB closed an idle connection at its timeout before they came, or the client-side
+        capture started after them.  A connection still open is not judged: a client that reads
         slowly holds the LB's bytes back as long as it likes."""
         for client in list(self.unrelayed.values()):
             backend = client.backend
@@ -1025,6 +1030,7 @@ class ProxyTracker:
             if client.cut or backend.cut or sent < self.engine.seen_since(0):
                 self.engine.counts.unjudged += 1
             elif (client.aborted_at is not None and client.aborted_at <= soon) or \
+                    (client.done_at is not None and client.done_at <= soon) or \
                     (backend.reset_at is not None and backend.reset_at <= soon) or \
                     (client.closed_at <= sent and self._idle_at_close(client)):
                 continue

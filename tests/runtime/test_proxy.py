@@ -613,14 +613,16 @@ def test_bytes_sent_after_the_lb_closed_a_connection_its_backend_ended_are_not_j
 
 def _half_closed(relay: bool = False, lb_fin: float = 0.0115, client_reset: float | None = None,
                  backend_reset: float | None = None, client_acks: bool = False, lb_closes: bool = True,
-                 timeout: str = "") -> tuple[Scenario, str]:
+                 timeout: str = "", request: bytes = b"req") -> tuple[Scenario, str]:
     """A client sends a request and half-closes (FIN); the LB passes both on; the backend answers at 13 ms.
     With ``relay`` the LB relays the answer and then closes (HAProxy); else it closes the client's connection
     at ``lb_fin`` (nginx without `proxy_half_close`: as the client's FIN comes) and resets the backend's as
     the answer comes.  ``client_reset``/``backend_reset``: when that end resets its connection;
     ``client_acks``: the LB relays the answer and closes, but the capture misses the answer -- the client's
     acknowledgement says it came;
-    ``lb_closes=False``: the LB never closes the client's connection.  Returns the scenario and its spec."""
+    ``lb_closes=False``: the LB never closes the client's connection; ``request=b""``: the client sends nothing
+    (a probe: it connects and closes), and the answer is the server's greeting.  Returns the scenario and its
+    spec."""
     scenario = Scenario("proxy")
     client, backend = "203.0.113.7", "10.1.0.11"
     cport, lport, c, b, s0, r0 = 41000, 61000, 1000, 5000, 9000, 7000
@@ -642,23 +644,26 @@ def _half_closed(relay: bool = False, lb_fin: float = 0.0115, client_reset: floa
     client_side(0.0002, False, flags="SA", seq=s0, ack=c + 1)
     backend_side(0.0005, True, flags="S", seq=b)
     backend_side(0.0006, False, flags="SA", seq=r0, ack=b + 1)
-    client_side(0.010, True, b"req", flags="PA", seq=c + 1, ack=s0 + 1)
-    client_side(0.011, True, flags="FA", seq=c + 4, ack=s0 + 1)
-    backend_side(0.012, True, b"req", flags="PA", seq=b + 1, ack=r0 + 1)
-    backend_side(0.0121, True, flags="FA", seq=b + 4, ack=r0 + 1)
-    backend_side(0.013, False, b"answer!", flags="PA", seq=r0 + 1, ack=b + 5)
+    n = len(request)
+    if request:
+        client_side(0.010, True, request, flags="PA", seq=c + 1, ack=s0 + 1)
+    client_side(0.011, True, flags="FA", seq=c + 1 + n, ack=s0 + 1)
+    if request:
+        backend_side(0.012, True, request, flags="PA", seq=b + 1, ack=r0 + 1)
+    backend_side(0.0121, True, flags="FA", seq=b + 1 + n, ack=r0 + 1)
+    backend_side(0.013, False, b"answer!", flags="PA", seq=r0 + 1, ack=b + 2 + n)
     if relay or client_acks:
         if not client_acks:
-            client_side(0.0135, False, b"answer!", flags="PA", seq=s0 + 1, ack=c + 5)
-        client_side(0.014, False, flags="FA", seq=s0 + 8, ack=c + 5)
+            client_side(0.0135, False, b"answer!", flags="PA", seq=s0 + 1, ack=c + 2 + n)
+        client_side(0.014, False, flags="FA", seq=s0 + 8, ack=c + 2 + n)
     else:
         if lb_closes:
-            client_side(lb_fin, False, flags="FA", seq=s0 + 1, ack=c + 5)
-        backend_side(0.0131, True, flags="R", seq=b + 5)
+            client_side(lb_fin, False, flags="FA", seq=s0 + 1, ack=c + 2 + n)
+        backend_side(0.0131, True, flags="R", seq=b + 2 + n)
     if client_acks:
-        client_side(0.0142, True, flags="A", seq=c + 5, ack=s0 + 9)
+        client_side(0.0142, True, flags="A", seq=c + 2 + n, ack=s0 + 9)
     if client_reset is not None:
-        client_side(client_reset, True, flags="R", seq=c + 5)
+        client_side(client_reset, True, flags="R", seq=c + 2 + n)
     if backend_reset is not None:
         backend_side(backend_reset, False, flags="R", seq=r0 + 8)
     return scenario, spec(mode="proxy", body=timeout)
@@ -677,7 +682,7 @@ def test_an_answer_the_lb_never_relays_as_it_closed_the_client_too_soon_is_LB215
 
 
 @pytest.mark.parametrize("case", ["relayed", "client reset first", "backend reset its own", "acknowledged",
-                                  "still open", "closed idle"])
+                                  "still open", "closed idle", "a probe"])
 def test_answers_that_were_relayed_or_had_nowhere_to_go_are_no_LB215(case):
     scenario, text = _half_closed(**{
         "relayed": {"relay": True},
@@ -686,6 +691,7 @@ def test_answers_that_were_relayed_or_had_nowhere_to_go_are_no_LB215(case):
         "acknowledged": {"client_acks": True},  # the capture missed the LB's segment; the client did not
         "still open": {"lb_closes": False},  # a client that reads slowly may hold the answer back for ever
         "closed idle": {"lb_fin": 0.0128, "timeout": "affinity flow timeout 2ms"},
+        "a probe": {"request": b""},  # connects and closes at once: the server's greeting is not awaited
     }[case])
     assert codes(scenario.judge(text)) == []
 
