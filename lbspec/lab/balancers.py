@@ -47,7 +47,8 @@ class NftablesDnat:
     """Destination NAT with nftables, round robin over the targets, in the VIP's family (``ip`` or ``ip6``).
 
     ``drop_percent`` drops that share of packets to the VIP at random (before
-    conntrack); ``rewrite_udp_sport`` = (old, new) rewrites the source port of
+    conntrack); ``drop_reply_percent`` that share of the UDP replies the
+    backends send back through it; ``rewrite_udp_sport`` = (old, new) rewrites the source port of
     one UDP flow, packet by packet, after NAT; ``drop_later_fragments`` drops
     IP fragments after the first: ``"ingress"`` those to the VIP, before
     conntrack reassembles them (its defragmentation hooks in at priority
@@ -66,6 +67,7 @@ class NftablesDnat:
     vip: str
     forwards: Sequence[Forward]
     drop_percent: int = 0
+    drop_reply_percent: int = 0
     rewrite_udp_sport: tuple[int, int] | None = None
     drop_later_fragments: str = ""  # "", "ingress" or "egress"
     masquerade: bool = False
@@ -110,6 +112,10 @@ class NftablesDnat:
             old, new = self.rewrite_udp_sport
             lines += ["  chain rewrite {", "    type filter hook forward priority filter; policy accept;",
                       f"    udp sport {old} udp sport set {new}", "  }"]
+        if self.drop_reply_percent:
+            lines += ["  chain replies {", "    type filter hook forward priority filter; policy accept;",
+                      f"    ct direction reply meta l4proto udp numgen random mod 100 < {self.drop_reply_percent} drop",
+                      "  }"]
         lines.append("}")
         if self.drop_later_fragments == "egress":  # after conntrack cut the datagrams again, before the wire
             lines += [f"table netdev {self.table} {{", "  chain fragments {",

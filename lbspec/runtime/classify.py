@@ -35,8 +35,8 @@ from lbspec.runtime.decode import ARP, ICMP6, OK, TCP, UDP, V4_MAPPED, Packets, 
 from lbspec.runtime.proxy_protocol import unframe_datagrams
 
 __all__ = ["NONE", "INGRESS", "EGRESS", "BREPLY", "CREPLY", "TRANSIT", "ROLE_NAMES", "classify", "classify_rows",
-           "assign_backends", "mix", "pair_key", "fragment_key", "datagram_id", "datagram_key", "later_fragment",
-           "weak_keys", "flow_key", "runs_of", "MacTable", "CLIENT", "BACKEND", "COMBINED"]
+           "assign_backends", "mix", "pair_key", "reply_key", "fragment_key", "datagram_id", "datagram_key",
+           "later_fragment", "weak_keys", "flow_key", "runs_of", "MacTable", "CLIENT", "BACKEND", "COMBINED"]
 
 NONE, INGRESS, EGRESS, BREPLY, CREPLY, TRANSIT = 0, 1, 2, 3, 4, 5
 ROLE_NAMES = {NONE: "other", INGRESS: "ingress", EGRESS: "egress", BREPLY: "backend-reply",
@@ -158,6 +158,12 @@ def classify_rows(p: Packets, compiled: Compiled) -> None:
     paired = np.nonzero((role == INGRESS) | (role == EGRESS))[0]  # only these are keyed (0 elsewhere)
     for mode in compiled.modes:
         p["k_" + mode] = _scattered(n, paired, pair_key(p, "snat" if mode == "proxy" else mode, paired))
+    if "nat" in compiled.modes:  # replies that carry something, which lbspec.runtime.replies pairs
+        carrying = (p["plen"] > 0) | ((p["flags"] & (_SYN | _ACK)) == (_SYN | _ACK))
+        replies = np.nonzero(((role == BREPLY) | (role == CREPLY)) & carrying & (p["frag"] == 0)
+                             & ((p["proto"] == TCP) | (p["proto"] == UDP)))[0]
+        fill_digests(p, replies[p["proto"][replies] == UDP])
+        p["k_reply"] = _scattered(n, replies, reply_key(p, replies))
 
 
 def _link_only(p: Packets) -> np.ndarray:
@@ -305,6 +311,15 @@ def pair_key(p, mode: str, rows=None) -> np.ndarray:
     if mode in ("dsr", "tunnel"):
         ends += [get("da_hi"), get("da_lo"), get("dport"), get("ipid")]
     return mix(common + ends)
+
+
+def reply_key(p: Packets, rows: np.ndarray) -> np.ndarray:
+    """What every mode keeps of a reply on its way back (snat changes both ends): the protocol, sequence and
+    acknowledgement numbers, flags, length and payload digest (0 where none was taken, or where a capture
+    cut the payload short)."""
+    get = lambda k: p[k][rows]  # noqa: E731
+    digest = np.where(get("pcap") < get("plen"), 0, get("digest"))
+    return mix([get("proto"), get("seq"), get("ack"), get("flags"), get("plen"), digest])
 
 
 def later_fragment(frag: np.ndarray) -> np.ndarray:

@@ -57,6 +57,7 @@ from lbspec.runtime.health import HealthTimeline, apply, parse_time
 from lbspec.runtime.inference import HealthInference
 from lbspec.runtime.pairing import match
 from lbspec.runtime.proxy import ProxyTracker
+from lbspec.runtime.replies import ReplyTracker
 from lbspec.runtime.state import FlowTable
 from lbspec.runtime.stats import LatencyHistogram
 from lbspec.runtime.verdicts import Verdict, VerdictBook, Witness
@@ -182,6 +183,7 @@ class Monitor:
         self._fragmented = False  # any fragment seen yet (nothing about fragments is done before)
         self._backend_service = np.array([b.service for b in self.compiled.backends] + [-1])
         self.proxy = ProxyTracker(self)
+        self.replies = ReplyTracker(self)
         self._window: Packets | None = None
         self._pending: list[Packets] = []  # admitted since the window was last put together
         self._rows = 0  # rows in the window and pending
@@ -357,6 +359,10 @@ class Monitor:
         self._drop_capture_copies(new)
         self._remember_clients(new)
         waits = (new["role"] == INGRESS) | (new["role"] == EGRESS) | (new["role"] == TRANSIT)
+        replies = self.replies.awaited(new)
+        if replies is not None:
+            waits |= replies
+            self.replies.observe(new)
         new["done"] = ~waits  # only these wait for a partner
         streams = self.proxy.wanted(new)
         new["done"] |= streams  # proxied TCP is judged as byte streams
@@ -543,6 +549,7 @@ class Monitor:
     def _pair(self) -> None:
         self._absorb_transit()
         self._pair_exact(self.pair_window)
+        self.replies.pair(self.pair_window)
 
     def _pair_exact(self, window: float, before: float = math.inf) -> None:
         """Pair waiting packets on each mode's exact key, at most ``window`` apart (ingress sent before
@@ -613,6 +620,7 @@ class Monitor:
 
     def _finalize(self, cutoff: float) -> None:
         """Packets older than ``cutoff`` that are still unpaired: last try, then judge them."""
+        self.replies.finalize(cutoff)
         win = self.window
         old = ~win["done"] & (win["ts"] < cutoff)
         if not (old & ((win["role"] == INGRESS) | (win["role"] == EGRESS))).any():
@@ -755,7 +763,7 @@ class Monitor:
         length = int(win["plen"][row]) + (flags & 2 != 0) + (flags & 1 != 0)
         if win["proto"][row] != TCP or length == 0 or win["frag"][row] > 1:  # a fragment has no sequence number
             return False
-        rows = self._flow_rows(int(win["ckey"][row]))
+        rows = self.flow_rows(int(win["ckey"][row]))
         replies = rows[(win["role"][rows] == BREPLY) & (win["ts"][rows] >= win["ts"][row])
                        & ((win["flags"][rows] & 16) != 0)]
         if not len(replies):
@@ -854,7 +862,7 @@ class Monitor:
         win = self.window
         if win["proto"][row] != TCP or win["plen"][row] == 0 or win["frag"][row] > 1:
             return False
-        rows = self._flow_rows(int(win["ckey"][row]))
+        rows = self.flow_rows(int(win["ckey"][row]))
         sent = rows[(win["role"][rows] == INGRESS) & (win["ts"][rows] >= win["ts"][row] - self.horizon)]
         end = (int(win["seq"][row]) + int(win["plen"][row])) & 0xFFFFFFFF
         return bool(((((win["seq"][sent].astype(np.int64) - end) & 0xFFFFFFFF) < 1 << 31)).any())
@@ -931,7 +939,7 @@ class Monitor:
 
     def _service_of_key(self, row: int) -> int:
         win = self.window
-        same = self._flow_rows(int(win["ckey"][row]))
+        same = self.flow_rows(int(win["ckey"][row]))
         svc = win["svc"][same][win["role"][same] == INGRESS]
         return int(svc[0]) if len(svc) else -1
 
@@ -955,6 +963,7 @@ class Monitor:
     # ----------------------------------------------------------------- drops --
 
     def _judge_drops(self, cutoff: float) -> None:
+        self.replies.judge(cutoff)
         ready = [x for x in self.drops if x.time < cutoff]
         if not ready:
             return
@@ -1109,7 +1118,7 @@ class Monitor:
     def _witness(self, rows: list[int]) -> Witness:
         return witness_of(self.window, rows, self.sources, self.options.neighbours)
 
-    def _flow_rows(self, key: int) -> np.ndarray:
+    def flow_rows(self, key: int) -> np.ndarray:
         if self._index is None:
             order = np.argsort(self.window["ckey"], kind="stable")
             self._index = (order, self.window["ckey"][order])

@@ -48,6 +48,8 @@ def summarize(monitor) -> dict[str, Any]:
     }
     if monitor.proxy.services:
         summary["proxy"] = monitor.proxy.summary()
+    if monitor.replies.active:
+        summary["replies_relayed"] = monitor.replies.paired
     return summary
 
 

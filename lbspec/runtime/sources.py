@@ -22,7 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from lbspec.runtime.capture import CaptureReader, Damage
-from lbspec.runtime.classify import BACKEND, BREPLY, COMBINED, CREPLY, EGRESS, INGRESS, classify_rows, mix, pair_key
+from lbspec.runtime.classify import (
+    BACKEND, BREPLY, COMBINED, CREPLY, EGRESS, INGRESS, classify_rows, pair_key, reply_key,
+)
 from lbspec.runtime.compiled import Compiled
 from lbspec.runtime.decode import TCP, Packets, decode, fill_digests
 
@@ -234,7 +236,7 @@ def _pairs_seen(compiled: Compiled, client: list[CaptureStream], backend: list[C
     near = _sample(client, compiled, most)
     far = _sample(backend, compiled, most)
     return (_latencies(near, far, INGRESS, EGRESS, lambda p, r: pair_key(p, "snat", r)),
-            _latencies(far, near, BREPLY, CREPLY, _reply_key))
+            _latencies(far, near, BREPLY, CREPLY, reply_key))
 
 
 def _sample(streams: list[CaptureStream], compiled: Compiled, most: int | None) -> Packets:
@@ -250,12 +252,6 @@ def _sample(streams: list[CaptureStream], compiled: Compiled, most: int | None) 
     replies = (sample["role"] == BREPLY) | (sample["role"] == CREPLY)
     fill_digests(sample, np.nonzero(replies & (sample["proto"] != TCP))[0])
     return sample
-
-
-def _reply_key(p: Packets, rows: np.ndarray) -> np.ndarray:
-    """Fields every mode keeps on the way back (snat changes both ends)."""
-    return mix([p["proto"][rows], p["seq"][rows], p["ack"][rows], p["flags"][rows], p["plen"][rows],
-                p["digest"][rows]])
 
 
 def _latencies(first: Packets, second: Packets, role_a: int, role_b: int, key) -> np.ndarray:

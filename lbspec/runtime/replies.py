@@ -1,0 +1,200 @@
+"""Replies through a nat load balancer: each one a backend sends back must reach the client (LB215).
+
+In nat mode the LB translates a reply back -- its source becomes the VIP and port the client used -- and
+changes nothing else.  So a backend's reply (backend side) and what the client gets (client side) agree on
+the protocol, the TCP sequence and acknowledgement numbers, the flags and the length (and a UDP reply on its
+bytes): they pair on these, within the pairing window, as client packets pair with what the LB sent on.
+
+Judged (property ``reverse_path``: replies reach the client, from the VIP): replies that carry bytes, and
+SYN-ACKs, of TCP and UDP flows a client opened through a nat service.  Not judged: pure ACKs, FINs and
+RSTs (an LB may rightly drop those that come after a connection is over, and no byte is lost with them);
+ICMP errors (the headers they quote are translated); IP fragments; replies of snat services (which this
+does not tell from the LB's own traffic), and of dsr and tunnel services (which do not pass the LB) and
+proxy services (judged as byte streams, :mod:`lbspec.runtime.proxy`).
+
+A reply that pairs with nothing, however late, is LB215 -- unless the client acknowledged its bytes (the
+client-side capture missed its copy, or the LB sent it on cut into other segments), looked for until the
+answer timeout as drops wait for the health evidence of their time; or the client reset the flow before the
+reply could reach it; or the client-side capture does not cover when it would have come.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from lbspec import diagnostics as d
+from lbspec.runtime.classify import BREPLY, CREPLY, INGRESS
+from lbspec.runtime.decode import TCP, Packets
+from lbspec.runtime.evidence import flow_text, witness_of
+from lbspec.runtime.pairing import match
+from lbspec.runtime.verdicts import Witness
+
+__all__ = ["ReplyTracker"]
+
+_SYN, _RST, _ACK = 2, 4, 16
+
+
+@dataclass
+class _Unpaired:
+    """A reply no client-side copy was found for, waiting for the client's acknowledgement of it."""
+
+    time: float
+    end: int | None  # the sequence number just past it (TCP: the client may yet acknowledge it)
+    checks: list
+    facts: dict
+    witness: Witness | None
+
+
+class ReplyTracker:
+    """Pairs nat services' backend replies with what reached their clients, and judges the rest."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        compiled = engine.compiled
+        judged = [s.mode == "nat" and bool(s.of_kind("reverse")) for s in compiled.services]
+        self.service_of = np.array([b.service for b in compiled.backends] + [-1])  # by gid (-1: none)
+        self.by_backend = np.array(judged + [False])[self.service_of]  # is a reply from this backend judged?
+        self.active = bool(self.by_backend.any())
+        self.waiting: dict[int, list[_Unpaired]] = {}  # client flow -> its replies awaiting an acknowledgement
+        self.paired = 0
+
+    def awaited(self, p: Packets) -> np.ndarray | None:
+        """Which rows wait for a partner: judged replies (backend side) and what may be their copies (client
+        side) -- those classification keyed (``k_reply``, the one column of the window pairing reads); None
+        when no service is judged."""
+        if not self.active:
+            return None
+        role = p["role"]
+        return (p["k_reply"] != 0) & ((role == CREPLY) | ((role == BREPLY) & self.by_backend[p["gid"]]))
+
+    def observe(self, p: Packets) -> None:
+        """Clients' acknowledgements (and resets) of flows with replies awaiting one."""
+        if not self.waiting:
+            return
+        rows = np.nonzero(p["role"] == INGRESS)[0]
+        rows = rows[np.isin(p["ckey"][rows], list(self.waiting))]
+        for row in rows.tolist():
+            entries = self.waiting[int(p["ckey"][row])]
+            flags = int(p["flags"][row])
+            if flags & _RST:
+                time = float(p["ts"][row])
+                kept = [e for e in entries if e.time + self.engine.pair_window < time]
+            elif flags & _ACK:
+                ack = int(p["ack"][row])
+                kept = [e for e in entries if e.end is None or (ack - e.end) & 0xFFFFFFFF >= 1 << 31]
+            else:
+                continue
+            entries[:] = kept
+
+    def pair(self, window: float, before: float = math.inf) -> None:
+        """Pair waiting replies (sent before ``before``) with client-side copies at most ``window`` later."""
+        if not self.active:
+            return
+        engine = self.engine
+        win = engine.window
+        waiting = ~win["done"]
+        replies = np.nonzero(waiting & (win["role"] == BREPLY) & (win["ts"] < before))[0]
+        copies = np.nonzero(waiting & (win["role"] == CREPLY))[0]
+        if not len(replies) or not len(copies):
+            return
+        key = win["k_reply"]
+        a, b = match(key[replies], win["ts"][replies], key[copies], win["ts"][copies], engine.options.tolerance,
+                     window)
+        win["done"][replies[a]] = win["done"][copies[b]] = True
+        self.paired += len(a)
+
+    def finalize(self, cutoff: float) -> None:
+        """Replies older than ``cutoff`` still unpaired: a last try at any delay, then judged; what may have been
+        their copies is done with."""
+        if not self.active:
+            return
+        win = self.engine.window
+        role = win["role"]
+        old = ~win["done"] & (win["ts"] < cutoff) & ((role == BREPLY) | (role == CREPLY))
+        if not old.any():
+            return
+        self.pair(math.inf, before=cutoff)
+        rows = np.nonzero(old & ~win["done"] & (role == BREPLY))[0]
+        win["done"][old] = True
+        if len(rows):
+            self._unpaired(rows)
+
+    def judge(self, cutoff: float) -> None:
+        """Unpaired replies from before ``cutoff`` (those acknowledged since are gone): LB215 where the client-side
+        capture shows when they would have come -- known by now, as it is when drops are judged."""
+        engine = self.engine
+        since, until = engine.seen_since(0), engine.seen_until(0) - engine.pair_window
+        for key in list(self.waiting):
+            entries = self.waiting[key]
+            for entry in [e for e in entries if e.time < cutoff]:
+                if since <= entry.time <= until:
+                    self._verdict(key, entry)
+                else:
+                    engine.counts.unjudged += 1
+            entries[:] = [e for e in entries if e.time >= cutoff]
+            if not entries:
+                del self.waiting[key]
+
+    # ------------------------------------------------------------------ --
+
+    def _unpaired(self, rows: np.ndarray) -> None:
+        engine = self.engine
+        win = engine.window
+        for row in rows.tolist():
+            key = int(win["ckey"][row])
+            opened = engine.clients.items.get(key)  # [service, last seen, VIP (2 words), port] of the client's flow
+            if opened is None:
+                continue  # no client's flow: the LB's own checks
+            service = engine.compiled.services[int(self.service_of[win["gid"][row]])]
+            checks = [c for c in service.of_kind("reverse") if _in_scope(c, win, row, opened)]
+            if not checks or self._answered(row):
+                continue
+            time = float(win["ts"][row])
+            facts = {"flow": flow_text(win, row), "backend": engine.compiled.backends[int(win["gid"][row])].name,
+                     "bytes": int(win["plen"][row]), "seq": int(win["seq"][row]), "sent": time}
+            witness = witness_of(win, [row], engine.sources, engine.options.neighbours) if engine.options.witnesses \
+                else None
+            end = _end(win, row) if win["proto"][row] == TCP else None
+            self.waiting.setdefault(key, []).append(_Unpaired(time, end, checks, facts, witness))
+
+    def _answered(self, row: int) -> bool:
+        """Did the client acknowledge the reply's bytes, or reset the flow before they could come, in what the
+        window still shows?"""
+        win = self.engine.window
+        rows = self.engine.flow_rows(int(win["ckey"][row]))
+        time = float(win["ts"][row])
+        later = rows[(win["role"][rows] == INGRESS) & (win["ts"][rows] >= time - self.engine.options.tolerance)]
+        if not len(later):
+            return False
+        flags = win["flags"][later]
+        if ((flags & _RST != 0) & (win["ts"][later] <= time + self.engine.pair_window)).any():
+            return True
+        if win["proto"][row] != TCP:
+            return False
+        acks = win["ack"][later[(flags & _ACK) != 0]].astype(np.int64)
+        return bool((((acks - _end(win, row)) & 0xFFFFFFFF) < 1 << 31).any())
+
+    def _verdict(self, key: int, entry: _Unpaired) -> None:
+        facts = entry.facts
+        for check in entry.checks:
+            self.engine.verdict(d.REPLY_NOT_RELAYED, check, key, entry.time, [], lambda: (
+                f"{facts['flow']}: a reply {facts['backend']} sent ({facts['bytes']} bytes) never reached the client",
+                dict(facts)), witness=entry.witness)
+
+
+def _end(p: Packets, row: int) -> int:
+    """The sequence number just past a TCP reply: what the client acknowledges once it has it."""
+    return (int(p["seq"][row]) + int(p["plen"][row]) + (int(p["flags"][row]) & _SYN != 0)) & 0xFFFFFFFF
+
+
+def _in_scope(check, p: Packets, row: int, opened: list) -> bool:
+    """Is the reply's flow in the check's scope, seen as the client sent it: from the client to the VIP and port
+    of its flow (``opened``, the monitor's entry for it)?"""
+    one = lambda k: p[k][row:row + 1]  # noqa: E731
+    view = {"proto": one("proto"), "fam": one("fam"), "sa_hi": one("da_hi"), "sa_lo": one("da_lo"),
+            "sport": one("dport"), "da_hi": np.array([opened[2]], np.uint64), "da_lo": np.array([opened[3]], np.uint64),
+            "dport": np.array([opened[4]]), "flags": one("flags")}
+    return bool(check.scope(view)[0])
