@@ -594,6 +594,7 @@ class Monitor:
                 pairs.datagram_backend = self._datagram_backends(pairs)
             self.counts.listened += int(pairs.listened.sum())
             self.counts.paired += int(pairs.listened.sum())
+            self.replies.carry(win, service, ii[chosen], ee[chosen])
             self.counts.mutated_pairs += len(pairs) if stage == 2 else 0
             judge.run_checks(self, pairs)
             counted = np.nonzero(pairs.listened & (pairs.gid >= 0) & (pairs.rule >= 0))[0]
@@ -1225,7 +1226,7 @@ class Monitor:
     def _tables(self) -> tuple[FlowTable, ...]:
         """Every per-flow table: each expires, and is capped."""
         return (self.clients, self.client_addresses, self.traffic.flows, self.traffic.units, *self.sticks.values(),
-                self.first_fragments, self.orphans, self.datagrams)
+                self.first_fragments, self.orphans, self.datagrams, self.replies.carried)
 
     def _finish(self) -> None:
         self.settle_all()

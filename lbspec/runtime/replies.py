@@ -1,16 +1,18 @@
 """Replies through a nat load balancer: each one a backend sends back must reach the client (LB215).
 
-In nat mode the LB translates a reply back -- its source becomes the VIP and port the client used -- and
-changes nothing else.  So a backend's reply (backend side) and what the client gets (client side) agree on
-the protocol, the TCP sequence and acknowledgement numbers, the flags and the length (and a UDP reply on its
-bytes): they pair on these, within the pairing window, as client packets pair with what the LB sent on.
+In nat and snat mode the LB translates a reply back -- its source becomes the VIP and port the client used
+(and in snat its destination the client's) -- and changes nothing else.  So a backend's reply (backend side)
+and what the client gets (client side) agree on the protocol, the TCP sequence and acknowledgement numbers,
+the flags and the length (and a UDP reply on its bytes): they pair on these, within the pairing window, as
+client packets pair with what the LB sent on.
 
 Judged (property ``reverse_path``: replies reach the client, from the VIP): replies that carry bytes, and
-SYN-ACKs, of TCP and UDP flows a client opened through a nat service.  Not judged: pure ACKs, FINs and
-RSTs (an LB may rightly drop those that come after a connection is over, and no byte is lost with them);
-ICMP errors (the headers they quote are translated); IP fragments; replies of snat services (which this
-does not tell from the LB's own traffic), and of dsr and tunnel services (which do not pass the LB) and
-proxy services (judged as byte streams, :mod:`lbspec.runtime.proxy`).
+SYN-ACKs, of TCP and UDP flows a client opened through a nat or snat service (in snat, a flow the LB is
+seen to carry for a client: its own checks go to the backends from the same address).  Not judged: pure
+ACKs, FINs and RSTs (an LB may rightly drop those that come after a connection is over, and no byte is lost
+with them); ICMP errors (the headers they quote are translated); IP fragments; replies of dsr and tunnel
+services (which do not pass the LB) and proxy services (judged as byte streams,
+:mod:`lbspec.runtime.proxy`).
 
 A reply that pairs with nothing, however late, is LB215 -- unless the client acknowledged its bytes (the
 client-side capture missed its copy, or the LB sent it on cut into other segments), looked for until the
@@ -26,10 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from lbspec import diagnostics as d
-from lbspec.runtime.classify import BREPLY, CREPLY, INGRESS
+from lbspec.runtime.classify import BREPLY, CREPLY, INGRESS, flow_key
 from lbspec.runtime.decode import TCP, Packets
 from lbspec.runtime.evidence import flow_text, witness_of
 from lbspec.runtime.pairing import match
+from lbspec.runtime.state import FlowTable
 from lbspec.runtime.verdicts import Witness
 
 __all__ = ["ReplyTracker"]
@@ -54,10 +57,14 @@ class ReplyTracker:
     def __init__(self, engine):
         self.engine = engine
         compiled = engine.compiled
-        judged = [s.mode == "nat" and bool(s.of_kind("reverse")) for s in compiled.services]
+        judged = [s.mode in ("nat", "snat") and bool(s.of_kind("reverse")) for s in compiled.services]
         self.service_of = np.array([b.service for b in compiled.backends] + [-1])  # by gid (-1: none)
         self.by_backend = np.array(judged + [False])[self.service_of]  # is a reply from this backend judged?
         self.active = bool(self.by_backend.any())
+        self.snat = [s.index for s, j in zip(compiled.services, judged) if j and s.mode == "snat"]
+        # snat: the LB's flows to the backends that carry a client's (the 5-tuple its replies come back on) ->
+        # [the client's flow, last seen]
+        self.carried = FlowTable(engine.options.max_flows, engine.clients.timeout)
         self.waiting: dict[int, list[_Unpaired]] = {}  # client flow -> its replies awaiting an acknowledgement
         self.paired = 0
 
@@ -88,6 +95,18 @@ class ReplyTracker:
             else:
                 continue
             entries[:] = kept
+
+    def carry(self, p: Packets, service: int, ingress: np.ndarray, egress: np.ndarray) -> None:
+        """Pairs of what clients of ``service`` sent and what the LB sent on: in snat, which flow toward a
+        backend carries which client's flow."""
+        if service not in self.snat:
+            return
+        ends = {k: p[k][egress] for k in ("proto", "sa_hi", "sa_lo", "da_hi", "da_lo", "sport", "dport")}
+        back = dict(ends, sa_hi=ends["da_hi"], sa_lo=ends["da_lo"], da_hi=ends["sa_hi"], da_lo=ends["sa_lo"],
+                    sport=ends["dport"], dport=ends["sport"])
+        times = p["ts"][egress].tolist()
+        self.carried.items.update(zip(flow_key(back).tolist(), ([c, t] for c, t in zip(p["ckey"][ingress].tolist(),
+                                                                                            times))))
 
     def pair(self, window: float, before: float = math.inf) -> None:
         """Pair waiting replies (sent before ``before``) with client-side copies at most ``window`` later."""
@@ -143,14 +162,20 @@ class ReplyTracker:
     def _unpaired(self, rows: np.ndarray) -> None:
         engine = self.engine
         win = engine.window
-        for row in rows.tolist():
-            key = int(win["ckey"][row])
+        snat = np.isin(self.service_of[win["gid"][rows]], self.snat) if self.snat else np.zeros(len(rows), bool)
+        carried = iter(flow_key(win, rows[snat]).tolist() if snat.any() else ())
+        for row, translated in zip(rows.tolist(), snat.tolist()):
+            if translated:  # sent to the LB's own address: whose flow it is, the LB's carrying of it says
+                entry = self.carried.items.get(next(carried))
+                key = entry[0] if entry is not None else None
+            else:
+                key = int(win["ckey"][row])
             opened = engine.clients.items.get(key)  # [service, last seen, VIP (2 words), port] of the client's flow
             if opened is None:
                 continue  # no client's flow: the LB's own checks
             service = engine.compiled.services[int(self.service_of[win["gid"][row]])]
             checks = [c for c in service.of_kind("reverse") if _in_scope(c, win, row, opened)]
-            if not checks or self._answered(row):
+            if not checks or self._answered(row, key):
                 continue
             time = float(win["ts"][row])
             facts = {"flow": flow_text(win, row), "backend": engine.compiled.backends[int(win["gid"][row])].name,
@@ -160,11 +185,11 @@ class ReplyTracker:
             end = _end(win, row) if win["proto"][row] == TCP else None
             self.waiting.setdefault(key, []).append(_Unpaired(time, end, checks, facts, witness))
 
-    def _answered(self, row: int) -> bool:
-        """Did the client acknowledge the reply's bytes, or reset the flow before they could come, in what the
-        window still shows?"""
+    def _answered(self, row: int, key: int) -> bool:
+        """Did the client (of flow ``key``) acknowledge the reply's bytes, or reset the flow before they could
+        come, in what the window still shows?"""
         win = self.engine.window
-        rows = self.engine.flow_rows(int(win["ckey"][row]))
+        rows = self.engine.flow_rows(key)
         time = float(win["ts"][row])
         later = rows[(win["role"][rows] == INGRESS) & (win["ts"][rows] >= time - self.engine.options.tolerance)]
         if not len(later):

@@ -8,7 +8,7 @@ from scapy.layers.inet import TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from .scenario import CLIENT_MAC, LB_MAC, START, Scenario, backend_mac, codes, ip, spec
+from .scenario import CLIENT_MAC, LB_ADDRESS, LB_MAC, START, Scenario, backend_mac, codes, ip, spec
 
 SPEC = spec()
 UDP_SPEC = spec(listen="udp 53", rule="forward udp 53 to app port 53")
@@ -109,3 +109,19 @@ def test_pure_acknowledgements_are_not_judged(nat):
     nat.flow("10.1.0.11", segments=3)
     _lost(nat, lambda p: TCP in p and p[TCP].sport == 80 and p[TCP].flags == "A")  # the backend's ACKs of the data
     assert "LB215" not in codes(nat.judge(SPEC))
+
+
+SNAT_UDP = spec(mode="snat", listen="udp 53", rule="forward udp 53 to app port 53")
+
+
+def test_in_snat_a_lost_answer_is_LB215_and_an_answer_to_the_lb_itself_is_not_judged():
+    """In snat the backends answer the LB's own address: whose flow a reply is on, the LB's carrying of a
+    client's flow says -- an answer on a flow it carried for nobody (its own check) is none of a client's."""
+    scenario = Scenario("snat")
+    scenario.flow("10.1.0.11", proto="udp", vport=53, bport=53, segments=3)
+    scenario.add(0.05, "backend", Ether(src=backend_mac("10.1.0.11"), dst=LB_MAC) / ip("10.1.0.11", LB_ADDRESS)
+                 / UDP(sport=53, dport=55555) / Raw(b"check answer"))
+    assert codes(scenario.judge(SNAT_UDP)) == []
+    _lost(scenario, lambda p: UDP in p and p[UDP].sport == 53 and bytes(p[UDP].payload) == b"answer1")
+    report = scenario.judge(SNAT_UDP)
+    assert codes(report) == ["LB215"] and report.violations[0].data["bytes"] == 7
