@@ -255,6 +255,8 @@ def _pairing(summary: dict) -> str:
             + (f" ({rate:.3%})" if rate is not None else ""))
     if latency["p50"] is not None:
         text += f"; LB latency p50 {latency['p50']:.3f}ms, p99 {latency['p99']:.3f}ms"
+    if summary.get("replies_relayed") is not None:
+        text += f"; {summary['replies_relayed']:,} backend replies relayed back"
     return text
 
 
