@@ -52,7 +52,7 @@ class _Unpaired:
 
 
 class ReplyTracker:
-    """Pairs nat services' backend replies with what reached their clients, and judges the rest."""
+    """Pairs nat and snat services' backend replies with what reached their clients, and judges the rest."""
 
     def __init__(self, engine):
         self.engine = engine
