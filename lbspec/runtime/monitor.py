@@ -25,8 +25,11 @@ the service is run on the pairs (:mod:`~lbspec.runtime.judge`).  A packet
 older than the *horizon* (the longest response deadline, doubled, plus the
 clock tolerance) is final: an ingress packet still unpaired was dropped, an
 egress packet still unpaired was duplicated or came from nowhere.  Drops are
-judged later still, once the health evidence of their moment is in.  Memory
-follows the window and the live flows, never the capture's length.
+judged later still, once the health evidence of their moment is in.  Backend
+replies are paired back with what reached the client the same way
+(:mod:`~lbspec.runtime.replies`), and proxied connections as byte streams
+(:mod:`~lbspec.runtime.proxy`).  Memory follows the window and the live
+flows, never the capture's length.
 """
 
 from __future__ import annotations
