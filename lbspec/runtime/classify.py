@@ -35,8 +35,8 @@ from lbspec.runtime.decode import ARP, ICMP6, OK, TCP, UDP, V4_MAPPED, Packets, 
 from lbspec.runtime.proxy_protocol import unframe_datagrams
 
 __all__ = ["NONE", "INGRESS", "EGRESS", "BREPLY", "CREPLY", "TRANSIT", "ROLE_NAMES", "classify", "classify_rows",
-           "assign_backends", "mix", "pair_key", "reply_key", "fragment_key", "datagram_id", "datagram_key",
-           "later_fragment", "weak_keys", "flow_key", "runs_of", "MacTable", "CLIENT", "BACKEND", "COMBINED"]
+           "assign_backends", "mix", "pair_key", "reply_key", "segment_end", "reaches", "fragment_key", "datagram_id",
+           "datagram_key", "later_fragment", "weak_keys", "flow_key", "runs_of", "MacTable", "CLIENT", "BACKEND", "COMBINED"]
 
 NONE, INGRESS, EGRESS, BREPLY, CREPLY, TRANSIT = 0, 1, 2, 3, 4, 5
 ROLE_NAMES = {NONE: "other", INGRESS: "ingress", EGRESS: "egress", BREPLY: "backend-reply",
@@ -288,10 +288,14 @@ def _proto_class(proto: np.ndarray) -> np.ndarray:
     return np.where(proto == 58, 1, proto)
 
 
-def flow_key(p, rows=None) -> np.ndarray:
-    """The 5-tuple, as the packet has it."""
+def flow_key(p, rows=None, reverse=None) -> np.ndarray:
+    """The 5-tuple, as the packet has it -- or, for rows where ``reverse`` (a mask, or True for all) says, as
+    packets the other way have it: a reply's key is its flow's."""
     c = {k: (p[k] if rows is None else p[k][rows]) for k in ("proto", "sa_hi", "sa_lo", "da_hi", "da_lo",
                                                              "sport", "dport")}
+    if reverse is not None:
+        for near, far in (("sa_hi", "da_hi"), ("sa_lo", "da_lo"), ("sport", "dport")):
+            c[near], c[far] = np.where(reverse, c[far], c[near]), np.where(reverse, c[near], c[far])
     return mix([c["proto"], c["sa_hi"], c["sa_lo"], c["da_hi"], c["da_lo"], c["sport"], c["dport"]])
 
 
@@ -320,6 +324,21 @@ def reply_key(p: Packets, rows: np.ndarray) -> np.ndarray:
     get = lambda k: p[k][rows]  # noqa: E731
     digest = np.where(get("pcap") < get("plen"), 0, get("digest"))
     return mix([get("proto"), get("seq"), get("ack"), get("flags"), get("plen"), digest])
+
+
+def segment_end(p: Packets, row: int) -> int:
+    """The sequence number just past a TCP segment (its bytes, and a SYN or FIN takes one): what the other end
+    acknowledges once it has it."""
+    flags = int(p["flags"][row])
+    return (int(p["seq"][row]) + int(p["plen"][row]) + (flags & _SYN != 0) + (flags & 1 != 0)) & 0xFFFFFFFF
+
+
+def reaches(numbers, end: int):
+    """Which of ``numbers`` (acknowledgement or sequence numbers: an array, or one) are at ``end`` or past it,
+    in sequence-number arithmetic."""
+    if isinstance(numbers, np.ndarray):
+        return ((numbers.astype(np.int64) - end) & 0xFFFFFFFF) < 1 << 31
+    return (numbers - end) & 0xFFFFFFFF < 1 << 31
 
 
 def later_fragment(frag: np.ndarray) -> np.ndarray:

@@ -226,7 +226,8 @@ class Compiled:
                                  if s.service.mode.encap == "gue"})  # none: UDP to 6080 is no tunnel then
         self.modes = sorted({s.mode for s in self.services})
         self.dsr = "dsr" in self.modes
-        # by backend (and -1, none): a proxy's, whose datagrams may carry a PROXY protocol header
+        # by backend (and -1, none): its service; a proxy's, whose datagrams may carry a PROXY protocol header
+        self.backend_service = np.array([b.service for b in self.backends] + [-1])
         self.proxied = np.array([self.services[b.service].mode == "proxy" for b in self.backends] + [False])
         self._eligible: dict[tuple, tuple[int, ...]] = {}
 

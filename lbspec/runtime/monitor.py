@@ -51,7 +51,8 @@ from lbspec.runtime.balance import Traffic
 from lbspec.runtime.capture import PAD, Frames
 from lbspec.runtime.classify import (
     BREPLY, CREPLY, EGRESS, INGRESS, NONE, TRANSIT, MacTable, assign_backends, classify, classify_rows, datagram_id,
-    datagram_key, fragment_key, later_fragment, mix, pair_key, ported, runs_of, syn_only, weak_keys,
+    datagram_key, fragment_key, later_fragment, mix, pair_key, ported, reaches, runs_of, segment_end, syn_only,
+    weak_keys,
 )
 from lbspec.runtime.compiled import CheckPlan, Compiled, akey, compile_spec, model_packet
 from lbspec.runtime.decode import FRAGMENT, OK, TCP, UDP, WHY, Packets, decode, distinct
@@ -184,7 +185,6 @@ class Monitor:
         self.orphans = FlowTable(cap, FRAGMENT_HOLD, lambda entries: self._orphaned(sum(len(e[0]) for e in entries)))
         self.datagrams = FlowTable(cap, FRAGMENT_HOLD)
         self._fragmented = False  # any fragment seen yet (nothing about fragments is done before)
-        self._backend_service = np.array([b.service for b in self.compiled.backends] + [-1])
         self.proxy = ProxyTracker(self)
         self.replies = ReplyTracker(self)
         self._window: Packets | None = None
@@ -457,7 +457,7 @@ class Monitor:
         classify_rows(piece, self.compiled)
         assign_backends(piece, self.compiled, self.macs)
         role = piece["role"]
-        service = np.where(role == INGRESS, piece["svc"], self._backend_service[piece["gid"]])
+        service = np.where(role == INGRESS, piece["svc"], self.compiled.backend_service[piece["gid"]])
         proxied = (service >= 0) & (self._mode_of[service] == self._proxy_mode)
         judged = ((role == INGRESS) | (role == EGRESS)) & ~proxied
         role[~judged] = NONE
@@ -772,9 +772,7 @@ class Monitor:
                        & ((win["flags"][rows] & 16) != 0)]
         if not len(replies):
             return False
-        end = (int(win["seq"][row]) + length) & 0xFFFFFFFF
-        acks = win["ack"][replies].astype(np.int64)
-        return bool((((acks - end) & 0xFFFFFFFF) < 1 << 31).any())
+        return bool(reaches(win["ack"][replies], segment_end(win, row)).any())
 
     def _unexplained(self, rows: np.ndarray) -> None:
         """Egress packets no ingress packet explains: duplicates, probes, gaps, or LB208."""
@@ -868,8 +866,7 @@ class Monitor:
             return False
         rows = self.flow_rows(int(win["ckey"][row]))
         sent = rows[(win["role"][rows] == INGRESS) & (win["ts"][rows] >= win["ts"][row] - self.horizon)]
-        end = (int(win["seq"][row]) + int(win["plen"][row])) & 0xFFFFFFFF
-        return bool(((((win["seq"][sent].astype(np.int64) - end) & 0xFFFFFFFF) < 1 << 31)).any())
+        return bool(reaches(win["seq"][sent], (int(win["seq"][row]) + int(win["plen"][row])) & 0xFFFFFFFF).any())
 
     def seen_since(self, showing: int) -> float:
         """Since when the captures show side ``showing`` (0: what clients sent, 1: what the LB sent): a packet
@@ -1067,7 +1064,7 @@ class Monitor:
         hi, lo = table["sa_hi"][rows], table["sa_lo"][rows]
         by_vip, by_backend = self.compiled.address_of(akey(hi, lo))
         by_vip = self.compiled.service_at(hi, lo, table["proto"][rows], table["sport"][rows], by_vip)
-        backend_service = np.array([b.service for b in self.compiled.backends] + [-1])[by_backend]
+        backend_service = self.compiled.backend_service[by_backend]
         out["svc"] = np.where(out["known"], svc, np.where(by_vip >= 0, by_vip, backend_service))
         out["from_backend"] = by_backend >= 0
         out["from_vip"] = by_vip >= 0

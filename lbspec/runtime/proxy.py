@@ -374,7 +374,7 @@ class ProxyTracker:
         vips = self.compiled.service_at(hi, lo, p["proto"][replies], p["sport"][replies],
                                         self.compiled.vip_of(akey(hi, lo)))
         to_client[replies] = np.isin(vips, services)
-        backend_service = np.array([b.service for b in self.compiled.backends] + [-1])[p["gid"]]
+        backend_service = self.compiled.backend_service[p["gid"]]
         ours = np.isin(backend_service, services)
         egress = (p["role"] == EGRESS) & (ours | ((p["gid"] < 0) & ~self.engine.known_clients(p)))
         return tcp & (ingress | to_client | egress | ((p["role"] == BREPLY) & ours))
@@ -422,11 +422,7 @@ class ProxyTracker:
         5-tuple; a backend's packets with their ends swapped); 0 for client-side rows."""
         keys = np.zeros(len(rows), np.uint64)
         sides = np.nonzero((roles == EGRESS) | (roles == BREPLY))[0]
-        back = roles[sides] == BREPLY
-        ends = {k: p[k][rows[sides]] for k in ("proto", "sa_hi", "sa_lo", "da_hi", "da_lo", "sport", "dport")}
-        for near, far in (("sa_hi", "da_hi"), ("sa_lo", "da_lo"), ("sport", "dport")):
-            ends[near], ends[far] = np.where(back, ends[far], ends[near]), np.where(back, ends[near], ends[far])
-        keys[sides] = flow_key(ends)
+        keys[sides] = flow_key(p, rows[sides], reverse=roles[sides] == BREPLY)
         return keys
 
     def _response_checks(self, p: Packets, rows: np.ndarray) -> tuple[list[list[CheckPlan]], list[int]]:
@@ -537,9 +533,9 @@ class ProxyTracker:
             self.unsettled[client.key] = client
         if flags & (_RST | _FIN) and client.closed_at is None:
             client.closed_at = time
-        if flags & _FIN:
-            client.fin = batch.seq[i] + len(batch.payload(i))
         data = batch.payload(i)
+        if flags & _FIN:
+            client.fin = batch.seq[i] + len(data)
         if data:
             client.moved = time
             before = client.reply.next

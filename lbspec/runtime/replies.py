@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lbspec import diagnostics as d
-from lbspec.runtime.classify import BREPLY, CREPLY, INGRESS, flow_key
+from lbspec.runtime.classify import BREPLY, CREPLY, INGRESS, flow_key, reaches, segment_end
 from lbspec.runtime.decode import TCP, Packets
 from lbspec.runtime.evidence import flow_text, witness_of
 from lbspec.runtime.pairing import match
@@ -58,8 +58,7 @@ class ReplyTracker:
         self.engine = engine
         compiled = engine.compiled
         judged = [s.mode in ("nat", "snat") and bool(s.of_kind("reverse")) for s in compiled.services]
-        self.service_of = np.array([b.service for b in compiled.backends] + [-1])  # by gid (-1: none)
-        self.by_backend = np.array(judged + [False])[self.service_of]  # is a reply from this backend judged?
+        self.by_backend = np.array(judged + [False])[compiled.backend_service]  # a reply from it is judged?
         self.active = bool(self.by_backend.any())
         self.snat = [s.index for s, j in zip(compiled.services, judged) if j and s.mode == "snat"]
         # snat: the LB's flows to the backends that carry a client's (the 5-tuple its replies come back on) ->
@@ -91,7 +90,7 @@ class ReplyTracker:
                 kept = [e for e in entries if e.time + self.engine.pair_window < time]
             elif flags & _ACK:
                 ack = int(p["ack"][row])
-                kept = [e for e in entries if e.end is None or (ack - e.end) & 0xFFFFFFFF >= 1 << 31]
+                kept = [e for e in entries if e.end is None or not reaches(ack, e.end)]
             else:
                 continue
             entries[:] = kept
@@ -101,12 +100,8 @@ class ReplyTracker:
         backend carries which client's flow."""
         if service not in self.snat:
             return
-        ends = {k: p[k][egress] for k in ("proto", "sa_hi", "sa_lo", "da_hi", "da_lo", "sport", "dport")}
-        back = dict(ends, sa_hi=ends["da_hi"], sa_lo=ends["da_lo"], da_hi=ends["sa_hi"], da_lo=ends["sa_lo"],
-                    sport=ends["dport"], dport=ends["sport"])
-        times = p["ts"][egress].tolist()
-        self.carried.items.update(zip(flow_key(back).tolist(), ([c, t] for c, t in zip(p["ckey"][ingress].tolist(),
-                                                                                            times))))
+        entries = ([c, t] for c, t in zip(p["ckey"][ingress].tolist(), p["ts"][egress].tolist()))
+        self.carried.items.update(zip(flow_key(p, egress, reverse=True).tolist(), entries))
 
     def pair(self, window: float, before: float = math.inf) -> None:
         """Pair waiting replies (sent before ``before``) with client-side copies at most ``window`` later."""
@@ -162,9 +157,10 @@ class ReplyTracker:
     def _unpaired(self, rows: np.ndarray) -> None:
         engine = self.engine
         win = engine.window
-        snat = np.isin(self.service_of[win["gid"][rows]], self.snat) if self.snat else np.zeros(len(rows), bool)
+        services = engine.compiled.backend_service[win["gid"][rows]]
+        snat = np.isin(services, self.snat) if self.snat else np.zeros(len(rows), bool)
         carried = iter(flow_key(win, rows[snat]).tolist() if snat.any() else ())
-        for row, translated in zip(rows.tolist(), snat.tolist()):
+        for index, (row, translated) in enumerate(zip(rows.tolist(), snat.tolist())):
             if translated:  # sent to the LB's own address: whose flow it is, the LB's carrying of it says
                 entry = self.carried.items.get(next(carried))
                 key = entry[0] if entry is not None else None
@@ -173,7 +169,7 @@ class ReplyTracker:
             opened = engine.clients.items.get(key)  # [service, last seen, VIP (2 words), port] of the client's flow
             if opened is None:
                 continue  # no client's flow: the LB's own checks
-            service = engine.compiled.services[int(self.service_of[win["gid"][row]])]
+            service = engine.compiled.services[int(services[index])]
             checks = [c for c in service.of_kind("reverse") if _in_scope(c, win, row, opened)]
             if not checks or self._answered(row, key):
                 continue
@@ -182,7 +178,7 @@ class ReplyTracker:
                      "bytes": int(win["plen"][row]), "seq": int(win["seq"][row]), "sent": time}
             witness = witness_of(win, [row], engine.sources, engine.options.neighbours) if engine.options.witnesses \
                 else None
-            end = _end(win, row) if win["proto"][row] == TCP else None
+            end = segment_end(win, row) if win["proto"][row] == TCP else None
             self.waiting.setdefault(key, []).append(_Unpaired(time, end, checks, facts, witness))
 
     def _answered(self, row: int, key: int) -> bool:
@@ -199,8 +195,7 @@ class ReplyTracker:
             return True
         if win["proto"][row] != TCP:
             return False
-        acks = win["ack"][later[(flags & _ACK) != 0]].astype(np.int64)
-        return bool((((acks - _end(win, row)) & 0xFFFFFFFF) < 1 << 31).any())
+        return bool(reaches(win["ack"][later[(flags & _ACK) != 0]], segment_end(win, row)).any())
 
     def _verdict(self, key: int, entry: _Unpaired) -> None:
         facts = entry.facts
@@ -208,11 +203,6 @@ class ReplyTracker:
             self.engine.verdict(d.REPLY_NOT_RELAYED, check, key, entry.time, [], lambda: (
                 f"{facts['flow']}: a reply {facts['backend']} sent ({facts['bytes']} bytes) never reached the client",
                 dict(facts)), witness=entry.witness)
-
-
-def _end(p: Packets, row: int) -> int:
-    """The sequence number just past a TCP reply: what the client acknowledges once it has it."""
-    return (int(p["seq"][row]) + int(p["plen"][row]) + (int(p["flags"][row]) & _SYN != 0)) & 0xFFFFFFFF
 
 
 def _in_scope(check, p: Packets, row: int, opened: list) -> bool:
