@@ -16,6 +16,7 @@ say why one cannot run here (None if it can).
 from __future__ import annotations
 
 import abc
+import json
 import re
 import shutil
 import subprocess
@@ -48,7 +49,10 @@ class NftablesDnat:
 
     ``drop_percent`` drops that share of packets to the VIP at random (before
     conntrack); ``drop_reply_percent`` that share of the UDP replies the
-    backends send back through it; ``rewrite_udp_sport`` = (old, new) rewrites the source port of
+    backends send back through it; with ``tcp_data``, both take TCP segments
+    that carry data instead (a client or backend sends them again soon, and
+    the connection goes on), and :meth:`dropped` says how many they took.
+    ``rewrite_udp_sport`` = (old, new) rewrites the source port of
     one UDP flow, packet by packet, after NAT; ``drop_later_fragments`` drops
     IP fragments after the first: ``"ingress"`` those to the VIP, before
     conntrack reassembles them (its defragmentation hooks in at priority
@@ -68,6 +72,7 @@ class NftablesDnat:
     forwards: Sequence[Forward]
     drop_percent: int = 0
     drop_reply_percent: int = 0
+    tcp_data: bool = False
     rewrite_udp_sport: tuple[int, int] | None = None
     drop_later_fragments: str = ""  # "", "ingress" or "egress"
     masquerade: bool = False
@@ -89,13 +94,21 @@ class NftablesDnat:
     def family(self) -> str:
         return _family(self.vip)
 
+    def dropped(self, lab) -> int:
+        """How many packets the drop rules took so far."""
+        listing = json.loads(lab.lb.run("nft", "-j", "list", "table", self.family, self.table))
+        return sum(e["counter"]["packets"] for item in listing["nftables"] for e in item.get("rule", {}).get("expr", ())
+                   if "counter" in e)
+
     def render(self) -> str:
         ip = self.family
         later = "frag frag-off != 0" if ip == "ip6" else "ip frag-off & 0x1fff != 0"  # a fragment after the first
         lines = [f"table {ip} {self.table} {{"]
+        data = "meta l4proto tcp meta length > 100 " if self.tcp_data else ""  # (an ACK with options: 52 or 72)
+        lossy = "numgen random mod 100 < {} counter drop".format
         if self.drop_percent:
             lines += ["  chain faults {", "    type filter hook prerouting priority raw; policy accept;",
-                      f"    {ip} daddr {self.vip} numgen random mod 100 < {self.drop_percent} drop", "  }"]
+                      f"    {ip} daddr {self.vip} {data}{lossy(self.drop_percent)}", "  }"]
         if self.drop_later_fragments == "ingress":
             lines += ["  chain fragments {", "    type filter hook prerouting priority -450; policy accept;",
                       f"    {ip} daddr {self.vip} {later} drop", "  }"]
@@ -114,8 +127,7 @@ class NftablesDnat:
                       f"    udp sport {old} udp sport set {new}", "  }"]
         if self.drop_reply_percent:
             lines += ["  chain replies {", "    type filter hook forward priority filter; policy accept;",
-                      f"    ct direction reply meta l4proto udp numgen random mod 100 < {self.drop_reply_percent} drop",
-                      "  }"]
+                      f"    ct direction reply {data or 'meta l4proto udp '}{lossy(self.drop_reply_percent)}", "  }"]
         lines.append("}")
         if self.drop_later_fragments == "egress":  # after conntrack cut the datagrams again, before the wire
             lines += [f"table netdev {self.table} {{", "  chain fragments {",

@@ -6,7 +6,9 @@ Run inside the client's namespace; prints one JSON document::
         --udp 192.0.2.10:53 --datagrams 30 --interval 0.02 --deadline 20
 
 ``--udp-size BYTES`` pads each datagram to that size: past the path's MTU
-(1500 in the lab), the client's kernel sends it as IP fragments.
+(1500 in the lab), the client's kernel sends it as IP fragments.  ``--tcp-size
+BYTES`` pads each TCP message to that size, ended by a newline, and the client
+reads each answer to its newline.
 
 Every loop is bounded in count, every socket operation by a timeout, and the
 whole run by ``--deadline`` seconds.
@@ -32,7 +34,8 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def _connection(target: tuple[str, int], messages: int, timeout: float, source_port: int | None) -> dict:
+def _connection(target: tuple[str, int], messages: int, timeout: float, source_port: int | None, size: int = 0
+                ) -> dict:
     out = {"proto": "tcp", "answered_by": None, "answers": 0, "error": None, "port": None}
     sock = socket.socket(_family(target[0]), socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -42,8 +45,14 @@ def _connection(target: tuple[str, int], messages: int, timeout: float, source_p
         sock.connect(target)
         out["port"] = sock.getsockname()[1]
         for k in range(messages):
-            sock.sendall(b"hello %d" % k)
+            data = b"hello %d" % k
+            sock.sendall(data + b"." * (size - len(data) - 1) + b"\n" if size else data)
             answer = sock.recv(4096)
+            while size and answer and not answer.endswith(b"\n"):  # (the echo may come in pieces)
+                more = sock.recv(65536)
+                if not more:
+                    break
+                answer += more
             if not answer:
                 break
             out["answered_by"] = answer.split(b":", 1)[0].decode(errors="replace")
@@ -84,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tcp", type=_target, action="append", default=[])
     parser.add_argument("--connections", type=int, default=10)
     parser.add_argument("--messages", type=int, default=2)
+    parser.add_argument("--tcp-size", type=int, default=0, help="pad each TCP message to this many bytes")
     parser.add_argument("--udp", type=_target, action="append", default=[])
     parser.add_argument("--datagrams", type=int, default=10)
     parser.add_argument("--udp-source-port", type=int)
@@ -101,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         for target in args.tcp:
             if time.monotonic() > deadline:
                 break
-            results.append(_connection(target, args.messages, args.timeout, None))
+            results.append(_connection(target, args.messages, args.timeout, None, args.tcp_size))
         time.sleep(args.interval)
     json.dump(results, sys.stdout)
     return 0

@@ -28,6 +28,8 @@ and a datagram cut at other boundaries on each side on its bytes as a whole
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from lbspec.runtime.compiled import Compiled, akey
@@ -35,7 +37,8 @@ from lbspec.runtime.decode import ARP, ICMP6, OK, TCP, UDP, V4_MAPPED, Packets, 
 from lbspec.runtime.proxy_protocol import unframe_datagrams
 
 __all__ = ["NONE", "INGRESS", "EGRESS", "BREPLY", "CREPLY", "TRANSIT", "ROLE_NAMES", "classify", "classify_rows",
-           "assign_backends", "mix", "pair_key", "reply_key", "segment_end", "reaches", "fragment_key", "datagram_id",
+           "assign_backends", "mix", "pair_key", "reply_key", "segment_end", "reaches", "carries", "resent",
+           "fragment_key", "datagram_id",
            "datagram_key", "later_fragment", "weak_keys", "flow_key", "runs_of", "MacTable", "CLIENT", "BACKEND", "COMBINED"]
 
 NONE, INGRESS, EGRESS, BREPLY, CREPLY, TRANSIT = 0, 1, 2, 3, 4, 5
@@ -339,6 +342,26 @@ def reaches(numbers, end: int):
     if isinstance(numbers, np.ndarray):
         return ((numbers.astype(np.int64) - end) & 0xFFFFFFFF) < 1 << 31
     return (numbers - end) & 0xFFFFFFFF < 1 << 31
+
+
+def carries(p: Packets, rows: np.ndarray, number: int) -> np.ndarray:
+    """Which of TCP segments ``rows`` carry sequence number ``number`` (a byte, or their SYN or FIN)."""
+    flags = p["flags"][rows]
+    length = p["plen"][rows] + (flags & _SYN != 0) + (flags & 1 != 0)
+    return ((number - p["seq"][rows].astype(np.int64)) & 0xFFFFFFFF) < length
+
+
+def resent(p: Packets, row: int, rows: np.ndarray) -> float:
+    """When a retransmission of TCP segment ``row`` -- one of ``rows``, later segments of its flow, that carries
+    its first sequence number -- first got across the LB: the time of the earliest one's partner on the other
+    side (``mate``), or inf.  An acknowledgement of the segment from then on may be the retransmission's."""
+    role, ts = p["role"], p["ts"]
+    later = rows[(role[rows] == role[row]) & (ts[rows] > ts[row]) & (p["mate"][rows] >= 0)]
+    carried = later[carries(p, later, int(p["seq"][row]))]
+    serials = p["sn"]
+    at = np.minimum(np.searchsorted(serials, p["mate"][carried]), len(serials) - 1)
+    at = at[serials[at] == p["mate"][carried]]
+    return float(ts[at].min()) if len(at) else math.inf
 
 
 def later_fragment(frag: np.ndarray) -> np.ndarray:

@@ -51,8 +51,8 @@ from lbspec.runtime.balance import Traffic
 from lbspec.runtime.capture import PAD, Frames
 from lbspec.runtime.classify import (
     BREPLY, CREPLY, EGRESS, INGRESS, NONE, TRANSIT, MacTable, assign_backends, classify, classify_rows, datagram_id,
-    datagram_key, fragment_key, later_fragment, mix, pair_key, ported, reaches, runs_of, segment_end, syn_only,
-    weak_keys,
+    datagram_key, fragment_key, later_fragment, mix, pair_key, ported, reaches, resent, runs_of, segment_end,
+    syn_only, weak_keys,
 )
 from lbspec.runtime.compiled import CheckPlan, Compiled, akey, compile_spec, model_packet
 from lbspec.runtime.decode import FRAGMENT, OK, TCP, UDP, WHY, Packets, decode, distinct
@@ -761,7 +761,9 @@ class Monitor:
                      (number, int(win["k_" + self.compiled.modes[number]][row])))
 
     def _acknowledged(self, row: int) -> bool:
-        """Did the backend acknowledge this TCP segment (bytes, SYN or FIN), though no egress copy was seen?"""
+        """Did the backend acknowledge this TCP segment (bytes, SYN or FIN), though no egress copy was seen --
+        before a retransmission of it got across?  Acknowledged only after one, the bytes came with it: this
+        copy was lost in the LB, not by the capture."""
         win = self.window
         flags = int(win["flags"][row])
         length = int(win["plen"][row]) + (flags & 2 != 0) + (flags & 1 != 0)
@@ -770,9 +772,8 @@ class Monitor:
         rows = self.flow_rows(int(win["ckey"][row]))
         replies = rows[(win["role"][rows] == BREPLY) & (win["ts"][rows] >= win["ts"][row])
                        & ((win["flags"][rows] & 16) != 0)]
-        if not len(replies):
-            return False
-        return bool(reaches(win["ack"][replies], segment_end(win, row)).any())
+        acks = replies[reaches(win["ack"][replies], segment_end(win, row))]
+        return bool(len(acks)) and float(win["ts"][acks].min()) < resent(win, row, rows)
 
     def _unexplained(self, rows: np.ndarray) -> None:
         """Egress packets no ingress packet explains: duplicates, probes, gaps, or LB208."""

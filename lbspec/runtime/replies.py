@@ -15,20 +15,23 @@ services (which do not pass the LB) and proxy services (judged as byte streams,
 :mod:`lbspec.runtime.proxy`).
 
 A reply that pairs with nothing, however late, is LB215 -- unless the client acknowledged its bytes (the
-client-side capture missed its copy, or the LB sent it on cut into other segments), looked for until the
-answer timeout as drops wait for the health evidence of their time; or the client reset the flow before the
-reply could reach it; or the client-side capture does not cover when it would have come.
+client-side capture missed its copy, or the LB sent it on cut into other segments) before a retransmission of
+them reached it, looked for until the answer timeout as drops wait for the health evidence of their time; or
+the client reset the flow before the reply could reach it; or the client-side capture does not cover when it
+would have come.  (An acknowledgement after a retransmission got across is the retransmission's: TCP sends a
+lost reply again, and the client acknowledges that.)
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from lbspec import diagnostics as d
-from lbspec.runtime.classify import BREPLY, CREPLY, INGRESS, flow_key, reaches, segment_end
+from lbspec.runtime.classify import BREPLY, CREPLY, INGRESS, carries, flow_key, reaches, resent, segment_end
 from lbspec.runtime.decode import TCP, Packets
 from lbspec.runtime.evidence import flow_text, witness_of
 from lbspec.runtime.pairing import match
@@ -49,6 +52,15 @@ class _Unpaired:
     checks: list
     facts: dict
     witness: Witness | None
+    flow: int  # its flow as the backend sent it (``ckey``), where its retransmissions are
+    seq: int
+    acked: float = math.inf  # when the client first acknowledged its bytes
+    resent: float = math.inf  # when a retransmission of it first reached the client
+
+    @property
+    def excused(self) -> bool:
+        """Did the client acknowledge it before a retransmission could have brought its bytes?"""
+        return self.acked < self.resent
 
 
 class ReplyTracker:
@@ -84,16 +96,14 @@ class ReplyTracker:
         rows = rows[np.isin(p["ckey"][rows], list(self.waiting))]
         for row in rows.tolist():
             entries = self.waiting[int(p["ckey"][row])]
-            flags = int(p["flags"][row])
+            flags, time = int(p["flags"][row]), float(p["ts"][row])
             if flags & _RST:
-                time = float(p["ts"][row])
-                kept = [e for e in entries if e.time + self.engine.pair_window < time]
+                entries[:] = [e for e in entries if e.time + self.engine.pair_window < time]
             elif flags & _ACK:
                 ack = int(p["ack"][row])
-                kept = [e for e in entries if e.end is None or not reaches(ack, e.end)]
-            else:
-                continue
-            entries[:] = kept
+                for entry in entries:
+                    if entry.end is not None and reaches(ack, entry.end):
+                        entry.acked = min(entry.acked, time)
 
     def carry(self, p: Packets, service: int, ingress: np.ndarray, egress: np.ndarray) -> None:
         """Pairs of what clients of ``service`` sent and what the LB sent on: in snat, which flow toward a
@@ -117,8 +127,24 @@ class ReplyTracker:
         key = win["k_reply"]
         a, b = match(key[replies], win["ts"][replies], key[copies], win["ts"][copies], engine.options.tolerance,
                      window)
-        win["done"][replies[a]] = win["done"][copies[b]] = True
+        replies, copies = replies[a], copies[b]
+        win["done"][replies] = win["done"][copies] = True
+        win["mate"][replies], win["mate"][copies] = win["sn"][copies], win["sn"][replies]
         self.paired += len(a)
+        if self.waiting:
+            self._resent(replies, copies)
+
+    def _resent(self, replies: np.ndarray, copies: np.ndarray) -> None:
+        """Note the waiting replies that ``replies``, just paired with ``copies``, retransmit."""
+        win = self.engine.window
+        entries = [e for e in itertools.chain.from_iterable(self.waiting.values()) if e.end is not None]
+        mine = np.isin(win["ckey"][replies], [e.flow for e in entries])
+        replies, copies = replies[mine], copies[mine]
+        for entry in entries if len(replies) else ():
+            same = (win["ckey"][replies] == entry.flow) & (win["ts"][replies] > entry.time)
+            carried = copies[same][carries(win, replies[same], entry.seq)]
+            if len(carried):
+                entry.resent = min(entry.resent, float(win["ts"][carried].min()))
 
     def finalize(self, cutoff: float) -> None:
         """Replies older than ``cutoff`` still unpaired: a last try at any delay, then judged; what may have been
@@ -137,13 +163,13 @@ class ReplyTracker:
             self._unpaired(rows)
 
     def judge(self, cutoff: float) -> None:
-        """Unpaired replies from before ``cutoff`` (those acknowledged since are gone): LB215 where the client-side
-        capture shows when they would have come -- known by now, as it is when drops are judged."""
+        """Unpaired replies from before ``cutoff``, but those :attr:`~_Unpaired.excused`: LB215 where the
+        client-side capture shows when they would have come -- known by now, as it is when drops are judged."""
         engine = self.engine
         since, until = engine.seen_since(0), engine.seen_until(0) - engine.pair_window
         for key in list(self.waiting):
             entries = self.waiting[key]
-            for entry in [e for e in entries if e.time < cutoff]:
+            for entry in [e for e in entries if e.time < cutoff and not e.excused]:
                 if since <= entry.time <= until:
                     self._verdict(key, entry)
                 else:
@@ -171,38 +197,53 @@ class ReplyTracker:
                 continue  # no client's flow: the LB's own checks
             service = engine.compiled.services[int(services[index])]
             checks = [c for c in service.of_kind("reverse") if _in_scope(c, win, row, opened)]
-            if not checks or self._answered(row, key):
+            if not checks:
+                continue
+            sent = self._client_sent(row, key)
+            if self._reset(row, sent):
                 continue
             time = float(win["ts"][row])
             facts = {"flow": flow_text(win, row), "backend": engine.compiled.backends[int(win["gid"][row])].name,
                      "bytes": int(win["plen"][row]), "seq": int(win["seq"][row]), "sent": time}
             witness = witness_of(win, [row], engine.sources, engine.options.neighbours) if engine.options.witnesses \
                 else None
-            end = segment_end(win, row) if win["proto"][row] == TCP else None
-            self.waiting.setdefault(key, []).append(_Unpaired(time, end, checks, facts, witness))
+            entry = _Unpaired(time, None, checks, facts, witness, int(win["ckey"][row]), int(win["seq"][row]))
+            if win["proto"][row] == TCP:
+                entry.end = segment_end(win, row)
+                entry.acked = self._acked(sent, entry.end)
+                entry.resent = resent(win, row, engine.flow_rows(entry.flow))
+                if entry.excused:
+                    continue
+            self.waiting.setdefault(key, []).append(entry)
 
-    def _answered(self, row: int, key: int) -> bool:
-        """Did the client (of flow ``key``) acknowledge the reply's bytes, or reset the flow before they could
-        come, in what the window still shows?"""
-        win = self.engine.window
+    def _client_sent(self, row: int, key: int) -> np.ndarray:
+        """What the client (of flow ``key``) sent from the reply's time on, in what the window still shows."""
+        win, tolerance = self.engine.window, self.engine.options.tolerance
         rows = self.engine.flow_rows(key)
-        time = float(win["ts"][row])
-        later = rows[(win["role"][rows] == INGRESS) & (win["ts"][rows] >= time - self.engine.options.tolerance)]
-        if not len(later):
-            return False
-        flags = win["flags"][later]
-        if ((flags & _RST != 0) & (win["ts"][later] <= time + self.engine.pair_window)).any():
-            return True
-        if win["proto"][row] != TCP:
-            return False
-        return bool(reaches(win["ack"][later[(flags & _ACK) != 0]], segment_end(win, row)).any())
+        return rows[(win["role"][rows] == INGRESS) & (win["ts"][rows] >= win["ts"][row] - tolerance)]
+
+    def _reset(self, row: int, sent: np.ndarray) -> bool:
+        """Did the client reset the flow (``sent``: what it sent since) before the reply could reach it?"""
+        win = self.engine.window
+        resets = sent[(win["flags"][sent] & _RST) != 0]
+        return bool((win["ts"][resets] <= win["ts"][row] + self.engine.pair_window).any())
+
+    def _acked(self, rows: np.ndarray, end: int) -> float:
+        """When the first of ``rows`` that acknowledges up to ``end`` was sent (inf: none)."""
+        win = self.engine.window
+        acks = rows[(win["flags"][rows] & _ACK) != 0]
+        acks = acks[reaches(win["ack"][acks], end)]
+        return float(win["ts"][acks].min()) if len(acks) else math.inf
 
     def _verdict(self, key: int, entry: _Unpaired) -> None:
         facts = entry.facts
+        if entry.resent < math.inf:
+            facts["resent"] = entry.resent
+        again = " (its retransmission did)" if "resent" in facts else ""
         for check in entry.checks:
             self.engine.verdict(d.REPLY_NOT_RELAYED, check, key, entry.time, [], lambda: (
-                f"{facts['flow']}: a reply {facts['backend']} sent ({facts['bytes']} bytes) never reached the client",
-                dict(facts)), witness=entry.witness)
+                f"{facts['flow']}: a reply {facts['backend']} sent ({facts['bytes']} bytes) never reached the "
+                f"client{again}", dict(facts)), witness=entry.witness)
 
 
 def _in_scope(check, p: Packets, row: int, opened: list) -> bool:

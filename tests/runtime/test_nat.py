@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from scapy.compat import raw
 from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from .scenario import Scenario, codes, spec
+from .scenario import LB_MAC, Scenario, backend_mac, codes, spec
 
 SPEC = spec()
 
@@ -314,6 +315,25 @@ def test_bytes_the_backend_acknowledged_are_a_capture_gap_not_a_drop(nat):
     assert codes(report) == ["LB209"]
 
 
+@pytest.mark.parametrize(("acked_at", "expected"), [(0.0265, ["LB200"]), (0.022, ["LB209"])])
+def test_a_segment_whose_retransmission_got_through_was_lost_in_the_lb(nat, acked_at, expected):
+    """The LB loses a segment; the client sends it again 5 ms later (a tail loss probe), and that one gets
+    through; the backend acknowledges the bytes.  Acknowledged after the retransmission reached it, they are the
+    retransmission's: LB200.  Acknowledged before it (a needless retransmission), the first copy did arrive and
+    the capture missed it: a gap."""
+    flow = nat.flow("10.1.0.11", drop={2})
+    (lost,) = [p.packet for p in nat.packets if p.side == "client" and TCP in p.packet
+               and p.packet[TCP].seq == flow["seq"] + 6]
+    nat.add(0.025, "client", lost.copy())
+    nat.add(0.0255, "backend", nat._retarget(nat.egress(lost.copy(), "10.1.0.11", "203.0.113.7", flow["cport"], 0),
+                                             8080))
+    ack = IP(src="10.1.0.11", dst="203.0.113.7") / TCP(sport=8080, dport=flow["cport"], flags="A", seq=777,
+                                                        ack=flow["seq"] + 16)
+    nat.add(acked_at, "backend", Ether(src=backend_mac("10.1.0.11"), dst=LB_MAC) / ack)
+    report = nat.judge(SPEC)
+    assert codes(report) == expected
+
+
 def test_assert_only_names_the_backends_traffic_may_reach(nat):
     nat.flow("10.1.0.11", vport=9000, bport=9000)
     text = spec(listen="tcp 80, 9000", rule="forward tcp 80 to app port 8080\n    forward tcp 9000 to app",
@@ -396,12 +416,8 @@ def test_udp_to_the_gue_port_is_no_tunnel_without_a_gue_service(nat):
 def test_traffic_to_no_backend_at_the_start_of_a_capture_is_not_left_unjudged(nat):
     """A bridge's multicast report before any client packet is no packet of a client's: nothing there was
     the capture's to show, so it is not counted among the packets left unjudged at the edges."""
-    from scapy.layers.l2 import Ether
-
-    from .scenario import LB_MAC
-
-    nat.add(0.0, "backend", Ether(src=LB_MAC, dst="01:00:5e:00:00:16") / IP(src="10.1.0.1", dst="224.0.0.22", ttl=1, proto=2)
-            / Raw(b"\x22\x00\xfa\x01\x00\x00\x00\x00"))
+    nat.add(0.0, "backend", Ether(src=LB_MAC, dst="01:00:5e:00:00:16")
+            / IP(src="10.1.0.1", dst="224.0.0.22", ttl=1, proto=2) / Raw(b"\x22\x00\xfa\x01\x00\x00\x00\x00"))
     nat.flow("10.1.0.11", 0.01)
     report = nat.judge(SPEC)
     assert codes(report) == []

@@ -95,6 +95,25 @@ def test_replies_the_client_got_or_had_no_use_for_are_no_LB215(case):
     assert codes(scenario.judge(SPEC)) == []
 
 
+@pytest.mark.parametrize(("resent", "acked", "expected"), [
+    (0.025, 0.026, ["LB215"]),  # a tail loss probe, acknowledged in the pairing window
+    (0.4, 0.41, ["LB215"]),  # a retransmission on timeout, acknowledged only later
+    (0.025, 0.022, []),  # acknowledged before it was sent again: the capture missed the first copy
+])
+def test_a_reply_whose_retransmission_got_through_was_lost_in_the_lb(resent, acked, expected):
+    """TCP sends a lost reply again, and the client acknowledges the bytes: they came with the retransmission,
+    and the first copy was lost in the LB -- unless the client acknowledged them before they were sent again."""
+    scenario = Scenario("nat")
+    cport = scenario.flow("10.1.0.11", segments=1)["cport"]
+    _reply(scenario, cport, 0.02, 778, b"x" * 100, relayed=False)
+    _reply(scenario, cport, resent, 778, b"x" * 100, relayed=True)
+    _client(scenario, cport, acked, "A", 878)
+    scenario.flow("10.1.0.12", 0.2, segments=1)  # other traffic meanwhile, to move time on
+    report = scenario.judge(SPEC)
+    assert codes(report) == expected
+    assert all(v.data["resent"] > v.data["sent"] for v in report.violations)
+
+
 def test_replies_are_not_judged_where_the_client_side_capture_does_not_show_them(nat, monkeypatch):
     cport = nat.flow("10.1.0.11", segments=1)["cport"]
     _reply(nat, cport, 0.3, 778, b"x" * 100, relayed=False)
