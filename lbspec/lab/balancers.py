@@ -61,7 +61,12 @@ class NftablesDnat:
     only the first fragment of each datagram gets there.  ``masquerade``
     also rewrites the source of what goes to the backends to the LB's own
     address there (full NAT: ``mode snat``), as an LB in front of backends
-    that do not route back through it must.
+    that do not route back through it must.  ``stateless`` translates packet
+    by packet, with no connection tracking: each packet to the VIP goes to the
+    next target, and the targets' answers are translated back -- an LB that
+    forgets its connections, which breaks every TCP connection it carries
+    (the targets of a forward then share one port).  A target listed twice
+    takes twice the share.
 
     Conntrack reassembles fragmented datagrams before NAT and cuts them again
     at the sizes they came in, keeping the IP ID: the backend side shows the
@@ -76,6 +81,7 @@ class NftablesDnat:
     rewrite_udp_sport: tuple[int, int] | None = None
     drop_later_fragments: str = ""  # "", "ingress" or "egress"
     masquerade: bool = False
+    stateless: bool = False
     device: str = ""  # where "egress" drops them
     table: str = "lbspec"
     script: str = field(default="", init=False)
@@ -93,6 +99,32 @@ class NftablesDnat:
     @property
     def family(self) -> str:
         return _family(self.vip)
+
+    def _balance(self) -> list[str]:
+        ip, lines = self.family, ["  chain balance {", "    type nat hook prerouting priority dstnat; policy accept;"]
+        for forward in self.forwards:
+            choices = ", ".join(f"{i} : {address} . {port}" for i, (address, port) in enumerate(forward.targets))
+            lines.append(f"    {ip} daddr {self.vip} {forward.proto} dport {forward.port} dnat {ip} addr . port to "
+                         f"numgen inc mod {len(forward.targets)} map {{ {choices} }}")
+        return lines + ["  }"]
+
+    def _stateless(self) -> list[str]:
+        ip = self.family
+        untracked = ["  chain untracked {", "    type filter hook prerouting priority raw; policy accept;",
+                     f"    {ip} daddr {self.vip} notrack"]
+        back = ["  chain back {", "    type filter hook forward priority filter; policy accept;"]
+        for forward in self.forwards:
+            ports = {port for _address, port in forward.targets}
+            if len(ports) != 1:
+                raise LabError(f"a stateless forward sends to one port, not {sorted(ports)}")
+            (port,), addresses = ports, sorted({address for address, _port in forward.targets})
+            choices = ", ".join(f"{i} : {address}" for i, (address, _port) in enumerate(forward.targets))
+            untracked += [f"    {ip} saddr {{ {', '.join(addresses)} }} {forward.proto} sport {port} notrack",
+                          f"    {ip} daddr {self.vip} {forward.proto} dport {forward.port} {ip} daddr set numgen inc "
+                          f"mod {len(forward.targets)} map {{ {choices} }} {forward.proto} dport set {port}"]
+            back.append(f"    {ip} saddr {{ {', '.join(addresses)} }} {forward.proto} sport {port} {ip} saddr set "
+                        f"{self.vip} {forward.proto} sport set {forward.port}")
+        return untracked + ["  }"] + back + ["  }"]
 
     def dropped(self, lab) -> int:
         """How many packets the drop rules took so far."""
@@ -112,12 +144,7 @@ class NftablesDnat:
         if self.drop_later_fragments == "ingress":
             lines += ["  chain fragments {", "    type filter hook prerouting priority -450; policy accept;",
                       f"    {ip} daddr {self.vip} {later} drop", "  }"]
-        lines += ["  chain balance {", "    type nat hook prerouting priority dstnat; policy accept;"]
-        for forward in self.forwards:
-            choices = ", ".join(f"{i} : {address} . {port}" for i, (address, port) in enumerate(forward.targets))
-            lines.append(f"    {ip} daddr {self.vip} {forward.proto} dport {forward.port} dnat {ip} addr . port to "
-                         f"numgen inc mod {len(forward.targets)} map {{ {choices} }}")
-        lines.append("  }")
+        lines += self._stateless() if self.stateless else self._balance()
         if self.masquerade:
             lines += ["  chain source {", "    type nat hook postrouting priority srcnat; policy accept;",
                       f'    oifname "{self.device}" masquerade', "  }"]

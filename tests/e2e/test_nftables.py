@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from lbspec.lab import VIP
+from lbspec.lab import VIP, Forward, NftablesDnat
 
-from .helpers import (TARGET, dnat, dnat_spec, endpoint, imported_ruleset, judged_clean, monitor,
+from .helpers import (DECLARED, TARGET, dnat, dnat_spec, endpoint, imported_ruleset, judged_clean, monitor,
                       random_drops_are_LB200, run_monitor, verdicts)
 
 pytestmark = pytest.mark.e2e
@@ -98,6 +98,34 @@ def test_tcp_segments_dropped_at_random_are_flagged_though_tcp_sent_them_again(l
     found = verdicts(document)
     assert set(found) == {code} and exit_code == 1
     assert sum(v["data"]["count"] for v in found[code]) == dropped
+
+
+def test_an_lb_that_forgets_its_connections_breaks_each_one_LB201(lab, tmp_path):
+    """Balancing packet by packet, with no connection tracking, sends each connection's packets to one backend
+    after the other (the second knows nothing of it and resets it): an affinity break in every connection."""
+    lab.install(dnat(lab, stateless=True))
+    with lab.capture(tmp_path) as capture:
+        results = lab.traffic(tcp=[TARGET], connections=6, interval=0.01)
+    assert any(r["error"] is not None for r in results)
+    code, document = monitor(dnat_spec(tmp_path, lab), capture)
+    found = verdicts(document)
+    assert set(found) == {"LB201"} and code == 1
+    assert len({v["data"]["flow"] for v in found["LB201"]}) == len(results)
+    assert {v["data"]["previous_backend"] for v in found["LB201"]} <= set(DECLARED)
+
+
+def test_targets_out_of_the_spec_s_weights_are_LB206(lab, tmp_path):
+    """The LB sends three connections in four to b1, where the spec gives b1 and b2 the same weight."""
+    b1, b2 = ((lab.address(name), 8080) for name in DECLARED)
+    lab.install(NftablesDnat(lab.vip, [Forward("tcp", 80, [b1, b1, b1, b2])]))
+    with lab.capture(tmp_path) as capture:
+        results = lab.traffic(tcp=[TARGET], connections=60, messages=1, interval=0.005)
+    assert all(r["error"] is None for r in results)
+    code, document = monitor(dnat_spec(tmp_path, lab), capture)
+    found = verdicts(document)
+    assert set(found) == {"LB206"} and code == 1
+    facts = found["LB206"][0]["data"]
+    assert facts["backends"]["b1"]["share"] == 0.75 and facts["p_value"] < 0.001
 
 
 def test_large_udp_datagrams_in_fragments_have_no_violation(lab, tmp_path):
