@@ -163,6 +163,23 @@ def test_fragments_after_the_first_dropped_are_LB200(lab, tmp_path, where, lost)
     assert lost * 7 <= sum(v["data"]["count"] for v in found["LB200"]) <= lost * 8
 
 
+def test_datagrams_sent_on_twice_are_LB205(lab, tmp_path):
+    """Each datagram to b1 is duplicated on its way (nftables `dup`): the backend gets it twice, though the
+    client sent it once."""
+    lab.install(dnat(lab))
+    b1 = lab.address("b1")
+    lab.lb.run("nft", "-f", "-", input=f"table ip twice {{\n chain f {{ type filter hook forward priority 10; "
+               f"policy accept;\n  ip daddr {b1} udp dport 5353 dup to {b1} device {lab.backend_interface}\n }}\n}}\n")
+    with lab.capture(tmp_path) as capture:
+        results = lab.traffic(udp=[f"{VIP}:53"], datagrams=4, timeout=0.5)  # one flow: all four to b1
+        lab.traffic(tcp=[f"{VIP}:80"], connections=4)
+    assert all(r["answered_by"] == "b1" for r in results)
+    code, document = monitor(dnat_spec(tmp_path, lab), capture)
+    found = verdicts(document)
+    assert set(found) == {"LB205"} and code == 1
+    assert sum(v["data"]["count"] for v in found["LB205"]) == 4
+
+
 def test_stateless_rewriting_of_one_udp_flow_is_LB204(lab, tmp_path):
     lab.install(dnat(lab, rewrite_udp_sport=(40001, 40999)))
     with lab.capture(tmp_path) as capture:
