@@ -37,9 +37,9 @@ from lbspec.runtime.decode import ARP, ICMP6, OK, TCP, UDP, V4_MAPPED, Packets, 
 from lbspec.runtime.proxy_protocol import unframe_datagrams
 
 __all__ = ["NONE", "INGRESS", "EGRESS", "BREPLY", "CREPLY", "TRANSIT", "ROLE_NAMES", "classify", "classify_rows",
-           "assign_backends", "mix", "pair_key", "reply_key", "segment_end", "reaches", "carries", "resent",
-           "fragment_key", "datagram_id",
-           "datagram_key", "later_fragment", "weak_keys", "flow_key", "runs_of", "MacTable", "CLIENT", "BACKEND", "COMBINED"]
+           "assign_backends", "mix", "pair_key", "reply_key", "segment_length", "segment_end", "reaches", "carries",
+           "resent", "fragment_key", "datagram_id", "datagram_key", "later_fragment", "weak_keys", "flow_key",
+           "runs_of", "MacTable", "CLIENT", "BACKEND", "COMBINED"]
 
 NONE, INGRESS, EGRESS, BREPLY, CREPLY, TRANSIT = 0, 1, 2, 3, 4, 5
 ROLE_NAMES = {NONE: "other", INGRESS: "ingress", EGRESS: "egress", BREPLY: "backend-reply",
@@ -329,11 +329,16 @@ def reply_key(p: Packets, rows: np.ndarray) -> np.ndarray:
     return mix([get("proto"), get("seq"), get("ack"), get("flags"), get("plen"), digest])
 
 
+def segment_length(p: Packets, rows):
+    """How many sequence numbers TCP segments take (``rows``: an array, or one): their bytes, and one for a SYN
+    or FIN."""
+    flags = p["flags"][rows]
+    return p["plen"][rows] + (flags & _SYN != 0) + (flags & 1 != 0)
+
+
 def segment_end(p: Packets, row: int) -> int:
-    """The sequence number just past a TCP segment (its bytes, and a SYN or FIN takes one): what the other end
-    acknowledges once it has it."""
-    flags = int(p["flags"][row])
-    return (int(p["seq"][row]) + int(p["plen"][row]) + (flags & _SYN != 0) + (flags & 1 != 0)) & 0xFFFFFFFF
+    """The sequence number just past a TCP segment: what the other end acknowledges once it has it."""
+    return (int(p["seq"][row]) + int(segment_length(p, row))) & 0xFFFFFFFF
 
 
 def reaches(numbers, end: int):
@@ -346,9 +351,7 @@ def reaches(numbers, end: int):
 
 def carries(p: Packets, rows: np.ndarray, number: int) -> np.ndarray:
     """Which of TCP segments ``rows`` carry sequence number ``number`` (a byte, or their SYN or FIN)."""
-    flags = p["flags"][rows]
-    length = p["plen"][rows] + (flags & _SYN != 0) + (flags & 1 != 0)
-    return ((number - p["seq"][rows].astype(np.int64)) & 0xFFFFFFFF) < length
+    return ((number - p["seq"][rows].astype(np.int64)) & 0xFFFFFFFF) < segment_length(p, rows)
 
 
 def resent(p: Packets, row: int, rows: np.ndarray) -> float:

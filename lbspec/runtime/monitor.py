@@ -52,7 +52,7 @@ from lbspec.runtime.capture import PAD, Frames
 from lbspec.runtime.classify import (
     BREPLY, CREPLY, EGRESS, INGRESS, NONE, TRANSIT, MacTable, assign_backends, classify, classify_rows, datagram_id,
     datagram_key, fragment_key, later_fragment, mix, pair_key, ported, reaches, resent, runs_of, segment_end,
-    syn_only, weak_keys,
+    segment_length, syn_only, weak_keys,
 )
 from lbspec.runtime.compiled import CheckPlan, Compiled, akey, compile_spec, model_packet
 from lbspec.runtime.decode import FRAGMENT, OK, TCP, UDP, WHY, Packets, decode, distinct
@@ -765,10 +765,8 @@ class Monitor:
         before a retransmission of it got across?  Acknowledged only after one, the bytes came with it: this
         copy was lost in the LB, not by the capture."""
         win = self.window
-        flags = int(win["flags"][row])
-        length = int(win["plen"][row]) + (flags & 2 != 0) + (flags & 1 != 0)
-        if win["proto"][row] != TCP or length == 0 or win["frag"][row] > 1:  # a fragment has no sequence number
-            return False
+        if win["proto"][row] != TCP or win["frag"][row] > 1 or segment_length(win, row) == 0:
+            return False  # (a fragment after the first has no sequence number)
         rows = self.flow_rows(int(win["ckey"][row]))
         replies = rows[(win["role"][rows] == BREPLY) & (win["ts"][rows] >= win["ts"][row])
                        & ((win["flags"][rows] & 16) != 0)]
