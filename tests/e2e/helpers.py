@@ -109,6 +109,23 @@ def random_drops_are_LB200(lab, directory: Path, spec: str) -> None:
     assert lost - at_edge <= sum(v["data"]["count"] for v in found["LB200"]) <= lost
 
 
+def tcp_drops_are_flagged(lab, directory: Path, fault: str, code: str) -> None:
+    """``lab``'s DNAT drops some TCP segments that carry data (``fault``: clients' or backends'): TCP sends each
+    again, that copy gets through, and the bytes are acknowledged -- the retransmission's, so each copy lost is
+    flagged (``code``), once, and none is taken for a capture gap.  Counted by the LB's rule."""
+    balancer = dnat(lab, tcp_data=True, **{fault: 15})
+    lab.install(balancer)
+    with lab.capture(directory) as capture:
+        results = lab.traffic(tcp=[endpoint(lab.vip, 80)], connections=8, messages=10, tcp_size=1400, timeout=5)
+    assert all(r["error"] is None and r["answers"] == 10 for r in results)
+    dropped = balancer.dropped(lab)
+    assert dropped > 0, "nothing was dropped: the fault was not injected"
+    exit_code, document = monitor(dnat_spec(directory, lab), capture)
+    found = verdicts(document)
+    assert set(found) == {code} and exit_code == 1
+    assert sum(v["data"]["count"] for v in found[code]) == dropped
+
+
 def verdicts(document: dict) -> dict[str, list[dict]]:
     found: dict[str, list[dict]] = {}
     for item in document["diagnostics"]:

@@ -18,7 +18,7 @@ import pytest
 from lbspec.lab import VIP, Forward, NftablesDnat
 
 from .helpers import (DECLARED, TARGET, dnat, dnat_spec, endpoint, imported_ruleset, judged_clean, monitor,
-                      random_drops_are_LB200, run_monitor, verdicts)
+                      random_drops_are_LB200, run_monitor, tcp_drops_are_flagged, verdicts)
 
 pytestmark = pytest.mark.e2e
 
@@ -84,20 +84,7 @@ def test_replies_dropped_at_random_are_LB215(lab, tmp_path):
 
 @pytest.mark.parametrize(("fault", "code"), [("drop_percent", "LB200"), ("drop_reply_percent", "LB215")])
 def test_tcp_segments_dropped_at_random_are_flagged_though_tcp_sent_them_again(lab, tmp_path, fault, code):
-    """The LB drops some TCP segments that carry data: clients' (LB200) or backends' answers (LB215).  TCP
-    sends each again, that copy gets through, and the bytes are acknowledged -- the retransmission's, so each
-    copy lost is flagged, once, and none is taken for a capture gap."""
-    balancer = dnat(lab, tcp_data=True, **{fault: 15})
-    lab.install(balancer)
-    with lab.capture(tmp_path) as capture:
-        results = lab.traffic(tcp=[TARGET], connections=8, messages=10, tcp_size=1400, timeout=5)
-    assert all(r["error"] is None and r["answers"] == 10 for r in results)
-    dropped = balancer.dropped(lab)
-    assert dropped > 0, "nothing was dropped: the fault was not injected"
-    exit_code, document = monitor(dnat_spec(tmp_path, lab), capture)
-    found = verdicts(document)
-    assert set(found) == {code} and exit_code == 1
-    assert sum(v["data"]["count"] for v in found[code]) == dropped
+    tcp_drops_are_flagged(lab, tmp_path, fault, code)
 
 
 def test_an_lb_that_forgets_its_connections_breaks_each_one_LB201(lab, tmp_path):
