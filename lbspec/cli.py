@@ -20,7 +20,7 @@ from typing import TextIO
 
 from lbspec import __version__
 from lbspec import diagnostics as d
-from lbspec.loader import Loaded, load_path, load_text, no_service, read_source
+from lbspec.loader import Loaded, load_path, load_services, load_text, read_source
 from lbspec.options import count, positive, replace_file, witness_directory
 from lbspec.render import render_json, render_text
 from lbspec.render.text import make_console
@@ -311,7 +311,7 @@ def _run_check(args: argparse.Namespace, io: _Streams) -> int:
         witness_directory(args.witness_dir)
     results = []
     for name in args.files:
-        loaded = _load_services(name)
+        loaded = load_services(name)
         found = list(loaded.diagnostics)
         if loaded.ok and not args.front_end_only:
             with _Progress(io, name, len(loaded.spec.services), not args.no_progress) as advance:
@@ -323,14 +323,6 @@ def _run_check(args: argparse.Namespace, io: _Streams) -> int:
     if args.witness_dir and not _write_witnesses(args.witness_dir, results, io):
         return EXIT_ERROR
     return _exit_code(everything, failed, args.exit_zero)
-
-
-def _load_services(name: str) -> Loaded:
-    """A spec to check: one with no service (an empty file, a file of properties) is an input error."""
-    loaded = load_path(name)
-    if loaded.ok and not loaded.spec.services:
-        return Loaded(None, [*loaded.diagnostics, no_service(name)], loaded.sources)
-    return loaded
 
 
 class _Progress:

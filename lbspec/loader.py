@@ -18,7 +18,7 @@ from lbspec.semantics.model import Spec
 from lbspec.semantics.resolve import resolve
 from lbspec.syntax.cache import parse_file
 
-__all__ = ["Loaded", "load_path", "load_text", "library_files", "read_source", "no_service"]
+__all__ = ["Loaded", "load_path", "load_services", "load_text", "library_files", "read_source", "no_service"]
 
 LIBRARY_PREFIX = "<library>/"
 
@@ -79,6 +79,15 @@ def load_path(path: str | os.PathLike) -> Loaded:
     if text is None:
         return Loaded(None, [d.UNREADABLE.at(None, path=name, reason=reason, data={"path": name})])
     return _load(text, name, Path(name).resolve())
+
+
+def load_services(path: str | os.PathLike) -> Loaded:
+    """A spec to check or to monitor traffic with: one that declares no service (an empty file, a file of
+    properties) is an input error, LB026."""
+    loaded = load_path(path)
+    if loaded.ok and not loaded.spec.services:
+        return Loaded(None, [*loaded.diagnostics, no_service(path)], loaded.sources)
+    return loaded
 
 
 def load_text(text: str, filename: str = "<string>", base: str | os.PathLike | None = None) -> Loaded:

@@ -93,10 +93,10 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, color: bool) -
 
 def _run(args, stdout: TextIO, stderr: TextIO, color: bool) -> int:
     from lbspec.diagnostics import WITNESS_UNWRITTEN
-    from lbspec.loader import load_path
+    from lbspec.loader import load_services
     from lbspec.render import render_text
 
-    loaded = load_path(args.spec)
+    loaded = load_services(args.spec)
     if not loaded.ok:
         render_text(loaded.diagnostics, loaded.sources, stderr, color)
         stderr.write(f"lbspec monitor: {args.spec} is not a valid spec\n")

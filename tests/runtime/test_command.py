@@ -434,6 +434,13 @@ def test_an_invalid_spec_exits_2(cli, spec_file, captures):
     assert run.code == 2 and "LB004" in run.err
 
 
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", 'property mine "mine" {\n    never forward twice\n}\n'])
+def test_a_spec_that_declares_no_service_is_LB026_and_exits_2(cli, spec_file, captures, text):
+    """Nothing to hold the traffic to: not a pass with no violations."""
+    run = cli("monitor", spec_file(text), str(captures[0]))
+    assert run.code == 2 and "LB026" in run.err
+
+
 def test_damage_is_reported_as_LB210_and_the_rest_is_judged(cli, spec_path, captures):
     data = captures[0].read_bytes()
     captures[0].write_bytes(data[:-7])
