@@ -128,9 +128,7 @@ class NftablesDnat:
 
     def dropped(self, lab) -> int:
         """How many packets the drop rules took so far."""
-        listing = json.loads(lab.lb.run("nft", "-j", "list", "table", self.family, self.table))
-        return sum(e["counter"]["packets"] for item in listing["nftables"] for e in item.get("rule", {}).get("expr", ())
-                   if "counter" in e)
+        return counted(lab, self.family, self.table)
 
     def render(self) -> str:
         ip = self.family
@@ -198,6 +196,13 @@ class NftablesDsr:
         lines += [f"    {ip} daddr {self.vip} ether saddr set {BRIDGE_MAC} ether daddr set jhash {ip} saddr . th sport "
                   f'mod {len(macs)} map {{ {choices} }} fwd to "{egress}"', "  }", "}"]
         return "\n".join(lines) + "\n"
+
+
+def counted(lab, family: str, table: str) -> int:
+    """How many packets the counters of an nftables table in the LB's namespace have counted."""
+    listing = json.loads(lab.lb.run("nft", "-j", "list", "table", family, table))
+    return sum(e["counter"]["packets"] for item in listing["nftables"] for e in item.get("rule", {}).get("expr", ())
+               if "counter" in e)
 
 
 def _family(vip: str) -> str:

@@ -161,10 +161,11 @@ def classify_rows(p: Packets, compiled: Compiled) -> None:
     paired = np.nonzero((role == INGRESS) | (role == EGRESS))[0]  # only these are keyed (0 elsewhere)
     for mode in compiled.modes:
         p["k_" + mode] = _scattered(n, paired, pair_key(p, "snat" if mode == "proxy" else mode, paired))
-    if "nat" in compiled.modes or "snat" in compiled.modes:  # replies carrying something (lbspec.runtime.replies)
+    if {"nat", "snat", "proxy"} & set(compiled.modes):  # replies carrying something (lbspec.runtime.replies)
         carrying = (p["plen"] > 0) | ((p["flags"] & (_SYN | _ACK)) == (_SYN | _ACK))
+        tcp = bool({"nat", "snat"} & set(compiled.modes))  # (a proxy's TCP is byte streams)
         replies = np.nonzero(((role == BREPLY) | (role == CREPLY)) & carrying & (p["frag"] == 0)
-                             & ((p["proto"] == TCP) | (p["proto"] == UDP)))[0]
+                             & ((tcp & (p["proto"] == TCP)) | (p["proto"] == UDP)))[0]
         fill_digests(p, replies[p["proto"][replies] == UDP])
         p["k_reply"] = _scattered(n, replies, reply_key(p, replies))
 

@@ -1,4 +1,5 @@
-"""Replies through a nat load balancer: each one a backend sends back must reach the client (LB215).
+"""Replies through a nat load balancer (or a proxy's UDP): each one a backend sends back must reach the client
+(LB215).
 
 In nat and snat mode the LB translates a reply back -- its source becomes the VIP and port the client used
 (and in snat its destination the client's) -- and changes nothing else.  So a backend's reply (backend side)
@@ -8,10 +9,11 @@ client packets pair with what the LB sent on.
 
 Judged (property ``reverse_path``: replies reach the client, from the VIP): replies that carry bytes, and
 SYN-ACKs, of TCP and UDP flows a client opened through a nat or snat service (in snat, a flow the LB is
-seen to carry for a client: its own checks go to the backends from the same address).  Not judged: pure
+seen to carry for a client: its own checks go to the backends from the same address), and the UDP answers of
+a proxy service (nginx `stream` relays each datagram both ways, as snat would).  Not judged: pure
 ACKs, FINs and RSTs (an LB may rightly drop those that come after a connection is over, and no byte is lost
 with them); ICMP errors (the headers they quote are translated); IP fragments; replies of dsr and tunnel
-services (which do not pass the LB) and proxy services (judged as byte streams,
+services (which do not pass the LB) and the TCP of proxy services (judged as byte streams,
 :mod:`lbspec.runtime.proxy`).
 
 A reply that pairs with nothing, however late, is LB215 -- unless the client acknowledged its bytes (the
@@ -32,7 +34,7 @@ import numpy as np
 
 from lbspec import diagnostics as d
 from lbspec.runtime.classify import BREPLY, CREPLY, INGRESS, carries, flow_key, reaches, resent, segment_end
-from lbspec.runtime.decode import TCP, Packets
+from lbspec.runtime.decode import TCP, UDP, Packets
 from lbspec.runtime.evidence import flow_text, witness_of
 from lbspec.runtime.pairing import match
 from lbspec.runtime.state import FlowTable
@@ -69,10 +71,12 @@ class ReplyTracker:
     def __init__(self, engine):
         self.engine = engine
         compiled = engine.compiled
-        judged = [s.mode in ("nat", "snat") and bool(s.of_kind("reverse")) for s in compiled.services]
+        judged = [s.mode in ("nat", "snat", "proxy") and bool(s.of_kind("reverse")) for s in compiled.services]
         self.by_backend = np.array(judged + [False])[compiled.backend_service]  # a reply from it is judged?
+        self.udp_only = compiled.proxied  # a proxy's TCP is byte streams (lbspec.runtime.proxy)
         self.active = bool(self.by_backend.any())
-        self.snat = [s.index for s, j in zip(compiled.services, judged) if j and s.mode == "snat"]
+        # replies to the LB's own address: snat, and a proxy's UDP (it relays each datagram as snat would)
+        self.snat = [s.index for s, j in zip(compiled.services, judged) if j and s.mode in ("snat", "proxy")]
         # snat: the LB's flows to the backends that carry a client's (the 5-tuple its replies come back on) ->
         # [the client's flow, last seen]
         self.carried = FlowTable(engine.options.max_flows, engine.clients.timeout)
@@ -85,8 +89,9 @@ class ReplyTracker:
         when no service is judged."""
         if not self.active:
             return None
-        role = p["role"]
-        return (p["k_reply"] != 0) & ((role == CREPLY) | ((role == BREPLY) & self.by_backend[p["gid"]]))
+        role, gid = p["role"], p["gid"]
+        judged = self.by_backend[gid] & (~self.udp_only[gid] | (p["proto"] == UDP))
+        return (p["k_reply"] != 0) & ((role == CREPLY) | ((role == BREPLY) & judged))
 
     def observe(self, p: Packets) -> None:
         """Clients' acknowledgements (and resets) of flows with replies awaiting one."""

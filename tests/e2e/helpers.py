@@ -51,6 +51,13 @@ def dnat(lab, names=DECLARED, **faults) -> NftablesDnat:
                                   Forward("udp", 53, [(lab.address(n), 5353) for n in names])], **faults)
 
 
+def also(lab, hook: str, rule: str) -> str:
+    """One more nftables rule in the LB, in a table of its own (returned), on ``hook`` (with its priority)."""
+    lab.lb.run("nft", "-f", "-", input=f"table ip also {{\n chain c {{ type filter hook {hook}; policy accept;\n"
+                                       f"  {rule}\n }}\n}}\n")
+    return "also"
+
+
 def imported(kind: str, config: Path, directory: Path, name: str = "imported.lbspec") -> str:
     """The spec `lbspec import` makes of ``config`` (the very file the proxy runs)."""
     path = directory / name

@@ -17,7 +17,7 @@ import pytest
 
 from lbspec.lab import VIP, Forward, NftablesDnat
 
-from .helpers import (DECLARED, TARGET, dnat, dnat_spec, endpoint, imported_ruleset, judged_clean, monitor,
+from .helpers import (DECLARED, TARGET, also, dnat, dnat_spec, endpoint, imported_ruleset, judged_clean, monitor,
                       random_drops_are_LB200, run_monitor, tcp_drops_are_flagged, verdicts)
 
 pytestmark = pytest.mark.e2e
@@ -155,7 +155,7 @@ def test_datagrams_sent_on_twice_are_LB205(lab, tmp_path):
     client sent it once."""
     lab.install(dnat(lab))
     b1 = lab.address("b1")
-    _also(lab, "forward priority 10", f"ip daddr {b1} udp dport 5353 dup to {b1} device {lab.backend_interface}")
+    also(lab, "forward priority 10", f"ip daddr {b1} udp dport 5353 dup to {b1} device {lab.backend_interface}")
     with lab.capture(tmp_path) as capture:
         results = lab.traffic(udp=[f"{VIP}:53"], datagrams=4, timeout=0.5)  # one flow: all four to b1
         lab.traffic(tcp=[f"{VIP}:80"], connections=4)
@@ -170,7 +170,7 @@ def test_replies_conntrack_does_not_translate_back_are_LB207(lab, tmp_path):
     """b2's UDP answers skip connection tracking (`notrack`), so nothing puts the VIP back as their source: the
     client gets them from b2's own address."""
     lab.install(dnat(lab))
-    _also(lab, "prerouting priority raw", f"ip saddr {lab.address('b2')} udp sport 5353 notrack")
+    also(lab, "prerouting priority raw", f"ip saddr {lab.address('b2')} udp sport 5353 notrack")
     with lab.capture(tmp_path) as capture:  # two flows: the first to b1, the second to b2
         results = [r for _ in range(2) for r in lab.traffic(udp=[f"{VIP}:53"], datagrams=3, timeout=0.5)]
     assert [r["answered_by"] for r in results] == ["b1"] * 3 + ["b2"] * 3
@@ -178,12 +178,6 @@ def test_replies_conntrack_does_not_translate_back_are_LB207(lab, tmp_path):
     found = verdicts(document)
     assert set(found) == {"LB207"} and code == 1
     assert sum(v["data"]["count"] for v in found["LB207"]) == 3
-
-
-def _also(lab, hook: str, rule: str) -> None:
-    """One more nftables rule in the LB, in a table of its own, on ``hook`` (with its priority)."""
-    lab.lb.run("nft", "-f", "-", input=f"table ip also {{\n chain c {{ type filter hook {hook}; policy accept;\n"
-                                       f"  {rule}\n }}\n}}\n")
 
 
 def test_stateless_rewriting_of_one_udp_flow_is_LB204(lab, tmp_path):

@@ -11,8 +11,9 @@ from __future__ import annotations
 import pytest
 
 from lbspec.lab import NginxStream
+from lbspec.lab.balancers import counted
 
-from .helpers import CONFIGS, answered, around, half_closing, imported, monitor, verdicts
+from .helpers import CONFIGS, also, answered, around, endpoint, half_closing, imported, monitor, verdicts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(NginxStream.unavailable() is not None,
                                                   reason=NginxStream.unavailable() or "")]
@@ -108,3 +109,19 @@ def test_with_proxy_half_close_on_the_answers_are_relayed_and_no_violation(lab_f
     assert sorted(answers) == ["b1", "b1", "b2", "b3"]
     code, document = monitor(imported("nginx", config, tmp_path), capture)
     assert verdicts(document) == {} and code == 0
+
+
+def test_udp_answers_lost_before_nginx_read_them_are_LB215(lab, tmp_path):
+    """The LB's host drops some of the backends' UDP answers on their way in (before nginx reads them): nginx
+    never relays those, and each is LB215 -- a proxy's datagrams pair back on their bytes, as in snat."""
+    table = also(lab, "input priority 0", "udp sport 5353 numgen random mod 100 < 25 counter drop")
+    with lab.capture(tmp_path) as capture:  # four client sockets: flows to both udp backends
+        results = [r for _ in range(4) for r in lab.traffic(udp=[endpoint(lab.vip, 53)], datagrams=10, timeout=0.3)]
+    dropped = counted(lab, "ip", table)
+    assert dropped > 0 and sum(1 for r in results if r["error"] is not None) == dropped
+    code, document = monitor(imported("nginx", CONFIG, tmp_path), capture)
+    found = verdicts(document)
+    assert set(found) == {"LB215"} and code == 1
+    at_edge = results[-1]["error"] is not None  # the last answer lost: at the capture's edge, maybe not judged
+    assert dropped - at_edge <= sum(v["data"]["count"] for v in found["LB215"]) <= dropped
+

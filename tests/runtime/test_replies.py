@@ -144,3 +144,24 @@ def test_in_snat_a_lost_answer_is_LB215_and_an_answer_to_the_lb_itself_is_not_ju
     _lost(scenario, lambda p: UDP in p and p[UDP].sport == 53 and bytes(p[UDP].payload) == b"answer1")
     report = scenario.judge(SNAT_UDP)
     assert codes(report) == ["LB215"] and report.violations[0].data["bytes"] == 7
+
+
+@pytest.mark.parametrize("lost", [None, 1])
+def test_a_udp_answer_a_proxy_never_relays_is_LB215(lost):
+    """nginx `stream` relays each UDP datagram, both ways, from a socket of its own toward the backend: the
+    answers are paired back as in snat, on their bytes."""
+    scenario = Scenario("proxy")
+    client, cport, lport = CLIENT, 40000, 50000
+    for k in range(3):
+        query, answer, t = b"query %d" % k, b"answer %d" % k, 0.02 + k * 0.05
+        scenario.add(t, "client", ip(client, scenario.vip, ttl=64) / UDP(sport=cport, dport=53) / Raw(query))
+        scenario.add(t + 0.001, "backend", Ether(src=LB_MAC, dst=backend_mac("10.1.0.11"))
+                     / ip(LB_ADDRESS, "10.1.0.11") / UDP(sport=lport, dport=5353) / Raw(query))
+        scenario.add(t + 0.002, "backend", Ether(src=backend_mac("10.1.0.11"), dst=LB_MAC)
+                     / ip("10.1.0.11", LB_ADDRESS) / UDP(sport=5353, dport=lport) / Raw(answer))
+        if k != lost:
+            scenario.add(t + 0.003, "client", ip(scenario.vip, client) / UDP(sport=53, dport=cport) / Raw(answer))
+    report = scenario.judge(spec(mode="proxy", listen="udp 53", rule="forward udp 53 to app port 5353"))
+    assert codes(report) == ([] if lost is None else ["LB215"])
+    assert report.summary["replies_relayed"] == (3 if lost is None else 2)
+
