@@ -149,11 +149,12 @@ def _run(args, directory: Path) -> int:
     nothing = lbspec[:5] + [str(empty)] + lbspec[9:]  # the same command and output format, on no packets
     timed(nothing, env)  # writes the bytecode caches
     startup = min(timed(nothing, env)[0] for _ in range(args.repeat))
-    elapsed, peak, codes = best_of(lbspec, env, args.repeat)
+    elapsed, cpu, peak, codes = best_of(lbspec, env, args.repeat)
     code = max(codes)
     steady = max(elapsed - startup, 1e-9)
-    print(f"{'command':30} {'seconds':>8} {'packets/s':>11} {'connections/s':>14} {'peak RSS':>9} {'exit':>5}")
-    print(f"{'lbspec monitor (proxy)':30} {elapsed:8.2f} {count / elapsed:11,.0f} "
+    print(f"{'command':30} {'seconds':>8} {'CPU s':>6} {'packets/s':>11} {'connections/s':>14} {'peak RSS':>9} "
+          f"{'exit':>5}")
+    print(f"{'lbspec monitor (proxy)':30} {elapsed:8.2f} {cpu:6.2f} {count / elapsed:11,.0f} "
           f"{args.connections / elapsed:14,.0f} {peak / 2**20:7.0f}MB {code:>5}")
     print(f"(lbspec startup on an empty capture: {startup:.2f}s; without it: {steady:.2f}s, "
           f"{count / steady:,.0f} packets/s, {args.connections / steady:,.0f} connections/s)")

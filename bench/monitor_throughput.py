@@ -15,7 +15,9 @@ same run and on the same files:
   is inferred.
 
 It prints packets per second for each (the fastest of ``--repeat`` runs), their
-ratio, and the peak resident memory of each command (summed over its processes,
+ratio, the processor time of that run (user and system, summed over the
+command's processes: with ``--jobs 2`` the wall-clock time cannot go below
+half of it on two cores), and the peak resident memory of each command (summed over its processes,
 sampled in one more run: the sampling takes processor time from a command that
 keeps both cores busy, so timed runs are not sampled).  lbspec runs with its
 bytecode cached, as installed (a first run, not timed, writes the cache).
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import struct
 import subprocess
@@ -190,11 +193,13 @@ def _rss(pid: int) -> int:
 
 
 def timed(command: list[str], env: dict[str, str] | None = None, memory: bool = False
-          ) -> tuple[float, int, int, str]:
-    """Wall time, peak RSS (bytes; 0 unless ``memory``), exit code and the last line of output of a command.
+          ) -> tuple[float, int, int, str, float]:
+    """Wall time, peak RSS (bytes; 0 unless ``memory``), exit code, the last line of output of a command, and
+    the processor time it and its processes used.
 
     Memory is sampled by a thread of this process, which takes processor time from the command (some
     17ms of a 0.6s run that keeps both cores busy): a run is timed or sampled, not both."""
+    used = _children_cpu()
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     sampler = PeakMemory(process.pid)
@@ -206,14 +211,22 @@ def timed(command: list[str], env: dict[str, str] | None = None, memory: bool = 
     if memory:
         sampler.join()
     lines = [x for x in out.splitlines() if x.strip()]
-    return elapsed, sampler.peak, process.returncode, lines[-1] if lines else ""
+    return elapsed, sampler.peak, process.returncode, lines[-1] if lines else "", _children_cpu() - used
 
 
-def best_of(command: list[str], env: dict[str, str] | None, repeat: int) -> tuple[float, int, list[int]]:
-    """The fastest of ``repeat`` timed runs, the peak RSS of one more run, and every run's exit code."""
+def _children_cpu() -> float:
+    """User and system time of this process's children that have ended (and of theirs that they waited for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def best_of(command: list[str], env: dict[str, str] | None, repeat: int) -> tuple[float, float, int, list[int]]:
+    """The fastest of ``repeat`` timed runs and its processor time, the peak RSS of one more run, and every
+    run's exit code."""
     runs = [timed(command, env) for _ in range(repeat)]
     sampled = timed(command, env, memory=True)
-    return min(r[0] for r in runs), sampled[1], [r[2] for r in runs + [sampled]]
+    fastest = min(runs, key=lambda r: r[0])
+    return fastest[0], fastest[4], sampled[1], [r[2] for r in runs + [sampled]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,9 +275,9 @@ def _run(args, directory: Path) -> int:
     if args.combined:
         commands.append(("lbspec monitor BOTH (one capture)", lbspec[:5] + [str(directory / "both.pcap")] + lbspec[9:]))
     for name, command in commands:
-        elapsed, peak, codes = best_of(command, env, args.repeat)
+        elapsed, cpu, peak, codes = best_of(command, env, args.repeat)
         ok &= codes == [0] * len(codes)
-        results.append((name, elapsed, peak, max(codes)))
+        results.append((name, elapsed, cpu, peak, max(codes)))
     if not args.no_tshark and shutil.which("tshark"):
         results.append(("tshark -T fields (both files)", *_tshark((client, backend), args.repeat), 0))
     _print(results, count, startup)
@@ -281,22 +294,26 @@ def _with_bytecode(directory: Path) -> dict[str, str]:
     return env
 
 
-def _tshark(paths, repeat: int) -> tuple[float, int]:
-    """tshark on each file in turn: the fastest total of ``repeat`` runs, and the peak RSS of one more."""
+def _tshark(paths, repeat: int) -> tuple[float, float, int]:
+    """tshark on each file in turn: the fastest total of ``repeat`` runs and its processor time, and the peak
+    RSS of one more."""
     fields = ["-T", "fields", "-e", "ip.src", "-e", "ip.dst", "-e", "tcp.srcport"]
-    best = min(sum(timed(["tshark", "-r", str(path), *fields])[0] for path in paths) for _ in range(repeat))
-    return best, max(timed(["tshark", "-r", str(path), *fields], memory=True)[1] for path in paths)
+    runs = [[timed(["tshark", "-r", str(path), *fields]) for path in paths] for _ in range(repeat)]
+    best = min(runs, key=lambda run: sum(r[0] for r in run))
+    peak = max(timed(["tshark", "-r", str(path), *fields], memory=True)[1] for path in paths)
+    return sum(r[0] for r in best), sum(r[4] for r in best), peak
 
 
 def _print(results, count: int, startup: float) -> None:
     reference = next((r for r in results if r[0].startswith("tshark")), None)
-    print(f"{'command':34} {'seconds':>8} {'packets/s':>12} {'vs tshark':>10} {'peak RSS':>10} {'exit':>5}")
-    for name, elapsed, peak, code in results:
+    print(f"{'command':34} {'seconds':>8} {'CPU s':>6} {'packets/s':>12} {'vs tshark':>10} {'peak RSS':>10} "
+          f"{'exit':>5}")
+    for name, elapsed, cpu, peak, code in results:
         rate = count / elapsed
         ratio = f"{reference[1] / elapsed:9.1f}x" if reference else "-"
-        print(f"{name:34} {elapsed:8.2f} {rate:12,.0f} {ratio:>10} {peak / 2**20:8.0f}MB {code:>5}")
+        print(f"{name:34} {elapsed:8.2f} {cpu:6.2f} {rate:12,.0f} {ratio:>10} {peak / 2**20:8.0f}MB {code:>5}")
     steady = [f"{name.removeprefix('lbspec monitor ')} {count / max(elapsed - startup, 1e-9):,.0f}"
-              for name, elapsed, _peak, _code in results if name.startswith("lbspec")]
+              for name, elapsed, _cpu, _peak, _code in results if name.startswith("lbspec")]
     print(f"(lbspec startup -- Python, the grammar, the spec -- on an empty capture: {startup:.2f}s; "
           f"packets/s without it: {', '.join(steady)})")
 
