@@ -860,12 +860,18 @@ class Monitor:
         return self.inference.probes
 
     def _client_sent_later(self, row: int) -> bool:
+        """Did the client go on past this TCP segment the LB sent on (so it sent it, and the client-side capture
+        missed it)?  Past its bytes: a later segment of the flow from the client starts at or after their end.
+        A SYN or FIN, which carries none: one starts exactly at its end (the sequence number after it)."""
         win = self.window
-        if win["proto"][row] != TCP or win["plen"][row] == 0 or win["frag"][row] > 1:
+        if win["proto"][row] != TCP or win["frag"][row] > 1 or segment_length(win, row) == 0:
             return False
         rows = self.flow_rows(int(win["ckey"][row]))
         sent = rows[(win["role"][rows] == INGRESS) & (win["ts"][rows] >= win["ts"][row] - self.horizon)]
-        return bool(reaches(win["seq"][sent], (int(win["seq"][row]) + int(win["plen"][row])) & 0xFFFFFFFF).any())
+        end = segment_end(win, row)
+        if win["plen"][row] == 0:
+            return bool((win["seq"][sent] == end).any())
+        return bool(reaches(win["seq"][sent], end).any())
 
     def seen_since(self, showing: int) -> float:
         """Since when the captures show side ``showing`` (0: what clients sent, 1: what the LB sent): a packet

@@ -334,6 +334,40 @@ def test_a_segment_whose_retransmission_got_through_was_lost_in_the_lb(nat, acke
     assert codes(report) == expected
 
 
+def _sent_on(scenario: Scenario, time: float, cport: int, flags: str, seq: int, ack: int = 0) -> None:
+    """A segment from the client on its flow (port ``cport``), and the LB passing it on to b1 0.5 ms later."""
+    packet = IP(src="203.0.113.7", dst=scenario.vip, ttl=64) / TCP(sport=cport, dport=80, flags=flags, seq=seq, ack=ack)
+    scenario.add(time, "client", packet)
+    scenario.add(time + 0.0005, "backend", scenario._retarget(scenario.egress(packet.copy(), "10.1.0.11", "203.0.113.7",
+                                                                              cport, 0), 8080))
+
+
+@pytest.mark.parametrize("missed", ["S", "PA", "FA"])
+def test_what_the_client_side_capture_missed_of_a_flow_the_client_went_on_with_is_a_gap(nat, missed):
+    """The client-side capture misses a segment the LB sent on -- its SYN, a data segment, its FIN: the client's
+    later segments start past it (a SYN or FIN: exactly at the sequence number after it), so the client sent
+    it.  A gap, not a packet from nowhere."""
+    nat.flow("10.1.0.12", segments=1)  # the captures' start: nothing at their edge
+    flow = nat.flow("10.1.0.11", 0.2, segments=2)
+    _sent_on(nat, 0.25, flow["cport"], "FA", flow["seq"] + 11, 778)
+    _sent_on(nat, 0.26, flow["cport"], "A", flow["seq"] + 12, 779)
+    assert codes(nat.judge(SPEC)) == []
+    first = next(p for p in nat.packets if p.side == "client" and TCP in p.packet
+                 and p.packet[TCP].sport == flow["cport"] and p.packet[TCP].flags == missed)
+    nat.packets.remove(first)
+    assert codes(nat.judge(SPEC)) == ["LB209"]
+
+
+def test_a_syn_the_client_never_went_on_from_is_LB208(nat):
+    """The near miss: the LB sends a SYN on a client's flow whose sequence number the client never continues
+    from."""
+    nat.flow("10.1.0.12", segments=1)
+    flow = nat.flow("10.1.0.11", 0.2, segments=2)
+    _sent_on(nat, 0.3, flow["cport"], "S", 12345)
+    nat.packets.pop(-2)  # the client sent no such SYN: only the LB's copy is there
+    assert "LB208" in codes(nat.judge(SPEC))
+
+
 def test_assert_only_names_the_backends_traffic_may_reach(nat):
     nat.flow("10.1.0.11", vport=9000, bport=9000)
     text = spec(listen="tcp 80, 9000", rule="forward tcp 80 to app port 8080\n    forward tcp 9000 to app",
