@@ -18,11 +18,11 @@ import time
 
 import pytest
 
-from lbspec.lab import VIP
+from lbspec.lab import VIP, Haproxy
 from lbspec.lab.fixtures import require_namespaces
 from lbspec.lab.netns import Namespace, Resources, run, unique_prefix
 
-from .helpers import dnat, dnat_spec
+from .helpers import CONFIGS, dnat, dnat_spec, imported
 
 pytestmark = pytest.mark.e2e
 
@@ -105,6 +105,26 @@ def test_a_load_balancer_dropping_one_backends_traffic_is_flagged_while_it_runs(
     verdicts = [line for line in streamed + rest[:-1] if line["severity"] in ("error", "warning")]
     assert code == 1 and {v["code"] for v in verdicts} == {"LB200"}
     assert len(verdicts) == failed and rest[-1]["summary"]["verdicts"] == {"LB200": failed}
+
+
+@pytest.mark.skipif(Haproxy.unavailable() is not None, reason=Haproxy.unavailable() or "")
+def test_a_proxy_judged_live_through_a_backend_s_death_has_no_false_verdict(lab, tmp_path):
+    """HAProxy (proxy mode: byte streams, connection attempts, health checks) judged while it runs, a backend
+    killed halfway: what it does is within the spec imported from its config, live as from files."""
+    config = CONFIGS / "haproxy" / "lab-tcp-checks.cfg"
+    lab.install(Haproxy(config))
+    process = start(lab.resources, lab.lb, imported("haproxy", config, tmp_path), "--live",
+                    f"client:{lab.client_interface}", "--live", f"backend:{lab.backend_interface}")
+    time.sleep(1.5)  # HAProxy's servers fully up: a first good check, a second in
+    results = lab.traffic(tcp=[f"{VIP}:80"], connections=10, messages=3)
+    lab.kill_backend("b2")
+    results += lab.traffic(tcp=[f"{VIP}:80"], connections=10, interval=0.2)
+    time.sleep(1.0)
+    code, lines = stop(process, signal.SIGINT)
+    assert [line["code"] for line in lines[:-1] if line["severity"] in ("error", "warning")] == [] and code == 0
+    summary = lines[-1]["summary"]
+    assert summary["proxy"]["client_connections"] == len(results)
+    assert summary["proxy"]["failed_attempts"]["refused"] > 0  # the attempts at b2 before its checks failed
 
 
 def test_an_interface_that_goes_away_ends_the_run_without_false_verdicts(lab, tmp_path):
