@@ -100,20 +100,21 @@ def monitor(spec: str, capture) -> tuple[int, dict]:
     return run_monitor(spec, "--client-side", str(capture.client_side), "--backend-side", str(capture.backend_side))
 
 
-def random_drops_are_LB200(lab, directory: Path, spec: str) -> None:
-    """UDP datagrams through ``lab``'s LB, installed to drop some at random: each one lost is an LB200, and
-    there is nothing else to say.  The lost are counted by the client, which sent them and got no answer."""
+def udp_drops_are_flagged(lab, directory: Path, spec: str, code: str = "LB200") -> None:
+    """UDP datagrams through ``lab``'s LB, installed to drop some at random (or the answers to them, with
+    ``code`` LB215): each one lost is that verdict, and there is nothing else to say.  The lost are counted by
+    the client, which sent them and got no answer."""
     with lab.capture(directory) as capture:
         results = lab.traffic(udp=[endpoint(lab.vip, 53)], datagrams=40, interval=0.01, timeout=0.2)
     lost = sum(1 for r in results if r["error"] is not None)
     assert lost > 0, "nothing was dropped: the fault was not injected"
-    code, document = monitor(spec, capture)
+    exit_code, document = monitor(spec, capture)
     found = verdicts(document)
-    assert set(found) == {"LB200"} and code == 1
-    # a drop of the very last datagram is at the capture's edge: it is judged only if something captured
-    # after it (IPv6 neighbour discovery, say) shows its deadline passed
+    assert set(found) == {code} and exit_code == 1
+    # a drop of the very last datagram (or answer) is at the capture's edge: it is judged only if something
+    # captured after it (IPv6 neighbour discovery, say) shows its deadline passed
     at_edge = results[-1]["error"] is not None
-    assert lost - at_edge <= sum(v["data"]["count"] for v in found["LB200"]) <= lost
+    assert lost - at_edge <= sum(v["data"]["count"] for v in found[code]) <= lost
 
 
 def tcp_drops_are_flagged(lab, directory: Path, fault: str, code: str) -> None:

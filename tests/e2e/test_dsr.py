@@ -13,7 +13,7 @@ import pytest
 
 from lbspec.lab import NftablesDsr
 
-from .helpers import endpoint, monitor, random_drops_are_LB200, verdicts
+from .helpers import endpoint, monitor, udp_drops_are_flagged, verdicts
 
 pytestmark = pytest.mark.e2e
 
@@ -83,7 +83,7 @@ def test_a_backend_the_spec_does_not_declare_is_LB203(lab_factory, tmp_path):
 def test_random_drops_are_LB200(lab_factory, tmp_path):
     lab = _dsr(lab_factory)
     lab.install(NftablesDsr(lab.vip, ["b1", "b2"], drop_percent=25))
-    random_drops_are_LB200(lab, tmp_path, dsr_spec(tmp_path, lab))
+    udp_drops_are_flagged(lab, tmp_path, dsr_spec(tmp_path, lab))
 
 
 def test_in_ipv6_backends_no_capture_ties_to_their_macs_are_a_note_not_a_verdict(lab_factory, tmp_path):

@@ -20,8 +20,8 @@ from scapy.utils import rdpcap
 from lbspec import strategies
 from lbspec.harness import Harness, LabMismatch, Network, SearchSettings, Segment, Send, Trace
 
-from .helpers import (DRIVER_SPEC, dnat, dnat_spec, endpoint, imported_ruleset, monitor, random_drops_are_LB200,
-                      tcp_drops_are_flagged, verdicts)
+from .helpers import (DRIVER_SPEC, dnat, dnat_spec, endpoint, imported_ruleset, monitor, tcp_drops_are_flagged,
+                      udp_drops_are_flagged, verdicts)
 
 pytestmark = pytest.mark.e2e
 
@@ -60,7 +60,7 @@ def test_large_udp_datagrams_in_fragments_have_no_violation(lab6, tmp_path):
 
 def test_random_drops_are_LB200(lab6, tmp_path):
     lab6.install(dnat(lab6, drop_percent=25))
-    random_drops_are_LB200(lab6, tmp_path, dnat_spec(tmp_path, lab6))
+    udp_drops_are_flagged(lab6, tmp_path, dnat_spec(tmp_path, lab6))
 
 
 @pytest.mark.parametrize(("fault", "code"), [("drop_percent", "LB200"), ("drop_reply_percent", "LB215")])

@@ -15,7 +15,7 @@ from scapy.utils import rdpcap
 import lbspec
 from lbspec.lab import VIP
 
-from .helpers import (DNAT_SPEC, dnat, dnat_spec, imported_ruleset, judged_clean, monitor, random_drops_are_LB200,
+from .helpers import (DNAT_SPEC, dnat, dnat_spec, imported_ruleset, judged_clean, monitor, udp_drops_are_flagged,
                       verdicts)
 
 pytestmark = pytest.mark.e2e
@@ -47,7 +47,7 @@ def test_a_spec_that_says_nat_flags_the_new_source_LB204(lab, tmp_path):
 
 def test_random_drops_are_LB200(lab, tmp_path):
     lab.install(dnat(lab, masquerade=True, drop_percent=25))
-    random_drops_are_LB200(lab, tmp_path, dnat_spec(tmp_path, lab, text=SNAT_SPEC))
+    udp_drops_are_flagged(lab, tmp_path, dnat_spec(tmp_path, lab, text=SNAT_SPEC))
 
 
 def test_a_destination_not_in_the_spec_is_LB203(lab, tmp_path):
