@@ -257,7 +257,8 @@ UNATTRIBUTED = kind("LB214", "unattributed", Severity.INFO, "{what}",
                     "backend.")
 REPLY_NOT_RELAYED = kind("LB215", "reply-not-relayed", E, "{what}",
                          "A reply a backend sent back never reached the client, which was still there to take it "
-                         "(nat, snat: the LB dropped it; proxy: it closed the client's connection without it).")
+                         "(nat, snat, a proxy's UDP: the LB dropped it; a proxy's TCP: it closed the client's "
+                         "connection without it).")
 BAD_CAPTURE = kind("LB290", "bad-capture", E, "{what}",
                    "A capture that cannot be read: missing, truncated header, unknown link type, no permission.")
 WITNESS_UNWRITTEN = kind("LB291", "witness-unwritten", W, "{what}",
