@@ -34,7 +34,7 @@ import numpy as np
 
 from lbspec import diagnostics as d
 from lbspec.runtime.classify import BREPLY, CREPLY, INGRESS, carries, flow_key, reaches, resent, segment_end
-from lbspec.runtime.decode import TCP, UDP, Packets
+from lbspec.runtime.decode import TCP, Packets
 from lbspec.runtime.evidence import flow_text, witness_of
 from lbspec.runtime.pairing import match
 from lbspec.runtime.state import FlowTable
@@ -73,7 +73,6 @@ class ReplyTracker:
         compiled = engine.compiled
         judged = [s.mode in ("nat", "snat", "proxy") and bool(s.of_kind("reverse")) for s in compiled.services]
         self.by_backend = np.array(judged + [False])[compiled.backend_service]  # a reply from it is judged?
-        self.udp_only = compiled.proxied  # a proxy's TCP is byte streams (lbspec.runtime.proxy)
         self.active = bool(self.by_backend.any())
         # replies to the LB's own address: snat, and a proxy's UDP (it relays each datagram as snat would)
         self.snat = [s.index for s, j in zip(compiled.services, judged) if j and s.mode in ("snat", "proxy")]
@@ -86,12 +85,11 @@ class ReplyTracker:
     def awaited(self, p: Packets) -> np.ndarray | None:
         """Which rows wait for a partner: judged replies (backend side) and what may be their copies (client
         side) -- those classification keyed (``k_reply``, the one column of the window pairing reads); None
-        when no service is judged."""
+        when no service is judged.  (A proxy's TCP is not among them: the proxy tracker takes it.)"""
         if not self.active:
             return None
-        role, gid = p["role"], p["gid"]
-        judged = self.by_backend[gid] & (~self.udp_only[gid] | (p["proto"] == UDP))
-        return (p["k_reply"] != 0) & ((role == CREPLY) | ((role == BREPLY) & judged))
+        role = p["role"]
+        return (p["k_reply"] != 0) & ((role == CREPLY) | ((role == BREPLY) & self.by_backend[p["gid"]]))
 
     def observe(self, p: Packets) -> None:
         """Clients' acknowledgements (and resets) of flows with replies awaiting one."""
