@@ -292,10 +292,12 @@ class Lab:
 
     def traffic(self, tcp: Sequence[str] = (), udp: Sequence[str] = (), connections: int = 10, messages: int = 2,
                 datagrams: int = 10, interval: float = 0.02, timeout: float = 1.0, deadline: float = 30.0,
-                udp_source_port: int | None = None, udp_size: int = 0, tcp_size: int = 0) -> list[dict]:
+                udp_source_port: int | None = None, udp_size: int = 0, tcp_size: int = 0,
+                tcp_reuse: int = 0) -> list[dict]:
         """Run bounded client traffic (lbspec.lab.traffic) in the client namespace; who answered each.
         ``udp_size`` pads datagrams to that many bytes (past 1472, the client sends them as IP fragments);
-        ``tcp_size`` pads TCP messages."""
+        ``tcp_size`` pads TCP messages; with ``tcp_reuse``, each source port carries that many connections in
+        a row (a client that reuses its ports)."""
         argv = [sys.executable, "-m", "lbspec.lab.traffic", "--connections", str(connections), "--messages",
                 str(messages), "--datagrams", str(datagrams), "--interval", str(interval), "--timeout", str(timeout),
                 "--deadline", str(deadline)]
@@ -306,6 +308,8 @@ class Lab:
             argv += ["--udp-size", str(udp_size)]
         if tcp_size:
             argv += ["--tcp-size", str(tcp_size)]
+        if tcp_reuse:
+            argv += ["--tcp-reuse", str(tcp_reuse)]
         return json.loads(self.client.run(*argv, timeout=deadline + 30))
 
 

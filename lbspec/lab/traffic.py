@@ -8,7 +8,10 @@ Run inside the client's namespace; prints one JSON document::
 ``--udp-size BYTES`` pads each datagram to that size: past the path's MTU
 (1500 in the lab), the client's kernel sends it as IP fragments.  ``--tcp-size
 BYTES`` pads each TCP message to that size, ended by a newline, and the client
-reads each answer to its newline.
+reads each answer to its newline.  ``--tcp-reuse N`` binds the connections'
+source ports, from 20000 on, each port for N connections in a row: a client
+that reuses its ports (or a NAT in front of many) opens a new connection on the
+5-tuple of one before.
 
 Every loop is bounded in count, every socket operation by a timeout, and the
 whole run by ``--deadline`` seconds.
@@ -23,6 +26,8 @@ import sys
 import time
 
 __all__ = ["main"]
+
+REUSED_PORTS = 20000  # below Linux's ephemeral ports: no other socket of the client takes them
 
 
 def _target(text: str) -> tuple[str, int]:
@@ -41,6 +46,7 @@ def _connection(target: tuple[str, int], messages: int, timeout: float, source_p
     sock.settimeout(timeout)
     try:
         if source_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the port's last connection may linger
             sock.bind(("", source_port))
         sock.connect(target)
         out["port"] = sock.getsockname()[1]
@@ -94,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=10)
     parser.add_argument("--messages", type=int, default=2)
     parser.add_argument("--tcp-size", type=int, default=0, help="pad each TCP message to this many bytes")
+    parser.add_argument("--tcp-reuse", type=int, default=0,
+                        help="bind source ports from 20000 on, each for this many connections in a row")
     parser.add_argument("--udp", type=_target, action="append", default=[])
     parser.add_argument("--datagrams", type=int, default=10)
     parser.add_argument("--udp-source-port", type=int)
@@ -107,11 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     for target in args.udp:
         results += _datagrams(target, args.datagrams, args.interval, args.timeout, args.udp_source_port, deadline,
                               args.udp_size)
+    opened = 0
     for _ in range(args.connections):
         for target in args.tcp:
             if time.monotonic() > deadline:
                 break
-            results.append(_connection(target, args.messages, args.timeout, None, args.tcp_size))
+            port = REUSED_PORTS + opened // args.tcp_reuse if args.tcp_reuse else None
+            results.append(_connection(target, args.messages, args.timeout, port, args.tcp_size))
+            opened += 1
         time.sleep(args.interval)
     json.dump(results, sys.stdout)
     return 0

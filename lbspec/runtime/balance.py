@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lbspec import diagnostics as d
-from lbspec.runtime.classify import mix
+from lbspec.runtime.classify import mix, reopened, syn_only
 from lbspec.runtime.compiled import CheckPlan, Compiled
 from lbspec.runtime.state import FlowTable
 from lbspec.runtime.stats import share_test
@@ -155,28 +155,60 @@ class Traffic:
                grouped: bool) -> None:
         """Pairs ``ordered`` (by their ``all_keys``: flows, or units) into ``table``: each new key opened, the
         bytes and packets of each added to its entry.  Flows are counted in the summary; a ``grouped`` key
-        in the groups of the balance checks too."""
+        in the groups of the balance checks too.  A connection opened on a flow's 5-tuple again is a flow
+        of its own: the one before it ends there."""
         keys = all_keys[ordered]
         starts = np.nonzero(np.r_[True, keys[1:] != keys[:-1]])[0]
-        first = ordered[starts]  # each key's first pair
+        rounds = None
+        if table is self.flows:
+            starts, rounds = self._connections(pairs, ordered, keys, starts)
+        first = ordered[starts]  # each piece's first pair: a key's, or a connection's on a reused key
         byte_sums = np.add.reduceat(pairs.ingress("plen")[ordered].astype(np.float64), starts)  # whole bytes: exact
         counts = np.diff(np.r_[starts, len(ordered)])
         ts = pairs.egress("ts")[first]
         keys = keys[starts]
-        listed = keys.tolist()
-        known = table.items
-        fresh = [i for i, k in enumerate(listed) if k not in known]
-        if fresh:
-            self._open(engine, pairs, first[fresh], keys[fresh], ts[fresh], table, grouped)
-        for entry, amount, count, time in zip(map(known.__getitem__, listed), byte_sums.tolist(), counts.tolist(),
-                                              ts.tolist()):
-            if time > entry[1]:
-                entry[1] = time
-            entry[3] += amount
-            entry[4] += count
+        isns = np.where(syn_only(pairs.ingress("flags")[first]), pairs.ingress("seq")[first], -1)
+        for number in range(int(rounds.max()) + 1 if rounds is not None else 1):
+            mine = np.nonzero(rounds == number)[0] if rounds is not None else slice(None)
+            listed = keys[mine].tolist()
+            known = table.items
+            if number:
+                table.end(listed)  # the connections these reopen their 5-tuples after are over
+            fresh = np.array([i for i, k in enumerate(listed) if k not in known], np.int64)
+            if len(fresh):
+                self._open(engine, pairs, first[mine][fresh], keys[mine][fresh], ts[mine][fresh], isns[mine][fresh],
+                           table, grouped)
+            for entry, amount, count, time in zip(map(known.__getitem__, listed), byte_sums[mine].tolist(),
+                                                  counts[mine].tolist(), ts[mine].tolist()):
+                if time > entry[1]:
+                    entry[1] = time
+                entry[3] += amount
+                entry[4] += count
 
-    def _open(self, engine, pairs, rows: np.ndarray, keys: np.ndarray, ts: np.ndarray, table: FlowTable,
-              grouped: bool) -> None:
+    def _connections(self, pairs, ordered: np.ndarray, keys: np.ndarray, starts: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Pairs ``ordered`` by flow (``keys``, each flow's from ``starts``) cut where a connection opens on its
+        flow's 5-tuple again (see :func:`reopened`): the pieces' starts, and for each piece how many such
+        openings of its flow in these pairs are at or before it (None: there are none)."""
+        syns = np.nonzero(syn_only(pairs.ingress("flags")[ordered]))[0]
+        if not len(syns):
+            return starts, None
+        begins = np.zeros(len(ordered), bool)
+        begins[starts] = True
+        known = self.flows.items
+        again = reopened(keys[syns], pairs.ingress("seq")[ordered[syns]], pairs.egress("ts")[ordered[syns]],
+                         ~begins[syns], known, lambda key: (known[key][7], known[key][1]))
+        if not len(again):
+            return starts, None
+        cuts = syns[again]
+        pieces = np.union1d(starts, cuts)
+        cut = np.isin(pieces, cuts)
+        flow = np.cumsum(begins[pieces]) - 1  # each piece's flow
+        openings = np.cumsum(cut)
+        return pieces, openings - (openings - cut)[begins[pieces]][flow]
+
+    def _open(self, engine, pairs, rows: np.ndarray, keys: np.ndarray, ts: np.ndarray, isns: np.ndarray,
+              table: FlowTable, grouped: bool) -> None:
         service = pairs.plan.index
         masks = engine.up_masks(service, ts)
         bits = np.zeros(len(rows), np.int64)  # the balance checks whose groups count it (none: the summary only)
@@ -191,7 +223,7 @@ class Traffic:
         groups = list(zip(itertools.repeat(service), rules.tolist(), families.tolist(), masks.tolist()))
         times = ts.tolist()
         entries = map(list, zip(gids.tolist(), times, groups, itertools.repeat(0.0), itertools.repeat(0),
-                                bits.tolist(), times))
+                                bits.tolist(), times, isns.tolist()))
         table.items.update(zip(keys.tolist(), entries))
         if bits.any():
             self._count_new(engine, np.stack([rules, families, masks, bits], axis=1), groups, gids, ts)
@@ -231,7 +263,7 @@ class Traffic:
         entries = [e for e in entries if e[5]]
         if not entries:
             return
-        gids, _last, groups, amounts, counts, bits, times = zip(*entries)
+        gids, _last, groups, amounts, counts, bits, times, _isns = zip(*entries)
         kinds: dict[tuple, int] = {}  # (bits, group) -> its number
         kind = np.array([kinds.setdefault(k, len(kinds)) for k in zip(bits, groups)])
         amount, count, time = np.array(amounts, np.float64), np.array(counts, np.float64), np.array(times)

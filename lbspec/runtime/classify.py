@@ -29,6 +29,7 @@ and a datagram cut at other boundaries on each side on its bytes as a whole
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Container
 
 import numpy as np
 
@@ -39,7 +40,7 @@ from lbspec.runtime.proxy_protocol import unframe_datagrams
 __all__ = ["NONE", "INGRESS", "EGRESS", "BREPLY", "CREPLY", "TRANSIT", "ROLE_NAMES", "classify", "classify_rows",
            "assign_backends", "mix", "pair_key", "reply_key", "segment_length", "segment_end", "reaches", "carries",
            "resent", "fragment_key", "datagram_id", "datagram_key", "later_fragment", "weak_keys", "flow_key",
-           "runs_of", "MacTable", "CLIENT", "BACKEND", "COMBINED"]
+           "runs_of", "reopened", "MacTable", "CLIENT", "BACKEND", "COMBINED"]
 
 NONE, INGRESS, EGRESS, BREPLY, CREPLY, TRANSIT = 0, 1, 2, 3, 4, 5
 ROLE_NAMES = {NONE: "other", INGRESS: "ingress", EGRESS: "egress", BREPLY: "backend-reply",
@@ -464,6 +465,39 @@ def runs_of(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
 
 def syn_only(flags: np.ndarray) -> np.ndarray:
     return ((flags & _SYN) != 0) & ((flags & _ACK) == 0)
+
+
+def reopened(keys: np.ndarray, seqs: np.ndarray, times: np.ndarray, preceded: np.ndarray, known: Container[int],
+             stored: Callable[[int], tuple[int, float]]) -> np.ndarray:
+    """Of pure SYNs (each flow's in time order), the positions of those that open a TCP connection on a
+    5-tuple that carried another before: a client that reuses its source port, or a NAT in front of
+    clients that does.  A SYN sent again repeats its sequence number; a new connection's has another.
+
+    ``preceded``: an earlier packet of the flow is among those looked at with the SYN; ``known``: the
+    flows seen before them, and ``stored(key)`` for each -- the sequence number of the SYN that opened its
+    connection (-1: none was seen, the capture began after it) and the time of its last packet (a SYN from
+    before that, paired late, opens nothing)."""
+    maybe = preceded | np.fromiter(map(known.__contains__, keys.tolist()), bool, len(keys))
+    if not maybe.any():  # the common case: each SYN the first packet of a flow not seen before
+        return np.zeros(0, np.int64)
+    rows = np.nonzero(np.isin(keys, keys[maybe]))[0]  # and the other SYNs of those flows
+    last: dict[int, int] = {}
+    found = []
+    for row, key, seq, time, before in zip(rows.tolist(), keys[rows].tolist(), seqs[rows].tolist(),
+                                           times[rows].tolist(), preceded[rows].tolist()):
+        isn = last.get(key)
+        if isn is None:
+            if key in known:
+                isn, since = stored(key)
+                if time < since:
+                    last[key] = seq  # late: of the connection the flow is in
+                    continue
+            elif before:
+                isn = -1
+        if isn is not None and isn != seq:
+            found.append(row)
+        last[key] = seq
+    return np.array(found, np.int64)
 
 
 def ported(proto: np.ndarray) -> np.ndarray:

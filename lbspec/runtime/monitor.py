@@ -51,7 +51,7 @@ from lbspec.runtime.balance import Traffic
 from lbspec.runtime.capture import PAD, Frames
 from lbspec.runtime.classify import (
     BREPLY, CREPLY, EGRESS, INGRESS, NONE, TRANSIT, MacTable, assign_backends, classify, classify_rows, datagram_id,
-    datagram_key, fragment_key, later_fragment, mix, pair_key, ported, reaches, resent, runs_of, segment_end,
+    datagram_key, fragment_key, later_fragment, mix, pair_key, ported, reaches, reopened, resent, runs_of, segment_end,
     segment_length, syn_only, weak_keys,
 )
 from lbspec.runtime.compiled import CheckPlan, Compiled, akey, compile_spec, model_packet
@@ -176,6 +176,7 @@ class Monitor:
         cap, idle = self.options.max_flows, max([300.0] + [s.service.affinity.timeout for s in self.compiled.services])
         self.clients = FlowTable(cap, idle)  # client end (proto, address, port) -> [svc, last, vip, vport]
         self.client_addresses = FlowTable(cap, idle)  # addresses that sent to a VIP -> [0, last]
+        self.openers = FlowTable(cap, idle)  # client flows -> (sequence number of their last SYN, when)
         self.traffic = Traffic(self.compiled, cap, idle)
         self.sticks: dict[int, FlowTable] = {}
         # fragments: each datagram's ports, from its first fragment (side, addresses, protocol, IP ID ->
@@ -1026,10 +1027,11 @@ class Monitor:
         if not len(rows):
             return
         keys = new["ckey"][rows]
-        _order, _starts, first, last = runs_of(keys)
+        order, starts, first, last = runs_of(keys)
         latest, flows = rows[last], keys[last].tolist()
         known = self.clients.items
-        self.counts.new_flows += len(flows) - len(known.keys() & flows)
+        self.counts.new_flows += len(flows) - len(known.keys() & flows) + self._reopened(new, rows, keys[order[starts]],
+                                                                                         first)
         entries = map(list, zip(new["svc"][latest].tolist(), new["ts"][latest].tolist(),
                                 new["da_hi"][latest].tolist(), new["da_lo"][latest].tolist(),
                                 new["dport"][latest].tolist()))
@@ -1040,6 +1042,21 @@ class Monitor:
         times = new["ts"][np.minimum.reduceat(earliest[order], starts)].tolist()
         self.client_addresses.items.update(zip(addresses[order[starts]].tolist(), map(list, zip(itertools.repeat(0),
                                                                                                 times))))
+
+    def _reopened(self, new: Packets, rows: np.ndarray, flows: np.ndarray, first: np.ndarray) -> int:
+        """How many of the connections clients opened in ``rows`` (sent to a VIP, in time order) reused the
+        5-tuple of one before (``flows``: the keys in order, ``first``: the position of each one's first
+        row); what the table of client flows knows is from before these rows."""
+        syns = np.nonzero(syn_only(new["flags"][rows]))[0]
+        if not len(syns):
+            return 0
+        keys, seqs = new["ckey"][rows[syns]], new["seq"][rows[syns]]
+        preceded = first[np.searchsorted(flows, keys)] < syns
+        opened = self.openers.items
+        again = reopened(keys, seqs, np.zeros(len(syns)), preceded, self.clients.items,
+                         lambda key: (opened[key][0] if key in opened else -1, -math.inf))
+        opened.update(zip(keys.tolist(), zip(seqs.tolist(), itertools.repeat(float(new["ts"][rows[syns[-1]]])))))
+        return len(again)
 
     def _replies(self, new: Packets, base: int) -> None:
         """Client-side packets toward clients: they must come from the VIP and port the client used.
@@ -1230,8 +1247,8 @@ class Monitor:
 
     def _tables(self) -> tuple[FlowTable, ...]:
         """Every per-flow table: each expires, and is capped."""
-        return (self.clients, self.client_addresses, self.traffic.flows, self.traffic.units, *self.sticks.values(),
-                self.first_fragments, self.orphans, self.datagrams, self.replies.carried)
+        return (self.clients, self.client_addresses, self.openers, self.traffic.flows, self.traffic.units,
+                *self.sticks.values(), self.first_fragments, self.orphans, self.datagrams, self.replies.carried)
 
     def _finish(self) -> None:
         self.settle_all()

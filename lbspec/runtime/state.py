@@ -49,6 +49,10 @@ class FlowTable:
             self.evicted += len(oldest)
             self._drop(oldest)
 
+    def end(self, keys: list[int]) -> None:
+        """Hand the entries of ``keys`` (those there are) to ``on_drop``: flows that are over."""
+        self._drop([key for key in keys if key in self.items])
+
     def drain(self) -> None:
         """Hand every entry to ``on_drop`` (at the end of a run)."""
         self._drop(list(self.items))

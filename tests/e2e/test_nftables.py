@@ -258,3 +258,19 @@ def test_the_correct_configuration_in_one_pcapng_of_both_interfaces(lab, tmp_pat
                                                                                                batch_frames=batch))
     again = run_monitor(spec, str(capture.both))
     assert again == (code, document)
+
+
+def test_connections_that_reuse_a_source_port_are_each_a_flow(lab, tmp_path):
+    """A client that opens a connection on the 5-tuple of its last one (it binds its port, or a NAT in front of
+    it reuses one) is balanced anew: round robin sends each port's second connection where its first did not
+    go.  Counted as one flow, every port was b1's alone (LB206 on a correct LB)."""
+    lab.install(dnat(lab))
+    with lab.capture(tmp_path) as capture:
+        results = lab.traffic(tcp=[TARGET], connections=40, messages=1, interval=0.01, tcp_reuse=2)
+    assert all(r["error"] is None for r in results)
+    assert len({r["port"] for r in results}) == 20
+    code, document = monitor(dnat_spec(tmp_path, lab), capture)
+    assert verdicts(document) == {} and code == 0
+    summary = document["monitor"]
+    assert summary["flows"] == 40
+    assert {b["backend"]: b["flows"] for b in summary["backends"]} == {"b1": 20, "b2": 20}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from scapy.layers.inet6 import IPv6, ICMPv6EchoRequest, ICMPv6MLReport2, ICMPv6ND_NA, ICMPv6ND_NS, IPv6ExtHdrHopByHop
 
+from lbspec.runtime.classify import reopened
 from lbspec.runtime.stats import share_test
 
 from .scenario import Scenario, codes, spec
@@ -200,3 +202,29 @@ def test_backup_takes_traffic_only_through_failover():
     assert codes(report) == ["LB203"]
     failover = spec(backends=pool, body="failover to spare when healthy < 1")
     assert codes(scenario.judge(failover)) == []
+
+
+def test_a_connection_on_the_5_tuple_of_one_before_is_a_flow_of_its_own():
+    """Clients that open their second connection from the port of their first (round robin sends it to the
+    other backend): sixty flows, thirty each -- not thirty flows all on b1 (LB206 on a correct LB)."""
+    scenario = Scenario("nat")
+    for k in range(60):
+        scenario.flow(["10.1.0.11", "10.1.0.12"][k % 2], k * 0.01, cport=41000 + k // 2, segments=1)
+    report = scenario.judge(spec(), answer_timeout=1000)
+    assert codes(report) == []
+    assert report.summary["flows"] == 60
+    assert {b["backend"]: b["flows"] for b in report.summary["backends"]} == {"b1": 30, "b2": 30}
+
+
+def test_a_syn_sent_again_opens_no_connection_and_a_new_one_does():
+    # flows 1 and 2 seen before (1 opened by SYN 100, until t=5; 2 without its SYN, until t=5), 3 and 4 not
+    stored = {1: (100, 5.0), 2: (-1, 5.0)}
+    found = reopened(np.array([1, 1, 1, 2, 3, 3, 4]), np.array([100, 200, 200, 300, 400, 400, 500]),
+                     np.array([6.0, 7.0, 7.5, 6.0, 6.0, 6.5, 4.0]),
+                     np.array([False, True, True, False, False, True, True]), stored, stored.get)
+    # 1: SYN 100 again (same connection), then 200 (a new one), sent again; 2: a SYN after a connection whose
+    # SYN was not seen; 3: new, its SYN sent again; 4: new, after packets of an earlier connection
+    assert found.tolist() == [1, 3, 6]
+    late = reopened(np.array([1]), np.array([999]), np.array([4.0]), np.array([False]), stored, stored.get)
+    assert late.tolist() == []  # before the flow's last packet: paired late, of the connection it is in
+    assert reopened(np.array([3]), np.array([1]), np.array([9.0]), np.array([False]), stored, stored.get).tolist() == []
