@@ -54,6 +54,7 @@ but not judged.
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 import zlib
 from collections import deque
@@ -179,7 +180,7 @@ class _Batch:
 
 @dataclass
 class _Client:
-    key: int
+    key: int  # its flow (the 5-tuple): later connections may reuse it
     service: int
     rule: int
     row: _Row  # its first packet
@@ -208,6 +209,7 @@ class _Client:
     fin: int | None = None  # the sequence number of the LB's FIN to it
     aborted_at: float | None = None  # the client reset it
     done_at: float | None = None  # ... or closed it having sent nothing: a probe, which waits for no answer
+    ident: int = 0  # this connection, among every client connection: what the tracker's tables are keyed by
 
     @property
     def first(self) -> Packets:
@@ -314,8 +316,9 @@ def _common_length(one: bytes, other: bytes) -> int:
 
 def _discard(table: dict, connection) -> None:
     """Take ``connection`` out of ``table`` -- if it is there, and not a later connection of the same flow."""
-    if table.get(connection.key) is connection:
-        del table[connection.key]
+    key = connection.ident if isinstance(connection, _Client) else connection.key
+    if table.get(key) is connection:
+        del table[key]
 
 
 def _rank(opened: float):
@@ -337,11 +340,15 @@ class ProxyTracker:
         self.engine = engine
         self.compiled = engine.compiled
         self.services = {s.index for s in self.compiled.services if s.mode == "proxy"}
+        # client connections, each by its ``ident``: a connection is kept when a later one reuses its 5-tuple (it
+        # may have a backend connection still to pair, its bytes or replies to judge) until it is idle
         self.clients: dict[int, _Client] = {}
+        self.current: dict[int, _Client] = {}  # the latest connection of each client flow (5-tuple)
+        self.idents = itertools.count(1)
         # clients by whether a backend connection carries them, the length of the first bytes of their streams
         # indexed (up to ALIKE) and those bytes
         self.by_prefix: dict[bool, dict[int, dict[bytes, dict[int, _Client]]]] = {}
-        self.free: dict[int, _Client] = {}  # clients no backend connection carries yet
+        self.free: dict[int, _Client] = {}  # clients no backend connection carries yet (these four: by ident)
         self.paired: list[tuple[_Client, _Backend]] = []  # connections paired and not judged yet
         self.unsettled: dict[int, _Client] = {}  # clients with bytes (or a reset SYN) not judged yet
         self.unpaired: dict[int, _Backend] = {}  # backend connections with bytes no client has shown yet
@@ -445,7 +452,7 @@ class ProxyTracker:
 
     def _client_packet(self, batch: _Batch, i: int, checks: list[CheckPlan], rule: int) -> None:
         key, time, flags, seq = batch.ckey[i], batch.ts[i], batch.flags[i], batch.seq[i]
-        client = self.clients.get(key)
+        client = self.current.get(key)
         if client is None or (flags & _SYN and not flags & _ACK and client.stream.next):
             client = self._open_client(batch, i, rule)
         client.last = time
@@ -480,17 +487,15 @@ class ProxyTracker:
                 self._retry_unpaired()
         if checks and not client.cut:
             client.waiting.append((end, time, checks, self._hold(batch, i, self._shown)))
-            self.unsettled[client.key] = client
+            self.unsettled[client.ident] = client
         if client.backend is not None:
             self._deliver(client, client.backend.stream.next, client.backend.last)
 
     def _open_client(self, batch: _Batch, i: int, rule: int) -> _Client:
         key, time = batch.ckey[i], batch.ts[i]
-        client = _Client(key, batch.svc[i], rule, self._hold(batch, i, self._kept), time, time, moved=time)
-        replaced = self.clients.get(key)
-        if replaced is not None:
-            self._drop(replaced)
-        self.clients[key] = self.free[key] = client
+        client = _Client(key, batch.svc[i], rule, self._hold(batch, i, self._kept), time, time, moved=time,
+                         ident=next(self.idents))
+        self.current[key] = self.clients[client.ident] = self.free[client.ident] = client
         self.connections += 1
         return client
 
@@ -498,30 +503,33 @@ class ProxyTracker:
         carried, prefix = client.indexed = (client.backend is not None, client.stream.prefix[:ALIKE])
         if prefix:
             by_length = self.by_prefix.setdefault(carried, {})
-            by_length.setdefault(len(prefix), {}).setdefault(prefix, {})[client.key] = client
+            by_length.setdefault(len(prefix), {}).setdefault(prefix, {})[client.ident] = client
 
     def _unindex(self, client: _Client) -> None:
         carried, prefix = client.indexed
         by_length = self.by_prefix.get(carried, {})
         buckets = by_length.get(len(prefix), {})
         bucket = buckets.get(prefix)
-        if bucket is not None and bucket.get(client.key) is client:
-            del bucket[client.key]
+        if bucket is not None and bucket.get(client.ident) is client:
+            del bucket[client.ident]
             if not bucket:
                 del buckets[prefix]
                 if not buckets:
                     del by_length[len(prefix)]
 
     def _drop(self, client: _Client) -> None:
-        """A client forgotten, or replaced by a new connection of the same flow."""
+        """A client forgotten."""
         self._unindex(client)
+        del self.clients[client.ident]
+        if self.current.get(client.key) is client:
+            del self.current[client.key]
         _discard(self.unsettled, client)
         _discard(self.free, client)
         _discard(self.unrelayed, client)
 
     def _to_client(self, batch: _Batch, i: int) -> None:
         """What the LB sends a client: its SYN-ACK, its bytes, its FIN or RST."""
-        client = self.clients.get(batch.ckey[i])
+        client = self.current.get(batch.ckey[i])
         if client is None:
             return
         time, flags = batch.ts[i], batch.flags[i]
@@ -530,7 +538,7 @@ class ProxyTracker:
             client.reply.isn = batch.seq[i]
         if flags & _RST and client.reset_at is None:
             client.reset_at = time
-            self.unsettled[client.key] = client
+            self.unsettled[client.ident] = client
         if flags & (_RST | _FIN) and client.closed_at is None:
             client.closed_at = time
         data = batch.payload(i)
@@ -540,7 +548,7 @@ class ProxyTracker:
             client.moved = time
             before = client.reply.next
             self.volume["lb_to_client"] += client.reply.add(batch.seq[i], data) - before
-            if client.key in self.unrelayed:
+            if client.ident in self.unrelayed:
                 self._relayed(client)
 
     # --------------------------------------------------------- backends --
@@ -641,7 +649,7 @@ class ProxyTracker:
                     backend.reply_row = self._hold(batch, i, self._kept)
                 backend.replies.append((after, batch.ts[i]))
                 if client is not None:
-                    self.unrelayed[client.key] = client
+                    self.unrelayed[client.ident] = client
 
     def _pair_by_bytes(self, backend: _Backend) -> None:
         """The client connection whose stream starts like this one (at least its first ``ALIKE`` bytes): the
@@ -814,7 +822,7 @@ class ProxyTracker:
         for client in list(self.unsettled.values()):  # a horizon later: attempts made just after the bytes came
             self._settle_client(client, cutoff - self.engine.horizon)
             if not client.waiting and not self._reset_unjudged(client):
-                del self.unsettled[client.key]
+                del self.unsettled[client.ident]
         ending = cutoff == float("inf")
         for backend in list(self.backends.values()):
             if backend.client is not None or backend.judged:
@@ -987,7 +995,7 @@ class ProxyTracker:
         while replies and replies[0][0] <= got:
             replies.popleft()
         if replies:
-            self.unrelayed[client.key] = client
+            self.unrelayed[client.ident] = client
         else:
             _discard(self.unrelayed, client)
 
@@ -1115,13 +1123,10 @@ class ProxyTracker:
             self._carried_nothing(backend, True)  # over, as its idle clients are
         for gid, carried in self.occupying.items():  # over, or idle as long: a close the capture missed
             self.occupying[gid] = [b for b in carried if b.last >= idle]
-        for table in (self.clients, self.backends):
-            for key in [k for k, c in table.items() if c.last < idle]:
-                if table is self.clients:
-                    self._drop(table[key])
-                else:
-                    _discard(self.unpaired, table[key])
-                del table[key]
+        for client in [c for c in self.clients.values() if c.last < idle]:
+            self._drop(client)
+        for key in [k for k, b in self.backends.items() if b.last < idle]:
+            _discard(self.unpaired, self.backends.pop(key))
 
     def finish(self) -> None:
         for client in self.clients.values():

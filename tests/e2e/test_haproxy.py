@@ -272,3 +272,19 @@ def test_bytes_a_client_sends_after_haproxy_closed_it_as_its_backend_died_are_no
     code, document = monitor(imported("haproxy", CHECKS, tmp_path), capture)
     assert verdicts(document) == {} and code == 0
     assert document["monitor"]["proxy"]["sent_after_close"] == 1
+
+
+def test_connections_that_reuse_a_client_port_are_each_paired_with_their_own(lab, tmp_path):
+    """Each client port carries three connections in a row, all sending the same bytes: each is its own
+    client connection, carried by its own backend connection, and balanced anew (round robin: every
+    backend gets a third).  Before, the next connection on a port replaced the one before it too soon: a
+    backend connection carried "a second copy" of another client's bytes (LB205) or no one's (LB208)."""
+    lab.install(Haproxy(CHECKS))
+    with lab.capture(tmp_path) as capture:
+        results = lab.traffic(tcp=[TARGET], connections=30, messages=1, interval=0.01, tcp_reuse=3)
+    assert None not in answered(results) and len({r["port"] for r in results}) == 10
+    code, document = monitor(imported("haproxy", CHECKS, tmp_path), capture)
+    assert verdicts(document) == {} and code == 0
+    summary = document["monitor"]
+    assert summary["flows"] == summary["proxy"]["client_connections"] == summary["proxy"]["carried"] == 30
+    assert {b["backend"]: b["flows"] for b in summary["backends"]} == {"app1": 10, "app2": 10, "app3": 10}

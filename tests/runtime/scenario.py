@@ -236,7 +236,7 @@ class Scenario:
                    bport: int = 8080, chunks: tuple[bytes, ...] = (b"GET / HTTP/1.1\r\n", b"Host: x\r\n\r\n"),
                    gap: float = 0.01, regroup: bool = True, lose: int | None = None, alter: bool = False,
                    delay: float = 0.002, open_backend: bool = True, header=None, connect: float = 0.0005,
-                   close: float | None = None, answer: bytes = b"") -> int:
+                   close: float | None = None, answer: bytes = b"", cport: int | None = None) -> int:
         """A client connection the LB terminates, and its own connection to ``backend`` carrying the bytes.
 
         ``regroup`` sends the client's chunks to the backend as one segment; ``lose`` leaves a chunk out;
@@ -246,7 +246,7 @@ class Scenario:
         ``close`` seconds after it ends that connection (a FIN to the backend).  The backend sends ``answer``
         (if any) once the bytes are there, and the LB relays it to the client.
         """
-        cport, lport = next(self.ports), next(self.ports) + 20000
+        cport, lport = cport or next(self.ports), next(self.ports) + 20000
         cseq, bseq = next(self.seqs) % (1 << 32), next(self.seqs) % (1 << 32)
         self.add(start, "client", ip(client, self.vip, ttl=64) / TCP(sport=cport, dport=vport, flags="S", seq=cseq))
         self.add(start + 0.0002, "client", ip(self.vip, client) / TCP(sport=vport, dport=cport, flags="SA", seq=5,

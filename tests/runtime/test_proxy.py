@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import struct
 
 import pytest
@@ -822,7 +823,7 @@ def _tracker_with(streams: list[tuple[bytes, bool]]):
     tracker = ProxyTracker.__new__(ProxyTracker)  # the index alone: no engine needed
     tracker.clients, tracker.by_prefix, tracker.free = {}, {}, {}
     for key, (prefix, carried) in enumerate(streams):
-        client = _Client(key, 0, 0, None, float(key), float(key))
+        client = _Client(key, 0, 0, None, float(key), float(key), ident=key)
         client.stream.prefix = prefix
         client.backend = object() if carried else None
         tracker.clients[key] = client
@@ -891,3 +892,22 @@ def test_a_backend_connection_whose_bytes_show_before_its_clients_still_pairs():
                             delay=-0.0001)
     report = scenario.judge(SPEC)
     assert codes(report) == [] and report.summary["proxy"]["bytes"]["lb_to_backend"] == 3 * 7
+
+
+def test_connections_that_reuse_a_client_port_are_each_paired_with_their_own(cli, spec_file, tmp_path):
+    """Three connections from one client port, a few milliseconds apart, with the same bytes, each carried to
+    another backend.  Read from two captures, the client side of a slice of time is taken before its backend
+    side: the third connection had replaced the first two before their backend connections came, which then
+    carried "the bytes of" the third (LB205) or of no one (LB208)."""
+    scenario = Scenario("proxy")
+    for k in range(3):
+        scenario.proxy_flow(["10.1.0.11", "10.1.0.12", "10.1.0.13"][k], k * 0.05, cport=41000, close=0.04)
+    client, backend = scenario.write(tmp_path)
+    backends = "backend b1 10.1.0.11:8080\n        backend b2 10.1.0.12:8080\n        backend b3 10.1.0.13:8080"
+    run = cli("monitor", spec_file(spec(mode="proxy", backends=backends)), "--client-side", str(client),
+              "--backend-side", str(backend), "--format", "json")
+    document = json.loads(run.out)
+    assert [d["code"] for d in document["diagnostics"] if d["severity"] != "info"] == [] and run.code == 0
+    summary = document["monitor"]
+    assert summary["flows"] == 3 and summary["proxy"]["carried"] == 3
+    assert {b["backend"]: b["flows"] for b in summary["backends"]} == {"b1": 1, "b2": 1, "b3": 1}
