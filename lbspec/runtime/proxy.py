@@ -210,6 +210,7 @@ class _Client:
     aborted_at: float | None = None  # the client reset it
     done_at: float | None = None  # ... or closed it having sent nothing: a probe, which waits for no answer
     ident: int = 0  # this connection, among every client connection: what the tracker's tables are keyed by
+    syn: int | None = None  # the sequence number of its SYN (None: not seen)
 
     @property
     def first(self) -> Packets:
@@ -453,10 +454,11 @@ class ProxyTracker:
     def _client_packet(self, batch: _Batch, i: int, checks: list[CheckPlan], rule: int) -> None:
         key, time, flags, seq = batch.ckey[i], batch.ts[i], batch.flags[i], batch.seq[i]
         client = self.current.get(key)
-        if client is None or (flags & _SYN and not flags & _ACK and client.stream.next):
-            client = self._open_client(batch, i, rule)
+        if client is None or (flags & _SYN and not flags & _ACK and seq != client.syn):
+            client = self._open_client(batch, i, rule)  # a new connection (a SYN sent again repeats its number)
         client.last = time
         if flags & _SYN:
+            client.syn = seq
             client.stream.isn = seq
             client.syn_checks = client.syn_checks or checks
             return

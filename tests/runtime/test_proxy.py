@@ -911,3 +911,15 @@ def test_connections_that_reuse_a_client_port_are_each_paired_with_their_own(cli
     summary = document["monitor"]
     assert summary["flows"] == 3 and summary["proxy"]["carried"] == 3
     assert {b["backend"]: b["flows"] for b in summary["backends"]} == {"b1": 1, "b2": 1, "b3": 1}
+
+
+def test_connections_that_reuse_a_client_port_and_send_nothing_are_each_counted():
+    """A SYN with a new sequence number on the 5-tuple of a connection that sent nothing (one that connects and
+    leaves) opens a connection of its own too; one sent again (the same number) does not."""
+    scenario = Scenario("proxy")
+    for k in range(3):
+        scenario.proxy_flow("10.1.0.11", k * 0.05, cport=41000, close=0.04, chunks=())
+    again = [s for s in scenario.packets if s.side == "client" and s.packet[TCP].flags == "S"][0]
+    scenario.add(again.time - START + 0.001, "client", again.packet[IP].copy())
+    report = scenario.judge(SPEC)
+    assert report.summary["proxy"]["client_connections"] == 3 and report.summary["flows"] == 3
