@@ -2,9 +2,13 @@
 
 Prints seconds per size (load + every check, all services, both cores) and the
 ratio t(1000)/t(100): 10.0 means cost linear in services.  The same run also
-times one core, so the parallel speed-up is measured, not assumed.
+times one core, so the parallel speed-up is measured, not assumed.  Then the
+same in width: 10 services of 10, 20 and 40 backends each, and the ratio
+t(40)/t(10): 4.0 means cost linear in backends.  (A counterexample the solver
+found with many backends failing once cost 2 ** failing to replay: 40
+backends took 50 times as long as 10.)
 
-    python bench/check_scale.py [--sizes 10,100,1000] [--jobs N]
+    python bench/check_scale.py [--sizes 10,100,1000] [--widths 10,20,40] [--jobs N]
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from lbspec.check import CheckOptions, check_spec  # noqa: E402
 from lbspec.loader import load_text  # noqa: E402
 
 
-def run(size: int, jobs: int) -> tuple[float, int]:
-    text = "\n".join(service(i, 10)[0] for i in range(size))
+def run(size: int, jobs: int, backends: int = 10) -> tuple[float, int]:
+    text = "\n".join(service(i, backends)[0] for i in range(size))
     started = time.perf_counter()
     loaded = load_text(text, f"scale-{size}.lbspec")
     assert loaded.ok, loaded.diagnostics[:3]
@@ -36,6 +40,7 @@ def run(size: int, jobs: int) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--widths", default="10,20,40", help="backends per service, for 10 services")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -50,6 +55,16 @@ def main() -> None:
     if args.jobs > 1 and 100 in times:
         single, _ = run(100, 1)
         print(f"100 services on 1 process: {single:.2f}s; speed-up with {args.jobs}: {single / times[100]:.2f}x")
+    widths = [int(w) for w in args.widths.split(",") if w]
+    print(f"\n{'backends':>9}{'seconds':>10}{'ms/service':>12}{'findings':>10}   (10 services)")
+    wide = {}
+    for width in widths:
+        seconds, found = run(10, args.jobs, width)
+        wide[width] = seconds
+        print(f"{width:>9}{seconds:>10.2f}{100 * seconds:>12.1f}{found:>10}")
+    if len(widths) > 1:
+        low, high = min(widths), max(widths)
+        print(f"t({high})/t({low}) = {wide[high] / wide[low]:.2f}  ({high / low:.2f} is linear)")
 
 
 if __name__ == "__main__":

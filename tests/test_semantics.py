@@ -9,6 +9,7 @@ import pytest
 
 import lbspec
 from lbspec.loader import load_text
+from lbspec.semantics import evaluate as ev
 from lbspec.semantics import model as m
 
 from conftest import MINIMAL, service
@@ -245,3 +246,29 @@ def test_a_spec_and_its_loading_show_their_files_and_services_not_their_text():
     for shown in (repr(loaded.spec), repr(loaded)):
         assert "x.lbspec" in shown and "'s'" in shown
         assert "vip 192.0.2.1" not in shown and "property" not in shown
+
+
+def test_a_replayed_view_is_checked_backend_by_backend():
+    """The LB's view in a witness must be one health allows: each backend failing within its detection window
+    may be seen up or down, one down past it only down, one that never failed only up, and no other name.
+    (Checked backend by backend: the views are 2 ** failing, and a witness with 40 failing took minutes.)"""
+    names = [f"b{k}" for k in range(24)]
+    pool = "\n".join(f"        backend {n} 10.0.0.{k + 1}" for k, n in enumerate(names))
+    svc = one(MINIMAL.replace("        backend b1 10.0.0.1", pool).replace(
+        "forward tcp 80 to p\n", "forward tcp 80 to p\n    health tcp every 2s timeout 1s fall 3\n"))
+    packet = m.Packet("tcp", ip_address("203.0.113.7"), ip_address("192.0.2.1"), 40000, 80)
+    failed = ev.Step(0.0, fail=tuple(names[:16]))  # detected 5 to 7 s later
+    some = frozenset(names[:8] + names[16:])
+
+    def replays(at: float, view: frozenset[str]) -> bool:
+        try:
+            ev.Replay(svc).run([failed, ev.Step(at, packet, view=view)])
+        except ev.ReplayError:
+            return False
+        return True
+
+    assert replays(6.0, some) and replays(6.0, frozenset(names[16:])) and replays(6.0, frozenset(names))
+    assert not replays(6.0, some - {"b20"})  # b20 never failed
+    assert not replays(6.0, some | {"b99"})
+    assert not replays(10.0, some) and replays(10.0, frozenset(names[16:]))
+    assert not replays(1.0, some) and replays(1.0, frozenset(names))
