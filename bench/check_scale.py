@@ -6,9 +6,12 @@ times one core, so the parallel speed-up is measured, not assumed.  Then the
 same in width: 10 services of 10, 20 and 40 backends each, and the ratio
 t(40)/t(10): 4.0 means cost linear in backends.  (A counterexample the solver
 found with many backends failing once cost 2 ** failing to replay: 40
-backends took 50 times as long as 10.)
+backends took 50 times as long as 10.)  Then one service of 25 to 200 rules
+(each from a /24 of its own, to 5 pools), and t(200)/t(50): 4.0 is linear.
+(Every pair of rules to different pools once went to the solver, and every
+reachable rule had a witness built that nothing showed: 200 rules took 94 s.)
 
-    python bench/check_scale.py [--sizes 10,100,1000] [--widths 10,20,40] [--jobs N]
+    python bench/check_scale.py [--sizes 10,100,1000] [--widths 10,20,40] [--rules 25,50,100,200] [--jobs N]
 """
 
 from __future__ import annotations
@@ -37,10 +40,28 @@ def run(size: int, jobs: int, backends: int = 10) -> tuple[float, int]:
     return time.perf_counter() - started, len(found)
 
 
+def ruled(rules: int) -> str:
+    """One service of ``rules`` rules, each from a /24 of its own, to 5 pools of 4 backends."""
+    lines = ["service s {", "    vip 192.0.2.10", "    listen tcp 80", "    mode nat"]
+    for p in range(5):
+        lines += [f"    pool p{p} {{", *(f"        backend p{p}b{b} 10.{p}.0.{b + 1}:8080" for b in range(4)), "    }"]
+    lines += [f"    forward tcp 80 from 10.{100 + r // 250}.{r % 250}.0/24 to p{r % 5}" for r in range(rules)]
+    return "\n".join([*lines, "    health tcp every 2s timeout 1s fall 3 rise 2", "}", ""])
+
+
+def timed(text: str) -> tuple[float, int]:
+    started = time.perf_counter()
+    loaded = load_text(text, "rules.lbspec")
+    found = check_spec(loaded.spec, CheckOptions(jobs=1))
+    assert not [x for x in found if x.code in ("LB099", "LB111")], "internal error or unknown"
+    return time.perf_counter() - started, len(found)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,100,1000")
     parser.add_argument("--widths", default="10,20,40", help="backends per service, for 10 services")
+    parser.add_argument("--rules", default="25,50,100,200", help="rules of one service")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -65,6 +86,15 @@ def main() -> None:
     if len(widths) > 1:
         low, high = min(widths), max(widths)
         print(f"t({high})/t({low}) = {wide[high] / wide[low]:.2f}  ({high / low:.2f} is linear)")
+    counts = [int(r) for r in args.rules.split(",") if r]
+    print(f"\n{'rules':>9}{'seconds':>10}{'findings':>10}   (one service, one process)")
+    ruled_times = {}
+    for count in counts:
+        seconds, found = timed(ruled(count))
+        ruled_times[count] = seconds
+        print(f"{count:>9}{seconds:>10.2f}{found:>10}")
+    if 50 in ruled_times and 200 in ruled_times:
+        print(f"t(200)/t(50) = {ruled_times[200] / ruled_times[50]:.2f}  (4.00 is linear)")
 
 
 if __name__ == "__main__":

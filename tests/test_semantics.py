@@ -6,6 +6,8 @@ import math
 from ipaddress import ip_address, ip_network
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lbspec
 from lbspec.loader import load_text
@@ -272,3 +274,39 @@ def test_a_replayed_view_is_checked_backend_by_backend():
     assert not replays(6.0, some | {"b99"})
     assert not replays(10.0, some) and replays(10.0, frozenset(names[16:]))
     assert not replays(1.0, some) and replays(1.0, frozenset(names))
+
+
+_NETWORKS = ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "192.168.0.0/16", "2001:db8::/32", "2001:db8:1::/48"]
+_RULES = st.builds(
+    lambda protocol, ports, sources: m.Rule(0, protocol, m.merge_ranges(ports), tuple(map(ip_network, sources)),
+                                            "p", None),
+    st.sampled_from([None, "tcp", "udp", "icmp"]),
+    st.lists(st.tuples(st.integers(0, 100), st.integers(0, 30)).map(lambda t: (t[0], t[0] + t[1])), max_size=3),
+    st.lists(st.sampled_from(_NETWORKS), max_size=2, unique=True))
+_PACKETS = st.builds(
+    lambda proto, src, dport: m.Packet(proto, ip_address(src), ip_address("2001:db8::ff" if ":" in src else
+                                                                          "192.0.2.1"), 40000, dport),
+    st.sampled_from(["tcp", "udp", "icmp"]),
+    st.sampled_from(["10.1.2.3", "10.1.9.9", "10.200.0.1", "192.168.1.1", "203.0.113.7", "2001:db8:1::7",
+                     "2001:db8:2::7", "2001:db9::7"]),
+    st.integers(0, 140))
+
+
+@settings(max_examples=500, deadline=None)
+@given(_RULES, _RULES, _PACKETS)
+def test_rules_said_to_be_disjoint_match_no_packet_both(first, second, packet):
+    """The checker skips the solver for pairs of rules `disjoint` says no packet can match both: it must never
+    be wrong (it may say False of rules that are disjoint: the solver then says so)."""
+    if first.disjoint(second):
+        assert not (first.matches(packet) and second.matches(packet))
+    assert first.disjoint(second) == second.disjoint(first)
+
+
+def test_rules_with_nothing_in_common_are_disjoint():
+    rule = lambda protocol, ports, sources: m.Rule(0, protocol, ports, tuple(map(ip_network, sources)), "p", None)  # noqa
+    assert rule("tcp", (), ()).disjoint(rule("udp", (), ()))
+    assert rule(None, ((80, 80),), ()).disjoint(rule(None, ((443, 443),), ()))
+    assert rule(None, (), ("10.1.0.0/16",)).disjoint(rule(None, (), ("10.2.0.0/16", "2001:db8::/32")))
+    assert not rule(None, (), ("10.1.0.0/16",)).disjoint(rule(None, (), ("10.0.0.0/8",)))
+    assert not rule("tcp", ((80, 90),), ()).disjoint(rule(None, ((90, 95),), ()))
+    assert not rule("tcp", (), ("10.1.0.0/16",)).disjoint(rule(None, (), ()))

@@ -113,12 +113,14 @@ class ServiceFinder:
             else:
                 reason = "earlier rules take all of its traffic"
                 notes = [d.Note("this earlier rule matches some of the same packets", r.span)
-                         for r in rules[:rule.index] if self.queries.overlap(r.index, rule.index, False).status == "sat"]
+                         for r in rules[:rule.index]
+                         if not r.disjoint(rule) and self.queries.overlap(r.index, rule.index, False).status == "sat"]
             yield d.SHADOWED_RULE.at(rule.span, reason=reason, notes=notes,
                                      help="remove it, or move it above the rules that shadow it")
         for first in rules:
             for second in rules[first.index + 1:]:
-                if first.pool == second.pool or first.index not in live or second.index not in live:
+                if first.pool == second.pool or first.index not in live or second.index not in live \
+                        or first.disjoint(second):  # most pairs, in a spec of many rules: no solver needed
                     continue
                 found = self._overlap(first, second)
                 if found is not None:

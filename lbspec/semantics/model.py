@@ -362,6 +362,17 @@ class Rule:
         return not self.sources or any(
             packet.src.version == n.version and packet.src in n for n in self.sources)
 
+    def disjoint(self, other: Rule) -> bool:
+        """Whether no packet can match both, read off what each says: their protocols, ports or sources have
+        nothing in common.  False where that does not settle it (the solver decides those)."""
+        if self.protocol is not None and other.protocol is not None and self.protocol != other.protocol:
+            return True
+        if self.ports and other.ports and not any(low <= b_high and b_low <= high for low, high in self.ports
+                                                  for b_low, b_high in other.ports):
+            return True
+        return bool(self.sources and other.sources) and not any(
+            a.version == b.version and a.overlaps(b) for a in self.sources for b in other.sources)
+
 
 @dataclass(frozen=True, slots=True)
 class Mode:

@@ -47,6 +47,7 @@ class _Scenario:
     health: SymHealth
     packets: list[tuple[SymPacket, SymDecision, z3.ArithRef]]  # packet, its decision, its time
     solver: z3.Solver | None = None
+    tiers: list[list[z3.BoolRef]] | None = None  # the wishes for a witness (built once: many terms)
 
     def in_scope(self, scope: m.Filter) -> list[z3.BoolRef]:
         return [filter_formula(scope, packet) for packet, _, _ in self.packets]
@@ -99,7 +100,9 @@ class ServiceQueries:
     def _nicest(self, scenario: _Scenario) -> z3.ModelRef | None:
         """A model with values a person would pick, if one exists (called with the question asserted)."""
         solver = scenario.solver
-        for tier in self._preferences(scenario):
+        if scenario.tiers is None:
+            scenario.tiers = self._preferences(scenario)
+        for tier in scenario.tiers:
             solver.push()
             try:
                 solver.add(*tier)
@@ -420,11 +423,12 @@ class ServiceQueries:
         return self._ask(scenario, [z3.Not(decision.covered)])
 
     def rule_reachable(self, index: int, alone: bool = False, family: int | None = None) -> Answer:
-        """Can rule ``index`` be the first match of a listened packet (``alone``: match at all)?"""
+        """Can rule ``index`` be the first match of a listened packet (``alone``: match at all)?  (Yes or no: a
+        witness of a rule that matches is never shown.)"""
         scenario, packet, decision = self._single()
         term = decision.matches[index] if alone else decision.selected[index]
         goal = [term] if family is None else [term, packet.family_is(family)]
-        return self._ask(scenario, goal, want_model=family is None)
+        return self._ask(scenario, goal, want_model=False)
 
     def overlap(self, first: int, second: int, inside: bool) -> Answer:
         """Listened packets both rules match; with ``inside``, ones ``first`` matches and ``second`` does not."""
