@@ -23,6 +23,7 @@ import numpy as np
 from lbspec import diagnostics as d
 from lbspec.runtime.classify import mix, reopened, syn_only
 from lbspec.runtime.compiled import CheckPlan, Compiled
+from lbspec.runtime.decode import TCP
 from lbspec.runtime.state import FlowTable
 from lbspec.runtime.stats import share_test
 
@@ -155,13 +156,14 @@ class Traffic:
                grouped: bool) -> None:
         """Pairs ``ordered`` (by their ``all_keys``: flows, or units) into ``table``: each new key opened, the
         bytes and packets of each added to its entry.  Flows are counted in the summary; a ``grouped`` key
-        in the groups of the balance checks too.  A connection opened on a flow's 5-tuple again is a flow
-        of its own: the one before it ends there."""
+        in the groups of the balance checks too.  A connection opened on a flow's 5-tuple again, or a flow
+        that comes back after idling longer than the LB keeps it (its affinity timeout: a UDP session, say),
+        is a flow of its own, balanced anew: the one before it ends there."""
         keys = all_keys[ordered]
         starts = np.nonzero(np.r_[True, keys[1:] != keys[:-1]])[0]
         rounds = None
         if table is self.flows:
-            starts, rounds = self._connections(pairs, ordered, keys, starts)
+            starts, rounds = self._connections(pairs, ordered, keys, starts, engine.affinity_timeout(pairs.plan))
         first = ordered[starts]  # each piece's first pair: a key's, or a connection's on a reused key
         byte_sums = np.add.reduceat(pairs.ingress("plen")[ordered].astype(np.float64), starts)  # whole bytes: exact
         counts = np.diff(np.r_[starts, len(ordered)])
@@ -185,22 +187,28 @@ class Traffic:
                 entry[3] += amount
                 entry[4] += count
 
-    def _connections(self, pairs, ordered: np.ndarray, keys: np.ndarray, starts: np.ndarray
+    def _connections(self, pairs, ordered: np.ndarray, keys: np.ndarray, starts: np.ndarray, timeout: float
                      ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Pairs ``ordered`` by flow (``keys``, each flow's from ``starts``) cut where a connection opens on its
-        flow's 5-tuple again (see :func:`reopened`): the pieces' starts, and for each piece how many such
-        openings of its flow in these pairs are at or before it (None: there are none)."""
-        syns = np.nonzero(syn_only(pairs.ingress("flags")[ordered]))[0]
-        if not len(syns):
-            return starts, None
+        """Pairs ``ordered`` by flow (``keys``, each flow's from ``starts``) cut where a new flow begins on a 5-tuple
+        counted before: a connection opened on it again (see :func:`reopened`), or a UDP (or ICMP) packet more
+        than ``timeout`` after the flow's last (a session the LB has ended).  The pieces' starts, and for each
+        piece how many such beginnings of its flow in these pairs are at or before it (None: there are none)."""
         begins = np.zeros(len(ordered), bool)
         begins[starts] = True
         known = self.flows.items
-        again = reopened(keys[syns], pairs.ingress("seq")[ordered[syns]], pairs.egress("ts")[ordered[syns]],
-                         ~begins[syns], known, lambda key: (known[key][7], known[key][1]))
-        if not len(again):
+        ts = pairs.egress("ts")[ordered]
+        sessions = pairs.ingress("proto")[ordered] != TCP
+        idle = np.nonzero(sessions[1:] & ~begins[1:] & (ts[1:] - ts[:-1] > timeout))[0] + 1
+        returning = starts[sessions[starts]]
+        if timeout < self.flows.timeout and len(returning):  # (the table forgets flows idle longer than its own)
+            last = np.array([known[k][1] if k in known else np.inf for k in keys[returning].tolist()])
+            idle = np.r_[returning[ts[returning] - last > timeout], idle]
+        syns = np.nonzero(syn_only(pairs.ingress("flags")[ordered]))[0]
+        again = syns[reopened(keys[syns], pairs.ingress("seq")[ordered[syns]], ts[syns], ~begins[syns], known,
+                              lambda key: (known[key][7], known[key][1]))] if len(syns) else syns
+        if not len(again) and not len(idle):
             return starts, None
-        cuts = syns[again]
+        cuts = np.union1d(again, idle)
         pieces = np.union1d(starts, cuts)
         cut = np.isin(pieces, cuts)
         flow = np.cumsum(begins[pieces]) - 1  # each piece's flow

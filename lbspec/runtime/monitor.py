@@ -175,6 +175,7 @@ class Monitor:
         self.span = min(max(shortest - answer - self.horizon, 0.25), 2.0)
         cap, idle = self.options.max_flows, max([300.0] + [s.service.affinity.timeout for s in self.compiled.services])
         self.clients = FlowTable(cap, idle)  # client end (proto, address, port) -> [svc, last, vip, vport]
+        self.flow_timeouts = np.array([self.affinity_timeout(s) for s in self.compiled.services] or [idle])
         self.client_addresses = FlowTable(cap, idle)  # addresses that sent to a VIP -> [0, last]
         self.openers = FlowTable(cap, idle)  # client flows -> (sequence number of their last SYN, when)
         self.traffic = Traffic(self.compiled, cap, idle)
@@ -1030,8 +1031,8 @@ class Monitor:
         order, starts, first, last = runs_of(keys)
         latest, flows = rows[last], keys[last].tolist()
         known = self.clients.items
-        self.counts.new_flows += len(flows) - len(known.keys() & flows) + self._reopened(new, rows, keys[order[starts]],
-                                                                                         first)
+        self.counts.new_flows += len(flows) - len(known.keys() & flows) + \
+            self._reopened(new, rows, keys[order[starts]], first) + self._returned(new, rows)
         entries = map(list, zip(new["svc"][latest].tolist(), new["ts"][latest].tolist(),
                                 new["da_hi"][latest].tolist(), new["da_lo"][latest].tolist(),
                                 new["dport"][latest].tolist()))
@@ -1057,6 +1058,23 @@ class Monitor:
                          lambda key: (opened[key][0] if key in opened else -1, -math.inf))
         opened.update(zip(keys.tolist(), zip(seqs.tolist(), itertools.repeat(float(new["ts"][rows[syns[-1]]])))))
         return len(again)
+
+    def _returned(self, new: Packets, rows: np.ndarray) -> int:
+        """How many UDP (or ICMP) client flows came back in ``rows`` (sent to a VIP, in time order) after idling
+        longer than their service's affinity timeout: the LB has ended their sessions, and balances each anew.
+        (A TCP flow is a connection: a new one starts with a SYN.)"""
+        rows = rows[new["proto"][rows] != TCP]
+        timeouts = self.flow_timeouts[new["svc"][rows]]
+        if not (timeouts < self.clients.timeout).any():  # the table forgets flows idle longer than its timeout
+            return 0
+        order = np.argsort(new["ckey"][rows], kind="stable")
+        keys, ts, timeouts = new["ckey"][rows][order], new["ts"][rows][order], timeouts[order]
+        begins = np.r_[True, keys[1:] != keys[:-1]]
+        known = self.clients.items
+        last = np.array([known[k][1] if k in known else np.inf for k in keys[begins].tolist()])
+        gaps = np.r_[-np.inf, ts[1:] - ts[:-1]]
+        gaps[begins] = ts[begins] - last
+        return int(np.count_nonzero(gaps > timeouts))
 
     def _replies(self, new: Packets, base: int) -> None:
         """Client-side packets toward clients: they must come from the VIP and port the client used.

@@ -8,6 +8,8 @@ keeps it clean is its passive check: a failed connection is retried on the next 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from lbspec.lab import NginxStream
@@ -125,3 +127,23 @@ def test_udp_answers_lost_before_nginx_read_them_are_LB215(lab, tmp_path):
     at_edge = results[-1]["error"] is not None  # the last answer lost: at the capture's edge, maybe not judged
     assert dropped - at_edge <= sum(v["data"]["count"] for v in found["LB215"]) <= dropped
 
+
+
+def test_a_udp_session_back_after_proxy_timeout_is_balanced_anew_and_counted_so(lab, tmp_path):
+    """A client that keeps its UDP port (NTP, syslog, a resolver with a fixed port) and comes back after nginx
+    ended its session (`proxy_timeout 5s`: the import's affinity timeout) starts a new session, balanced anew:
+    a move that breaks no affinity, and a flow of its own (it was counted as the first session's)."""
+    with lab.capture(tmp_path) as capture:
+        first = lab.traffic(udp=[f"{lab.vip}:53"], datagrams=3, interval=0.3, udp_source_port=33333)
+        time.sleep(5.5)
+        back = lab.traffic(udp=[f"{lab.vip}:53"], datagrams=3, interval=0.3, udp_source_port=33333)
+        other = lab.traffic(udp=[f"{lab.vip}:53"], datagrams=3, interval=0.3, udp_source_port=33334)
+    sessions = [[r["answered_by"] for r in s] for s in (first, back, other)]
+    assert all(len(set(s)) == 1 and None not in s for s in sessions)
+    assert sessions[0][0] != sessions[1][0]  # round robin: the session back went elsewhere
+    code, document = monitor(imported("nginx", CONFIG, tmp_path), capture)
+    assert verdicts(document) == {} and code == 0
+    summary = document["monitor"]
+    assert summary["flows"] == 3
+    flows = {b["backend"]: b["flows"] for b in summary["backends"] if b["backend"].startswith("udp")}
+    assert flows == {f"udp_echo-{n}": [s[0] for s in sessions].count(f"b{n}") for n in (1, 2)}

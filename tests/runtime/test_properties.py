@@ -228,3 +228,18 @@ def test_a_syn_sent_again_opens_no_connection_and_a_new_one_does():
     late = reopened(np.array([1]), np.array([999]), np.array([4.0]), np.array([False]), stored, stored.get)
     assert late.tolist() == []  # before the flow's last packet: paired late, of the connection it is in
     assert reopened(np.array([3]), np.array([1]), np.array([9.0]), np.array([False]), stored, stored.get).tolist() == []
+
+
+def test_a_flow_back_after_its_affinity_timeout_is_a_flow_of_its_own():
+    """UDP from clients that keep their port (NTP, syslog, a resolver with a fixed port), each datagram 10 s
+    after the last, where the LB keeps a flow 5 s: each is balanced anew, a flow of its own -- not one flow per
+    port, all on the backend its first datagram went to (LB206 on a correct LB)."""
+    scenario = Scenario("nat")
+    for k in range(60):
+        scenario.flow(["10.1.0.11", "10.1.0.12"][k % 2], (k % 2) * 10 + k * 0.01, proto="udp", vport=53, bport=53,
+                      cport=41000 + k // 2, segments=1)
+    text = spec(listen="udp 53", rule="forward udp 53 to app", body="affinity flow timeout 5s")
+    report = scenario.judge(text, answer_timeout=1000)
+    assert codes(report) == []
+    assert report.summary["flows"] == 60
+    assert {b["backend"]: b["flows"] for b in report.summary["backends"]} == {"b1": 30, "b2": 30}
