@@ -31,13 +31,7 @@ from lbspec.loader import load_text  # noqa: E402
 
 
 def run(size: int, jobs: int, backends: int = 10) -> tuple[float, int]:
-    text = "\n".join(service(i, backends)[0] for i in range(size))
-    started = time.perf_counter()
-    loaded = load_text(text, f"scale-{size}.lbspec")
-    assert loaded.ok, loaded.diagnostics[:3]
-    found = check_spec(loaded.spec, CheckOptions(jobs=jobs))
-    assert not [x for x in found if x.code in ("LB099", "LB111")], "internal error or unknown"
-    return time.perf_counter() - started, len(found)
+    return timed("\n".join(service(i, backends)[0] for i in range(size)), jobs)
 
 
 def ruled(rules: int) -> str:
@@ -49,10 +43,12 @@ def ruled(rules: int) -> str:
     return "\n".join([*lines, "    health tcp every 2s timeout 1s fall 3 rise 2", "}", ""])
 
 
-def timed(text: str) -> tuple[float, int]:
+def timed(text: str, jobs: int) -> tuple[float, int]:
+    """Seconds to load and fully check ``text``, and the findings."""
     started = time.perf_counter()
-    loaded = load_text(text, "rules.lbspec")
-    found = check_spec(loaded.spec, CheckOptions(jobs=1))
+    loaded = load_text(text, "scale.lbspec")
+    assert loaded.ok, loaded.diagnostics[:3]
+    found = check_spec(loaded.spec, CheckOptions(jobs=jobs))
     assert not [x for x in found if x.code in ("LB099", "LB111")], "internal error or unknown"
     return time.perf_counter() - started, len(found)
 
@@ -90,7 +86,7 @@ def main() -> None:
     print(f"\n{'rules':>9}{'seconds':>10}{'findings':>10}   (one service, one process)")
     ruled_times = {}
     for count in counts:
-        seconds, found = timed(ruled(count))
+        seconds, found = timed(ruled(count), 1)
         ruled_times[count] = seconds
         print(f"{count:>9}{seconds:>10.2f}{found:>10}")
     if 50 in ruled_times and 200 in ruled_times:

@@ -164,7 +164,7 @@ class Traffic:
         rounds = None
         if table is self.flows:
             starts, rounds = self._connections(pairs, ordered, keys, starts, engine.affinity_timeout(pairs.plan))
-        first = ordered[starts]  # each piece's first pair: a key's, or a connection's on a reused key
+        first = ordered[starts]  # each piece's first pair: a key's, or a new flow's on a 5-tuple counted before
         byte_sums = np.add.reduceat(pairs.ingress("plen")[ordered].astype(np.float64), starts)  # whole bytes: exact
         counts = np.diff(np.r_[starts, len(ordered)])
         ts = pairs.egress("ts")[first]
@@ -175,7 +175,7 @@ class Traffic:
             listed = keys[mine].tolist()
             known = table.items
             if number:
-                table.end(listed)  # the connections these reopen their 5-tuples after are over
+                table.end(listed)  # the flows before these on their 5-tuples are over
             fresh = np.array([i for i, k in enumerate(listed) if k not in known], np.int64)
             if len(fresh):
                 self._open(engine, pairs, first[mine][fresh], keys[mine][fresh], ts[mine][fresh], isns[mine][fresh],

@@ -252,6 +252,12 @@ class _Backend:
         """Its first packet (a table of one row)."""
         return self.row.packets()
 
+    @property
+    def ident(self) -> int:
+        """What the tracker's tables of backend connections are keyed by: its 5-tuple (a later connection on it
+        replaces it)."""
+        return self.key
+
     def failed(self, cutoff: float) -> str | None:
         """``refused`` or ``timeout`` if this is an attempt opened before ``cutoff`` that got no SYN-ACK
         (by the time the monitor has read, at least a horizon later), else None."""
@@ -317,9 +323,8 @@ def _common_length(one: bytes, other: bytes) -> int:
 
 def _discard(table: dict, connection) -> None:
     """Take ``connection`` out of ``table`` -- if it is there, and not a later connection of the same flow."""
-    key = connection.ident if isinstance(connection, _Client) else connection.key
-    if table.get(key) is connection:
-        del table[key]
+    if table.get(connection.ident) is connection:
+        del table[connection.ident]
 
 
 def _rank(opened: float):
