@@ -45,10 +45,16 @@ class ServiceFinder:
 
     # ------------------------------------------------------------ helpers --
     def _unknown(self, what: str, answer: Answer, span: Span | None) -> d.Diagnostic:
+        """LB111, saying which limit stopped the solver: Z3 says "canceled" for both, and raising the one that
+        did not would change nothing."""
+        settings = self.options.settings
+        if answer.seconds * 1000 >= 0.9 * settings.timeout_ms:
+            limit, help = "timeout", f"the solver ran out of time (--timeout {settings.timeout_ms / 1000:g})"
+        else:
+            limit, help = "rlimit", f"the solver reached its work limit (--rlimit {settings.rlimit}) before its time"
         return d.UNKNOWN_RESULT.at(span, property=what, seconds=f"{answer.seconds:.3f}s",
-                                   help=f"the solver gave up ({answer.reason or 'timeout'}); "
-                                        "raise --timeout or simplify the spec",
-                                   data={"seconds": answer.seconds, "reason": answer.reason})
+                                   help=f"{help}: raise --{limit} or simplify the spec",
+                                   data={"seconds": answer.seconds, "reason": answer.reason, "limit": limit})
 
     def _replay(self, steps: list[ev.Step]) -> ev.Replay | str:
         """The replayed trace, or why the evaluator refused it."""

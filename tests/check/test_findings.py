@@ -11,8 +11,11 @@ import pytest
 
 import lbspec
 from lbspec.check import CheckOptions, check_spec
+from lbspec.check.findings import FinderOptions, ServiceFinder
 from lbspec.diagnostics import Severity
 from lbspec.semantics import evaluate as ev
+from lbspec.smt.queries import Answer
+from lbspec.smt.solver import SolverSettings
 
 from conftest import CLEAN, EXAMPLES, service
 
@@ -179,7 +182,17 @@ def test_solver_giving_up_is_unknown_never_ok():
     found = findings(lbspec.load(EXAMPLES / "web.lbspec"), rlimit=1)
     unknown = [x for x in found if x.code == "LB111"]
     assert unknown and "seconds" in unknown[0].data
+    assert {x.data["limit"] for x in unknown} == {"rlimit"}
     assert not [x for x in found if x.code == "LB112"]
+
+
+@pytest.mark.parametrize(("seconds", "limit"), [(9.99, "timeout"), (10.0, "timeout"), (3.7, "rlimit")])
+def test_unknown_says_which_limit_stopped_the_solver(seconds, limit):
+    """Z3 says "canceled" whether its time or its work limit ran out; a question of 1,000 backends stopped by
+    the work limit after 3.7 s said "raise --timeout", which changed nothing."""
+    finder = ServiceFinder(lbspec.load(EXAMPLES / "web.lbspec").services[0], FinderOptions(SolverSettings(10_000)))
+    found = finder._unknown("`no_drop`", Answer("unknown", seconds, reason="canceled"), None)
+    assert found.code == "LB111" and found.data["limit"] == limit
 
 
 def test_parallel_and_serial_runs_agree():
