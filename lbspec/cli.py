@@ -326,26 +326,41 @@ def _run_check(args: argparse.Namespace, io: _Streams) -> int:
 
 
 class _Progress:
-    """A progress bar on stderr for long checks: on a terminal, coloured or not, unless turned off."""
+    """A progress bar on stderr for long checks: on a terminal, coloured or not, unless turned off.  It shows
+    at once for a spec of many services, and for fewer once the check has taken :attr:`DELAY` seconds (one
+    service of a thousand backends takes several): a check over in a moment shows none."""
+
+    DELAY = 1.0
 
     def __init__(self, io: _Streams, name: str, total: int, wanted: bool = True):
-        self.show = wanted and total >= 20 and _terminal(io.err)
+        self.show = wanted and _terminal(io.err)
         self.io, self.name, self.total = io, name, total
+        self.delay = 0.0 if total >= 20 else self.DELAY
 
     def __enter__(self):
         if not self.show:
             return None
+        import threading
+
         from rich.progress import Progress
 
         console = make_console(self.io.err, self.io.use_color(self.io.err), terminal=True)
         self.bar = Progress(console=console, transient=True)
-        self.bar.start()
         self.task = self.bar.add_task(f"checking {self.name}", total=self.total)
+        self.timer = threading.Timer(self.delay, self.bar.start)
+        self.timer.daemon = True
+        if self.delay:
+            self.timer.start()
+        else:
+            self.bar.start()
         return lambda done, total: self.bar.update(self.task, completed=done)
 
     def __exit__(self, *exc):
         if self.show:
-            self.bar.stop()
+            self.timer.cancel()
+            if self.timer.is_alive():
+                self.timer.join()  # a start under way finishes first
+            self.bar.stop()  # (nothing, if it never started)
         return False
 
 

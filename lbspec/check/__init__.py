@@ -36,8 +36,9 @@ class CheckOptions:
                              frozenset(p.name for p in spec.properties if p.library))
 
 
-def check_service(service: Service, options: FinderOptions = FinderOptions()) -> list[Diagnostic]:
-    return ServiceFinder(service, options).run()
+def check_service(service: Service, options: FinderOptions = FinderOptions(),
+                  done: Callable[[float], None] | None = None) -> list[Diagnostic]:
+    return ServiceFinder(service, options).run(done)
 
 
 _WORK: tuple[Spec, FinderOptions] | None = None
@@ -57,10 +58,9 @@ def check_spec(spec: Spec, options: CheckOptions = CheckOptions(),
     jobs = min(options.jobs or os.cpu_count() or 1, count)
     results: dict[int, list[Diagnostic]] = {}
     if jobs <= 1 or count < 4:
-        for index, service in enumerate(spec.services):
-            results[index] = check_service(service, finder)
-            if progress:
-                progress(index + 1, count)
+        for index, service in enumerate(spec.services):  # here, progress is told within a service too
+            step = (lambda fraction, index=index: progress(index + fraction, count)) if progress else None
+            results[index] = check_service(service, finder, step)
     else:
         _WORK = (spec, finder)
         try:

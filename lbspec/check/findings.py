@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from lbspec import diagnostics as d
@@ -34,13 +34,21 @@ class ServiceFinder:
         self.queries = ServiceQueries(service, options.settings)
         self._rule_answer: dict[int, Answer] | None = None  # per rule: may it take a packet
 
-    def run(self) -> list[d.Diagnostic]:
+    def run(self, done: Callable[[float], None] | None = None) -> list[d.Diagnostic]:
+        """Every finding; ``done(fraction)`` is told how far along it is after each step (a service of a
+        thousand backends takes a while)."""
         found: list[d.Diagnostic] = []
-        for finder in (self._coverage, self._rules, self._backends, self._per_packet, self._detection,
-                       self._hashing, self._capacity, self._waivers):
+        finders = (self._coverage, self._rules, self._backends, self._per_packet, self._detection,
+                   self._hashing, self._capacity, self._waivers)
+        steps = len(finders) + len(self.service.checks)
+        for step, finder in enumerate(finders, 1):
             found.extend(_tagged(x, service=self.service.name) for x in finder())
-        for check in self.service.checks:
+            if done:
+                done(step / steps)
+        for step, check in enumerate(self.service.checks, len(finders) + 1):
             found.extend(_tagged(x, service=self.service.name, property=check.name) for x in self._property(check))
+            if done:
+                done(step / steps)
         return found
 
     # ------------------------------------------------------------ helpers --

@@ -10,6 +10,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+import lbspec
+from lbspec.check import CheckOptions, check_spec
 from lbspec.cli import main
 
 from conftest import EXAMPLES, limited
@@ -219,3 +221,29 @@ def test_no_progress_turns_the_bar_off(tmp_path):
     out, err = io.StringIO(), _Terminal()
     assert main(["check", "--jobs", "1", "--no-progress", _many_services(tmp_path)], out, err) == 0
     assert err.getvalue() == ""
+
+
+def test_a_check_of_one_service_shows_progress_once_it_takes_a_while(tmp_path, monkeypatch):
+    """One service of a thousand backends takes several seconds: the bar shows once the check has taken
+    `_Progress.DELAY` (0 here), and moves within the service; with the delay not reached, nothing shows."""
+    from lbspec import cli as command_line
+
+    spec = tmp_path / "one.lbspec"
+    spec.write_text("service s { vip 192.0.2.1 listen tcp 80 pool p { backend b 10.0.0.1 } forward tcp 80 to p }\n")
+    monkeypatch.setattr(command_line._Progress, "DELAY", 0.0)
+    err = _Terminal()
+    assert main(["check", "--jobs", "1", str(spec)], io.StringIO(), err) == 1
+    assert "checking" in err.getvalue()
+    monkeypatch.setattr(command_line._Progress, "DELAY", 3600.0)
+    err = _Terminal()
+    assert main(["check", "--jobs", "1", str(spec)], io.StringIO(), err) == 1
+    assert err.getvalue() == ""
+
+
+def test_progress_is_told_within_a_service():
+    spec = lbspec.loads("service s { vip 192.0.2.1 listen tcp 80 pool p { backend b 10.0.0.1 } "
+                        "forward tcp 80 to p }\n")
+    told = []
+    check_spec(spec, CheckOptions(jobs=1), lambda done, total: told.append((done, total)))
+    assert len(told) > 8 and all(total == 1 for _, total in told)
+    assert [done for done, _ in told] == sorted(done for done, _ in told) and told[-1][0] == 1 and told[0][0] < 1
