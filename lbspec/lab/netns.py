@@ -1,14 +1,16 @@
 """Network namespaces, veth pairs and bridges: thin wrappers over `ip`, with cleanup that always runs.
 
 Every namespace, interface and process made through a :class:`Resources` is
-recorded and removed by :meth:`Resources.close` (also at interpreter exit), in
-reverse order, ignoring what is already gone -- so a failing test leaves
-nothing behind.
+recorded and removed by :meth:`Resources.close` (also at interpreter exit, and
+when the process is told to stop with SIGTERM, as a time limit or `timeout`
+does), in reverse order, ignoring what is already gone -- so a failing or
+stopped test leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import secrets
 import shutil
@@ -17,7 +19,6 @@ import subprocess
 import time
 import weakref
 from collections.abc import Sequence
-from functools import lru_cache
 
 __all__ = ["LabError", "run", "Namespace", "Resources", "namespaces_available", "unique_prefix"]
 
@@ -44,7 +45,7 @@ def unique_prefix() -> str:
     return "lb" + secrets.token_hex(2)
 
 
-@lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)
 def namespaces_available() -> str | None:
     """None if network namespaces, veth pairs and nftables can be used here; else why not."""
     if os.geteuid() != 0:
@@ -96,6 +97,8 @@ class Resources:
         self.closed = False
         self._finalizer = weakref.finalize(self, Resources._cleanup, self.namespaces, self.processes)
         atexit.register(self._finalizer)
+        _LIVE.add(self)
+        _on_terminate()
 
     def namespace(self, name: str) -> Namespace:
         run(["ip", "netns", "add", name])
@@ -141,6 +144,26 @@ class Resources:
         for name in reversed(namespaces):
             run(["ip", "netns", "del", name], check=False)
         namespaces.clear()
+
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # every Resources alive (a closed one's cleanup does nothing)
+
+
+def _on_terminate() -> None:
+    """On SIGTERM, undo every lab first, then die of it as before (atexit does not run then).  Only where
+    nothing else handles SIGTERM, and from the main thread (where handlers are set)."""
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, functools.partial(_terminated, os.getpid()))
+
+
+def _terminated(owner: int, number: int, _frame) -> None:
+    if os.getpid() == owner:  # not in a process forked from it (it inherits the handler, not the labs)
+        for resources in list(_LIVE):
+            resources._finalizer()
+    signal.signal(number, signal.SIG_DFL)
+    os.kill(os.getpid(), number)
 
 
 def _await(process: subprocess.Popen, word: str, timeout: float, argv: Sequence[str]) -> None:

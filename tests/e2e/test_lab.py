@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+
 import pytest
 
 from lbspec.lab import VIP, Forward, NftablesDnat
+from lbspec.lab.netns import namespaces_available, unique_prefix
 
 pytestmark = pytest.mark.e2e
 
@@ -40,3 +45,32 @@ def test_a_slowed_backend_answers_late(one):
     assert _errors(one, timeout=2.0) == {None}
     one.slow_backend("b1", slow=False)
     assert _errors(one, timeout=0.2) == {None}
+
+
+def test_a_lab_process_stopped_with_sigterm_leaves_no_namespace():
+    """A run stopped from outside (a time limit, `timeout`) gets SIGTERM, which skips atexit: the lab undoes
+    itself first, then the process dies of the signal as it would have.  A process forked from it (a
+    `--jobs` reader) inherits the handler but not the lab: stopped, it leaves the lab alone."""
+    reason = namespaces_available()
+    if reason is not None:
+        pytest.skip(reason)
+    name = f"{unique_prefix()}-term"
+    code = "\n".join([
+        "import multiprocessing, subprocess, sys, time",
+        "from lbspec.lab.netns import Resources",
+        "lab = Resources(); lab.namespace(sys.argv[1])",
+        "forked = multiprocessing.get_context('fork').Process(target=time.sleep, args=(60,))",
+        "forked.start(); forked.terminate(); forked.join()",
+        "listed = subprocess.run(['ip', 'netns', 'list'], capture_output=True, text=True).stdout",
+        "print('kept' if sys.argv[1] in listed else 'lost', flush=True)",
+        "time.sleep(60)"])
+    child = subprocess.Popen([sys.executable, "-c", code, name], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "kept"
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=30) == -signal.SIGTERM
+        assert name not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    finally:
+        child.kill()
+        child.wait()
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
