@@ -26,6 +26,7 @@ from lbspec.importers.draft import (
     Address, BackendDraft, ImportContext, Line, Names, Note, PoolDraft, ServiceDraft, affinity_text, balance_text,
     conntrack_affinity, forward_text, line_span,
 )
+from lbspec.semantics.model import meet_ranges
 
 __all__ = ["import_nftables"]
 
@@ -88,15 +89,6 @@ class _Decision:
     notes: list = field(default_factory=list)
 
 
-def _ranges_meet(a: tuple, b: tuple) -> tuple:
-    out = []
-    for low, high in a:
-        for low2, high2 in b:
-            if max(low, low2) <= min(high, high2):
-                out.append((max(low, low2), min(high, high2)))
-    return tuple(out)
-
-
 def _ranges_without(ranges: tuple, taken: tuple) -> tuple:
     """The ports of ``ranges`` outside ``taken``."""
     out = list(ranges)
@@ -136,7 +128,7 @@ def _narrow(match: _Match, **changes) -> _Match | None:
         if current is None:
             continue
         if key == "dports":
-            value = _ranges_meet(current, value)
+            value = meet_ranges(current, value)
         elif key in ("daddrs", "protocols"):
             value = current & value
         if not value:

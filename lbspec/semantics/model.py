@@ -67,6 +67,12 @@ def in_ranges(port: int, ranges: PortRanges) -> bool:
     return any(low <= port <= high for low, high in ranges)
 
 
+def meet_ranges(one: PortRanges, other: PortRanges) -> PortRanges:
+    """The ports in both: ((80, 90),) and ((85, 100), (50, 60)) -> ((85, 90),)."""
+    return tuple((max(low, low2), min(high, high2)) for low, high in one for low2, high2 in other
+                 if max(low, low2) <= min(high, high2))
+
+
 # ------------------------------------------------------------------ packets --
 
 @dataclass(frozen=True, slots=True)
@@ -367,8 +373,7 @@ class Rule:
         nothing in common.  False where that does not settle it (the solver decides those)."""
         if self.protocol is not None and other.protocol is not None and self.protocol != other.protocol:
             return True
-        if self.ports and other.ports and not any(low <= b_high and b_low <= high for low, high in self.ports
-                                                  for b_low, b_high in other.ports):
+        if self.ports and other.ports and not meet_ranges(self.ports, other.ports):
             return True
         return bool(self.sources and other.sources) and not any(
             a.version == b.version and a.overlaps(b) for a in self.sources for b in other.sources)
