@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lbspec import diagnostics as d
-from lbspec.runtime.classify import mix, reopened, syn_only
+from lbspec.runtime.classify import mix, reopened, returned, syn_only
 from lbspec.runtime.compiled import CheckPlan, Compiled
 from lbspec.runtime.decode import TCP
 from lbspec.runtime.state import FlowTable
@@ -197,12 +197,10 @@ class Traffic:
         begins[starts] = True
         known = self.flows.items
         ts = pairs.egress("ts")[ordered]
-        sessions = pairs.ingress("proto")[ordered] != TCP
-        idle = np.nonzero(sessions[1:] & ~begins[1:] & (ts[1:] - ts[:-1] > timeout))[0] + 1
-        returning = starts[sessions[starts]]
-        if timeout < self.flows.timeout and len(returning):  # (the table forgets flows idle longer than its own)
-            last = np.array([known[k][1] if k in known else np.inf for k in keys[returning].tolist()])
-            idle = np.r_[returning[ts[returning] - last > timeout], idle]
+        idle = np.zeros(0, np.int64)
+        if timeout < self.flows.timeout:  # (the table forgets flows idle longer than its own timeout)
+            sessions = np.nonzero(pairs.ingress("proto")[ordered] != TCP)[0]
+            idle = sessions[returned(keys[sessions], ts[sessions], begins[sessions], known, timeout)]
         syns = np.nonzero(syn_only(pairs.ingress("flags")[ordered]))[0]
         again = syns[reopened(keys[syns], pairs.ingress("seq")[ordered[syns]], ts[syns], ~begins[syns], known,
                               lambda key: (known[key][7], known[key][1]))] if len(syns) else syns

@@ -29,7 +29,7 @@ and a datagram cut at other boundaries on each side on its bytes as a whole
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Mapping
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from lbspec.runtime.proxy_protocol import unframe_datagrams
 __all__ = ["NONE", "INGRESS", "EGRESS", "BREPLY", "CREPLY", "TRANSIT", "ROLE_NAMES", "classify", "classify_rows",
            "assign_backends", "mix", "pair_key", "reply_key", "segment_length", "segment_end", "reaches", "carries",
            "resent", "fragment_key", "datagram_id", "datagram_key", "later_fragment", "weak_keys", "flow_key",
-           "runs_of", "reopened", "MacTable", "CLIENT", "BACKEND", "COMBINED"]
+           "runs_of", "reopened", "returned", "MacTable", "CLIENT", "BACKEND", "COMBINED"]
 
 NONE, INGRESS, EGRESS, BREPLY, CREPLY, TRANSIT = 0, 1, 2, 3, 4, 5
 ROLE_NAMES = {NONE: "other", INGRESS: "ingress", EGRESS: "egress", BREPLY: "backend-reply",
@@ -498,6 +498,19 @@ def reopened(keys: np.ndarray, seqs: np.ndarray, times: np.ndarray, preceded: np
             found.append(row)
         last[key] = seq
     return np.array(found, np.int64)
+
+
+def returned(keys: np.ndarray, ts: np.ndarray, begins: np.ndarray, known: Mapping[int, list],
+             timeout: float | np.ndarray) -> np.ndarray:
+    """Of UDP (or ICMP) packets ordered by flow (each flow's in time order, ``begins`` marking its first), the
+    positions of those more than ``timeout`` seconds (one for all, or one each) after the flow's packet before
+    -- for a flow's first, after it was last seen before them (``known[key][1]``; a flow not known is new
+    anyway): the LB has ended the flow's session and balances it anew.  (A TCP flow is a connection: see
+    :func:`reopened`.)"""
+    gaps = np.r_[-np.inf, ts[1:] - ts[:-1]]
+    first = np.nonzero(begins)[0]
+    gaps[first] = ts[first] - np.array([known[k][1] if k in known else np.inf for k in keys[first].tolist()])
+    return np.nonzero(gaps > timeout)[0]
 
 
 def ported(proto: np.ndarray) -> np.ndarray:

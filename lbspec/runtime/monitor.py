@@ -51,8 +51,8 @@ from lbspec.runtime.balance import Traffic
 from lbspec.runtime.capture import PAD, Frames
 from lbspec.runtime.classify import (
     BREPLY, CREPLY, EGRESS, INGRESS, NONE, TRANSIT, MacTable, assign_backends, classify, classify_rows, datagram_id,
-    datagram_key, fragment_key, later_fragment, mix, pair_key, ported, reaches, reopened, resent, runs_of, segment_end,
-    segment_length, syn_only, weak_keys,
+    datagram_key, fragment_key, later_fragment, mix, pair_key, ported, reaches, reopened, resent, returned, runs_of,
+    segment_end, segment_length, syn_only, weak_keys,
 )
 from lbspec.runtime.compiled import CheckPlan, Compiled, akey, compile_spec, model_packet
 from lbspec.runtime.decode import FRAGMENT, OK, TCP, UDP, WHY, Packets, decode, distinct
@@ -1068,13 +1068,9 @@ class Monitor:
         if not (timeouts < self.clients.timeout).any():  # the table forgets flows idle longer than its timeout
             return 0
         order = np.argsort(new["ckey"][rows], kind="stable")
-        keys, ts, timeouts = new["ckey"][rows][order], new["ts"][rows][order], timeouts[order]
-        begins = np.r_[True, keys[1:] != keys[:-1]]
-        known = self.clients.items
-        last = np.array([known[k][1] if k in known else np.inf for k in keys[begins].tolist()])
-        gaps = np.r_[-np.inf, ts[1:] - ts[:-1]]
-        gaps[begins] = ts[begins] - last
-        return int(np.count_nonzero(gaps > timeouts))
+        keys = new["ckey"][rows][order]
+        return len(returned(keys, new["ts"][rows][order], np.r_[True, keys[1:] != keys[:-1]], self.clients.items,
+                            timeouts[order]))
 
     def _replies(self, new: Packets, base: int) -> None:
         """Client-side packets toward clients: they must come from the VIP and port the client used.

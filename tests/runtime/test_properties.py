@@ -7,7 +7,7 @@ import pytest
 
 from scapy.layers.inet6 import IPv6, ICMPv6EchoRequest, ICMPv6MLReport2, ICMPv6ND_NA, ICMPv6ND_NS, IPv6ExtHdrHopByHop
 
-from lbspec.runtime.classify import reopened
+from lbspec.runtime.classify import reopened, returned
 from lbspec.runtime.stats import share_test
 
 from .scenario import Scenario, codes, spec
@@ -243,3 +243,13 @@ def test_a_flow_back_after_its_affinity_timeout_is_a_flow_of_its_own():
     assert codes(report) == []
     assert report.summary["flows"] == 60
     assert {b["backend"]: b["flows"] for b in report.summary["backends"]} == {"b1": 30, "b2": 30}
+
+
+def test_a_udp_flow_returns_after_its_timeout_and_not_before():
+    known = {1: [0, 100.0], 2: [0, 104.0]}  # last seen at 100 s and 104 s
+    keys = np.array([1, 1, 2, 3, 3])
+    ts = np.array([106.0, 108.0, 106.0, 106.0, 112.0])
+    begins = np.array([True, False, True, True, False])
+    # 1: back 6 s after it was last seen; 2: 2 s after; 3: new, then 6 s after its first packet here
+    assert returned(keys, ts, begins, known, 5.0).tolist() == [0, 4]
+    assert returned(keys, ts, begins, known, np.array([5.0, 5.0, 1.0, 10.0, 10.0])).tolist() == [0, 2]
